@@ -1,0 +1,219 @@
+//! One capture, start to finish: collectors in order of volatility, then
+//! the manifest, then the sink's commit.
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
+
+use ircap_proto::manifest::{AgentInfo, CaptureError, FORMAT_VERSION, MAX_ERRORS_PER_ARTIFACT};
+use ircap_proto::{ArtifactEntry, Manifest};
+use serde::Serialize;
+
+use crate::collect::{
+    self, Context, Roots, accounts::Accounts, connections, imds, kernel, logs, memory_maps,
+    network_state, processes, system, users, volatile_files,
+};
+use crate::options::CaptureOptions;
+use crate::priority::Lowered;
+use crate::sink::{CaptureSink, SinkError};
+use crate::timefmt;
+
+/// A finished capture.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The committed manifest.
+    pub manifest: Manifest,
+    /// Where the sink put it.
+    pub location: String,
+    /// Wall time taken.
+    pub duration_ms: u128,
+}
+
+/// The short JSON summary printed on stdout (fits SSM's 24 KB output).
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub capture_id: String,
+    pub status: &'static str,
+    pub location: String,
+    pub hostname: String,
+    pub instance_id: Option<String>,
+    pub started_at: String,
+    pub duration_ms: u128,
+    pub artifacts: usize,
+    pub bytes_stored: u64,
+    pub records: BTreeMap<String, u64>,
+    pub error_count: u64,
+    pub errors_by_artifact: BTreeMap<String, u64>,
+}
+
+impl Outcome {
+    /// The stdout summary.
+    #[must_use]
+    pub fn summary(&self) -> Summary {
+        let m = &self.manifest;
+        Summary {
+            capture_id: m.capture_id.clone(),
+            status: "complete",
+            location: self.location.clone(),
+            hostname: m.host.hostname.clone(),
+            instance_id: m.host.instance_id.clone(),
+            started_at: m.started_at.clone(),
+            duration_ms: self.duration_ms,
+            artifacts: m.artifacts.len(),
+            bytes_stored: m.stored_bytes(),
+            records: m
+                .artifacts
+                .iter()
+                .filter_map(|a| a.record_count.map(|n| (a.kind.clone(), n)))
+                .fold(BTreeMap::new(), |mut acc, (k, n)| {
+                    *acc.entry(k).or_insert(0) += n;
+                    acc
+                }),
+            error_count: m.error_count,
+            errors_by_artifact: m
+                .artifacts
+                .iter()
+                .filter(|a| a.error_count > 0)
+                .map(|a| (a.name.clone(), a.error_count))
+                .chain(
+                    (!m.errors.is_empty()).then(|| ("capture".to_owned(), m.errors.len() as u64)),
+                )
+                .collect(),
+        }
+    }
+}
+
+/// A new time-sortable capture id (UUIDv7).
+#[must_use]
+pub fn new_capture_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Runs one capture into `sink`. On a sink failure the sink is aborted, so
+/// nothing half-written is left looking like a capture.
+///
+/// # Errors
+/// [`SinkError`] when the capture could not be stored.
+pub fn run(
+    capture_id: &str,
+    options: &CaptureOptions,
+    sink: &dyn CaptureSink,
+    lowered: Option<&Lowered>,
+) -> Result<Outcome, SinkError> {
+    let result = run_inner(capture_id, options, sink, lowered);
+    if result.is_err() {
+        sink.abort();
+    }
+    result
+}
+
+fn run_inner(
+    capture_id: &str,
+    options: &CaptureOptions,
+    sink: &dyn CaptureSink,
+    lowered: Option<&Lowered>,
+) -> Result<Outcome, SinkError> {
+    let t0 = Instant::now();
+    let started_at = timefmt::rfc3339(SystemTime::now());
+    let clock_at_start = system::Clocks::now();
+    let span = tracing::info_span!("capture", capture_id);
+    let _guard = span.enter();
+
+    // The metadata service may take its full timeout to answer "no"; ask it
+    // while the host is being read.
+    let imds_thread = options.imds.then(|| {
+        let endpoint = options.imds_endpoint.clone();
+        std::thread::spawn(move || imds::query(&endpoint))
+    });
+
+    let roots = Roots::host();
+    let accounts = Accounts::load(&roots.etc);
+    let clock = system::BootClock::read();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    let ctx = Context {
+        sink,
+        options,
+        roots: &roots,
+        accounts: &accounts,
+        clock: &clock,
+        threads,
+    };
+    let mut capture_errors: Vec<CaptureError> = Vec::new();
+    let mut artifacts: Vec<ArtifactEntry> = Vec::new();
+
+    let pids = processes::list_pids(&roots.proc).unwrap_or_else(|e| {
+        capture_errors.push(CaptureError {
+            source: "processes".into(),
+            message: e.to_string(),
+        });
+        Vec::new()
+    });
+
+    // Most volatile first: socket tables, then processes (whose fd pass
+    // gives the socket owners), then memory maps.
+    let mut sockets = connections::snapshot(&roots.proc, &pids);
+    tracing::debug!(
+        sockets = sockets.records.len(),
+        namespaces = sockets.namespaces.len(),
+        "Read socket tables"
+    );
+    let scan = processes::scan(&ctx, &pids);
+    tracing::debug!(processes = scan.records.len(), "Read processes");
+    connections::attach_owners(&mut sockets.records, &scan.socket_owners(), &accounts);
+    artifacts.push(connections::write(&ctx, &sockets)?);
+    artifacts.push(processes::write(&ctx, &scan)?);
+    artifacts.push(memory_maps::write(&ctx, &scan.records)?);
+    artifacts.extend(network_state::write(&ctx, &sockets)?);
+    artifacts.extend(users::write(&ctx)?);
+    artifacts.extend(kernel::write(&ctx)?);
+    artifacts.extend(volatile_files::write(&ctx)?);
+
+    let ec2 = match imds_thread {
+        Some(handle) => handle.join().unwrap_or_else(|_| imds::Ec2Identity {
+            status: "unavailable: lookup thread failed".into(),
+            ..imds::Ec2Identity::default()
+        }),
+        None => imds::Ec2Identity::disabled(),
+    };
+    let priority = serde_json::json!({
+        "requested": options.lower_priority,
+        "nice": lowered.map(|l| l.nice.clone()),
+        "io": lowered.map(|l| l.io.clone()),
+    });
+    let (system_entry, host) = system::write(&ctx, clock_at_start, ec2, priority)?;
+    artifacts.push(system_entry);
+
+    if options.logs {
+        artifacts.extend(logs::write(&ctx)?);
+    }
+    let error_count =
+        artifacts.iter().map(|a| a.error_count).sum::<u64>() + capture_errors.len() as u64;
+    collect::dedupe_capture_errors(&mut capture_errors, MAX_ERRORS_PER_ARTIFACT);
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        capture_id: capture_id.to_owned(),
+        started_at,
+        ended_at: timefmt::now(),
+        host,
+        agent: AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uid: nix::unistd::geteuid().as_raw(),
+            lowered_priority: lowered.is_some_and(Lowered::fully),
+            identity: None,
+        },
+        options: serde_json::to_value(options).unwrap_or_default(),
+        ssm_command_id: std::env::var("AWS_SSM_COMMAND_ID")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        artifacts,
+        error_count,
+        errors: capture_errors,
+        collector_receipt: None,
+    };
+    let location = sink.commit(&manifest)?;
+    Ok(Outcome {
+        manifest,
+        location,
+        duration_ms: t0.elapsed().as_millis(),
+    })
+}

@@ -1,0 +1,87 @@
+//! Command-line interface of `ircap-agent`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::options::{DEFAULT_EXE_HASH_MAX_BYTES, DEFAULT_LOGS_MAX_BYTES, DEFAULT_LOGS_SINCE};
+
+/// Exit codes, also listed in the README.
+pub mod exit {
+    /// Capture stored (collector errors, if any, are inside the manifest),
+    /// or verification passed.
+    pub const OK: u8 = 0;
+    /// The capture could not be stored, or a capture could not be read.
+    pub const FAILED: u8 = 1;
+    /// Bad command line or option value.
+    pub const USAGE: u8 = 2;
+    /// Verification found a mismatched, missing or unexpected file.
+    pub const VERIFY_MISMATCH: u8 = 3;
+}
+
+/// Captures the volatile state of this Linux host for incident response.
+#[derive(Debug, Parser)]
+#[command(name = "ircap-agent", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter for stderr (e.g. info, debug, ircap_agent=trace).
+    #[arg(long, global = true, env = "IRCAP_LOG", default_value = "info")]
+    pub log: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The agent's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Capture this host now into a local directory.
+    Capture(CaptureArgs),
+    /// Recompute every hash of a capture directory against its manifest.
+    Verify(VerifyArgs),
+}
+
+/// `ircap-agent capture`.
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// Directory that receives `<capture-id>/` (created if missing).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: PathBuf,
+    /// Oldest logs to keep: a duration back from now (90m, 1h, 7d, 2w) or
+    /// an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", default_value = DEFAULT_LOGS_SINCE)]
+    pub logs_since: String,
+    /// Budget of original log bytes (64M, 1G, ...); newest files first.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_LOGS_MAX_BYTES.to_string())]
+    pub logs_max_bytes: String,
+    /// Skip logs entirely.
+    #[arg(long)]
+    pub no_logs: bool,
+    /// Keep every environment variable's value (values often hold secrets;
+    /// by default only an allow-list of forensically useful ones is kept).
+    #[arg(long)]
+    pub full_environ: bool,
+    /// Keep normal CPU and I/O priority instead of nice 10 / best-effort 7.
+    #[arg(long)]
+    pub no_lower_priority: bool,
+    /// Do not ask the EC2 instance metadata service for identity.
+    #[arg(long)]
+    pub no_imds: bool,
+    /// Instance metadata endpoint (host:port).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "169.254.169.254:80",
+        hide = true
+    )]
+    pub imds_endpoint: String,
+    /// Largest executable to hash in full.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_EXE_HASH_MAX_BYTES.to_string())]
+    pub exe_hash_max_bytes: String,
+}
+
+/// `ircap-agent verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The capture directory (the one holding manifest.json).
+    pub dir: PathBuf,
+}

@@ -1,0 +1,12 @@
+//! The `logs` artifacts (stub to be replaced).
+
+use super::Context;
+use crate::sink::SinkError;
+
+/// Writes the `logs` artifacts.
+///
+/// # Errors
+/// [`SinkError`] when a table cannot be stored.
+pub fn write(_ctx: &Context<'_>) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
+    Ok(Vec::new())
+}

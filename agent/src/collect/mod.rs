@@ -1,0 +1,112 @@
+//! One module per artifact. Each collector reads from injectable roots so
+//! tests can feed fixtures, records what it cannot read as errors, and
+//! never ends the capture: only a sink failure does.
+
+pub mod accounts;
+pub mod connections;
+pub mod fsread;
+pub mod imds;
+pub mod kernel;
+pub mod logs;
+pub mod memory_maps;
+pub mod network_state;
+pub mod processes;
+pub mod system;
+pub mod users;
+pub mod volatile_files;
+
+use std::path::PathBuf;
+
+use crate::options::CaptureOptions;
+use crate::sink::CaptureSink;
+
+/// Where host data is read from. `Roots::host()` is the real host; tests
+/// point the fields at fixture trees.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    /// procfs mount (`/proc`).
+    pub proc: PathBuf,
+    /// `/etc`.
+    pub etc: PathBuf,
+    /// `/var/log`.
+    pub var_log: PathBuf,
+    /// `/var/run` / `/run` (utmp lives in `<run>/utmp`).
+    pub run: PathBuf,
+    /// sysfs mount (`/sys`).
+    pub sys: PathBuf,
+}
+
+impl Roots {
+    /// The running host.
+    #[must_use]
+    pub fn host() -> Self {
+        Self {
+            proc: PathBuf::from("/proc"),
+            etc: PathBuf::from("/etc"),
+            var_log: PathBuf::from("/var/log"),
+            run: PathBuf::from("/run"),
+            sys: PathBuf::from("/sys"),
+        }
+    }
+}
+
+/// What every collector gets.
+pub struct Context<'a> {
+    /// Destination of the artifacts.
+    pub sink: &'a dyn CaptureSink,
+    /// The capture's options.
+    pub options: &'a CaptureOptions,
+    /// Where host data is read from.
+    pub roots: &'a Roots,
+    /// uid/gid to name tables of the host.
+    pub accounts: &'a accounts::Accounts,
+    /// Boot time and tick rate, for absolute process start times.
+    pub clock: &'a system::BootClock,
+    /// Worker threads for parallel collectors.
+    pub threads: usize,
+}
+
+/// Splits `items` into `threads` contiguous parts and maps each part on its
+/// own scoped thread, keeping the input order in the output.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.max(1);
+    if threads == 1 || items.len() < 64 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parallel_map_keeps_order() {
+        let items: Vec<u32> = (0..1000).collect();
+        let out = super::parallel_map(&items, 3, |x| x * 2);
+        assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+    }
+}
+
+/// Keeps at most `max` capture-level errors per source.
+pub fn dedupe_capture_errors(errors: &mut Vec<ircap_proto::manifest::CaptureError>, max: usize) {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    errors.retain(|e| {
+        let n = seen.entry(e.source.clone()).or_insert(0);
+        *n += 1;
+        *n <= max
+    });
+}

@@ -1,0 +1,136 @@
+//! `ircap-agent`: thin entry point. Arguments -> options -> tracing ->
+//! run -> exit code (see `cli::exit` and the README).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use clap::Parser;
+use ircap_agent::cli::{CaptureArgs, Cli, Command, VerifyArgs, exit};
+use ircap_agent::options::{CaptureOptions, parse_size};
+use ircap_agent::sink::dir::DirSink;
+use ircap_agent::{capture, priority, timefmt};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let code = match cli.command {
+        Command::Capture(args) => run_capture(&args),
+        Command::Verify(args) => run_verify(&args),
+    };
+    ExitCode::from(code)
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// Prints one JSON document on stdout; a closed stdout is not an error.
+fn print_json<T: serde::Serialize>(value: &T) {
+    if let Ok(mut line) = serde_json::to_vec(value) {
+        line.push(b'\n');
+        let _ = std::io::stdout().lock().write_all(&line);
+    }
+}
+
+fn options_from(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
+    let now = SystemTime::now();
+    let since = timefmt::parse_since(&args.logs_since, now).context("--logs-since")?;
+    Ok(CaptureOptions {
+        output: args.output.clone(),
+        logs: !args.no_logs,
+        logs_since: args.logs_since.clone(),
+        logs_since_time: since,
+        logs_since_resolved: timefmt::rfc3339(since),
+        logs_max_bytes: parse_size(&args.logs_max_bytes).context("--logs-max-bytes")?,
+        full_environ: args.full_environ,
+        lower_priority: !args.no_lower_priority,
+        imds: !args.no_imds,
+        imds_endpoint: args.imds_endpoint.clone(),
+        exe_hash_max_bytes: parse_size(&args.exe_hash_max_bytes).context("--exe-hash-max-bytes")?,
+    })
+}
+
+fn run_capture(args: &CaptureArgs) -> u8 {
+    // Before any thread exists, so every worker inherits it.
+    let lowered = (!args.no_lower_priority).then(priority::lower);
+    if let Some(l) = &lowered
+        && !l.fully()
+    {
+        tracing::warn!(nice = ?l.nice, io = ?l.io, "Could not fully lower priority");
+    }
+    let options = match options_from(args) {
+        Ok(o) => o,
+        Err(err) => {
+            tracing::error!("Invalid option: {err:#}");
+            return exit::USAGE;
+        }
+    };
+    let capture_id = capture::new_capture_id();
+    let sink = match DirSink::create(&options.output, &capture_id) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(output = %options.output.display(), "Cannot store the capture: {err}");
+            return exit::FAILED;
+        }
+    };
+    tracing::info!(capture_id, output = %sink.final_dir().display(), "Capture started");
+    match capture::run(&capture_id, &options, &sink, lowered.as_ref()) {
+        Ok(outcome) => {
+            let summary = outcome.summary();
+            tracing::info!(
+                capture_id,
+                artifacts = summary.artifacts,
+                bytes = summary.bytes_stored,
+                errors = summary.error_count,
+                duration_ms = summary.duration_ms,
+                "Capture complete"
+            );
+            print_json(&summary);
+            exit::OK
+        }
+        Err(err) => {
+            tracing::error!(capture_id, "Capture failed, nothing was kept: {err}");
+            print_json(&serde_json::json!({
+                "capture_id": capture_id,
+                "status": "failed",
+                "error": err.to_string(),
+            }));
+            exit::FAILED
+        }
+    }
+}
+
+fn run_verify(args: &VerifyArgs) -> u8 {
+    match ircap_proto::verify_capture(&args.dir) {
+        Ok(report) => {
+            for p in &report.problems {
+                tracing::error!("{p}");
+            }
+            print_json(&report);
+            if report.is_ok() {
+                tracing::info!(
+                    capture_id = report.capture_id,
+                    artifacts = report.artifacts_checked,
+                    "Capture verifies"
+                );
+                exit::OK
+            } else {
+                tracing::error!(problems = report.problems.len(), "Capture does NOT verify");
+                exit::VERIFY_MISMATCH
+            }
+        }
+        Err(err) => {
+            tracing::error!("{err}");
+            exit::FAILED
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Where a capture goes.
+//!
+//! A [`CaptureSink`] receives artifacts one stream at a time and finally the
+//! manifest. The contract every sink keeps:
+//!
+//! - Nothing is presented as a capture before [`CaptureSink::commit`]
+//!   succeeds: a local directory is written under a hidden `.partial` name
+//!   and renamed at the end; a collector marks the capture complete only
+//!   after it has checked the manifest.
+//! - [`CaptureSink::abort`] removes or abandons whatever was written, so a
+//!   failed capture never looks like a finished one.
+//! - Artifact bytes are hashed by the caller before they reach the sink;
+//!   the sink receives the stored-bytes digest when the artifact closes.
+
+pub mod dir;
+
+use std::io::Write;
+
+use ircap_proto::{ArtifactName, Digest, Manifest};
+
+/// Why a sink could not store something. Any sink error ends the capture.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the sink was doing, with the path.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serialising the manifest failed.
+    #[error("cannot encode the manifest: {0}")]
+    Manifest(#[from] serde_json::Error),
+}
+
+impl SinkError {
+    /// Wraps an I/O error with its context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// One artifact being written.
+pub trait ArtifactOut: Write + Send {
+    /// Makes the artifact durable; `stored` is the digest of every byte
+    /// written to it.
+    ///
+    /// # Errors
+    /// [`SinkError`] when the bytes cannot be made durable.
+    fn close(self: Box<Self>, stored: &Digest) -> Result<(), SinkError>;
+}
+
+/// A destination for one capture (see the module docs for the contract).
+pub trait CaptureSink: Send + Sync {
+    /// Starts a new artifact.
+    ///
+    /// # Errors
+    /// [`SinkError`] when it cannot be created.
+    fn create(&self, name: &ArtifactName) -> Result<Box<dyn ArtifactOut>, SinkError>;
+
+    /// Stores the manifest and presents the capture as complete; returns
+    /// where it is (a path or URL).
+    ///
+    /// # Errors
+    /// [`SinkError`]; the capture is then not complete.
+    fn commit(&self, manifest: &Manifest) -> Result<String, SinkError>;
+
+    /// Removes or abandons what was written.
+    fn abort(&self);
+}

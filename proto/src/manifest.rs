@@ -1,0 +1,207 @@
+//! `manifest.json`: the description of one capture (SPEC §4).
+//!
+//! The manifest lists every artifact with its sizes and SHA-256 digests (of
+//! the stored bytes and of the uncompressed content), the host and agent
+//! identity, the capture options and every error met on the way. It is
+//! written last, after every artifact has been closed, so a directory with a
+//! manifest is a finished capture.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the capture format written by this crate.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// At most this many error messages are kept per artifact in the manifest;
+/// the full list stays in the artifact's own records.
+pub const MAX_ERRORS_PER_ARTIFACT: usize = 50;
+
+/// How an artifact's stored bytes relate to its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// Stored bytes are a gzip stream of the content.
+    Gzip,
+    /// Stored bytes are the content itself (for instance a log that was
+    /// already compressed on the host, kept exactly as found).
+    Identity,
+}
+
+/// One stored file of a capture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactEntry {
+    /// Relative path inside the capture directory (see `ArtifactName`).
+    pub name: String,
+    /// What it holds: `processes`, `connections`, `logs`, ...
+    pub kind: String,
+    /// MIME type of the content (before `encoding`).
+    pub content_type: String,
+    /// How the stored bytes encode the content.
+    pub encoding: Encoding,
+    /// Bytes stored.
+    pub size_stored: u64,
+    /// Bytes of content after decoding.
+    pub size_uncompressed: u64,
+    /// SHA-256 of the stored bytes.
+    pub sha256_stored: String,
+    /// SHA-256 of the content after decoding.
+    pub sha256_uncompressed: String,
+    /// When the agent began collecting it (RFC 3339 UTC).
+    pub started_at: String,
+    /// When the agent closed it (RFC 3339 UTC).
+    pub ended_at: String,
+    /// Number of records for JSON Lines tables; `None` for raw evidence.
+    pub record_count: Option<u64>,
+    /// Number of errors met while collecting it.
+    pub error_count: u64,
+    /// The first [`MAX_ERRORS_PER_ARTIFACT`] error messages.
+    pub errors: Vec<String>,
+}
+
+/// Identity of the captured host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostIdentity {
+    /// Hostname as the kernel reports it.
+    pub hostname: String,
+    /// `/etc/machine-id`, when present.
+    pub machine_id: Option<String>,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: Option<String>,
+    /// Kernel release (`uname -r`).
+    pub kernel_release: String,
+    /// EC2 instance id, when the instance metadata service answered.
+    pub instance_id: Option<String>,
+    /// EC2 account id, when known.
+    pub account_id: Option<String>,
+    /// EC2 region, when known.
+    pub region: Option<String>,
+    /// EC2 AMI id, when known.
+    pub ami_id: Option<String>,
+}
+
+/// The agent that made the capture.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Agent version.
+    pub version: String,
+    /// The agent's own pid, so analysts can exclude it.
+    pub pid: u32,
+    /// Effective uid it ran as.
+    pub uid: u32,
+    /// Whether it lowered its CPU and I/O priority.
+    pub lowered_priority: bool,
+    /// The certificate identity it presented, when sent to a collector.
+    pub identity: Option<String>,
+}
+
+/// A capture-level error: which artifact (or stage) and what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureError {
+    /// Artifact or stage that met it.
+    pub source: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// The manifest of one capture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// Time-sortable unique id (UUIDv7).
+    pub capture_id: String,
+    /// When the capture began (RFC 3339 UTC).
+    pub started_at: String,
+    /// When the last artifact was closed (RFC 3339 UTC).
+    pub ended_at: String,
+    /// The captured host.
+    pub host: HostIdentity,
+    /// The agent that captured it.
+    pub agent: AgentInfo,
+    /// The options the capture ran with.
+    pub options: serde_json::Value,
+    /// `AWS_SSM_COMMAND_ID` when the agent ran under SSM Run Command.
+    pub ssm_command_id: Option<String>,
+    /// Every stored artifact, in collection order.
+    pub artifacts: Vec<ArtifactEntry>,
+    /// Total number of errors met (artifact and capture level).
+    pub error_count: u64,
+    /// Capture-level errors, at most [`MAX_ERRORS_PER_ARTIFACT`] per source.
+    pub errors: Vec<CaptureError>,
+    /// Added by the collector when it received the capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_receipt: Option<serde_json::Value>,
+}
+
+/// Why a manifest could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read manifest {path}: {source}")]
+    Read {
+        /// The manifest path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid manifest.
+    #[error("manifest {path} is not valid: {source}")]
+    Parse {
+        /// The manifest path.
+        path: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Written by a newer format version.
+    #[error("manifest {path} has format version {found}, this build reads up to {FORMAT_VERSION}")]
+    Version {
+        /// The manifest path.
+        path: String,
+        /// The version found.
+        found: u32,
+    },
+}
+
+impl Manifest {
+    /// Reads and parses a `manifest.json`.
+    ///
+    /// # Errors
+    /// [`ManifestError`] when the file cannot be read, parsed, or is of a
+    /// newer format version.
+    pub fn read(path: &Path) -> Result<Self, ManifestError> {
+        let display = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ManifestError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        Self::from_slice(&bytes, &display)
+    }
+
+    /// Parses manifest bytes; `origin` names them in errors.
+    ///
+    /// # Errors
+    /// [`ManifestError::Parse`] or [`ManifestError::Version`].
+    pub fn from_slice(bytes: &[u8], origin: &str) -> Result<Self, ManifestError> {
+        let manifest: Self =
+            serde_json::from_slice(bytes).map_err(|source| ManifestError::Parse {
+                path: origin.to_owned(),
+                source,
+            })?;
+        if manifest.format_version > FORMAT_VERSION {
+            return Err(ManifestError::Version {
+                path: origin.to_owned(),
+                found: manifest.format_version,
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Total bytes stored across artifacts.
+    #[must_use]
+    pub fn stored_bytes(&self) -> u64 {
+        self.artifacts.iter().map(|a| a.size_stored).sum()
+    }
+}

@@ -1,0 +1,287 @@
+//! Offline verification of a capture directory.
+//!
+//! Recomputes the SHA-256 and size of every artifact's stored bytes and, for
+//! gzip artifacts, of the decoded content; reports every missing, damaged or
+//! unexpected file by name. `ircap-agent verify`, `ircap-collector verify`
+//! and `pull` all call [`verify_capture`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use serde::Serialize;
+
+use crate::artifact_name::{ArtifactName, MANIFEST_FILE};
+use crate::hashing::{Digest, HashingReader, hash_reader};
+use crate::manifest::{ArtifactEntry, Encoding, Manifest, ManifestError};
+
+/// One thing wrong with a capture directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// Listed in the manifest but not on disk.
+    Missing {
+        /// Artifact name.
+        file: String,
+    },
+    /// On disk but not listed in the manifest.
+    Unexpected {
+        /// Path relative to the capture directory.
+        file: String,
+    },
+    /// The manifest lists a name that is not a safe relative path.
+    BadName {
+        /// The name as listed.
+        file: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Stored bytes differ from the manifest.
+    StoredMismatch {
+        /// Artifact name.
+        file: String,
+        /// Size and SHA-256 in the manifest.
+        expected: String,
+        /// Size and SHA-256 found.
+        found: String,
+    },
+    /// Decoded content differs from the manifest.
+    ContentMismatch {
+        /// Artifact name.
+        file: String,
+        /// Size and SHA-256 in the manifest.
+        expected: String,
+        /// Size and SHA-256 found.
+        found: String,
+    },
+    /// The file could not be read or decoded.
+    Unreadable {
+        /// Artifact name.
+        file: String,
+        /// The error.
+        reason: String,
+    },
+}
+
+impl Problem {
+    /// The file the problem is about.
+    #[must_use]
+    pub fn file(&self) -> &str {
+        match self {
+            Self::Missing { file }
+            | Self::Unexpected { file }
+            | Self::BadName { file, .. }
+            | Self::StoredMismatch { file, .. }
+            | Self::ContentMismatch { file, .. }
+            | Self::Unreadable { file, .. } => file,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing { file } => write!(f, "{file}: missing"),
+            Self::Unexpected { file } => write!(f, "{file}: not listed in the manifest"),
+            Self::BadName { file, reason } => write!(f, "{file:?}: refused name: {reason}"),
+            Self::StoredMismatch {
+                file,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{file}: stored bytes do not match (manifest {expected}, found {found})"
+            ),
+            Self::ContentMismatch {
+                file,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{file}: decoded content does not match (manifest {expected}, found {found})"
+            ),
+            Self::Unreadable { file, reason } => write!(f, "{file}: unreadable: {reason}"),
+        }
+    }
+}
+
+/// The outcome of a verification that could read the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The capture id from the manifest.
+    pub capture_id: String,
+    /// Number of artifacts checked.
+    pub artifacts_checked: usize,
+    /// Stored bytes hashed.
+    pub bytes_checked: u64,
+    /// Everything found wrong; empty means the capture verifies.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    #[must_use]
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Why verification could not even start.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The manifest is missing or invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The capture directory could not be listed.
+    #[error("cannot list capture directory {path}: {source}")]
+    List {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Verifies the capture in `dir` against its `manifest.json`.
+///
+/// # Errors
+/// [`VerifyError`] when the manifest cannot be read or the directory cannot
+/// be listed; every problem with an artifact is in the report instead.
+pub fn verify_capture(dir: &Path) -> Result<VerifyReport, VerifyError> {
+    let manifest = Manifest::read(&dir.join(MANIFEST_FILE))?;
+    let mut problems = Vec::new();
+    let mut listed = BTreeSet::new();
+    let mut bytes_checked = 0;
+    for entry in &manifest.artifacts {
+        let name = match ArtifactName::parse(&entry.name) {
+            Ok(name) => name,
+            Err(err) => {
+                problems.push(Problem::BadName {
+                    file: entry.name.clone(),
+                    reason: err.to_string(),
+                });
+                continue;
+            }
+        };
+        listed.insert(name.as_str().to_owned());
+        bytes_checked += entry.size_stored;
+        if let Some(problem) = check_artifact(&name.path_in(dir), entry) {
+            problems.push(problem);
+        }
+    }
+    let mut on_disk = Vec::new();
+    list_files(dir, dir, &mut on_disk).map_err(|source| VerifyError::List {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    for file in on_disk {
+        if file != MANIFEST_FILE && !listed.contains(&file) {
+            problems.push(Problem::Unexpected { file });
+        }
+    }
+    Ok(VerifyReport {
+        capture_id: manifest.capture_id,
+        artifacts_checked: manifest.artifacts.len(),
+        bytes_checked,
+        problems,
+    })
+}
+
+fn describe(digest: &Digest) -> String {
+    format!("{} bytes sha256 {}", digest.bytes, digest.sha256)
+}
+
+fn check_artifact(path: &Path, entry: &ArtifactEntry) -> Option<Problem> {
+    let file = entry.name.clone();
+    let unreadable = |err: io::Error| Problem::Unreadable {
+        file: file.clone(),
+        reason: err.to_string(),
+    };
+    let handle = match File::open(path) {
+        Ok(handle) => handle,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Some(Problem::Missing { file });
+        }
+        Err(err) => return Some(unreadable(err)),
+    };
+    let expected_stored = Digest {
+        sha256: entry.sha256_stored.clone(),
+        bytes: entry.size_stored,
+    };
+    let expected_content = Digest {
+        sha256: entry.sha256_uncompressed.clone(),
+        bytes: entry.size_uncompressed,
+    };
+    let (stored, content) = match entry.encoding {
+        Encoding::Identity => match hash_reader(BufReader::with_capacity(1 << 18, handle)) {
+            Ok(d) => (d.clone(), d),
+            Err(err) => return Some(unreadable(err)),
+        },
+        Encoding::Gzip => {
+            let mut stored_hasher = HashingReader::new(BufReader::with_capacity(1 << 18, handle));
+            let content = hash_reader(MultiGzDecoder::new(&mut stored_hasher));
+            // Hash whatever trails the gzip stream too, so appended bytes
+            // show up as a stored-bytes mismatch rather than going unseen.
+            let rest = io::copy(&mut stored_hasher, &mut io::sink());
+            match (content, rest) {
+                (Ok(content), Ok(_)) => (stored_hasher.finish(), content),
+                (Err(err), _) | (_, Err(err)) => {
+                    let stored = drain_digest(stored_hasher);
+                    if stored != expected_stored {
+                        return Some(Problem::StoredMismatch {
+                            file,
+                            expected: describe(&expected_stored),
+                            found: describe(&stored),
+                        });
+                    }
+                    return Some(unreadable(err));
+                }
+            }
+        }
+    };
+    if stored != expected_stored {
+        return Some(Problem::StoredMismatch {
+            file,
+            expected: describe(&expected_stored),
+            found: describe(&stored),
+        });
+    }
+    if content != expected_content {
+        return Some(Problem::ContentMismatch {
+            file,
+            expected: describe(&expected_content),
+            found: describe(&content),
+        });
+    }
+    None
+}
+
+/// Finishes hashing a reader whose decoder failed part-way.
+fn drain_digest<R: Read>(mut reader: HashingReader<R>) -> Digest {
+    let _ = io::copy(&mut reader, &mut io::sink());
+    reader.finish()
+}
+
+/// Every regular file (and anything that is not a directory) below `dir`,
+/// as `/`-separated paths relative to `root`. Symlinks are not followed.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path: PathBuf = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push(parts.join("/"));
+        }
+    }
+    Ok(())
+}
