@@ -48,7 +48,7 @@ impl ErrorLog {
 type Gzip = HashingWriter<GzEncoder<HashingWriter<Box<dyn ArtifactOut>>>>;
 
 enum Pipe {
-    Gzip(Gzip),
+    Gzip(Box<Gzip>),
     Identity(HashingWriter<Box<dyn ArtifactOut>>),
 }
 
@@ -87,10 +87,10 @@ impl ArtifactStream {
         let started_at = timefmt::now();
         let out = HashingWriter::new(sink.create(&name)?);
         let pipe = match store {
-            Store::Gzip(level) => Pipe::Gzip(HashingWriter::new(GzEncoder::new(
+            Store::Gzip(level) => Pipe::Gzip(Box::new(HashingWriter::new(GzEncoder::new(
                 out,
                 Compression::new(level),
-            ))),
+            )))),
             Store::Identity => Pipe::Identity(out),
         };
         Ok(Self {
@@ -132,7 +132,7 @@ impl ArtifactStream {
         let name = self.name.to_string();
         let (out, content, stored, encoding) = match self.pipe {
             Pipe::Gzip(w) => {
-                let (gz, content) = w.finish();
+                let (gz, content) = (*w).finish();
                 let hashed = gz
                     .finish()
                     .map_err(|e| SinkError::io(format!("cannot finish {name}"), e))?;

@@ -110,7 +110,7 @@ fn request(addr: SocketAddr, req: &str) -> Result<String, String> {
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed answer")?;
     let status = head.lines().next().unwrap_or_default();
-    if !status.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if status.split_whitespace().nth(1) != Some("200") {
         return Err(format!("answered {status:?}"));
     }
     Ok(body.to_owned())

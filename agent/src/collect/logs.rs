@@ -97,7 +97,9 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<Candidate>, errors: &mut Vec<Str
     };
     for entry in entries.flatten() {
         if out.len() >= MAX_FILES {
-            errors.push(format!("more than {MAX_FILES} log files; the rest were not considered"));
+            errors.push(format!(
+                "more than {MAX_FILES} log files; the rest were not considered"
+            ));
             return;
         }
         let path = entry.path();
@@ -202,11 +204,17 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkE
 ///
 /// # Errors
 /// [`SinkError`] when an artifact cannot be stored.
-pub fn write_from(ctx: &Context<'_>, roots: &[PathBuf]) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
+pub fn write_from(
+    ctx: &Context<'_>,
+    roots: &[PathBuf],
+) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
     let mut walk_errors = Vec::new();
     let mut candidates = list_candidates(roots, &mut walk_errors);
     candidates.sort_by(|a, b| a.path.cmp(&b.path));
-    let kinds: Vec<Option<&'static str>> = candidates.iter().map(|c| peek_compression(&c.path)).collect();
+    let kinds: Vec<Option<&'static str>> = candidates
+        .iter()
+        .map(|c| peek_compression(&c.path))
+        .collect();
     let plans = plan(
         &candidates,
         ctx.options.logs_since_time,
@@ -285,11 +293,23 @@ fn copy_log(
         80,
     );
     let (name, store, content_type) = match kind {
-        Some(k) => (format!("logs/{n:05}-{base}"), Store::Identity, compressed_type(k)),
-        None => (format!("logs/{n:05}-{base}.gz"), Store::Gzip(1), "application/octet-stream"),
+        Some(k) => (
+            format!("logs/{n:05}-{base}"),
+            Store::Identity,
+            compressed_type(k),
+        ),
+        None => (
+            format!("logs/{n:05}-{base}.gz"),
+            Store::Gzip(1),
+            "application/octet-stream",
+        ),
     };
-    let name = ArtifactName::parse(&name)
-        .map_err(|e| SinkError::io(format!("log artifact name {name}"), std::io::Error::other(e)))?;
+    let name = ArtifactName::parse(&name).map_err(|e| {
+        SinkError::io(
+            format!("log artifact name {name}"),
+            std::io::Error::other(e),
+        )
+    })?;
     let mut stream = ArtifactStream::open(ctx.sink, name, "logs", content_type, store)?;
     // Active logs grow while we read: keep exactly the bytes that existed
     // when the file was listed, so the index's size is what was captured.
@@ -301,7 +321,11 @@ fn copy_log(
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                stream.errors.push(format!("{}: read failed after {} bytes: {e}", c.path.display(), stream.content_bytes()));
+                stream.errors.push(format!(
+                    "{}: read failed after {} bytes: {e}",
+                    c.path.display(),
+                    stream.content_bytes()
+                ));
                 break;
             }
         };

@@ -91,16 +91,6 @@ pub fn parallel_map<T: Sync, R: Send>(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn parallel_map_keeps_order() {
-        let items: Vec<u32> = (0..1000).collect();
-        let out = super::parallel_map(&items, 3, |x| x * 2);
-        assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
-    }
-}
-
 /// Keeps at most `max` capture-level errors per source.
 pub fn dedupe_capture_errors(errors: &mut Vec<ircap_proto::manifest::CaptureError>, max: usize) {
     let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -109,4 +99,14 @@ pub fn dedupe_capture_errors(errors: &mut Vec<ircap_proto::manifest::CaptureErro
         *n += 1;
         *n <= max
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parallel_map_keeps_order() {
+        let items: Vec<u32> = (0..1000).collect();
+        let out = super::parallel_map(&items, 3, |x| x * 2);
+        assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+    }
 }

@@ -171,12 +171,16 @@ fn interfaces(sys: &Path) -> Result<Vec<Interface>, String> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("getifaddrs: {e}"))?;
     let mut by_name: BTreeMap<String, Interface> = BTreeMap::new();
     for ifa in addrs {
-        let iface = by_name.entry(ifa.interface_name.clone()).or_insert_with(|| Interface {
-            name: ifa.interface_name.clone(),
-            mtu: fsread::read_trimmed(&sys.join("class/net").join(&ifa.interface_name).join("mtu"))
+        let iface = by_name
+            .entry(ifa.interface_name.clone())
+            .or_insert_with(|| Interface {
+                name: ifa.interface_name.clone(),
+                mtu: fsread::read_trimmed(
+                    &sys.join("class/net").join(&ifa.interface_name).join("mtu"),
+                )
                 .and_then(|s| s.parse().ok()),
-            ..Interface::default()
-        });
+                ..Interface::default()
+            });
         iface.promiscuous = ifa.flags.contains(InterfaceFlags::IFF_PROMISC);
         iface.flags = ifa
             .flags
@@ -236,7 +240,10 @@ fn config_file(path: &Path) -> ConfigFile {
 ///
 /// # Errors
 /// [`SinkError`] when a table cannot be stored.
-pub fn write(ctx: &Context<'_>, sockets: &SocketSnapshot) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
+pub fn write(
+    ctx: &Context<'_>,
+    sockets: &SocketSnapshot,
+) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
     let mut out = Vec::new();
 
     let mut t = JsonlWriter::open(ctx.sink, "network_interfaces", "network_state")?;
@@ -251,10 +258,15 @@ pub fn write(ctx: &Context<'_>, sockets: &SocketSnapshot) -> Result<Vec<ircap_pr
     out.push(t.finish()?);
 
     let net = ctx.roots.proc.join("net");
-    let read = |name: &str| fsread::read_small(&net.join(name)).map(|b| String::from_utf8_lossy(&b).into_owned());
+    let read = |name: &str| {
+        fsread::read_small(&net.join(name)).map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
 
     let mut t = JsonlWriter::open(ctx.sink, "network_routes", "network_state")?;
-    for (file, parse) in [("route", parse_route as fn(&str) -> Vec<Route>), ("ipv6_route", parse_ipv6_route)] {
+    for (file, parse) in [
+        ("route", parse_route as fn(&str) -> Vec<Route>),
+        ("ipv6_route", parse_ipv6_route),
+    ] {
         match read(file) {
             Ok(text) => {
                 for r in parse(&text) {
@@ -280,7 +292,8 @@ pub fn write(ctx: &Context<'_>, sockets: &SocketSnapshot) -> Result<Vec<ircap_pr
 
     let mut t = JsonlWriter::open(ctx.sink, "listening_sockets", "network_state")?;
     for s in &sockets.records {
-        let listening = s.state == "LISTEN" || (s.state == "UNCONN" && s.protocol.starts_with("udp"));
+        let listening =
+            s.state == "LISTEN" || (s.state == "UNCONN" && s.protocol.starts_with("udp"));
         if listening {
             t.write(&Listener {
                 netns: s.netns,
@@ -315,15 +328,21 @@ mod tests {
 
     #[test]
     fn routes_and_arp() {
-        let r = parse_route("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\neth0\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\neth0\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
+        let r = parse_route(
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\neth0\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\neth0\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n",
+        );
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].destination, "0.0.0.0/0");
         assert_eq!(r[0].gateway, "192.168.2.1");
         assert_eq!(r[1].destination, "192.168.2.0/24");
-        let r6 = parse_ipv6_route("fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n");
+        let r6 = parse_ipv6_route(
+            "fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n",
+        );
         assert_eq!(r6[0].destination, "fe80::/64");
         assert_eq!(r6[0].metric, 256);
-        let a = parse_arp("IP address       HW type     Flags       HW address            Mask     Device\n192.168.2.1      0x1         0x2         52:54:00:12:34:56     *        eth0\n");
+        let a = parse_arp(
+            "IP address       HW type     Flags       HW address            Mask     Device\n192.168.2.1      0x1         0x2         52:54:00:12:34:56     *        eth0\n",
+        );
         assert_eq!(a[0].mac, "52:54:00:12:34:56");
         assert_eq!(a[0].interface, "eth0");
     }

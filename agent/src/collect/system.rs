@@ -229,26 +229,6 @@ pub fn hardware() -> (usize, Option<String>, u64, u64, u64) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn os_release_parses_quotes() {
-        let m = parse_os_release(b"NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n# c\n");
-        assert_eq!(m["NAME"], "Debian GNU/Linux");
-        assert_eq!(m["ID"], "debian");
-    }
-
-    #[test]
-    fn boot_clock_is_in_the_past() {
-        let c = BootClock::read();
-        assert!(c.boot_unix > 1.0e9);
-        assert!(c.clk_tck > 0);
-        assert!(c.after_boot(0).ends_with('Z'));
-    }
-}
-
 /// Writes `system.jsonl.gz` (one record) and returns the host identity
 /// for the manifest.
 ///
@@ -310,4 +290,24 @@ pub fn write(
     };
     table.write(&record)?;
     Ok((table.finish()?, host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_parses_quotes() {
+        let m = parse_os_release(b"NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n# c\n");
+        assert_eq!(m["NAME"], "Debian GNU/Linux");
+        assert_eq!(m["ID"], "debian");
+    }
+
+    #[test]
+    fn boot_clock_is_in_the_past() {
+        let c = BootClock::read();
+        assert!(c.boot_unix > 1.0e9);
+        assert!(c.clk_tck > 0);
+        assert!(c.after_boot(0).ends_with('Z'));
+    }
 }

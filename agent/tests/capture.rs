@@ -1,0 +1,394 @@
+//! End-to-end: plant real processes, sockets and mappings on this host, run
+//! the real `ircap-agent capture`, and find them in the capture. Needs root
+//! (network namespaces, other users' /proc entries).
+
+mod support;
+
+use std::ffi::OsStr;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::num::NonZeroUsize;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
+use support::*;
+
+const HOSTILE_ARG0: &[u8] = b"evil\nname\t\"q\" \\ \xff\xfe";
+const HOSTILE_ARG: &[u8] = b"x\ny\t\"z\"\r\x1b[31m\xc3\x28";
+const HOSTILE_COMM: &[u8] = b"ev\nil\t\"\xff)(";
+
+#[test]
+fn planted_processes_sockets_and_maps_are_found() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+
+    // A process with a hostile name and arguments, one of them 100 KB:
+    // a copy of bash whose file name (and so comm) is hostile.
+    let long_arg = vec![b'A'; 100 * 1024];
+    let hostile_exe = tmp.path().join(OsStr::from_bytes(HOSTILE_COMM));
+    std::fs::copy("/bin/bash", &hostile_exe)?;
+    let mut cmd = Command::new(&hostile_exe);
+    cmd.arg0(OsStr::from_bytes(HOSTILE_ARG0))
+        .args(["-c", "echo ready; sleep 600; :"])
+        .arg(OsStr::from_bytes(HOSTILE_ARG))
+        .arg(OsStr::from_bytes(&long_arg));
+    let (hostile, _) = spawn_ready(cmd);
+
+    // A copy of a binary, running, then deleted.
+    let copy = tmp.path().join("evil-sleep");
+    std::fs::copy("/bin/sleep", &copy)?;
+    let copy_sha = sha256_file(&copy);
+    let deleted = Planted(Command::new(&copy).arg("600").spawn()?);
+    wait_exec(deleted.pid(), "nonexistent");
+    std::fs::remove_file(&copy)?;
+
+    // A listener in its own network namespace.
+    let mut ns_cmd = Command::new("unshare");
+    ns_cmd.args([
+        "--net",
+        "python3",
+        "-c",
+        "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',45671))\ns.listen()\nprint('ready',flush=True)\ntime.sleep(600)",
+    ]);
+    let (ns_listener, ready) = spawn_ready(ns_cmd);
+    assert_eq!(ready, "ready");
+    let ns_inode = std::fs::read_link(format!("/proc/{}/ns/net", ns_listener.pid()))?;
+    let ns_inode: u64 = ns_inode
+        .to_string_lossy()
+        .trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .parse()?;
+
+    // Sockets owned by this test process.
+    let me = i64::from(std::process::id());
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let lport = listener.local_addr()?.port();
+    let client = TcpStream::connect(("127.0.0.1", lport))?;
+    let (_server_side, _) = listener.accept()?;
+    let cport = client.local_addr()?.port();
+    let udp = UdpSocket::bind("127.0.0.1:0")?;
+    let uport = udp.local_addr()?.port();
+    let unix_path = tmp.path().join("ir cap.sock");
+    let _unix = UnixListener::bind(&unix_path)?;
+
+    // A writable+executable anonymous mapping in this process.
+    // SAFETY: a fresh private anonymous mapping aliases nothing.
+    let rwx = unsafe {
+        mmap_anonymous(
+            None,
+            NonZeroUsize::new(4096).unwrap(),
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE | ProtFlags::PROT_EXEC,
+            MapFlags::MAP_PRIVATE,
+        )?
+    };
+    let rwx_addr = format!("0x{:x}", rwx.as_ptr() as usize);
+
+    let out = tmp.path().join("captures");
+    let run = capture(&out, &["--no-logs"]);
+
+    // --- processes ---
+    let procs = run.table("processes");
+    let h = by_pid(&procs, hostile.pid());
+    assert_eq!(h.len(), 1);
+    let h = h[0];
+    assert_eq!(b64(h["comm_b64"].as_str().unwrap()), HOSTILE_COMM);
+    assert!(b64(h["exe_b64"].as_str().unwrap()).ends_with(HOSTILE_COMM));
+    let argv: Vec<Vec<u8>> = h["argv_b64"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| b64(a.as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        argv,
+        vec![
+            HOSTILE_ARG0.to_vec(),
+            b"-c".to_vec(),
+            b"echo ready; sleep 600; :".to_vec(),
+            HOSTILE_ARG.to_vec(),
+            long_arg.clone()
+        ]
+    );
+    assert_eq!(h["argv"][4].as_str().unwrap().len(), 100 * 1024);
+    assert_eq!(h["argv_truncated"], false);
+
+    let d = by_pid(&procs, deleted.pid())[0];
+    assert_eq!(d["exe_deleted"], true, "{d}");
+    assert!(d["exe"].as_str().unwrap().ends_with(" (deleted)"));
+    assert_eq!(d["exe_sha256"].as_str(), Some(copy_sha.as_str()));
+
+    let mine = by_pid(&procs, me)[0];
+    assert!(mine["start_time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(mine["uid"], 0);
+    assert_eq!(mine["user"], "root");
+    assert!(mine["namespaces"]["net"].as_u64().is_some());
+
+    let manifest = run.manifest();
+    let agent_pid = manifest["agent"]["pid"].as_i64().unwrap();
+    let agent_rec = by_pid(&procs, agent_pid);
+    assert_eq!(agent_rec.len(), 1, "the agent records itself");
+    assert_eq!(agent_rec[0]["is_agent"], true);
+
+    if let Some(k) = by_pid(&procs, 2)
+        .first()
+        .filter(|k| k["comm"] == "kthreadd")
+    {
+        assert_eq!(k["kernel_thread"], true);
+        assert!(k["exe"].is_null());
+        assert_eq!(k["errors"].as_array().unwrap().len(), 0, "{k}");
+    }
+
+    // --- connections ---
+    let conns = run.table("connections");
+    let find = |f: &dyn Fn(&serde_json::Value) -> bool| conns.iter().find(|c| f(c)).cloned();
+    let owned = |c: &serde_json::Value, pid: i64| {
+        c["pids"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x.as_i64() == Some(pid)))
+    };
+    let l = find(&|c| c["protocol"] == "tcp" && c["local_port"] == lport && c["state"] == "LISTEN")
+        .expect("tcp listener");
+    assert!(owned(&l, me), "{l}");
+    let e =
+        find(&|c| c["protocol"] == "tcp" && c["local_port"] == cport && c["remote_port"] == lport)
+            .expect("established client side");
+    assert_eq!(e["state"], "ESTABLISHED");
+    assert!(owned(&e, me));
+    let u = find(&|c| c["protocol"] == "udp" && c["local_port"] == uport).expect("udp");
+    assert!(owned(&u, me));
+    assert_eq!(u["state"], "UNCONN");
+    let x = find(&|c| c["path"].as_str() == unix_path.to_str()).expect("unix socket");
+    assert_eq!(x["state"], "LISTEN");
+    assert!(owned(&x, me));
+    let n = find(&|c| c["local_port"] == 45671 && c["state"] == "LISTEN").expect("netns listener");
+    assert_eq!(n["netns"].as_u64(), Some(ns_inode));
+    assert!(owned(&n, ns_listener.pid()), "{n}");
+    assert!(
+        n["process_names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("python"))
+    );
+    let host_ns = mine["namespaces"]["net"].as_u64().unwrap();
+    assert_ne!(ns_inode, host_ns);
+
+    // --- memory maps ---
+    let maps = run.table("memory_maps");
+    let r = maps
+        .iter()
+        .find(|m| m["pid"].as_i64() == Some(me) && m["start"] == rwx_addr.as_str())
+        .expect("rwx mapping");
+    assert_eq!(r["write_exec"], true);
+    assert_eq!(r["anon_exec"], true);
+    assert_eq!(r["suspicious"], true);
+    assert!(
+        maps.iter()
+            .any(|m| m["pid"].as_i64() == Some(deleted.pid()) && m["deleted_backed"] == true),
+        "deleted binary's mapping flagged"
+    );
+
+    // --- every table parses, the capture verifies ---
+    for a in manifest["artifacts"].as_array().unwrap() {
+        let name = a["name"].as_str().unwrap();
+        if name.ends_with(".jsonl.gz") {
+            let rows = read_table(&run.dir.join(name));
+            assert_eq!(
+                Some(rows.len() as u64),
+                a["record_count"].as_u64(),
+                "{name}"
+            );
+        }
+    }
+    let v = agent().arg("verify").arg(&run.dir).output()?;
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    // SAFETY: unmapping the mapping made above, unused since.
+    unsafe { nix::sys::mman::munmap(rwx, 4096)? };
+    Ok(())
+}
+
+#[test]
+fn unprivileged_run_records_permission_errors_and_completes() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out)?;
+    nix::unistd::chown(&out, Some(65534.into()), Some(65534.into()))?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    // A root process whose environ and fds nobody may read.
+    let root_child = Planted(Command::new("sleep").arg("600").spawn()?);
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_ircap-agent"))
+        .args(["capture", "--no-imds", "--no-logs", "--output"])
+        .arg(&out)
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert!(summary["error_count"].as_u64().unwrap() > 0);
+    let dir = std::path::PathBuf::from(summary["location"].as_str().unwrap());
+    let procs = read_table(&dir.join("processes.jsonl.gz"));
+    let rec = by_pid(&procs, root_child.pid())[0];
+    let errors: Vec<&str> = rec["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("environ") && e.contains("permission denied")),
+        "{errors:?}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
+    let p = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "processes.jsonl.gz")
+        .unwrap();
+    assert!(p["error_count"].as_u64().unwrap() > 0);
+    assert!(
+        p["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("permission denied")),
+        "{p}"
+    );
+    assert_eq!(manifest["agent"]["uid"], 65534);
+    Ok(())
+}
+
+#[test]
+fn processes_exiting_during_capture_do_not_break_it() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    // A storm of short-lived processes for the whole capture.
+    let storm = Planted(
+        Command::new("bash")
+            .args(["-c", "while :; do /bin/true & /bin/true & wait; done"])
+            .spawn()?,
+    );
+    let runs: Vec<Run> = (0..3)
+        .map(|i| capture(&tmp.path().join(format!("c{i}")), &["--no-logs"]))
+        .collect();
+    drop(storm);
+    for run in &runs {
+        let v = agent().arg("verify").arg(&run.dir).output()?;
+        assert!(v.status.success());
+        assert!(!run.table("processes").is_empty());
+    }
+    Ok(())
+}
+
+fn assert_no_capture_left(root: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(root) {
+        let names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.is_empty(), "left behind: {names:?}");
+    }
+}
+
+#[test]
+fn output_under_a_regular_file_fails_cleanly() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let file = tmp.path().join("plain-file");
+    std::fs::write(&file, b"x")?;
+    let out = agent()
+        .args(["capture", "--no-imds", "--no-logs", "--output"])
+        .arg(file.join("sub"))
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot create output directory"), "{err}");
+    assert!(err.contains("plain-file"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn read_only_output_fails_cleanly() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro)?;
+    let script = format!(
+        "mount -t tmpfs -o ro none '{}' && exec '{}' capture --no-imds --no-logs --output '{}'",
+        ro.display(),
+        env!("CARGO_BIN_EXE_ircap-agent"),
+        ro.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Read-only file system"), "{err}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_ne!(summary["status"], "complete");
+    Ok(())
+}
+
+#[test]
+fn disk_full_mid_capture_leaves_nothing_that_looks_complete() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let small = tmp.path().join("small");
+    std::fs::create_dir(&small)?;
+    // 8 KiB: room for the directories, not for the tables.
+    let script = format!(
+        "mount -t tmpfs -o size=8k none '{d}' && '{agent}' capture --no-imds --no-logs --output '{d}'; rc=$?; ls -A '{d}'; exit $rc",
+        d = small.display(),
+        agent = env!("CARGO_BIN_EXE_ircap-agent"),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let summary: serde_json::Value = serde_json::from_str(lines.next().unwrap_or("{}"))?;
+    assert_eq!(summary["status"], "failed");
+    assert!(
+        summary["error"].as_str().unwrap().contains("No space left"),
+        "{summary}"
+    );
+    // `ls -A` of the output directory after the run: nothing left at all.
+    assert_eq!(lines.next(), None, "left behind: {stdout}");
+    assert_no_capture_left(&small);
+    Ok(())
+}
+
+#[test]
+fn bad_option_values_are_usage_errors() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    for args in [["--logs-since", "yesterday"], ["--logs-max-bytes", "lots"]] {
+        let out = agent()
+            .args(["capture", "--no-imds", "--output"])
+            .arg(tmp.path())
+            .args(args)
+            .output()?;
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(args[0]));
+    }
+    assert_no_capture_left(tmp.path());
+    Ok(())
+}
