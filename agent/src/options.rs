@@ -41,6 +41,31 @@ pub struct CaptureOptions {
     pub exe_hash_max_bytes: u64,
 }
 
+impl CaptureOptions {
+    /// The defaults of `ircap-agent capture --output <output>` (logs since 7
+    /// days, 512 MiB of logs, allow-listed environment, lowered priority,
+    /// IMDS asked).
+    #[must_use]
+    pub fn with_defaults(output: PathBuf) -> Self {
+        let since = SystemTime::now()
+            .checked_sub(std::time::Duration::from_secs(7 * 86_400))
+            .unwrap_or(std::time::UNIX_EPOCH);
+        Self {
+            output,
+            logs: true,
+            logs_since: DEFAULT_LOGS_SINCE.to_owned(),
+            logs_since_time: since,
+            logs_since_resolved: crate::timefmt::rfc3339(since),
+            logs_max_bytes: DEFAULT_LOGS_MAX_BYTES,
+            full_environ: false,
+            lower_priority: true,
+            imds: true,
+            imds_endpoint: "169.254.169.254:80".to_owned(),
+            exe_hash_max_bytes: DEFAULT_EXE_HASH_MAX_BYTES,
+        }
+    }
+}
+
 /// Why a byte size was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(

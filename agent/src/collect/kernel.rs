@@ -530,7 +530,6 @@ mod tests {
     use std::fs;
     use std::io::Read;
     use std::path::PathBuf;
-    use std::time::UNIX_EPOCH;
 
     use super::*;
     use crate::collect::accounts::Accounts;
@@ -751,19 +750,7 @@ mod tests {
             run: fx.path().join("run"),
             sys: fx.path().join("sys"),
         };
-        let options = CaptureOptions {
-            output: PathBuf::from(out.path()),
-            logs: false,
-            logs_since: "7d".into(),
-            logs_since_time: UNIX_EPOCH,
-            logs_since_resolved: String::new(),
-            logs_max_bytes: 0,
-            full_environ: false,
-            lower_priority: false,
-            imds: false,
-            imds_endpoint: String::new(),
-            exe_hash_max_bytes: 0,
-        };
+        let options = CaptureOptions::with_defaults(PathBuf::from(out.path()));
         let accounts = Accounts::default();
         let clock = BootClock {
             boot_unix: 0.0,

@@ -832,19 +832,7 @@ mod tests {
         };
         let out = tempfile::tempdir()?;
         let sink = DirSink::create(out.path(), "cap")?;
-        let options = CaptureOptions {
-            output: out.path().to_path_buf(),
-            logs: false,
-            logs_since: "7d".into(),
-            logs_since_time: UNIX_EPOCH,
-            logs_since_resolved: String::new(),
-            logs_max_bytes: 0,
-            full_environ: false,
-            lower_priority: false,
-            imds: false,
-            imds_endpoint: String::new(),
-            exe_hash_max_bytes: 0,
-        };
+        let options = CaptureOptions::with_defaults(out.path().to_path_buf());
         let clock = BootClock {
             boot_unix: 0.0,
             clk_tck: 100,
