@@ -1,0 +1,1 @@
+//! PKI bootstrap (placeholder, being written).
