@@ -85,7 +85,11 @@ impl ArtifactStream {
         store: Store,
     ) -> Result<Self, SinkError> {
         let started_at = timefmt::now();
-        let out = HashingWriter::new(sink.create(&name)?);
+        let encoding = match store {
+            Store::Gzip(_) => Encoding::Gzip,
+            Store::Identity => Encoding::Identity,
+        };
+        let out = HashingWriter::new(sink.create(&name, encoding)?);
         let pipe = match store {
             Store::Gzip(level) => Pipe::Gzip(Box::new(HashingWriter::new(GzEncoder::new(
                 out,
@@ -144,7 +148,7 @@ impl ArtifactStream {
                 (out, digest.clone(), digest, Encoding::Identity)
             }
         };
-        out.close(&stored)?;
+        out.close(&stored, &content)?;
         Ok(entry(
             name,
             self.kind,

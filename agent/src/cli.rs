@@ -42,10 +42,28 @@ pub enum Command {
 
 /// `ircap-agent capture`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["output", "collector"])))]
 pub struct CaptureArgs {
     /// Directory that receives `<capture-id>/` (created if missing).
     #[arg(long, short = 'o', value_name = "DIR")]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
+    /// Send the capture to this collector (`https://HOST:PORT`) over
+    /// mutual TLS instead of writing it locally; nothing touches the disk.
+    #[arg(long, value_name = "URL", env = "IRCAP_COLLECTOR", requires_all = ["ca", "cert", "key"])]
+    pub collector: Option<String>,
+    /// CA certificate the collector's certificate must chain to.
+    #[arg(long, value_name = "PEM", env = "IRCAP_CA")]
+    pub ca: Option<PathBuf>,
+    /// This agent's client certificate.
+    #[arg(long, value_name = "PEM", env = "IRCAP_CERT")]
+    pub cert: Option<PathBuf>,
+    /// This agent's private key.
+    #[arg(long, value_name = "PEM", env = "IRCAP_KEY")]
+    pub key: Option<PathBuf>,
+    /// Attempts per upload step before giving up (reconnecting and resuming
+    /// from the last acknowledged offset in between).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub upload_attempts: u32,
     /// Oldest logs to keep: a duration back from now (90m, 1h, 7d, 2w) or
     /// an RFC 3339 time.
     #[arg(long, value_name = "WHEN", default_value = DEFAULT_LOGS_SINCE)]

@@ -10,6 +10,8 @@ use clap::Parser;
 use ircap_agent::cli::{CaptureArgs, Cli, Command, VerifyArgs, exit};
 use ircap_agent::options::{CaptureOptions, parse_size};
 use ircap_agent::sink::dir::DirSink;
+use ircap_agent::sink::grpc::{CollectorSettings, GrpcSink};
+use ircap_agent::sink::{CaptureSink, SinkError};
 use ircap_agent::{capture, priority, timefmt};
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn options_from(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
     let since = timefmt::parse_since(&args.logs_since, now).context("--logs-since")?;
     Ok(CaptureOptions {
         output: args.output.clone(),
+        collector: args.collector.clone(),
         logs: !args.no_logs,
         logs_since: args.logs_since.clone(),
         logs_since_time: since,
@@ -57,6 +60,27 @@ fn options_from(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
         imds_endpoint: args.imds_endpoint.clone(),
         exe_hash_max_bytes: parse_size(&args.exe_hash_max_bytes).context("--exe-hash-max-bytes")?,
     })
+}
+
+/// The local directory or the collector, as asked.
+fn open_sink(args: &CaptureArgs, capture_id: &str) -> Result<Box<dyn CaptureSink>, SinkError> {
+    match (&args.collector, &args.output) {
+        (Some(url), _) => {
+            let settings = CollectorSettings {
+                url: url.clone(),
+                ca: args.ca.clone().unwrap_or_default(),
+                cert: args.cert.clone().unwrap_or_default(),
+                key: args.key.clone().unwrap_or_default(),
+                attempts: args.upload_attempts,
+            };
+            let hostname = ircap_agent::collect::system::hostname();
+            Ok(Box::new(GrpcSink::open(&settings, capture_id, &hostname)?))
+        }
+        (None, Some(dir)) => Ok(Box::new(DirSink::create(dir, capture_id)?)),
+        (None, None) => Err(SinkError::Collector(
+            "--output or --collector is required".into(),
+        )),
+    }
 }
 
 fn run_capture(args: &CaptureArgs) -> u8 {
@@ -75,15 +99,20 @@ fn run_capture(args: &CaptureArgs) -> u8 {
         }
     };
     let capture_id = capture::new_capture_id();
-    let sink = match DirSink::create(&options.output, &capture_id) {
+    let sink = match open_sink(args, &capture_id) {
         Ok(s) => s,
         Err(err) => {
-            tracing::error!(output = %options.output.display(), "Cannot store the capture: {err}");
+            tracing::error!("Cannot store the capture: {err}");
+            print_json(&serde_json::json!({
+                "capture_id": capture_id,
+                "status": "failed",
+                "error": err.to_string(),
+            }));
             return exit::FAILED;
         }
     };
-    tracing::info!(capture_id, output = %sink.final_dir().display(), "Capture started");
-    match capture::run(&capture_id, &options, &sink, lowered.as_ref()) {
+    tracing::info!(capture_id, "Capture started");
+    match capture::run(&capture_id, &options, sink.as_ref(), lowered.as_ref()) {
         Ok(outcome) => {
             let summary = outcome.summary();
             tracing::info!(

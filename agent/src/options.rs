@@ -16,8 +16,10 @@ pub const DEFAULT_EXE_HASH_MAX_BYTES: u64 = 512 << 20;
 /// Everything one capture needs to know.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaptureOptions {
-    /// Where the local capture goes.
-    pub output: PathBuf,
+    /// Where the local capture goes (`None` when sent to a collector).
+    pub output: Option<PathBuf>,
+    /// The collector it is sent to, if any.
+    pub collector: Option<String>,
     /// Whether logs are collected at all.
     pub logs: bool,
     /// `--logs-since` as given.
@@ -47,11 +49,13 @@ impl CaptureOptions {
     /// IMDS asked).
     #[must_use]
     pub fn with_defaults(output: PathBuf) -> Self {
+        let output = Some(output);
         let since = SystemTime::now()
             .checked_sub(std::time::Duration::from_secs(7 * 86_400))
             .unwrap_or(std::time::UNIX_EPOCH);
         Self {
             output,
+            collector: None,
             logs: true,
             logs_since: DEFAULT_LOGS_SINCE.to_owned(),
             logs_since_time: since,

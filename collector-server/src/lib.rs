@@ -1,4 +1,12 @@
 //! The ircap collector: receives captures from agents over mutual-TLS gRPC,
-//! verifies every hash, stores them, and serves analysts.
+//! verifies every chunk and artifact hash as bytes arrive, stores captures
+//! through the [`store::Store`] trait and marks them complete only when the
+//! manifest matches everything received.
 
+pub mod auth;
+pub mod ingest;
 pub mod pki;
+pub mod serve;
+pub mod service;
+pub mod store;
+pub mod timefmt;

@@ -16,13 +16,21 @@
 #   BENCH_OUT=FILE       also write the results as JSON there
 #   BENCH_VENV=DIR       venv for psutil (default ~/.cache/ircap-bench/venv,
 #                        reused across runs)
+#   BENCH_TMPDIR=DIR     parent of the scratch directory (default
+#                        ~/.cache/ircap-bench). Deliberately not /tmp: the
+#                        agent walks and hashes /tmp, /var/tmp, /dev/shm and
+#                        /run/user, so scratch files there (including its own
+#                        output) would be measured too.
 #   BENCH_PSUTIL_SPEC    pip requirement for psutil (default: psutil)
 #   BENCH_AGENT_ARGS     extra agent arguments (word-split), e.g.
 #                        "--no-lower-priority"
 #   BENCH_SKIP_BUILD=1   use the existing target/release/ircap-agent
 #   BENCH_STRICT=1       exit 3 when a target is missed
-#   BENCH_SLEEP_SECS     lifetime of planted processes (default 3600; they are
-#                        killed on exit anyway, this only bounds a SIGKILLed run)
+#   BENCH_SLEEP_SECS     lifetime of planted processes (default 3600). They are
+#                        killed by the EXIT/INT/TERM trap and, where util-linux
+#                        setpriv is present, also get SIGKILL from the kernel
+#                        the moment this script dies (parent-death signal), so
+#                        even a SIGKILLed run leaves nothing behind.
 #
 # Targets: agent capture within 2x of the raw baseline (median), agent peak
 # RSS under 25 MiB.
@@ -34,6 +42,7 @@ BENCH_WARMUP=${BENCH_WARMUP:-1}
 BENCH_RSS_RUNS=${BENCH_RSS_RUNS:-3}
 BENCH_OUT=${BENCH_OUT:-}
 BENCH_VENV=${BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ircap-bench/venv}
+BENCH_TMPDIR=${BENCH_TMPDIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ircap-bench}
 BENCH_PSUTIL_SPEC=${BENCH_PSUTIL_SPEC:-psutil}
 BENCH_AGENT_ARGS=${BENCH_AGENT_ARGS:-}
 BENCH_SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
@@ -94,7 +103,15 @@ else
 fi
 
 # --- scratch space and the planted processes, always cleaned up ---------------
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/ircap-bench.XXXXXX")
+mkdir -p "$BENCH_TMPDIR"
+# Scratch of earlier runs that were SIGKILLed (run.<pid>.*, pid gone).
+for stale in "$BENCH_TMPDIR"/run.*.*; do
+    [[ -d $stale ]] || continue
+    stale_pid=${stale##*/run.}
+    stale_pid=${stale_pid%%.*}
+    [[ $stale_pid =~ ^[0-9]+$ ]] && ! kill -0 "$stale_pid" 2>/dev/null && rm -rf "$stale"
+done
+TMP=$(mktemp -d "$BENCH_TMPDIR/run.$$.XXXXXX")
 planted=()
 cleanup() {
     local rc=$?
@@ -152,10 +169,15 @@ count_procs() {
 }
 count_procs
 procs_before_plant=$REPLY
+# The kernel kills them when this shell dies, however it dies.
+plant_cmd=(sleep "$BENCH_SLEEP_SECS")
+if setpriv --pdeathsig KILL -- true 2>/dev/null; then
+    plant_cmd=(setpriv --pdeathsig KILL -- sleep "$BENCH_SLEEP_SECS")
+fi
 log "Planting $BENCH_PROCS sleeping processes (host has $procs_before_plant)"
 for ((i = 0; i < BENCH_PROCS; i++)); do
     # Own stdio, so a pipe on this script's output is not held open by them.
-    sleep "$BENCH_SLEEP_SECS" </dev/null >/dev/null 2>&1 &
+    "${plant_cmd[@]}" </dev/null >/dev/null 2>&1 &
     planted+=("$!")
 done
 alive_planted() {
@@ -272,6 +294,27 @@ baseline_rss_kib=$REPLY
 max_rss_kib "$venv_py" "$script_dir/psutil_baseline.py"
 psutil_rss_kib=$REPLY
 
+# --- where the agent's time goes: one more run with --log debug; the artifact
+# files' mtimes (written one after another) give the per-collector split.
+log "Phase breakdown: one --log debug run"
+rm -rf "$TMP/out"
+stamp_us
+phase_t0=$REPLY
+"$agent_bin" --log debug capture --output "$TMP/out" --no-logs --no-imds "${agent_extra[@]}" \
+    >"$TMP/phase.json" 2>"$TMP/phase.log" || die "the --log debug agent run failed"
+stamp_us
+phase_t1=$REPLY
+stat -c '%.9Y %n' "$TMP"/out/*/* >"$TMP/phase.mtimes"
+rm -rf "$TMP/out"
+
+# What the agent's volatile_files collector walks, as it stands now.
+volatile_entries=0
+for d in /tmp /var/tmp /dev/shm /run/user; do
+    [[ -d $d ]] || continue
+    n=$(find "$d" -xdev 2>/dev/null | wc -l) || true
+    volatile_entries=$((volatile_entries + n))
+done
+
 alive_planted
 planted_alive_end=$REPLY
 ((planted_alive_end == BENCH_PROCS)) || log "WARNING: only $planted_alive_end of $BENCH_PROCS planted processes survived the run"
@@ -288,6 +331,7 @@ export R_LOAD_BEFORE=$load_before R_LOAD_AFTER=$load_after R_CLOCK=$clock_source
 export R_BASELINE_CMD=$BASELINE_CMD R_AGENT_ARGS=$BENCH_AGENT_ARGS
 export R_TMP=$TMP R_TARGET_RATIO=$TARGET_RATIO R_TARGET_RSS_MIB=$TARGET_RSS_MIB
 export R_ELAPSED_S=$((SECONDS - script_t0)) BENCH_OUT
+export R_PHASE_T0_US=$phase_t0 R_PHASE_T1_US=$phase_t1 R_VOLATILE_ENTRIES=$volatile_entries
 rc=0
 python3 - <<'PY' || rc=$?
 import json, os, platform, statistics, sys
@@ -311,6 +355,61 @@ psutil_counts = [s for s in (load_json(f"{env['R_TMP']}/psutil-{i}.json") for i 
 last_agent = agent_summaries[-1] if agent_summaries else {}
 last_psutil = psutil_counts[-1] if psutil_counts else {}
 records = last_agent.get("records", {})
+
+def phases():
+    """Per-collector split of the --log debug run, in ms from exec."""
+    import datetime
+    t0 = int(env["R_PHASE_T0_US"]) / 1e6
+    t1 = int(env["R_PHASE_T1_US"]) / 1e6
+    marks = {}
+    try:
+        for line in open(f"{env['R_TMP']}/phase.log", errors="replace"):
+            stamp = line.split(" ", 1)[0]
+            for key, text in (("started", "Capture started"), ("sockets", "Read socket tables"), ("scan", "Read processes")):
+                if text in line and key not in marks:
+                    ts = datetime.datetime.strptime(stamp.rstrip("Z")[:26], "%Y-%m-%dT%H:%M:%S.%f")
+                    marks[key] = ts.replace(tzinfo=datetime.timezone.utc).timestamp()
+        files = []
+        for line in open(f"{env['R_TMP']}/phase.mtimes"):
+            mtime, path = line.rstrip("\n").split(" ", 1)
+            files.append((float(mtime), os.path.basename(path)))
+    except (OSError, ValueError):
+        return None
+    if not {"started", "sockets", "scan"} <= marks.keys() or not files:
+        return None
+    group_of = {
+        "connections": "write connections", "processes": "write processes",
+        "memory_maps": "memory_maps (read every maps file + gzip)",
+        "network_interfaces": "network_state", "network_routes": "network_state",
+        "network_neighbors": "network_state", "listening_sockets": "network_state",
+        "network_config": "network_state", "logins": "users", "lastlog": "users",
+        "kernel": "kernel", "kernel_modules": "kernel", "mounts": "kernel",
+        "volatile_files": "volatile_files (walk + hash /tmp, /var/tmp, /dev/shm, /run/user)",
+        "system": "system", "manifest": "manifest",
+    }
+    # The agent's write order (capture.rs): breaks ties between files closed
+    # within one tick of the coarse file-time clock.
+    order = list(group_of)
+    out = [("exec + startup", marks["started"] - t0),
+           ("socket tables", marks["sockets"] - marks["started"]),
+           ("process scan (/proc/PID/*, fds, exe hashes)", marks["scan"] - marks["sockets"])]
+    prev = marks["scan"]
+    def key(item):
+        stem = item[1].split(".", 1)[0]
+        return (item[0], order.index(stem) if stem in order else len(order))
+    for mtime, name in sorted(files, key=key):
+        group = group_of.get(name.split(".", 1)[0], name)
+        delta = max(0.0, mtime - prev)
+        prev = max(prev, mtime)
+        if out and out[-1][0] == group:
+            out[-1] = (group, out[-1][1] + delta)
+        else:
+            out.append((group, delta))
+    out.append(("commit (fsync + rename) + exit", max(0.0, t1 - prev)))
+    return {"total_ms": round((t1 - t0) * 1000, 1),
+            "phases_ms": {k: round(v * 1000, 1) for k, v in out}}
+
+phase = phases()
 
 timings = {
     "agent": samples("R_AGENT_US"),
@@ -357,7 +456,7 @@ out.append("")
 out.append("- agent: `target/release/ircap-agent capture --output $TMP/out --no-logs --no-imds" + (" " + env["R_AGENT_ARGS"] if env["R_AGENT_ARGS"] else "") + "` (runs as root; by default it lowers itself to nice 10 and best-effort I/O level 7)")
 out.append(f"- raw baseline: `sh -c '{env['R_BASELINE_CMD']}'`")
 out.append("- psutil: `python psutil_baseline.py`: process_iter(pid, ppid, name, exe, cmdline, username, create_time, status) + memory_maps() each + net_connections(kind='all'); **includes Python startup and `import psutil`**")
-out.append(f"- Agent peak RSS: {agent_rss_mib:.1f} MiB (max of {env['R_RSS_RUNS']} runs under `/usr/bin/time -v`)")
+out.append(f"- Agent peak RSS: {agent_rss_mib:.1f} MiB (max of {env['R_RSS_RUNS']} run(s) under `/usr/bin/time -v`)")
 out.append(f"- Agent binary size: {binary_bytes} bytes = {binary_bytes / MIB:.2f} MiB (target/release/ircap-agent)")
 out.append(f"- Processes on the host during the run: {env['R_PROCS_MIN']}–{env['R_PROCS_MAX']} (/proc/[0-9]*; {env['R_PROCS_BEFORE_PLANT']} before planting + {env['R_PROCS_PLANTED']} planted)")
 out.append(
@@ -372,6 +471,10 @@ if last_psutil:
         f"- psutil {env['R_PSUTIL_VERSION']} saw: processes {last_psutil.get('processes')}, memory_maps {last_psutil.get('memory_maps')} "
         f"(grouped by path, read from smaps; access denied {last_psutil.get('memory_maps_access_denied')}), connections {last_psutil.get('connections')}"
     )
+if phase:
+    out.append(f"- Agent phases in ms (one extra `--log debug` run, {phase['total_ms']:.0f} ms in all; from log stamps and artifact mtimes, ~4 ms resolution): "
+               + ", ".join(f"{k} {v:.0f}" for k, v in phase["phases_ms"].items() if v >= 1))
+out.append(f"- volatile_files: {records.get('volatile_files', '?')} records; {env['R_VOLATILE_ENTRIES']} entries under /tmp, /var/tmp, /dev/shm, /run/user (the agent walks and hashes these; the baselines do not)")
 out.append(f"- Load average: {env['R_LOAD_BEFORE']} before timing, {env['R_LOAD_AFTER']} after" + (f"; NOISY (max-min > 25% of median): {', '.join(noisy)}" if noisy else ""))
 out.append("")
 out.append(f"Targets: capture within {env['R_TARGET_RATIO']}x of the raw baseline: **{'PASS' if ratio_ok else 'FAIL'}** ({ratio:.2f}x); "
@@ -398,6 +501,8 @@ result = {
                           "before_planting": int(env["R_PROCS_BEFORE_PLANT"]), "planted": int(env["R_PROCS_PLANTED"]),
                           "planted_alive_at_end": int(env["R_PLANTED_ALIVE"])},
     "agent_records": records,
+    "agent_phases": phase,
+    "volatile_dir_entries": int(env["R_VOLATILE_ENTRIES"]),
     "agent_error_count": last_agent.get("error_count"),
     "agent_errors_by_artifact": last_agent.get("errors_by_artifact"),
     "agent_internal_duration_ms": agent_internal,

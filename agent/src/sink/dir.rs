@@ -11,6 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ircap_proto::artifact_name::MANIFEST_FILE;
+use ircap_proto::manifest::Encoding;
 use ircap_proto::{ArtifactName, Digest, Manifest};
 
 use super::{ArtifactOut, CaptureSink, SinkError};
@@ -79,7 +80,7 @@ impl Write for FileOut {
 }
 
 impl ArtifactOut for FileOut {
-    fn close(self: Box<Self>, _stored: &Digest) -> Result<(), SinkError> {
+    fn close(self: Box<Self>, _stored: &Digest, _content: &Digest) -> Result<(), SinkError> {
         let path = self.path;
         let file = self.writer.into_inner().map_err(|e| {
             SinkError::io(format!("cannot write {}", path.display()), e.into_error())
@@ -96,7 +97,11 @@ fn sync_dir(path: &Path) -> Result<(), SinkError> {
 }
 
 impl CaptureSink for DirSink {
-    fn create(&self, name: &ArtifactName) -> Result<Box<dyn ArtifactOut>, SinkError> {
+    fn create(
+        &self,
+        name: &ArtifactName,
+        _encoding: Encoding,
+    ) -> Result<Box<dyn ArtifactOut>, SinkError> {
         let path = name.path_in(&self.partial);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)

@@ -13,9 +13,11 @@
 //!   the sink receives the stored-bytes digest when the artifact closes.
 
 pub mod dir;
+pub mod grpc;
 
 use std::io::Write;
 
+use ircap_proto::manifest::Encoding;
 use ircap_proto::{ArtifactName, Digest, Manifest};
 
 /// Why a sink could not store something. Any sink error ends the capture.
@@ -30,6 +32,9 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// The collector refused or could not be reached.
+    #[error("collector: {0}")]
+    Collector(String),
     /// Serialising the manifest failed.
     #[error("cannot encode the manifest: {0}")]
     Manifest(#[from] serde_json::Error),
@@ -48,11 +53,12 @@ impl SinkError {
 /// One artifact being written.
 pub trait ArtifactOut: Write + Send {
     /// Makes the artifact durable; `stored` is the digest of every byte
-    /// written to it.
+    /// written to it, `content` the digest of the decoded content.
     ///
     /// # Errors
-    /// [`SinkError`] when the bytes cannot be made durable.
-    fn close(self: Box<Self>, stored: &Digest) -> Result<(), SinkError>;
+    /// [`SinkError`] when the bytes cannot be made durable (or, for a
+    /// collector, were not verified).
+    fn close(self: Box<Self>, stored: &Digest, content: &Digest) -> Result<(), SinkError>;
 }
 
 /// A destination for one capture (see the module docs for the contract).
@@ -61,7 +67,11 @@ pub trait CaptureSink: Send + Sync {
     ///
     /// # Errors
     /// [`SinkError`] when it cannot be created.
-    fn create(&self, name: &ArtifactName) -> Result<Box<dyn ArtifactOut>, SinkError>;
+    fn create(
+        &self,
+        name: &ArtifactName,
+        encoding: Encoding,
+    ) -> Result<Box<dyn ArtifactOut>, SinkError>;
 
     /// Stores the manifest and presents the capture as complete; returns
     /// where it is (a path or URL).

@@ -1,0 +1,266 @@
+//! `ircap-collector serve`: settings from a TOML file, then environment,
+//! then flags, validated before anything listens; a TLS 1.3 accept loop
+//! that requires client certificates; the gRPC services; graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ircap_proto::v1::capture_upload_server::CaptureUploadServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::auth;
+use crate::service::{MAX_MESSAGE, UploadService};
+use crate::store::file::FileStore;
+
+/// How long a client gets to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight uploads get to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// `serve` settings as written in the TOML config file. Every field can
+/// also come from the environment (`IRCAP_LISTEN`, `IRCAP_STORE`,
+/// `IRCAP_CA`, `IRCAP_CERT`, `IRCAP_KEY`, `IRCAP_CRL`) or a flag, which win
+/// in that order.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to listen on, e.g. `0.0.0.0:7443`.
+    pub listen: Option<String>,
+    /// Store URL: `file:///var/lib/ircap`.
+    pub store: Option<String>,
+    /// CA certificate(s) that client certificates must chain to (PEM).
+    pub ca: Option<PathBuf>,
+    /// The server's certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Certificate revocation list(s) (PEM), optional.
+    pub crl: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    /// Reads a TOML config file.
+    ///
+    /// # Errors
+    /// [`ServeError::Config`] naming the file.
+    pub fn from_file(path: &Path) -> Result<Self, ServeError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Overlays `other`'s set fields onto `self`.
+    #[must_use]
+    pub fn overlay(self, other: Self) -> Self {
+        Self {
+            listen: other.listen.or(self.listen),
+            store: other.store.or(self.store),
+            ca: other.ca.or(self.ca),
+            cert: other.cert.or(self.cert),
+            key: other.key.or(self.key),
+            crl: other.crl.or(self.crl),
+        }
+    }
+}
+
+/// Why the collector could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A missing or invalid setting.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] auth::AuthError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Validated settings: nothing here can be wrong any more.
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The store directory.
+    pub store_dir: PathBuf,
+    /// The TLS server configuration.
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+impl Settings {
+    /// Validates a merged config: every path is loaded now, so a bad
+    /// certificate path fails before anything listens, naming the path.
+    ///
+    /// # Errors
+    /// [`ServeError`] for the first problem found.
+    pub fn validate(cfg: &ServeConfig) -> Result<Self, ServeError> {
+        let need = |v: &Option<PathBuf>, name: &str| {
+            v.clone().ok_or_else(|| {
+                ServeError::Config(format!(
+                    "--{name} (or IRCAP_{}) is required",
+                    name.to_uppercase()
+                ))
+            })
+        };
+        let listen_text = cfg
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:7443".to_owned());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| ServeError::Config(format!("--listen {listen_text:?}: {e}")))?;
+        let store = cfg.store.clone().ok_or_else(|| {
+            ServeError::Config(
+                "--store (or IRCAP_STORE) is required, e.g. file:///var/lib/ircap".into(),
+            )
+        })?;
+        let store_dir = match store.strip_prefix("file://") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => {
+                return Err(ServeError::Config(format!(
+                    "--store {store:?}: this build supports file://DIR"
+                )));
+            }
+        };
+        let tls = auth::server_config(
+            &need(&cfg.ca, "ca")?,
+            &need(&cfg.cert, "cert")?,
+            &need(&cfg.key, "key")?,
+            cfg.crl.as_deref(),
+        )?;
+        Ok(Self {
+            listen,
+            store_dir,
+            tls: Arc::new(tls),
+        })
+    }
+}
+
+/// Binds the listener and returns it with its real address (port 0 picks
+/// a free port).
+///
+/// # Errors
+/// [`ServeError::Listen`].
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: addr.to_string(),
+        source,
+    })?;
+    Ok((listener, local))
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight calls finish for
+/// up to [`SHUTDOWN_GRACE`].
+///
+/// # Errors
+/// [`ServeError`] when the store cannot be opened or the server fails.
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = Arc::new(FileStore::open(&settings.store_dir)?);
+    let acceptor = TlsAcceptor::from(Arc::clone(&settings.tls));
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let accept_loop = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CaptureUploadServer<UploadService<FileStore>>>()
+        .await;
+    let upload = CaptureUploadServer::new(UploadService::new(store))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("Shutting down: finishing in-flight calls");
+        let _ = stop_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(upload)
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), graceful);
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r.map_err(ServeError::from),
+        () = async {
+            let _ = stop_rx.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("In-flight calls did not finish in time; aborting them (they stay resumable)");
+            Ok(())
+        }
+    };
+    accept_loop.abort();
+    result
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+}

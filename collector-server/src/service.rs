@@ -1,0 +1,514 @@
+//! The `ircap.v1.CaptureUpload` service: the only place that builds
+//! `tonic::Status`.
+//!
+//! Every call first reads the caller's identity from its verified client
+//! certificate (never from a request field): only the `agent` role may
+//! upload, and only into captures it opened itself. Chunks are checked
+//! against their SHA-256 before they are stored; an artifact is finished
+//! only when its stored and decoded digests match what the agent sent; a
+//! capture is complete only when its manifest matches every finished
+//! artifact.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ircap_proto::manifest::Manifest;
+use ircap_proto::v1::capture_upload_server::CaptureUpload;
+use ircap_proto::v1::{
+    ArtifactProgress, CommitCaptureRequest, CommitCaptureResponse, OpenCaptureRequest,
+    OpenCaptureResponse, UploadAck, UploadMessage, upload_message,
+};
+use ircap_proto::{ArtifactName, Digest};
+use sha2::Digest as _;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{self, Identity, Role};
+use crate::ingest::ArtifactVerifier;
+use crate::store::{CaptureState, FinishedArtifact, Store, StoreError};
+use crate::timefmt;
+
+/// Largest chunk accepted.
+pub const MAX_CHUNK: usize = 4 << 20;
+/// Largest gRPC message accepted (a chunk plus its envelope).
+pub const MAX_MESSAGE: usize = MAX_CHUNK + (64 << 10);
+/// Longest silence inside an upload stream before it is dropped.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The upload service over a [`Store`].
+pub struct UploadService<S: Store> {
+    store: Arc<S>,
+    /// (capture id, artifact) pairs with a stream in progress.
+    active: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Serialises read-modify-write of capture state.
+    state_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<S: Store> UploadService<S> {
+    /// A service storing into `store`.
+    pub fn new(store: Arc<S>) -> Self {
+        Self {
+            store,
+            active: Arc::default(),
+            state_lock: Arc::default(),
+        }
+    }
+}
+
+fn store_status(err: StoreError) -> Status {
+    match err {
+        StoreError::Io { .. } => {
+            tracing::warn!(error = %err, "Store unavailable");
+            Status::unavailable(format!("store unavailable, retry: {err}"))
+        }
+        StoreError::Corrupt { .. } => Status::internal(err.to_string()),
+        StoreError::UnknownCapture(_) => Status::not_found(err.to_string()),
+        StoreError::Offset { .. } => Status::failed_precondition(err.to_string()),
+    }
+}
+
+/// The caller's identity, which must hold the agent role.
+fn agent_identity<T>(req: &Request<T>) -> Result<Identity, Status> {
+    let certs = req
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    let id =
+        auth::identity_from_chain(&certs).map_err(|e| Status::permission_denied(e.to_string()))?;
+    if id.role != Role::Agent {
+        return Err(Status::permission_denied(format!(
+            "{} holds the {:?} role; only agents upload captures",
+            id.name, id.role
+        )));
+    }
+    Ok(id)
+}
+
+fn check_capture_id(id: &str) -> Result<(), Status> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "capture id {id:?} is not 1-64 characters of [A-Za-z0-9-]"
+        )))
+    }
+}
+
+/// The capture's state, which must exist and belong to `who`.
+async fn owned_state<S: Store>(
+    store: &S,
+    capture_id: &str,
+    who: &Identity,
+) -> Result<CaptureState, Status> {
+    check_capture_id(capture_id)?;
+    let state = store
+        .state(capture_id)
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| Status::not_found(format!("capture {capture_id} was never opened")))?;
+    if state.owner != who.name {
+        return Err(Status::permission_denied(format!(
+            "capture {capture_id} belongs to another agent"
+        )));
+    }
+    Ok(state)
+}
+
+/// Removes an active-stream marker when the stream ends, however it ends.
+struct ActiveGuard {
+    set: Arc<Mutex<HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.key);
+        }
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<UploadAck, Status>> + Send>>;
+
+impl<S: Store> UploadService<S> {
+    async fn next(
+        stream: &mut Streaming<UploadMessage>,
+    ) -> Result<Option<upload_message::Body>, Status> {
+        match tokio::time::timeout(IDLE_TIMEOUT, stream.message()).await {
+            Err(_) => Err(Status::deadline_exceeded("upload stream idle for too long")),
+            Ok(Err(status)) => Err(status),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Ok(Some(msg))) => msg
+                .body
+                .map(Some)
+                .ok_or_else(|| Status::invalid_argument("upload message without a body")),
+        }
+    }
+
+    /// Runs one artifact stream; acks go to `acks`.
+    async fn upload(
+        store: Arc<S>,
+        active: Arc<Mutex<HashSet<(String, String)>>>,
+        state_lock: Arc<tokio::sync::Mutex<()>>,
+        who: Identity,
+        mut stream: Streaming<UploadMessage>,
+        acks: &mpsc::Sender<Result<UploadAck, Status>>,
+    ) -> Result<(), Status> {
+        let Some(upload_message::Body::Header(header)) = Self::next(&mut stream).await? else {
+            return Err(Status::invalid_argument(
+                "an upload stream starts with an ArtifactHeader",
+            ));
+        };
+        let state = owned_state(&*store, &header.capture_id, &who).await?;
+        if state.complete {
+            return Err(Status::already_exists(format!(
+                "capture {} is already complete",
+                state.capture_id
+            )));
+        }
+        let name = ArtifactName::parse(&header.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(done) = state.finished.get(name.as_str()) {
+            let _ = acks
+                .send(Ok(UploadAck {
+                    durable_offset: done.size,
+                    finished: true,
+                }))
+                .await;
+            return Ok(());
+        }
+        let key = (state.capture_id.clone(), name.to_string());
+        let _guard = {
+            let mut set = active
+                .lock()
+                .map_err(|_| Status::internal("active-stream table poisoned"))?;
+            if !set.insert(key.clone()) {
+                return Err(Status::aborted(format!(
+                    "{name} is already being uploaded by another stream"
+                )));
+            }
+            ActiveGuard {
+                set: Arc::clone(&active),
+                key,
+            }
+        };
+        let mut verifier = ArtifactVerifier::new(&header.encoding)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Resuming: rebuild the running digests from what is stored.
+        let mut durable = store
+            .durable_len(&state, &name)
+            .await
+            .map_err(store_status)?;
+        let mut replayed = 0;
+        while replayed < durable {
+            let len = (durable - replayed).min(MAX_CHUNK as u64);
+            let bytes = store
+                .read_range(&state, &name, replayed, len)
+                .await
+                .map_err(store_status)?;
+            if bytes.is_empty() {
+                durable = replayed;
+                break;
+            }
+            verifier
+                .update(&bytes)
+                .map_err(|e| Status::data_loss(format!("{name}: stored bytes: {e}")))?;
+            replayed += bytes.len() as u64;
+        }
+        if durable > 0 {
+            tracing::info!(capture_id = state.capture_id, artifact = %name, durable, "Resuming artifact");
+        }
+        acks.send(Ok(UploadAck {
+            durable_offset: durable,
+            finished: false,
+        }))
+        .await
+        .map_err(|_| Status::cancelled("agent went away"))?;
+
+        loop {
+            match Self::next(&mut stream).await? {
+                None => return Ok(()), // broken off: the partial artifact stays resumable
+                Some(upload_message::Body::Header(_)) => {
+                    return Err(Status::invalid_argument(
+                        "a second ArtifactHeader in one stream",
+                    ));
+                }
+                Some(upload_message::Body::Chunk(chunk)) => {
+                    if chunk.offset != durable {
+                        return Err(Status::failed_precondition(format!(
+                            "{name}: chunk at offset {} but the collector holds {durable} bytes",
+                            chunk.offset
+                        )));
+                    }
+                    if chunk.data.len() > MAX_CHUNK {
+                        return Err(Status::invalid_argument(format!(
+                            "chunk larger than {MAX_CHUNK} bytes"
+                        )));
+                    }
+                    if sha2::Sha256::digest(&chunk.data).as_slice() != chunk.sha256.as_slice() {
+                        tracing::warn!(capture_id = state.capture_id, artifact = %name, offset = chunk.offset, "Chunk failed its SHA-256");
+                        return Err(Status::data_loss(format!(
+                            "{name}: chunk at offset {} does not match its SHA-256; nothing of it was stored",
+                            chunk.offset
+                        )));
+                    }
+                    verifier
+                        .update(&chunk.data)
+                        .map_err(|e| Status::data_loss(format!("{name}: {e}")))?;
+                    durable = store
+                        .append(&state, &name, durable, &chunk.data)
+                        .await
+                        .map_err(store_status)?;
+                    acks.send(Ok(UploadAck {
+                        durable_offset: durable,
+                        finished: false,
+                    }))
+                    .await
+                    .map_err(|_| Status::cancelled("agent went away"))?;
+                }
+                Some(upload_message::Body::End(end)) => {
+                    let (stored, content) = verifier
+                        .finish()
+                        .map_err(|e| Status::data_loss(format!("{name}: {e}")))?;
+                    let claimed_stored = Digest {
+                        sha256: end.sha256.clone(),
+                        bytes: end.size,
+                    };
+                    let claimed_content = Digest {
+                        sha256: end.sha256_uncompressed.clone(),
+                        bytes: end.size_uncompressed,
+                    };
+                    if stored != claimed_stored || content != claimed_content {
+                        tracing::warn!(capture_id = state.capture_id, artifact = %name, "Artifact digest mismatch");
+                        return Err(Status::data_loss(format!(
+                            "{name}: received {} bytes sha256 {} (content {} bytes sha256 {}), agent claims {} bytes sha256 {} (content {} bytes sha256 {})",
+                            stored.bytes,
+                            stored.sha256,
+                            content.bytes,
+                            content.sha256,
+                            end.size,
+                            end.sha256,
+                            end.size_uncompressed,
+                            end.sha256_uncompressed
+                        )));
+                    }
+                    let _lock = state_lock.lock().await;
+                    let mut fresh = store
+                        .state(&state.capture_id)
+                        .await
+                        .map_err(store_status)?
+                        .ok_or_else(|| Status::internal("capture state vanished"))?;
+                    fresh.finished.insert(
+                        name.to_string(),
+                        FinishedArtifact {
+                            encoding: header.encoding.clone(),
+                            size: stored.bytes,
+                            sha256: stored.sha256,
+                            size_uncompressed: content.bytes,
+                            sha256_uncompressed: content.sha256,
+                        },
+                    );
+                    store.save_state(&fresh).await.map_err(store_status)?;
+                    let _ = acks
+                        .send(Ok(UploadAck {
+                            durable_offset: durable,
+                            finished: true,
+                        }))
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Compares the manifest with what was received; returns every difference.
+fn manifest_differences(manifest: &Manifest, state: &CaptureState) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut listed = HashSet::new();
+    for a in &manifest.artifacts {
+        listed.insert(a.name.as_str());
+        let encoding = match a.encoding {
+            ircap_proto::manifest::Encoding::Gzip => "gzip",
+            ircap_proto::manifest::Encoding::Identity => "identity",
+        };
+        match state.finished.get(&a.name) {
+            None => problems.push(format!(
+                "{}: listed in the manifest but never received",
+                a.name
+            )),
+            Some(f) => {
+                if f.size != a.size_stored
+                    || f.sha256 != a.sha256_stored
+                    || f.size_uncompressed != a.size_uncompressed
+                    || f.sha256_uncompressed != a.sha256_uncompressed
+                    || f.encoding != encoding
+                {
+                    problems.push(format!(
+                        "{}: manifest digests differ from the bytes received",
+                        a.name
+                    ));
+                }
+            }
+        }
+    }
+    for name in state.finished.keys() {
+        if !listed.contains(name.as_str()) {
+            problems.push(format!("{name}: received but not listed in the manifest"));
+        }
+    }
+    problems
+}
+
+#[tonic::async_trait]
+impl<S: Store> CaptureUpload for UploadService<S> {
+    async fn open_capture(
+        &self,
+        request: Request<OpenCaptureRequest>,
+    ) -> Result<Response<OpenCaptureResponse>, Status> {
+        let who = agent_identity(&request)?;
+        let req = request.into_inner();
+        check_capture_id(&req.capture_id)?;
+        if req.hostname.len() > 255 {
+            return Err(Status::invalid_argument("hostname longer than 255 bytes"));
+        }
+        let _lock = self.state_lock.lock().await;
+        let state = match self
+            .store
+            .state(&req.capture_id)
+            .await
+            .map_err(store_status)?
+        {
+            Some(s) if s.owner != who.name => {
+                return Err(Status::permission_denied(format!(
+                    "capture {} belongs to another agent",
+                    req.capture_id
+                )));
+            }
+            Some(s) => s,
+            None => {
+                let s = CaptureState {
+                    capture_id: req.capture_id.clone(),
+                    owner: who.name.clone(),
+                    hostname: req.hostname.clone(),
+                    opened_at: timefmt::now(),
+                    finished: Default::default(),
+                    complete: false,
+                };
+                self.store.save_state(&s).await.map_err(store_status)?;
+                tracing::info!(
+                    capture_id = s.capture_id,
+                    agent = who.name,
+                    hostname = s.hostname,
+                    "Capture opened"
+                );
+                s
+            }
+        };
+        Ok(Response::new(OpenCaptureResponse {
+            artifacts: state
+                .finished
+                .iter()
+                .map(|(name, f)| ArtifactProgress {
+                    name: name.clone(),
+                    durable_offset: f.size,
+                    finished: true,
+                })
+                .collect(),
+            complete: state.complete,
+        }))
+    }
+
+    type UploadArtifactStream = AckStream;
+
+    async fn upload_artifact(
+        &self,
+        request: Request<Streaming<UploadMessage>>,
+    ) -> Result<Response<Self::UploadArtifactStream>, Status> {
+        let who = agent_identity(&request)?;
+        let stream = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let store = Arc::clone(&self.store);
+        let active = Arc::clone(&self.active);
+        let state_lock = Arc::clone(&self.state_lock);
+        tokio::spawn(async move {
+            if let Err(status) = Self::upload(store, active, state_lock, who, stream, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn commit_capture(
+        &self,
+        request: Request<CommitCaptureRequest>,
+    ) -> Result<Response<CommitCaptureResponse>, Status> {
+        let who = agent_identity(&request)?;
+        let req = request.into_inner();
+        let _lock = self.state_lock.lock().await;
+        let state = owned_state(&*self.store, &req.capture_id, &who).await?;
+        if state.complete {
+            return Err(Status::already_exists(format!(
+                "capture {} is already complete",
+                state.capture_id
+            )));
+        }
+        let mut manifest = Manifest::from_slice(&req.manifest_json, "uploaded manifest")
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if manifest.capture_id != state.capture_id {
+            return Err(Status::invalid_argument("manifest is for another capture"));
+        }
+        let problems = manifest_differences(&manifest, &state);
+        if !problems.is_empty() {
+            tracing::warn!(
+                capture_id = state.capture_id,
+                problems = problems.len(),
+                "Manifest does not match the upload"
+            );
+            return Err(Status::failed_precondition(format!(
+                "capture not complete: {}",
+                problems.join("; ")
+            )));
+        }
+        let receipt = serde_json::json!({
+            "collector_version": env!("CARGO_PKG_VERSION"),
+            "opened_at": state.opened_at,
+            "committed_at": timefmt::now(),
+            "peer_identity": who.name,
+            "peer_role": who.role,
+            "peer_certificate_sha256": who.fingerprint_sha256,
+            "peer_subject": who.subject,
+            "reported_hostname": state.hostname,
+            "verification": "verified",
+            "verified": format!(
+                "{} artifacts: every chunk SHA-256, and each artifact's stored and decoded SHA-256 and size, matched the manifest",
+                manifest.artifacts.len()
+            ),
+        });
+        manifest.agent.identity = Some(who.name.clone());
+        manifest.collector_receipt = Some(receipt.clone());
+        let mut bytes =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| Status::internal(e.to_string()))?;
+        bytes.push(b'\n');
+        self.store
+            .commit(&state, &bytes)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(
+            capture_id = state.capture_id,
+            agent = who.name,
+            artifacts = manifest.artifacts.len(),
+            "Capture complete"
+        );
+        Ok(Response::new(CommitCaptureResponse {
+            status: "complete".into(),
+            receipt_json: receipt.to_string(),
+        }))
+    }
+}

@@ -1,0 +1,203 @@
+//! `file://DIR`: the embedded default store.
+//!
+//! ```text
+//! DIR/captures/<agent identity>/<capture-id>/<artifacts>     evidence
+//! DIR/captures/<agent identity>/<capture-id>/manifest.json   written last, on commit
+//! DIR/state/<capture-id>.json                                owner and verified artifacts
+//! DIR/index/<capture-id>.json                                one line per committed capture
+//! ```
+//!
+//! Appends are followed by `fdatasync` before they are acknowledged; state
+//! and manifest files are replaced atomically (write, sync, rename).
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use ircap_proto::ArtifactName;
+use ircap_proto::artifact_name::MANIFEST_FILE;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::{CaptureState, Store, StoreError};
+
+/// A store in a local directory.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    root: PathBuf,
+}
+
+impl FileStore {
+    /// Uses `root`, creating its directories.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when they cannot be created.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        for sub in ["captures", "state", "index"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Directory of one capture.
+    #[must_use]
+    pub fn capture_dir(&self, state: &CaptureState) -> PathBuf {
+        self.root
+            .join("captures")
+            .join(&state.owner)
+            .join(&state.capture_id)
+    }
+
+    fn state_path(&self, capture_id: &str) -> PathBuf {
+        self.root.join("state").join(format!("{capture_id}.json"))
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename).
+async fn replace(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let ctx = |what: &str| format!("cannot {what} {}", path.display());
+    let mut f = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| StoreError::io(ctx("create"), e))?;
+    f.write_all(bytes)
+        .await
+        .map_err(|e| StoreError::io(ctx("write"), e))?;
+    f.sync_all()
+        .await
+        .map_err(|e| StoreError::io(ctx("sync"), e))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| StoreError::io(ctx("rename"), e))
+}
+
+impl Store for FileStore {
+    async fn state(&self, capture_id: &str) -> Result<Option<CaptureState>, StoreError> {
+        let path = self.state_path(capture_id);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        context: path.display().to_string(),
+                        message: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
+        }
+    }
+
+    async fn save_state(&self, state: &CaptureState) -> Result<(), StoreError> {
+        let dir = self.capture_dir(state);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt {
+            context: state.capture_id.clone(),
+            message: e.to_string(),
+        })?;
+        replace(&self.state_path(&state.capture_id), &bytes).await
+    }
+
+    async fn durable_len(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+    ) -> Result<u64, StoreError> {
+        let path = name.path_in(&self.capture_dir(state));
+        match tokio::fs::metadata(&path).await {
+            Ok(md) => Ok(md.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(StoreError::io(format!("cannot stat {}", path.display()), e)),
+        }
+    }
+
+    async fn read_range(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let path = name.path_in(&self.capture_dir(state));
+        let ctx = || format!("cannot read {}", path.display());
+        let mut f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StoreError::io(ctx(), e))?;
+        f.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(|e| StoreError::io(ctx(), e))?;
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        f.take(len)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| StoreError::io(ctx(), e))?;
+        Ok(buf)
+    }
+
+    async fn append(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64, StoreError> {
+        let path = name.path_in(&self.capture_dir(state));
+        let ctx = |what: &str| format!("cannot {what} {}", path.display());
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| StoreError::io(ctx("create directory for"), e))?;
+        }
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|e| StoreError::io(ctx("open"), e))?;
+        let len = f
+            .metadata()
+            .await
+            .map_err(|e| StoreError::io(ctx("stat"), e))?
+            .len();
+        if len != offset {
+            return Err(StoreError::Offset {
+                name: name.to_string(),
+                durable: len,
+                given: offset,
+            });
+        }
+        f.write_all(data)
+            .await
+            .map_err(|e| StoreError::io(ctx("append to"), e))?;
+        f.sync_data()
+            .await
+            .map_err(|e| StoreError::io(ctx("sync"), e))?;
+        Ok(offset + data.len() as u64)
+    }
+
+    async fn commit(&self, state: &CaptureState, manifest_json: &[u8]) -> Result<(), StoreError> {
+        let dir = self.capture_dir(state);
+        replace(&dir.join(MANIFEST_FILE), manifest_json).await?;
+        let mut done = state.clone();
+        done.complete = true;
+        self.save_state(&done).await?;
+        let index = serde_json::json!({
+            "capture_id": state.capture_id,
+            "owner": state.owner,
+            "hostname": state.hostname,
+            "path": dir.strip_prefix(&self.root).unwrap_or(&dir).display().to_string(),
+        });
+        replace(
+            &self
+                .root
+                .join("index")
+                .join(format!("{}.json", state.capture_id)),
+            index.to_string().as_bytes(),
+        )
+        .await
+    }
+}

@@ -1,0 +1,145 @@
+//! Where the collector keeps captures.
+//!
+//! The [`Store`] contract, whatever the backend:
+//!
+//! - A capture is owned by the identity that opened it; the store records
+//!   the owner and the service refuses anyone else.
+//! - Artifact bytes are appended at the offset the store reports as
+//!   durable; `append` returns only after the bytes are durable, so an
+//!   acknowledged offset survives a collector crash and a resumed upload
+//!   continues from it.
+//! - `commit` writes the verified manifest last. A capture without a
+//!   committed manifest is incomplete, never listed as complete.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+
+use ircap_proto::ArtifactName;
+use serde::{Deserialize, Serialize};
+
+/// Why the store failed. The service maps these to gRPC statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O error with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the store was doing (with the path or key).
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored state that cannot be parsed.
+    #[error("corrupt store state {context}: {message}")]
+    Corrupt {
+        /// Which object.
+        context: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Unknown capture.
+    #[error("capture {0} is not known")]
+    UnknownCapture(String),
+    /// The offset given is not where the artifact stands.
+    #[error("artifact {name} is at offset {durable}, not {given}")]
+    Offset {
+        /// Artifact.
+        name: String,
+        /// Where it stands.
+        durable: u64,
+        /// What was asked.
+        given: u64,
+    },
+}
+
+impl StoreError {
+    /// Wraps an I/O error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Digests of a finished, verified artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedArtifact {
+    /// `gzip` or `identity`.
+    pub encoding: String,
+    /// Stored bytes.
+    pub size: u64,
+    /// SHA-256 of the stored bytes.
+    pub sha256: String,
+    /// Decoded bytes.
+    pub size_uncompressed: u64,
+    /// SHA-256 of the decoded bytes.
+    pub sha256_uncompressed: String,
+}
+
+/// What the store knows about one capture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureState {
+    /// Capture id.
+    pub capture_id: String,
+    /// Identity (certificate name) of the agent that opened it.
+    pub owner: String,
+    /// Hostname the agent reported.
+    pub hostname: String,
+    /// When it was first opened (RFC 3339).
+    pub opened_at: String,
+    /// Artifacts that ended and verified.
+    pub finished: BTreeMap<String, FinishedArtifact>,
+    /// Committed (manifest verified and stored).
+    pub complete: bool,
+}
+
+/// A capture store (see the module docs for the contract).
+pub trait Store: Send + Sync + 'static {
+    /// The state of `capture_id`, if known.
+    fn state(
+        &self,
+        capture_id: &str,
+    ) -> impl Future<Output = Result<Option<CaptureState>, StoreError>> + Send;
+
+    /// Records a new capture (or overwrites the state of an open one).
+    fn save_state(
+        &self,
+        state: &CaptureState,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Bytes of `name` held durably.
+    fn durable_len(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Reads `len` bytes of `name` from `offset` (to rebuild hashes when an
+    /// upload resumes).
+    fn read_range(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+
+    /// Appends `data` at `offset` (which must be the durable length) and
+    /// returns the new durable length once the bytes are durable.
+    fn append(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        offset: u64,
+        data: &[u8],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Stores the verified manifest and marks the capture complete.
+    fn commit(
+        &self,
+        state: &CaptureState,
+        manifest_json: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
