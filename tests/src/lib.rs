@@ -1,9 +1,20 @@
 //! Helpers for the cross-crate end-to-end tests in `tests/tests/`: find the
 //! real `ircap-agent` and `ircap-collector` binaries that
-//! `cargo test --workspace` built next to the test executables.
+//! `cargo test --workspace` built, make a PKI, run a collector on loopback,
+//! and talk to it with a raw gRPC client.
 
-use std::path::PathBuf;
-use std::process::Command;
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use ircap_proto::v1::capture_upload_client::CaptureUploadClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Test result type.
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// The workspace's build directory for the current profile
 /// (`target/debug` when run by `cargo test`).
@@ -23,14 +34,127 @@ pub fn build_dir() -> PathBuf {
 /// When the binary was not built: run the tests with
 /// `cargo test --workspace`, which builds every binary that has tests.
 #[must_use]
-#[allow(clippy::panic)]
 pub fn bin(name: &str) -> Command {
     let path = build_dir().join(name);
-    if !path.exists() {
-        panic!(
-            "{} is missing: run the suite with `cargo test --workspace` so every binary is built",
-            path.display()
-        );
-    }
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` so every binary is built",
+        path.display()
+    );
     Command::new(path)
+}
+
+/// A PKI made by `ircap-collector pki init` in `dir` with agents `web-1`,
+/// `web-2` and analyst `alice`.
+pub fn pki(dir: &Path) -> PathBuf {
+    let out = bin("ircap-collector")
+        .args(["pki", "init", "--out"])
+        .arg(dir)
+        .args(["--agent", "web-1", "--agent", "web-2", "--analyst", "alice"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir.to_path_buf()
+}
+
+/// A collector process on loopback; killed when dropped.
+pub struct Collector {
+    /// The process.
+    pub child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its store directory.
+    pub store: PathBuf,
+    /// The PKI it trusts.
+    pub pki: PathBuf,
+}
+
+impl Collector {
+    /// Starts `ircap-collector serve` on 127.0.0.1 (port 0 unless
+    /// `port` is given) with a file store in `store`.
+    pub fn start(pki: &Path, store: &Path, port: u16) -> Self {
+        let mut child = bin("ircap-collector")
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--store")
+            .arg(format!("file://{}", store.display()))
+            .arg("--ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join("server.pem"))
+            .arg("--key")
+            .arg(pki.join("server.key"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("listening line");
+        let addr = v["listening"].as_str().unwrap().parse().unwrap();
+        Self {
+            child,
+            addr,
+            store: store.to_path_buf(),
+            pki: pki.to_path_buf(),
+        }
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The stored directory of a capture uploaded by `agent`.
+    #[must_use]
+    pub fn capture_dir(&self, agent: &str, capture_id: &str) -> PathBuf {
+        self.store.join("captures").join(agent).join(capture_id)
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ircap-agent capture --no-imds --collector URL` with `who`'s
+/// certificate from `pki`, plus `extra` arguments.
+pub fn agent_capture(url: &str, pki: &Path, who: &str, extra: &[&str]) -> std::process::Output {
+    bin("ircap-agent")
+        .args(["capture", "--no-imds", "--collector", url])
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join(format!("{who}.pem")))
+        .arg("--key")
+        .arg(pki.join(format!("{who}.key")))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// A raw gRPC client to the collector, presenting `who`'s certificate
+/// (`None`: no client certificate at all) and trusting `ca_pem`.
+pub async fn client(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    who: Option<(&Path, &str)>,
+) -> CaptureUploadClient<Channel> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca_pem).unwrap()));
+    if let Some((dir, name)) = who {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(dir.join(format!("{name}.pem"))).unwrap(),
+            std::fs::read(dir.join(format!("{name}.key"))).unwrap(),
+        ));
+    }
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    CaptureUploadClient::new(channel)
 }
