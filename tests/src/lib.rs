@@ -53,7 +53,11 @@ pub fn pki(dir: &Path) -> PathBuf {
         .args(["--agent", "web-1", "--agent", "web-2", "--analyst", "alice"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir.to_path_buf()
 }
 
@@ -144,7 +148,8 @@ pub async fn client(
     ca_pem: &Path,
     who: Option<(&Path, &str)>,
 ) -> CaptureUploadClient<Channel> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca_pem).unwrap()));
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca_pem).unwrap()));
     if let Some((dir, name)) = who {
         tls = tls.identity(Identity::from_pem(
             std::fs::read(dir.join(format!("{name}.pem"))).unwrap(),

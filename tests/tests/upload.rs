@@ -1,0 +1,202 @@
+//! Agent -> collector over mutual TLS on loopback, with real certificates
+//! from `ircap-collector pki init`: the capture arrives complete, verifies,
+//! carries the collector's receipt, and survives a dropped connection.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use ircap_e2e::{Collector, TestResult, agent_capture, bin, pki};
+
+fn summary(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+#[test]
+fn capture_arrives_complete_verified_and_receipted() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let out = agent_capture(&collector.url(), &pki, "web-1", &["--logs-since", "3650d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    assert_eq!(s["status"], "complete");
+    let id = s["capture_id"].as_str().unwrap_or_default();
+    let dir = collector.capture_dir("web-1", id);
+
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
+    assert_eq!(manifest["agent"]["identity"], "web-1");
+    let receipt = &manifest["collector_receipt"];
+    assert_eq!(receipt["peer_identity"], "web-1");
+    assert_eq!(receipt["peer_role"], "agent");
+    assert_eq!(receipt["verification"], "verified");
+    assert_eq!(
+        receipt["peer_certificate_sha256"].as_str().map(str::len),
+        Some(64)
+    );
+    assert_eq!(
+        manifest["artifacts"].as_array().map(Vec::len),
+        s["artifacts"].as_u64().map(|n| n as usize)
+    );
+    // The index names the capture under the agent's certificate identity.
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        collector.store.join("index").join(format!("{id}.json")),
+    )?)?;
+    assert_eq!(index["owner"], "web-1");
+    Ok(())
+}
+
+/// Forwards TCP to `upstream`; the first connection is cut (both ways)
+/// once `cut_after` bytes went from client to server.
+struct CuttingProxy {
+    addr: SocketAddr,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl CuttingProxy {
+    fn start(upstream: SocketAddr, cut_after: u64) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let cut_done = Arc::new(AtomicBool::new(false));
+        let counted = Arc::new(AtomicU64::new(0));
+        let cuts2 = Arc::clone(&cuts);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (c2, s2) = match (client.try_clone(), server.try_clone()) {
+                    (Ok(c), Ok(s)) => (c, s),
+                    _ => continue,
+                };
+                let cut_here = !cut_done.load(Ordering::SeqCst);
+                let (cuts, cut_done, counted) = (
+                    Arc::clone(&cuts2),
+                    Arc::clone(&cut_done),
+                    Arc::clone(&counted),
+                );
+                // client -> server, counting and possibly cutting.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (client, server);
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let total = counted.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+                        if cut_here && total >= cut_after && !cut_done.swap(true, Ordering::SeqCst)
+                        {
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            let _ = from.shutdown(Shutdown::Both);
+                            let _ = to.shutdown(Shutdown::Both);
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+                // server -> client.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (s2, c2);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        Ok(Self { addr, cuts })
+    }
+}
+
+#[test]
+fn a_dropped_connection_resumes_and_the_capture_is_byte_identical() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    // Cut after 16 KB from the agent: past the TLS handshake, inside the
+    // upload of the first tables.
+    let proxy = CuttingProxy::start(collector.addr, 16 * 1024)?;
+    let out = agent_capture(
+        &format!("https://{}", proxy.addr),
+        &pki,
+        "web-1",
+        &["--logs-since", "3650d"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        proxy.cuts.load(Ordering::SeqCst),
+        1,
+        "the proxy cut one connection"
+    );
+    assert!(
+        stderr.contains("Upload interrupted") || stderr.contains("retrying"),
+        "the agent saw the break and recovered: {stderr}"
+    );
+    let s = summary(&out);
+    let dir = collector.capture_dir("web-1", s["capture_id"].as_str().unwrap_or_default());
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unreachable_collector_fails_clearly_and_writes_nothing_locally() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    // A port with nothing listening.
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let out = bin("ircap-agent")
+        .current_dir(tmp.path())
+        .args([
+            "capture",
+            "--no-imds",
+            "--no-logs",
+            "--upload-attempts",
+            "2",
+        ])
+        .args(["--collector", &format!("https://127.0.0.1:{port}")])
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join("web-1.pem"))
+        .arg("--key")
+        .arg(pki.join("web-1.key"))
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&out);
+    assert_eq!(s["status"], "failed");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Unavailable"),
+        "{s}"
+    );
+    // Nothing but the PKI in the working directory.
+    let names: Vec<_> = std::fs::read_dir(tmp.path())?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, [std::ffi::OsString::from("pki")]);
+    Ok(())
+}
