@@ -77,6 +77,11 @@ impl Collector {
     /// Starts `ircap-collector serve` on 127.0.0.1 (port 0 unless
     /// `port` is given) with a file store in `store`.
     pub fn start(pki: &Path, store: &Path, port: u16) -> Self {
+        Self::start_with(pki, store, port, &[])
+    }
+
+    /// [`Collector::start`] with extra `serve` arguments.
+    pub fn start_with(pki: &Path, store: &Path, port: u16, extra: &[&str]) -> Self {
         let mut child = bin("ircap-collector")
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--store")
@@ -87,6 +92,7 @@ impl Collector {
             .arg(pki.join("server.pem"))
             .arg("--key")
             .arg(pki.join("server.key"))
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -200,3 +200,66 @@ fn an_unreachable_collector_fails_clearly_and_writes_nothing_locally() -> TestRe
     assert_eq!(names, [std::ffi::OsString::from("pki")]);
     Ok(())
 }
+
+#[test]
+fn a_revoked_agent_is_refused_when_a_crl_is_configured() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let crl = pki.join("crl.pem");
+    let revoke = bin("ircap-collector")
+        .args(["pki", "revoke", "--ca-dir"])
+        .arg(&pki)
+        .arg("--crl")
+        .arg(&crl)
+        .arg(pki.join("web-2.pem"))
+        .output()?;
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
+    let crl_arg = crl.display().to_string();
+    let collector = Collector::start_with(&pki, &tmp.path().join("store"), 0, &["--crl", &crl_arg]);
+
+    let refused = agent_capture(
+        &collector.url(),
+        &pki,
+        "web-2",
+        &["--no-logs", "--upload-attempts", "1"],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(summary(&refused)["status"], "failed");
+    assert!(!collector.store.join("captures/web-2").exists());
+
+    let allowed = agent_capture(&collector.url(), &pki, "web-1", &["--no-logs"]);
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn the_collector_shuts_down_cleanly_on_sigterm() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let mut collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let pid = collector.child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?;
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = collector.child.try_wait()? {
+            assert!(status.success(), "exit status {status}");
+            return Ok(());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "collector still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

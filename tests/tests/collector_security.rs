@@ -1,0 +1,671 @@
+//! The collector's security boundary, exercised against the real binary:
+//! who may upload (agents only, with a certificate from the collector's CA,
+//! only into captures they opened), what is refused (corrupted chunks,
+//! wrong offsets, manifests that do not match the bytes received, a second
+//! commit), and how it starts (TOML config file, a bad certificate path
+//! failing fast) and reports health.
+
+use std::error::Error;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use ircap_e2e::{Collector, agent_capture, bin, client, pki};
+use ircap_proto::manifest::{
+    AgentInfo, ArtifactEntry, Encoding, FORMAT_VERSION, HostIdentity, Manifest,
+};
+use ircap_proto::v1::capture_upload_client::CaptureUploadClient;
+use ircap_proto::v1::{
+    ArtifactEnd, ArtifactHeader, Chunk, CommitCaptureRequest, OpenCaptureRequest, UploadAck,
+    UploadMessage, upload_message,
+};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status, Streaming};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+/// A capture id in UUIDv7 shape.
+const CAPTURE: &str = "01a20000-0000-7000-8000-000000000001";
+/// The artifact uploaded by the upload tests.
+const ARTIFACT: &str = "t.jsonl.gz";
+/// Longest any single call may take before the test fails instead of hanging.
+const CALL: Duration = Duration::from_secs(30);
+
+/// A PKI and a store in fresh temporary directories, and a collector on them.
+struct Setup {
+    _tmp: tempfile::TempDir,
+    collector: Collector,
+}
+
+impl Setup {
+    fn new() -> Result<Self, Box<dyn Error>> {
+        let tmp = tempfile::tempdir()?;
+        let pki_dir = pki(&tmp.path().join("pki"));
+        let store = tmp.path().join("store");
+        std::fs::create_dir_all(&store)?;
+        let collector = Collector::start(&pki_dir, &store, 0);
+        Ok(Self {
+            _tmp: tmp,
+            collector,
+        })
+    }
+
+    fn pki(&self) -> &Path {
+        &self.collector.pki
+    }
+
+    async fn client(&self, who: &str) -> CaptureUploadClient<Channel> {
+        client(
+            self.collector.addr,
+            &self.pki().join("ca.pem"),
+            Some((self.pki(), who)),
+        )
+        .await
+    }
+}
+
+/// Kills a spawned process when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn timed<T>(fut: impl Future<Output = T>) -> Result<T, Box<dyn Error>> {
+    tokio::time::timeout(CALL, fut)
+        .await
+        .map_err(|_| format!("call did not finish within {CALL:?}").into())
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    Sha256::digest(data).to_vec()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(data))
+}
+
+/// The error of a call that must fail, or a test failure naming `what`.
+fn expect_err<T>(result: Result<T, Status>, what: &str) -> Result<Status, Box<dyn Error>> {
+    match result {
+        Ok(_) => Err(format!("{what}: succeeded, but it must fail").into()),
+        Err(status) => Ok(status),
+    }
+}
+
+fn assert_code(status: &Status, code: Code, what: &str) {
+    assert_eq!(
+        status.code(),
+        code,
+        "{what}: {:?}: {}",
+        status.code(),
+        status.message()
+    );
+}
+
+async fn open(
+    c: &mut CaptureUploadClient<Channel>,
+    capture_id: &str,
+) -> Result<tonic::Response<ircap_proto::v1::OpenCaptureResponse>, Status> {
+    c.open_capture(OpenCaptureRequest {
+        capture_id: capture_id.to_owned(),
+        hostname: "test-host".to_owned(),
+    })
+    .await
+}
+
+fn header(capture_id: &str, offset: u64) -> UploadMessage {
+    UploadMessage {
+        body: Some(upload_message::Body::Header(ArtifactHeader {
+            capture_id: capture_id.to_owned(),
+            name: ARTIFACT.to_owned(),
+            encoding: "identity".to_owned(),
+            offset,
+        })),
+    }
+}
+
+fn chunk(offset: u64, data: &[u8], sha256: Vec<u8>) -> UploadMessage {
+    UploadMessage {
+        body: Some(upload_message::Body::Chunk(Chunk {
+            offset,
+            data: data.to_vec(),
+            sha256,
+        })),
+    }
+}
+
+fn end(data: &[u8]) -> UploadMessage {
+    UploadMessage {
+        body: Some(upload_message::Body::End(ArtifactEnd {
+            size: data.len() as u64,
+            sha256: sha256_hex(data),
+            size_uncompressed: data.len() as u64,
+            sha256_uncompressed: sha256_hex(data),
+        })),
+    }
+}
+
+/// An interactive upload stream: messages go in through `tx`, acks come
+/// back on `acks`.
+struct Upload {
+    tx: mpsc::Sender<UploadMessage>,
+    acks: Streaming<UploadAck>,
+}
+
+impl Upload {
+    /// Starts a stream with `first` already queued.
+    async fn start(
+        c: &mut CaptureUploadClient<Channel>,
+        first: UploadMessage,
+    ) -> Result<Result<Self, Status>, Box<dyn Error>> {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(first).await?;
+        Ok(timed(c.upload_artifact(ReceiverStream::new(rx)))
+            .await?
+            .map(|r| Self {
+                tx,
+                acks: r.into_inner(),
+            }))
+    }
+
+    async fn send(&self, msg: UploadMessage) -> TestResult {
+        self.tx.send(msg).await?;
+        Ok(())
+    }
+
+    /// The next ack; `Ok(None)` when the stream ended cleanly.
+    async fn ack(&mut self) -> Result<Result<Option<UploadAck>, Status>, Box<dyn Error>> {
+        timed(self.acks.message()).await
+    }
+
+    /// The next ack, which must be there.
+    async fn expect_ack(&mut self, what: &str) -> Result<UploadAck, Box<dyn Error>> {
+        match self.ack().await? {
+            Ok(Some(ack)) => Ok(ack),
+            Ok(None) => Err(format!("{what}: ack stream ended without an ack").into()),
+            Err(s) => {
+                Err(format!("{what}: ack stream failed: {:?}: {}", s.code(), s.message()).into())
+            }
+        }
+    }
+
+    /// The error the stream ends with (skipping acks before it).
+    async fn expect_error(&mut self, what: &str) -> Result<Status, Box<dyn Error>> {
+        loop {
+            match self.ack().await? {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(format!("{what}: stream ended without an error").into()),
+                Err(status) => return Ok(status),
+            }
+        }
+    }
+}
+
+/// The error a stream starting with `first` fails with, whether the call
+/// itself or its ack stream carries it.
+async fn upload_fails(
+    c: &mut CaptureUploadClient<Channel>,
+    first: UploadMessage,
+    what: &str,
+) -> Result<Status, Box<dyn Error>> {
+    match Upload::start(c, first).await? {
+        Err(status) => Ok(status),
+        Ok(mut up) => up.expect_error(what).await,
+    }
+}
+
+/// Web-1 opens [`CAPTURE`]; a chunk with a wrong SHA-256 is refused with
+/// DATA_LOSS and nothing of it is stored; a correct upload then finishes.
+async fn corrupt_then_good_upload(s: &Setup) -> TestResult {
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+    let stored = s.collector.capture_dir("web-1", CAPTURE).join(ARTIFACT);
+
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    let first = up.expect_ack("corrupt upload").await?;
+    assert_eq!(first.durable_offset, 0);
+    assert!(!first.finished);
+    up.send(chunk(0, b"hello", sha256(b"hellp"))).await?;
+    let status = up.expect_error("corrupt chunk").await?;
+    assert_code(&status, Code::DataLoss, "corrupt chunk");
+    drop(up);
+    let len = std::fs::metadata(&stored).map_or(0, |m| m.len());
+    assert_eq!(len, 0, "{} holds bytes of a corrupt chunk", stored.display());
+
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("good upload").await?.durable_offset, 0);
+    up.send(chunk(0, b"hello", sha256(b"hello"))).await?;
+    let ack = up.expect_ack("good chunk").await?;
+    assert_eq!(ack.durable_offset, 5);
+    up.send(end(b"hello")).await?;
+    let ack = up.expect_ack("artifact end").await?;
+    assert!(ack.finished, "artifact not finished: {ack:?}");
+    assert_eq!(ack.durable_offset, 5);
+    assert_eq!(std::fs::read(&stored)?, b"hello");
+    Ok(())
+}
+
+/// A manifest for [`CAPTURE`] listing [`ARTIFACT`] as `hello` with
+/// `sha256_stored` as given.
+fn manifest(sha256_stored: &str) -> Result<Vec<u8>, Box<dyn Error>> {
+    let m = Manifest {
+        format_version: FORMAT_VERSION,
+        capture_id: CAPTURE.into(),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        ended_at: "2026-01-01T00:00:01Z".into(),
+        host: HostIdentity::default(),
+        agent: AgentInfo::default(),
+        options: serde_json::Value::Null,
+        ssm_command_id: None,
+        artifacts: vec![ArtifactEntry {
+            name: ARTIFACT.into(),
+            kind: "test".into(),
+            content_type: "application/x-ndjson".into(),
+            encoding: Encoding::Identity,
+            size_stored: 5,
+            size_uncompressed: 5,
+            sha256_stored: sha256_stored.into(),
+            sha256_uncompressed: sha256_hex(b"hello"),
+            started_at: String::new(),
+            ended_at: String::new(),
+            record_count: None,
+            error_count: 0,
+            errors: vec![],
+        }],
+        error_count: 0,
+        errors: vec![],
+        collector_receipt: None,
+    };
+    Ok(serde_json::to_vec(&m)?)
+}
+
+fn commit_request(manifest_json: Vec<u8>) -> CommitCaptureRequest {
+    CommitCaptureRequest {
+        capture_id: CAPTURE.into(),
+        manifest_json,
+    }
+}
+
+/// DER of the first certificate in a PEM file.
+fn first_cert_der(pem_path: &Path) -> Result<Vec<u8>, Box<dyn Error>> {
+    let pem = std::fs::read_to_string(pem_path)?;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END CERTIFICATE-----"))
+        .collect();
+    assert!(!body.is_empty(), "no certificate in {}", pem_path.display());
+    Ok(base64::engine::general_purpose::STANDARD.decode(body.trim())?)
+}
+
+/// A TLS channel to `addr` trusting `pki/ca.pem`, presenting `who`'s cert.
+fn channel(addr: SocketAddr, pki: &Path, who: &str) -> Result<Channel, Box<dyn Error>> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(pki.join("ca.pem"))?))
+        .identity(Identity::from_pem(
+            std::fs::read(pki.join(format!("{who}.pem")))?,
+            std::fs::read(pki.join(format!("{who}.key")))?,
+        ));
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_lazy())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analyst_certificate_cannot_upload() -> TestResult {
+    let s = Setup::new()?;
+    let mut c = s.client("alice").await;
+    let status = expect_err(timed(open(&mut c, CAPTURE)).await?, "analyst open_capture")?;
+    assert_code(&status, Code::PermissionDenied, "analyst open_capture");
+
+    let url = s.collector.url();
+    let pki_dir = s.pki().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        agent_capture(
+            &url,
+            &pki_dir,
+            "alice",
+            &["--no-logs", "--upload-attempts", "1"],
+        )
+    })
+    .await?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "agent with an analyst certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(summary["status"], "failed", "{summary}");
+    assert!(
+        summary["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("PermissionDenied")),
+        "error does not say PermissionDenied: {summary}"
+    );
+    let alice = s.collector.store.join("captures").join("alice");
+    assert!(!alice.exists(), "{} exists", alice.display());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_from_another_ca_is_refused() -> TestResult {
+    let s = Setup::new()?;
+    let other = tempfile::tempdir()?;
+    let other_pki = pki(&other.path().join("pki"));
+
+    // Trusts the right CA (so the server is accepted) but presents web-1
+    // from the other CA.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(
+            s.pki().join("ca.pem"),
+        )?))
+        .identity(Identity::from_pem(
+            std::fs::read(other_pki.join("web-1.pem"))?,
+            std::fs::read(other_pki.join("web-1.key"))?,
+        ));
+    let ch = Endpoint::from_shared(s.collector.url())?
+        .tls_config(tls)?
+        .connect_lazy();
+    let mut foreign = CaptureUploadClient::new(ch);
+    let status = expect_err(
+        timed(open(&mut foreign, CAPTURE)).await?,
+        "open_capture with a foreign CA's certificate",
+    )?;
+    eprintln!(
+        "foreign certificate refused: {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    let web1 = s.collector.capture_dir("web-1", CAPTURE);
+    assert!(!web1.exists(), "{} exists", web1.display());
+
+    // The collector still serves its own agents.
+    let mut good = s.client("web-1").await;
+    let opened = timed(open(&mut good, CAPTURE)).await??.into_inner();
+    assert!(!opened.complete);
+    assert!(opened.artifacts.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_client_certificate_is_refused() -> TestResult {
+    let s = Setup::new()?;
+    let mut c = client(s.collector.addr, &s.pki().join("ca.pem"), None).await;
+    let status = expect_err(
+        timed(open(&mut c, CAPTURE)).await?,
+        "open_capture without a client certificate",
+    )?;
+    eprintln!(
+        "no certificate refused: {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    let captures = s.collector.store.join("captures");
+    let any = std::fs::read_dir(&captures).map_or(0, Iterator::count);
+    assert_eq!(any, 0, "{} is not empty", captures.display());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_cannot_touch_another_agents_capture() -> TestResult {
+    let s = Setup::new()?;
+    let mut web1 = s.client("web-1").await;
+    timed(open(&mut web1, CAPTURE)).await??;
+
+    let mut web2 = s.client("web-2").await;
+    let status = expect_err(
+        timed(open(&mut web2, CAPTURE)).await?,
+        "web-2 reopening web-1's capture",
+    )?;
+    assert_code(
+        &status,
+        Code::PermissionDenied,
+        "web-2 reopening web-1's capture",
+    );
+
+    let status = upload_fails(
+        &mut web2,
+        header(CAPTURE, 0),
+        "web-2 uploading into web-1's capture",
+    )
+    .await?;
+    assert_code(
+        &status,
+        Code::PermissionDenied,
+        "web-2 uploading into web-1's capture",
+    );
+
+    let status = expect_err(
+        timed(web2.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await?,
+        "web-2 committing web-1's capture",
+    )?;
+    assert_code(
+        &status,
+        Code::PermissionDenied,
+        "web-2 committing web-1's capture",
+    );
+
+    let web2_dir = s.collector.store.join("captures").join("web-2");
+    assert!(!web2_dir.exists(), "{} exists", web2_dir.display());
+    assert!(
+        !s.collector
+            .capture_dir("web-1", CAPTURE)
+            .join(ARTIFACT)
+            .exists()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_chunk_is_refused_and_nothing_is_stored() -> TestResult {
+    let s = Setup::new()?;
+    corrupt_then_good_upload(&s).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commit_requires_a_matching_manifest_and_happens_once() -> TestResult {
+    let s = Setup::new()?;
+    corrupt_then_good_upload(&s).await?;
+    let dir = s.collector.capture_dir("web-1", CAPTURE);
+    let mut c = s.client("web-1").await;
+
+    let wrong = sha256_hex(b"hellp");
+    let status = expect_err(
+        timed(c.commit_capture(commit_request(manifest(&wrong)?))).await?,
+        "commit with a wrong digest",
+    )?;
+    assert_code(
+        &status,
+        Code::FailedPrecondition,
+        "commit with a wrong digest",
+    );
+    assert!(
+        status.message().contains(ARTIFACT),
+        "refusal does not name {ARTIFACT}: {}",
+        status.message()
+    );
+    assert!(!dir.join("manifest.json").exists());
+
+    let done = timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?)))
+        .await??
+        .into_inner();
+    assert_eq!(done.status, "complete");
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
+    let receipt = &stored["collector_receipt"];
+    assert_eq!(receipt["peer_identity"], "web-1", "{stored}");
+    let fingerprint = sha256_hex(&first_cert_der(&s.pki().join("web-1.pem"))?);
+    assert_eq!(
+        receipt["peer_certificate_sha256"], fingerprint,
+        "receipt: {receipt}"
+    );
+    let returned: serde_json::Value = serde_json::from_str(&done.receipt_json)?;
+    assert_eq!(&returned, receipt);
+
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "verify {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    let status = expect_err(
+        timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await?,
+        "second commit",
+    )?;
+    assert_code(&status, Code::AlreadyExists, "second commit");
+    let reopened = timed(open(&mut c, CAPTURE)).await??.into_inner();
+    assert!(reopened.complete);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunk_at_the_wrong_offset_is_refused() -> TestResult {
+    let s = Setup::new()?;
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("header").await?.durable_offset, 0);
+    up.send(chunk(3, b"hello", sha256(b"hello"))).await?;
+    let status = up.expect_error("chunk at offset 3").await?;
+    assert_code(&status, Code::FailedPrecondition, "chunk at offset 3");
+    let stored = s.collector.capture_dir("web-1", CAPTURE).join(ARTIFACT);
+    assert_eq!(std::fs::metadata(&stored).map_or(0, |m| m.len()), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_reads_a_config_file_and_fails_fast_on_a_bad_certificate() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let store = tmp.path().join("store");
+    std::fs::create_dir_all(&store)?;
+    let path_str = |p: &Path| -> Result<String, Box<dyn Error>> {
+        Ok(p.to_str().ok_or("non-UTF-8 temp path")?.to_owned())
+    };
+    let config = tmp.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstore = {:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            format!("file://{}", path_str(&store)?),
+            path_str(&pki_dir.join("ca.pem"))?,
+            path_str(&pki_dir.join("server.pem"))?,
+            path_str(&pki_dir.join("server.key"))?,
+        ),
+    )?;
+
+    let mut child = Running(
+        bin("ircap-collector")
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let stdout = child.0.stdout.take().ok_or("no stdout")?;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let line = timed(line).await???;
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| format!("listening line {line:?}: {e}"))?;
+    let addr: SocketAddr = v["listening"]
+        .as_str()
+        .ok_or_else(|| format!("no listening address in {line:?}"))?
+        .parse()?;
+    assert!(addr.ip().is_loopback());
+    assert_ne!(addr.port(), 0);
+    let mut c = client(addr, &pki_dir.join("ca.pem"), Some((&pki_dir, "web-1"))).await;
+    timed(open(&mut c, CAPTURE)).await??;
+    assert!(store.join("state").join(format!("{CAPTURE}.json")).exists());
+    drop(child);
+
+    // A certificate path that does not exist: a quick failure naming it.
+    let mut bad = Running(
+        bin("ircap-collector")
+            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .arg(format!("file://{}", store.display()))
+            .arg("--ca")
+            .arg(pki_dir.join("ca.pem"))
+            .args(["--cert", "/nonexistent/server.pem", "--key"])
+            .arg(pki_dir.join("server.key"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = bad.0.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err("serve with a missing certificate still running after 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    bad.0
+        .stderr
+        .take()
+        .ok_or("no stderr")?
+        .read_to_string(&mut stderr)?;
+    let mut stdout = String::new();
+    bad.0
+        .stdout
+        .take()
+        .ok_or("no stdout")?
+        .read_to_string(&mut stdout)?;
+    assert!(!status.success(), "serve succeeded: {stderr}");
+    assert!(
+        stderr.contains("/nonexistent/server.pem"),
+        "stderr does not name the certificate: {stderr}"
+    );
+    assert!(
+        !stdout.contains("listening"),
+        "it listened before failing: {stdout}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_service_reports_the_upload_service_serving() -> TestResult {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let s = Setup::new()?;
+    let mut health = HealthClient::new(channel(s.collector.addr, s.pki(), "web-1")?);
+    let reply = timed(health.check(HealthCheckRequest {
+        service: "ircap.v1.CaptureUpload".into(),
+    }))
+    .await??
+    .into_inner();
+    assert_eq!(reply.status(), ServingStatus::Serving);
+
+    let status = expect_err(
+        timed(health.check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        }))
+        .await?,
+        "health of an unknown service",
+    )?;
+    assert_code(&status, Code::NotFound, "health of an unknown service");
+    Ok(())
+}
