@@ -240,7 +240,12 @@ async fn corrupt_then_good_upload(s: &Setup) -> TestResult {
     assert_code(&status, Code::DataLoss, "corrupt chunk");
     drop(up);
     let len = std::fs::metadata(&stored).map_or(0, |m| m.len());
-    assert_eq!(len, 0, "{} holds bytes of a corrupt chunk", stored.display());
+    assert_eq!(
+        len,
+        0,
+        "{} holds bytes of a corrupt chunk",
+        stored.display()
+    );
 
     let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
     assert_eq!(up.expect_ack("good upload").await?.durable_offset, 0);
@@ -584,8 +589,8 @@ async fn serve_reads_a_config_file_and_fails_fast_on_a_bad_certificate() -> Test
         BufReader::new(stdout).read_line(&mut line).map(|_| line)
     });
     let line = timed(line).await???;
-    let v: serde_json::Value = serde_json::from_str(&line)
-        .map_err(|e| format!("listening line {line:?}: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| format!("listening line {line:?}: {e}"))?;
     let addr: SocketAddr = v["listening"]
         .as_str()
         .ok_or_else(|| format!("no listening address in {line:?}"))?
@@ -646,9 +651,9 @@ async fn serve_reads_a_config_file_and_fails_fast_on_a_bad_certificate() -> Test
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_service_reports_the_upload_service_serving() -> TestResult {
+    use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::HealthCheckRequest;
 
     let s = Setup::new()?;
     let mut health = HealthClient::new(channel(s.collector.addr, s.pki(), "web-1")?);
