@@ -161,7 +161,11 @@ fn run_inner(
     connections::attach_owners(&mut sockets.records, &scan.socket_owners(), &accounts);
     artifacts.push(connections::write(&ctx, &sockets)?);
     artifacts.push(processes::write(&ctx, &scan)?);
-    artifacts.push(memory_maps::write(&ctx, &scan.records)?);
+    // The full process records are written; keep only what the maps pass
+    // needs so peak memory does not grow with both.
+    let map_targets = scan.map_targets();
+    drop(scan);
+    artifacts.push(memory_maps::write(&ctx, &map_targets)?);
     artifacts.extend(network_state::write(&ctx, &sockets)?);
     artifacts.extend(users::write(&ctx)?);
     artifacts.extend(kernel::write(&ctx)?);
@@ -183,7 +187,7 @@ fn run_inner(
     artifacts.push(system_entry);
 
     if options.logs {
-        artifacts.extend(logs::write(&ctx)?);
+        artifacts.extend(logs::write(&ctx, &options.logs_dirs)?);
     }
     let error_count =
         artifacts.iter().map(|a| a.error_count).sum::<u64>() + capture_errors.len() as u64;

@@ -71,6 +71,10 @@ pub struct CaptureArgs {
     /// Budget of original log bytes (64M, 1G, ...); newest files first.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_LOGS_MAX_BYTES.to_string())]
     pub logs_max_bytes: String,
+    /// Directory of log files to collect (repeatable); default /var/log and
+    /// /run/log/journal.
+    #[arg(long = "logs-dir", value_name = "DIR")]
+    pub logs_dirs: Vec<PathBuf>,
     /// Skip logs entirely.
     #[arg(long)]
     pub no_logs: bool,

@@ -50,6 +50,11 @@ fn options_from(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
         output: args.output.clone(),
         collector: args.collector.clone(),
         logs: !args.no_logs,
+        logs_dirs: if args.logs_dirs.is_empty() {
+            ircap_agent::options::default_logs_dirs()
+        } else {
+            args.logs_dirs.clone()
+        },
         logs_since: args.logs_since.clone(),
         logs_since_time: since,
         logs_since_resolved: timefmt::rfc3339(since),

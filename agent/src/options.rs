@@ -22,6 +22,8 @@ pub struct CaptureOptions {
     pub collector: Option<String>,
     /// Whether logs are collected at all.
     pub logs: bool,
+    /// Directories whose files are log evidence.
+    pub logs_dirs: Vec<PathBuf>,
     /// `--logs-since` as given.
     pub logs_since: String,
     /// The absolute time it names.
@@ -43,6 +45,12 @@ pub struct CaptureOptions {
     pub exe_hash_max_bytes: u64,
 }
 
+/// `/var/log` and the volatile journal in `/run/log/journal`.
+#[must_use]
+pub fn default_logs_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("/var/log"), PathBuf::from("/run/log/journal")]
+}
+
 impl CaptureOptions {
     /// The defaults of `ircap-agent capture --output <output>` (logs since 7
     /// days, 512 MiB of logs, allow-listed environment, lowered priority,
@@ -57,6 +65,7 @@ impl CaptureOptions {
             output,
             collector: None,
             logs: true,
+            logs_dirs: default_logs_dirs(),
             logs_since: DEFAULT_LOGS_SINCE.to_owned(),
             logs_since_time: since,
             logs_since_resolved: crate::timefmt::rfc3339(since),

@@ -83,7 +83,7 @@ fn logs_keep_original_bytes_within_since_and_budget() -> TestResult {
         clock: &clock,
         threads: 2,
     };
-    let entries = logs::write_from(&ctx, &[log_dir.clone(), fx.path().join("no-such-dir")])?;
+    let entries = logs::write(&ctx, &[log_dir.clone(), fx.path().join("no-such-dir")])?;
     sink.commit(&manifest_for(entries.clone()))?;
     let cap = out.path().join("logs-test");
     let report = ircap_proto::verify_capture(&cap)?;

@@ -1,9 +1,12 @@
 //! The collector's security boundary, exercised against the real binary:
-//! who may upload (agents only, with a certificate from the collector's CA,
-//! only into captures they opened), what is refused (corrupted chunks,
-//! wrong offsets, manifests that do not match the bytes received, a second
-//! commit), and how it starts (TOML config file, a bad certificate path
-//! failing fast) and reports health.
+//! who may upload (agents only, with an unexpired certificate from the
+//! collector's CA, only into captures they opened), what is refused
+//! (corrupted chunks, artifacts whose total digest or size is wrong,
+//! oversized messages, hostile artifact names and capture ids, wrong
+//! offsets, manifests that do not match the bytes received, a second
+//! commit), what an upload cut off before its commit leaves behind, and how
+//! it starts (TOML config file, a bad certificate path failing fast) and
+//! reports health.
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read};
@@ -26,12 +29,19 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use time::OffsetDateTime;
 use tonic::{Code, Status, Streaming};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
 /// A capture id in UUIDv7 shape.
 const CAPTURE: &str = "01a20000-0000-7000-8000-000000000001";
+/// A second capture id, for tests that need two.
+const OTHER_CAPTURE: &str = "01a20000-0000-7000-8000-000000000002";
 /// The artifact uploaded by the upload tests.
 const ARTIFACT: &str = "t.jsonl.gz";
 /// Longest any single call may take before the test fails instead of hanging.
@@ -124,10 +134,15 @@ async fn open(
 }
 
 fn header(capture_id: &str, offset: u64) -> UploadMessage {
+    named_header(capture_id, ARTIFACT, offset)
+}
+
+/// A header for artifact `name` (identity encoding).
+fn named_header(capture_id: &str, name: &str, offset: u64) -> UploadMessage {
     UploadMessage {
         body: Some(upload_message::Body::Header(ArtifactHeader {
             capture_id: capture_id.to_owned(),
-            name: ARTIFACT.to_owned(),
+            name: name.to_owned(),
             encoding: "identity".to_owned(),
             offset,
         })),
@@ -149,6 +164,19 @@ fn end(data: &[u8]) -> UploadMessage {
         body: Some(upload_message::Body::End(ArtifactEnd {
             size: data.len() as u64,
             sha256: sha256_hex(data),
+            size_uncompressed: data.len() as u64,
+            sha256_uncompressed: sha256_hex(data),
+        })),
+    }
+}
+
+/// An end for identity-encoded `data` that claims `size` and `sha256` as
+/// the stored total; the content digest is the true one.
+fn end_claiming(data: &[u8], size: u64, sha256: &str) -> UploadMessage {
+    UploadMessage {
+        body: Some(upload_message::Body::End(ArtifactEnd {
+            size,
+            sha256: sha256.to_owned(),
             size_uncompressed: data.len() as u64,
             sha256_uncompressed: sha256_hex(data),
         })),
@@ -325,6 +353,71 @@ fn channel(addr: SocketAddr, pki: &Path, who: &str) -> Result<Channel, Box<dyn E
     Ok(Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
         .connect_lazy())
+}
+
+/// Issues an agent certificate for `ircap://agent/<name>` (EKU clientAuth,
+/// ECDSA P-256, the profile `pki init` uses) from the CA in `pki_dir`,
+/// valid from `not_before` to `not_after`, as `<out>/<name>.pem` and
+/// `<out>/<name>.key`. Loads the CA the way `pki issue` does.
+fn issue_agent_cert(
+    pki_dir: &Path,
+    out: &Path,
+    name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> TestResult {
+    let ca_pem = std::fs::read_to_string(pki_dir.join("ca.pem"))?;
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("ca.key"))?)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(
+        format!("ircap://agent/{name}").as_str().try_into()?,
+    )];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join(format!("{name}.pem")), cert.pem())?;
+    std::fs::write(out.join(format!("{name}.key")), key.serialize_pem())?;
+    Ok(())
+}
+
+/// Every path below `root` (not following symlinks), relative to it and
+/// sorted.
+fn tree(root: &Path) -> Result<Vec<String>, Box<dyn Error>> {
+    let mut found = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            found.push(path.strip_prefix(root)?.to_string_lossy().into_owned());
+            if entry.file_type()?.is_dir() {
+                todo.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The store layout [`tree`] must find when nothing but `captures` (as
+/// `<agent>/<capture id>/<artifact>` paths, every level listed) and
+/// `state` files were written.
+fn expected_store(captures: &[&str], states: &[&str]) -> Vec<String> {
+    let mut v = vec!["captures".to_owned(), "index".to_owned(), "state".to_owned()];
+    v.extend(captures.iter().map(|p| format!("captures/{p}")));
+    v.extend(states.iter().map(|id| format!("state/{id}.json")));
+    v.sort();
+    v
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -672,5 +765,395 @@ async fn health_service_reports_the_upload_service_serving() -> TestResult {
         "health of an unknown service",
     )?;
     assert_code(&status, Code::NotFound, "health of an unknown service");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_agent_certificate_is_refused() -> TestResult {
+    let s = Setup::new()?;
+    let issued = tempfile::tempdir()?;
+    let now = OffsetDateTime::now_utc();
+    issue_agent_cert(
+        s.pki(),
+        issued.path(),
+        "old-1",
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+    )?;
+    // The same CA, profile and code, but current: proves the refusal is
+    // about the dates, not a badly made certificate.
+    issue_agent_cert(
+        s.pki(),
+        issued.path(),
+        "new-1",
+        now - time::Duration::hours(1),
+        now + time::Duration::days(1),
+    )?;
+    let ca = s.pki().join("ca.pem");
+
+    let mut old = client(s.collector.addr, &ca, Some((issued.path(), "old-1"))).await;
+    let status = expect_err(
+        timed(open(&mut old, CAPTURE)).await?,
+        "open_capture with an expired certificate",
+    )?;
+    eprintln!(
+        "expired certificate refused: {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    let old_dir = s.collector.store.join("captures").join("old-1");
+    assert!(!old_dir.exists(), "{} exists", old_dir.display());
+
+    let mut current = client(s.collector.addr, &ca, Some((issued.path(), "new-1"))).await;
+    let opened = timed(open(&mut current, OTHER_CAPTURE))
+        .await??
+        .into_inner();
+    assert!(!opened.complete);
+    assert!(s.collector.capture_dir("new-1", OTHER_CAPTURE).is_dir());
+
+    let state_dir = s.collector.store.join("state");
+    let states = tree(&state_dir)?;
+    assert_eq!(
+        states,
+        vec![format!("{OTHER_CAPTURE}.json")],
+        "state files in {}",
+        state_dir.display()
+    );
+    for name in &states {
+        let text = std::fs::read_to_string(state_dir.join(name))?;
+        assert!(!text.contains("old-1"), "{name} mentions old-1: {text}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn artifact_with_a_wrong_total_digest_or_size_never_finishes() -> TestResult {
+    /// The artifact whose end claims a wrong size.
+    const SIZED: &str = "u.jsonl";
+    let s = Setup::new()?;
+    let dir = s.collector.capture_dir("web-1", CAPTURE);
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+
+    let cases = [
+        (
+            ARTIFACT,
+            end_claiming(b"hello", 5, &sha256_hex(b"hellp")),
+            "an end claiming another SHA-256",
+        ),
+        (
+            SIZED,
+            end_claiming(b"hello", 6, &sha256_hex(b"hello")),
+            "an end claiming another size",
+        ),
+    ];
+    for (name, last, what) in cases {
+        let mut up = Upload::start(&mut c, named_header(CAPTURE, name, 0)).await??;
+        assert_eq!(up.expect_ack(what).await?.durable_offset, 0, "{what}");
+        up.send(chunk(0, b"hello", sha256(b"hello"))).await?;
+        let ack = up.expect_ack(what).await?;
+        assert_eq!(ack.durable_offset, 5, "{what}");
+        assert!(!ack.finished, "{what}");
+        up.send(last).await?;
+        let status = up.expect_error(what).await?;
+        assert_code(&status, Code::DataLoss, what);
+        assert!(
+            status.message().contains(name),
+            "{what}: refusal does not name {name}: {}",
+            status.message()
+        );
+    }
+
+    let reopened = timed(open(&mut c, CAPTURE)).await??.into_inner();
+    assert!(
+        reopened.artifacts.iter().all(|a| !a.finished),
+        "an artifact with a wrong digest counts as finished: {:?}",
+        reopened.artifacts
+    );
+
+    for (claimed, what) in [
+        (sha256_hex(b"hello"), "commit listing the true digest"),
+        (sha256_hex(b"hellp"), "commit listing the claimed digest"),
+    ] {
+        let status = expect_err(
+            timed(c.commit_capture(commit_request(manifest(&claimed)?))).await?,
+            what,
+        )?;
+        assert_code(&status, Code::FailedPrecondition, what);
+        assert!(
+            status.message().contains(ARTIFACT),
+            "{what}: refusal does not name {ARTIFACT}: {}",
+            status.message()
+        );
+    }
+    assert!(
+        !dir.join("manifest.json").exists(),
+        "{} has a manifest",
+        dir.display()
+    );
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        s.collector
+            .store
+            .join("state")
+            .join(format!("{CAPTURE}.json")),
+    )?)?;
+    assert_eq!(state["complete"], false, "{state}");
+    assert_eq!(state["finished"], serde_json::json!({}), "{state}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_cut_off_before_its_commit_stays_incomplete() -> TestResult {
+    let s = Setup::new()?;
+    let dir = s.collector.capture_dir("web-1", CAPTURE);
+    {
+        let mut c = s.client("web-1").await;
+        timed(open(&mut c, CAPTURE)).await??;
+        let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+        assert_eq!(up.expect_ack("header").await?.durable_offset, 0);
+        up.send(chunk(0, b"hello", sha256(b"hello"))).await?;
+        assert_eq!(up.expect_ack("chunk").await?.durable_offset, 5);
+        up.send(end(b"hello")).await?;
+        let ack = up.expect_ack("artifact end").await?;
+        assert!(ack.finished, "artifact not finished: {ack:?}");
+        // The agent goes away here, without CommitCapture.
+    }
+
+    assert_eq!(std::fs::read(dir.join(ARTIFACT))?, b"hello");
+    assert!(
+        !dir.join("manifest.json").exists(),
+        "{} has a manifest",
+        dir.display()
+    );
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        s.collector
+            .store
+            .join("state")
+            .join(format!("{CAPTURE}.json")),
+    )?)?;
+    assert_eq!(state["complete"], false, "{state}");
+    assert!(state["finished"][ARTIFACT].is_object(), "{state}");
+    let index = s.collector.store.join("index");
+    assert_eq!(tree(&index)?, Vec::<String>::new(), "{}", index.display());
+
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert_eq!(
+        verify.status.code(),
+        Some(1),
+        "verify {} without a manifest: {stderr}",
+        dir.display()
+    );
+    assert!(
+        stderr.contains("manifest"),
+        "verify does not say the manifest is missing: {stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_chunk_is_refused_and_nothing_is_written() -> TestResult {
+    let s = Setup::new()?;
+    let stored = s.collector.capture_dir("web-1", CAPTURE).join(ARTIFACT);
+    // The client's own limit must not stop the message before the collector
+    // sees it.
+    let mut c = s
+        .client("web-1")
+        .await
+        .max_encoding_message_size(16 << 20);
+    timed(open(&mut c, CAPTURE)).await??;
+
+    // 6 MiB: over the collector's gRPC message limit (4 MiB + 64 KiB).
+    let big = vec![0x5a_u8; 6 << 20];
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("header").await?.durable_offset, 0);
+    up.send(chunk(0, &big, sha256(&big))).await?;
+    let status = up.expect_error("6 MiB chunk").await?;
+    assert!(
+        matches!(
+            status.code(),
+            Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument
+        ),
+        "6 MiB chunk: {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    drop(up);
+    assert_eq!(
+        std::fs::metadata(&stored).map_or(0, |m| m.len()),
+        0,
+        "{} holds bytes of an oversized message",
+        stored.display()
+    );
+
+    // One byte over the largest chunk, yet within the message limit: the
+    // collector's own chunk check.
+    let over = vec![0x5a_u8; (4 << 20) + 1];
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("header").await?.durable_offset, 0);
+    up.send(chunk(0, &over, sha256(&over))).await?;
+    let status = up.expect_error("chunk of 4 MiB + 1").await?;
+    assert_code(&status, Code::InvalidArgument, "chunk of 4 MiB + 1");
+    drop(up);
+    assert_eq!(
+        std::fs::metadata(&stored).map_or(0, |m| m.len()),
+        0,
+        "{} holds bytes of an oversized chunk",
+        stored.display()
+    );
+
+    // The collector still takes a normal upload on the same channel.
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("good upload").await?.durable_offset, 0);
+    up.send(chunk(0, b"hello", sha256(b"hello"))).await?;
+    assert_eq!(up.expect_ack("good chunk").await?.durable_offset, 5);
+    up.send(end(b"hello")).await?;
+    assert!(up.expect_ack("good end").await?.finished);
+    assert_eq!(std::fs::read(&stored)?, b"hello");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_artifact_names_are_refused_and_nothing_escapes() -> TestResult {
+    let s = Setup::new()?;
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+
+    let hostile = [
+        "../evil",
+        "/etc/passwd",
+        "a/../../b",
+        "logs/../../x",
+        "",
+        "manifest.json",
+        "..\\evil",
+        "./x",
+        "a//b",
+    ];
+    let mut accepted = Vec::new();
+    for name in hostile {
+        let what = format!("artifact name {name:?}");
+        let status = match Upload::start(&mut c, named_header(CAPTURE, name, 0)).await? {
+            Err(status) => status,
+            Ok(mut up) => match up.ack().await? {
+                Err(status) => status,
+                Ok(None) => return Err(format!("{what}: stream ended without an error").into()),
+                Ok(Some(ack)) => {
+                    // Accepted: finish it, so the tree check below shows
+                    // where it landed.
+                    up.send(chunk(ack.durable_offset, b"evil", sha256(b"evil")))
+                        .await?;
+                    up.send(end(b"evil")).await?;
+                    while let Ok(Some(_)) = up.ack().await? {}
+                    accepted.push(name);
+                    continue;
+                }
+            },
+        };
+        assert_code(&status, Code::InvalidArgument, &what);
+    }
+
+    // A plain name still works.
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("good upload").await?.durable_offset, 0);
+    up.send(chunk(0, b"hello", sha256(b"hello"))).await?;
+    assert_eq!(up.expect_ack("good chunk").await?.durable_offset, 5);
+    up.send(end(b"hello")).await?;
+    assert!(up.expect_ack("good end").await?.finished);
+    drop(up);
+
+    let store = &s.collector.store;
+    assert_eq!(
+        tree(store)?,
+        expected_store(
+            &[
+                "web-1",
+                &format!("web-1/{CAPTURE}"),
+                &format!("web-1/{CAPTURE}/{ARTIFACT}"),
+            ],
+            &[CAPTURE],
+        ),
+        "files in {}",
+        store.display()
+    );
+    let root = store.parent().ok_or("store has no parent")?;
+    for path in tree(root)? {
+        let file = Path::new(&path)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        assert!(
+            !["evil", "..\\evil", "passwd", "x", "b"].contains(&file.as_str()),
+            "{path} exists under {}",
+            root.display()
+        );
+    }
+    assert!(accepted.is_empty(), "names accepted: {accepted:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abusive_capture_ids_are_refused() -> TestResult {
+    let s = Setup::new()?;
+    let mut c = s.client("web-1").await;
+    let longest = "a".repeat(64);
+    let too_long = "a".repeat(65);
+    let far_too_long = "a".repeat(200);
+    let ids = [
+        "../../x",
+        "a/b",
+        "",
+        far_too_long.as_str(),
+        too_long.as_str(),
+        "..",
+        "a\\b",
+        "a b",
+        "a\0b",
+    ];
+    for id in ids {
+        let what = format!("capture id {id:?}");
+        let status = expect_err(
+            timed(open(&mut c, id)).await?,
+            &format!("open_capture, {what}"),
+        )?;
+        assert_code(&status, Code::InvalidArgument, &format!("open_capture, {what}"));
+
+        let status = upload_fails(
+            &mut c,
+            header(id, 0),
+            &format!("upload_artifact, {what}"),
+        )
+        .await?;
+        assert_code(
+            &status,
+            Code::InvalidArgument,
+            &format!("upload_artifact, {what}"),
+        );
+
+        let status = expect_err(
+            timed(c.commit_capture(CommitCaptureRequest {
+                capture_id: id.to_owned(),
+                manifest_json: Vec::new(),
+            }))
+            .await?,
+            &format!("commit_capture, {what}"),
+        )?;
+        assert_code(
+            &status,
+            Code::InvalidArgument,
+            &format!("commit_capture, {what}"),
+        );
+    }
+
+    // The longest id allowed is still accepted.
+    timed(open(&mut c, &longest)).await??;
+
+    let store = &s.collector.store;
+    assert_eq!(
+        tree(store)?,
+        expected_store(&["web-1", &format!("web-1/{longest}")], &[&longest]),
+        "files in {}",
+        store.display()
+    );
     Ok(())
 }

@@ -9,6 +9,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use ircap_e2e::{Collector, TestResult, agent_capture, bin, pki};
 
+/// Every record of a stored `.jsonl.gz` table, parsed strictly.
+fn table(dir: &std::path::Path, name: &str) -> Vec<serde_json::Value> {
+    let mut text = String::new();
+    flate2::read::MultiGzDecoder::new(
+        std::fs::File::open(dir.join(format!("{name}.jsonl.gz"))).unwrap(),
+    )
+    .read_to_string(&mut text)
+    .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn summary(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
@@ -18,7 +31,13 @@ fn capture_arrives_complete_verified_and_receipted() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki = pki(&tmp.path().join("pki"));
     let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    // Planted: a process and a listener owned by this test process.
+    let mut planted = std::process::Command::new("sleep").arg("600").spawn()?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
     let out = agent_capture(&collector.url(), &pki, "web-1", &["--logs-since", "3650d"]);
+    let _ = planted.kill();
+    let _ = planted.wait();
     assert!(
         out.status.success(),
         "{}",
@@ -50,6 +69,25 @@ fn capture_arrives_complete_verified_and_receipted() -> TestResult {
         manifest["artifacts"].as_array().map(Vec::len),
         s["artifacts"].as_u64().map(|n| n as usize)
     );
+    // The planted process and listener are in the stored tables.
+    let procs = table(&dir, "processes");
+    let sleeper = procs
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(planted.id())))
+        .expect("planted process");
+    assert_eq!(sleeper["argv"], serde_json::json!(["sleep", "600"]));
+    let me = u64::from(std::process::id());
+    let conns = table(&dir, "connections");
+    let l = conns
+        .iter()
+        .find(|c| c["local_port"].as_u64() == Some(u64::from(port)) && c["state"] == "LISTEN")
+        .expect("planted listener");
+    assert!(
+        l["pids"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x.as_u64() == Some(me)))
+    );
+    drop(listener);
     // The index names the capture under the agent's certificate identity.
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(
         collector.store.join("index").join(format!("{id}.json")),
@@ -262,4 +300,96 @@ fn the_collector_shuts_down_cleanly_on_sigterm() -> TestResult {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+#[test]
+fn collector_killed_mid_upload_and_restarted_the_agent_resumes() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let store = tmp.path().join("store");
+    let first = Collector::start(&pki, &store, 0);
+    let port = first.addr.port();
+    // 64 MiB of incompressible bytes in a log directory of our own.
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir(&logs)?;
+    let mut data = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 24) as u8;
+    }
+    std::fs::write(logs.join("big.log"), &data)?;
+    let planted_sha = ircap_proto::hashing::sha256_hex(&data);
+    drop(data);
+
+    let logs_arg = logs.display().to_string();
+    let url = first.url();
+    let agent = std::thread::spawn({
+        let pki = pki.clone();
+        move || {
+            agent_capture(
+                &url,
+                &pki,
+                "web-1",
+                &[
+                    "--logs-dir",
+                    &logs_arg,
+                    "--logs-since",
+                    "1d",
+                    "--upload-attempts",
+                    "12",
+                ],
+            )
+        }
+    });
+    // Wait until the big log is partly stored, then kill the collector.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let partial = loop {
+        let found = std::fs::read_dir(store.join("captures/web-1"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok)
+            .map(|e| e.path().join("logs/00000-big.log.gz"))
+            .and_then(|p| std::fs::metadata(&p).ok().map(|m| m.len()));
+        if let Some(len) = found.filter(|&l| l > 8 << 20) {
+            break len;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upload never reached 8 MiB"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    drop(first); // SIGKILL
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let second = Collector::start(&pki, &store, port);
+    let out = agent.join().map_err(|_| "agent thread")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Upload interrupted"), "{stderr}");
+    let s = summary(&out);
+    let dir = second.capture_dir("web-1", s["capture_id"].as_str().unwrap_or_default());
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // The stored log holds exactly the planted bytes: the hash a local
+    // capture records for the same file.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
+    let entry = manifest["artifacts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == "logs/00000-big.log.gz"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        entry["sha256_uncompressed"].as_str(),
+        Some(planted_sha.as_str())
+    );
+    assert!(entry["size_stored"].as_u64().unwrap_or(0) > partial);
+    Ok(())
 }

@@ -191,20 +191,11 @@ fn peek_compression(path: &Path) -> Option<&'static str> {
     compression(head.get(..n)?)
 }
 
-/// Writes every kept log file and the `log_files` index.
+/// Writes every kept log file below `roots` and the `log_files` index.
 ///
 /// # Errors
 /// [`SinkError`] when an artifact cannot be stored.
-pub fn write(ctx: &Context<'_>) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
-    let roots = [ctx.roots.var_log.clone(), ctx.roots.run.join("log/journal")];
-    write_from(ctx, &roots)
-}
-
-/// [`write`] over explicit log roots (tests use fixture trees).
-///
-/// # Errors
-/// [`SinkError`] when an artifact cannot be stored.
-pub fn write_from(
+pub fn write(
     ctx: &Context<'_>,
     roots: &[PathBuf],
 ) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {

@@ -4,7 +4,6 @@
 use serde::Serialize;
 
 use super::fsread::{self, ReadError};
-use super::processes::ProcessRecord;
 use super::{Context, parallel_map};
 use crate::artifact::JsonlWriter;
 use crate::host_text::HostText;
@@ -121,32 +120,46 @@ pub fn read_maps(
     Ok((regions, errors))
 }
 
-/// Writes `memory_maps.jsonl.gz` for every process of the scan.
+/// Processes per batch: maps are read and serialised in parallel one batch
+/// at a time, so memory stays bounded by a batch, not by the host.
+const BATCH: usize = 128;
+
+/// Writes `memory_maps.jsonl.gz` for `targets` (pid, comm) of user-space
+/// processes.
 ///
 /// # Errors
 /// [`SinkError`] when the table cannot be stored.
 pub fn write(
     ctx: &Context<'_>,
-    processes: &[ProcessRecord],
+    targets: &[(i32, String)],
 ) -> Result<ircap_proto::ArtifactEntry, SinkError> {
     let mut table = JsonlWriter::open(ctx.sink, "memory_maps", "memory_maps")?;
-    let users: Vec<&ProcessRecord> = processes.iter().filter(|p| !p.kernel_thread).collect();
-    let results = parallel_map(&users, ctx.threads, |p| read_maps(ctx, p.pid, &p.comm));
-    for (proc_rec, result) in users.iter().zip(results) {
-        match result {
-            Ok((regions, errors)) => {
-                for e in errors {
-                    table.error(e);
-                }
+    for batch in targets.chunks(BATCH) {
+        // Workers read and serialise; this thread only compresses.
+        let results = parallel_map(batch, ctx.threads, |(pid, comm)| {
+            read_maps(ctx, *pid, comm).map(|(regions, errors)| {
+                let mut lines = Vec::with_capacity(regions.len() * 256);
                 for r in &regions {
-                    table.write(r)?;
+                    if serde_json::to_writer(&mut lines, r).is_ok() {
+                        lines.push(b'\n');
+                    }
                 }
+                (lines, regions.len() as u64, errors)
+            })
+        });
+        for ((pid, _), result) in batch.iter().zip(results) {
+            match result {
+                Ok((lines, count, errors)) => {
+                    for e in errors {
+                        table.error(e);
+                    }
+                    table.write_lines(&lines, count)?;
+                }
+                Err(e) if e.is_gone() => {
+                    table.error(format!("pid {pid}: exited before its maps could be read"))
+                }
+                Err(e) => table.error(format!("pid {pid}: {e}")),
             }
-            Err(e) if e.is_gone() => table.error(format!(
-                "pid {}: exited before its maps could be read",
-                proc_rec.pid
-            )),
-            Err(e) => table.error(format!("pid {}: {e}", proc_rec.pid)),
         }
     }
     table.finish()

@@ -576,6 +576,16 @@ pub struct ProcessScan {
 }
 
 impl ProcessScan {
+    /// (pid, comm) of every user-space process, for the memory maps pass.
+    #[must_use]
+    pub fn map_targets(&self) -> Vec<(i32, String)> {
+        self.records
+            .iter()
+            .filter(|p| !p.kernel_thread)
+            .map(|p| (p.pid, p.comm.clone()))
+            .collect()
+    }
+
     /// socket inode -> owning (pid, comm), from every process's open files.
     #[must_use]
     pub fn socket_owners(&self) -> HashMap<u64, Vec<(i32, String)>> {
