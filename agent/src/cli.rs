@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Capture this host now into a local directory.
-    Capture(CaptureArgs),
+    Capture(Box<CaptureArgs>),
     /// Recompute every hash of a capture directory against its manifest.
     Verify(VerifyArgs),
 }
