@@ -25,15 +25,15 @@ use ircap_proto::v1::{
     ArtifactEnd, ArtifactHeader, Chunk, CommitCaptureRequest, OpenCaptureRequest, UploadAck,
     UploadMessage, upload_message,
 };
-use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
 };
+use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status, Streaming};
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -413,7 +413,11 @@ fn tree(root: &Path) -> Result<Vec<String>, Box<dyn Error>> {
 /// `<agent>/<capture id>/<artifact>` paths, every level listed) and
 /// `state` files were written.
 fn expected_store(captures: &[&str], states: &[&str]) -> Vec<String> {
-    let mut v = vec!["captures".to_owned(), "index".to_owned(), "state".to_owned()];
+    let mut v = vec![
+        "captures".to_owned(),
+        "index".to_owned(),
+        "state".to_owned(),
+    ];
     v.extend(captures.iter().map(|p| format!("captures/{p}")));
     v.extend(states.iter().map(|id| format!("state/{id}.json")));
     v.sort();
@@ -957,10 +961,7 @@ async fn oversized_chunk_is_refused_and_nothing_is_written() -> TestResult {
     let stored = s.collector.capture_dir("web-1", CAPTURE).join(ARTIFACT);
     // The client's own limit must not stop the message before the collector
     // sees it.
-    let mut c = s
-        .client("web-1")
-        .await
-        .max_encoding_message_size(16 << 20);
+    let mut c = s.client("web-1").await.max_encoding_message_size(16 << 20);
     timed(open(&mut c, CAPTURE)).await??;
 
     // 6 MiB: over the collector's gRPC message limit (4 MiB + 64 KiB).
@@ -969,6 +970,11 @@ async fn oversized_chunk_is_refused_and_nothing_is_written() -> TestResult {
     assert_eq!(up.expect_ack("header").await?.durable_offset, 0);
     up.send(chunk(0, &big, sha256(&big))).await?;
     let status = up.expect_error("6 MiB chunk").await?;
+    eprintln!(
+        "6 MiB chunk refused: {:?}: {}",
+        status.code(),
+        status.message()
+    );
     assert!(
         matches!(
             status.code(),
@@ -1116,14 +1122,14 @@ async fn abusive_capture_ids_are_refused() -> TestResult {
             timed(open(&mut c, id)).await?,
             &format!("open_capture, {what}"),
         )?;
-        assert_code(&status, Code::InvalidArgument, &format!("open_capture, {what}"));
+        assert_code(
+            &status,
+            Code::InvalidArgument,
+            &format!("open_capture, {what}"),
+        );
 
-        let status = upload_fails(
-            &mut c,
-            header(id, 0),
-            &format!("upload_artifact, {what}"),
-        )
-        .await?;
+        let status =
+            upload_fails(&mut c, header(id, 0), &format!("upload_artifact, {what}")).await?;
         assert_code(
             &status,
             Code::InvalidArgument,
