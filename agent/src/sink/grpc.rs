@@ -129,7 +129,11 @@ impl GrpcSink {
         capture_id: &str,
         hostname: &str,
     ) -> Result<Self, SinkError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // One background worker keeps the HTTP/2 connection (pings, flow
+        // control, queued chunks) moving while the capture thread collects.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ircap-upload")
             .enable_all()
             .build()
             .map_err(|e| SinkError::io("cannot start the network runtime", e))?;
