@@ -60,6 +60,14 @@ pub struct CaptureArgs {
     /// This agent's private key.
     #[arg(long, value_name = "PEM", env = "IRCAP_KEY")]
     pub key: Option<PathBuf>,
+    /// With --collector: also keep a local copy in DIR (for hosts whose
+    /// network is unreliable); if the upload fails the local copy is still
+    /// complete and the summary says so.
+    #[arg(long, value_name = "DIR", requires = "collector")]
+    pub spool: Option<PathBuf>,
+    /// Give up uploading after this long in all (90s, 30m, 2h).
+    #[arg(long, value_name = "DURATION", default_value = "30m")]
+    pub upload_deadline: String,
     /// Attempts per upload step before giving up (reconnecting and resuming
     /// from the last acknowledged offset in between).
     #[arg(long, value_name = "N", default_value_t = 8)]

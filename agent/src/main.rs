@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -11,6 +11,7 @@ use ircap_agent::cli::{CaptureArgs, Cli, Command, VerifyArgs, exit};
 use ircap_agent::options::{CaptureOptions, parse_size};
 use ircap_agent::sink::dir::DirSink;
 use ircap_agent::sink::grpc::{CollectorSettings, GrpcSink};
+use ircap_agent::sink::tee::TeeSink;
 use ircap_agent::sink::{CaptureSink, SinkError};
 use ircap_agent::{capture, priority, timefmt};
 
@@ -67,8 +68,12 @@ fn options_from(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
     })
 }
 
-/// The local directory or the collector, as asked.
-fn open_sink(args: &CaptureArgs, capture_id: &str) -> Result<Box<dyn CaptureSink>, SinkError> {
+/// The local directory, the collector, or both (`--spool`), as asked.
+fn open_sink(
+    args: &CaptureArgs,
+    capture_id: &str,
+    deadline: Duration,
+) -> Result<Box<dyn CaptureSink>, SinkError> {
     match (&args.collector, &args.output) {
         (Some(url), _) => {
             let settings = CollectorSettings {
@@ -77,15 +82,47 @@ fn open_sink(args: &CaptureArgs, capture_id: &str) -> Result<Box<dyn CaptureSink
                 cert: args.cert.clone().unwrap_or_default(),
                 key: args.key.clone().unwrap_or_default(),
                 attempts: args.upload_attempts,
+                deadline,
             };
             let hostname = ircap_agent::collect::system::hostname();
-            Ok(Box::new(GrpcSink::open(&settings, capture_id, &hostname)?))
+            let remote = GrpcSink::open(&settings, capture_id, &hostname);
+            match (&args.spool, remote) {
+                (None, remote) => Ok(Box::new(remote?)),
+                (Some(dir), Ok(remote)) => Ok(Box::new(TeeSink::new(
+                    Box::new(DirSink::create(dir, capture_id)?),
+                    Box::new(remote),
+                ))),
+                (Some(dir), Err(e)) => Ok(Box::new(TeeSink::local_only(
+                    Box::new(DirSink::create(dir, capture_id)?),
+                    Box::new(Unreachable),
+                    e.to_string(),
+                ))),
+            }
         }
         (None, Some(dir)) => Ok(Box::new(DirSink::create(dir, capture_id)?)),
         (None, None) => Err(SinkError::Collector(
             "--output or --collector is required".into(),
         )),
     }
+}
+
+/// The collector side of a spool whose collector could not be opened.
+struct Unreachable;
+
+impl CaptureSink for Unreachable {
+    fn create(
+        &self,
+        _: &ircap_proto::ArtifactName,
+        _: ircap_proto::manifest::Encoding,
+    ) -> Result<Box<dyn ircap_agent::sink::ArtifactOut>, SinkError> {
+        Err(SinkError::Collector("unreachable".into()))
+    }
+
+    fn commit(&self, _: &ircap_proto::Manifest) -> Result<String, SinkError> {
+        Err(SinkError::Collector("unreachable".into()))
+    }
+
+    fn abort(&self) {}
 }
 
 fn run_capture(args: &CaptureArgs) -> u8 {
@@ -103,8 +140,15 @@ fn run_capture(args: &CaptureArgs) -> u8 {
             return exit::USAGE;
         }
     };
+    let deadline = match timefmt::parse_duration(&args.upload_deadline) {
+        Ok(d) => d,
+        Err(err) => {
+            tracing::error!("Invalid option: --upload-deadline: {err}");
+            return exit::USAGE;
+        }
+    };
     let capture_id = capture::new_capture_id();
-    let sink = match open_sink(args, &capture_id) {
+    let sink = match open_sink(args, &capture_id, deadline) {
         Ok(s) => s,
         Err(err) => {
             tracing::error!("Cannot store the capture: {err}");
@@ -130,6 +174,20 @@ fn run_capture(args: &CaptureArgs) -> u8 {
             );
             print_json(&summary);
             exit::OK
+        }
+        Err(SinkError::NotDelivered { local, reason }) => {
+            tracing::error!(
+                capture_id,
+                local,
+                "Capture NOT delivered to the collector ({reason}); the complete capture is in the spool"
+            );
+            print_json(&serde_json::json!({
+                "capture_id": capture_id,
+                "status": "not_delivered",
+                "location": local,
+                "error": reason,
+            }));
+            exit::FAILED
         }
         Err(err) => {
             tracing::error!(capture_id, "Capture failed, nothing was kept: {err}");

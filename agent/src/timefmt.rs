@@ -53,6 +53,33 @@ pub struct SinceError {
     value: String,
 }
 
+/// Parses a duration such as `45s`, `30m`, `1h`, `7d`, `2w`.
+///
+/// # Errors
+/// [`SinceError`] for anything else.
+pub fn parse_duration(value: &str) -> Result<Duration, SinceError> {
+    let err = || SinceError {
+        value: value.to_owned(),
+    };
+    let trimmed = value.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(err)?;
+    let (digits, unit) = trimmed.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(err()),
+    };
+    Ok(Duration::from_secs(
+        n.checked_mul(unit_secs).ok_or_else(err)?,
+    ))
+}
+
 /// Parses `1h`, `30m`, `7d`, `2w`, `45s` (relative to `now`) or an RFC 3339
 /// time into the absolute time it names.
 ///
@@ -68,20 +95,7 @@ pub fn parse_since(value: &str, now: SystemTime) -> Result<SystemTime, SinceErro
         let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| err())?;
         return Ok(UNIX_EPOCH + Duration::from_secs(secs));
     }
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(err)?;
-    let (digits, unit) = trimmed.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| err())?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(err()),
-    };
-    let back = Duration::from_secs(n.checked_mul(unit_secs).ok_or_else(err)?);
+    let back = parse_duration(trimmed)?;
     Ok(now.checked_sub(back).unwrap_or(UNIX_EPOCH))
 }
 

@@ -395,3 +395,82 @@ fn collector_killed_mid_upload_and_restarted_the_agent_resumes() -> TestResult {
     assert!(entry["size_stored"].as_u64().unwrap_or(0) > partial);
     Ok(())
 }
+
+#[test]
+fn spool_keeps_a_local_copy_identical_to_what_the_collector_stored() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let spool = tmp.path().join("spool");
+    let spool_arg = spool.display().to_string();
+    let out = agent_capture(
+        &collector.url(),
+        &pki,
+        "web-1",
+        &["--no-logs", "--spool", &spool_arg],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    let id = s["capture_id"].as_str().unwrap_or_default();
+    let local = spool.join(id);
+    let remote = collector.capture_dir("web-1", id);
+    for dir in [&local, &remote] {
+        let v = bin("ircap-agent").arg("verify").arg(dir).output()?;
+        assert!(
+            v.status.success(),
+            "{}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    let read = |d: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("manifest.json")).unwrap()).unwrap()
+    };
+    // Same artifacts, same digests; only the collector adds its receipt.
+    assert_eq!(read(&local)["artifacts"], read(&remote)["artifacts"]);
+    assert!(read(&local)["collector_receipt"].is_null());
+    assert!(read(&remote)["collector_receipt"].is_object());
+    Ok(())
+}
+
+#[test]
+fn spool_with_an_unreachable_collector_says_not_delivered_and_keeps_the_capture() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let spool = tmp.path().join("spool");
+    let spool_arg = spool.display().to_string();
+    let started = std::time::Instant::now();
+    let out = agent_capture(
+        &format!("https://127.0.0.1:{port}"),
+        &pki,
+        "web-1",
+        &[
+            "--no-logs",
+            "--spool",
+            &spool_arg,
+            "--upload-attempts",
+            "1000",
+            "--upload-deadline",
+            "3s",
+        ],
+    );
+    // The overall deadline, not the 1000 attempts, ended the retries.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&out);
+    assert_eq!(s["status"], "not_delivered", "{s}");
+    let local = std::path::PathBuf::from(s["location"].as_str().unwrap_or_default());
+    assert!(local.starts_with(&spool));
+    let v = bin("ircap-agent").arg("verify").arg(&local).output()?;
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    Ok(())
+}

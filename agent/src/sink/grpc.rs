@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ircap_proto::manifest::Encoding;
 use ircap_proto::v1::capture_upload_client::CaptureUploadClient;
@@ -52,6 +52,8 @@ pub struct CollectorSettings {
     pub key: PathBuf,
     /// Attempts per operation before giving up (reconnecting in between).
     pub attempts: u32,
+    /// No retry starts after this long since the capture was opened.
+    pub deadline: Duration,
 }
 
 fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>, SinkError> {
@@ -117,6 +119,7 @@ struct Inner {
     capture_id: String,
     url: String,
     attempts: u32,
+    deadline: Instant,
 }
 
 impl GrpcSink {
@@ -150,6 +153,7 @@ impl GrpcSink {
             capture_id: capture_id.to_owned(),
             url: settings.url.clone(),
             attempts: settings.attempts.max(1),
+            deadline: Instant::now() + settings.deadline,
         };
         let req = OpenCaptureRequest {
             capture_id: capture_id.to_owned(),
@@ -170,6 +174,11 @@ impl GrpcSink {
 }
 
 impl Inner {
+    /// Whether another attempt may start after `attempt` failed.
+    fn may_retry(&self, attempt: u32) -> bool {
+        attempt + 1 < self.attempts && Instant::now() + backoff(attempt) < self.deadline
+    }
+
     /// Runs a unary call with retries.
     fn unary<F, Fut, T>(&self, what: &str, call: F) -> Result<T, SinkError>
     where
@@ -180,7 +189,7 @@ impl Inner {
         loop {
             match self.rt.block_on(call(self.client.clone())) {
                 Ok(v) => return Ok(v),
-                Err(status) if retryable(&status) && attempt + 1 < self.attempts => {
+                Err(status) if retryable(&status) && self.may_retry(attempt) => {
                     tracing::warn!(attempt, error = %describe(&status), "Collector call failed, retrying: {what}");
                     std::thread::sleep(backoff(attempt));
                     attempt += 1;
@@ -342,7 +351,7 @@ impl GrpcArtifact {
             match result {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
-                Err(Broken::Retry(why)) if attempt + 1 < self.sink.attempts => {
+                Err(Broken::Retry(why)) if self.sink.may_retry(attempt) => {
                     tracing::warn!(
                         artifact = self.name,
                         attempt,

@@ -14,6 +14,7 @@
 
 pub mod dir;
 pub mod grpc;
+pub mod tee;
 
 use std::io::Write;
 
@@ -35,6 +36,14 @@ pub enum SinkError {
     /// The collector refused or could not be reached.
     #[error("collector: {0}")]
     Collector(String),
+    /// Kept complete in the local spool but not delivered to the collector.
+    #[error("not delivered to the collector ({reason}); the complete capture is kept in {local}")]
+    NotDelivered {
+        /// Where the local copy is.
+        local: String,
+        /// Why the collector did not get it.
+        reason: String,
+    },
     /// Serialising the manifest failed.
     #[error("cannot encode the manifest: {0}")]
     Manifest(#[from] serde_json::Error),
