@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Chunk payloads as `bytes::Bytes`: the agent keeps each chunk for
+        // resending until it is acknowledged, and clones must not copy.
+        .bytes(".ircap.v1.Chunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -153,7 +153,7 @@ fn chunk(offset: u64, data: &[u8], sha256: Vec<u8>) -> UploadMessage {
     UploadMessage {
         body: Some(upload_message::Body::Chunk(Chunk {
             offset,
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             sha256,
         })),
     }

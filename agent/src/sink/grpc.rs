@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ircap_proto::manifest::Encoding;
 use ircap_proto::v1::capture_upload_client::CaptureUploadClient;
 use ircap_proto::v1::{
@@ -218,7 +219,7 @@ struct GrpcArtifact {
     /// Bytes not yet sent.
     buf: Vec<u8>,
     /// Sent, not yet acknowledged: (offset, bytes).
-    retained: VecDeque<(u64, Vec<u8>)>,
+    retained: VecDeque<(u64, Bytes)>,
     /// Offset up to which the collector holds the bytes durably.
     acked: u64,
     /// Offset of the next byte to send.
@@ -286,11 +287,11 @@ impl GrpcArtifact {
         self.drop_acknowledged();
         self.stream = Some(Stream { tx, acks });
         // Resend what was sent but not stored, from the collector's offset.
-        let pending: Vec<(u64, Vec<u8>)> = self.retained.iter().cloned().collect();
+        let pending: Vec<(u64, Bytes)> = self.retained.iter().cloned().collect();
         for (offset, bytes) in pending {
             let skip = usize::try_from(held.saturating_sub(offset)).unwrap_or(usize::MAX);
-            if let Some(rest) = bytes.get(skip..).filter(|r| !r.is_empty()) {
-                self.send_message(chunk_message(offset + skip as u64, rest))?;
+            if skip < bytes.len() {
+                self.send_message(chunk_message(offset + skip as u64, bytes.slice(skip..)))?;
             }
         }
         Ok(())
@@ -378,9 +379,10 @@ impl GrpcArtifact {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::take(&mut self.buf);
+        let data = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         let offset = self.sent;
         self.sent += data.len() as u64;
+        // Shared, not copied: the retained chunk and the message are one buffer.
         self.retained.push_back((offset, data.clone()));
         // Without a live stream, start_stream sends every retained chunk,
         // this one included.
@@ -388,7 +390,7 @@ impl GrpcArtifact {
         self.with_retries("send a chunk", |me| {
             if need_send {
                 need_send = false;
-                me.send_message(chunk_message(offset, &data))?;
+                me.send_message(chunk_message(offset, data.clone()))?;
             }
             while me.retained_bytes() > WINDOW {
                 me.wait_ack()?;
@@ -398,12 +400,12 @@ impl GrpcArtifact {
     }
 }
 
-fn chunk_message(offset: u64, data: &[u8]) -> UploadMessage {
+fn chunk_message(offset: u64, data: Bytes) -> UploadMessage {
     UploadMessage {
         body: Some(upload_message::Body::Chunk(Chunk {
             offset,
-            sha256: sha2::Sha256::digest(data).to_vec(),
-            data: data.to_vec(),
+            sha256: sha2::Sha256::digest(&data).to_vec(),
+            data,
         })),
     }
 }
