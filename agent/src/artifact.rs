@@ -37,12 +37,6 @@ impl ErrorLog {
             self.kept.push(message.into());
         }
     }
-
-    /// Number recorded.
-    #[must_use]
-    pub fn count(&self) -> u64 {
-        self.count
-    }
 }
 
 type Gzip = HashingWriter<GzEncoder<HashingWriter<Box<dyn ArtifactOut>>>>;
@@ -249,12 +243,6 @@ impl JsonlWriter {
     /// Records an error against this table.
     pub fn error(&mut self, message: impl Into<String>) {
         self.stream.errors.push(message);
-    }
-
-    /// Records written so far.
-    #[must_use]
-    pub fn records(&self) -> u64 {
-        self.records
     }
 
     /// Closes the table and returns its manifest entry.
