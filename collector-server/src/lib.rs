@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod ingest;
+pub mod metrics;
 pub mod pki;
 pub mod serve;
 pub mod service;

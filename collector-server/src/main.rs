@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Certificate revocation list (PEM).
     #[arg(long, env = "IRCAP_CRL")]
     crl: Option<PathBuf>,
+    /// Serve Prometheus metrics over plain HTTP here (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "IRCAP_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +165,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         cert: args.cert,
         key: args.key,
         crl: args.crl,
+        metrics_listen: args.metrics_listen,
     });
     let settings = Settings::validate(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -169,9 +173,14 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let (listener, addr) = serve::bind(settings.listen).await?;
-        tracing::info!(%addr, store = %settings.store_dir.display(), "Collector listening");
-        print_json(&serde_json::json!({ "listening": addr.to_string() }));
-        serve::serve(settings, listener, serve::shutdown_signal()).await?;
+        let metrics = match settings.metrics_listen {
+            Some(m) => Some(serve::bind(m).await?),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(|(_, a)| a.to_string());
+        tracing::info!(%addr, metrics = ?metrics_addr, store = %settings.store_dir.display(), "Collector listening");
+        print_json(&serde_json::json!({ "listening": addr.to_string(), "metrics": metrics_addr }));
+        serve::serve(settings, listener, metrics.map(|(l, _)| l), serve::shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth;
+use crate::metrics::Metrics;
 use crate::service::{MAX_MESSAGE, UploadService};
 use crate::store::file::FileStore;
 
@@ -24,8 +25,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// `serve` settings as written in the TOML config file. Every field can
 /// also come from the environment (`IRCAP_LISTEN`, `IRCAP_STORE`,
-/// `IRCAP_CA`, `IRCAP_CERT`, `IRCAP_KEY`, `IRCAP_CRL`) or a flag, which win
-/// in that order.
+/// `IRCAP_CA`, `IRCAP_CERT`, `IRCAP_KEY`, `IRCAP_CRL`,
+/// `IRCAP_METRICS_LISTEN`) or a flag, which win in that order.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
@@ -41,6 +42,9 @@ pub struct ServeConfig {
     pub key: Option<PathBuf>,
     /// Certificate revocation list(s) (PEM), optional.
     pub crl: Option<PathBuf>,
+    /// Plain-HTTP address for Prometheus `GET /metrics`, optional (keep it
+    /// on a private interface).
+    pub metrics_listen: Option<String>,
 }
 
 impl ServeConfig {
@@ -64,6 +68,7 @@ impl ServeConfig {
             cert: other.cert.or(self.cert),
             key: other.key.or(self.key),
             crl: other.crl.or(self.crl),
+            metrics_listen: other.metrics_listen.or(self.metrics_listen),
         }
     }
 }
@@ -102,6 +107,8 @@ pub struct Settings {
     pub store_dir: PathBuf,
     /// The TLS server configuration.
     pub tls: Arc<rustls::ServerConfig>,
+    /// Where to serve metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -145,10 +152,18 @@ impl Settings {
             &need(&cfg.key, "key")?,
             cfg.crl.as_deref(),
         )?;
+        let metrics_listen = match &cfg.metrics_listen {
+            Some(text) => Some(
+                text.parse()
+                    .map_err(|e| ServeError::Config(format!("--metrics-listen {text:?}: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listen,
             store_dir,
             tls: Arc::new(tls),
+            metrics_listen,
         })
     }
 }
@@ -180,9 +195,13 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeEr
 pub async fn serve(
     settings: Settings,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let store = Arc::new(FileStore::open(&settings.store_dir)?);
+    let metrics = Arc::new(Metrics::default());
+    let metrics_task =
+        metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics))));
     let acceptor = TlsAcceptor::from(Arc::clone(&settings.tls));
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let accept_loop = tokio::spawn(async move {
@@ -214,7 +233,7 @@ pub async fn serve(
     health
         .set_serving::<CaptureUploadServer<UploadService<FileStore>>>()
         .await;
-    let upload = CaptureUploadServer::new(UploadService::new(store))
+    let upload = CaptureUploadServer::new(UploadService::new(store, metrics))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
 
@@ -242,6 +261,9 @@ pub async fn serve(
         }
     };
     accept_loop.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     result
 }
 

@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Identity, Role};
 use crate::ingest::ArtifactVerifier;
+use crate::metrics::{Metrics, StreamGauge, inc};
 use crate::store::{CaptureState, FinishedArtifact, Store, StoreError};
 use crate::timefmt;
 
@@ -42,6 +43,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The upload service over a [`Store`].
 pub struct UploadService<S: Store> {
     store: Arc<S>,
+    metrics: Arc<Metrics>,
     /// (capture id, artifact) pairs with a stream in progress.
     active: Arc<Mutex<HashSet<(String, String)>>>,
     /// Serialises read-modify-write of capture state.
@@ -49,10 +51,11 @@ pub struct UploadService<S: Store> {
 }
 
 impl<S: Store> UploadService<S> {
-    /// A service storing into `store`.
-    pub fn new(store: Arc<S>) -> Self {
+    /// A service storing into `store`, counting into `metrics`.
+    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
+            metrics,
             active: Arc::default(),
             state_lock: Arc::default(),
         }
@@ -154,6 +157,7 @@ impl<S: Store> UploadService<S> {
     /// Runs one artifact stream; acks go to `acks`.
     async fn upload(
         store: Arc<S>,
+        metrics: Arc<Metrics>,
         active: Arc<Mutex<HashSet<(String, String)>>>,
         state_lock: Arc<tokio::sync::Mutex<()>>,
         who: Identity,
@@ -252,6 +256,7 @@ impl<S: Store> UploadService<S> {
                         )));
                     }
                     if sha2::Sha256::digest(&chunk.data).as_slice() != chunk.sha256.as_slice() {
+                        inc(&metrics.chunks_rejected);
                         tracing::warn!(capture_id = state.capture_id, artifact = %name, offset = chunk.offset, "Chunk failed its SHA-256");
                         return Err(Status::data_loss(format!(
                             "{name}: chunk at offset {} does not match its SHA-256; nothing of it was stored",
@@ -265,6 +270,10 @@ impl<S: Store> UploadService<S> {
                         .append(&state, &name, durable, &chunk.data)
                         .await
                         .map_err(store_status)?;
+                    metrics.bytes_received.fetch_add(
+                        chunk.data.len() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     acks.send(Ok(UploadAck {
                         durable_offset: durable,
                         finished: false,
@@ -285,6 +294,7 @@ impl<S: Store> UploadService<S> {
                         bytes: end.size_uncompressed,
                     };
                     if stored != claimed_stored || content != claimed_content {
+                        inc(&metrics.artifact_verification_failures);
                         tracing::warn!(capture_id = state.capture_id, artifact = %name, "Artifact digest mismatch");
                         return Err(Status::data_loss(format!(
                             "{name}: received {} bytes sha256 {} (content {} bytes sha256 {}), agent claims {} bytes sha256 {} (content {} bytes sha256 {})",
@@ -315,6 +325,7 @@ impl<S: Store> UploadService<S> {
                         },
                     );
                     store.save_state(&fresh).await.map_err(store_status)?;
+                    inc(&metrics.artifacts_verified);
                     let _ = acks
                         .send(Ok(UploadAck {
                             durable_offset: durable,
@@ -435,10 +446,14 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         let stream = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let store = Arc::clone(&self.store);
+        let metrics = Arc::clone(&self.metrics);
         let active = Arc::clone(&self.active);
         let state_lock = Arc::clone(&self.state_lock);
         tokio::spawn(async move {
-            if let Err(status) = Self::upload(store, active, state_lock, who, stream, &tx).await {
+            let _gauge = StreamGauge::new(Arc::clone(&metrics));
+            if let Err(status) =
+                Self::upload(store, metrics, active, state_lock, who, stream, &tx).await
+            {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -466,6 +481,7 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         }
         let problems = manifest_differences(&manifest, &state);
         if !problems.is_empty() {
+            inc(&self.metrics.captures_failed);
             tracing::warn!(
                 capture_id = state.capture_id,
                 problems = problems.len(),
@@ -500,6 +516,7 @@ impl<S: Store> CaptureUpload for UploadService<S> {
             .commit(&state, &bytes)
             .await
             .map_err(store_status)?;
+        inc(&self.metrics.captures_completed);
         tracing::info!(
             capture_id = state.capture_id,
             agent = who.name,

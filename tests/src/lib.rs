@@ -67,6 +67,8 @@ pub struct Collector {
     pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it serves metrics, when started with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
     /// Its store directory.
     pub store: PathBuf,
     /// The PKI it trusts.
@@ -103,9 +105,11 @@ impl Collector {
             .unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).expect("listening line");
         let addr = v["listening"].as_str().unwrap().parse().unwrap();
+        let metrics = v["metrics"].as_str().map(|m| m.parse().unwrap());
         Self {
             child,
             addr,
+            metrics,
             store: store.to_path_buf(),
             pki: pki.to_path_buf(),
         }

@@ -474,3 +474,62 @@ fn spool_with_an_unreachable_collector_says_not_delivered_and_keeps_the_capture(
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     Ok(())
 }
+
+/// `GET path` on the metrics port; (status line, body).
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    ))
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in {body}"))
+}
+
+#[test]
+fn metrics_count_what_was_received_and_verified() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let collector = Collector::start_with(
+        &pki,
+        &tmp.path().join("store"),
+        0,
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let metrics = collector.metrics.ok_or("no metrics address printed")?;
+    let (status, before) = http_get(metrics, "/metrics")?;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(metric(&before, "ircap_captures_completed_total"), 0);
+
+    let out = agent_capture(&collector.url(), &pki, "web-1", &["--no-logs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    let (_, after) = http_get(metrics, "/metrics")?;
+    assert_eq!(metric(&after, "ircap_captures_completed_total"), 1);
+    assert_eq!(
+        metric(&after, "ircap_artifacts_verified_total"),
+        s["artifacts"].as_u64().unwrap_or_default()
+    );
+    assert_eq!(
+        metric(&after, "ircap_bytes_received_total"),
+        s["bytes_stored"].as_u64().unwrap_or_default()
+    );
+    assert_eq!(metric(&after, "ircap_verification_failures_total"), 0);
+    assert_eq!(metric(&after, "ircap_active_streams"), 0);
+    let (status, _) = http_get(metrics, "/other")?;
+    assert!(status.contains("404"), "{status}");
+    Ok(())
+}
