@@ -3,10 +3,12 @@
 //! through the [`store::Store`] trait and marks them complete only when the
 //! manifest matches everything received.
 
+pub mod analyst;
 pub mod auth;
 pub mod ingest;
 pub mod metrics;
 pub mod pki;
+pub mod query;
 pub mod serve;
 pub mod service;
 pub mod store;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ircap_collector::auth::Role;
-use ircap_collector::pki;
 use ircap_collector::serve::{self, ServeConfig, Settings};
+use ircap_collector::{analyst, pki};
+use ircap_proto::v1::ListCapturesRequest;
 
 /// The ircap collector: receives captures over mutual-TLS gRPC, verifies
 /// and stores them.
@@ -31,6 +32,49 @@ enum Command {
     /// Create or extend a certificate authority for a trial or small fleet.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// List captures (analyst certificate).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only this hostname or agent identity.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this EC2 instance id.
+        #[arg(long)]
+        instance_id: Option<String>,
+        /// Only captures started at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only captures started at or before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Also list captures that were never committed.
+        #[arg(long)]
+        incomplete: bool,
+        /// JSON Lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a capture's manifest and chain of custody (analyst certificate).
+    Show {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Capture id.
+        id: String,
+        /// The manifest JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a capture, resuming a partial download, and verify every
+    /// hash (exit 3 naming the file on a mismatch).
+    Pull {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Capture id.
+        id: String,
+        /// Directory that receives <id>/ [default: .].
+        dir: Option<PathBuf>,
+    },
     /// Recompute every hash of a capture directory against its manifest
     /// (exit 0 verified, 1 unreadable, 3 mismatch).
     Verify {
@@ -65,6 +109,34 @@ struct ServeArgs {
     /// Serve Prometheus metrics over plain HTTP here (e.g. 127.0.0.1:9464).
     #[arg(long, env = "IRCAP_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+}
+
+/// How analyst commands reach the collector.
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Collector URL, https://HOST:PORT.
+    #[arg(long, env = "IRCAP_SERVER")]
+    server: String,
+    /// CA certificate the collector's certificate must chain to.
+    #[arg(long, env = "IRCAP_CA")]
+    ca: PathBuf,
+    /// Analyst certificate.
+    #[arg(long, env = "IRCAP_CERT")]
+    cert: PathBuf,
+    /// Analyst key.
+    #[arg(long, env = "IRCAP_KEY")]
+    key: PathBuf,
+}
+
+impl ServerArgs {
+    fn settings(&self) -> analyst::ServerSettings {
+        analyst::ServerSettings {
+            url: self.server.clone(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +215,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(args),
         Command::Pki(cmd) => run_pki(cmd),
         Command::Verify { dir } => return run_verify(&dir),
+        cmd @ (Command::List { .. } | Command::Show { .. } | Command::Pull { .. }) => {
+            return run_analyst(cmd);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -205,6 +280,108 @@ fn run_pki(cmd: PkiCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn run_analyst(cmd: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cmd {
+            Command::List {
+                server,
+                host,
+                instance_id,
+                since,
+                until,
+                incomplete,
+                json,
+            } => {
+                let mut client = analyst::connect(&server.settings())?;
+                let captures = analyst::list(
+                    &mut client,
+                    ListCapturesRequest {
+                        host: host.unwrap_or_default(),
+                        instance_id: instance_id.unwrap_or_default(),
+                        since: since.unwrap_or_default(),
+                        until: until.unwrap_or_default(),
+                        include_incomplete: incomplete,
+                    },
+                )
+                .await?;
+                let mut out = std::io::stdout().lock();
+                if json {
+                    for c in &captures {
+                        let _ = writeln!(out, "{}", capture_json(c));
+                    }
+                } else {
+                    let _ = write!(out, "{}", analyst::list_table(&captures));
+                }
+                Ok(None)
+            }
+            Command::Show { server, id, json } => {
+                let mut client = analyst::connect(&server.settings())?;
+                let (manifest, bytes) = analyst::manifest(&mut client, &id).await?;
+                let mut out = std::io::stdout().lock();
+                if json {
+                    let _ = out.write_all(&bytes);
+                } else {
+                    let _ = write!(out, "{}", analyst::show_text(&manifest));
+                }
+                Ok(None)
+            }
+            Command::Pull { server, id, dir } => {
+                let mut client = analyst::connect(&server.settings())?;
+                let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+                let done = analyst::pull(&mut client, &id, &dir).await?;
+                Ok(Some(done))
+            }
+            _ => Ok(None),
+        }
+    });
+    match result {
+        Ok(Some(dir)) => {
+            tracing::info!(dir = %dir.display(), "Capture pulled and verified");
+            print_json(
+                &serde_json::json!({ "status": "verified", "path": dir.display().to_string() }),
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(analyst::AnalystError::Verify(report)) => {
+            for p in &report.problems {
+                tracing::error!("{p}");
+            }
+            print_json(&report);
+            ExitCode::from(3)
+        }
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn capture_json(c: &ircap_proto::v1::CaptureInfo) -> serde_json::Value {
+    serde_json::json!({
+        "capture_id": c.capture_id,
+        "agent": c.agent,
+        "hostname": c.hostname,
+        "instance_id": (!c.instance_id.is_empty()).then_some(&c.instance_id),
+        "started_at": c.started_at,
+        "ended_at": c.ended_at,
+        "stored_bytes": c.stored_bytes,
+        "artifacts": c.artifacts,
+        "status": c.status,
+        "committed_at": c.committed_at,
+    })
 }
 
 fn run_verify(dir: &std::path::Path) -> ExitCode {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ircap_proto::v1::capture_query_server::CaptureQueryServer;
 use ircap_proto::v1::capture_upload_server::CaptureUploadServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -15,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth;
 use crate::metrics::Metrics;
+use crate::query::QueryService;
 use crate::service::{MAX_MESSAGE, UploadService};
 use crate::store::file::FileStore;
 
@@ -233,6 +235,11 @@ pub async fn serve(
     health
         .set_serving::<CaptureUploadServer<UploadService<FileStore>>>()
         .await;
+    health
+        .set_serving::<CaptureQueryServer<QueryService<FileStore>>>()
+        .await;
+    let query = CaptureQueryServer::new(QueryService::new(Arc::clone(&store)))
+        .max_encoding_message_size(MAX_MESSAGE);
     let upload = CaptureUploadServer::new(UploadService::new(store, metrics))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -248,6 +255,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(upload)
+        .add_service(query)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), graceful);
     tokio::pin!(server);
     let result = tokio::select! {

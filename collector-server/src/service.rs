@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{self, Identity, Role};
 use crate::ingest::ArtifactVerifier;
 use crate::metrics::{Metrics, StreamGauge, inc};
-use crate::store::{CaptureState, FinishedArtifact, Store, StoreError};
+use crate::store::{CaptureState, FinishedArtifact, IndexEntry, Store, StoreError};
 use crate::timefmt;
 
 /// Largest chunk accepted.
@@ -62,7 +62,7 @@ impl<S: Store> UploadService<S> {
     }
 }
 
-fn store_status(err: StoreError) -> Status {
+pub(crate) fn store_status(err: StoreError) -> Status {
     match err {
         StoreError::Io { .. } => {
             tracing::warn!(error = %err, "Store unavailable");
@@ -74,23 +74,28 @@ fn store_status(err: StoreError) -> Status {
     }
 }
 
-/// The caller's identity, which must hold the agent role.
-fn agent_identity<T>(req: &Request<T>) -> Result<Identity, Status> {
+/// The caller's identity, which must hold `role`.
+pub(crate) fn caller_with_role<T>(req: &Request<T>, role: Role) -> Result<Identity, Status> {
     let certs = req
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
     let id =
         auth::identity_from_chain(&certs).map_err(|e| Status::permission_denied(e.to_string()))?;
-    if id.role != Role::Agent {
+    if id.role != role {
         return Err(Status::permission_denied(format!(
-            "{} holds the {:?} role; only agents upload captures",
-            id.name, id.role
+            "{} holds the {} role; this call needs the {} role",
+            id.name, id.role, role
         )));
     }
     Ok(id)
 }
 
-fn check_capture_id(id: &str) -> Result<(), Status> {
+/// The caller's identity, which must hold the agent role.
+fn agent_identity<T>(req: &Request<T>) -> Result<Identity, Status> {
+    caller_with_role(req, Role::Agent)
+}
+
+pub(crate) fn check_capture_id(id: &str) -> Result<(), Status> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -512,8 +517,22 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         let mut bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| Status::internal(e.to_string()))?;
         bytes.push(b'\n');
+        let index = IndexEntry {
+            capture_id: state.capture_id.clone(),
+            agent: who.name.clone(),
+            hostname: manifest.host.hostname.clone(),
+            instance_id: manifest.host.instance_id.clone(),
+            started_at: manifest.started_at.clone(),
+            ended_at: manifest.ended_at.clone(),
+            stored_bytes: manifest.stored_bytes(),
+            artifacts: u32::try_from(manifest.artifacts.len()).unwrap_or(u32::MAX),
+            committed_at: receipt["committed_at"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        };
         self.store
-            .commit(&state, &bytes)
+            .commit(&state, &bytes, &index)
             .await
             .map_err(store_status)?;
         inc(&self.metrics.captures_completed);

@@ -94,7 +94,7 @@ fn capture_arrives_complete_verified_and_receipted() -> TestResult {
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(
         collector.store.join("index").join(format!("{id}.json")),
     )?)?;
-    assert_eq!(index["owner"], "web-1");
+    assert_eq!(index["agent"], "web-1");
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use ircap_proto::ArtifactName;
 use ircap_proto::artifact_name::MANIFEST_FILE;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{CaptureState, Store, StoreError};
+use super::{CaptureState, IndexEntry, Store, StoreError};
 
 /// A store in a local directory.
 #[derive(Debug, Clone)]
@@ -179,25 +179,72 @@ impl Store for FileStore {
         Ok(offset + data.len() as u64)
     }
 
-    async fn commit(&self, state: &CaptureState, manifest_json: &[u8]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        state: &CaptureState,
+        manifest_json: &[u8],
+        index: &IndexEntry,
+    ) -> Result<(), StoreError> {
         let dir = self.capture_dir(state);
         replace(&dir.join(MANIFEST_FILE), manifest_json).await?;
         let mut done = state.clone();
         done.complete = true;
         self.save_state(&done).await?;
-        let index = serde_json::json!({
-            "capture_id": state.capture_id,
-            "owner": state.owner,
-            "hostname": state.hostname,
-            "path": dir.strip_prefix(&self.root).unwrap_or(&dir).display().to_string(),
-        });
+        let bytes = serde_json::to_vec(index).map_err(|e| StoreError::Corrupt {
+            context: state.capture_id.clone(),
+            message: e.to_string(),
+        })?;
         replace(
             &self
                 .root
                 .join("index")
                 .join(format!("{}.json", state.capture_id)),
-            index.to_string().as_bytes(),
+            &bytes,
         )
         .await
     }
+
+    async fn list_index(&self) -> Result<Vec<IndexEntry>, StoreError> {
+        read_json_dir(&self.root.join("index")).await
+    }
+
+    async fn list_states(&self) -> Result<Vec<CaptureState>, StoreError> {
+        read_json_dir(&self.root.join("state")).await
+    }
+
+    async fn read_manifest(&self, state: &CaptureState) -> Result<Vec<u8>, StoreError> {
+        let path = self.capture_dir(state).join(MANIFEST_FILE);
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))
+    }
+}
+
+/// Parses every `*.json` file of a directory (one small record each).
+async fn read_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
+    let ctx = || format!("cannot list {}", dir.display());
+    let mut entries = tokio::fs::read_dir(dir)
+        .await
+        .map_err(|e| StoreError::io(ctx(), e))?;
+    let mut out = Vec::new();
+    while let Some(entry) = entries
+        .next_entry()
+        .await
+        .map_err(|e| StoreError::io(ctx(), e))?
+    {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
+        out.push(
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                context: path.display().to_string(),
+                message: e.to_string(),
+            })?,
+        );
+    }
+    Ok(out)
 }

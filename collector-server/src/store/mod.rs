@@ -95,6 +95,30 @@ pub struct CaptureState {
     pub complete: bool,
 }
 
+/// One committed capture, as `list` shows it. Written at commit so that
+/// listing reads one small record per capture, never the artifacts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// Capture id.
+    pub capture_id: String,
+    /// Agent identity from its certificate.
+    pub agent: String,
+    /// Hostname from the manifest.
+    pub hostname: String,
+    /// EC2 instance id, when known.
+    pub instance_id: Option<String>,
+    /// Capture start (RFC 3339).
+    pub started_at: String,
+    /// Capture end (RFC 3339).
+    pub ended_at: String,
+    /// Stored bytes of all artifacts.
+    pub stored_bytes: u64,
+    /// Number of artifacts.
+    pub artifacts: u32,
+    /// When the collector committed it (RFC 3339).
+    pub committed_at: String,
+}
+
 /// A capture store (see the module docs for the contract).
 pub trait Store: Send + Sync + 'static {
     /// The state of `capture_id`, if known.
@@ -136,10 +160,24 @@ pub trait Store: Send + Sync + 'static {
         data: &[u8],
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Stores the verified manifest and marks the capture complete.
+    /// Stores the verified manifest, marks the capture complete and adds it
+    /// to the index.
     fn commit(
         &self,
         state: &CaptureState,
         manifest_json: &[u8],
+        index: &IndexEntry,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every committed capture's index entry.
+    fn list_index(&self) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send;
+
+    /// Every capture's state (complete or not).
+    fn list_states(&self) -> impl Future<Output = Result<Vec<CaptureState>, StoreError>> + Send;
+
+    /// The committed manifest of a capture.
+    fn read_manifest(
+        &self,
+        state: &CaptureState,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
 }
