@@ -94,11 +94,16 @@ pub async fn list(
     client: &mut CaptureQueryClient<Channel>,
     filter: ListCapturesRequest,
 ) -> Result<Vec<CaptureInfo>, AnalystError> {
-    client
+    let mut stream = client
         .list_captures(filter)
         .await
-        .map(|r| r.into_inner().captures)
-        .map_err(|s| rpc(&s))
+        .map_err(|s| rpc(&s))?
+        .into_inner();
+    let mut captures = Vec::new();
+    while let Some(c) = stream.message().await.map_err(|s| rpc(&s))? {
+        captures.push(c);
+    }
+    Ok(captures)
 }
 
 fn human_bytes(n: u64) -> String {

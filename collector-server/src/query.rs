@@ -9,7 +9,7 @@ use ircap_proto::manifest::Manifest;
 use ircap_proto::v1::capture_query_server::CaptureQuery;
 use ircap_proto::v1::{
     ArtifactData, CaptureInfo, GetManifestRequest, GetManifestResponse, ListCapturesRequest,
-    ListCapturesResponse, ReadArtifactRequest,
+    ReadArtifactRequest,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -79,13 +79,16 @@ fn info(e: IndexEntry) -> CaptureInfo {
 }
 
 type DataStream = Pin<Box<dyn Stream<Item = Result<ArtifactData, Status>> + Send>>;
+type InfoStream = Pin<Box<dyn Stream<Item = Result<CaptureInfo, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: Store> CaptureQuery for QueryService<S> {
+    type ListCapturesStream = InfoStream;
+
     async fn list_captures(
         &self,
         request: Request<ListCapturesRequest>,
-    ) -> Result<Response<ListCapturesResponse>, Status> {
+    ) -> Result<Response<Self::ListCapturesStream>, Status> {
         caller_with_role(&request, Role::Analyst)?;
         let req = request.into_inner();
         let since = parse_time(&req.since, "--since")?;
@@ -124,7 +127,9 @@ impl<S: Store> CaptureQuery for QueryService<S> {
                 && until.is_none_or(|t| started.is_some_and(|s| s <= t))
         });
         captures.sort_by(|a, b| a.capture_id.cmp(&b.capture_id));
-        Ok(Response::new(ListCapturesResponse { captures }))
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            captures.into_iter().map(Ok),
+        ))))
     }
 
     async fn get_manifest(

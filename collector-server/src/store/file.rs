@@ -220,24 +220,33 @@ impl Store for FileStore {
     }
 }
 
-/// Parses every `*.json` file of a directory (one small record each).
-async fn read_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
+/// Parses every `*.json` file of a directory (one small record each), on
+/// one blocking thread: a thread hop per file would dominate at 100,000
+/// captures.
+async fn read_json_dir<T>(dir: &Path) -> Result<Vec<T>, StoreError>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || read_json_dir_blocking(&dir))
+        .await
+        .map_err(|e| StoreError::Corrupt {
+            context: "index listing".into(),
+            message: e.to_string(),
+        })?
+}
+
+fn read_json_dir_blocking<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> Result<Vec<T>, StoreError> {
     let ctx = || format!("cannot list {}", dir.display());
-    let mut entries = tokio::fs::read_dir(dir)
-        .await
-        .map_err(|e| StoreError::io(ctx(), e))?;
     let mut out = Vec::new();
-    while let Some(entry) = entries
-        .next_entry()
-        .await
-        .map_err(|e| StoreError::io(ctx(), e))?
-    {
-        let path = entry.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io(ctx(), e))? {
+        let path = entry.map_err(|e| StoreError::io(ctx(), e))?.path();
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        let bytes = tokio::fs::read(&path)
-            .await
+        let bytes = std::fs::read(&path)
             .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
         out.push(
             serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
