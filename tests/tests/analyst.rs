@@ -1,0 +1,861 @@
+//! The analyst side against real binaries: `ircap-collector list`, `show`
+//! and `pull` with an analyst certificate over mutual TLS; agents are
+//! refused; a capture damaged on the server, in a partial download or after
+//! the pull fails verification naming the file; a partial pull resumes to
+//! byte-identical evidence; unknown and incomplete captures are clear
+//! errors; and a pulled capture opens in DuckDB as the README shows.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use ircap_e2e::{Collector, TestResult, agent_capture, bin, build_dir, client, pki};
+use ircap_proto::v1::capture_query_client::CaptureQueryClient;
+use ircap_proto::v1::{
+    CaptureInfo, GetManifestRequest, ListCapturesRequest, OpenCaptureRequest, ReadArtifactRequest,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+/// A capture id in UUIDv7 shape that no agent ever uploaded.
+const UNKNOWN: &str = "01a20000-0000-7000-8000-00000000dead";
+/// The id of a capture opened by hand and never committed.
+const INCOMPLETE: &str = "01a20000-0000-7000-8000-000000000001";
+/// Longest any single gRPC call may take before the test fails.
+const CALL: Duration = Duration::from_secs(30);
+
+/// A PKI and a store in fresh temporary directories, and a collector on them.
+struct Setup {
+    tmp: tempfile::TempDir,
+    collector: Collector,
+}
+
+impl Setup {
+    fn new() -> Result<Self, Box<dyn Error>> {
+        let tmp = tempfile::tempdir()?;
+        let pki_dir = pki(&tmp.path().join("pki"));
+        let collector = Collector::start(&pki_dir, &tmp.path().join("store"), 0);
+        Ok(Self { tmp, collector })
+    }
+
+    fn pki(&self) -> &Path {
+        &self.collector.pki
+    }
+
+    /// A fresh directory under the test's temporary directory.
+    fn dir(&self, name: &str) -> PathBuf {
+        let d = self.tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// `ircap-agent capture --no-logs` as `who`; the capture id.
+    fn capture(&self, who: &str) -> String {
+        let out = agent_capture(&self.collector.url(), self.pki(), who, &["--no-logs"]);
+        assert!(
+            out.status.success(),
+            "capture as {who}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(s["status"], "complete", "{s}");
+        s["capture_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `ircap-collector CMD --server .. --ca .. --cert WHO --key WHO ARGS`.
+    fn analyst(&self, who: &str, cmd: &str, args: &[&str]) -> Output {
+        bin("ircap-collector")
+            .arg(cmd)
+            .args(["--server", &self.collector.url()])
+            .arg("--ca")
+            .arg(self.pki().join("ca.pem"))
+            .arg("--cert")
+            .arg(self.pki().join(format!("{who}.pem")))
+            .arg("--key")
+            .arg(self.pki().join(format!("{who}.key")))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `pull ID DIR` as alice.
+    fn pull(&self, id: &str, dir: &Path) -> Output {
+        self.analyst("alice", "pull", &[id, dir.to_str().unwrap()])
+    }
+
+    /// Pulls `id` into a fresh directory `name`, asserting success; the
+    /// pulled capture directory.
+    fn pulled(&self, id: &str, name: &str) -> PathBuf {
+        let dir = self.dir(name);
+        let out = self.pull(id, &dir);
+        assert_exit(&out, 0, "pull");
+        dir.join(id)
+    }
+}
+
+/// Kills a spawned process when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_exit(out: &Output, code: i32, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: exit code\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Every stdout line parsed as JSON.
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    text(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+fn ids(rows: &[serde_json::Value]) -> Vec<String> {
+    rows.iter()
+        .map(|r| r["capture_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A failed verification (pull or verify): exit 3, `file` named on stderr
+/// and as a problem's `file` in the JSON report on stdout.
+fn assert_names(out: &Output, file: &str, what: &str) {
+    assert_exit(out, 3, what);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(file),
+        "{what}: stderr does not name {file}: {err}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: stdout is not a JSON report ({e}): {}",
+            text(&out.stdout)
+        )
+    });
+    let problems = report["problems"].as_array().cloned().unwrap_or_default();
+    assert!(
+        problems.iter().any(|p| p["file"] == file),
+        "{what}: report does not name {file}: {report}"
+    );
+}
+
+/// `ircap-collector verify DIR` and `ircap-agent verify DIR`.
+fn verify_both(dir: &Path) -> [Output; 2] {
+    [
+        bin("ircap-collector")
+            .arg("verify")
+            .arg(dir)
+            .output()
+            .unwrap(),
+        bin("ircap-agent").arg("verify").arg(dir).output().unwrap(),
+    ]
+}
+
+fn assert_verifies(dir: &Path, what: &str) {
+    for out in verify_both(dir) {
+        assert_exit(&out, 0, what);
+    }
+}
+
+fn assert_verify_names(dir: &Path, file: &str, what: &str) {
+    for out in verify_both(dir) {
+        assert_names(&out, file, what);
+    }
+}
+
+/// Inverts the byte at `at`.
+fn flip(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    assert!(
+        at < bytes.len(),
+        "{} has only {} bytes",
+        path.display(),
+        bytes.len()
+    );
+    bytes[at] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Every file below `dir` by `/`-separated relative path, with its bytes.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap();
+                let key = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.insert(key, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn assert_identical(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    assert_eq!(
+        ta.keys().collect::<Vec<_>>(),
+        tb.keys().collect::<Vec<_>>(),
+        "{} and {} hold different files",
+        a.display(),
+        b.display()
+    );
+    for (name, bytes) in &ta {
+        assert!(
+            tb.get(name) == Some(bytes),
+            "{name} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+/// Names in `dir`.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A raw `CaptureQuery` client presenting `who`'s certificate (`None`: no
+/// client certificate).
+fn query_client(addr: SocketAddr, pki: &Path, who: Option<&str>) -> CaptureQueryClient<Channel> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
+        std::fs::read(pki.join("ca.pem")).unwrap(),
+    ));
+    if let Some(name) = who {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(pki.join(format!("{name}.pem"))).unwrap(),
+            std::fs::read(pki.join(format!("{name}.key"))).unwrap(),
+        ));
+    }
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    CaptureQueryClient::new(channel)
+}
+
+/// Every capture `ListCaptures` streams back, unfiltered.
+async fn list_captures(c: &mut CaptureQueryClient<Channel>) -> Result<Vec<CaptureInfo>, Status> {
+    let mut stream = c
+        .list_captures(ListCapturesRequest::default())
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(info) = stream.message().await? {
+        out.push(info);
+    }
+    Ok(out)
+}
+
+async fn timed<T>(fut: impl Future<Output = T>) -> Result<T, Box<dyn Error>> {
+    tokio::time::timeout(CALL, fut)
+        .await
+        .map_err(|_| format!("call did not finish within {CALL:?}").into())
+}
+
+#[test]
+fn list_show_and_pull_a_verified_capture() -> TestResult {
+    let s = Setup::new()?;
+    let a = s.capture("web-1");
+    let b = s.capture("web-2");
+
+    // list --json: one JSON object per line, both captures, complete.
+    let out = s.analyst("alice", "list", &["--json"]);
+    assert_exit(&out, 0, "list --json");
+    let rows = json_lines(&out);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (id, agent) in [(&a, "web-1"), (&b, "web-2")] {
+        let row = rows
+            .iter()
+            .find(|r| r["capture_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} not listed: {rows:?}"));
+        assert_eq!(row["agent"], agent, "{row}");
+        assert_eq!(row["status"], "complete", "{row}");
+        assert!(row["artifacts"].as_u64().unwrap_or(0) > 0, "{row}");
+        assert!(row["stored_bytes"].as_u64().unwrap_or(0) > 0, "{row}");
+    }
+
+    // The same with the settings from the environment.
+    let out = bin("ircap-collector")
+        .args(["list", "--json"])
+        .env("IRCAP_SERVER", s.collector.url())
+        .env("IRCAP_CA", s.pki().join("ca.pem"))
+        .env("IRCAP_CERT", s.pki().join("alice.pem"))
+        .env("IRCAP_KEY", s.pki().join("alice.key"))
+        .output()?;
+    assert_exit(&out, 0, "list --json with IRCAP_* settings");
+    let mut env_ids = ids(&json_lines(&out));
+    env_ids.sort();
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(env_ids, both);
+
+    // Filters.
+    let out = s.analyst("alice", "list", &["--json", "--host", "web-1"]);
+    assert_exit(&out, 0, "list --host web-1");
+    assert_eq!(ids(&json_lines(&out)), [a.as_str()]);
+    let out = s.analyst("alice", "list", &["--json", "--host", "web-2"]);
+    assert_exit(&out, 0, "list --host web-2");
+    assert_eq!(ids(&json_lines(&out)), [b.as_str()]);
+    let out = s.analyst(
+        "alice",
+        "list",
+        &["--json", "--since", "2999-01-01T00:00:00Z"],
+    );
+    assert_exit(&out, 0, "list --since future");
+    assert_eq!(json_lines(&out), Vec::<serde_json::Value>::new());
+    let out = s.analyst(
+        "alice",
+        "list",
+        &["--json", "--since", "2000-01-01T00:00:00Z"],
+    );
+    assert_exit(&out, 0, "list --since past");
+    assert_eq!(json_lines(&out).len(), 2);
+    let out = s.analyst(
+        "alice",
+        "list",
+        &["--json", "--until", "2000-01-01T00:00:00Z"],
+    );
+    assert_exit(&out, 0, "list --until past");
+    assert_eq!(json_lines(&out), Vec::<serde_json::Value>::new());
+
+    // Table.
+    let out = s.analyst("alice", "list", &[]);
+    assert_exit(&out, 0, "list");
+    let table = text(&out.stdout);
+    for needle in [
+        a.as_str(),
+        b.as_str(),
+        "STATUS",
+        "complete",
+        "web-1",
+        "web-2",
+    ] {
+        assert!(table.contains(needle), "table lacks {needle:?}:\n{table}");
+    }
+
+    // show --json: the stored manifest with the collector's receipt.
+    for (id, agent) in [(&a, "web-1"), (&b, "web-2")] {
+        let out = s.analyst("alice", "show", &[id, "--json"]);
+        assert_exit(&out, 0, "show --json");
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(m["capture_id"], id.as_str(), "{m}");
+        assert_eq!(m["collector_receipt"]["peer_identity"], agent, "{m}");
+        assert_eq!(m["collector_receipt"]["verification"], "verified", "{m}");
+        assert_eq!(
+            out.stdout,
+            std::fs::read(s.collector.capture_dir(agent, id).join("manifest.json"))?,
+            "show --json is not the stored manifest"
+        );
+    }
+    let out = s.analyst("alice", "show", &[&a]);
+    assert_exit(&out, 0, "show");
+    let shown = text(&out.stdout);
+    for needle in [
+        "chain of custody",
+        "web-1",
+        a.as_str(),
+        "processes.jsonl.gz",
+    ] {
+        assert!(shown.contains(needle), "show lacks {needle:?}:\n{shown}");
+    }
+
+    // pull: verified, renamed, nothing partial left, verifies offline, and
+    // is byte-identical to what the collector stored.
+    let dir = s.dir("evidence");
+    let out = s.pull(&a, &dir);
+    assert_exit(&out, 0, "pull");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(summary["status"], "verified", "{summary}");
+    let pulled = dir.join(&a);
+    assert_eq!(summary["path"], pulled.display().to_string(), "{summary}");
+    assert!(pulled.join("manifest.json").is_file());
+    assert_verifies(&pulled, "verify the pulled capture");
+    assert_eq!(entries(&dir), [a.as_str()], "only the capture remains");
+    assert!(!dir.join(format!(".{a}.partial")).exists());
+    assert_identical(&s.collector.capture_dir("web-1", &a), &pulled);
+
+    // Pulling again into the same directory refuses to overwrite.
+    let out = s.pull(&a, &dir);
+    assert_exit(&out, 1, "second pull into the same directory");
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_verifies(&pulled, "the first pull is untouched");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_analyst_certificates_may_query() -> TestResult {
+    let s = Setup::new()?;
+    let id = s.capture("web-1");
+    let dir = s.dir("evidence");
+
+    // The CLI with an agent certificate.
+    for (cmd, args) in [
+        ("list", vec!["--json"]),
+        ("show", vec![id.as_str()]),
+        ("pull", vec![id.as_str(), dir.to_str().unwrap()]),
+    ] {
+        let out = s.analyst("web-1", cmd, &args);
+        assert_exit(&out, 1, &format!("{cmd} as agent web-1"));
+        assert!(
+            text(&out.stderr).contains("PermissionDenied"),
+            "{cmd} as web-1: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "{cmd}: {}", text(&out.stdout));
+    }
+    assert!(!dir.join(&id).exists(), "an agent pulled the capture");
+
+    // The raw gRPC service with an agent certificate: every call refused.
+    let addr = s.collector.addr;
+    let mut agent = query_client(addr, s.pki(), Some("web-1"));
+    let status = timed(list_captures(&mut agent))
+        .await?
+        .expect_err("agent list_captures must fail");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = timed(agent.get_manifest(GetManifestRequest {
+        capture_id: id.clone(),
+    }))
+    .await?
+    .expect_err("agent get_manifest must fail");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = timed(agent.read_artifact(ReadArtifactRequest {
+        capture_id: id.clone(),
+        name: "processes.jsonl.gz".into(),
+        offset: 0,
+    }))
+    .await?
+    .expect_err("agent read_artifact must fail");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // The analyst may.
+    let mut alice = query_client(addr, s.pki(), Some("alice"));
+    let listed = timed(list_captures(&mut alice)).await??;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|c| c.capture_id.as_str())
+            .collect::<Vec<_>>(),
+        [id.as_str()]
+    );
+    let mut stream = timed(alice.read_artifact(ReadArtifactRequest {
+        capture_id: id.clone(),
+        name: "processes.jsonl.gz".into(),
+        offset: 0,
+    }))
+    .await??
+    .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(msg) = timed(stream.message()).await?? {
+        assert_eq!(msg.offset, bytes.len() as u64);
+        bytes.extend_from_slice(&msg.data);
+    }
+    assert_eq!(
+        bytes,
+        std::fs::read(
+            s.collector
+                .capture_dir("web-1", &id)
+                .join("processes.jsonl.gz")
+        )?
+    );
+
+    // No client certificate at all: refused.
+    let mut anonymous = query_client(addr, s.pki(), None);
+    let result = timed(list_captures(&mut anonymous)).await?;
+    assert!(
+        result.is_err(),
+        "a client without a certificate listed captures: {result:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_capture_damaged_on_the_server_fails_the_pull_naming_the_file() -> TestResult {
+    let s = Setup::new()?;
+    let id = s.capture("web-1");
+    let stored = s
+        .collector
+        .capture_dir("web-1", &id)
+        .join("processes.jsonl.gz");
+    let len = usize::try_from(std::fs::metadata(&stored)?.len())?;
+    flip(&stored, len / 2);
+
+    let dir = s.dir("evidence");
+    let out = s.pull(&id, &dir);
+    assert_names(&out, "processes.jsonl.gz", "pull of a damaged capture");
+    assert!(!dir.join(&id).exists(), "a damaged pull looks complete");
+    let partial = format!(".{id}.partial");
+    let left = entries(&dir);
+    assert!(
+        left.is_empty() || left == [partial.as_str()],
+        "only the hidden partial directory may remain: {left:?}"
+    );
+    if left == [partial.as_str()] {
+        assert!(
+            !dir.join(&partial).join("manifest.json").exists(),
+            "the partial directory has a manifest, so it looks complete"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_partial_pull_resumes_to_identical_bytes_and_trusts_only_verified_ones() -> TestResult {
+    let s = Setup::new()?;
+    let id = s.capture("web-1");
+    let a = s.pulled(&id, "a");
+    let procs_len = usize::try_from(std::fs::metadata(a.join("processes.jsonl.gz"))?.len())?;
+    assert!(procs_len > 2, "processes.jsonl.gz is too small to halve");
+    let partial = |d: &Path| d.join(format!(".{id}.partial"));
+
+    // B: half of processes, no memory_maps, no manifest.
+    let b = s.dir("b");
+    copy_dir(&a, &partial(&b));
+    let half = std::fs::read(a.join("processes.jsonl.gz"))?[..procs_len / 2].to_vec();
+    std::fs::write(partial(&b).join("processes.jsonl.gz"), &half)?;
+    std::fs::remove_file(partial(&b).join("memory_maps.jsonl.gz"))?;
+    std::fs::remove_file(partial(&b).join("manifest.json"))?;
+    let out = s.pull(&id, &b);
+    assert_exit(&out, 0, "resumed pull");
+    assert_verifies(&b.join(&id), "the resumed pull");
+    assert_identical(&a, &b.join(&id));
+    assert_eq!(entries(&b), [id.as_str()], "nothing partial remains");
+
+    // C: the kept half is wrong. Resume appends after it without reading
+    // it again, so only the final verification can catch this.
+    let c = s.dir("c");
+    copy_dir(&a, &partial(&c));
+    let mut bad = half.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(partial(&c).join("processes.jsonl.gz"), &bad)?;
+    std::fs::remove_file(partial(&c).join("manifest.json"))?;
+    let out = s.pull(&id, &c);
+    assert_names(&out, "processes.jsonl.gz", "pull resumed on wrong bytes");
+    assert!(!c.join(&id).exists(), "a damaged pull looks complete");
+
+    // D: a partial file longer than the artifact is fetched again whole.
+    let d = s.dir("d");
+    copy_dir(&a, &partial(&d));
+    let mut long = std::fs::read(a.join("connections.jsonl.gz"))?;
+    long.extend_from_slice(b"trailing garbage");
+    std::fs::write(partial(&d).join("connections.jsonl.gz"), &long)?;
+    std::fs::remove_file(partial(&d).join("manifest.json"))?;
+    let out = s.pull(&id, &d);
+    assert_exit(&out, 0, "pull over an over-long partial file");
+    assert_identical(&a, &d.join(&id));
+    Ok(())
+}
+
+#[test]
+fn a_pulled_capture_damaged_later_fails_verify_naming_the_file() -> TestResult {
+    let s = Setup::new()?;
+    let id = s.capture("web-1");
+    let dir = s.pulled(&id, "evidence");
+    assert_verifies(&dir, "fresh pull");
+
+    // One flipped byte.
+    let conns = dir.join("connections.jsonl.gz");
+    let original = std::fs::read(&conns)?;
+    flip(&conns, original.len() / 2);
+    assert_verify_names(&dir, "connections.jsonl.gz", "flipped byte");
+    std::fs::write(&conns, &original)?;
+    assert_verifies(&dir, "restored");
+
+    // A file removed.
+    let kernel = dir.join("kernel.jsonl.gz");
+    let original = std::fs::read(&kernel)?;
+    std::fs::remove_file(&kernel)?;
+    assert_verify_names(&dir, "kernel.jsonl.gz", "removed file");
+    std::fs::write(&kernel, &original)?;
+    assert_verifies(&dir, "restored");
+
+    // A file added.
+    std::fs::write(dir.join("planted.jsonl.gz"), b"not evidence")?;
+    assert_verify_names(&dir, "planted.jsonl.gz", "added file");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_and_incomplete_captures_are_clear_errors() -> TestResult {
+    let s = Setup::new()?;
+    let complete = s.capture("web-1");
+    let dir = s.dir("evidence");
+
+    for (cmd, args) in [
+        ("show", vec![UNKNOWN]),
+        ("pull", vec![UNKNOWN, dir.to_str().unwrap()]),
+    ] {
+        let out = s.analyst("alice", cmd, &args);
+        assert_exit(&out, 1, &format!("{cmd} unknown id"));
+        assert!(
+            text(&out.stderr).contains("no capture with id"),
+            "{cmd}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(entries(&dir), Vec::<String>::new(), "pull of nothing wrote");
+
+    // Opened as web-1 and never committed.
+    let mut up = client(
+        s.collector.addr,
+        &s.pki().join("ca.pem"),
+        Some((s.pki(), "web-1")),
+    )
+    .await;
+    timed(up.open_capture(OpenCaptureRequest {
+        capture_id: INCOMPLETE.into(),
+        hostname: "test-host".into(),
+    }))
+    .await??;
+
+    let out = s.analyst("alice", "list", &["--incomplete", "--json"]);
+    assert_exit(&out, 0, "list --incomplete");
+    let rows = json_lines(&out);
+    let row = rows
+        .iter()
+        .find(|r| r["capture_id"] == INCOMPLETE)
+        .unwrap_or_else(|| panic!("incomplete capture not listed: {rows:?}"));
+    assert_eq!(row["status"], "incomplete", "{row}");
+    assert_eq!(row["agent"], "web-1", "{row}");
+    assert!(
+        rows.iter()
+            .any(|r| r["capture_id"] == complete.as_str() && r["status"] == "complete"),
+        "{rows:?}"
+    );
+    let out = s.analyst("alice", "list", &["--json"]);
+    assert_exit(&out, 0, "list");
+    assert_eq!(ids(&json_lines(&out)), [complete.as_str()]);
+    let out = s.analyst("alice", "list", &["--incomplete"]);
+    assert_exit(&out, 0, "list --incomplete (table)");
+    assert!(
+        text(&out.stdout).contains(INCOMPLETE),
+        "{}",
+        text(&out.stdout)
+    );
+
+    for (cmd, args) in [
+        ("show", vec![INCOMPLETE]),
+        ("pull", vec![INCOMPLETE, dir.to_str().unwrap()]),
+    ] {
+        let out = s.analyst("alice", cmd, &args);
+        assert_exit(&out, 1, &format!("{cmd} incomplete capture"));
+        assert!(
+            text(&out.stderr).contains("incomplete"),
+            "{cmd}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(
+        entries(&dir),
+        Vec::<String>::new(),
+        "pull of an incomplete capture wrote"
+    );
+    Ok(())
+}
+
+/// A Python interpreter that can `import duckdb`: the system `python3`
+/// when it can, else a venv kept under the build directory (created once,
+/// under a file lock, with `pip install duckdb`).
+fn duckdb_python() -> PathBuf {
+    let imports = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import duckdb"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let system = PathBuf::from("python3");
+    if imports(&system) {
+        return system;
+    }
+    let venv = build_dir().join("duckdb-venv");
+    let python = venv.join("bin").join("python");
+    let lock = std::fs::File::create(build_dir().join("duckdb-venv.lock")).unwrap();
+    lock.lock().unwrap();
+    if !imports(&python) {
+        let started = Instant::now();
+        let _ = std::fs::remove_dir_all(&venv);
+        let out = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "python3 -m venv (Debian: apt install python3-venv): {}",
+            text(&out.stderr)
+        );
+        let out = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "duckdb",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pip install duckdb: {}",
+            text(&out.stderr)
+        );
+        assert!(imports(&python), "duckdb does not import after pip install");
+        eprintln!(
+            "created {} with duckdb in {:.1}s",
+            venv.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let _ = lock.unlock();
+    python
+}
+
+/// Runs each query with DuckDB in `dir`; the rows of each.
+fn duckdb(python: &Path, dir: &Path, queries: &[&str]) -> Vec<Vec<Vec<serde_json::Value>>> {
+    const SCRIPT: &str = "import duckdb, json, sys\n\
+        con = duckdb.connect()\n\
+        print(json.dumps([[list(r) for r in con.sql(q).fetchall()] for q in sys.argv[1:]], default=str))\n";
+    let out = Command::new(python)
+        .current_dir(dir)
+        .args(["-c", SCRIPT])
+        .args(queries)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "duckdb: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Copies `/bin/sleep` into `dir`, runs it for 600 s and deletes the copy.
+fn deleted_binary_sleeper(dir: &Path) -> Running {
+    let exe = dir.join("sleeper");
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    // Another test thread forking while the copy's write descriptor was
+    // open makes exec fail with ETXTBSY for a moment.
+    let mut tries = 0;
+    let child = loop {
+        match Command::new(&exe).arg("600").spawn() {
+            Ok(c) => break c,
+            Err(e) if e.raw_os_error() == Some(26) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot run {}: {e}", exe.display()),
+        }
+    };
+    std::fs::remove_file(&exe).unwrap();
+    Running(child)
+}
+
+#[test]
+fn a_pulled_capture_opens_in_duckdb() -> TestResult {
+    let python = duckdb_python();
+    let s = Setup::new()?;
+    // Planted: a listener owned by this test process and a process whose
+    // executable was deleted after it started.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = u64::from(listener.local_addr()?.port());
+    let sleeper = deleted_binary_sleeper(&s.dir("bin"));
+    let sleeper_pid = u64::from(sleeper.0.id());
+    let id = s.capture("web-1");
+    drop(sleeper);
+    drop(listener);
+    let dir = s.pulled(&id, "evidence");
+
+    let [deleted_count, listeners, deleted_pids] = <[_; 3]>::try_from(duckdb(
+        &python,
+        &dir,
+        &[
+            "SELECT count(*) FROM read_json_auto('processes.jsonl.gz') WHERE exe_deleted",
+            "SELECT c.local_port, p.pid, p.comm FROM read_json_auto('connections.jsonl.gz') c, \
+             unnest(c.pids) AS o(pid) JOIN read_json_auto('processes.jsonl.gz') p ON p.pid = o.pid \
+             WHERE c.state = 'LISTEN'",
+            "SELECT pid FROM read_json_auto('processes.jsonl.gz') WHERE exe_deleted",
+        ],
+    ))
+    .map_err(|v| format!("expected three results: {v:?}"))?;
+
+    let count = deleted_count
+        .first()
+        .and_then(|r| r.first())
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("count: {deleted_count:?}"));
+    assert!(count >= 1, "no process with a deleted executable");
+    assert!(
+        deleted_pids
+            .iter()
+            .any(|r| r.first().and_then(serde_json::Value::as_u64) == Some(sleeper_pid)),
+        "the deleted-binary sleeper {sleeper_pid} is not exe_deleted: {deleted_pids:?}"
+    );
+    let me = u64::from(std::process::id());
+    let row = listeners
+        .iter()
+        .find(|r| r.first().and_then(serde_json::Value::as_u64) == Some(port))
+        .unwrap_or_else(|| panic!("listener on port {port} not joined: {listeners:?}"));
+    assert_eq!(
+        row.get(1).and_then(serde_json::Value::as_u64),
+        Some(me),
+        "{row:?}"
+    );
+    let comm = row
+        .get(2)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    assert!(
+        comm.starts_with("analyst"),
+        "comm of the test process: {row:?}"
+    );
+    Ok(())
+}
