@@ -56,8 +56,12 @@ const RAMFS_MAGIC: u64 = 0x8584_58f6;
 /// Bytes asked of each `getdents64` call.
 const DIRENT_BUF: usize = 64 << 10;
 
+/// Total bytes hashed across all volatile files of one capture: a `/tmp`
+/// stuffed with junk must not stall the capture.
+pub const HASH_BUDGET_BYTES: u64 = 64 << 20;
+
 /// Bounds of one walk.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Deepest level listed (the start directory is level 0).
     pub max_depth: u32,
@@ -65,6 +69,22 @@ pub struct Limits {
     pub max_entries: usize,
     /// Largest regular file hashed.
     pub hash_max_bytes: u64,
+    /// Bytes that may still be hashed (spent as files are hashed).
+    pub hash_budget: std::cell::Cell<u64>,
+}
+
+impl Limits {
+    /// The largest size `content` may hash for a file of `len` bytes:
+    /// `hash_max_bytes` when the budget allows (and then spends it), else 0.
+    fn hash_allowance(&self, len: u64) -> u64 {
+        let left = self.hash_budget.get();
+        if len <= self.hash_max_bytes && len <= left {
+            self.hash_budget.set(left - len);
+            self.hash_max_bytes
+        } else {
+            0
+        }
+    }
 }
 
 impl Default for Limits {
@@ -73,6 +93,7 @@ impl Default for Limits {
             max_depth: MAX_DEPTH,
             max_entries: MAX_ENTRIES,
             hash_max_bytes: HASH_MAX_BYTES,
+            hash_budget: std::cell::Cell::new(HASH_BUDGET_BYTES),
         }
     }
 }
@@ -139,6 +160,8 @@ pub struct FileRecord {
     pub sha256: Option<String>,
     /// Regular file starting with the ELF magic (`None` when not read).
     pub is_elf: Option<bool>,
+    /// Why a small regular file has no `sha256`.
+    pub hash_skipped: Option<&'static str>,
     /// A directory on another file system than its parent.
     pub mount_point: bool,
     /// Why a directory was not entered (`depth_limit`,
@@ -393,7 +416,11 @@ fn inspect(
         rec.symlink_target = Some(text.text);
         rec.symlink_target_b64 = text.b64;
     } else if meta.is_file() {
-        let (sha, is_elf) = content(path, meta, limits.hash_max_bytes)?;
+        let max = limits.hash_allowance(meta.len());
+        let (sha, is_elf) = content(path, meta, max)?;
+        if sha.is_none() && meta.len() <= limits.hash_max_bytes && max == 0 {
+            rec.hash_skipped = Some("volatile-file hash budget spent");
+        }
         rec.sha256 = sha;
         rec.is_elf = Some(is_elf);
     }
@@ -646,6 +673,29 @@ mod tests {
         let json = serde_json::to_value(bad)?;
         assert!(json["path_b64"].is_string());
         assert!(json.get("symlink_target_b64").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn hash_budget_is_shared_across_files() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        for name in ["a", "b"] {
+            fs::write(dir.path().join(name), "12345678")?;
+        }
+        let limits = Limits {
+            hash_budget: std::cell::Cell::new(10),
+            ..Limits::default()
+        };
+        let items = collect(&[dir.path().to_path_buf()], &Accounts::default(), &limits);
+        let files: Vec<&FileRecord> = items
+            .iter()
+            .flatten()
+            .filter(|r| r.file_type == "file")
+            .collect();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files.iter().filter(|r| r.sha256.is_some()).count(), 1);
+        let skipped: Vec<_> = files.iter().filter_map(|r| r.hash_skipped).collect();
+        assert_eq!(skipped, ["volatile-file hash budget spent"]);
         Ok(())
     }
 
