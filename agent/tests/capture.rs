@@ -380,7 +380,11 @@ fn disk_full_mid_capture_leaves_nothing_that_looks_complete() -> TestResult {
 #[test]
 fn bad_option_values_are_usage_errors() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    for args in [["--logs-since", "yesterday"], ["--logs-max-bytes", "lots"]] {
+    for args in [
+        ["--logs-since", "yesterday"],
+        ["--logs-max-bytes", "lots"],
+        ["--upload-deadline", "soon"],
+    ] {
         let out = agent()
             .args(["capture", "--no-imds", "--output"])
             .arg(tmp.path())

@@ -8,7 +8,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ircap_proto::artifact_name::MANIFEST_FILE;
@@ -16,7 +15,7 @@ use ircap_proto::manifest::Manifest;
 use ircap_proto::v1::capture_query_client::CaptureQueryClient;
 use ircap_proto::v1::{CaptureInfo, GetManifestRequest, ListCapturesRequest, ReadArtifactRequest};
 use ircap_proto::{ArtifactName, VerifyReport};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 /// Why an analyst command failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,38 +50,15 @@ fn rpc(status: &tonic::Status) -> AnalystError {
 }
 
 /// Where the collector is and which analyst certificate to present.
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    /// `https://host:port`.
-    pub url: String,
-    /// CA certificate.
-    pub ca: PathBuf,
-    /// Analyst certificate.
-    pub cert: PathBuf,
-    /// Analyst key.
-    pub key: PathBuf,
-}
+pub use ircap_proto::client::MtlsSettings as ServerSettings;
 
 /// Connects (lazily) with mutual TLS.
 ///
 /// # Errors
 /// [`AnalystError`] when a PEM file cannot be read or the URL is bad.
 pub fn connect(s: &ServerSettings) -> Result<CaptureQueryClient<Channel>, AnalystError> {
-    let read = |p: &Path, what: &str| {
-        std::fs::read(p).map_err(io(format!("cannot read {what} {}", p.display())))
-    };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&s.ca, "CA certificate")?))
-        .identity(Identity::from_pem(
-            read(&s.cert, "certificate")?,
-            read(&s.key, "key")?,
-        ));
-    let channel = Endpoint::from_shared(s.url.clone())
-        .map_err(|e| AnalystError::Config(format!("--server {:?}: {e}", s.url)))?
-        .tls_config(tls)
-        .map_err(|e| AnalystError::Config(format!("TLS settings: {e}")))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect_lazy();
+    let channel =
+        ircap_proto::client::mtls_channel(s).map_err(|e| AnalystError::Config(e.to_string()))?;
     Ok(CaptureQueryClient::new(channel).max_decoding_message_size(8 << 20))
 }
 

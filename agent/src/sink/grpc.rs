@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ircap_proto::client::{MtlsSettings, mtls_channel};
 use ircap_proto::manifest::Encoding;
 use ircap_proto::v1::capture_upload_client::CaptureUploadClient;
 use ircap_proto::v1::{
@@ -26,7 +27,7 @@ use sha2::Digest as _;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use super::{ArtifactOut, CaptureSink, SinkError};
@@ -57,34 +58,18 @@ pub struct CollectorSettings {
     pub deadline: Duration,
 }
 
-fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>, SinkError> {
-    std::fs::read(path)
-        .map_err(|e| SinkError::io(format!("cannot read {what} {}", path.display()), e))
-}
-
 /// Builds the mutual-TLS channel (connected lazily, reconnecting on use).
 ///
 /// # Errors
 /// [`SinkError`] when a PEM file cannot be read or the URL is invalid.
 pub fn channel(settings: &CollectorSettings) -> Result<Channel, SinkError> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read_pem(
-            &settings.ca,
-            "CA certificate",
-        )?))
-        .identity(Identity::from_pem(
-            read_pem(&settings.cert, "agent certificate")?,
-            read_pem(&settings.key, "agent key")?,
-        ));
-    let endpoint = Endpoint::from_shared(settings.url.clone())
-        .map_err(|e| SinkError::Collector(format!("collector URL {:?}: {e}", settings.url)))?
-        .tls_config(tls)
-        .map_err(|e| SinkError::Collector(format!("TLS settings: {e}")))?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    Ok(endpoint.connect_lazy())
+    mtls_channel(&MtlsSettings {
+        url: settings.url.clone(),
+        ca: settings.ca.clone(),
+        cert: settings.cert.clone(),
+        key: settings.key.clone(),
+    })
+    .map_err(|e| SinkError::Collector(e.to_string()))
 }
 
 /// Statuses worth retrying after a reconnect.
