@@ -70,6 +70,7 @@ pub(crate) fn store_status(err: StoreError) -> Status {
         }
         StoreError::Corrupt { .. } => Status::internal(err.to_string()),
         StoreError::UnknownCapture(_) => Status::not_found(err.to_string()),
+        StoreError::BadKey(_) => Status::invalid_argument(err.to_string()),
         StoreError::Offset { .. } => Status::failed_precondition(err.to_string()),
     }
 }

@@ -5,6 +5,7 @@
 //! DIR/captures/<agent identity>/<capture-id>/manifest.json   written last, on commit
 //! DIR/state/<capture-id>.json                                owner and verified artifacts
 //! DIR/index/<capture-id>.json                                one line per committed capture
+//! DIR/control/<doc key>                                      control documents (requests, agents)
 //! ```
 //!
 //! Appends are followed by `fdatasync` before they are acknowledged; state
@@ -17,7 +18,7 @@ use ircap_proto::ArtifactName;
 use ircap_proto::artifact_name::MANIFEST_FILE;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{CaptureState, IndexEntry, Store, StoreError};
+use super::{CaptureState, DocKey, IndexEntry, Store, StoreError};
 
 /// A store in a local directory.
 #[derive(Debug, Clone)]
@@ -31,7 +32,7 @@ impl FileStore {
     /// # Errors
     /// [`StoreError::Io`] when they cannot be created.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        for sub in ["captures", "state", "index"] {
+        for sub in ["captures", "state", "index", "control"] {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
@@ -50,6 +51,10 @@ impl FileStore {
             .join(&state.capture_id)
     }
 
+    fn doc_path(&self, key: &DocKey) -> PathBuf {
+        self.root.join("control").join(key.as_str())
+    }
+
     fn state_path(&self, capture_id: &str) -> PathBuf {
         self.root.join("state").join(format!("{capture_id}.json"))
     }
@@ -57,9 +62,13 @@ impl FileStore {
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename).
 async fn replace(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("tmp");
+    replace_via(&path.with_extension("tmp"), path, bytes).await
+}
+
+/// [`replace`] through a given temporary file.
+async fn replace_via(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let ctx = |what: &str| format!("cannot {what} {}", path.display());
-    let mut f = tokio::fs::File::create(&tmp)
+    let mut f = tokio::fs::File::create(tmp)
         .await
         .map_err(|e| StoreError::io(ctx("create"), e))?;
     f.write_all(bytes)
@@ -68,7 +77,7 @@ async fn replace(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     f.sync_all()
         .await
         .map_err(|e| StoreError::io(ctx("sync"), e))?;
-    tokio::fs::rename(&tmp, path)
+    tokio::fs::rename(tmp, path)
         .await
         .map_err(|e| StoreError::io(ctx("rename"), e))
 }
@@ -218,6 +227,72 @@ impl Store for FileStore {
             .await
             .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))
     }
+
+    async fn put_doc(&self, key: &DocKey, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.doc_path(key);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| StoreError::io(format!("cannot create {}", parent.display()), e))?;
+        }
+        // A hidden temporary name no key can have (keys never start with
+        // `.`), unique per write so that concurrent writers never share it.
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(
+            ".{}.{}.tmp",
+            name.unwrap_or_default(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        replace_via(&tmp, &path, bytes).await
+    }
+
+    async fn get_doc(&self, key: &DocKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.doc_path(key);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
+        }
+    }
+
+    async fn list_docs(&self, prefix: &DocKey) -> Result<Vec<DocKey>, StoreError> {
+        let dir = self.doc_path(prefix);
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io(format!("cannot list {}", dir.display()), e)),
+        };
+        let mut keys = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| StoreError::io(format!("cannot list {}", dir.display()), e))?
+        {
+            let name = entry.file_name();
+            // Temporary files of an interrupted write start with `.` and so
+            // are not valid keys.
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            if let Ok(key) = DocKey::new(format!("{prefix}/{name}")) {
+                keys.push(key);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn delete_doc(&self, key: &DocKey) -> Result<(), StoreError> {
+        let path = self.doc_path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(
+                format!("cannot remove {}", path.display()),
+                e,
+            )),
+        }
+    }
 }
 
 /// Parses every `*.json` file of a directory (one small record each), on
@@ -256,4 +331,40 @@ fn read_json_dir_blocking<T: serde::de::DeserializeOwned>(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn control_documents_round_trip_and_list_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let key = |k: &str| DocKey::new(k).unwrap();
+        assert!(store.list_docs(&key("requests")).await.unwrap().is_empty());
+        assert_eq!(store.get_doc(&key("requests/a")).await.unwrap(), None);
+        store.put_doc(&key("requests/b"), b"two").await.unwrap();
+        store.put_doc(&key("requests/a"), b"one").await.unwrap();
+        store.put_doc(&key("requests/a"), b"uno").await.unwrap();
+        store.put_doc(&key("agents/x"), b"agent").await.unwrap();
+        assert_eq!(
+            store.list_docs(&key("requests")).await.unwrap(),
+            vec![key("requests/a"), key("requests/b")]
+        );
+        assert_eq!(
+            store.get_doc(&key("requests/a")).await.unwrap().as_deref(),
+            Some(&b"uno"[..])
+        );
+        store.delete_doc(&key("requests/a")).await.unwrap();
+        store.delete_doc(&key("requests/a")).await.unwrap();
+        assert_eq!(
+            store.list_docs(&key("requests")).await.unwrap(),
+            vec![key("requests/b")]
+        );
+        // Control documents never land among captures.
+        assert!(dir.path().join("control/agents/x").is_file());
+    }
 }

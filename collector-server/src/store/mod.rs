@@ -10,6 +10,9 @@
 //!   continues from it.
 //! - `commit` writes the verified manifest last. A capture without a
 //!   committed manifest is incomplete, never listed as complete.
+//! - Small control documents (capture requests, their results, agent
+//!   presence) live in the store too, under [`DocKey`]s, so that collector
+//!   replicas sharing one store share them and keep nothing of their own.
 
 pub mod file;
 
@@ -41,6 +44,9 @@ pub enum StoreError {
     /// Unknown capture.
     #[error("capture {0} is not known")]
     UnknownCapture(String),
+    /// A control document key that is not a plain relative name.
+    #[error("bad document key {0:?}")]
+    BadKey(String),
     /// The offset given is not where the artifact stands.
     #[error("artifact {name} is at offset {durable}, not {given}")]
     Offset {
@@ -119,6 +125,45 @@ pub struct IndexEntry {
     pub committed_at: String,
 }
 
+/// The key of a control document: `/`-separated segments of ASCII
+/// letters, digits, `.`, `_` and `-`, none empty or starting with `.`; at most 512
+/// bytes. Backends map it below their own control prefix, so a key can
+/// never reach evidence.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DocKey(String);
+
+impl DocKey {
+    /// Checks `key`.
+    ///
+    /// # Errors
+    /// [`StoreError::BadKey`] when it is not a plain relative name.
+    pub fn new(key: impl Into<String>) -> Result<Self, StoreError> {
+        let key = key.into();
+        let segment_ok = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with('.')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        if key.len() > 512 || !key.split('/').all(segment_ok) {
+            return Err(StoreError::BadKey(key));
+        }
+        Ok(Self(key))
+    }
+
+    /// The key as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DocKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A capture store (see the module docs for the contract).
 pub trait Store: Send + Sync + 'static {
     /// The state of `capture_id`, if known.
@@ -180,4 +225,58 @@ pub trait Store: Send + Sync + 'static {
         &self,
         state: &CaptureState,
     ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+
+    /// Writes (or replaces) a control document; durable on return.
+    fn put_doc(
+        &self,
+        key: &DocKey,
+        bytes: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A control document, if present.
+    fn get_doc(
+        &self,
+        key: &DocKey,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Keys of the control documents directly under `prefix` (a key naming
+    /// a "directory"), sorted. An absent prefix lists nothing.
+    fn list_docs(
+        &self,
+        prefix: &DocKey,
+    ) -> impl Future<Output = Result<Vec<DocKey>, StoreError>> + Send;
+
+    /// Removes a control document; removing an absent one is not an error.
+    fn delete_doc(&self, key: &DocKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DocKey;
+
+    #[test]
+    fn doc_keys_are_plain_relative_names() {
+        for good in ["requests/0191-abc", "agents/web-1.example", "a_b/c.d/e-f"] {
+            assert!(DocKey::new(good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(513);
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "a/",
+            "../x",
+            "a/../b",
+            "./a",
+            "a/.",
+            "a/.hidden",
+            "sp ace",
+            "a\\b",
+            "é",
+            "a\nb",
+            long.as_str(),
+        ] {
+            assert!(DocKey::new(bad).is_err(), "{bad:?}");
+        }
+    }
 }
