@@ -38,6 +38,9 @@ pub enum Command {
     Capture(Box<CaptureArgs>),
     /// Recompute every hash of a capture directory against its manifest.
     Verify(VerifyArgs),
+    /// Run as a service: keep one outbound stream to the collector and
+    /// capture when an analyst asks (no listening port on this host).
+    Serve(ServeArgs),
 }
 
 /// `ircap-agent capture`.
@@ -107,6 +110,49 @@ pub struct CaptureArgs {
     /// Largest executable to hash in full.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_EXE_HASH_MAX_BYTES.to_string())]
     pub exe_hash_max_bytes: String,
+}
+
+/// `ircap-agent serve`. Settings come from the TOML file, then these
+/// flags (and their environment variables), which win.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file [default: /etc/ircap/agent.toml; a missing default
+    /// file is not an error].
+    #[arg(long, value_name = "PATH", env = "IRCAP_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The collector (`https://HOST:PORT`).
+    #[arg(long, value_name = "URL", env = "IRCAP_COLLECTOR")]
+    pub collector: Option<String>,
+    /// CA certificate the collector's certificate must chain to.
+    #[arg(long, value_name = "PEM", env = "IRCAP_CA")]
+    pub ca: Option<PathBuf>,
+    /// This agent's client certificate.
+    #[arg(long, value_name = "PEM", env = "IRCAP_CERT")]
+    pub cert: Option<PathBuf>,
+    /// This agent's private key.
+    #[arg(long, value_name = "PEM", env = "IRCAP_KEY")]
+    pub key: Option<PathBuf>,
+    /// A label `KEY=VALUE` announced to the collector (repeatable; adds to
+    /// and overrides the file's `[labels]`).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Do not ask the EC2 instance metadata service for the instance id.
+    #[arg(long)]
+    pub no_imds: bool,
+    /// Instance metadata endpoint (host:port).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "169.254.169.254:80",
+        hide = true
+    )]
+    pub imds_endpoint: String,
+    /// Heartbeat interval (config `heartbeat`; default 30s).
+    #[arg(long, value_name = "DURATION", hide = true)]
+    pub heartbeat: Option<String>,
+    /// Longest wait between reconnection attempts (default 60s).
+    #[arg(long, value_name = "DURATION", hide = true)]
+    pub backoff_max: Option<String>,
 }
 
 /// `ircap-agent verify`.

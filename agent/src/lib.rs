@@ -9,6 +9,7 @@
 pub mod artifact;
 pub mod capture;
 pub mod cli;
+pub mod daemon;
 pub mod collect;
 pub mod host_text;
 pub mod options;

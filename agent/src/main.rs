@@ -3,12 +3,12 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser;
-use ircap_agent::cli::{CaptureArgs, Cli, Command, VerifyArgs, exit};
-use ircap_agent::options::{CaptureOptions, parse_size};
+use ircap_agent::cli::{CaptureArgs, Cli, Command, ServeArgs, VerifyArgs, exit};
+use ircap_agent::daemon::{self, config::AgentConfig, config::DaemonSettings};
+use ircap_agent::options::CaptureOptions;
 use ircap_agent::sink::dir::DirSink;
 use ircap_agent::sink::grpc::{CollectorSettings, GrpcSink};
 use ircap_agent::sink::tee::TeeSink;
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Capture(args) => run_capture(&args),
         Command::Verify(args) => run_verify(&args),
+        Command::Serve(args) => run_serve(&args),
     };
     ExitCode::from(code)
 }
@@ -42,30 +43,6 @@ fn print_json<T: serde::Serialize>(value: &T) {
         line.push(b'\n');
         let _ = std::io::stdout().lock().write_all(&line);
     }
-}
-
-fn options_from(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
-    let now = SystemTime::now();
-    let since = timefmt::parse_since(&args.logs_since, now).context("--logs-since")?;
-    Ok(CaptureOptions {
-        output: args.output.clone(),
-        collector: args.collector.clone(),
-        logs: !args.no_logs,
-        logs_dirs: if args.logs_dirs.is_empty() {
-            ircap_agent::options::default_logs_dirs()
-        } else {
-            args.logs_dirs.clone()
-        },
-        logs_since: args.logs_since.clone(),
-        logs_since_time: since,
-        logs_since_resolved: timefmt::rfc3339(since),
-        logs_max_bytes: parse_size(&args.logs_max_bytes).context("--logs-max-bytes")?,
-        full_environ: args.full_environ,
-        lower_priority: !args.no_lower_priority,
-        imds: !args.no_imds,
-        imds_endpoint: args.imds_endpoint.clone(),
-        exe_hash_max_bytes: parse_size(&args.exe_hash_max_bytes).context("--exe-hash-max-bytes")?,
-    })
 }
 
 /// The local directory, the collector, or both (`--spool`), as asked.
@@ -133,10 +110,10 @@ fn run_capture(args: &CaptureArgs) -> u8 {
     {
         tracing::warn!(nice = ?l.nice, io = ?l.io, "Could not fully lower priority");
     }
-    let options = match options_from(args) {
+    let options = match CaptureOptions::from_args(args) {
         Ok(o) => o,
         Err(err) => {
-            tracing::error!("Invalid option: {err:#}");
+            tracing::error!("Invalid option: {err}");
             return exit::USAGE;
         }
     };
@@ -220,6 +197,30 @@ fn run_verify(args: &VerifyArgs) -> u8 {
                 exit::VERIFY_MISMATCH
             }
         }
+        Err(err) => {
+            tracing::error!("{err}");
+            exit::FAILED
+        }
+    }
+}
+
+fn run_serve(args: &ServeArgs) -> u8 {
+    // Before any thread exists, so every capture thread inherits it.
+    let lowered = priority::lower();
+    if !lowered.fully() {
+        tracing::warn!(nice = ?lowered.nice, io = ?lowered.io, "Could not fully lower priority");
+    }
+    let settings = match AgentConfig::load(args.config.as_deref())
+        .and_then(|file| DaemonSettings::resolve(file, args))
+    {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!("Invalid configuration: {err}");
+            return exit::USAGE;
+        }
+    };
+    match daemon::run(settings, Some(lowered)) {
+        Ok(()) => exit::OK,
         Err(err) => {
             tracing::error!("{err}");
             exit::FAILED

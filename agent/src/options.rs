@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::cli::CaptureArgs;
+
 /// Default `--logs-since`.
 pub const DEFAULT_LOGS_SINCE: &str = "7d";
 /// Default `--logs-max-bytes`: 512 MiB of original log bytes.
@@ -76,6 +78,69 @@ impl CaptureOptions {
             imds_endpoint: "169.254.169.254:80".to_owned(),
             exe_hash_max_bytes: DEFAULT_EXE_HASH_MAX_BYTES,
         }
+    }
+}
+
+/// An option value that was refused, naming the option.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionError {
+    /// A time or duration.
+    #[error("{option}: {source}")]
+    Time {
+        /// The option.
+        option: &'static str,
+        /// Why.
+        #[source]
+        source: crate::timefmt::SinceError,
+    },
+    /// A byte size.
+    #[error("{option}: {source}")]
+    Size {
+        /// The option.
+        option: &'static str,
+        /// Why.
+        #[source]
+        source: SizeError,
+    },
+}
+
+impl CaptureOptions {
+    /// Validates the capture options of `ircap-agent capture` (also used
+    /// for the arguments of a request received in daemon mode).
+    ///
+    /// # Errors
+    /// [`OptionError`] naming the first invalid option.
+    pub fn from_args(args: &CaptureArgs) -> Result<Self, OptionError> {
+        let now = SystemTime::now();
+        let since =
+            crate::timefmt::parse_since(&args.logs_since, now).map_err(|source| {
+                OptionError::Time {
+                    option: "--logs-since",
+                    source,
+                }
+            })?;
+        let size = |option: &'static str, value: &str| {
+            parse_size(value).map_err(|source| OptionError::Size { option, source })
+        };
+        Ok(Self {
+            output: args.output.clone(),
+            collector: args.collector.clone(),
+            logs: !args.no_logs,
+            logs_dirs: if args.logs_dirs.is_empty() {
+                default_logs_dirs()
+            } else {
+                args.logs_dirs.clone()
+            },
+            logs_since: args.logs_since.clone(),
+            logs_since_time: since,
+            logs_since_resolved: crate::timefmt::rfc3339(since),
+            logs_max_bytes: size("--logs-max-bytes", &args.logs_max_bytes)?,
+            full_environ: args.full_environ,
+            lower_priority: !args.no_lower_priority,
+            imds: !args.no_imds,
+            imds_endpoint: args.imds_endpoint.clone(),
+            exe_hash_max_bytes: size("--exe-hash-max-bytes", &args.exe_hash_max_bytes)?,
+        })
     }
 }
 

@@ -4,7 +4,9 @@
 //! manifest matches everything received.
 
 pub mod analyst;
+pub mod analyst_requests;
 pub mod auth;
+pub mod control;
 pub mod ingest;
 pub mod metrics;
 pub mod pki;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use ircap_collector::auth::Role;
 use ircap_collector::serve::{self, ServeConfig, Settings};
-use ircap_collector::{analyst, pki};
+use ircap_collector::{analyst, analyst_requests, pki};
 use ircap_proto::v1::ListCapturesRequest;
 
 /// The ircap collector: receives captures over mutual-TLS gRPC, verifies
@@ -75,12 +75,64 @@ enum Command {
         /// Directory that receives <id>/ [default: .].
         dir: Option<PathBuf>,
     },
+    /// Ask connected agents (daemon mode) to capture now (analyst
+    /// certificate); with --wait, print each agent's result as it finishes
+    /// (exit 0 when every targeted agent completed, 1 otherwise).
+    Request(Box<RequestArgs>),
+    /// List agents connected in daemon mode (analyst certificate).
+    Agents {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// JSON Lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Recompute every hash of a capture directory against its manifest
     /// (exit 0 verified, 1 unreadable, 3 mismatch).
     Verify {
         /// The capture directory (the one holding manifest.json).
         dir: PathBuf,
     },
+}
+
+/// `ircap-collector request`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).multiple(true).args(["host", "instance_id", "labels", "all"])))]
+struct RequestArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Agents with this hostname or agent identity.
+    #[arg(long)]
+    host: Option<String>,
+    /// The agent on this EC2 instance.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Agents with this label (repeatable: every label must match).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Every agent.
+    #[arg(long, conflicts_with_all = ["host", "instance_id", "labels"])]
+    all: bool,
+    /// Wait for every agent connected now that the target matches, and
+    /// print each one's result as it finishes.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "30m", value_name = "DURATION")]
+    timeout: String,
+    /// Byte budget of each capture (64M, 1G); over it the capture fails.
+    #[arg(long, value_name = "BYTES")]
+    max_bytes: Option<String>,
+    /// Time budget of each capture (90s, 10m); over it the capture fails.
+    #[arg(long, value_name = "DURATION")]
+    max_time: Option<String>,
+    /// How long agents that connect later may still receive the request.
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    ttl: String,
+    /// `ircap-agent capture` options for the capture, after `--`
+    /// (e.g. `-- --no-logs`); destination options are refused.
+    #[arg(last = true, value_name = "CAPTURE-ARGS")]
+    capture_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +270,8 @@ fn main() -> ExitCode {
         cmd @ (Command::List { .. } | Command::Show { .. } | Command::Pull { .. }) => {
             return run_analyst(cmd);
         }
+        Command::Request(args) => return run_request(&args),
+        Command::Agents { server, json } => return run_agents(&server, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -361,6 +415,120 @@ fn run_analyst(cmd: Command) -> ExitCode {
             }
             print_json(&report);
             ExitCode::from(3)
+        }
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn analyst_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn run_request(args: &RequestArgs) -> ExitCode {
+    let Some(runtime) = analyst_runtime() else {
+        return ExitCode::from(1);
+    };
+    let result: Result<bool, analyst::AnalystError> = runtime.block_on(async move {
+        let timeout = analyst_requests::parse_duration("--timeout", &args.timeout)?;
+        let ttl = analyst_requests::parse_duration("--ttl", &args.ttl)?;
+        let max_bytes = args
+            .max_bytes
+            .as_deref()
+            .map(|t| analyst_requests::parse_size("--max-bytes", t))
+            .transpose()?
+            .unwrap_or(0);
+        let max_time = args
+            .max_time
+            .as_deref()
+            .map(|t| analyst_requests::parse_duration("--max-time", t))
+            .transpose()?
+            .map_or(0, |d| d.as_secs().max(1));
+        let labels = analyst_requests::parse_labels(&args.labels)?;
+        let mut client = analyst_requests::connect(&args.server.settings())?;
+        let created = analyst_requests::create(
+            &mut client,
+            ircap_proto::v1::CreateRequestRequest {
+                target: Some(ircap_proto::v1::Target {
+                    host: args.host.clone().unwrap_or_default(),
+                    instance_id: args.instance_id.clone().unwrap_or_default(),
+                    labels: labels.into_iter().collect(),
+                    all: args.all,
+                }),
+                args: args.capture_args.clone(),
+                max_bytes,
+                max_seconds: max_time,
+                ttl_seconds: ttl.as_secs(),
+            },
+        )
+        .await?;
+        let request_id = created.request_id.clone();
+        print_json(&serde_json::json!({
+            "request_id": request_id,
+            "matched": created.matched.iter().map(analyst_requests::agent_json).collect::<Vec<_>>(),
+        }));
+        if created.matched.is_empty() {
+            tracing::warn!(request_id, "No connected agent matches now; agents that connect before the request expires will receive it");
+        }
+        if !args.wait {
+            return Ok(true);
+        }
+        let expected = created.matched.iter().map(|a| a.agent.clone()).collect();
+        let mut all_complete = true;
+        let mut on_final = |r: &ircap_proto::v1::RequestResult| {
+            all_complete &= r.status == "complete";
+            tracing::info!(agent = r.agent, hostname = r.hostname, status = r.status, capture_id = r.capture_id, error = r.error, "Agent finished");
+            print_json(&analyst_requests::result_json(r));
+        };
+        let missing =
+            analyst_requests::wait(&mut client, &request_id, &expected, timeout, &mut on_final)
+                .await?;
+        for agent in &missing {
+            print_json(&serde_json::json!({ "request_id": request_id, "agent": agent, "status": "timed_out" }));
+            tracing::error!(agent, "No result before --timeout");
+        }
+        Ok(all_complete && missing.is_empty())
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
+    let Some(runtime) = analyst_runtime() else {
+        return ExitCode::from(1);
+    };
+    let result = runtime.block_on(async move {
+        let mut client = analyst_requests::connect(&server.settings())?;
+        analyst_requests::agents(&mut client).await
+    });
+    match result {
+        Ok(agents) => {
+            let mut out = std::io::stdout().lock();
+            if json {
+                for a in &agents {
+                    let _ = writeln!(out, "{}", analyst_requests::agent_json(a));
+                }
+            } else {
+                let _ = write!(out, "{}", analyst_requests::agents_table(&agents));
+            }
+            ExitCode::SUCCESS
         }
         Err(err) => {
             tracing::error!("{err}");

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ircap_proto::v1::agent_control_server::AgentControlServer;
 use ircap_proto::v1::capture_query_server::CaptureQueryServer;
+use ircap_proto::v1::capture_requests_server::CaptureRequestsServer;
 use ircap_proto::v1::capture_upload_server::CaptureUploadServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -15,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth;
+use crate::control;
 use crate::metrics::Metrics;
 use crate::query::QueryService;
 use crate::service::{MAX_MESSAGE, UploadService};
@@ -240,14 +243,29 @@ pub async fn serve(
         .await;
     let query = CaptureQueryServer::new(QueryService::new(Arc::clone(&store)))
         .max_encoding_message_size(MAX_MESSAGE);
+    // Daemon mode: agent streams, analyst requests, delivery from the store.
+    let replica = Arc::new(control::replica::Replica::new(
+        Arc::clone(&store),
+        control::poll_interval(),
+    ));
+    let delivery = tokio::spawn(Arc::clone(&replica).run());
+    let agent_control = AgentControlServer::new(control::agent_stream::AgentControlService::new(
+        Arc::clone(&replica),
+    ));
+    let requests =
+        CaptureRequestsServer::new(control::requests::RequestService::new(Arc::clone(&replica)));
     let upload = CaptureUploadServer::new(UploadService::new(store, metrics))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let closing = Arc::clone(&replica);
     let graceful = async move {
         shutdown.await;
         tracing::info!("Shutting down: finishing in-flight calls");
+        // Agent streams never end by themselves: close them so they
+        // reconnect elsewhere, and let uploads finish.
+        closing.close_all();
         let _ = stop_tx.send(());
     };
     let server = tonic::transport::Server::builder()
@@ -256,6 +274,8 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(upload)
         .add_service(query)
+        .add_service(agent_control)
+        .add_service(requests)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), graceful);
     tokio::pin!(server);
     let result = tokio::select! {
@@ -269,6 +289,7 @@ pub async fn serve(
         }
     };
     accept_loop.abort();
+    delivery.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }

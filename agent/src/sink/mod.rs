@@ -13,6 +13,7 @@
 //!   the sink receives the stored-bytes digest when the artifact closes.
 
 pub mod dir;
+pub mod budget;
 pub mod grpc;
 pub mod tee;
 

@@ -1,0 +1,280 @@
+//! The client side of `ircap-collector request` and `ircap-collector
+//! agents`, over the same analyst mutual TLS as `list`, `show` and `pull`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ircap_proto::v1::capture_requests_client::CaptureRequestsClient;
+use ircap_proto::v1::{
+    AgentInfo, CreateRequestRequest, CreateRequestResponse, ListAgentsRequest, ListResultsRequest,
+    RequestResult,
+};
+use tonic::transport::Channel;
+
+use crate::analyst::{AnalystError, ServerSettings};
+
+/// How often `--wait` asks for results.
+const WAIT_POLL: Duration = Duration::from_millis(500);
+
+fn rpc(status: &tonic::Status) -> AnalystError {
+    AnalystError::Rpc(format!("{:?}: {}", status.code(), status.message()))
+}
+
+/// Connects (lazily) with mutual TLS.
+///
+/// # Errors
+/// [`AnalystError`] when a PEM file cannot be read or the URL is bad.
+pub fn connect(s: &ServerSettings) -> Result<CaptureRequestsClient<Channel>, AnalystError> {
+    let channel =
+        ircap_proto::client::mtls_channel(s).map_err(|e| AnalystError::Config(e.to_string()))?;
+    Ok(CaptureRequestsClient::new(channel))
+}
+
+/// Parses `90s`, `30m`, `2h`, `1d` or plain seconds.
+///
+/// # Errors
+/// [`AnalystError::Config`] naming the option.
+pub fn parse_duration(option: &str, text: &str) -> Result<Duration, AnalystError> {
+    let err = || AnalystError::Config(format!("{option} {text:?}: expected a duration like 90s, 30m, 2h, 1d"));
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let mul = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(err()),
+    };
+    n.checked_mul(mul).map(Duration::from_secs).ok_or_else(err)
+}
+
+/// Parses `4096`, `64K`, `512M`, `2G` (binary multiples).
+///
+/// # Errors
+/// [`AnalystError::Config`] naming the option.
+pub fn parse_size(option: &str, text: &str) -> Result<u64, AnalystError> {
+    let err = || AnalystError::Config(format!("{option} {text:?}: expected a size like 64K, 512M, 2G"));
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KIB" => 10,
+        "M" | "MIB" => 20,
+        "G" | "GIB" => 30,
+        _ => return Err(err()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(err)
+}
+
+/// Parses `KEY=VALUE` labels.
+///
+/// # Errors
+/// [`AnalystError::Config`] for a pair without `=`.
+pub fn parse_labels(pairs: &[String]) -> Result<BTreeMap<String, String>, AnalystError> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| AnalystError::Config(format!("--label {p:?}: expected KEY=VALUE")))
+        })
+        .collect()
+}
+
+/// Creates a request.
+///
+/// # Errors
+/// [`AnalystError::Rpc`] when the collector refuses.
+pub async fn create(
+    client: &mut CaptureRequestsClient<Channel>,
+    req: CreateRequestRequest,
+) -> Result<CreateRequestResponse, AnalystError> {
+    client
+        .create_request(req)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| rpc(&s))
+}
+
+/// Every result recorded so far.
+///
+/// # Errors
+/// [`AnalystError::Rpc`] when the collector refuses.
+pub async fn results(
+    client: &mut CaptureRequestsClient<Channel>,
+    request_id: &str,
+) -> Result<Vec<RequestResult>, AnalystError> {
+    let mut stream = client
+        .list_results(ListResultsRequest {
+            request_id: request_id.to_owned(),
+        })
+        .await
+        .map_err(|s| rpc(&s))?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = stream.message().await.map_err(|s| rpc(&s))? {
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Whether a result is final.
+#[must_use]
+pub fn is_final(r: &RequestResult) -> bool {
+    matches!(r.status.as_str(), "complete" | "failed" | "refused")
+}
+
+/// Waits until every agent in `expected` has a final result, calling
+/// `on_final` once for each as it arrives, or until `timeout`. Returns the
+/// agents still without a final result.
+///
+/// # Errors
+/// [`AnalystError::Rpc`] when the collector refuses.
+pub async fn wait(
+    client: &mut CaptureRequestsClient<Channel>,
+    request_id: &str,
+    expected: &BTreeSet<String>,
+    timeout: Duration,
+    on_final: &mut dyn FnMut(&RequestResult),
+) -> Result<BTreeSet<String>, AnalystError> {
+    let until = Instant::now() + timeout;
+    let mut pending = expected.clone();
+    while !pending.is_empty() {
+        for r in results(client, request_id).await? {
+            if is_final(&r) && pending.remove(&r.agent) {
+                on_final(&r);
+            }
+        }
+        if pending.is_empty() || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+    Ok(pending)
+}
+
+/// Connected agents.
+///
+/// # Errors
+/// [`AnalystError::Rpc`] when the collector refuses.
+pub async fn agents(
+    client: &mut CaptureRequestsClient<Channel>,
+) -> Result<Vec<AgentInfo>, AnalystError> {
+    let mut stream = client
+        .list_agents(ListAgentsRequest {})
+        .await
+        .map_err(|s| rpc(&s))?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(a) = stream.message().await.map_err(|s| rpc(&s))? {
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// One agent as a JSON object.
+#[must_use]
+pub fn agent_json(a: &AgentInfo) -> serde_json::Value {
+    let labels: BTreeMap<&String, &String> = a.labels.iter().collect();
+    serde_json::json!({
+        "agent": a.agent,
+        "hostname": a.hostname,
+        "instance_id": (!a.instance_id.is_empty()).then_some(&a.instance_id),
+        "labels": labels,
+        "session_id": a.session_id,
+        "replica_id": a.replica_id,
+        "connected_at": a.connected_at,
+        "last_seen": a.last_seen,
+        "duplicate": a.duplicate,
+        "busy_request_id": (!a.busy_request_id.is_empty()).then_some(&a.busy_request_id),
+        "agent_version": a.agent_version,
+    })
+}
+
+/// One result as a JSON object.
+#[must_use]
+pub fn result_json(r: &RequestResult) -> serde_json::Value {
+    serde_json::json!({
+        "request_id": r.request_id,
+        "agent": r.agent,
+        "hostname": r.hostname,
+        "status": r.status,
+        "capture_id": (!r.capture_id.is_empty()).then_some(&r.capture_id),
+        "error": (!r.error.is_empty()).then_some(&r.error),
+        "bytes_stored": r.bytes_stored,
+        "updated_at": r.updated_at,
+    })
+}
+
+/// Agents as a table.
+#[must_use]
+pub fn agents_table(agents: &[AgentInfo]) -> String {
+    let mut rows = vec![[
+        "AGENT".to_owned(),
+        "HOST".into(),
+        "INSTANCE".into(),
+        "LABELS".into(),
+        "LAST SEEN".into(),
+        "STATE".into(),
+    ]];
+    for a in agents {
+        let labels: BTreeMap<&String, &String> = a.labels.iter().collect();
+        let labels = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut state = if a.busy_request_id.is_empty() {
+            "idle".to_owned()
+        } else {
+            format!("capturing {}", a.busy_request_id)
+        };
+        if a.duplicate {
+            state.push_str(" DUPLICATE-IDENTITY");
+        }
+        rows.push([
+            a.agent.clone(),
+            a.hostname.clone(),
+            if a.instance_id.is_empty() { "-".into() } else { a.instance_id.clone() },
+            if labels.is_empty() { "-".into() } else { labels },
+            a.last_seen.clone(),
+            state,
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r.get(i).map_or(0, String::len)).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn durations_sizes_labels() {
+        assert_eq!(parse_duration("x", "90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("x", "2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("x", "soon").is_err());
+        assert_eq!(parse_size("x", "64K").unwrap(), 65536);
+        assert!(parse_size("x", "1Q").is_err());
+        assert_eq!(parse_labels(&["env=prod".into()]).unwrap()["env"], "prod");
+        assert!(parse_labels(&["env".into()]).is_err());
+    }
+}

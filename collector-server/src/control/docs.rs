@@ -1,0 +1,352 @@
+//! The control documents that hold every request, result and agent
+//! connection in the store (never only in one replica's memory), their
+//! keys, and the rules that read them.
+//!
+//! ```text
+//! requests/<request-id>                 what was asked, of whom, by whom, until when
+//! results/<request-id>/<agent>          one per agent: delivered, running, complete, failed, refused
+//! agents/<agent>/<connection-id>        one per live connection: host facts, labels, replica
+//! replicas/<replica-id>                 each replica's heartbeat, with the last-seen time of
+//!                                       each of its connections
+//! ```
+//!
+//! A connection is live while its replica's document is fresh and lists
+//! it; a replica that died stops refreshing, so its connections stop
+//! being listed without anyone cleaning up after it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::store::{DocKey, Store, StoreError};
+
+/// `requests/<id>`: what an analyst asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestDoc {
+    /// Request id (UUIDv7).
+    pub request_id: String,
+    /// Analyst identity from the certificate.
+    pub created_by: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Agents that connect after this no longer receive it (RFC 3339).
+    pub expires_at: String,
+    /// Whom it is for.
+    pub target: TargetDoc,
+    /// `ircap-agent capture` arguments.
+    pub args: Vec<String>,
+    /// Byte budget (0: none).
+    pub max_bytes: u64,
+    /// Time budget in seconds (0: none).
+    pub max_seconds: u64,
+}
+
+/// Which agents a request is for; every given field must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetDoc {
+    /// Hostname or agent identity.
+    pub host: Option<String>,
+    /// EC2 instance id.
+    pub instance_id: Option<String>,
+    /// Labels that must all be present with these values.
+    pub labels: BTreeMap<String, String>,
+    /// Every agent.
+    pub all: bool,
+}
+
+/// What a target is matched against.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    /// Agent identity from its certificate.
+    pub agent: String,
+    /// Hostname the agent announced.
+    pub hostname: String,
+    /// EC2 instance id, when known.
+    pub instance_id: String,
+    /// Labels from the agent's config.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TargetDoc {
+    /// Whether the target names anything at all.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.host.is_none() && self.instance_id.is_none() && self.labels.is_empty()
+    }
+
+    /// Whether `facts` is targeted.
+    #[must_use]
+    pub fn matches(&self, facts: &HostFacts) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        self.host
+            .as_ref()
+            .is_none_or(|h| *h == facts.hostname || *h == facts.agent)
+            && self
+                .instance_id
+                .as_ref()
+                .is_none_or(|i| *i == facts.instance_id)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| facts.labels.get(k) == Some(v))
+    }
+}
+
+/// `results/<request-id>/<agent>`: where a request stands on one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultDoc {
+    /// The request.
+    pub request_id: String,
+    /// Agent identity.
+    pub agent: String,
+    /// The agent process it was delivered to.
+    pub session_id: String,
+    /// Its hostname.
+    pub hostname: String,
+    /// `delivered`, `running`, `complete`, `failed` or `refused`.
+    pub status: String,
+    /// The capture, once started.
+    pub capture_id: String,
+    /// Why it failed or was refused.
+    pub error: String,
+    /// Stored bytes of a complete capture.
+    pub bytes_stored: u64,
+    /// The replica that delivered it.
+    pub replica_id: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl ResultDoc {
+    /// Whether nothing more will happen to it.
+    #[must_use]
+    pub fn is_final(&self) -> bool {
+        matches!(self.status.as_str(), "complete" | "failed" | "refused")
+    }
+}
+
+/// `agents/<agent>/<connection-id>`: one live connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceDoc {
+    /// Host facts from the hello (identity from the certificate).
+    #[serde(flatten)]
+    pub facts: HostFacts,
+    /// The agent process (random per process; a reconnect keeps it).
+    pub session_id: String,
+    /// This connection.
+    pub connection_id: String,
+    /// The replica holding the connection.
+    pub replica_id: String,
+    /// RFC 3339.
+    pub connected_at: String,
+    /// SHA-256 of the agent's certificate.
+    pub cert_sha256: String,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+/// A connection as its replica last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionSeen {
+    /// RFC 3339 time of the last heartbeat or message.
+    pub last_seen: String,
+    /// The request being captured, if any.
+    pub busy_request_id: Option<String>,
+}
+
+/// `replicas/<replica-id>`: a replica's heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDoc {
+    /// Replica id (random per collector process).
+    pub replica_id: String,
+    /// RFC 3339 time this document was written.
+    pub written_at: String,
+    /// Live connections by connection id.
+    pub connections: BTreeMap<String, ConnectionSeen>,
+}
+
+/// One live connection as `agents` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveAgent {
+    /// From the presence document.
+    pub presence: PresenceDoc,
+    /// From the replica document.
+    pub seen: ConnectionSeen,
+    /// Another live connection with the same identity has another session.
+    pub duplicate: bool,
+}
+
+/// Builds a key from segments already known to be valid names.
+///
+/// # Errors
+/// [`StoreError::BadKey`] when a segment is not.
+pub fn key(parts: &[&str]) -> Result<DocKey, StoreError> {
+    DocKey::new(parts.join("/"))
+}
+
+/// Now, RFC 3339.
+#[must_use]
+pub fn now() -> String {
+    crate::timefmt::now()
+}
+
+/// `at` is older than `age` (or unreadable).
+#[must_use]
+pub fn older_than(at: &str, age: Duration) -> bool {
+    OffsetDateTime::parse(at, &Rfc3339).map_or(true, |t| {
+        OffsetDateTime::now_utc() - t > time::Duration::try_from(age).unwrap_or(time::Duration::MAX)
+    })
+}
+
+/// RFC 3339 time `d` from now.
+#[must_use]
+pub fn from_now(d: Duration) -> String {
+    let t = OffsetDateTime::now_utc() + time::Duration::try_from(d).unwrap_or(time::Duration::DAY);
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Reads and parses a document, if present.
+///
+/// # Errors
+/// [`StoreError`] when it cannot be read or parsed.
+pub async fn read<S: Store, T: for<'de> Deserialize<'de>>(
+    store: &S,
+    key: &DocKey,
+) -> Result<Option<T>, StoreError> {
+    match store.get_doc(key).await? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                context: key.to_string(),
+                message: e.to_string(),
+            }),
+    }
+}
+
+/// Serialises and writes a document.
+///
+/// # Errors
+/// [`StoreError`] when it cannot be written.
+pub async fn write<S: Store, T: Serialize>(
+    store: &S,
+    key: &DocKey,
+    value: &T,
+) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        context: key.to_string(),
+        message: e.to_string(),
+    })?;
+    store.put_doc(key, &bytes).await
+}
+
+/// The last segment of a key.
+#[must_use]
+pub fn leaf(key: &DocKey) -> &str {
+    key.as_str().rsplit('/').next().unwrap_or_default()
+}
+
+/// Every live agent connection in the store, whichever replica holds it.
+/// A replica whose document is older than `stale` is considered dead.
+///
+/// # Errors
+/// [`StoreError`] when the store cannot be read.
+pub async fn live_agents<S: Store>(store: &S, stale: Duration) -> Result<Vec<LiveAgent>, StoreError> {
+    let mut replicas: BTreeMap<String, ReplicaDoc> = BTreeMap::new();
+    for k in store.list_docs(&key(&["replicas"])?).await? {
+        if let Some(doc) = read::<S, ReplicaDoc>(store, &k).await?
+            && !older_than(&doc.written_at, stale)
+        {
+            replicas.insert(doc.replica_id.clone(), doc);
+        }
+    }
+    let mut live = Vec::new();
+    for agent_dir in store.list_docs(&key(&["agents"])?).await? {
+        for conn_key in store.list_docs(&agent_dir).await? {
+            let Some(presence) = read::<S, PresenceDoc>(store, &conn_key).await? else {
+                continue;
+            };
+            let seen = replicas
+                .get(&presence.replica_id)
+                .and_then(|r| r.connections.get(&presence.connection_id));
+            if let Some(seen) = seen {
+                live.push(LiveAgent {
+                    seen: seen.clone(),
+                    presence,
+                    duplicate: false,
+                });
+            }
+        }
+    }
+    flag_duplicates(&mut live);
+    Ok(live)
+}
+
+/// Marks connections whose identity is also held by another agent process.
+pub fn flag_duplicates(live: &mut [LiveAgent]) {
+    let mut sessions: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for a in live.iter() {
+        sessions
+            .entry(a.presence.facts.agent.clone())
+            .or_default()
+            .insert(a.presence.session_id.clone());
+    }
+    for a in live.iter_mut() {
+        a.duplicate = sessions
+            .get(&a.presence.facts.agent)
+            .is_some_and(|s| s.len() > 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(agent: &str, host: &str, env: &str) -> HostFacts {
+        HostFacts {
+            agent: agent.into(),
+            hostname: host.into(),
+            instance_id: "i-1".into(),
+            labels: [("env".to_owned(), env.to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn targets_match_host_identity_instance_and_labels() {
+        let web1 = facts("web-1", "h1", "prod");
+        let web2 = facts("web-2", "h2", "dev");
+        let by_host = TargetDoc {
+            host: Some("h1".into()),
+            ..TargetDoc::default()
+        };
+        assert!(by_host.matches(&web1) && !by_host.matches(&web2));
+        let by_identity = TargetDoc {
+            host: Some("web-2".into()),
+            ..TargetDoc::default()
+        };
+        assert!(!by_identity.matches(&web1) && by_identity.matches(&web2));
+        let by_label = TargetDoc {
+            labels: [("env".to_owned(), "dev".to_owned())].into(),
+            ..TargetDoc::default()
+        };
+        assert!(!by_label.matches(&web1) && by_label.matches(&web2));
+        let all = TargetDoc {
+            all: true,
+            ..TargetDoc::default()
+        };
+        assert!(all.matches(&web1) && all.matches(&web2));
+        assert!(!TargetDoc::default().matches(&web1), "an empty target matches nothing");
+    }
+
+    #[test]
+    fn age() {
+        assert!(!older_than(&now(), Duration::from_secs(60)));
+        assert!(older_than("2000-01-01T00:00:00Z", Duration::from_secs(60)));
+        assert!(older_than("garbage", Duration::from_secs(60)));
+    }
+}

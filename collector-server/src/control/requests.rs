@@ -1,0 +1,231 @@
+//! `ircap.v1.CaptureRequests`: analysts create capture requests, follow
+//! their results and list connected agents. Only the analyst role may call
+//! it. Everything is read from and written to the store, so any replica
+//! answers the same.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ircap_proto::v1::capture_requests_server::CaptureRequests;
+use ircap_proto::v1::{
+    AgentInfo, CreateRequestRequest, CreateRequestResponse, ListAgentsRequest, ListResultsRequest,
+    RequestResult,
+};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::docs::{self, LiveAgent, RequestDoc, ResultDoc, TargetDoc, key};
+use super::replica::Replica;
+use crate::auth::Role;
+use crate::service::{caller_with_role, check_capture_id, store_status};
+use crate::store::Store;
+
+/// How long a request waits for agents that are not connected yet.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// Longest time a request may wait.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// Most capture arguments in a request.
+const MAX_ARGS: usize = 64;
+/// Options that would send a capture elsewhere (the agent refuses them too).
+const DESTINATION_OPTIONS: &[&str] = &[
+    "--output",
+    "-o",
+    "--collector",
+    "--spool",
+    "--ca",
+    "--cert",
+    "--key",
+];
+
+/// The analyst side of the control service.
+pub struct RequestService<S: Store> {
+    replica: Arc<Replica<S>>,
+}
+
+impl<S: Store> RequestService<S> {
+    /// Serves analysts for `replica`.
+    pub fn new(replica: Arc<Replica<S>>) -> Self {
+        Self { replica }
+    }
+}
+
+/// Checks capture arguments before they are stored.
+fn check_args(args: &[String]) -> Result<(), Status> {
+    if args.len() > MAX_ARGS || args.iter().any(|a| a.len() > 4096) {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_ARGS} capture arguments of at most 4096 bytes"
+        )));
+    }
+    for arg in args {
+        let flag = arg.split('=').next().unwrap_or_default();
+        if DESTINATION_OPTIONS.contains(&flag) || (arg.starts_with("-o") && !arg.starts_with("--"))
+        {
+            return Err(Status::invalid_argument(format!(
+                "{flag} is not allowed in a request: captures go to the collector"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The analyst's target as stored.
+fn target(req: &CreateRequestRequest) -> Result<TargetDoc, Status> {
+    let t = req.target.clone().unwrap_or_default();
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    let doc = TargetDoc {
+        host: non_empty(t.host),
+        instance_id: non_empty(t.instance_id),
+        labels: t.labels.into_iter().collect(),
+        all: t.all,
+    };
+    if doc.is_empty() {
+        return Err(Status::invalid_argument(
+            "name a target: --host, --instance-id, --label or --all",
+        ));
+    }
+    if doc.all && (doc.host.is_some() || doc.instance_id.is_some() || !doc.labels.is_empty()) {
+        return Err(Status::invalid_argument("--all cannot be combined with another target"));
+    }
+    Ok(doc)
+}
+
+fn agent_info(a: LiveAgent) -> AgentInfo {
+    let p = a.presence;
+    AgentInfo {
+        agent: p.facts.agent,
+        session_id: p.session_id,
+        hostname: p.facts.hostname,
+        instance_id: p.facts.instance_id,
+        labels: p.facts.labels.into_iter().collect(),
+        replica_id: p.replica_id,
+        connected_at: p.connected_at,
+        last_seen: a.seen.last_seen,
+        duplicate: a.duplicate,
+        busy_request_id: a.seen.busy_request_id.unwrap_or_default(),
+        agent_version: p.agent_version,
+    }
+}
+
+fn result_message(r: ResultDoc) -> RequestResult {
+    RequestResult {
+        request_id: r.request_id,
+        agent: r.agent,
+        session_id: r.session_id,
+        hostname: r.hostname,
+        status: r.status,
+        capture_id: r.capture_id,
+        error: r.error,
+        bytes_stored: r.bytes_stored,
+        updated_at: r.updated_at,
+    }
+}
+
+type ResultStream = Pin<Box<dyn Stream<Item = Result<RequestResult, Status>> + Send>>;
+type AgentStream = Pin<Box<dyn Stream<Item = Result<AgentInfo, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> CaptureRequests for RequestService<S> {
+    async fn create_request(
+        &self,
+        request: Request<CreateRequestRequest>,
+    ) -> Result<Response<CreateRequestResponse>, Status> {
+        let who = caller_with_role(&request, Role::Analyst)?;
+        let req = request.into_inner();
+        let target = target(&req)?;
+        check_args(&req.args)?;
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_TTL,
+            s => Duration::from_secs(s).min(MAX_TTL),
+        };
+        let replica = &self.replica;
+        let doc = RequestDoc {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            created_by: who.name.clone(),
+            created_at: docs::now(),
+            expires_at: docs::from_now(ttl),
+            target,
+            args: req.args,
+            max_bytes: req.max_bytes,
+            max_seconds: req.max_seconds,
+        };
+        let matched: Vec<AgentInfo> = docs::live_agents(replica.store(), replica.stale_after())
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .filter(|a| doc.target.matches(&a.presence.facts))
+            .map(agent_info)
+            .collect();
+        let k = key(&["requests", &doc.request_id]).map_err(store_status)?;
+        docs::write(replica.store(), &k, &doc)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(
+            request_id = doc.request_id,
+            analyst = who.name,
+            target = ?doc.target,
+            args = ?doc.args,
+            matched = matched.len(),
+            "Capture request created"
+        );
+        replica.wake();
+        Ok(Response::new(CreateRequestResponse {
+            request_id: doc.request_id,
+            matched,
+        }))
+    }
+
+    type ListResultsStream = ResultStream;
+
+    async fn list_results(
+        &self,
+        request: Request<ListResultsRequest>,
+    ) -> Result<Response<Self::ListResultsStream>, Status> {
+        caller_with_role(&request, Role::Analyst)?;
+        let id = request.into_inner().request_id;
+        check_capture_id(&id)?;
+        let store = self.replica.store();
+        if store
+            .get_doc(&key(&["requests", &id]).map_err(store_status)?)
+            .await
+            .map_err(store_status)?
+            .is_none()
+        {
+            return Err(Status::not_found(format!("no request with id {id}")));
+        }
+        let mut results = Vec::new();
+        for k in store
+            .list_docs(&key(&["results", &id]).map_err(store_status)?)
+            .await
+            .map_err(store_status)?
+        {
+            if let Some(r) = docs::read::<S, ResultDoc>(store, &k)
+                .await
+                .map_err(store_status)?
+            {
+                results.push(Ok(result_message(r)));
+            }
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(results))))
+    }
+
+    type ListAgentsStream = AgentStream;
+
+    async fn list_agents(
+        &self,
+        request: Request<ListAgentsRequest>,
+    ) -> Result<Response<Self::ListAgentsStream>, Status> {
+        caller_with_role(&request, Role::Analyst)?;
+        let replica = &self.replica;
+        let mut agents: Vec<AgentInfo> = docs::live_agents(replica.store(), replica.stale_after())
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(agent_info)
+            .collect();
+        agents.sort_by(|a, b| (&a.agent, &a.connected_at).cmp(&(&b.agent, &b.connected_at)));
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            agents.into_iter().map(Ok),
+        ))))
+    }
+}
