@@ -3,11 +3,14 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile([
+    let fds = protox::compile(
+        [
             "ircap/v1/upload.proto",
             "ircap/v1/query.proto",
             "ircap/v1/control.proto",
-        ], ["proto"])?;
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

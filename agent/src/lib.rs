@@ -9,8 +9,8 @@
 pub mod artifact;
 pub mod capture;
 pub mod cli;
-pub mod daemon;
 pub mod collect;
+pub mod daemon;
 pub mod host_text;
 pub mod options;
 pub mod priority;

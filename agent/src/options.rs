@@ -112,13 +112,12 @@ impl CaptureOptions {
     /// [`OptionError`] naming the first invalid option.
     pub fn from_args(args: &CaptureArgs) -> Result<Self, OptionError> {
         let now = SystemTime::now();
-        let since =
-            crate::timefmt::parse_since(&args.logs_since, now).map_err(|source| {
-                OptionError::Time {
-                    option: "--logs-since",
-                    source,
-                }
-            })?;
+        let since = crate::timefmt::parse_since(&args.logs_since, now).map_err(|source| {
+            OptionError::Time {
+                option: "--logs-since",
+                source,
+            }
+        })?;
         let size = |option: &'static str, value: &str| {
             parse_size(value).map_err(|source| OptionError::Size { option, source })
         };

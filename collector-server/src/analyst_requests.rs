@@ -35,7 +35,11 @@ pub fn connect(s: &ServerSettings) -> Result<CaptureRequestsClient<Channel>, Ana
 /// # Errors
 /// [`AnalystError::Config`] naming the option.
 pub fn parse_duration(option: &str, text: &str) -> Result<Duration, AnalystError> {
-    let err = || AnalystError::Config(format!("{option} {text:?}: expected a duration like 90s, 30m, 2h, 1d"));
+    let err = || {
+        AnalystError::Config(format!(
+            "{option} {text:?}: expected a duration like 90s, 30m, 2h, 1d"
+        ))
+    };
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
@@ -55,7 +59,11 @@ pub fn parse_duration(option: &str, text: &str) -> Result<Duration, AnalystError
 /// # Errors
 /// [`AnalystError::Config`] naming the option.
 pub fn parse_size(option: &str, text: &str) -> Result<u64, AnalystError> {
-    let err = || AnalystError::Config(format!("{option} {text:?}: expected a size like 64K, 512M, 2G"));
+    let err = || {
+        AnalystError::Config(format!(
+            "{option} {text:?}: expected a size like 64K, 512M, 2G"
+        ))
+    };
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
@@ -239,14 +247,27 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
         rows.push([
             a.agent.clone(),
             a.hostname.clone(),
-            if a.instance_id.is_empty() { "-".into() } else { a.instance_id.clone() },
-            if labels.is_empty() { "-".into() } else { labels },
+            if a.instance_id.is_empty() {
+                "-".into()
+            } else {
+                a.instance_id.clone()
+            },
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels
+            },
             a.last_seen.clone(),
             state,
         ]);
     }
     let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r.get(i).map_or(0, String::len)).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {
@@ -270,7 +291,10 @@ mod tests {
     #[test]
     fn durations_sizes_labels() {
         assert_eq!(parse_duration("x", "90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("x", "2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(
+            parse_duration("x", "2h").unwrap(),
+            Duration::from_secs(7200)
+        );
         assert!(parse_duration("x", "soon").is_err());
         assert_eq!(parse_size("x", "64K").unwrap(), 65536);
         assert!(parse_size("x", "1Q").is_err());

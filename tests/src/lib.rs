@@ -84,7 +84,31 @@ impl Collector {
 
     /// [`Collector::start`] with extra `serve` arguments.
     pub fn start_with(pki: &Path, store: &Path, port: u16, extra: &[&str]) -> Self {
+        Self::start_full(pki, store, port, extra, &[], None)
+    }
+
+    /// [`Collector::start_with`] with extra environment variables and,
+    /// when `log` is given, stderr appended to that file.
+    pub fn start_full(
+        pki: &Path,
+        store: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Self {
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap(),
+            ),
+            None => Stdio::null(),
+        };
         let mut child = bin("ircap-collector")
+            .envs(env.iter().copied())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--store")
             .arg(format!("file://{}", store.display()))
@@ -96,7 +120,7 @@ impl Collector {
             .arg(pki.join("server.key"))
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();

@@ -59,7 +59,13 @@ mod tests {
         assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
         let delays: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
-        assert!(delays.iter().rev().take(5).all(|d| *d >= Duration::from_secs(1)));
+        assert!(
+            delays
+                .iter()
+                .rev()
+                .take(5)
+                .all(|d| *d >= Duration::from_secs(1))
+        );
         let distinct: std::collections::BTreeSet<_> = delays.iter().rev().take(10).collect();
         assert!(distinct.len() > 1, "no jitter: {delays:?}");
         b.reset();

@@ -103,7 +103,9 @@ impl AgentConfig {
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
         match explicit {
             Some(path) => Self::from_file(path),
-            None if Path::new(DEFAULT_CONFIG).exists() => Self::from_file(Path::new(DEFAULT_CONFIG)),
+            None if Path::new(DEFAULT_CONFIG).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG))
+            }
             None => Ok(Self::default()),
         }
     }

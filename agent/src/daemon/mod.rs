@@ -50,7 +50,10 @@ pub enum DaemonError {
 
 /// What the capture thread reports.
 enum Event {
-    Started { request_id: String, capture_id: String },
+    Started {
+        request_id: String,
+        capture_id: String,
+    },
     Finished(Outcome),
 }
 
@@ -213,7 +216,10 @@ impl State {
     fn on_request(&mut self, req: CaptureRequest) -> Option<AgentMessage> {
         let id = req.request_id.clone();
         if let Some((_, known)) = self.seen.iter().find(|(r, _)| *r == id) {
-            tracing::info!(request_id = id, "Request already received; not running it again");
+            tracing::info!(
+                request_id = id,
+                "Request already received; not running it again"
+            );
             // Repeat a known outcome (its first report may have been lost).
             return known.clone().map(|o| outcome_message(&o));
         }
@@ -272,11 +278,7 @@ impl State {
             })),
             Event::Finished(outcome) => {
                 self.busy = None;
-                if let Some(slot) = self
-                    .seen
-                    .iter_mut()
-                    .find(|(r, _)| *r == outcome.request_id)
-                {
+                if let Some(slot) = self.seen.iter_mut().find(|(r, _)| *r == outcome.request_id) {
                     slot.1 = Some(outcome.clone());
                 }
                 outcome_message(&outcome)

@@ -76,7 +76,9 @@ impl Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     /// A destination option.
-    #[error("{0} is not allowed in a request: captures go to the collector the agent is connected to")]
+    #[error(
+        "{0} is not allowed in a request: captures go to the collector the agent is connected to"
+    )]
     Destination(String),
     /// The capture parser refused them.
     #[error("invalid capture arguments: {0}")]
@@ -175,7 +177,11 @@ pub fn run(
     };
     let sink = BudgetSink::new(Box::new(remote), request.budget);
     started(&capture_id);
-    tracing::info!(request_id = request.id, capture_id, "Requested capture started");
+    tracing::info!(
+        request_id = request.id,
+        capture_id,
+        "Requested capture started"
+    );
     match capture::run(&capture_id, &options, &sink, lowered) {
         Ok(done) => {
             let summary = done.summary();
@@ -188,7 +194,11 @@ pub fn run(
             outcome("complete", String::new(), summary.bytes_stored)
         }
         Err(e) => {
-            tracing::error!(request_id = request.id, capture_id, "Requested capture failed: {e}");
+            tracing::error!(
+                request_id = request.id,
+                capture_id,
+                "Requested capture failed: {e}"
+            );
             outcome("failed", e.to_string(), 0)
         }
     }
@@ -226,7 +236,10 @@ mod tests {
             &["--key", "k"],
         ] {
             let err = parse_args(&strings(bad)).unwrap_err();
-            assert!(matches!(err, RequestError::Destination(_)), "{bad:?}: {err}");
+            assert!(
+                matches!(err, RequestError::Destination(_)),
+                "{bad:?}: {err}"
+            );
         }
     }
 

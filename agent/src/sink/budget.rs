@@ -36,10 +36,9 @@ struct Limits {
 impl Limits {
     fn check_time(&self) -> Result<(), String> {
         match (self.deadline, self.max_time) {
-            (Some(deadline), Some(max)) if Instant::now() > deadline => Err(format!(
-                "time budget of {}s exceeded",
-                max.as_secs_f64()
-            )),
+            (Some(deadline), Some(max)) if Instant::now() > deadline => {
+                Err(format!("time budget of {}s exceeded", max.as_secs_f64()))
+            }
             _ => Ok(()),
         }
     }

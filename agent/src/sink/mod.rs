@@ -12,8 +12,8 @@
 //! - Artifact bytes are hashed by the caller before they reach the sink;
 //!   the sink receives the stored-bytes digest when the artifact closes.
 
-pub mod dir;
 pub mod budget;
+pub mod dir;
 pub mod grpc;
 pub mod tee;
 

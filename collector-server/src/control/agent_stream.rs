@@ -45,8 +45,9 @@ fn text_ok(s: &str, max: usize) -> bool {
 
 /// Refuses a hello whose facts cannot be stored or shown safely.
 fn check_hello(h: &Hello) -> Result<(), Status> {
-    check_capture_id(&h.session_id)
-        .map_err(|_| Status::invalid_argument("session id must be 1-64 characters of [A-Za-z0-9-]"))?;
+    check_capture_id(&h.session_id).map_err(|_| {
+        Status::invalid_argument("session id must be 1-64 characters of [A-Za-z0-9-]")
+    })?;
     if !text_ok(&h.hostname, 255) || !text_ok(&h.instance_id, 64) || !text_ok(&h.agent_version, 64)
     {
         return Err(Status::invalid_argument(
@@ -87,7 +88,9 @@ impl<S: Store> AgentControl for AgentControlService<S> {
             body: Some(agent_message::Body::Hello(hello)),
         }) = first
         else {
-            return Err(Status::invalid_argument("the first message must be a hello"));
+            return Err(Status::invalid_argument(
+                "the first message must be a hello",
+            ));
         };
         check_hello(&hello)?;
         let replica = &self.replica;
@@ -106,13 +109,16 @@ impl<S: Store> AgentControl for AgentControlService<S> {
             agent_version: hello.agent_version.clone(),
         };
         // A cloned image: another agent process with this identity.
-        let others: Vec<(String, String)> = docs::live_agents(replica.store(), replica.stale_after())
-            .await
-            .map_err(store_status)?
-            .into_iter()
-            .filter(|a| a.presence.facts.agent == who.name && a.presence.session_id != hello.session_id)
-            .map(|a| (a.presence.facts.hostname, a.presence.session_id))
-            .collect();
+        let others: Vec<(String, String)> =
+            docs::live_agents(replica.store(), replica.stale_after())
+                .await
+                .map_err(store_status)?
+                .into_iter()
+                .filter(|a| {
+                    a.presence.facts.agent == who.name && a.presence.session_id != hello.session_id
+                })
+                .map(|a| (a.presence.facts.hostname, a.presence.session_id))
+                .collect();
         let duplicate = !others.is_empty();
         if duplicate {
             tracing::warn!(
@@ -123,7 +129,8 @@ impl<S: Store> AgentControl for AgentControlService<S> {
                 "Duplicate agent identity: another live agent presents the same certificate (a cloned image?); both are kept and flagged"
             );
         }
-        let conn_key = key(&["agents", &who.name, &presence.connection_id]).map_err(store_status)?;
+        let conn_key =
+            key(&["agents", &who.name, &presence.connection_id]).map_err(store_status)?;
         docs::write(replica.store(), &conn_key, &presence)
             .await
             .map_err(store_status)?;
@@ -179,8 +186,14 @@ async fn handle<S: Store>(replica: &Replica<S>, presence: &PresenceDoc, msg: Age
                 r.status = "running".into();
                 r.capture_id.clone_from(&p.capture_id);
             };
-            if let Err(e) = update_result(replica, presence, &p.request_id, &p.capture_id, update).await {
-                tracing::warn!(agent = presence.facts.agent, request_id = p.request_id, "Progress not recorded: {e}");
+            if let Err(e) =
+                update_result(replica, presence, &p.request_id, &p.capture_id, update).await
+            {
+                tracing::warn!(
+                    agent = presence.facts.agent,
+                    request_id = p.request_id,
+                    "Progress not recorded: {e}"
+                );
             }
         }
         Some(agent_message::Body::Outcome(o)) => {
@@ -195,15 +208,27 @@ async fn handle<S: Store>(replica: &Replica<S>, presence: &PresenceDoc, msg: Age
                 bytes_stored,
                 ..
             } = o;
-            tracing::info!(agent = presence.facts.agent, request_id, capture_id, status, error, "Capture request finished");
+            tracing::info!(
+                agent = presence.facts.agent,
+                request_id,
+                capture_id,
+                status,
+                error,
+                "Capture request finished"
+            );
             let update = |r: &mut ResultDoc| {
                 r.status.clone_from(&status);
                 r.capture_id.clone_from(&capture_id);
                 r.error = error.chars().take(2000).collect();
                 r.bytes_stored = bytes_stored;
             };
-            if let Err(e) = update_result(replica, presence, &request_id, &capture_id, update).await {
-                tracing::warn!(agent = presence.facts.agent, request_id, "Outcome not recorded: {e}");
+            if let Err(e) = update_result(replica, presence, &request_id, &capture_id, update).await
+            {
+                tracing::warn!(
+                    agent = presence.facts.agent,
+                    request_id,
+                    "Outcome not recorded: {e}"
+                );
             }
             replica.finished(conn, &request_id);
         }

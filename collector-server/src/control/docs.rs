@@ -256,7 +256,10 @@ pub fn leaf(key: &DocKey) -> &str {
 ///
 /// # Errors
 /// [`StoreError`] when the store cannot be read.
-pub async fn live_agents<S: Store>(store: &S, stale: Duration) -> Result<Vec<LiveAgent>, StoreError> {
+pub async fn live_agents<S: Store>(
+    store: &S,
+    stale: Duration,
+) -> Result<Vec<LiveAgent>, StoreError> {
     let mut replicas: BTreeMap<String, ReplicaDoc> = BTreeMap::new();
     for k in store.list_docs(&key(&["replicas"])?).await? {
         if let Some(doc) = read::<S, ReplicaDoc>(store, &k).await?
@@ -340,7 +343,10 @@ mod tests {
             ..TargetDoc::default()
         };
         assert!(all.matches(&web1) && all.matches(&web2));
-        assert!(!TargetDoc::default().matches(&web1), "an empty target matches nothing");
+        assert!(
+            !TargetDoc::default().matches(&web1),
+            "an empty target matches nothing"
+        );
     }
 
     #[test]

@@ -18,9 +18,7 @@ use ircap_proto::v1::{CaptureRequest, CollectorMessage, collector_message};
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
-use super::docs::{
-    self, ConnectionSeen, PresenceDoc, ReplicaDoc, RequestDoc, ResultDoc, key,
-};
+use super::docs::{self, ConnectionSeen, PresenceDoc, ReplicaDoc, RequestDoc, ResultDoc, key};
 use crate::store::{Store, StoreError};
 
 /// Default interval between looks at the store.
@@ -111,7 +109,12 @@ impl<S: Store> Replica<S> {
             {
                 tracing::warn!(error = %e, "Cannot remove agent presence");
             }
-            tracing::info!(agent = p.facts.agent, hostname = p.facts.hostname, connection = p.connection_id, "Agent disconnected");
+            tracing::info!(
+                agent = p.facts.agent,
+                hostname = p.facts.hostname,
+                connection = p.connection_id,
+                "Agent disconnected"
+            );
         }
         self.publish().await;
     }
@@ -281,11 +284,20 @@ impl<S: Store> Replica<S> {
                     None => false,
                 };
                 if sent {
-                    tracing::info!(request_id, agent = presence.facts.agent, hostname = presence.facts.hostname, "Capture request delivered");
+                    tracing::info!(
+                        request_id,
+                        agent = presence.facts.agent,
+                        hostname = presence.facts.hostname,
+                        "Capture request delivered"
+                    );
                 } else {
                     // The connection went away between the two steps: the
                     // agent never got it, so it may get it again.
-                    tracing::info!(request_id, agent = presence.facts.agent, "Connection gone before delivery");
+                    tracing::info!(
+                        request_id,
+                        agent = presence.facts.agent,
+                        "Connection gone before delivery"
+                    );
                     self.store.delete_doc(&result_key).await?;
                 }
                 // One request at a time per connection.

@@ -85,7 +85,9 @@ fn target(req: &CreateRequestRequest) -> Result<TargetDoc, Status> {
         ));
     }
     if doc.all && (doc.host.is_some() || doc.instance_id.is_some() || !doc.labels.is_empty()) {
-        return Err(Status::invalid_argument("--all cannot be combined with another target"));
+        return Err(Status::invalid_argument(
+            "--all cannot be combined with another target",
+        ));
     }
     Ok(doc)
 }

@@ -1,0 +1,468 @@
+//! Daemon mode against real binaries on loopback: `ircap-agent serve`
+//! processes keep their outbound stream to real collectors, analysts
+//! target one host, a label or every agent with `ircap-collector request`,
+//! two collector replicas share one store, a collector restart is survived,
+//! budgets and refused options fail cleanly, duplicate identities are
+//! flagged, and agent certificates cannot make requests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ircap_e2e::{Collector, TestResult, bin, pki};
+use ircap_proto::v1::agent_control_client::AgentControlClient;
+use ircap_proto::v1::{AgentMessage, Hello, agent_message};
+use serde_json::Value;
+use tonic::Code;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Delivery poll interval of the test collectors.
+const POLL_MS: &str = "200";
+/// Longest a test waits for agents to (re)connect.
+const CONNECT: Duration = Duration::from_secs(30);
+
+/// A collector with a short poll interval, logging to `log`.
+fn collector(pki: &Path, store: &Path, port: u16, log: &Path) -> Collector {
+    Collector::start_full(
+        pki,
+        store,
+        port,
+        &[],
+        &[("IRCAP_CONTROL_POLL_MS", POLL_MS)],
+        Some(log),
+    )
+}
+
+/// An `ircap-agent serve` process; killed when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ircap-agent serve` as `who` with a one-second heartbeat and backoff,
+/// certificates from a TOML config file, plus `extra` flags.
+fn daemon(tmp: &Path, url: &str, pki: &Path, who: &str, labels: &str, extra: &[&str]) -> Daemon {
+    let config = tmp.join(format!("{who}-{}.toml", uuid_like()));
+    std::fs::write(
+        &config,
+        format!(
+            "collector = \"{url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"1s\"\n[labels]\n{labels}\n",
+            pki.join("ca.pem").display(),
+            pki.join(format!("{who}.pem")).display(),
+            pki.join(format!("{who}.key")).display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(tmp.join(format!("{who}.log")))
+        .unwrap();
+    let child = bin("ircap-agent")
+        .args(["serve", "--no-imds", "--backoff-max", "1s", "--config"])
+        .arg(&config)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Daemon(child)
+}
+
+fn uuid_like() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// `ircap-collector CMD --server URL` with `who`'s certificate.
+fn analyst(url: &str, pki: &Path, who: &str, cmd: &str, args: &[&str]) -> Output {
+    bin("ircap-collector")
+        .arg(cmd)
+        .args(["--server", url])
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join(format!("{who}.pem")))
+        .arg("--key")
+        .arg(pki.join(format!("{who}.key")))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// `agents --json` as alice.
+fn agents(url: &str, pki: &Path) -> Vec<Value> {
+    let out = analyst(url, pki, "alice", "agents", &["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out)
+}
+
+/// Waits until `agents` lists exactly `want` (identities, with repeats).
+fn wait_for_agents(url: &str, pki: &Path, want: &[&str]) -> Vec<Value> {
+    let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    let start = Instant::now();
+    loop {
+        let listed = agents(url, pki);
+        let mut names: Vec<String> = listed
+            .iter()
+            .map(|a| a["agent"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        if names == want {
+            return listed;
+        }
+        assert!(
+            start.elapsed() < CONNECT,
+            "agents {names:?} never became {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `request ARGS --wait` as alice; (exit success, the created line, the
+/// results by agent).
+fn request(url: &str, pki: &Path, args: &[&str]) -> (bool, Value, Vec<Value>) {
+    let mut all = vec!["--wait", "--timeout", "120"];
+    all.extend_from_slice(args);
+    let out = analyst(url, pki, "alice", "request", &all);
+    let mut lines = json_lines(&out).into_iter();
+    let created = lines
+        .next()
+        .unwrap_or_else(|| panic!("no output: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), created, lines.collect())
+}
+
+/// Captures listed by `list --json`, as (agent, capture id).
+fn listed(url: &str, pki: &Path, extra: &[&str]) -> BTreeSet<(String, String)> {
+    let out = analyst(url, pki, "alice", "list", &[&["--json"], extra].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out)
+        .iter()
+        .map(|c| {
+            (
+                c["agent"].as_str().unwrap().to_owned(),
+                c["capture_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn matched_agents(created: &Value) -> BTreeSet<String> {
+    created["matched"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The complete results, as (agent, capture id); panics on any other.
+fn complete(results: &[Value]) -> BTreeSet<(String, String)> {
+    results
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "complete", "{r}");
+            (
+                r["agent"].as_str().unwrap().to_owned(),
+                r["capture_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+const QUICK: &[&str] = &["--", "--no-logs", "--no-imds"];
+
+#[test]
+fn requests_reach_exactly_the_targeted_agents() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let c = collector(
+        &pki_dir,
+        &tmp.path().join("store"),
+        0,
+        &tmp.path().join("collector.log"),
+    );
+    let url = c.url();
+    let _a1 = daemon(tmp.path(), &url, &pki_dir, "web-1", "env = \"prod\"", &[]);
+    let _a2 = daemon(
+        tmp.path(),
+        &url,
+        &pki_dir,
+        "web-2",
+        "env = \"dev\"",
+        &["--label", "role=db"],
+    );
+    let listed_agents = wait_for_agents(&url, &pki_dir, &["web-1", "web-2"]);
+    let web2 = listed_agents
+        .iter()
+        .find(|a| a["agent"] == "web-2")
+        .unwrap();
+    assert_eq!(web2["labels"]["env"], "dev", "{web2}");
+    assert_eq!(web2["labels"]["role"], "db", "{web2}");
+    assert_eq!(web2["duplicate"], false);
+
+    // One host: only web-1 captures.
+    let (ok, created, results) = request(&url, &pki_dir, &[&["--host", "web-1"], QUICK].concat());
+    assert!(ok, "{created} {results:?}");
+    assert_eq!(matched_agents(&created), ["web-1".to_owned()].into());
+    let first = complete(&results);
+    assert_eq!(first.len(), 1);
+    assert!(first.iter().all(|(a, _)| a == "web-1"));
+    assert_eq!(
+        listed(&url, &pki_dir, &[]),
+        first,
+        "only web-1's capture is stored"
+    );
+
+    // A label: only web-2.
+    let (ok, _, results) = request(&url, &pki_dir, &[&["--label", "env=dev"], QUICK].concat());
+    assert!(ok);
+    let second = complete(&results);
+    assert!(
+        second.len() == 1 && second.iter().all(|(a, _)| a == "web-2"),
+        "{second:?}"
+    );
+
+    // Every agent.
+    let (ok, created, results) = request(&url, &pki_dir, &[&["--all"], QUICK].concat());
+    assert!(ok, "{results:?}");
+    let everyone: BTreeSet<String> = ["web-1".to_owned(), "web-2".to_owned()].into();
+    assert_eq!(matched_agents(&created), everyone);
+    let third = complete(&results);
+    assert_eq!(
+        third
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect::<BTreeSet<_>>(),
+        everyone
+    );
+
+    // Every capture is listed, complete, and verifies on the store.
+    let all: BTreeSet<_> = first.iter().chain(&second).chain(&third).cloned().collect();
+    assert_eq!(listed(&url, &pki_dir, &[]), all);
+    for (agent, id) in &all {
+        let out = bin("ircap-collector")
+            .arg("verify")
+            .arg(c.capture_dir(agent, id))
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{agent}/{id}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn budgets_and_refused_options_fail_cleanly() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let c = collector(
+        &pki_dir,
+        &tmp.path().join("store"),
+        0,
+        &tmp.path().join("collector.log"),
+    );
+    let url = c.url();
+    let _a1 = daemon(tmp.path(), &url, &pki_dir, "web-1", "", &[]);
+    wait_for_agents(&url, &pki_dir, &["web-1"]);
+
+    // Over the byte budget: failed, never listed as complete.
+    let (ok, _, results) = request(
+        &url,
+        &pki_dir,
+        &[&["--host", "web-1", "--max-bytes", "4K"], QUICK].concat(),
+    );
+    assert!(!ok, "a capture over its budget must not succeed");
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["status"], "failed", "{}", results[0]);
+    assert!(
+        results[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("byte budget"),
+        "{}",
+        results[0]
+    );
+    assert!(listed(&url, &pki_dir, &[]).is_empty(), "nothing complete");
+    let incomplete = listed(&url, &pki_dir, &["--incomplete"]);
+    let failed_id = results[0]["capture_id"].as_str().unwrap();
+    assert!(incomplete.contains(&("web-1".to_owned(), failed_id.to_owned())));
+
+    // A destination option is refused by the collector before storing.
+    let out = analyst(
+        &url,
+        &pki_dir,
+        "alice",
+        "request",
+        &["--host", "web-1", "--", "--output", "/tmp/x"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"));
+
+    // An option the agent's capture parser refuses: refused, no capture.
+    let (ok, _, results) = request(
+        &url,
+        &pki_dir,
+        &["--host", "web-1", "--", "--logs-since", "yesterday"],
+    );
+    assert!(!ok);
+    assert_eq!(results[0]["status"], "refused", "{}", results[0]);
+    assert!(
+        results[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("--logs-since")
+    );
+
+    // The agent is still there and works.
+    let (ok, _, results) = request(&url, &pki_dir, &[&["--host", "web-1"], QUICK].concat());
+    assert!(ok, "{results:?}");
+    assert_eq!(complete(&results).len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_request_made_on_another_replica_reaches_the_agent_once() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let store = tmp.path().join("store");
+    let r1 = collector(&pki_dir, &store, 0, &tmp.path().join("r1.log"));
+    let r2 = collector(&pki_dir, &store, 0, &tmp.path().join("r2.log"));
+    let _a1 = daemon(tmp.path(), &r1.url(), &pki_dir, "web-1", "", &[]);
+    // Replica 2 sees the agent connected to replica 1.
+    let seen = wait_for_agents(&r2.url(), &pki_dir, &["web-1"]);
+    let on_r1 = wait_for_agents(&r1.url(), &pki_dir, &["web-1"]);
+    assert_eq!(seen[0]["replica_id"], on_r1[0]["replica_id"]);
+
+    let (ok, created, results) =
+        request(&r2.url(), &pki_dir, &[&["--host", "web-1"], QUICK].concat());
+    assert!(ok, "{created} {results:?}");
+    let done = complete(&results);
+    assert_eq!(done.len(), 1);
+    // Stored exactly once, visible from both replicas.
+    assert_eq!(listed(&r1.url(), &pki_dir, &[]), done);
+    assert_eq!(listed(&r2.url(), &pki_dir, &["--incomplete"]), done);
+    // Give both replicas several polls: nobody delivers it again.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(listed(&r1.url(), &pki_dir, &["--incomplete"]), done);
+    let log = std::fs::read_to_string(tmp.path().join("web-1.log"))?;
+    assert_eq!(log.matches("Requested capture started").count(), 1, "{log}");
+    Ok(())
+}
+
+#[test]
+fn agents_reconnect_after_a_collector_restart() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let store = tmp.path().join("store");
+    let log = tmp.path().join("collector.log");
+    let first = collector(&pki_dir, &store, 0, &log);
+    let port = first.addr.port();
+    let url = first.url();
+    let _a1 = daemon(tmp.path(), &url, &pki_dir, "web-1", "", &[]);
+    let _a2 = daemon(tmp.path(), &url, &pki_dir, "web-2", "", &[]);
+    wait_for_agents(&url, &pki_dir, &["web-1", "web-2"]);
+    drop(first); // SIGKILL: no goodbye to the agents.
+    std::thread::sleep(Duration::from_millis(500));
+    let _second = collector(&pki_dir, &store, port, &log);
+    wait_for_agents(&url, &pki_dir, &["web-1", "web-2"]);
+    let (ok, _, results) = request(&url, &pki_dir, &[&["--all"], QUICK].concat());
+    assert!(ok, "{results:?}");
+    assert_eq!(complete(&results).len(), 2);
+    Ok(())
+}
+
+#[test]
+fn cloned_identities_are_both_listed_and_flagged() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let log = tmp.path().join("collector.log");
+    let c = collector(&pki_dir, &tmp.path().join("store"), 0, &log);
+    let url = c.url();
+    let _a = daemon(tmp.path(), &url, &pki_dir, "web-1", "", &[]);
+    let _clone = daemon(tmp.path(), &url, &pki_dir, "web-1", "", &[]);
+    let listed = wait_for_agents(&url, &pki_dir, &["web-1", "web-1"]);
+    assert!(listed.iter().all(|a| a["duplicate"] == true), "{listed:?}");
+    let sessions: BTreeSet<&str> = listed
+        .iter()
+        .map(|a| a["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(sessions.len(), 2, "two agent processes, not merged");
+    let text = std::fs::read_to_string(&log)?;
+    assert!(text.contains("Duplicate agent identity"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_analysts_request_and_only_agents_attach() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let c = collector(
+        &pki_dir,
+        &tmp.path().join("store"),
+        0,
+        &tmp.path().join("collector.log"),
+    );
+    let url = c.url();
+    for cmd in [&["request", "--all"][..], &["agents"]] {
+        let out = analyst(&url, &pki_dir, "web-1", cmd[0], &cmd[1..]);
+        assert!(!out.status.success(), "{cmd:?} with an agent certificate");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("PermissionDenied"), "{cmd:?}: {err}");
+    }
+    assert!(!c.store.join("control/requests").exists(), "nothing stored");
+
+    // An analyst certificate on the agent stream.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(
+            pki_dir.join("ca.pem"),
+        )?))
+        .identity(Identity::from_pem(
+            std::fs::read(pki_dir.join("alice.pem"))?,
+            std::fs::read(pki_dir.join("alice.key"))?,
+        ));
+    let channel = Endpoint::from_shared(url)?.tls_config(tls)?.connect_lazy();
+    let hello = AgentMessage {
+        body: Some(agent_message::Body::Hello(Hello {
+            session_id: "0190-test".into(),
+            hostname: "h".into(),
+            ..Hello::default()
+        })),
+    };
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        AgentControlClient::new(channel).attach(tokio_stream::iter([hello])),
+    )
+    .await?
+    .expect_err("an analyst may not attach as an agent");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    Ok(())
+}
