@@ -466,3 +466,61 @@ async fn only_analysts_request_and_only_agents_attach() -> TestResult {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     Ok(())
 }
+
+#[test]
+fn bad_daemon_settings_fail_at_start_naming_the_problem() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let missing = tmp.path().join("missing.pem");
+    let unknown_key = tmp.path().join("unknown.toml");
+    std::fs::write(&unknown_key, "colector = \"https://x:1\"\n")?;
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec![
+                "--config".into(),
+                tmp.path().join("nope.toml").display().to_string(),
+            ],
+            "nope.toml".into(),
+        ),
+        (
+            vec!["--config".into(), unknown_key.display().to_string()],
+            "colector".into(),
+        ),
+        (
+            vec![
+                "--config".into(),
+                unknown_key
+                    .display()
+                    .to_string()
+                    .replace("unknown", "absent"),
+                "--collector".into(),
+                "https://127.0.0.1:1".into(),
+            ],
+            "absent.toml".into(),
+        ),
+        (
+            vec![
+                "--collector".into(),
+                "https://127.0.0.1:1".into(),
+                "--ca".into(),
+                pki_dir.join("ca.pem").display().to_string(),
+                "--cert".into(),
+                missing.display().to_string(),
+                "--key".into(),
+                pki_dir.join("web-1.key").display().to_string(),
+            ],
+            "missing.pem".into(),
+        ),
+    ];
+    for (args, named) in cases {
+        let out = bin("ircap-agent")
+            .args(["serve", "--no-imds"])
+            .args(&args)
+            .env_remove("IRCAP_COLLECTOR")
+            .output()?;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&named), "{args:?}: {err}");
+    }
+    Ok(())
+}
