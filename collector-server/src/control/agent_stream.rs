@@ -108,17 +108,27 @@ impl<S: Store> AgentControl for AgentControlService<S> {
             cert_sha256: who.fingerprint_sha256.clone(),
             agent_version: hello.agent_version.clone(),
         };
-        // A cloned image: another agent process with this identity.
-        let others: Vec<(String, String)> =
-            docs::live_agents(replica.store(), replica.stale_after())
-                .await
-                .map_err(store_status)?
-                .into_iter()
-                .filter(|a| {
-                    a.presence.facts.agent == who.name && a.presence.session_id != hello.session_id
-                })
-                .map(|a| (a.presence.facts.hostname, a.presence.session_id))
-                .collect();
+        let conn_key =
+            key(&["agents", &who.name, &presence.connection_id]).map_err(store_status)?;
+        docs::write(replica.store(), &conn_key, &presence)
+            .await
+            .map_err(store_status)?;
+        let (tx, rx) = mpsc::channel(16);
+        let busy = (!hello.busy_request_id.is_empty()).then(|| hello.busy_request_id.clone());
+        replica.register(presence.clone(), busy, tx.clone()).await;
+        // A cloned image: another agent process with this identity. Checked
+        // after registering, so of two clones connecting at once the second
+        // to check sees the first (on this replica at once, through the
+        // store within a poll interval on another).
+        let mut others: Vec<(String, String)> = replica.local_sessions_of(&who.name);
+        if let Ok(remote) =
+            docs::live_connections_of(replica.store(), &who.name, replica.stale_after()).await
+        {
+            others.extend(remote.into_iter().map(|p| (p.facts.hostname, p.session_id)));
+        }
+        others.retain(|(_, session)| *session != hello.session_id);
+        others.sort();
+        others.dedup();
         let duplicate = !others.is_empty();
         if duplicate {
             tracing::warn!(
@@ -129,21 +139,15 @@ impl<S: Store> AgentControl for AgentControlService<S> {
                 "Duplicate agent identity: another live agent presents the same certificate (a cloned image?); both are kept and flagged"
             );
         }
-        let conn_key =
-            key(&["agents", &who.name, &presence.connection_id]).map_err(store_status)?;
-        docs::write(replica.store(), &conn_key, &presence)
-            .await
-            .map_err(store_status)?;
-        let (tx, rx) = mpsc::channel(16);
         let welcome = CollectorMessage {
             body: Some(collector_message::Body::Welcome(Welcome {
                 replica_id: replica.id.clone(),
                 duplicate,
             })),
         };
-        tx.send(Ok(welcome))
-            .await
-            .map_err(|_| Status::cancelled("agent gone"))?;
+        // Cannot fail: `rx` is still here, and has room.
+        let _ = tx.send(Ok(welcome)).await;
+        drop(tx);
         tracing::info!(
             agent = who.name,
             hostname = hello.hostname,
@@ -152,8 +156,6 @@ impl<S: Store> AgentControl for AgentControlService<S> {
             "Agent connected"
         );
         let connection_id = presence.connection_id.clone();
-        let busy = (!hello.busy_request_id.is_empty()).then(|| hello.busy_request_id.clone());
-        replica.register(presence.clone(), busy, tx).await;
         let replica = Arc::clone(replica);
         tokio::spawn(async move {
             loop {

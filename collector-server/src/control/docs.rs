@@ -159,7 +159,18 @@ pub struct ConnectionSeen {
     pub busy_request_id: Option<String>,
 }
 
-/// `replicas/<replica-id>`: a replica's heartbeat.
+/// One connection in its replica's document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveConnection {
+    /// Who and where.
+    pub presence: PresenceDoc,
+    /// When last heard from, and what it is doing.
+    pub seen: ConnectionSeen,
+}
+
+/// `replicas/<replica-id>`: a replica's heartbeat, with every connection
+/// it holds, so that listing agents or matching a request reads one
+/// document per replica, not one per agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaDoc {
     /// Replica id (random per collector process).
@@ -167,7 +178,7 @@ pub struct ReplicaDoc {
     /// RFC 3339 time this document was written.
     pub written_at: String,
     /// Live connections by connection id.
-    pub connections: BTreeMap<String, ConnectionSeen>,
+    pub connections: BTreeMap<String, LiveConnection>,
 }
 
 /// One live connection as `agents` lists it.
@@ -251,16 +262,16 @@ pub fn leaf(key: &DocKey) -> &str {
     key.as_str().rsplit('/').next().unwrap_or_default()
 }
 
-/// Every live agent connection in the store, whichever replica holds it.
-/// A replica whose document is older than `stale` is considered dead.
+/// The fresh replica documents: a replica whose document is older than
+/// `stale` is dead, and so are its connections.
 ///
 /// # Errors
 /// [`StoreError`] when the store cannot be read.
-pub async fn live_agents<S: Store>(
+pub async fn live_replicas<S: Store>(
     store: &S,
     stale: Duration,
-) -> Result<Vec<LiveAgent>, StoreError> {
-    let mut replicas: BTreeMap<String, ReplicaDoc> = BTreeMap::new();
+) -> Result<BTreeMap<String, ReplicaDoc>, StoreError> {
+    let mut replicas = BTreeMap::new();
     for k in store.list_docs(&key(&["replicas"])?).await? {
         if let Some(doc) = read::<S, ReplicaDoc>(store, &k).await?
             && !older_than(&doc.written_at, stale)
@@ -268,25 +279,62 @@ pub async fn live_agents<S: Store>(
             replicas.insert(doc.replica_id.clone(), doc);
         }
     }
+    Ok(replicas)
+}
+
+/// Every live agent connection, whichever replica holds it (one read per
+/// replica).
+///
+/// # Errors
+/// [`StoreError`] when the store cannot be read.
+pub async fn live_agents<S: Store>(
+    store: &S,
+    stale: Duration,
+) -> Result<Vec<LiveAgent>, StoreError> {
+    let mut live: Vec<LiveAgent> = live_replicas(store, stale)
+        .await?
+        .into_values()
+        .flat_map(|r| r.connections.into_values())
+        .map(|c| LiveAgent {
+            presence: c.presence,
+            seen: c.seen,
+            duplicate: false,
+        })
+        .collect();
+    flag_duplicates(&mut live);
+    Ok(live)
+}
+
+/// The live connections of one identity, from its `agents/<agent>/`
+/// presence documents (usually one), checked against their replicas.
+///
+/// # Errors
+/// [`StoreError`] when the store cannot be read.
+pub async fn live_connections_of<S: Store>(
+    store: &S,
+    agent: &str,
+    stale: Duration,
+) -> Result<Vec<PresenceDoc>, StoreError> {
+    let mut replicas: BTreeMap<String, Option<ReplicaDoc>> = BTreeMap::new();
     let mut live = Vec::new();
-    for agent_dir in store.list_docs(&key(&["agents"])?).await? {
-        for conn_key in store.list_docs(&agent_dir).await? {
-            let Some(presence) = read::<S, PresenceDoc>(store, &conn_key).await? else {
-                continue;
-            };
-            let seen = replicas
-                .get(&presence.replica_id)
-                .and_then(|r| r.connections.get(&presence.connection_id));
-            if let Some(seen) = seen {
-                live.push(LiveAgent {
-                    seen: seen.clone(),
-                    presence,
-                    duplicate: false,
-                });
-            }
+    for k in store.list_docs(&key(&["agents", agent])?).await? {
+        let Some(p) = read::<S, PresenceDoc>(store, &k).await? else {
+            continue;
+        };
+        if !replicas.contains_key(&p.replica_id) {
+            let doc = read::<S, ReplicaDoc>(store, &key(&["replicas", &p.replica_id])?)
+                .await?
+                .filter(|d| !older_than(&d.written_at, stale));
+            replicas.insert(p.replica_id.clone(), doc);
+        }
+        let holds = replicas
+            .get(&p.replica_id)
+            .and_then(Option::as_ref)
+            .is_some_and(|r| r.connections.contains_key(&p.connection_id));
+        if holds {
+            live.push(p);
         }
     }
-    flag_duplicates(&mut live);
     Ok(live)
 }
 

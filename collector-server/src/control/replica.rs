@@ -18,7 +18,9 @@ use ircap_proto::v1::{CaptureRequest, CollectorMessage, collector_message};
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
-use super::docs::{self, ConnectionSeen, PresenceDoc, ReplicaDoc, RequestDoc, ResultDoc, key};
+use super::docs::{
+    self, ConnectionSeen, LiveConnection, PresenceDoc, ReplicaDoc, RequestDoc, ResultDoc, key,
+};
 use crate::store::{Store, StoreError};
 
 /// Default interval between looks at the store.
@@ -119,6 +121,19 @@ impl<S: Store> Replica<S> {
         self.publish().await;
     }
 
+    /// (hostname, session) of this replica's connections of `agent`.
+    pub fn local_sessions_of(&self, agent: &str) -> Vec<(String, String)> {
+        self.with_conns(|c| {
+            c.values()
+                .filter(|conn| conn.presence.facts.agent == agent)
+                .map(|conn| {
+                    let p = &conn.presence;
+                    (p.facts.hostname.clone(), p.session_id.clone())
+                })
+                .collect()
+        })
+    }
+
     /// A heartbeat or other message from a connection.
     pub fn touch(&self, connection_id: &str, busy: Option<String>) {
         self.with_conns(|c| {
@@ -157,7 +172,13 @@ impl<S: Store> Replica<S> {
             written_at: docs::now(),
             connections: self.with_conns(|c| {
                 c.iter()
-                    .map(|(id, conn)| (id.clone(), conn.seen.clone()))
+                    .map(|(id, conn)| {
+                        let live = LiveConnection {
+                            presence: conn.presence.clone(),
+                            seen: conn.seen.clone(),
+                        };
+                        (id.clone(), live)
+                    })
                     .collect()
             }),
         };
