@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::Parser;
 use ircap_agent::cli::{CaptureArgs, Cli, Command, VerifyArgs, exit};
-use ircap_agent::options::{CaptureOptions, parse_size};
+use ircap_agent::options::{CaptureOptions, MemorySelector, parse_size};
 use ircap_agent::sink::dir::DirSink;
 use ircap_agent::sink::grpc::{CollectorSettings, GrpcSink};
 use ircap_agent::sink::tee::TeeSink;
@@ -65,6 +65,23 @@ fn options_from(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
         imds: !args.no_imds,
         imds_endpoint: args.imds_endpoint.clone(),
         exe_hash_max_bytes: parse_size(&args.exe_hash_max_bytes).context("--exe-hash-max-bytes")?,
+        memory_regions: args
+            .memory_regions
+            .as_deref()
+            .map(MemorySelector::parse)
+            .transpose()
+            .context("--memory-regions")?,
+        memory_budget: parse_size(&args.memory_budget).context("--memory-budget")?,
+        memory_process_budget: parse_size(&args.memory_process_budget)
+            .context("--memory-process-budget")?,
+        physical_memory: args.physical_memory,
+        physical_memory_source: args.physical_memory_source.clone(),
+        physical_memory_budget: args
+            .physical_memory_budget
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .context("--physical-memory-budget")?,
     })
 }
 
