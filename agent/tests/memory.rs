@@ -323,20 +323,27 @@ fn process_exiting_mid_dump_is_recorded_and_the_capture_completes() -> TestResul
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    // Read stderr on a thread (to the end, so the agent never writes into
+    // a closed pipe) and kill the canary once its dump has started.
     let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    for line in stderr.lines() {
-        let line = line?;
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("Dumping process memory") {
-            break;
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("Dumping process memory") {
+                let _ = started_tx.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
         }
-    }
+        seen
+    });
+    started_rx.recv_timeout(std::time::Duration::from_secs(60))?;
     std::thread::sleep(std::time::Duration::from_millis(200));
     canary.process.0.kill()?;
     canary.process.0.wait()?;
     let out = child.wait_with_output()?;
+    let seen = reader.join().unwrap();
     assert!(out.status.success(), "agent failed: {seen}");
     let summary: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(summary["status"], "complete");

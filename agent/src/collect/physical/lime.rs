@@ -38,7 +38,7 @@ pub fn header(start: u64, len: u64) -> [u8; HEADER_LEN] {
 pub fn parse_header(h: &[u8]) -> Option<(u64, u64)> {
     let u32_at = |o: usize| Some(u32::from_le_bytes(h.get(o..o + 4)?.try_into().ok()?));
     let u64_at = |o: usize| Some(u64::from_le_bytes(h.get(o..o + 8)?.try_into().ok()?));
-    if u32_at(0)? != MAGIC || u32_at(4)? != VERSION {
+    if h.len() < HEADER_LEN || u32_at(0)? != MAGIC || u32_at(4)? != VERSION {
         return None;
     }
     Some((u64_at(8)?, u64_at(16)?))

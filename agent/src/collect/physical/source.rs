@@ -278,7 +278,7 @@ mod tests {
     fn seg(paddr: u64, filesz: u64, offset: u64) -> Segment {
         Segment {
             offset,
-            vaddr: 0xffff_8880_0000_0000 + paddr,
+            vaddr: 0xffff_8880_0000_0000u64.wrapping_add(paddr),
             paddr,
             filesz,
         }
