@@ -3,6 +3,9 @@
 //! synthetic ELF core to LiME and opened with the real Volatility 3.
 //! Needs root (reading another process's memory).
 
+// The canary and LiME helpers below are test code outside #[test] fns.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -99,7 +102,7 @@ fn gunzip(path: &Path) -> Vec<u8> {
 }
 
 /// The index row of `pid` whose region holds `addr`.
-fn row_at<'a>(rows: &'a [Value], pid: i64, addr: u64) -> &'a Value {
+fn row_at(rows: &[Value], pid: i64, addr: u64) -> &Value {
     rows.iter()
         .find(|r| {
             r["pid"].as_i64() == Some(pid) && hex(&r["start"]) <= addr && addr < hex(&r["end"])
