@@ -16,7 +16,8 @@
 #   BENCH_RUNS=3         timed repetitions of each command (interleaved)
 #   BENCH_TMPDIR=DIR     parent of the scratch directory (default
 #                        ~/.cache/ircap-bench; not /tmp, which the agent walks)
-#   BENCH_SKIP_BUILD=1   use the existing target/release binaries
+#   BENCH_SKIP_BUILD=1   use the existing binaries
+#   BENCH_BIN_DIR=DIR    where the binaries are (default target/release)
 #
 # Target: agent peak RSS under 64 MiB during a 1 GiB dump; throughput of the
 # agent to a local directory at least that of the dd | gzip -1 | sha256sum
@@ -49,8 +50,9 @@ done
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$script_dir/../.." && pwd)
 cd "$repo_root"
-agent_bin=$repo_root/target/release/ircap-agent
-collector_bin=$repo_root/target/release/ircap-collector
+BENCH_BIN_DIR=${BENCH_BIN_DIR:-$repo_root/target/release}
+agent_bin=$BENCH_BIN_DIR/ircap-agent
+collector_bin=$BENCH_BIN_DIR/ircap-collector
 
 mkdir -p "$BENCH_TMPDIR"
 TMP=$(mktemp -d "$BENCH_TMPDIR/memory.$$.XXXXXX")

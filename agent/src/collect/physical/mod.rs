@@ -26,7 +26,7 @@ use super::Context;
 use super::memory_regions::reader::{Gap, PAGE, hex};
 use crate::artifact::{ArtifactStream, JsonlWriter, Store};
 use crate::sink::SinkError;
-use source::{CrashSource, KcoreSource, PhysRange, PhysicalSource};
+use source::{FileSource, PhysRange, PhysicalSource};
 
 /// Size of each read from the source.
 const READ_SIZE: usize = 1 << 20;
@@ -62,19 +62,19 @@ pub fn open_source(
     explicit: Option<&Path>,
 ) -> Result<Box<dyn PhysicalSource>, String> {
     if let Some(path) = explicit {
-        return KcoreSource::open(path, None)
+        return FileSource::kcore(path, None)
             .map(|s| Box::new(s) as Box<dyn PhysicalSource>)
             .map_err(|e| e.to_string());
     }
     let ram = iomem::parse_file(&ctx.roots.proc.join("iomem"));
     let kcore = ctx.roots.proc.join("kcore");
-    let kcore_err = match KcoreSource::open(&kcore, ram.as_deref()) {
+    let kcore_err = match FileSource::kcore(&kcore, ram.as_deref()) {
         Ok(s) => return Ok(Box::new(s)),
         Err(e) => e.to_string(),
     };
     let crash = Path::new("/dev/crash");
     let crash_err = match &ram {
-        Some(ram) => match CrashSource::open(crash, ram) {
+        Some(ram) => match FileSource::crash(crash, ram) {
             Ok(s) => return Ok(Box::new(s)),
             Err(e) => e.to_string(),
         },

@@ -2,9 +2,9 @@
 //!
 //! A [`PhysicalSource`] says which physical ranges it holds and reads them
 //! by position. Two exist: an ELF core in the `/proc/kcore` format
-//! ([`KcoreSource`]: `PT_LOAD` segments whose `p_paddr` is the physical
+//! ([`FileSource::kcore`]: `PT_LOAD` segments whose `p_paddr` is the physical
 //! address) and a device addressed by physical address such as
-//! `/dev/crash` ([`CrashSource`], ranges from `/proc/iomem`).
+//! `/dev/crash` ([`FileSource::crash`], ranges from `/proc/iomem`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -185,83 +185,65 @@ pub fn physical_ranges(segments: &[Segment], ram: Option<&[Range]>) -> Vec<PhysR
     out
 }
 
-/// An ELF core in the `/proc/kcore` format.
-pub struct KcoreSource {
+/// A file or device read with `pread`: an ELF core in the `/proc/kcore`
+/// format ([`FileSource::kcore`]) or a device addressed by physical
+/// address such as `/dev/crash` ([`FileSource::crash`]).
+pub struct FileSource {
     file: File,
     path: PathBuf,
+    kind: &'static str,
     ranges: Vec<PhysRange>,
 }
 
-impl KcoreSource {
-    /// Opens `path`; `ram` (from `/proc/iomem`) clips the segments to RAM.
+fn open_file(path: &Path) -> Result<File, SourceError> {
+    File::open(path).map_err(|source| SourceError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl FileSource {
+    /// An ELF core in the kcore format; `ram` (from `/proc/iomem`) clips
+    /// its segments to RAM.
     ///
     /// # Errors
     /// [`SourceError`] when it cannot be opened or parsed.
-    pub fn open(path: &Path, ram: Option<&[Range]>) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+    pub fn kcore(path: &Path, ram: Option<&[Range]>) -> Result<Self, SourceError> {
+        let file = open_file(path)?;
         let segments = load_segments(&file, path)?;
-        let ranges = physical_ranges(&segments, ram);
         Ok(Self {
+            ranges: physical_ranges(&segments, ram),
             file,
             path: path.to_owned(),
-            ranges,
+            kind: "ELF core, kcore format",
         })
     }
-}
 
-impl PhysicalSource for KcoreSource {
-    fn describe(&self) -> String {
-        format!("{} (ELF core, kcore format)", self.path.display())
-    }
-    fn ranges(&self) -> &[PhysRange] {
-        &self.ranges
-    }
-    fn read_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<usize> {
-        self.file.read_at(buf, position)
-    }
-}
-
-/// A device read at physical addresses (`/dev/crash`), over the RAM
-/// ranges of `/proc/iomem`.
-pub struct CrashSource {
-    file: File,
-    path: PathBuf,
-    ranges: Vec<PhysRange>,
-}
-
-impl CrashSource {
-    /// Opens `path` for the RAM ranges `ram`.
+    /// A device read at physical addresses, over the RAM ranges `ram`.
     ///
     /// # Errors
     /// [`SourceError`] when it cannot be opened.
-    pub fn open(path: &Path, ram: &[Range]) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let ranges = ram
-            .iter()
-            .filter(|r| r.end > r.start)
-            .map(|r| PhysRange {
-                start: r.start,
-                len: r.end - r.start,
-                position: r.start,
-            })
-            .collect();
+    pub fn crash(path: &Path, ram: &[Range]) -> Result<Self, SourceError> {
         Ok(Self {
-            file,
+            file: open_file(path)?,
             path: path.to_owned(),
-            ranges,
+            kind: "physical address device",
+            ranges: ram
+                .iter()
+                .filter(|r| r.end > r.start)
+                .map(|r| PhysRange {
+                    start: r.start,
+                    len: r.end - r.start,
+                    position: r.start,
+                })
+                .collect(),
         })
     }
 }
 
-impl PhysicalSource for CrashSource {
+impl PhysicalSource for FileSource {
     fn describe(&self) -> String {
-        format!("{} (physical address device)", self.path.display())
+        format!("{} ({})", self.path.display(), self.kind)
     }
     fn ranges(&self) -> &[PhysRange] {
         &self.ranges
@@ -348,7 +330,7 @@ mod tests {
         let path = dir.path().join("crash");
         let data: Vec<u8> = (0..0x3000u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let src = CrashSource::open(
+        let src = FileSource::crash(
             &path,
             &[Range {
                 start: 0x1000,
@@ -374,7 +356,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x");
         std::fs::write(&path, vec![0u8; 100]).unwrap();
-        let err = KcoreSource::open(&path, None).err().unwrap();
+        let err = FileSource::kcore(&path, None).err().unwrap();
         assert!(err.to_string().contains("not an ELF file"), "{err}");
     }
 }
