@@ -57,12 +57,20 @@ fn memory_regions_stream_to_the_collector_and_map_back_to_addresses() -> TestRes
     );
     let _ = canary.kill();
     let _ = canary.wait();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(summary["status"], "complete");
     let dir = collector.capture_dir("web-1", summary["capture_id"].as_str().unwrap_or_default());
     let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     let index = gunzip(&dir.join("memory_regions.jsonl.gz"));
     let rows: Vec<Value> = index
@@ -72,7 +80,9 @@ fn memory_regions_stream_to_the_collector_and_map_back_to_addresses() -> TestRes
         .collect::<Result<_, _>>()?;
     let row = rows
         .iter()
-        .find(|r| r["pid"].as_i64() == Some(pid) && hex(&r["start"]) <= addr && addr < hex(&r["end"]))
+        .find(|r| {
+            r["pid"].as_i64() == Some(pid) && hex(&r["start"]) <= addr && addr < hex(&r["end"])
+        })
         .expect("the canary's rwx region is in the index");
     assert_eq!(row["write_exec"], true);
     let extent = row["extents"]
@@ -82,7 +92,11 @@ fn memory_regions_stream_to_the_collector_and_map_back_to_addresses() -> TestRes
         .find(|e| hex(&e["start"]) <= addr && addr + size as u64 <= hex(&e["end"]))
         .expect("one extent holds the canary's bytes");
     let blob = gunzip(&dir.join(row["artifact"].as_str().unwrap_or_default()));
-    let at = (extent["artifact_offset"].as_u64().unwrap_or(0) + addr - hex(&extent["start"])) as usize;
-    assert!(blob[at..at + size] == data[..], "stored bytes differ from the canary's");
+    let at =
+        (extent["artifact_offset"].as_u64().unwrap_or(0) + addr - hex(&extent["start"])) as usize;
+    assert!(
+        blob[at..at + size] == data[..],
+        "stored bytes differ from the canary's"
+    );
     Ok(())
 }
