@@ -21,12 +21,10 @@ fn hex(v: &Value) -> u64 {
     u64::from_str_radix(v.as_str().unwrap_or("").trim_start_matches("0x"), 16).unwrap_or(0)
 }
 
-fn gunzip(path: &std::path::Path) -> Vec<u8> {
+fn gunzip(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_end(&mut out)
-        .unwrap();
-    out
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(path)?).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 #[test]
@@ -72,7 +70,7 @@ fn memory_regions_stream_to_the_collector_and_map_back_to_addresses() -> TestRes
         String::from_utf8_lossy(&verify.stderr)
     );
 
-    let index = gunzip(&dir.join("memory_regions.jsonl.gz"));
+    let index = gunzip(&dir.join("memory_regions.jsonl.gz"))?;
     let rows: Vec<Value> = index
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
@@ -91,7 +89,7 @@ fn memory_regions_stream_to_the_collector_and_map_back_to_addresses() -> TestRes
         .iter()
         .find(|e| hex(&e["start"]) <= addr && addr + size as u64 <= hex(&e["end"]))
         .expect("one extent holds the canary's bytes");
-    let blob = gunzip(&dir.join(row["artifact"].as_str().unwrap_or_default()));
+    let blob = gunzip(&dir.join(row["artifact"].as_str().unwrap_or_default()))?;
     let at =
         (extent["artifact_offset"].as_u64().unwrap_or(0) + addr - hex(&extent["start"])) as usize;
     assert!(
