@@ -144,6 +144,7 @@ timed() {
 }
 export -f baseline
 export target_pid TMP
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((run = 1; run <= BENCH_RUNS; run++)); do
     log "Round $run/$BENCH_RUNS"
     rm -rf "$TMP/local" "$TMP/store/captures"
@@ -151,6 +152,8 @@ for ((run = 1; run <= BENCH_RUNS; run++)); do
     timed agent_collector "$agent_bin" "${agent_args[@]}" --collector "https://127.0.0.1:$port" \
         --ca "$TMP/pki/ca.pem" --cert "$TMP/pki/$AGENT_NAME.pem" --key "$TMP/pki/$AGENT_NAME.key"
     timed baseline bash -c baseline
+    rm -rf "$TMP/nomem"
+    timed agent_no_memory "$agent_bin" capture --no-imds --no-logs --no-lower-priority --output "$TMP/nomem"
     rm -rf "$TMP/local1g"
     timed agent_1gib "$agent_bin" capture --no-imds --no-logs --no-lower-priority \
         --memory-regions "pid=$target_pid" --memory-budget 1G --output "$TMP/local1g"
@@ -160,15 +163,19 @@ stored=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_stored"]
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 max() { tr ' ' '\n' | grep -v '^$' | sort -g | tail -n 1; }
 base=$(median <<<"${wall[baseline]}")
-echo "| command | median wall (s) | MB/s | ratio vs dd\|gzip -1\|sha256sum | peak RSS (MiB) |"
+echo "| command | median wall (s) | MB/s | speed vs dd\|gzip -1\|sha256sum | peak RSS (MiB) |"
 echo "|---|---|---|---|---|"
+fixed=$(median <<<"${wall[agent_no_memory]}")
+one_gib=$((1 << 30))
+((one_gib < total)) || one_gib=$total
 for name in baseline agent_local agent_collector agent_1gib; do
     w=$(median <<<"${wall[$name]}")
     bytes=$total
-    [[ $name == agent_1gib ]] && bytes=$((1 << 30))
+    [[ $name == agent_1gib ]] && bytes=$one_gib
     r=$(max <<<"${rss[$name]}")
     awk -v n="$name" -v w="$w" -v b="$bytes" -v base="$base" -v r="$r" -v tot="$total" 'BEGIN {
         ratio = (n == "agent_1gib") ? "-" : sprintf("%.2f", base / w)
         printf "| %s | %.2f | %.0f | %s | %.1f |\n", n, w, b / w / 1e6, ratio, r / 1024 }'
 done
-log "Process bytes: $total; agent stored (compressed) $stored bytes; runs: $BENCH_RUNS"
+echo
+echo "Process bytes: $total ($(wc -l <"$TMP/regions") readable regions); the agent's capture without memory (--no-logs, the fixed cost included in every agent row) took $fixed s; agent stored $stored bytes (gzip); runs: $BENCH_RUNS; load average before: $load0."
