@@ -666,3 +666,32 @@ fn missing_physical_source_is_recorded_and_the_capture_goes_on() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn bad_memory_options_are_usage_errors() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    for bad in [
+        &["--memory-regions", "pid=0"][..],
+        &["--memory-regions", "everything"],
+        &["--memory-regions", "all", "--memory-budget", "lots"],
+        &["--physical-memory-source", "/proc/kcore"],
+        &["--physical-memory", "--physical-memory-budget", "1.5G"],
+    ] {
+        let out = agent()
+            .args(["capture", "--no-imds", "--no-logs", "--output"])
+            .arg(tmp.path())
+            .args(bad)
+            .output()?;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("complete")
+        );
+    }
+    assert_eq!(std::fs::read_dir(tmp.path())?.count(), 0, "nothing written");
+    Ok(())
+}
