@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::collect::{
     self, Context, Roots, accounts::Accounts, connections, imds, kernel, logs, memory_maps,
-    network_state, processes, system, users, volatile_files,
+    memory_regions, network_state, physical, processes, system, users, volatile_files,
 };
 use crate::options::CaptureOptions;
 use crate::priority::Lowered;
@@ -185,6 +185,17 @@ fn run_inner(
     });
     let (system_entry, host) = system::write(&ctx, clock_at_start, ec2, priority)?;
     artifacts.push(system_entry);
+
+    // Memory bytes after the quick volatile tables: those take about a
+    // second in all, a memory dump can take minutes, and sockets, ARP
+    // entries and logins would change meanwhile. Process regions (targeted,
+    // smaller) before physical memory (everything).
+    if let Some(selector) = &options.memory_regions {
+        artifacts.extend(memory_regions::write(&ctx, selector, &pids)?);
+    }
+    if options.physical_memory {
+        artifacts.extend(physical::write(&ctx, &mut capture_errors)?);
+    }
 
     if options.logs {
         artifacts.extend(logs::write(&ctx, &options.logs_dirs)?);

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::options::{DEFAULT_EXE_HASH_MAX_BYTES, DEFAULT_LOGS_MAX_BYTES, DEFAULT_LOGS_SINCE};
+use crate::options::{
+    DEFAULT_EXE_HASH_MAX_BYTES, DEFAULT_LOGS_MAX_BYTES, DEFAULT_LOGS_SINCE, DEFAULT_MEMORY_BUDGET,
+    DEFAULT_MEMORY_PROCESS_BUDGET,
+};
 
 /// Exit codes, also listed in the README.
 pub mod exit {
@@ -110,6 +113,30 @@ pub struct CaptureArgs {
     /// Largest executable to hash in full.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_EXE_HASH_MAX_BYTES.to_string())]
     pub exe_hash_max_bytes: String,
+    /// Dump the bytes of process memory regions: pid=N[,N...] (every region
+    /// of those processes), suspicious (anonymous-executable,
+    /// writable+executable and deleted-file-backed regions of every
+    /// process) or all.
+    #[arg(long, value_name = "SELECTOR")]
+    pub memory_regions: Option<String>,
+    /// Process memory bytes stored in all (64M, 2G, ...).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MEMORY_BUDGET.to_string())]
+    pub memory_budget: String,
+    /// Process memory bytes stored per process.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MEMORY_PROCESS_BUDGET.to_string())]
+    pub memory_process_budget: String,
+    /// Dump physical memory in LiME format from /proc/kcore (or /dev/crash).
+    #[arg(long)]
+    pub physical_memory: bool,
+    /// With --physical-memory: read this ELF core file (kcore format)
+    /// instead of the host's /proc/kcore; its physical addresses are taken
+    /// as they are (used by the tests, and to convert a saved kcore copy).
+    #[arg(long, value_name = "PATH", requires = "physical_memory")]
+    pub physical_memory_source: Option<PathBuf>,
+    /// With --physical-memory: physical memory bytes stored at most
+    /// (default: no limit).
+    #[arg(long, value_name = "BYTES", requires = "physical_memory")]
+    pub physical_memory_budget: Option<String>,
 }
 
 /// `ircap-agent serve`. Settings come from the TOML file, then these

@@ -14,6 +14,10 @@ pub const DEFAULT_LOGS_SINCE: &str = "7d";
 pub const DEFAULT_LOGS_MAX_BYTES: u64 = 512 << 20;
 /// Largest executable hashed in full (bigger ones are recorded as skipped).
 pub const DEFAULT_EXE_HASH_MAX_BYTES: u64 = 512 << 20;
+/// Default `--memory-budget`: process memory bytes stored per capture.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 2 << 30;
+/// Default `--memory-process-budget`: process memory bytes stored per process.
+pub const DEFAULT_MEMORY_PROCESS_BUDGET: u64 = 1 << 30;
 
 /// Everything one capture needs to know.
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +49,97 @@ pub struct CaptureOptions {
     pub imds_endpoint: String,
     /// Largest executable hashed.
     pub exe_hash_max_bytes: u64,
+    /// Which process memory regions to dump (`None`: none).
+    pub memory_regions: Option<MemorySelector>,
+    /// Process memory bytes stored in all.
+    pub memory_budget: u64,
+    /// Process memory bytes stored per process.
+    pub memory_process_budget: u64,
+    /// Whether to dump physical memory (LiME).
+    pub physical_memory: bool,
+    /// Read physical memory from this file (an ELF core such as
+    /// `/proc/kcore`) instead of the host's own source.
+    pub physical_memory_source: Option<PathBuf>,
+    /// Physical memory bytes stored at most (`None`: no limit).
+    pub physical_memory_budget: Option<u64>,
+}
+
+/// Which process memory regions `--memory-regions` selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemorySelector {
+    /// Every region of these processes.
+    Pids(Vec<i32>),
+    /// Anonymous-executable, writable+executable and deleted-file-backed
+    /// regions of every process.
+    Suspicious,
+    /// Every region of every process.
+    All,
+}
+
+/// Why a `--memory-regions` value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not a memory selector: use pid=N[,N...], suspicious or all")]
+pub struct SelectorError(String);
+
+impl MemorySelector {
+    /// Parses `pid=N[,N...]`, `suspicious` or `all`.
+    ///
+    /// # Errors
+    /// [`SelectorError`] for anything else (including pid 0 or negative).
+    pub fn parse(value: &str) -> Result<Self, SelectorError> {
+        let err = || SelectorError(value.to_owned());
+        match value.trim() {
+            "suspicious" => Ok(Self::Suspicious),
+            "all" => Ok(Self::All),
+            other => {
+                let list = other.strip_prefix("pid=").ok_or_else(err)?;
+                let pids = list
+                    .split(',')
+                    .map(|p| p.trim().parse::<i32>().ok().filter(|&n| n > 0))
+                    .collect::<Option<Vec<i32>>>()
+                    .ok_or_else(err)?;
+                if pids.is_empty() {
+                    return Err(err());
+                }
+                Ok(Self::Pids(pids))
+            }
+        }
+    }
+
+    /// Whether `region` of a process is selected.
+    #[must_use]
+    pub fn wants(&self, region: &crate::collect::memory_maps::Region) -> bool {
+        match self {
+            Self::Pids(pids) => pids.contains(&region.pid),
+            Self::Suspicious => region.suspicious,
+            Self::All => true,
+        }
+    }
+}
+
+impl std::fmt::Display for MemorySelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pids(pids) => {
+                f.write_str("pid=")?;
+                for (i, p) in pids.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{p}")?;
+                }
+                Ok(())
+            }
+            Self::Suspicious => f.write_str("suspicious"),
+            Self::All => f.write_str("all"),
+        }
+    }
+}
+
+impl Serialize for MemorySelector {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// `/var/log` and the volatile journal in `/run/log/journal`.
@@ -77,6 +172,12 @@ impl CaptureOptions {
             imds: true,
             imds_endpoint: "169.254.169.254:80".to_owned(),
             exe_hash_max_bytes: DEFAULT_EXE_HASH_MAX_BYTES,
+            memory_regions: None,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            memory_process_budget: DEFAULT_MEMORY_PROCESS_BUDGET,
+            physical_memory: false,
+            physical_memory_source: None,
+            physical_memory_budget: None,
         }
     }
 }
@@ -102,6 +203,9 @@ pub enum OptionError {
         #[source]
         source: SizeError,
     },
+    /// A memory region selector.
+    #[error("--memory-regions: {0}")]
+    Selector(#[source] SelectorError),
 }
 
 impl CaptureOptions {
@@ -139,6 +243,21 @@ impl CaptureOptions {
             imds: !args.no_imds,
             imds_endpoint: args.imds_endpoint.clone(),
             exe_hash_max_bytes: size("--exe-hash-max-bytes", &args.exe_hash_max_bytes)?,
+            memory_regions: args
+                .memory_regions
+                .as_deref()
+                .map(MemorySelector::parse)
+                .transpose()
+                .map_err(OptionError::Selector)?,
+            memory_budget: size("--memory-budget", &args.memory_budget)?,
+            memory_process_budget: size("--memory-process-budget", &args.memory_process_budget)?,
+            physical_memory: args.physical_memory,
+            physical_memory_source: args.physical_memory_source.clone(),
+            physical_memory_budget: args
+                .physical_memory_budget
+                .as_deref()
+                .map(|v| size("--physical-memory-budget", v))
+                .transpose()?,
         })
     }
 }
@@ -184,6 +303,25 @@ mod tests {
         assert_eq!(parse_size("2g").unwrap(), 2 << 30);
         for bad in ["", "M", "1.5G", "-1", "1Q", "99999999999999999999"] {
             assert!(parse_size(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn memory_selectors() {
+        assert_eq!(
+            MemorySelector::parse("pid=12,7").unwrap(),
+            MemorySelector::Pids(vec![12, 7])
+        );
+        assert_eq!(
+            MemorySelector::parse("suspicious").unwrap(),
+            MemorySelector::Suspicious
+        );
+        assert_eq!(MemorySelector::parse("all").unwrap(), MemorySelector::All);
+        assert_eq!(MemorySelector::Pids(vec![3, 4]).to_string(), "pid=3,4");
+        for bad in [
+            "", "pid=", "pid=0", "pid=-1", "pid=1,,2", "pid=x", "1234", "ALL",
+        ] {
+            assert!(MemorySelector::parse(bad).is_err(), "{bad} accepted");
         }
     }
 }

@@ -47,6 +47,16 @@ pub struct Region {
     pub suspicious: bool,
 }
 
+impl Region {
+    /// Start and end (exclusive) addresses as numbers.
+    #[must_use]
+    pub fn bounds(&self) -> (u64, u64) {
+        let parse = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0);
+        let start = parse(&self.start);
+        (start, start.saturating_add(self.size))
+    }
+}
+
 /// Parses one line of `/proc/PID/maps`.
 #[must_use]
 pub fn parse_line(pid: i32, comm: &str, line: &[u8]) -> Option<Region> {

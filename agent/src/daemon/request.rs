@@ -17,9 +17,14 @@ use crate::sink::budget::{Budget, BudgetSink};
 use crate::sink::grpc::{CollectorSettings, GrpcSink};
 use crate::timefmt;
 
-/// Options that say where a capture goes: in daemon mode it always goes to
-/// the collector the agent is connected to, with the agent's certificate.
+/// Options a request may not carry: where a capture goes (in daemon mode it
+/// always goes to the collector the agent is connected to, with the agent's
+/// certificate), and options that would make the agent read a file or URL
+/// the requester names instead of the host's own source (physical memory
+/// from an arbitrary file, instance metadata from an arbitrary endpoint).
 const DESTINATION_OPTIONS: &[&str] = &[
+    "--physical-memory-source",
+    "--imds-endpoint",
     "--output",
     "-o",
     "--collector",
@@ -77,7 +82,7 @@ impl Outcome {
 pub enum RequestError {
     /// A destination option.
     #[error(
-        "{0} is not allowed in a request: captures go to the collector the agent is connected to"
+        "{0} is not allowed in a request: captures go to the collector the agent is connected to, read from the host's own sources"
     )]
     Destination(String),
     /// The capture parser refused them.
@@ -234,6 +239,8 @@ mod tests {
             &["--collector=https://evil:1"],
             &["--spool", "/x"],
             &["--key", "k"],
+            &["--physical-memory", "--physical-memory-source", "/etc/shadow"],
+            &["--imds-endpoint=http://10.0.0.1/"],
         ] {
             let err = parse_args(&strings(bad)).unwrap_err();
             assert!(
