@@ -107,6 +107,20 @@ pub struct CaptureArgs {
     /// Largest executable to hash in full.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_EXE_HASH_MAX_BYTES.to_string())]
     pub exe_hash_max_bytes: String,
+    /// The SSM Run Command id this capture runs under, recorded in the
+    /// manifest (letters, digits and `-`, at most 64).
+    #[arg(long, value_name = "ID", env = "AWS_SSM_COMMAND_ID", value_parser = parse_ssm_command_id)]
+    pub ssm_command_id: Option<String>,
+}
+
+/// An SSM command id is a UUID; accept any short id of letters, digits and
+/// `-` (empty means none) so that nothing odd reaches the manifest.
+fn parse_ssm_command_id(text: &str) -> Result<String, String> {
+    if text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        Ok(text.to_owned())
+    } else {
+        Err("expected letters, digits and '-' (at most 64)".to_owned())
+    }
 }
 
 /// `ircap-agent verify`.

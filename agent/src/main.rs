@@ -65,6 +65,7 @@ fn options_from(args: &CaptureArgs) -> anyhow::Result<CaptureOptions> {
         imds: !args.no_imds,
         imds_endpoint: args.imds_endpoint.clone(),
         exe_hash_max_bytes: parse_size(&args.exe_hash_max_bytes).context("--exe-hash-max-bytes")?,
+        ssm_command_id: args.ssm_command_id.clone().filter(|id| !id.is_empty()),
     })
 }
 

@@ -43,6 +43,10 @@ pub struct CaptureOptions {
     pub imds_endpoint: String,
     /// Largest executable hashed.
     pub exe_hash_max_bytes: u64,
+    /// The SSM Run Command id this capture runs under (recorded in the
+    /// manifest's `ssm_command_id`, not among the options).
+    #[serde(skip)]
+    pub ssm_command_id: Option<String>,
 }
 
 /// `/var/log` and the volatile journal in `/run/log/journal`.
@@ -75,6 +79,7 @@ impl CaptureOptions {
             imds: true,
             imds_endpoint: "169.254.169.254:80".to_owned(),
             exe_hash_max_bytes: DEFAULT_EXE_HASH_MAX_BYTES,
+            ssm_command_id: None,
         }
     }
 }
