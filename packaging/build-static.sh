@@ -9,8 +9,8 @@
 # Writes dist/ircap-agent-<arch>-linux-musl and dist/ircap-agent-<arch>-linux-musl.sha256
 # (the .sha256 holds `<hex>  <file name>`, the format `sha256sum -c` reads).
 # Needs: rustup, and Debian's musl-tools (ring compiles C with
-# x86_64-linux-musl-gcc). aarch64 additionally needs a C cross compiler
-# targeting aarch64 musl (see the README's "Deploy" section).
+# x86_64-linux-musl-gcc). aarch64 needs Debian's gcc-aarch64-linux-gnu
+# (see the README's "Deploy" section).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,17 @@ for arch in $targets; do
     if [ "$arch" = "x86_64" ] && ! command -v x86_64-linux-musl-gcc >/dev/null 2>&1; then
         echo "x86_64-linux-musl-gcc not found: apt-get install musl-tools" >&2
         exit 1
+    fi
+    if [ "$arch" = "aarch64" ] && ! command -v aarch64-linux-musl-gcc >/dev/null 2>&1; then
+        # Debian has no aarch64 musl cross compiler; its glibc cross gcc
+        # compiles ring's (libc-free) C and drives the link, while Rust's
+        # self-contained musl crt and libc.a are what get linked.
+        if ! command -v aarch64-linux-gnu-gcc >/dev/null 2>&1; then
+            echo "aarch64-linux-gnu-gcc not found: apt-get install gcc-aarch64-linux-gnu" >&2
+            exit 1
+        fi
+        export CC_aarch64_unknown_linux_musl=${CC_aarch64_unknown_linux_musl:-aarch64-linux-gnu-gcc}
+        export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER:-aarch64-linux-gnu-gcc}
     fi
     cargo build --locked -p ircap-agent --profile dist --target "$triple" >&2
     name="ircap-agent-${arch}-linux-musl"
