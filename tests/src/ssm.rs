@@ -74,7 +74,9 @@ pub fn resolve_parameters(
         if let Some(allowed) = spec["allowedValues"].as_array()
             && !allowed.iter().any(|a| a.as_str() == Some(value.as_str()))
         {
-            return Err(format!("parameter {name}: {value:?} is not an allowed value"));
+            return Err(format!(
+                "parameter {name}: {value:?} is not an allowed value"
+            ));
         }
         if let Some(pattern) = spec["allowedPattern"].as_str() {
             let re = regex::Regex::new(pattern).map_err(|e| format!("{name}: {e}"))?;
@@ -138,7 +140,12 @@ pub fn shell_step(doc: &Value, given: &[(&str, &str)]) -> Result<ShellStep, Stri
         .as_array()
         .ok_or("no runCommand")?
         .iter()
-        .map(|l| substitute(l.as_str().ok_or("runCommand line is not a string")?, &params))
+        .map(|l| {
+            substitute(
+                l.as_str().ok_or("runCommand line is not a string")?,
+                &params,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let timeout = match &step["inputs"]["timeoutSeconds"] {
         Value::Null => 3600,

@@ -122,7 +122,10 @@ fn ssm_document_captures_to_collector_with_command_id() -> TestResult {
     let params = [
         ("collector", url.as_str()),
         ("caCertificate", &*pki.join("ca.pem").to_string_lossy()),
-        ("agentCertificate", &*pki.join("web-1.pem").to_string_lossy()),
+        (
+            "agentCertificate",
+            &*pki.join("web-1.pem").to_string_lossy(),
+        ),
         ("agentKey", &*pki.join("web-1.key").to_string_lossy()),
         ("agentSha256", sha.as_str()),
         ("agentPath", &*agent.to_string_lossy()),
@@ -134,7 +137,13 @@ fn ssm_document_captures_to_collector_with_command_id() -> TestResult {
     .map(|(k, v)| (k, v.to_owned()));
     let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let inv = run(tmp.path(), &params, &[]);
-    assert_eq!(inv.exit_code, Some(0), "stdout {} stderr {}", inv.stdout, inv.stderr);
+    assert_eq!(
+        inv.exit_code,
+        Some(0),
+        "stdout {} stderr {}",
+        inv.stdout,
+        inv.stderr
+    );
     // Exactly the agent's one-line summary, well within SSM's 24 KB.
     assert!(inv.stdout.len() < 24_000, "{} bytes", inv.stdout.len());
     assert_eq!(inv.stdout.lines().count(), 1, "{}", inv.stdout);
@@ -148,9 +157,16 @@ fn ssm_document_captures_to_collector_with_command_id() -> TestResult {
     assert_eq!(manifest["ssm_command_id"], COMMAND_ID);
     assert!(!manifest["collector_receipt"].is_null());
     let verify = bin("ircap-collector").arg("verify").arg(&stored).output()?;
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     assert!(leftovers(&scratch).is_empty(), "{:?}", leftovers(&scratch));
-    assert!(inv.dir.ends_with(format!("orchestration/{COMMAND_ID}/captureHost")));
+    assert!(
+        inv.dir
+            .ends_with(format!("orchestration/{COMMAND_ID}/captureHost"))
+    );
     Ok(())
 }
 
@@ -255,8 +271,14 @@ fn ssm_document_downloads_checks_and_runs_the_agent() -> TestResult {
         vec![
             ("collector", url.clone()),
             ("caCertificate", ca.to_string_lossy().into_owned()),
-            ("agentCertificate", pki.join("web-2.pem").to_string_lossy().into_owned()),
-            ("agentKey", pki.join("web-2.key").to_string_lossy().into_owned()),
+            (
+                "agentCertificate",
+                pki.join("web-2.pem").to_string_lossy().into_owned(),
+            ),
+            (
+                "agentKey",
+                pki.join("web-2.key").to_string_lossy().into_owned(),
+            ),
             ("agentSha256", sha.clone()),
             ("agentPath", not_installed.to_string_lossy().into_owned()),
             ("agentUrl", agent_url),
@@ -291,7 +313,10 @@ fn ssm_document_downloads_checks_and_runs_the_agent() -> TestResult {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(stored.join("manifest.json"))?)?;
     assert_eq!(manifest["ssm_command_id"], COMMAND_ID);
-    assert!(!not_installed.exists(), "the download was written outside scratch");
+    assert!(
+        !not_installed.exists(),
+        "the download was written outside scratch"
+    );
     assert!(leftovers(&scratch).is_empty(), "{:?}", leftovers(&scratch));
     Ok(())
 }

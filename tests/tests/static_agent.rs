@@ -16,7 +16,16 @@ use sha2::{Digest, Sha256};
 fn in_empty_chroot(root: &Path, args: &[&str]) -> Output {
     let script = r#"mount -t proc proc "$1/proc" && root=$1 && shift && exec env -i chroot "$root" /ircap-agent "$@""#;
     Command::new(tool("/usr/bin/unshare"))
-        .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+            "sh",
+        ])
         .arg(root)
         .args(args)
         .env_clear()
@@ -28,13 +37,19 @@ fn in_empty_chroot(root: &Path, args: &[&str]) -> Output {
 #[test]
 fn static_agent_is_static_small_and_hashed() -> TestResult {
     let agent = static_agent();
-    let out = Command::new(tool("/usr/bin/file")).arg("-b").arg(&agent).output()?;
+    let out = Command::new(tool("/usr/bin/file"))
+        .arg("-b")
+        .arg(&agent)
+        .output()?;
     let desc = String::from_utf8_lossy(&out.stdout);
     assert!(
         desc.contains("statically linked") || desc.contains("static-pie linked"),
         "{desc}"
     );
-    assert!(!desc.contains("dynamically linked") && !desc.contains("interpreter"), "{desc}");
+    assert!(
+        !desc.contains("dynamically linked") && !desc.contains("interpreter"),
+        "{desc}"
+    );
     let size = std::fs::metadata(&agent)?.len();
     assert!(size < 6 * 1024 * 1024, "{size} bytes");
     let name = agent.file_name().unwrap().to_string_lossy().into_owned();
@@ -64,12 +79,20 @@ fn static_agent_captures_and_verifies_in_an_empty_chroot() -> TestResult {
         root.path(),
         &["capture", "--output", "/out", "--no-logs", "--no-imds"],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let id = summary["capture_id"].as_str().unwrap();
 
     let verify = in_empty_chroot(root.path(), &["verify", &format!("/out/{id}")]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     let verify = bin("ircap-collector")
         .arg("verify")
         .arg(root.path().join("out").join(id))
@@ -77,15 +100,19 @@ fn static_agent_captures_and_verifies_in_an_empty_chroot() -> TestResult {
     assert!(verify.status.success());
 
     // It saw the host's processes through the mounted /proc, this test among them.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.path().join("out").join(id).join("manifest.json"))?)?;
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        root.path().join("out").join(id).join("manifest.json"),
+    )?)?;
     let processes = manifest["artifacts"]
         .as_array()
         .unwrap()
         .iter()
         .find(|a| a["name"] == "processes.jsonl.gz")
         .unwrap();
-    assert!(processes["record_count"].as_u64().unwrap() > 2, "{processes}");
+    assert!(
+        processes["record_count"].as_u64().unwrap() > 2,
+        "{processes}"
+    );
     // The mount was private: the host's view of root/proc is still empty.
     assert_eq!(std::fs::read_dir(root.path().join("proc"))?.count(), 0);
     Ok(())

@@ -22,7 +22,10 @@ fn shipped(unit: &str) -> String {
 /// workspace's real binaries (verify checks that ExecStart exists; the
 /// shipped unit keeps /usr/bin).
 fn staged(dir: &Path, unit: &str, text: &str) -> PathBuf {
-    let text = text.replace("/usr/bin/ircap-", &format!("{}/ircap-", build_dir().display()));
+    let text = text.replace(
+        "/usr/bin/ircap-",
+        &format!("{}/ircap-", build_dir().display()),
+    );
     let path = dir.join(unit);
     std::fs::write(&path, text).unwrap();
     path
@@ -80,19 +83,27 @@ fn systemd_units_verify_cleanly() -> TestResult {
 #[test]
 fn systemd_units_keep_the_shipped_paths() {
     let agent = shipped("ircap-agent.service");
-    assert!(agent.contains("\nExecStart=/usr/bin/ircap-agent serve --config /etc/ircap/agent.toml\n"));
+    assert!(
+        agent.contains("\nExecStart=/usr/bin/ircap-agent serve --config /etc/ircap/agent.toml\n")
+    );
     assert!(agent.contains("\nCapabilityBoundingSet=CAP_SYS_PTRACE CAP_DAC_READ_SEARCH\n"));
     assert!(agent.contains("\nProtectSystem=strict\n"));
     assert!(agent.contains("\nNoNewPrivileges=yes\n"));
     let collector = shipped("ircap-collector.service");
-    assert!(collector.contains("\nExecStart=/usr/bin/ircap-collector serve --config %d/collector.toml"));
+    assert!(
+        collector.contains("\nExecStart=/usr/bin/ircap-collector serve --config %d/collector.toml")
+    );
     assert!(collector.contains("\nDynamicUser=yes\n"));
 }
 
 #[test]
 fn systemd_units_security_exposure() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let agent = exposure(&staged(dir.path(), "ircap-agent.service", &shipped("ircap-agent.service")));
+    let agent = exposure(&staged(
+        dir.path(),
+        "ircap-agent.service",
+        &shipped("ircap-agent.service"),
+    ));
     let collector = exposure(&staged(
         dir.path(),
         "ircap-collector.service",
@@ -119,7 +130,10 @@ fn collector_unit_command_line_serves_with_the_shipped_config() -> TestResult {
     let pki = pki(&tmp.path().join("pki"));
     let creds = tmp.path().join("credentials");
     std::fs::create_dir(&creds)?;
-    std::fs::copy(repo_root().join("packaging/config/collector.toml"), creds.join("collector.toml"))?;
+    std::fs::copy(
+        repo_root().join("packaging/config/collector.toml"),
+        creds.join("collector.toml"),
+    )?;
     std::fs::copy(pki.join("ca.pem"), creds.join("ca.pem"))?;
     std::fs::copy(pki.join("server.pem"), creds.join("server.pem"))?;
     std::fs::copy(pki.join("server.key"), creds.join("server.key"))?;
@@ -130,7 +144,10 @@ fn collector_unit_command_line_serves_with_the_shipped_config() -> TestResult {
         .unwrap()
         .replace("%d", &creds.to_string_lossy());
     let mut words = exec.split_whitespace();
-    let program = words.next().unwrap().replace("/usr/bin/", &format!("{}/", build_dir().display()));
+    let program = words
+        .next()
+        .unwrap()
+        .replace("/usr/bin/", &format!("{}/", build_dir().display()));
     // The shipped config listens on 0.0.0.0:7443 and stores in
     // /var/lib/ircap; the environment (which wins over the file) keeps the
     // test on loopback and in its own directory.
@@ -147,6 +164,9 @@ fn collector_unit_command_line_serves_with_the_shipped_config() -> TestResult {
     let _ = child.kill();
     let _ = child.wait();
     let v: serde_json::Value = serde_json::from_str(&line)?;
-    assert!(v["listening"].as_str().unwrap().starts_with("127.0.0.1:"), "{line}");
+    assert!(
+        v["listening"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
     Ok(())
 }
