@@ -80,7 +80,9 @@ fn ssm_parameters_are_checked_like_send_command() {
         ("collector", "https://collector.internal:7443"),
         ("agentSha256", sha.as_str()),
     ];
-    assert!(ssm::shell_step(&doc, &ok).is_ok());
+    if let Err(e) = ssm::shell_step(&doc, &ok) {
+        panic!("{e}");
+    }
     // Required parameters.
     let err = ssm::resolve_parameters(&doc, &[("agentSha256", sha.as_str())]).unwrap_err();
     assert!(err.contains("collector"), "{err}");
