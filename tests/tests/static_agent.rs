@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 /// Runs `/ircap-agent ARGS` chrooted into `root` with an empty environment,
 /// in a private mount namespace where `root/proc` is a fresh procfs.
 fn in_empty_chroot(root: &Path, args: &[&str]) -> Output {
-    let script = r#"mount -t proc proc "$1/proc" && root=$1 && shift && exec env -i chroot "$root" /ircap-agent "$@""#;
+    let script = r#"mount -t proc proc "$1/proc" && root=$1 && shift && exec env -i "$(command -v chroot)" "$root" /ircap-agent "$@""#;
     Command::new(tool("/usr/bin/unshare"))
         .args([
             "--mount",
