@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
+use sha2::{Digest, Sha256};
+
 /// The repository root.
 #[must_use]
 pub fn repo_root() -> PathBuf {
@@ -61,4 +63,14 @@ pub fn tool(path: &str) -> PathBuf {
         "{path} is missing: .ci/run installs it (see the README, \"Deploy\")"
     );
     p
+}
+
+/// SHA-256 of a file, lowercase hex (what `sha256sum` prints).
+#[must_use]
+pub fn sha256_hex(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ircap_e2e::TestResult;
-use ircap_e2e::packaging::{MUSL_TARGET, repo_root, static_agent, tool};
-use sha2::{Digest, Sha256};
+use ircap_e2e::packaging::{MUSL_TARGET, repo_root, sha256_hex, static_agent, tool};
 
 fn cargo_deb_installed() -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
@@ -74,10 +73,6 @@ fn dpkg_deb(args: &[&str], deb: &Path, dir: Option<&Path>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn sha256(path: &Path) -> Vec<u8> {
-    Sha256::digest(std::fs::read(path).unwrap()).to_vec()
-}
-
 #[test]
 fn agent_deb_contents_permissions_and_scripts() -> TestResult {
     let tmp = tempfile::tempdir()?;
@@ -106,8 +101,8 @@ fn agent_deb_contents_permissions_and_scripts() -> TestResult {
     let root = tmp.path().join("root");
     dpkg_deb(&["--extract"], &deb, Some(&root));
     assert_eq!(
-        sha256(&root.join("usr/bin/ircap-agent")),
-        sha256(&static_agent())
+        sha256_hex(&root.join("usr/bin/ircap-agent")),
+        sha256_hex(&static_agent())
     );
     assert_eq!(
         std::fs::read_to_string(root.join("lib/systemd/system/ircap-agent.service"))?,

@@ -9,23 +9,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use ircap_e2e::packaging::sha256_hex;
 use ircap_e2e::ssm::{self, Invocation, ShellStep};
 use ircap_e2e::{Collector, TestResult, bin, build_dir, pki};
-use sha2::{Digest, Sha256};
 
 const COMMAND_ID: &str = "3f2c9a8e-1b7d-4c55-9e0a-6d2f1c4b8a90";
 const INSTANCE_ID: &str = "i-0123456789abcdef0";
 
 fn document() -> serde_json::Value {
     ssm::load_yaml(&ssm::ssm_dir().join("ircap-capture.yaml"))
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap();
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The workspace's agent binary copied to `dir/ircap-agent`.

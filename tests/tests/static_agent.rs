@@ -7,9 +7,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use ircap_e2e::packaging::{static_agent, tool};
+use ircap_e2e::packaging::{sha256_hex, static_agent, tool};
 use ircap_e2e::{TestResult, bin};
-use sha2::{Digest, Sha256};
 
 /// Runs `/ircap-agent ARGS` chrooted into `root` with an empty environment,
 /// in a private mount namespace where `root/proc` is a fresh procfs.
@@ -54,10 +53,7 @@ fn static_agent_is_static_small_and_hashed() -> TestResult {
     assert!(size < 6 * 1024 * 1024, "{size} bytes");
     let name = agent.file_name().unwrap().to_string_lossy().into_owned();
     let sha_file = std::fs::read_to_string(agent.with_file_name(format!("{name}.sha256")))?;
-    let digest: String = Sha256::digest(std::fs::read(&agent)?)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = sha256_hex(&agent);
     assert_eq!(sha_file, format!("{digest}  {name}\n"));
     Ok(())
 }
