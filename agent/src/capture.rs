@@ -217,9 +217,7 @@ fn run_inner(
             identity: None,
         },
         options: serde_json::to_value(options).unwrap_or_default(),
-        ssm_command_id: std::env::var("AWS_SSM_COMMAND_ID")
-            .ok()
-            .filter(|s| !s.is_empty()),
+        ssm_command_id: options.ssm_command_id.clone(),
         artifacts,
         error_count,
         errors: capture_errors,

@@ -137,6 +137,10 @@ pub struct CaptureArgs {
     /// (default: no limit).
     #[arg(long, value_name = "BYTES", requires = "physical_memory")]
     pub physical_memory_budget: Option<String>,
+    /// The SSM Run Command id this capture runs under, recorded in the
+    /// manifest (letters, digits and `-`, at most 64).
+    #[arg(long, value_name = "ID", env = "AWS_SSM_COMMAND_ID", value_parser = parse_ssm_command_id)]
+    pub ssm_command_id: Option<String>,
 }
 
 /// `ircap-agent serve`. Settings come from the TOML file, then these
@@ -180,6 +184,16 @@ pub struct ServeArgs {
     /// Longest wait between reconnection attempts (default 60s).
     #[arg(long, value_name = "DURATION", hide = true)]
     pub backoff_max: Option<String>,
+}
+
+/// An SSM command id is a UUID; accept any short id of letters, digits and
+/// `-` (empty means none) so that nothing odd reaches the manifest.
+fn parse_ssm_command_id(text: &str) -> Result<String, String> {
+    if text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        Ok(text.to_owned())
+    } else {
+        Err("expected letters, digits and '-' (at most 64)".to_owned())
+    }
 }
 
 /// `ircap-agent verify`.

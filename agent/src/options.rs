@@ -140,6 +140,10 @@ impl Serialize for MemorySelector {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
+    /// The SSM Run Command id this capture runs under (recorded in the
+    /// manifest's `ssm_command_id`, not among the options).
+    #[serde(skip)]
+    pub ssm_command_id: Option<String>,
 }
 
 /// `/var/log` and the volatile journal in `/run/log/journal`.
@@ -178,6 +182,7 @@ impl CaptureOptions {
             physical_memory: false,
             physical_memory_source: None,
             physical_memory_budget: None,
+            ssm_command_id: None,
         }
     }
 }
@@ -258,6 +263,7 @@ impl CaptureOptions {
                 .as_deref()
                 .map(|v| size("--physical-memory-budget", v))
                 .transpose()?,
+            ssm_command_id: args.ssm_command_id.clone().filter(|id| !id.is_empty()),
         })
     }
 }

@@ -1,0 +1,76 @@
+//! Helpers for the tests of `packaging/`: the repository root, the static
+//! agent that `packaging/build-static.sh` writes to `dist/`, and the
+//! external tools those tests need (installed by `.ci/run`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+use sha2::{Digest, Sha256};
+
+/// The repository root.
+#[must_use]
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap()
+}
+
+/// The static agent's musl target.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// `dist/ircap-agent-x86_64-linux-musl`. `.ci/run` builds it with
+/// `bash packaging/build-static.sh` before `cargo test`; when it is missing
+/// (a developer ran `cargo test` alone) the script is run here once.
+///
+/// # Panics
+/// When the script fails.
+#[must_use]
+pub fn static_agent() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let path = repo_root().join("dist/ircap-agent-x86_64-linux-musl");
+    BUILD.call_once(|| {
+        let built = repo_root()
+            .join("target")
+            .join(MUSL_TARGET)
+            .join("dist/ircap-agent");
+        if path.exists() && built.exists() {
+            return;
+        }
+        let status = Command::new("bash")
+            .arg(repo_root().join("packaging/build-static.sh"))
+            .status()
+            .expect("bash");
+        assert!(status.success(), "packaging/build-static.sh failed");
+    });
+    assert!(path.exists(), "{} missing after the build", path.display());
+    path
+}
+
+/// An external tool at the path `.ci/run` installs it to; fails (never
+/// skips) when it is missing.
+///
+/// # Panics
+/// When the tool is not there.
+#[must_use]
+pub fn tool(path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "{path} is missing: .ci/run installs it (see the README, \"Deploy\")"
+    );
+    p
+}
+
+/// SHA-256 of a file, lowercase hex (what `sha256sum` prints).
+#[must_use]
+pub fn sha256_hex(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,316 @@
+//! The SSM Command document `packaging/ssm/ircap-capture.yaml`, run the way
+//! the SSM agent's `aws:runShellScript` plugin runs it (see
+//! `ircap_e2e::ssm`), against a real collector on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use ircap_e2e::packaging::sha256_hex;
+use ircap_e2e::ssm::{self, Invocation, ShellStep};
+use ircap_e2e::{Collector, TestResult, bin, build_dir, pki};
+
+const COMMAND_ID: &str = "3f2c9a8e-1b7d-4c55-9e0a-6d2f1c4b8a90";
+const INSTANCE_ID: &str = "i-0123456789abcdef0";
+
+fn document() -> serde_json::Value {
+    ssm::load_yaml(&ssm::ssm_dir().join("ircap-capture.yaml"))
+}
+
+/// The workspace's agent binary copied to `dir/ircap-agent`.
+fn installed_agent(dir: &Path) -> PathBuf {
+    let path = dir.join("ircap-agent");
+    std::fs::copy(build_dir().join("ircap-agent"), &path).unwrap();
+    path
+}
+
+/// Runs the document with `params` as command [`COMMAND_ID`].
+fn run(root: &Path, params: &[(&str, &str)], env: &[(&str, &str)]) -> Invocation {
+    let step: ShellStep = ssm::shell_step(&document(), params).unwrap();
+    ssm::run_like_ssm_agent(root, INSTANCE_ID, COMMAND_ID, &step, env)
+}
+
+/// Scratch directories the document left behind.
+fn leftovers(scratch: &Path) -> Vec<String> {
+    std::fs::read_dir(scratch)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ircap-ssm."))
+        .collect()
+}
+
+#[test]
+fn ssm_json_document_is_the_yaml_document() -> TestResult {
+    let doc = document();
+    let rendered = ssm::render_json(&doc);
+    let json_path = ssm::ssm_dir().join("ircap-capture.json");
+    if std::env::var_os("IRCAP_BLESS").is_some() {
+        std::fs::write(&json_path, &rendered)?;
+    }
+    let on_disk = std::fs::read_to_string(&json_path)?;
+    assert!(
+        on_disk == rendered,
+        "{} differs from ircap-capture.yaml: regenerate it with \
+         `IRCAP_BLESS=1 cargo test -p ircap-e2e --test ssm ssm_json`",
+        json_path.display()
+    );
+    assert_eq!(doc["schemaVersion"], "2.2");
+    let steps = doc["mainSteps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0]["action"], "aws:runShellScript");
+    Ok(())
+}
+
+#[test]
+fn ssm_parameters_are_checked_like_send_command() {
+    let doc = document();
+    let sha = "0".repeat(64);
+    let ok = [
+        ("collector", "https://collector.internal:7443"),
+        ("agentSha256", sha.as_str()),
+    ];
+    if let Err(e) = ssm::shell_step(&doc, &ok) {
+        panic!("{e}");
+    }
+    // Required parameters.
+    let err = ssm::resolve_parameters(&doc, &[("agentSha256", sha.as_str())]).unwrap_err();
+    assert!(err.contains("collector"), "{err}");
+    // Anything that could break out of the script's single quotes is refused.
+    for (name, bad) in [
+        ("collector", "https://x';touch /tmp/pwned;'"),
+        ("collector", "http://collector.internal:7443"),
+        ("extraArgs", "--no-logs; reboot"),
+        ("extraArgs", "$(reboot)"),
+        ("agentPath", "/usr/bin/ircap agent"),
+        ("agentUrl", "s3://bucket/key'x"),
+        ("agentSha256", "ABC"),
+        ("logsSince", "7d`id`"),
+        ("certificateSource", "vault"),
+        ("executionTimeout", "0"),
+        ("executionTimeout", "28801"),
+        ("nonsense", "1"),
+    ] {
+        let mut params = ok.to_vec();
+        params.retain(|(n, _)| *n != name);
+        params.push((name, bad));
+        assert!(
+            ssm::resolve_parameters(&doc, &params).is_err(),
+            "{name}={bad:?} was accepted"
+        );
+    }
+}
+
+#[test]
+fn ssm_document_captures_to_collector_with_command_id() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let agent = installed_agent(tmp.path());
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch)?;
+    let sha = sha256_hex(&agent);
+    let url = collector.url();
+    let params = [
+        ("collector", url.as_str()),
+        ("caCertificate", &*pki.join("ca.pem").to_string_lossy()),
+        (
+            "agentCertificate",
+            &*pki.join("web-1.pem").to_string_lossy(),
+        ),
+        ("agentKey", &*pki.join("web-1.key").to_string_lossy()),
+        ("agentSha256", sha.as_str()),
+        ("agentPath", &*agent.to_string_lossy()),
+        ("scratchDirectory", &*scratch.to_string_lossy()),
+        ("logsSince", "1h"),
+        ("extraArgs", "--no-logs --no-imds"),
+        ("executionTimeout", "120"),
+    ]
+    .map(|(k, v)| (k, v.to_owned()));
+    let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let inv = run(tmp.path(), &params, &[]);
+    assert_eq!(
+        inv.exit_code,
+        Some(0),
+        "stdout {} stderr {}",
+        inv.stdout,
+        inv.stderr
+    );
+    // Exactly the agent's one-line summary, well within SSM's 24 KB.
+    assert!(inv.stdout.len() < 24_000, "{} bytes", inv.stdout.len());
+    assert_eq!(inv.stdout.lines().count(), 1, "{}", inv.stdout);
+    let summary: serde_json::Value = serde_json::from_str(&inv.stdout)?;
+    let id = summary["capture_id"].as_str().unwrap();
+    // Arrived complete, with the command id the script derived from its
+    // own path in the manifest.
+    let stored = collector.capture_dir("web-1", id);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored.join("manifest.json"))?)?;
+    assert_eq!(manifest["ssm_command_id"], COMMAND_ID);
+    assert!(!manifest["collector_receipt"].is_null());
+    let verify = bin("ircap-collector").arg("verify").arg(&stored).output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(leftovers(&scratch).is_empty(), "{:?}", leftovers(&scratch));
+    assert!(
+        inv.dir
+            .ends_with(format!("orchestration/{COMMAND_ID}/captureHost"))
+    );
+    Ok(())
+}
+
+#[test]
+fn ssm_document_refuses_an_agent_with_the_wrong_sha256() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch)?;
+    // An "agent" that leaves a mark if it is ever run.
+    let marker = tmp.path().join("ran");
+    let impostor = tmp.path().join("ircap-agent");
+    std::fs::write(
+        &impostor,
+        format!("#!/bin/sh\ntouch {}\n", marker.display()),
+    )?;
+    std::fs::set_permissions(&impostor, std::fs::Permissions::from_mode(0o755))?;
+    let expected = sha256_hex(&build_dir().join("ircap-agent"));
+    let inv = run(
+        tmp.path(),
+        &[
+            ("collector", "https://127.0.0.1:9"),
+            ("agentSha256", &expected),
+            ("agentPath", &impostor.to_string_lossy()),
+            ("scratchDirectory", &scratch.to_string_lossy()),
+        ],
+        &[],
+    );
+    assert_eq!(inv.exit_code, Some(10), "{} {}", inv.stdout, inv.stderr);
+    let report: serde_json::Value = serde_json::from_str(inv.stdout.trim())?;
+    assert_eq!(report["status"], "failed");
+    assert_eq!(report["stage"], "agent");
+    assert!(!marker.exists(), "the mismatched agent was run");
+    assert!(leftovers(&scratch).is_empty());
+    Ok(())
+}
+
+/// A python3 HTTPS server on loopback serving `dir`, with the PKI's
+/// server certificate (valid for 127.0.0.1).
+struct HttpsServer {
+    child: Child,
+    port: u16,
+}
+
+impl HttpsServer {
+    fn start(dir: &Path, pki: &Path) -> Self {
+        let code = r"
+import http.server, ssl, sys, functools
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+httpd = http.server.HTTPServer(('127.0.0.1', 0), handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+print(httpd.server_address[1], flush=True)
+httpd.serve_forever()
+";
+        let mut child = Command::new("python3")
+            .args(["-c", code])
+            .arg(dir)
+            .arg(pki.join("server.pem"))
+            .arg(pki.join("server.key"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 (installed by .ci/run)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("python3 https server port");
+        Self { child, port }
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ssm_document_downloads_checks_and_runs_the_agent() -> TestResult {
+    assert!(
+        Path::new("/usr/bin/curl").exists(),
+        "curl is missing (installed by .ci/run)"
+    );
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let www = tmp.path().join("www");
+    std::fs::create_dir(&www)?;
+    let agent = installed_agent(&www);
+    std::fs::write(www.join("tampered"), b"#!/bin/sh\necho tampered\n")?;
+    let server = HttpsServer::start(&www, &pki);
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch)?;
+    let sha = sha256_hex(&agent);
+    let ca = pki.join("ca.pem");
+    let url = collector.url();
+    let not_installed = tmp.path().join("not-installed/ircap-agent");
+    let base = |agent_url: String| {
+        vec![
+            ("collector", url.clone()),
+            ("caCertificate", ca.to_string_lossy().into_owned()),
+            (
+                "agentCertificate",
+                pki.join("web-2.pem").to_string_lossy().into_owned(),
+            ),
+            (
+                "agentKey",
+                pki.join("web-2.key").to_string_lossy().into_owned(),
+            ),
+            ("agentSha256", sha.clone()),
+            ("agentPath", not_installed.to_string_lossy().into_owned()),
+            ("agentUrl", agent_url),
+            ("scratchDirectory", scratch.to_string_lossy().into_owned()),
+            ("extraArgs", "--no-logs --no-imds".to_owned()),
+        ]
+    };
+    // curl trusts the test CA through CURL_CA_BUNDLE.
+    let env = [("CURL_CA_BUNDLE", ca.to_str().unwrap())];
+
+    // A tampered download is refused and never run.
+    let p = base(format!("https://127.0.0.1:{}/tampered", server.port));
+    let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let inv = run(&tmp.path().join("a"), &p, &env);
+    assert_eq!(inv.exit_code, Some(10), "{} {}", inv.stdout, inv.stderr);
+    assert!(!inv.stdout.contains("tampered\n"), "{}", inv.stdout);
+    assert!(inv.stderr.contains("not run"), "{}", inv.stderr);
+
+    // A download that fails is reported as such.
+    let p = base(format!("https://127.0.0.1:{}/missing", server.port));
+    let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let inv = run(&tmp.path().join("b"), &p, &env);
+    assert_eq!(inv.exit_code, Some(11), "{} {}", inv.stdout, inv.stderr);
+
+    // The genuine download runs, from the scratch directory, and is gone after.
+    let p = base(format!("https://127.0.0.1:{}/ircap-agent", server.port));
+    let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let inv = run(&tmp.path().join("c"), &p, &env);
+    assert_eq!(inv.exit_code, Some(0), "{} {}", inv.stdout, inv.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&inv.stdout)?;
+    let stored = collector.capture_dir("web-2", summary["capture_id"].as_str().unwrap());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored.join("manifest.json"))?)?;
+    assert_eq!(manifest["ssm_command_id"], COMMAND_ID);
+    assert!(
+        !not_installed.exists(),
+        "the download was written outside scratch"
+    );
+    assert!(leftovers(&scratch).is_empty(), "{:?}", leftovers(&scratch));
+    Ok(())
+}
