@@ -62,6 +62,10 @@ pub struct CaptureOptions {
     pub physical_memory_source: Option<PathBuf>,
     /// Physical memory bytes stored at most (`None`: no limit).
     pub physical_memory_budget: Option<u64>,
+    /// The SSM Run Command id this capture runs under (recorded in the
+    /// manifest's `ssm_command_id`, not among the options).
+    #[serde(skip)]
+    pub ssm_command_id: Option<String>,
 }
 
 /// Which process memory regions `--memory-regions` selects.
@@ -140,10 +144,6 @@ impl Serialize for MemorySelector {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
-    /// The SSM Run Command id this capture runs under (recorded in the
-    /// manifest's `ssm_command_id`, not among the options).
-    #[serde(skip)]
-    pub ssm_command_id: Option<String>,
 }
 
 /// `/var/log` and the volatile journal in `/run/log/journal`.
