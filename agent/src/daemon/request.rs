@@ -239,7 +239,11 @@ mod tests {
             &["--collector=https://evil:1"],
             &["--spool", "/x"],
             &["--key", "k"],
-            &["--physical-memory", "--physical-memory-source", "/etc/shadow"],
+            &[
+                "--physical-memory",
+                "--physical-memory-source",
+                "/etc/shadow",
+            ],
             &["--imds-endpoint=http://10.0.0.1/"],
         ] {
             let err = parse_args(&strings(bad)).unwrap_err();
