@@ -37,6 +37,9 @@ use crate::timefmt;
 pub const MAX_CHUNK: usize = 4 << 20;
 /// Largest gRPC message accepted (a chunk plus its envelope).
 pub const MAX_MESSAGE: usize = MAX_CHUNK + (64 << 10);
+/// How often the agent hears from the collector while an artifact is
+/// being made final (well inside the agent's 60 s acknowledgement timeout).
+const FINISH_KEEPALIVE: Duration = Duration::from_secs(10);
 /// Longest silence inside an upload stream before it is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -252,7 +255,7 @@ impl<S: Store> UploadService<S> {
         // Bytes verified but not yet appended (the store's part size at
         // most, plus one chunk); acknowledged only once appended.
         let part_size = store.part_size();
-        let mut pending: Vec<u8> = Vec::new();
+        let mut pending: Vec<u8> = Vec::with_capacity(part_size);
         let mut received = durable;
         loop {
             match Self::next(&mut stream).await? {
@@ -301,7 +304,7 @@ impl<S: Store> UploadService<S> {
                             .append(&state, &name, durable, &pending)
                             .await
                             .map_err(store_status)?;
-                        pending = Vec::new();
+                        pending.clear();
                     }
                     metrics
                         .bytes_received
@@ -346,7 +349,7 @@ impl<S: Store> UploadService<S> {
                             .append(&state, &name, durable, &pending)
                             .await
                             .map_err(store_status)?;
-                        pending = Vec::new();
+                        pending.clear();
                         metrics
                             .bytes_received
                             .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
@@ -358,10 +361,25 @@ impl<S: Store> UploadService<S> {
                         size_uncompressed: content.bytes,
                         sha256_uncompressed: content.sha256,
                     };
-                    store
-                        .finish_artifact(&state, &name, &finished)
-                        .await
-                        .map_err(store_status)?;
+                    // Assembling a large artifact in S3 takes a while:
+                    // keep the agent's acknowledgement timer alive.
+                    {
+                        let finish = store.finish_artifact(&state, &name, &finished);
+                        tokio::pin!(finish);
+                        loop {
+                            tokio::select! {
+                                r = &mut finish => break r.map_err(store_status)?,
+                                () = tokio::time::sleep(FINISH_KEEPALIVE) => {
+                                    acks.send(Ok(UploadAck {
+                                        durable_offset: durable,
+                                        finished: false,
+                                    }))
+                                    .await
+                                    .map_err(|_| Status::cancelled("agent went away"))?;
+                                }
+                            }
+                        }
+                    }
                     let _lock = state_lock.lock().await;
                     let mut fresh = store
                         .state(&state.capture_id)

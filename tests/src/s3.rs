@@ -190,7 +190,14 @@ impl S3Server {
     /// A collector serving `s3://BUCKET/PREFIX` from this server.
     #[must_use]
     pub fn collector(&self, pki: &Path, url: &str, log: &Path, extra: &[&str]) -> Collector {
-        Collector::start_cmd(self.collector_command(log), url, pki, Path::new(""), 0, extra)
+        Collector::start_cmd(
+            self.collector_command(log),
+            url,
+            pki,
+            Path::new(""),
+            0,
+            extra,
+        )
     }
 }
 

@@ -97,14 +97,14 @@ elif cmd == "try-overwrite":
     original = describe(bucket, key, before["version_id"])
     print(json.dumps({"written": written, "before": before, "original_after": original}))
 elif cmd == "wait-key":
-    bucket, prefix, timeout = args[0], args[1], float(args[2])
+    bucket, prefix, part, timeout = args[0], args[1], args[2], float(args[3])
     deadline = time.time() + timeout
     while time.time() < deadline:
-        found = keys(bucket, prefix)
+        found = [k for k in keys(bucket, prefix) if part in k]
         if found:
             print(json.dumps(found))
             sys.exit(0)
         time.sleep(0.05)
-    sys.exit(f"no key under {prefix} within {timeout} s")
+    sys.exit(f"no key under {prefix} containing {part} within {timeout} s")
 else:
     sys.exit(f"unknown command {cmd}")

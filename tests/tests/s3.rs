@@ -181,7 +181,12 @@ fn compliance_retention_refuses_delete_and_overwrite_and_is_checked_at_start() -
     let s = Setup::new("e2e-worm", true);
     let collector = s.collector(
         "collector",
-        &["--s3-retention-mode", "COMPLIANCE", "--s3-retention-days", "1"],
+        &[
+            "--s3-retention-mode",
+            "COMPLIANCE",
+            "--s3-retention-days",
+            "1",
+        ],
     );
     let id = capture_id(&agent_capture(
         &collector.url(),
@@ -195,16 +200,17 @@ fn compliance_retention_refuses_delete_and_overwrite_and_is_checked_at_start() -
         let key = format!("ir/captures/web-1/{id}/{name}");
         let o = s.server.boto_json(&["object", &s.bucket, &key]);
         assert_eq!(o["lock_mode"], "COMPLIANCE", "{key}: {o}");
-        let del = s
-            .server
-            .boto_json(&["try-delete-version", &s.bucket, &key]);
+        let del = s.server.boto_json(&["try-delete-version", &s.bucket, &key]);
         assert_eq!(del["deleted"], false, "{key}: {del}");
         let over = s.server.boto_json(&["try-overwrite", &s.bucket, &key]);
         assert_eq!(
             over["original_after"]["sha256"], over["before"]["sha256"],
             "{key}: {over}"
         );
-        assert_eq!(over["original_after"]["version_id"], over["before"]["version_id"]);
+        assert_eq!(
+            over["original_after"]["version_id"],
+            over["before"]["version_id"]
+        );
     }
 
     // Start-up checks: retention on a bucket without Object Lock, and a
@@ -213,7 +219,12 @@ fn compliance_retention_refuses_delete_and_overwrite_and_is_checked_at_start() -
     for (url, extra, expect) in [
         (
             "s3://e2e-nolock/ir",
-            &["--s3-retention-mode", "COMPLIANCE", "--s3-retention-days", "1"][..],
+            &[
+                "--s3-retention-mode",
+                "COMPLIANCE",
+                "--s3-retention-days",
+                "1",
+            ][..],
             "Object Lock",
         ),
         ("s3://e2e-missing/ir", &[][..], "not reachable"),
@@ -295,12 +306,9 @@ fn s3_outage_mid_upload_the_agent_retries_and_the_capture_completes() -> TestRes
         )
     });
     // As soon as the big log has a durable part in S3, take S3 away.
-    let _ = s.server.boto_json(&[
-        "wait-key",
-        &s.bucket,
-        "ir/staging/",
-        "120",
-    ]);
+    let _ = s
+        .server
+        .boto_json(&["wait-key", &s.bucket, "ir/staging/", "big.log.gz/@", "120"]);
     s.server.stop();
     std::thread::sleep(Duration::from_secs(3));
     // Nothing is listed complete while S3 is down.

@@ -39,12 +39,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart,
-    ObjectLockEnabled, ObjectLockLegalHoldStatus, ObjectLockMode, ServerSideEncryption,
-    StorageClass,
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled,
+    ObjectLockLegalHoldStatus, ObjectLockMode, ServerSideEncryption, StorageClass,
 };
 use base64::Engine as _;
 use ircap_proto::ArtifactName;
@@ -136,7 +135,10 @@ impl S3Options {
             ));
         }
         let prefix = prefix.trim_matches('/');
-        if prefix.split('/').any(|s| s.is_empty() && !prefix.is_empty()) {
+        if prefix
+            .split('/')
+            .any(|s| s.is_empty() && !prefix.is_empty())
+        {
             return Err(format!("{url:?}: empty segment in the prefix"));
         }
         Ok(Self {
@@ -172,17 +174,6 @@ fn b64(raw: &[u8]) -> String {
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(bytes).to_vec()
-}
-
-fn hex_to_b64(hex: &str) -> Option<String> {
-    let raw: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect();
-    raw.filter(|r| r.len() == 32).map(|r| b64(&r))
 }
 
 fn hex(raw: &[u8]) -> String {
@@ -310,7 +301,10 @@ impl S3Store {
             RetentionMode::Governance => ObjectLockMode::Governance,
             RetentionMode::Compliance => ObjectLockMode::Compliance,
         };
-        Some((mode, DateTime::from_secs(i64::try_from(until).unwrap_or(i64::MAX))))
+        Some((
+            mode,
+            DateTime::from_secs(i64::try_from(until).unwrap_or(i64::MAX)),
+        ))
     }
 
     /// PUTs a whole object with its SHA-256 (S3 refuses a mismatch) and
@@ -333,7 +327,9 @@ impl S3Store {
         }
         if evidence {
             if let Some((mode, until)) = self.retain_until() {
-                req = req.object_lock_mode(mode).object_lock_retain_until_date(until);
+                req = req
+                    .object_lock_mode(mode)
+                    .object_lock_retain_until_date(until);
             }
             if self.opts.legal_hold {
                 req = req.object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On);
@@ -356,7 +352,11 @@ impl S3Store {
     }
 
     /// GETs an object (or `range` of it), `None` when it does not exist.
-    async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut req = self.client.get_object().bucket(&self.opts.bucket).key(key);
         if let Some((offset, len)) = range {
             if len == 0 {
@@ -377,11 +377,17 @@ impl S3Store {
         Ok(Some(body.into_bytes().to_vec()))
     }
 
-    async fn get_required(&self, key: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>, StoreError> {
-        self.get(key, range).await?.ok_or_else(|| StoreError::Backend {
-            context: format!("s3://{}/{key}", self.opts.bucket),
-            message: "object is missing".into(),
-        })
+    async fn get_required(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.get(key, range)
+            .await?
+            .ok_or_else(|| StoreError::Backend {
+                context: format!("s3://{}/{key}", self.opts.bucket),
+                message: "object is missing".into(),
+            })
     }
 
     /// Size of an object, `None` when it does not exist.
@@ -423,10 +429,7 @@ impl S3Store {
                 req = req.delimiter("/");
             }
             let page = req.send().await.map_err(|e| {
-                backend(
-                    format!("cannot list s3://{}/{prefix}", self.opts.bucket),
-                    e,
-                )
+                backend(format!("cannot list s3://{}/{prefix}", self.opts.bucket), e)
             })?;
             for obj in page.contents() {
                 if let Some(key) = obj.key() {
@@ -507,10 +510,12 @@ impl S3Store {
                 })??;
                 // Removed between the listing and the GET: skip it.
                 let Some(bytes) = bytes else { continue };
-                out.push(serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    context: key,
-                    message: e.to_string(),
-                })?);
+                out.push(
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        context: key,
+                        message: e.to_string(),
+                    })?,
+                );
             }
         }
         Ok(out)
@@ -572,7 +577,9 @@ impl S3Store {
                 .ssekms_key_id(kms);
         }
         if let Some((mode, until)) = self.retain_until() {
-            req = req.object_lock_mode(mode).object_lock_retain_until_date(until);
+            req = req
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
         }
         if self.opts.legal_hold {
             req = req.object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On);
@@ -582,9 +589,7 @@ impl S3Store {
         }
         let created = req.send().await.map_err(|e| backend(ctx(), e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
-        let result = self
-            .upload_parts(key, &upload_id, parts, finished)
-            .await;
+        let result = self.upload_parts(key, &upload_id, parts, finished).await;
         if result.is_err() {
             let _ = self
                 .client
@@ -619,7 +624,11 @@ impl S3Store {
             if bytes.len() as u64 != part.len {
                 return Err(StoreError::Integrity {
                     context: part.key.clone(),
-                    message: format!("staging object changed size ({} bytes, listed {})", bytes.len(), part.len),
+                    message: format!(
+                        "staging object changed size ({} bytes, listed {})",
+                        bytes.len(),
+                        part.len
+                    ),
                 });
             }
             whole.update(&bytes);
@@ -711,12 +720,14 @@ impl Store for S3Store {
     async fn state(&self, capture_id: &str) -> Result<Option<CaptureState>, StoreError> {
         let key = self.state_key(capture_id);
         match self.get(&key, None).await? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    context: key,
-                    message: e.to_string(),
-                }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        context: key,
+                        message: e.to_string(),
+                    })
+            }
             None => Ok(None),
         }
     }
@@ -760,7 +771,10 @@ impl Store for S3Store {
         };
         if parts.is_empty() {
             return Ok(self
-                .get(&self.evidence_key(state, name.as_str()), Some((offset, len)))
+                .get(
+                    &self.evidence_key(state, name.as_str()),
+                    Some((offset, len)),
+                )
                 .await?
                 .unwrap_or_default());
         }
@@ -830,7 +844,10 @@ impl Store for S3Store {
             if got != finished.sha256 {
                 return Err(StoreError::Integrity {
                     context: format!("s3://{}/{key}", self.opts.bucket),
-                    message: format!("staged bytes hash to {got}, the agent's SHA-256 is {}", finished.sha256),
+                    message: format!(
+                        "staged bytes hash to {got}, the agent's SHA-256 is {}",
+                        finished.sha256
+                    ),
                 });
             }
             // `put` sends the SHA-256 of these bytes, which is the agent's,
@@ -943,10 +960,19 @@ mod tests {
     #[test]
     fn store_urls_parse_into_bucket_and_prefix() {
         let o = S3Options::from_url("s3://evidence-bucket/ir/captures/").unwrap();
-        assert_eq!((o.bucket.as_str(), o.prefix.as_str()), ("evidence-bucket", "ir/captures"));
+        assert_eq!(
+            (o.bucket.as_str(), o.prefix.as_str()),
+            ("evidence-bucket", "ir/captures")
+        );
         let o = S3Options::from_url("s3://evidence-bucket").unwrap();
         assert_eq!(o.prefix, "");
-        for bad in ["s3://", "s3://A_B/x", "file:///x", "s3://ab", "s3://bucket/a//b"] {
+        for bad in [
+            "s3://",
+            "s3://A_B/x",
+            "file:///x",
+            "s3://ab",
+            "s3://bucket/a//b",
+        ] {
             assert!(S3Options::from_url(bad).is_err(), "{bad}");
         }
     }
@@ -959,9 +985,12 @@ mod tests {
     }
 
     #[test]
-    fn hex_digests_convert_to_s3_base64() {
+    fn digests_are_hex_for_manifests_and_base64_for_s3() {
         let raw = sha256(b"abc");
-        assert_eq!(hex_to_b64(&hex(&raw)), Some(b64(&raw)));
-        assert_eq!(hex_to_b64("zz"), None);
+        assert_eq!(
+            hex(&raw),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(b64(&raw), "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
     }
 }
