@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ircap_collector::auth::Role;
-use ircap_collector::serve::{self, ServeConfig, Settings};
+use ircap_collector::serve::{self, S3Config, ServeConfig, Settings};
 use ircap_collector::{analyst, analyst_requests, pki};
 use ircap_proto::v1::ListCapturesRequest;
 
@@ -143,9 +143,33 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7443].
     #[arg(long, env = "IRCAP_LISTEN")]
     listen: Option<String>,
-    /// Store URL, e.g. file:///var/lib/ircap.
+    /// Store URL: file:///var/lib/ircap or s3://BUCKET/PREFIX.
     #[arg(long, env = "IRCAP_STORE")]
     store: Option<String>,
+    /// S3 region (else the AWS chain's, else us-east-1).
+    #[arg(long, env = "IRCAP_S3_REGION")]
+    s3_region: Option<String>,
+    /// Endpoint URL of an S3-compatible store.
+    #[arg(long, env = "AWS_ENDPOINT_URL_S3")]
+    s3_endpoint: Option<String>,
+    /// Path-style S3 addressing (endpoint/bucket/key).
+    #[arg(long, env = "IRCAP_S3_PATH_STYLE")]
+    s3_path_style: bool,
+    /// Object Lock retention mode of evidence objects: GOVERNANCE or COMPLIANCE.
+    #[arg(long, env = "IRCAP_S3_RETENTION_MODE")]
+    s3_retention_mode: Option<String>,
+    /// Object Lock retention period in days.
+    #[arg(long, env = "IRCAP_S3_RETENTION_DAYS")]
+    s3_retention_days: Option<u32>,
+    /// Put a legal hold on evidence objects.
+    #[arg(long, env = "IRCAP_S3_LEGAL_HOLD")]
+    s3_legal_hold: bool,
+    /// SSE-KMS key id or ARN for every object.
+    #[arg(long, env = "IRCAP_S3_KMS_KEY_ID")]
+    s3_kms_key_id: Option<String>,
+    /// Storage class of evidence objects, e.g. STANDARD_IA.
+    #[arg(long, env = "IRCAP_S3_STORAGE_CLASS")]
+    s3_storage_class: Option<String>,
     /// CA certificate client certificates must chain to.
     #[arg(long, env = "IRCAP_CA")]
     ca: Option<PathBuf>,
@@ -290,6 +314,16 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = file.overlay(ServeConfig {
         listen: args.listen,
         store: args.store,
+        s3: S3Config {
+            region: args.s3_region,
+            endpoint: args.s3_endpoint,
+            path_style: args.s3_path_style.then_some(true),
+            retention_mode: args.s3_retention_mode,
+            retention_days: args.s3_retention_days,
+            legal_hold: args.s3_legal_hold.then_some(true),
+            kms_key_id: args.s3_kms_key_id,
+            storage_class: args.s3_storage_class,
+        },
         ca: args.ca,
         cert: args.cert,
         key: args.key,
@@ -301,15 +335,16 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let store = serve::open_store(&settings.store).await?;
         let (listener, addr) = serve::bind(settings.listen).await?;
         let metrics = match settings.metrics_listen {
             Some(m) => Some(serve::bind(m).await?),
             None => None,
         };
         let metrics_addr = metrics.as_ref().map(|(_, a)| a.to_string());
-        tracing::info!(%addr, metrics = ?metrics_addr, store = %settings.store_dir.display(), "Collector listening");
+        tracing::info!(%addr, metrics = ?metrics_addr, store = %settings.store, "Collector listening");
         print_json(&serde_json::json!({ "listening": addr.to_string(), "metrics": metrics_addr }));
-        serve::serve(settings, listener, metrics.map(|(l, _)| l), serve::shutdown_signal()).await?;
+        serve::serve(settings, store, listener, metrics.map(|(l, _)| l), serve::shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -21,7 +21,9 @@ use crate::control;
 use crate::metrics::Metrics;
 use crate::query::QueryService;
 use crate::service::{MAX_MESSAGE, UploadService};
+use crate::store::any::AnyStore;
 use crate::store::file::FileStore;
+use crate::store::s3::{Retention, RetentionMode, S3Options, S3Store};
 
 /// How long a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,14 +33,20 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// `serve` settings as written in the TOML config file. Every field can
 /// also come from the environment (`IRCAP_LISTEN`, `IRCAP_STORE`,
 /// `IRCAP_CA`, `IRCAP_CERT`, `IRCAP_KEY`, `IRCAP_CRL`,
-/// `IRCAP_METRICS_LISTEN`) or a flag, which win in that order.
+/// `IRCAP_METRICS_LISTEN`, `IRCAP_S3_*`, `AWS_ENDPOINT_URL_S3`) or a flag,
+/// which win in that order. S3 credentials never come from here: they come
+/// from the standard AWS chain (environment, profile, web identity, IMDSv2
+/// instance role).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// Address to listen on, e.g. `0.0.0.0:7443`.
     pub listen: Option<String>,
-    /// Store URL: `file:///var/lib/ircap`.
+    /// Store URL: `file:///var/lib/ircap` or `s3://BUCKET/PREFIX`.
     pub store: Option<String>,
+    /// S3 store settings (used with an `s3://` store).
+    #[serde(default)]
+    pub s3: S3Config,
     /// CA certificate(s) that client certificates must chain to (PEM).
     pub ca: Option<PathBuf>,
     /// The server's certificate chain (PEM).
@@ -69,6 +77,7 @@ impl ServeConfig {
         Self {
             listen: other.listen.or(self.listen),
             store: other.store.or(self.store),
+            s3: self.s3.overlay(other.s3),
             ca: other.ca.or(self.ca),
             cert: other.cert.or(self.cert),
             key: other.key.or(self.key),
@@ -76,6 +85,107 @@ impl ServeConfig {
             metrics_listen: other.metrics_listen.or(self.metrics_listen),
         }
     }
+}
+
+/// The `[s3]` table of the config file (and the `--s3-*` flags).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Region; else the AWS chain's, else `us-east-1`.
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible store, e.g. `http://127.0.0.1:8333`.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (most S3-compatible stores need it).
+    pub path_style: Option<bool>,
+    /// Object Lock retention mode of evidence objects: `GOVERNANCE` or
+    /// `COMPLIANCE` (needs `retention_days`).
+    pub retention_mode: Option<String>,
+    /// Object Lock retention period in days.
+    pub retention_days: Option<u32>,
+    /// Put a legal hold on evidence objects.
+    pub legal_hold: Option<bool>,
+    /// SSE-KMS key id or ARN.
+    pub kms_key_id: Option<String>,
+    /// Storage class of evidence objects, e.g. `STANDARD_IA`.
+    pub storage_class: Option<String>,
+}
+
+impl S3Config {
+    /// Overlays `other`'s set fields onto `self`.
+    #[must_use]
+    pub fn overlay(self, other: Self) -> Self {
+        Self {
+            region: other.region.or(self.region),
+            endpoint: other.endpoint.or(self.endpoint),
+            path_style: other.path_style.or(self.path_style),
+            retention_mode: other.retention_mode.or(self.retention_mode),
+            retention_days: other.retention_days.or(self.retention_days),
+            legal_hold: other.legal_hold.or(self.legal_hold),
+            kms_key_id: other.kms_key_id.or(self.kms_key_id),
+            storage_class: other.storage_class.or(self.storage_class),
+        }
+    }
+
+    /// Validated S3 options for `url`.
+    ///
+    /// # Errors
+    /// [`ServeError::Config`] naming the bad setting.
+    pub fn options(&self, url: &str) -> Result<S3Options, ServeError> {
+        let mut opts =
+            S3Options::from_url(url).map_err(|e| ServeError::Config(format!("--store {e}")))?;
+        let retention = match (&self.retention_mode, self.retention_days) {
+            (None, None) => None,
+            (Some(mode), Some(days)) if days > 0 => Some(Retention {
+                mode: mode
+                    .parse::<RetentionMode>()
+                    .map_err(|e| ServeError::Config(format!("--s3-retention-mode {e}")))?,
+                days,
+            }),
+            _ => {
+                return Err(ServeError::Config(
+                    "--s3-retention-mode and --s3-retention-days (> 0) go together".into(),
+                ));
+            }
+        };
+        opts.region = self.region.clone();
+        opts.endpoint = self.endpoint.clone();
+        opts.path_style = self.path_style.unwrap_or(false);
+        opts.retention = retention;
+        opts.legal_hold = self.legal_hold.unwrap_or(false);
+        opts.kms_key_id = self.kms_key_id.clone();
+        opts.storage_class = self.storage_class.clone();
+        Ok(opts)
+    }
+}
+
+/// Where captures go.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// `file://DIR`.
+    File(PathBuf),
+    /// `s3://BUCKET/PREFIX`.
+    S3(S3Options),
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(dir) => write!(f, "file://{}", dir.display()),
+            Self::S3(o) => write!(f, "s3://{}/{}", o.bucket, o.prefix),
+        }
+    }
+}
+
+/// Opens the store; an S3 store checks its bucket (reachable, Object Lock
+/// enabled when retention is configured) so a bad bucket fails at start.
+///
+/// # Errors
+/// [`ServeError::Store`] naming the directory or bucket.
+pub async fn open_store(location: &StoreLocation) -> Result<AnyStore, ServeError> {
+    Ok(match location {
+        StoreLocation::File(dir) => AnyStore::File(FileStore::open(dir)?),
+        StoreLocation::S3(opts) => AnyStore::S3(S3Store::connect(opts.clone()).await?),
+    })
 }
 
 /// Why the collector could not start or keep serving.
@@ -108,8 +218,8 @@ pub enum ServeError {
 pub struct Settings {
     /// Where to listen.
     pub listen: SocketAddr,
-    /// The store directory.
-    pub store_dir: PathBuf,
+    /// Where captures go.
+    pub store: StoreLocation,
     /// The TLS server configuration.
     pub tls: Arc<rustls::ServerConfig>,
     /// Where to serve metrics, if anywhere.
@@ -143,11 +253,12 @@ impl Settings {
                 "--store (or IRCAP_STORE) is required, e.g. file:///var/lib/ircap".into(),
             )
         })?;
-        let store_dir = match store.strip_prefix("file://") {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        let store = match store.strip_prefix("file://") {
+            Some(dir) if !dir.is_empty() => StoreLocation::File(PathBuf::from(dir)),
+            _ if store.starts_with("s3://") => StoreLocation::S3(cfg.s3.options(&store)?),
             _ => {
                 return Err(ServeError::Config(format!(
-                    "--store {store:?}: this build supports file://DIR"
+                    "--store {store:?}: expected file://DIR or s3://BUCKET/PREFIX"
                 )));
             }
         };
@@ -166,7 +277,7 @@ impl Settings {
         };
         Ok(Self {
             listen,
-            store_dir,
+            store,
             tls: Arc::new(tls),
             metrics_listen,
         })
@@ -192,18 +303,19 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeEr
     Ok((listener, local))
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight calls finish for
-/// up to [`SHUTDOWN_GRACE`].
+/// Serves `store` until `shutdown` resolves, then lets in-flight calls
+/// finish for up to [`SHUTDOWN_GRACE`].
 ///
 /// # Errors
-/// [`ServeError`] when the store cannot be opened or the server fails.
+/// [`ServeError`] when the server fails.
 pub async fn serve(
     settings: Settings,
+    store: AnyStore,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = Arc::new(FileStore::open(&settings.store_dir)?);
+    let store = Arc::new(store);
     let metrics = Arc::new(Metrics::default());
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics))));
@@ -236,10 +348,10 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<CaptureUploadServer<UploadService<FileStore>>>()
+        .set_serving::<CaptureUploadServer<UploadService<AnyStore>>>()
         .await;
     health
-        .set_serving::<CaptureQueryServer<QueryService<FileStore>>>()
+        .set_serving::<CaptureQueryServer<QueryService<AnyStore>>>()
         .await;
     let query = CaptureQueryServer::new(QueryService::new(Arc::clone(&store)))
         .max_encoding_message_size(MAX_MESSAGE);

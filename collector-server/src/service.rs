@@ -37,6 +37,9 @@ use crate::timefmt;
 pub const MAX_CHUNK: usize = 4 << 20;
 /// Largest gRPC message accepted (a chunk plus its envelope).
 pub const MAX_MESSAGE: usize = MAX_CHUNK + (64 << 10);
+/// How often the agent hears from the collector while an artifact is
+/// being made final (well inside the agent's 60 s acknowledgement timeout).
+const FINISH_KEEPALIVE: Duration = Duration::from_secs(10);
 /// Longest silence inside an upload stream before it is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -67,6 +70,14 @@ pub(crate) fn store_status(err: StoreError) -> Status {
         StoreError::Io { .. } => {
             tracing::warn!(error = %err, "Store unavailable");
             Status::unavailable(format!("store unavailable, retry: {err}"))
+        }
+        StoreError::Backend { .. } => {
+            tracing::warn!(error = %err, "Store backend unavailable");
+            Status::unavailable(format!("store unavailable, retry: {err}"))
+        }
+        StoreError::Integrity { .. } => {
+            tracing::error!(error = %err, "Store integrity check failed");
+            Status::data_loss(err.to_string())
         }
         StoreError::Corrupt { .. } => Status::internal(err.to_string()),
         StoreError::UnknownCapture(_) => Status::not_found(err.to_string()),
@@ -241,6 +252,11 @@ impl<S: Store> UploadService<S> {
         .await
         .map_err(|_| Status::cancelled("agent went away"))?;
 
+        // Bytes verified but not yet appended (the store's part size at
+        // most, plus one chunk); acknowledged only once appended.
+        let part_size = store.part_size();
+        let mut pending: Vec<u8> = Vec::with_capacity(part_size);
+        let mut received = durable;
         loop {
             match Self::next(&mut stream).await? {
                 None => return Ok(()), // broken off: the partial artifact stays resumable
@@ -250,9 +266,9 @@ impl<S: Store> UploadService<S> {
                     ));
                 }
                 Some(upload_message::Body::Chunk(chunk)) => {
-                    if chunk.offset != durable {
+                    if chunk.offset != received {
                         return Err(Status::failed_precondition(format!(
-                            "{name}: chunk at offset {} but the collector holds {durable} bytes",
+                            "{name}: chunk at offset {} but the collector holds {received} bytes",
                             chunk.offset
                         )));
                     }
@@ -272,14 +288,27 @@ impl<S: Store> UploadService<S> {
                     verifier
                         .update(&chunk.data)
                         .map_err(|e| Status::data_loss(format!("{name}: {e}")))?;
-                    durable = store
-                        .append(&state, &name, durable, &chunk.data)
-                        .await
-                        .map_err(store_status)?;
-                    metrics.bytes_received.fetch_add(
-                        chunk.data.len() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    received += chunk.data.len() as u64;
+                    let before = durable;
+                    if pending.is_empty() && part_size == 0 {
+                        durable = store
+                            .append(&state, &name, durable, &chunk.data)
+                            .await
+                            .map_err(store_status)?;
+                    } else {
+                        pending.extend_from_slice(&chunk.data);
+                        if pending.len() < part_size {
+                            continue;
+                        }
+                        durable = store
+                            .append(&state, &name, durable, &pending)
+                            .await
+                            .map_err(store_status)?;
+                        pending.clear();
+                    }
+                    metrics
+                        .bytes_received
+                        .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
                     acks.send(Ok(UploadAck {
                         durable_offset: durable,
                         finished: false,
@@ -314,22 +343,50 @@ impl<S: Store> UploadService<S> {
                             end.sha256_uncompressed
                         )));
                     }
+                    if !pending.is_empty() {
+                        let before = durable;
+                        durable = store
+                            .append(&state, &name, durable, &pending)
+                            .await
+                            .map_err(store_status)?;
+                        pending.clear();
+                        metrics
+                            .bytes_received
+                            .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let finished = FinishedArtifact {
+                        encoding: header.encoding.clone(),
+                        size: stored.bytes,
+                        sha256: stored.sha256,
+                        size_uncompressed: content.bytes,
+                        sha256_uncompressed: content.sha256,
+                    };
+                    // Assembling a large artifact in S3 takes a while:
+                    // keep the agent's acknowledgement timer alive.
+                    {
+                        let finish = store.finish_artifact(&state, &name, &finished);
+                        tokio::pin!(finish);
+                        loop {
+                            tokio::select! {
+                                r = &mut finish => break r.map_err(store_status)?,
+                                () = tokio::time::sleep(FINISH_KEEPALIVE) => {
+                                    acks.send(Ok(UploadAck {
+                                        durable_offset: durable,
+                                        finished: false,
+                                    }))
+                                    .await
+                                    .map_err(|_| Status::cancelled("agent went away"))?;
+                                }
+                            }
+                        }
+                    }
                     let _lock = state_lock.lock().await;
                     let mut fresh = store
                         .state(&state.capture_id)
                         .await
                         .map_err(store_status)?
                         .ok_or_else(|| Status::internal("capture state vanished"))?;
-                    fresh.finished.insert(
-                        name.to_string(),
-                        FinishedArtifact {
-                            encoding: header.encoding.clone(),
-                            size: stored.bytes,
-                            sha256: stored.sha256,
-                            size_uncompressed: content.bytes,
-                            sha256_uncompressed: content.sha256,
-                        },
-                    );
+                    fresh.finished.insert(name.to_string(), finished);
                     store.save_state(&fresh).await.map_err(store_status)?;
                     inc(&metrics.artifacts_verified);
                     let _ = acks

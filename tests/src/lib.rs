@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use ircap_proto::v1::capture_upload_client::CaptureUploadClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+pub mod s3;
+
 /// Test result type.
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -110,11 +112,30 @@ impl Collector {
             ),
             None => Stdio::null(),
         };
-        let mut child = bin("ircap-collector")
-            .envs(env.iter().copied())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--store")
-            .arg(format!("file://{}", store.display()))
+        let mut cmd = bin("ircap-collector");
+        cmd.envs(env.iter().copied()).stderr(stderr);
+        let url = format!("file://{}", store.display());
+        Self::start_cmd(cmd, &url, pki, store, port, extra)
+    }
+
+    /// Starts `cmd` (`ircap-collector` with its environment and stderr
+    /// set) as `serve --store URL` on 127.0.0.1; `store` is what
+    /// [`Collector::store`] reports.
+    ///
+    /// # Panics
+    /// When it does not print its listening line (e.g. it refused to start).
+    pub fn start_cmd(
+        mut cmd: Command,
+        url: &str,
+        pki: &Path,
+        store: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Self {
+        let mut child = cmd
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--store", url])
             .arg("--ca")
             .arg(pki.join("ca.pem"))
             .arg("--cert")
@@ -123,7 +144,6 @@ impl Collector {
             .arg(pki.join("server.key"))
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();

@@ -7,14 +7,22 @@
 //! - Artifact bytes are appended at the offset the store reports as
 //!   durable; `append` returns only after the bytes are durable, so an
 //!   acknowledged offset survives a collector crash and a resumed upload
-//!   continues from it.
+//!   continues from it. A store may ask for appends of at least
+//!   [`Store::part_size`] bytes (all but the artifact's last): the service
+//!   then buffers that much and acknowledges only what was appended, so
+//!   acknowledgements lag by up to one part.
+//! - When an artifact's digests verified, `finish_artifact` makes it final
+//!   (the S3 store assembles its parts there and checks S3's checksums);
+//!   only then is it recorded as finished in the capture state.
 //! - `commit` writes the verified manifest last. A capture without a
 //!   committed manifest is incomplete, never listed as complete.
 //! - Small control documents (capture requests, their results, agent
 //!   presence) live in the store too, under [`DocKey`]s, so that collector
 //!   replicas sharing one store share them and keep nothing of their own.
 
+pub mod any;
 pub mod file;
+pub mod s3;
 
 use std::collections::BTreeMap;
 
@@ -47,6 +55,22 @@ pub enum StoreError {
     /// A control document key that is not a plain relative name.
     #[error("bad document key {0:?}")]
     BadKey(String),
+    /// The storage service failed or cannot be reached (retryable).
+    #[error("{context}: {message}")]
+    Backend {
+        /// What the store was doing (with the bucket and key).
+        context: String,
+        /// The service's error.
+        message: String,
+    },
+    /// Stored bytes or a reported checksum differ from what was verified.
+    #[error("integrity check failed for {context}: {message}")]
+    Integrity {
+        /// Which object.
+        context: String,
+        /// What differs.
+        message: String,
+    },
     /// The offset given is not where the artifact stands.
     #[error("artifact {name} is at offset {durable}, not {given}")]
     Offset {
@@ -195,6 +219,12 @@ pub trait Store: Send + Sync + 'static {
         len: u64,
     ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
 
+    /// Smallest append the store wants, except an artifact's last (0: any
+    /// size).
+    fn part_size(&self) -> usize {
+        0
+    }
+
     /// Appends `data` at `offset` (which must be the durable length) and
     /// returns the new durable length once the bytes are durable.
     fn append(
@@ -204,6 +234,19 @@ pub trait Store: Send + Sync + 'static {
         offset: u64,
         data: &[u8],
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Makes a verified artifact final once every byte was appended (`finished`
+    /// holds the digests the agent and the collector agreed on). Runs again
+    /// harmlessly when a previous attempt was interrupted.
+    fn finish_artifact(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        finished: &FinishedArtifact,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (state, name, finished);
+        async { Ok(()) }
+    }
 
     /// Stores the verified manifest, marks the capture complete and adds it
     /// to the index.

@@ -1,0 +1,996 @@
+//! `s3://BUCKET/PREFIX`: captures in an S3 bucket (or an S3-compatible
+//! store), shared by any number of collector replicas with no other state.
+//!
+//! ```text
+//! PREFIX/captures/<agent>/<capture-id>/<artifact>       evidence (final objects)
+//! PREFIX/captures/<agent>/<capture-id>/manifest.json    written on commit
+//! PREFIX/staging/<capture-id>/<artifact>/@<offset>      durable parts of an open artifact
+//! PREFIX/state/<capture-id>.json                        owner and verified artifacts
+//! PREFIX/index/<capture-id>.json                        one small record per committed capture
+//! PREFIX/control/<doc key>                              control documents (requests, agents)
+//! ```
+//!
+//! How an artifact gets there (S3 has no append, multipart parts must be at
+//! least 5 MiB and the parts of an unfinished multipart upload cannot be
+//! read back):
+//!
+//! 1. The upload service hands the store [`PART_SIZE`] bytes at a time (the
+//!    last piece may be smaller); each becomes one *staging object*, PUT
+//!    with `x-amz-checksum-sha256` (S3 refuses a mismatch). Only then is
+//!    its end acknowledged to the agent as durable, so acks lag by at most
+//!    one part, and the agent's window (8 MiB + one chunk unacknowledged)
+//!    always fills a part.
+//! 2. Staging objects are ordinary objects: a collector replica that
+//!    picks up a resumed upload finds the durable length by listing them
+//!    and rebuilds its running digests by reading them back.
+//! 3. When the artifact ends and its digests match the agent's, the store
+//!    assembles the final object: a single PUT when it fits one part, else
+//!    a multipart upload whose parts are the staging objects, each read
+//!    back, re-hashed and sent with its SHA-256. The collector hashes the
+//!    assembled bytes again and refuses the artifact unless that SHA-256 is
+//!    the agent's; it compares S3's own checksum of the final object too
+//!    (for a single PUT the artifact's SHA-256; for multipart the
+//!    SHA-256 of the part SHA-256s, `-N`). Staging objects are then removed.
+//!
+//! Memory per stream is one part buffer in the service plus one part while
+//! assembling, whatever the artifact's size.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled,
+    ObjectLockLegalHoldStatus, ObjectLockMode, ServerSideEncryption, StorageClass,
+};
+use base64::Engine as _;
+use ircap_proto::ArtifactName;
+use ircap_proto::artifact_name::MANIFEST_FILE;
+use serde::Deserialize;
+use sha2::Digest as _;
+
+use super::{CaptureState, DocKey, FinishedArtifact, IndexEntry, Store, StoreError};
+
+/// Bytes per staging object and multipart part (the last may be smaller).
+/// At least S3's 5 MiB minimum, at most the agent's window, so every part
+/// fills before the agent waits for an acknowledgement. With S3's 10,000
+/// parts this allows artifacts up to 80 GiB.
+pub const PART_SIZE: usize = 8 << 20;
+/// Concurrent GETs when listing index or state records.
+const LIST_FETCH_CONCURRENCY: usize = 16;
+
+/// Object Lock retention mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RetentionMode {
+    /// Users with `s3:BypassGovernanceRetention` can still delete.
+    Governance,
+    /// Nobody can delete or shorten retention until it expires.
+    Compliance,
+}
+
+impl std::str::FromStr for RetentionMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "GOVERNANCE" => Ok(Self::Governance),
+            "COMPLIANCE" => Ok(Self::Compliance),
+            _ => Err(format!("{s:?} is not GOVERNANCE or COMPLIANCE")),
+        }
+    }
+}
+
+/// Object Lock retention applied to every evidence object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The mode.
+    pub mode: RetentionMode,
+    /// Days from the object's upload.
+    pub days: u32,
+}
+
+/// Validated settings of an S3 store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    /// Region; else the AWS chain's (env, profile, IMDS), else `us-east-1`.
+    pub region: Option<String>,
+    /// Custom endpoint for S3-compatible stores.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`).
+    pub path_style: bool,
+    /// Object Lock retention of evidence objects.
+    pub retention: Option<Retention>,
+    /// Legal hold on evidence objects.
+    pub legal_hold: bool,
+    /// SSE-KMS key id or ARN for every object.
+    pub kms_key_id: Option<String>,
+    /// Storage class of evidence objects (e.g. `STANDARD_IA`).
+    pub storage_class: Option<String>,
+}
+
+impl S3Options {
+    /// Parses `s3://BUCKET[/PREFIX]` (other settings default).
+    ///
+    /// # Errors
+    /// A message naming the URL when it is not of that form.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{url:?} does not start with s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'));
+        if !bucket_ok {
+            return Err(format!(
+                "{url:?}: bucket {bucket:?} is not 3-63 characters of [a-z0-9.-]"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix
+            .split('/')
+            .any(|s| s.is_empty() && !prefix.is_empty())
+        {
+            return Err(format!("{url:?}: empty segment in the prefix"));
+        }
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            ..Self::default()
+        })
+    }
+}
+
+/// A store in an S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    opts: Arc<S3Options>,
+}
+
+/// Wraps an SDK error with context; the service answers UNAVAILABLE so
+/// that agents retry.
+fn backend<E>(context: impl Into<String>, err: SdkError<E>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    StoreError::Backend {
+        context: context.into(),
+        message: DisplayErrorContext(&err).to_string(),
+    }
+}
+
+fn b64(raw: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+fn hex(raw: &[u8]) -> String {
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One durable staging object of an open artifact.
+#[derive(Debug, Clone)]
+struct StagedPart {
+    key: String,
+    offset: u64,
+    len: u64,
+}
+
+impl S3Store {
+    /// Builds the client from the standard AWS chain (env, profile, web
+    /// identity, IMDSv2) and checks the bucket: reachable, and Object Lock
+    /// enabled when retention or legal hold is configured.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] naming the bucket and the problem.
+    pub async fn connect(opts: S3Options) -> Result<Self, StoreError> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+        if let Some(region) = &opts.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let sdk = loader.load().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.path_style);
+        if sdk.region().is_none() {
+            conf = conf.region(aws_config::Region::new("us-east-1"));
+        }
+        if let Some(endpoint) = &opts.endpoint {
+            conf = conf.endpoint_url(endpoint);
+        }
+        let store = Self {
+            client: Client::from_conf(conf.build()),
+            opts: Arc::new(opts),
+        };
+        store.check_bucket().await?;
+        Ok(store)
+    }
+
+    async fn check_bucket(&self) -> Result<(), StoreError> {
+        let bucket = &self.opts.bucket;
+        self.client
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| backend(format!("bucket {bucket} is not reachable"), e))?;
+        if self.opts.retention.is_some() || self.opts.legal_hold {
+            let lock = self
+                .client
+                .get_object_lock_configuration()
+                .bucket(bucket)
+                .send()
+                .await
+                .map_err(|e| {
+                    backend(
+                        format!("retention is configured but bucket {bucket} has no Object Lock configuration (create it with Object Lock enabled)"),
+                        e,
+                    )
+                })?;
+            let enabled = lock
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                == Some(&ObjectLockEnabled::Enabled);
+            if !enabled {
+                return Err(StoreError::Backend {
+                    context: format!("bucket {bucket}"),
+                    message: "retention is configured but Object Lock is not enabled on the bucket"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The full key of `rest` under the prefix.
+    #[must_use]
+    pub fn key(&self, rest: &str) -> String {
+        if self.opts.prefix.is_empty() {
+            rest.to_owned()
+        } else {
+            format!("{}/{rest}", self.opts.prefix)
+        }
+    }
+
+    /// Key of a capture's evidence object `name` (artifact or manifest).
+    #[must_use]
+    pub fn evidence_key(&self, state: &CaptureState, name: &str) -> String {
+        self.key(&format!(
+            "captures/{}/{}/{name}",
+            state.owner, state.capture_id
+        ))
+    }
+
+    fn staging_prefix(&self, state: &CaptureState, name: &ArtifactName) -> String {
+        // `@` never occurs in artifact names, so artifacts never share parts.
+        self.key(&format!("staging/{}/{name}/@", state.capture_id))
+    }
+
+    fn state_key(&self, capture_id: &str) -> String {
+        self.key(&format!("state/{capture_id}.json"))
+    }
+
+    fn doc_key(&self, key: &DocKey) -> String {
+        self.key(&format!("control/{key}"))
+    }
+
+    fn retain_until(&self) -> Option<(ObjectLockMode, DateTime)> {
+        let r = self.opts.retention?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let until = now.saturating_add(u64::from(r.days) * 86_400);
+        let mode = match r.mode {
+            RetentionMode::Governance => ObjectLockMode::Governance,
+            RetentionMode::Compliance => ObjectLockMode::Compliance,
+        };
+        Some((
+            mode,
+            DateTime::from_secs(i64::try_from(until).unwrap_or(i64::MAX)),
+        ))
+    }
+
+    /// PUTs a whole object with its SHA-256 (S3 refuses a mismatch) and
+    /// checks the checksum S3 reports. `evidence` objects get the Object
+    /// Lock, legal hold and storage class settings.
+    async fn put(&self, key: &str, bytes: Vec<u8>, evidence: bool) -> Result<(), StoreError> {
+        let sum = b64(&sha256(&bytes));
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.opts.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(&sum)
+            .body(ByteStream::from(bytes));
+        if let Some(kms) = &self.opts.kms_key_id {
+            req = req
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(kms);
+        }
+        if evidence {
+            if let Some((mode, until)) = self.retain_until() {
+                req = req
+                    .object_lock_mode(mode)
+                    .object_lock_retain_until_date(until);
+            }
+            if self.opts.legal_hold {
+                req = req.object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On);
+            }
+            if let Some(class) = &self.opts.storage_class {
+                req = req.storage_class(StorageClass::from(class.as_str()));
+            }
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| backend(format!("cannot put s3://{}/{key}", self.opts.bucket), e))?;
+        match out.checksum_sha256() {
+            Some(reported) if reported != sum => Err(StoreError::Integrity {
+                context: format!("s3://{}/{key}", self.opts.bucket),
+                message: format!("S3 reports SHA-256 {reported}, the collector sent {sum}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// GETs an object (or `range` of it), `None` when it does not exist.
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut req = self.client.get_object().bucket(&self.opts.bucket).key(key);
+        if let Some((offset, len)) = range {
+            if len == 0 {
+                return Ok(Some(Vec::new()));
+            }
+            req = req.range(format!("bytes={offset}-{}", offset + len - 1));
+        }
+        let ctx = || format!("cannot get s3://{}/{key}", self.opts.bucket);
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(backend(ctx(), e)),
+        };
+        let body = out.body.collect().await.map_err(|e| StoreError::Backend {
+            context: ctx(),
+            message: e.to_string(),
+        })?;
+        Ok(Some(body.into_bytes().to_vec()))
+    }
+
+    async fn get_required(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.get(key, range)
+            .await?
+            .ok_or_else(|| StoreError::Backend {
+                context: format!("s3://{}/{key}", self.opts.bucket),
+                message: "object is missing".into(),
+            })
+    }
+
+    /// Size of an object, `None` when it does not exist.
+    async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.opts.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(
+                out.content_length()
+                    .and_then(|l| u64::try_from(l).ok())
+                    .unwrap_or(0),
+            )),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(backend(
+                format!("cannot head s3://{}/{key}", self.opts.bucket),
+                e,
+            )),
+        }
+    }
+
+    /// Keys (with sizes) under `prefix`; with `delimiter` `/` also the
+    /// "directories" directly below it (size 0, without the trailing `/`).
+    async fn list(&self, prefix: &str, delimiter: bool) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut req = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.opts.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take());
+            if delimiter {
+                req = req.delimiter("/");
+            }
+            let page = req.send().await.map_err(|e| {
+                backend(format!("cannot list s3://{}/{prefix}", self.opts.bucket), e)
+            })?;
+            for obj in page.contents() {
+                if let Some(key) = obj.key() {
+                    let size = obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+                    out.push((key.to_owned(), size));
+                }
+            }
+            for dir in page.common_prefixes() {
+                if let Some(p) = dir.prefix() {
+                    out.push((p.trim_end_matches('/').to_owned(), 0));
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The contiguous staging parts of an artifact, from offset 0.
+    async fn staged_parts(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+    ) -> Result<Vec<StagedPart>, StoreError> {
+        let prefix = self.staging_prefix(state, name);
+        let mut found: Vec<StagedPart> = self
+            .list(&prefix, false)
+            .await?
+            .into_iter()
+            .filter_map(|(key, len)| {
+                let offset = key.strip_prefix(&prefix)?.parse().ok()?;
+                Some(StagedPart { key, offset, len })
+            })
+            .collect();
+        found.sort_by_key(|p| p.offset);
+        let mut parts = Vec::new();
+        let mut end = 0;
+        for part in found {
+            // A part left by an abandoned attempt at another offset is not
+            // part of the durable prefix.
+            if part.offset == end && part.len > 0 {
+                end += part.len;
+                parts.push(part);
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Parses every JSON object under `dir`, fetching a few at a time.
+    async fn read_json_objects<T>(&self, dir: &str) -> Result<Vec<T>, StoreError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let keys: Vec<String> = self
+            .list(&self.key(dir), false)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.ends_with(".json"))
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(LIST_FETCH_CONCURRENCY) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for key in batch {
+                let me = self.clone();
+                let key = key.clone();
+                tasks.spawn(async move {
+                    let bytes = me.get(&key, None).await?;
+                    Ok::<_, StoreError>((key, bytes))
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                let (key, bytes) = joined.map_err(|e| StoreError::Corrupt {
+                    context: "listing".into(),
+                    message: e.to_string(),
+                })??;
+                // Removed between the listing and the GET: skip it.
+                let Some(bytes) = bytes else { continue };
+                out.push(
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        context: key,
+                        message: e.to_string(),
+                    })?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Streams an existing final object and checks its SHA-256 (used when
+    /// an artifact was assembled but its state not yet saved).
+    async fn verify_final(&self, key: &str, finished: &FinishedArtifact) -> Result<(), StoreError> {
+        let ctx = || format!("s3://{}/{key}", self.opts.bucket);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.opts.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| backend(ctx(), e))?;
+        let mut body = out.body;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Backend {
+            context: ctx(),
+            message: e.to_string(),
+        })? {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        let got = hex(&hasher.finalize());
+        if size != finished.size || got != finished.sha256 {
+            return Err(StoreError::Integrity {
+                context: ctx(),
+                message: format!(
+                    "stored object is {size} bytes sha256 {got}, expected {} bytes sha256 {}",
+                    finished.size, finished.sha256
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Assembles the final object from `parts` by multipart upload.
+    async fn assemble_multipart(
+        &self,
+        key: &str,
+        parts: &[StagedPart],
+        finished: &FinishedArtifact,
+    ) -> Result<(), StoreError> {
+        let bucket = &self.opts.bucket;
+        let ctx = || format!("cannot assemble s3://{bucket}/{key}");
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256);
+        if let Some(kms) = &self.opts.kms_key_id {
+            req = req
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(kms);
+        }
+        if let Some((mode, until)) = self.retain_until() {
+            req = req
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
+        }
+        if self.opts.legal_hold {
+            req = req.object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On);
+        }
+        if let Some(class) = &self.opts.storage_class {
+            req = req.storage_class(StorageClass::from(class.as_str()));
+        }
+        let created = req.send().await.map_err(|e| backend(ctx(), e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let result = self.upload_parts(key, &upload_id, parts, finished).await;
+        if result.is_err() {
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[StagedPart],
+        finished: &FinishedArtifact,
+    ) -> Result<(), StoreError> {
+        let bucket = &self.opts.bucket;
+        let ctx = || format!("cannot assemble s3://{bucket}/{key}");
+        let mut whole = sha2::Sha256::new();
+        let mut composite = sha2::Sha256::new();
+        let mut completed = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let number = i32::try_from(i + 1).map_err(|_| StoreError::Integrity {
+                context: ctx(),
+                message: "too many parts".into(),
+            })?;
+            let bytes = self.get_required(&part.key, None).await?;
+            if bytes.len() as u64 != part.len {
+                return Err(StoreError::Integrity {
+                    context: part.key.clone(),
+                    message: format!(
+                        "staging object changed size ({} bytes, listed {})",
+                        bytes.len(),
+                        part.len
+                    ),
+                });
+            }
+            whole.update(&bytes);
+            let sum = sha256(&bytes);
+            composite.update(&sum);
+            let out = self
+                .client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(b64(&sum))
+                .body(ByteStream::from(bytes))
+                .send()
+                .await
+                .map_err(|e| backend(ctx(), e))?;
+            completed.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .checksum_sha256(b64(&sum))
+                    .build(),
+            );
+        }
+        let got = hex(&whole.finalize());
+        if got != finished.sha256 {
+            return Err(StoreError::Integrity {
+                context: format!("s3://{bucket}/{key}"),
+                message: format!(
+                    "assembled bytes hash to {got}, the agent's SHA-256 is {}",
+                    finished.sha256
+                ),
+            });
+        }
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| backend(ctx(), e))?;
+        let expected = b64(&composite.finalize());
+        let reported = match out.checksum_sha256() {
+            Some(r) => Some(r.to_owned()),
+            None => self.stored_checksum(key).await?,
+        };
+        match reported {
+            Some(r) if r.split('-').next() == Some(expected.as_str()) => Ok(()),
+            other => Err(StoreError::Integrity {
+                context: format!("s3://{bucket}/{key}"),
+                message: format!(
+                    "S3 reports checksum {other:?}, expected the SHA-256 of the part SHA-256s {expected}-{}",
+                    parts.len()
+                ),
+            }),
+        }
+    }
+
+    /// The SHA-256 checksum S3 stored for an object (HeadObject, checksum
+    /// mode enabled).
+    async fn stored_checksum(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.opts.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| backend(format!("cannot head s3://{}/{key}", self.opts.bucket), e))?;
+        Ok(out.checksum_sha256().map(str::to_owned))
+    }
+}
+
+impl Store for S3Store {
+    fn part_size(&self) -> usize {
+        PART_SIZE
+    }
+
+    async fn state(&self, capture_id: &str) -> Result<Option<CaptureState>, StoreError> {
+        let key = self.state_key(capture_id);
+        match self.get(&key, None).await? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        context: key,
+                        message: e.to_string(),
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn save_state(&self, state: &CaptureState) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt {
+            context: state.capture_id.clone(),
+            message: e.to_string(),
+        })?;
+        self.put(&self.state_key(&state.capture_id), bytes, false)
+            .await
+    }
+
+    async fn durable_len(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+    ) -> Result<u64, StoreError> {
+        let parts = self.staged_parts(state, name).await?;
+        if let Some(last) = parts.last() {
+            return Ok(last.offset + last.len);
+        }
+        // Assembled already (its staging objects removed).
+        Ok(self
+            .size(&self.evidence_key(state, name.as_str()))
+            .await?
+            .unwrap_or(0))
+    }
+
+    async fn read_range(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let parts = if state.finished.contains_key(name.as_str()) {
+            Vec::new()
+        } else {
+            self.staged_parts(state, name).await?
+        };
+        if parts.is_empty() {
+            return Ok(self
+                .get(
+                    &self.evidence_key(state, name.as_str()),
+                    Some((offset, len)),
+                )
+                .await?
+                .unwrap_or_default());
+        }
+        let mut out = Vec::new();
+        let end = offset + len;
+        for part in parts {
+            let (start, stop) = (offset.max(part.offset), end.min(part.offset + part.len));
+            if start >= stop {
+                continue;
+            }
+            let bytes = self
+                .get_required(&part.key, Some((start - part.offset, stop - start)))
+                .await?;
+            out.extend_from_slice(&bytes);
+        }
+        Ok(out)
+    }
+
+    async fn append(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64, StoreError> {
+        let durable = self.durable_len(state, name).await?;
+        if durable != offset {
+            return Err(StoreError::Offset {
+                name: name.to_string(),
+                durable,
+                given: offset,
+            });
+        }
+        if data.is_empty() {
+            return Ok(offset);
+        }
+        let key = format!("{}{offset:020}", self.staging_prefix(state, name));
+        self.put(&key, data.to_vec(), false).await?;
+        Ok(offset + data.len() as u64)
+    }
+
+    async fn finish_artifact(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        finished: &FinishedArtifact,
+    ) -> Result<(), StoreError> {
+        let key = self.evidence_key(state, name.as_str());
+        let parts = self.staged_parts(state, name).await?;
+        let staged: u64 = parts.iter().map(|p| p.len).sum();
+        if parts.is_empty() && finished.size > 0 {
+            // A retry after the staging objects were already removed.
+            return self.verify_final(&key, finished).await;
+        }
+        if staged != finished.size {
+            return Err(StoreError::Integrity {
+                context: format!("s3://{}/{key}", self.opts.bucket),
+                message: format!("{staged} bytes staged, the artifact has {}", finished.size),
+            });
+        }
+        if parts.len() <= 1 {
+            let bytes = match parts.first() {
+                Some(p) => self.get_required(&p.key, None).await?,
+                None => Vec::new(),
+            };
+            let got = hex(&sha256(&bytes));
+            if got != finished.sha256 {
+                return Err(StoreError::Integrity {
+                    context: format!("s3://{}/{key}", self.opts.bucket),
+                    message: format!(
+                        "staged bytes hash to {got}, the agent's SHA-256 is {}",
+                        finished.sha256
+                    ),
+                });
+            }
+            // `put` sends the SHA-256 of these bytes, which is the agent's,
+            // and checks that S3 reports the same.
+            self.put(&key, bytes, true).await?;
+        } else {
+            self.assemble_multipart(&key, &parts, finished).await?;
+        }
+        // Front to back: an interrupted cleanup never leaves a durable
+        // prefix shorter than the final object.
+        for part in parts {
+            if let Err(e) = self
+                .client
+                .delete_object()
+                .bucket(&self.opts.bucket)
+                .key(&part.key)
+                .send()
+                .await
+            {
+                tracing::warn!(key = part.key, error = %DisplayErrorContext(&e), "Cannot remove a staging object");
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        state: &CaptureState,
+        manifest_json: &[u8],
+        index: &IndexEntry,
+    ) -> Result<(), StoreError> {
+        self.put(
+            &self.evidence_key(state, MANIFEST_FILE),
+            manifest_json.to_vec(),
+            true,
+        )
+        .await?;
+        let mut done = state.clone();
+        done.complete = true;
+        self.save_state(&done).await?;
+        let bytes = serde_json::to_vec(index).map_err(|e| StoreError::Corrupt {
+            context: state.capture_id.clone(),
+            message: e.to_string(),
+        })?;
+        self.put(
+            &self.key(&format!("index/{}.json", state.capture_id)),
+            bytes,
+            false,
+        )
+        .await
+    }
+
+    async fn list_index(&self) -> Result<Vec<IndexEntry>, StoreError> {
+        self.read_json_objects("index/").await
+    }
+
+    async fn list_states(&self) -> Result<Vec<CaptureState>, StoreError> {
+        self.read_json_objects("state/").await
+    }
+
+    async fn read_manifest(&self, state: &CaptureState) -> Result<Vec<u8>, StoreError> {
+        self.get_required(&self.evidence_key(state, MANIFEST_FILE), None)
+            .await
+    }
+
+    async fn put_doc(&self, key: &DocKey, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put(&self.doc_key(key), bytes.to_vec(), false).await
+    }
+
+    async fn get_doc(&self, key: &DocKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&self.doc_key(key), None).await
+    }
+
+    async fn list_docs(&self, prefix: &DocKey) -> Result<Vec<DocKey>, StoreError> {
+        let dir = format!("{}/", self.doc_key(prefix));
+        let mut keys: Vec<DocKey> = self
+            .list(&dir, true)
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let name = k.strip_prefix(&dir)?;
+                DocKey::new(format!("{prefix}/{name}")).ok()
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn delete_doc(&self, key: &DocKey) -> Result<(), StoreError> {
+        let k = self.doc_key(key);
+        self.client
+            .delete_object()
+            .bucket(&self.opts.bucket)
+            .key(&k)
+            .send()
+            .await
+            .map_err(|e| backend(format!("cannot delete s3://{}/{k}", self.opts.bucket), e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn store_urls_parse_into_bucket_and_prefix() {
+        let o = S3Options::from_url("s3://evidence-bucket/ir/captures/").unwrap();
+        assert_eq!(
+            (o.bucket.as_str(), o.prefix.as_str()),
+            ("evidence-bucket", "ir/captures")
+        );
+        let o = S3Options::from_url("s3://evidence-bucket").unwrap();
+        assert_eq!(o.prefix, "");
+        for bad in [
+            "s3://",
+            "s3://A_B/x",
+            "file:///x",
+            "s3://ab",
+            "s3://bucket/a//b",
+        ] {
+            assert!(S3Options::from_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retention_modes_parse_case_insensitively() {
+        assert_eq!("compliance".parse(), Ok(RetentionMode::Compliance));
+        assert_eq!("GOVERNANCE".parse(), Ok(RetentionMode::Governance));
+        assert!("forever".parse::<RetentionMode>().is_err());
+    }
+
+    #[test]
+    fn digests_are_hex_for_manifests_and_base64_for_s3() {
+        let raw = sha256(b"abc");
+        assert_eq!(
+            hex(&raw),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(b64(&raw), "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
+    }
+}

@@ -1,0 +1,380 @@
+//! The S3 store end to end: a real agent, real collectors and a real S3
+//! server (SeaweedFS, which verifies SHA-256 checksums, enforces SigV4 and
+//! Object Lock); what was stored is checked with boto3, not our code.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use ircap_e2e::s3::S3Server;
+use ircap_e2e::{Collector, TestResult, agent_capture, bin, build_dir, pki};
+
+/// The collector's S3 part size (`store::s3::PART_SIZE`).
+const PART: u64 = 8 << 20;
+
+struct Setup {
+    /// Under the build directory, not /tmp (which the agent walks).
+    tmp: tempfile::TempDir,
+    pki: PathBuf,
+    server: S3Server,
+    bucket: String,
+}
+
+impl Setup {
+    /// A SeaweedFS of its own with one fresh bucket.
+    fn new(bucket: &str, lock: bool) -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("ircap-s3-")
+            .tempdir_in(build_dir())
+            .unwrap();
+        let pki = pki(&tmp.path().join("pki"));
+        let server = S3Server::start(&tmp.path().join("weed"));
+        server.create_bucket(bucket, lock);
+        Self {
+            tmp,
+            pki,
+            server,
+            bucket: bucket.to_owned(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("s3://{}/ir", self.bucket)
+    }
+
+    /// A collector on this bucket, its stderr in `<name>.log`.
+    fn collector(&self, name: &str, extra: &[&str]) -> Collector {
+        self.server.collector(
+            &self.pki,
+            &self.url(),
+            &self.tmp.path().join(format!("{name}.log")),
+            extra,
+        )
+    }
+
+    /// A directory of `mib` MiB of incompressible "log" bytes; its path
+    /// and the bytes' SHA-256.
+    fn big_log(&self, mib: usize) -> (PathBuf, String) {
+        use sha2::Digest as _;
+        let dir = self.tmp.path().join("logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut file = std::fs::File::create(dir.join("big.log")).unwrap();
+        let mut hasher = sha2::Sha256::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            for word in block.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                word.copy_from_slice(&x.to_le_bytes());
+            }
+            hasher.update(&block);
+            file.write_all(&block).unwrap();
+        }
+        (dir, format!("{:x}", hasher.finalize()))
+    }
+
+    /// `ircap-collector CMD --server URL ...` as alice.
+    fn analyst(&self, collector: &Collector, cmd: &str, args: &[&str]) -> Output {
+        bin("ircap-collector")
+            .arg(cmd)
+            .args(["--server", &collector.url()])
+            .arg("--ca")
+            .arg(self.pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(self.pki.join("alice.pem"))
+            .arg("--key")
+            .arg(self.pki.join("alice.key"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// The committed manifest, read with boto3.
+    fn manifest(&self, capture_id: &str) -> serde_json::Value {
+        let out = self.server.boto(&[
+            "cat",
+            &self.bucket,
+            &format!("ir/captures/web-1/{capture_id}/manifest.json"),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Checks every artifact of a capture with boto3: its bytes hash to the
+    /// manifest's SHA-256 and S3's own stored checksum is the manifest's
+    /// SHA-256 (one part) or the SHA-256 of the 8 MiB parts' SHA-256s.
+    fn check_objects(&self, capture_id: &str) -> serde_json::Value {
+        let manifest = self.manifest(capture_id);
+        let artifacts = manifest["artifacts"].as_array().unwrap();
+        assert!(!artifacts.is_empty());
+        for a in artifacts {
+            let name = a["name"].as_str().unwrap();
+            let key = format!("ir/captures/web-1/{capture_id}/{name}");
+            let o = self.server.boto_json(&["object", &self.bucket, &key]);
+            assert_eq!(o["sha256"], a["sha256_stored"], "{name}: {o}");
+            assert_eq!(o["size"], a["size_stored"], "{name}: {o}");
+            let expected = if a["size_stored"].as_u64().unwrap() <= PART {
+                &o["sha256_b64"]
+            } else {
+                &o["composite_8mib"]
+            };
+            assert_eq!(&o["s3_checksum_sha256"], expected, "{name}: {o}");
+        }
+        let staging = self
+            .server
+            .boto_json(&["list", &self.bucket, "ir/staging/"]);
+        assert_eq!(staging, serde_json::json!([]), "staging objects left");
+        manifest
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn capture_id(out: &Output) -> String {
+    assert!(out.status.success(), "agent: {}", text(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["status"], "complete", "{s}");
+    s["capture_id"].as_str().unwrap().to_owned()
+}
+
+fn artifact<'a>(manifest: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    manifest["artifacts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name))
+        .unwrap_or_else(|| panic!("{name} not in the manifest"))
+}
+
+#[test]
+fn capture_lands_in_s3_with_checksums_boto3_agrees_with() -> TestResult {
+    let s = Setup::new("e2e-basic", false);
+    let collector = s.collector("collector", &[]);
+    // 20 MiB of incompressible log: a three-part artifact among small ones.
+    let (logs, planted) = s.big_log(20);
+    let out = agent_capture(
+        &collector.url(),
+        &s.pki,
+        "web-1",
+        &["--logs-dir", logs.to_str().unwrap(), "--logs-since", "1d"],
+    );
+    let id = capture_id(&out);
+    let manifest = s.check_objects(&id);
+    let big = artifact(&manifest, "logs/00000-big.log.gz");
+    assert_eq!(big["sha256_uncompressed"].as_str(), Some(planted.as_str()));
+    assert!(big["size_stored"].as_u64().unwrap() > 2 * PART, "{big}");
+    // The index record `list` reads lives in the bucket too.
+    let index = s
+        .server
+        .boto_json(&["list", &s.bucket, &format!("ir/index/{id}.json")]);
+    assert_eq!(index.as_array().map(Vec::len), Some(1), "{index}");
+    Ok(())
+}
+
+#[test]
+fn compliance_retention_refuses_delete_and_overwrite_and_is_checked_at_start() -> TestResult {
+    let s = Setup::new("e2e-worm", true);
+    let collector = s.collector(
+        "collector",
+        &[
+            "--s3-retention-mode",
+            "COMPLIANCE",
+            "--s3-retention-days",
+            "1",
+        ],
+    );
+    let id = capture_id(&agent_capture(
+        &collector.url(),
+        &s.pki,
+        "web-1",
+        &["--no-logs"],
+    ));
+    let manifest = s.check_objects(&id);
+    let first = manifest["artifacts"][0]["name"].as_str().unwrap();
+    for name in [first, "manifest.json"] {
+        let key = format!("ir/captures/web-1/{id}/{name}");
+        let o = s.server.boto_json(&["object", &s.bucket, &key]);
+        assert_eq!(o["lock_mode"], "COMPLIANCE", "{key}: {o}");
+        let del = s.server.boto_json(&["try-delete-version", &s.bucket, &key]);
+        assert_eq!(del["deleted"], false, "{key}: {del}");
+        let over = s.server.boto_json(&["try-overwrite", &s.bucket, &key]);
+        assert_eq!(
+            over["original_after"]["sha256"], over["before"]["sha256"],
+            "{key}: {over}"
+        );
+        assert_eq!(
+            over["original_after"]["version_id"],
+            over["before"]["version_id"]
+        );
+    }
+
+    // Start-up checks: retention on a bucket without Object Lock, and a
+    // bucket that does not exist, are refused with a clear message.
+    s.server.create_bucket("e2e-nolock", false);
+    for (url, extra, expect) in [
+        (
+            "s3://e2e-nolock/ir",
+            &[
+                "--s3-retention-mode",
+                "COMPLIANCE",
+                "--s3-retention-days",
+                "1",
+            ][..],
+            "Object Lock",
+        ),
+        ("s3://e2e-missing/ir", &[][..], "not reachable"),
+    ] {
+        let log = s.tmp.path().join("refused.log");
+        let status = s
+            .server
+            .collector_command(&log)
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", url])
+            .arg("--ca")
+            .arg(s.pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(s.pki.join("server.pem"))
+            .arg("--key")
+            .arg(s.pki.join("server.key"))
+            .args(extra)
+            .output()?;
+        let stderr = std::fs::read_to_string(&log)?;
+        assert!(!status.status.success(), "{url}: started: {stderr}");
+        assert!(status.stdout.is_empty(), "{url}: listened");
+        assert!(stderr.contains(expect), "{url}: {stderr}");
+    }
+    Ok(())
+}
+
+#[test]
+fn two_replicas_share_one_bucket() -> TestResult {
+    let s = Setup::new("e2e-replicas", false);
+    let a = s.collector("a", &[]);
+    let b = s.collector("b", &[]);
+    let id = capture_id(&agent_capture(&a.url(), &s.pki, "web-1", &["--no-logs"]));
+
+    let out = s.analyst(&b, "list", &["--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["capture_id"], id.as_str());
+    assert_eq!(rows[0]["status"], "complete");
+
+    let dest = s.tmp.path().join("pulled");
+    std::fs::create_dir_all(&dest)?;
+    let out = s.analyst(&b, "pull", &[&id, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let verify = bin("ircap-collector")
+        .arg("verify")
+        .arg(dest.join(&id))
+        .output()?;
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+    // What was pulled through B is what A stored.
+    let pulled: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dest.join(&id).join("manifest.json"))?)?;
+    assert_eq!(pulled["artifacts"], s.manifest(&id)["artifacts"]);
+    Ok(())
+}
+
+#[test]
+fn s3_outage_mid_upload_the_agent_retries_and_the_capture_completes() -> TestResult {
+    let mut s = Setup::new("e2e-outage", false);
+    let collector = s.collector("collector", &[]);
+    let (logs, planted) = s.big_log(160);
+    let url = collector.url();
+    let pki_dir = s.pki.clone();
+    let agent = std::thread::spawn(move || {
+        agent_capture(
+            &url,
+            &pki_dir,
+            "web-1",
+            &[
+                "--logs-dir",
+                logs.to_str().unwrap(),
+                "--logs-since",
+                "1d",
+                "--upload-attempts",
+                "12",
+            ],
+        )
+    });
+    // As soon as the big log has a durable part in S3, take S3 away.
+    let _ = s
+        .server
+        .boto_json(&["wait-key", &s.bucket, "ir/staging/", "big.log.gz/@", "120"]);
+    s.server.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    // Nothing is listed complete while S3 is down.
+    let out = s.analyst(&collector, "list", &["--json"]);
+    assert!(
+        !text(&out.stdout).contains("complete"),
+        "{}",
+        text(&out.stdout)
+    );
+    s.server.restart();
+    let out = agent.join().map_err(|_| "agent thread")?;
+    let stderr = text(&out.stderr);
+    let id = capture_id(&out);
+    assert!(stderr.contains("Upload interrupted"), "{stderr}");
+    let manifest = s.check_objects(&id);
+    let big = artifact(&manifest, "logs/00000-big.log.gz");
+    assert_eq!(big["sha256_uncompressed"].as_str(), Some(planted.as_str()));
+    let log = std::fs::read_to_string(s.tmp.path().join("collector.log"))?;
+    assert!(log.contains("Store backend unavailable"), "{log}");
+    Ok(())
+}
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn one_gib_artifact_streams_through_with_bounded_collector_memory() -> TestResult {
+    let s = Setup::new("e2e-large", false);
+    let collector = s.collector("collector", &[]);
+    let (logs, planted) = s.big_log(1024);
+    let started = Instant::now();
+    let out = agent_capture(
+        &collector.url(),
+        &s.pki,
+        "web-1",
+        &[
+            "--logs-dir",
+            logs.to_str().unwrap(),
+            "--logs-since",
+            "1d",
+            "--logs-max-bytes",
+            "2G",
+        ],
+    );
+    let elapsed = started.elapsed();
+    let id = capture_id(&out);
+    let rss = peak_rss(collector.child.id());
+    std::fs::remove_dir_all(&logs)?;
+    let manifest = s.check_objects(&id);
+    let big = artifact(&manifest, "logs/00000-big.log.gz");
+    assert_eq!(big["sha256_uncompressed"].as_str(), Some(planted.as_str()));
+    let stored = big["size_stored"].as_u64().unwrap();
+    assert!(stored > 1 << 30, "{big}");
+    eprintln!(
+        "1 GiB artifact ({stored} bytes stored) in {:.1} s; collector peak RSS {} MiB",
+        elapsed.as_secs_f64(),
+        rss >> 20
+    );
+    assert!(rss < 200 << 20, "collector peak RSS {} MiB", rss >> 20);
+    Ok(())
+}
