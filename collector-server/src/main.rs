@@ -343,8 +343,9 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let metrics_addr = metrics.as_ref().map(|(_, a)| a.to_string());
         tracing::info!(%addr, metrics = ?metrics_addr, store = %settings.store, "Collector listening");
+        let shutdown = serve::shutdown_signal();
         print_json(&serde_json::json!({ "listening": addr.to_string(), "metrics": metrics_addr }));
-        serve::serve(settings, store, listener, metrics.map(|(l, _)| l), serve::shutdown_signal()).await?;
+        serve::serve(settings, store, listener, metrics.map(|(l, _)| l), shutdown).await?;
         Ok(())
     })
 }

@@ -68,14 +68,12 @@ done
 
 # Baseline: one idle TLS connection held by openssl.
 PORT=$((20000 + RANDOM % 20000))
+# Both ends get a stdin that stays open (openssl stops at end of input).
 openssl s_server -quiet -accept "127.0.0.1:$PORT" -cert "$WORK/pki/server.pem" \
-    -key "$WORK/pki/server.key" >/dev/null 2>&1 &
+    -key "$WORK/pki/server.key" < <(sleep $((SECONDS_IDLE + 60))) >/dev/null 2>&1 &
 PIDS+=($!)
 sleep 0.5
-mkfifo "$WORK/stdin"
-sleep $((SECONDS_IDLE + 60)) >"$WORK/stdin" &
-PIDS+=($!)
-openssl s_client -quiet -connect "127.0.0.1:$PORT" <"$WORK/stdin" >/dev/null 2>&1 &
+openssl s_client -quiet -connect "127.0.0.1:$PORT" < <(sleep $((SECONDS_IDLE + 60))) >/dev/null 2>&1 &
 OPENSSL_PID=$!
 PIDS+=($OPENSSL_PID)
 sleep $((SECONDS_IDLE + 60)) &

@@ -117,6 +117,14 @@ impl<S: Store> Replica<S> {
                 connection = p.connection_id,
                 "Agent disconnected"
             );
+            // Delivered but never acknowledged by a progress report: the
+            // agent may never have received it, so let it be offered again
+            // (the agent itself refuses to run a request id twice).
+            if let Some(request_id) = &conn.seen.busy_request_id
+                && let Err(e) = self.forget_unstarted(request_id, &p.facts.agent).await
+            {
+                tracing::warn!(request_id, error = %e, "Cannot reset an unstarted request");
+            }
         }
         self.publish().await;
     }
@@ -132,6 +140,16 @@ impl<S: Store> Replica<S> {
                 })
                 .collect()
         })
+    }
+
+    /// Removes `results/<request>/<agent>` if it still says `delivered`.
+    async fn forget_unstarted(&self, request_id: &str, agent: &str) -> Result<(), StoreError> {
+        let k = key(&["results", request_id, agent])?;
+        let doc: Option<ResultDoc> = docs::read(self.store.as_ref(), &k).await?;
+        if doc.is_some_and(|d| d.status == "delivered") {
+            self.store.delete_doc(&k).await?;
+        }
+        Ok(())
     }
 
     /// A heartbeat or other message from a connection.
