@@ -39,8 +39,9 @@ log "writing a ${LOG_MB} MiB log (half random, half text)"
 mkdir -p "$work/logs"
 half=$((LOG_MB * 1024 * 1024 / 2))
 head -c "$half" /dev/urandom >"$work/logs/big.log"
-yes 'Nov 23 10:00:01 web-1 sshd[4242]: Accepted publickey for deploy from 10.0.3.7 port 52144 ssh2' \
-    | head -c "$half" >>"$work/logs/big.log"
+# (process substitution: `yes` ends on SIGPIPE, which pipefail would report)
+head -c "$half" < <(yes 'Nov 23 10:00:01 web-1 sshd[4242]: Accepted publickey for deploy from 10.0.3.7 port 52144 ssh2') \
+    >>"$work/logs/big.log"
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 # time_ms CMD...: wall milliseconds of CMD (output discarded).

@@ -170,3 +170,76 @@ fn collector_unit_command_line_serves_with_the_shipped_config() -> TestResult {
     );
     Ok(())
 }
+
+/// The agent's record of process `pid` in a capture written to `out`.
+fn process_record(out: &Path, pid: u32) -> serde_json::Value {
+    let id_dir = std::fs::read_dir(out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let gz = std::fs::File::open(id_dir.join("processes.jsonl.gz")).unwrap();
+    let text = std::io::read_to_string(flate2::read::GzDecoder::new(gz)).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not captured"))
+}
+
+/// Runs the static agent as root with only `caps` in its bounding set and
+/// no new privileges, as the unit does.
+fn capture_with_caps(out: &Path, caps: &str) {
+    let status = Command::new(tool("/usr/bin/setpriv"))
+        .arg(format!("--bounding-set=-all{caps}"))
+        .args(["--inh-caps=-all", "--no-new-privs"])
+        .arg(ircap_e2e::packaging::static_agent())
+        .args(["capture", "--no-logs", "--no-imds", "--output"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn agent_unit_capabilities_are_enough_to_read_other_users_processes() -> TestResult {
+    let unit = shipped("ircap-agent.service");
+    let caps: String = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    // Another user's process.
+    let mut other = Command::new(tool("/usr/bin/setpriv"))
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "60",
+        ])
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let tmp = tempfile::tempdir()?;
+    let with = tmp.path().join("with");
+    let without = tmp.path().join("without");
+    capture_with_caps(&with, &caps);
+    capture_with_caps(&without, "");
+    let pid = other.id();
+    let _ = other.kill();
+    let _ = other.wait();
+    // With the unit's two capabilities: environ, exe hash, fds, no errors.
+    let r = process_record(&with, pid);
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    assert!(r["exe_sha256"].is_string(), "{r}");
+    assert!(!r["environ"].as_array().unwrap().is_empty(), "{r}");
+    // Root without them is refused: the capabilities are what matters.
+    let r = process_record(&without, pid);
+    assert!(r["exe_sha256"].is_null(), "{r}");
+    assert!(r["errors"].to_string().contains("permission denied"), "{r}");
+    Ok(())
+}
