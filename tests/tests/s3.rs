@@ -16,10 +16,11 @@ use ircap_e2e::{Collector, TestResult, agent_capture, bin, build_dir, pki};
 const PART: u64 = 8 << 20;
 
 struct Setup {
+    /// Declared first so it is stopped before its directory is removed.
+    server: S3Server,
     /// Under the build directory, not /tmp (which the agent walks).
     tmp: tempfile::TempDir,
     pki: PathBuf,
-    server: S3Server,
     bucket: String,
 }
 
