@@ -22,6 +22,9 @@ pub struct Metrics {
     pub captures_completed: AtomicU64,
     /// Commits refused because the manifest did not match.
     pub captures_failed: AtomicU64,
+    /// Upload streams answered UNAVAILABLE because the store failed (the
+    /// agent retries them).
+    pub store_unavailable: AtomicU64,
     /// Upload streams in progress.
     pub active_streams: AtomicI64,
 }
@@ -35,7 +38,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &AtomicU64); 6] = [
+        let counters: [(&str, &str, &AtomicU64); 7] = [
             (
                 "ircap_bytes_received_total",
                 "Artifact bytes received and stored durably.",
@@ -65,6 +68,11 @@ impl Metrics {
                 "ircap_captures_failed_total",
                 "Commits refused because the manifest did not match what was received.",
                 &self.captures_failed,
+            ),
+            (
+                "ircap_store_unavailable_total",
+                "Upload streams answered UNAVAILABLE because the store (disk or S3) failed; agents retry them.",
+                &self.store_unavailable,
             ),
         ];
         let mut out = String::new();

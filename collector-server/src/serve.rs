@@ -430,3 +430,65 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn s3_settings_come_from_the_config_table_and_flags_win() {
+        let file: ServeConfig = toml::from_str(
+            r#"
+            store = "s3://evidence/ir"
+            [s3]
+            region = "eu-west-1"
+            endpoint = "http://127.0.0.1:8333"
+            path_style = true
+            retention_mode = "governance"
+            retention_days = 30
+            kms_key_id = "alias/ircap"
+            "#,
+        )
+        .unwrap();
+        let flags = ServeConfig {
+            s3: S3Config {
+                retention_mode: Some("COMPLIANCE".into()),
+                ..S3Config::default()
+            },
+            ..ServeConfig::default()
+        };
+        let cfg = file.overlay(flags);
+        let opts = cfg.s3.options(cfg.store.as_deref().unwrap()).unwrap();
+        assert_eq!(opts.bucket, "evidence");
+        assert_eq!(opts.prefix, "ir");
+        assert_eq!(opts.region.as_deref(), Some("eu-west-1"));
+        assert!(opts.path_style);
+        assert_eq!(
+            opts.retention,
+            Some(Retention {
+                mode: RetentionMode::Compliance,
+                days: 30
+            })
+        );
+        assert_eq!(opts.kms_key_id.as_deref(), Some("alias/ircap"));
+    }
+
+    #[test]
+    fn incomplete_or_unknown_s3_settings_are_refused() {
+        let half = S3Config {
+            retention_mode: Some("COMPLIANCE".into()),
+            ..S3Config::default()
+        };
+        assert!(half.options("s3://evidence/ir").is_err());
+        let bad_mode = S3Config {
+            retention_mode: Some("FOREVER".into()),
+            retention_days: Some(1),
+            ..S3Config::default()
+        };
+        assert!(bad_mode.options("s3://evidence/ir").is_err());
+        assert!(S3Config::default().options("s3://Bad_Bucket").is_err());
+        assert!(toml::from_str::<ServeConfig>("[s3]\nsecret_access_key = \"x\"\n").is_err());
+    }
+}

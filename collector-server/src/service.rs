@@ -514,9 +514,20 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         let state_lock = Arc::clone(&self.state_lock);
         tokio::spawn(async move {
             let _gauge = StreamGauge::new(Arc::clone(&metrics));
-            if let Err(status) =
-                Self::upload(store, metrics, active, state_lock, who, stream, &tx).await
+            if let Err(status) = Self::upload(
+                store,
+                Arc::clone(&metrics),
+                active,
+                state_lock,
+                who,
+                stream,
+                &tx,
+            )
+            .await
             {
+                if status.code() == tonic::Code::Unavailable {
+                    inc(&metrics.store_unavailable);
+                }
                 let _ = tx.send(Err(status)).await;
             }
         });

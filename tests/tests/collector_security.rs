@@ -423,6 +423,7 @@ fn tree(root: &Path) -> Result<Vec<String>, Box<dyn Error>> {
 fn expected_store(captures: &[&str], states: &[&str]) -> Vec<String> {
     let mut v = vec![
         "captures".to_owned(),
+        "control".to_owned(),
         "index".to_owned(),
         "state".to_owned(),
     ];

@@ -16,10 +16,11 @@ use ircap_e2e::{Collector, TestResult, agent_capture, bin, build_dir, pki};
 const PART: u64 = 8 << 20;
 
 struct Setup {
+    /// Declared first so it is stopped before its directory is removed.
+    server: S3Server,
     /// Under the build directory, not /tmp (which the agent walks).
     tmp: tempfile::TempDir,
     pki: PathBuf,
-    server: S3Server,
     bucket: String,
 }
 
@@ -286,7 +287,7 @@ fn two_replicas_share_one_bucket() -> TestResult {
 #[test]
 fn s3_outage_mid_upload_the_agent_retries_and_the_capture_completes() -> TestResult {
     let mut s = Setup::new("e2e-outage", false);
-    let collector = s.collector("collector", &[]);
+    let collector = s.collector("collector", &["--metrics-listen", "127.0.0.1:0"]);
     let (logs, planted) = s.big_log(160);
     let url = collector.url();
     let pki_dir = s.pki.clone();
@@ -328,6 +329,17 @@ fn s3_outage_mid_upload_the_agent_retries_and_the_capture_completes() -> TestRes
     assert_eq!(big["sha256_uncompressed"].as_str(), Some(planted.as_str()));
     let log = std::fs::read_to_string(s.tmp.path().join("collector.log"))?;
     assert!(log.contains("Store backend unavailable"), "{log}");
+    // The retries are counted.
+    let mut conn = std::net::TcpStream::connect(collector.metrics.unwrap())?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut body)?;
+    let unavailable: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("ircap_store_unavailable_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(unavailable > 0, "{body}");
     Ok(())
 }
 
