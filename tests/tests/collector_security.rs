@@ -406,12 +406,13 @@ fn tree(root: &Path) -> Result<Vec<String>, Box<dyn Error>> {
         }
     }
     // The collector's own heartbeat document (daemon mode), written by
-    // every replica at start: `control/replicas/<uuid>` and nothing else.
+    // every replica at start: `control/replicas/<uuid>` and nothing else
+    // (the empty `control` directory itself is part of the expected tree).
     found.retain(|p| {
         let replica_doc = p.strip_prefix("control/replicas/").is_some_and(|id| {
             !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
         });
-        !(p == "control" || p == "control/replicas" || replica_doc)
+        !(p == "control/replicas" || replica_doc)
     });
     found.sort();
     Ok(found)
