@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 targets=${IRCAP_TARGETS:-x86_64}
+target_dir=${CARGO_TARGET_DIR:-target}
 mkdir -p dist
 
 for arch in $targets; do
@@ -39,7 +40,7 @@ for arch in $targets; do
     fi
     cargo build --locked -p ircap-agent --profile dist --target "$triple" >&2
     name="ircap-agent-${arch}-linux-musl"
-    install -m 0755 "target/${triple}/dist/ircap-agent" "dist/${name}"
+    install -m 0755 "${target_dir}/${triple}/dist/ircap-agent" "dist/${name}"
     (cd dist && sha256sum "$name" >"${name}.sha256")
     echo "dist/${name} $(stat -c %s "dist/${name}") bytes sha256 $(cut -d' ' -f1 "dist/${name}.sha256")"
 done

@@ -33,10 +33,9 @@ pub fn static_agent() -> PathBuf {
     static BUILD: Once = Once::new();
     let path = repo_root().join("dist/ircap-agent-x86_64-linux-musl");
     BUILD.call_once(|| {
-        let built = repo_root()
-            .join("target")
-            .join(MUSL_TARGET)
-            .join("dist/ircap-agent");
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| repo_root().join("target"), PathBuf::from);
+        let built = target_dir.join(MUSL_TARGET).join("dist/ircap-agent");
         if path.exists() && built.exists() {
             return;
         }
