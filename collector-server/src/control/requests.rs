@@ -27,8 +27,11 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// Most capture arguments in a request.
 const MAX_ARGS: usize = 64;
-/// Options that would send a capture elsewhere (the agent refuses them too).
+/// Options that would send a capture elsewhere, or make the agent read a
+/// file or URL the requester names (the agent refuses them too).
 const DESTINATION_OPTIONS: &[&str] = &[
+    "--physical-memory-source",
+    "--imds-endpoint",
     "--output",
     "-o",
     "--collector",
