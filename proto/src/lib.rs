@@ -16,6 +16,7 @@ pub mod artifact_name;
 pub mod client;
 pub mod hashing;
 pub mod manifest;
+pub mod request_args;
 pub mod verify;
 
 /// The `ircap.v1` protocol: generated messages, client and server.

@@ -17,23 +17,6 @@ use crate::sink::budget::{Budget, BudgetSink};
 use crate::sink::grpc::{CollectorSettings, GrpcSink};
 use crate::timefmt;
 
-/// Options a request may not carry: where a capture goes (in daemon mode it
-/// always goes to the collector the agent is connected to, with the agent's
-/// certificate), and options that would make the agent read a file or URL
-/// the requester names instead of the host's own source (physical memory
-/// from an arbitrary file, instance metadata from an arbitrary endpoint).
-const DESTINATION_OPTIONS: &[&str] = &[
-    "--physical-memory-source",
-    "--imds-endpoint",
-    "--output",
-    "-o",
-    "--collector",
-    "--spool",
-    "--ca",
-    "--cert",
-    "--key",
-];
-
 /// What the agent was asked to do.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -107,12 +90,8 @@ pub struct Parsed {
 /// # Errors
 /// [`RequestError`] naming the problem.
 pub fn parse_args(args: &[String]) -> Result<Parsed, RequestError> {
-    for arg in args {
-        let flag = arg.split('=').next().unwrap_or_default();
-        let short_output = arg.starts_with("-o") && !arg.starts_with("--");
-        if DESTINATION_OPTIONS.contains(&flag) || short_output {
-            return Err(RequestError::Destination(flag.to_owned()));
-        }
+    if let Some(flag) = ircap_proto::request_args::refused_option(args) {
+        return Err(RequestError::Destination(flag.to_owned()));
     }
     let command = CaptureArgs::augment_args(clap::Command::new("capture"))
         .mut_group("destination", |g| g.required(false))

@@ -27,20 +27,6 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// Most capture arguments in a request.
 const MAX_ARGS: usize = 64;
-/// Options that would send a capture elsewhere, or make the agent read a
-/// file or URL the requester names (the agent refuses them too).
-const DESTINATION_OPTIONS: &[&str] = &[
-    "--physical-memory-source",
-    "--imds-endpoint",
-    "--output",
-    "-o",
-    "--collector",
-    "--spool",
-    "--ca",
-    "--cert",
-    "--key",
-];
-
 /// The analyst side of the control service.
 pub struct RequestService<S: Store> {
     replica: Arc<Replica<S>>,
@@ -60,14 +46,10 @@ fn check_args(args: &[String]) -> Result<(), Status> {
             "at most {MAX_ARGS} capture arguments of at most 4096 bytes"
         )));
     }
-    for arg in args {
-        let flag = arg.split('=').next().unwrap_or_default();
-        if DESTINATION_OPTIONS.contains(&flag) || (arg.starts_with("-o") && !arg.starts_with("--"))
-        {
-            return Err(Status::invalid_argument(format!(
-                "{flag} is not allowed in a request: captures go to the collector"
-            )));
-        }
+    if let Some(flag) = ircap_proto::request_args::refused_option(args) {
+        return Err(Status::invalid_argument(format!(
+            "{flag} is not allowed in a request: captures go to the collector, read from the host's own sources"
+        )));
     }
     Ok(())
 }
