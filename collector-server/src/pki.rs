@@ -41,6 +41,8 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const SERVER_CERT_FILE: &str = "server.pem";
 /// Collector (server) private key file name.
 pub const SERVER_KEY_FILE: &str = "server.key";
+/// The CRL [`init`] writes (empty) and [`revoke`] extends, in the PKI directory.
+pub const CRL_FILE: &str = "crl.pem";
 /// Subject common name of the CA made by [`init`].
 pub const CA_COMMON_NAME: &str = "ircap CA";
 /// Subject common name of the server certificate.
@@ -96,7 +98,7 @@ pub enum PkiError {
         name: String,
     },
     /// A file would be overwritten.
-    #[error("refusing to overwrite {} (remove it, or use force for init)", path.display())]
+    #[error("refusing to overwrite {} (remove it, or pass --force to `pki init`)", path.display())]
     Exists {
         /// The existing file.
         path: PathBuf,
@@ -191,6 +193,9 @@ pub struct PkiSummary {
     pub dir: PathBuf,
     /// CA first, then the server, then agents and analysts in the order given.
     pub files: Vec<IssuedCert>,
+    /// The CA's CRL, revoking nothing yet, so the collector's `--crl` works
+    /// from the start and `pki revoke` extends it.
+    pub crl: CrlSummary,
 }
 
 /// What [`revoke`] wrote.
@@ -294,21 +299,28 @@ pub fn init(
     }
 
     create_dir(out)?;
-    if !force {
+    let crl_path = out.join(CRL_FILE);
+    if force {
+        // A CRL of the CA being replaced cannot be extended by the new one.
+        remove_if_present(&crl_path)?;
+    } else {
         for p in &pending {
             for path in [&p.summary.key, &p.summary.cert] {
                 refuse_existing(path)?;
             }
         }
+        refuse_existing(&crl_path)?;
     }
     let mut files = Vec::with_capacity(pending.len());
     for p in pending {
         write_pair(&p, force)?;
         files.push(p.summary);
     }
+    let crl = revoke(out, &[], &crl_path)?;
     Ok(PkiSummary {
         dir: out.to_owned(),
         files,
+        crl,
     })
 }
 
@@ -752,6 +764,17 @@ fn refuse_existing(path: &Path) -> Result<(), PkiError> {
     }
 }
 
+fn remove_if_present(path: &Path) -> Result<(), PkiError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(PkiError::Io {
+            action: "remove",
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn write_pair(pending: &Pending, overwrite: bool) -> Result<(), PkiError> {
     write_file(
         &pending.summary.key,
@@ -1156,18 +1179,56 @@ mod tests {
     }
 
     #[test]
+    fn init_writes_an_empty_crl_that_revoke_extends() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path();
+        let summary = init(dir, &names(&["a1"]), &[], &[], false)?;
+        let crl_path = dir.join(CRL_FILE);
+        assert_eq!(summary.crl.crl, crl_path);
+        let (serials, number) = crl_serials(&crl_path)?;
+        assert!(serials.is_empty(), "{serials:?}");
+        assert_eq!(number, summary.crl.crl_number);
+        // The collector's --crl loader takes it as it is.
+        assert_eq!(crate::auth::load_crls(&crl_path)?.len(), 1);
+
+        let revoked = revoke(dir, &[dir.join("a1.pem")], &crl_path)?;
+        assert_eq!(revoked.revoked.len(), 1);
+        assert!(revoked.crl_number > number);
+
+        // A second init stops at the CRL too; a forced one replaces it with
+        // an empty CRL of the new CA instead of failing on the old one.
+        let again = init(dir, &[], &[], &[], false);
+        assert!(matches!(again, Err(PkiError::Exists { .. })), "{again:?}");
+        let forced = init(dir, &names(&["a1"]), &[], &[], true)?;
+        let (serials, _) = crl_serials(&crl_path)?;
+        assert!(serials.is_empty(), "{serials:?}");
+        assert_eq!(forced.crl.revoked.len(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn the_exists_error_names_the_flag() {
+        let err = PkiError::Exists {
+            path: PathBuf::from("pki/ca.key"),
+        };
+        assert!(err.to_string().contains("--force"), "{err}");
+    }
+
+    #[test]
     fn revoke_refuses_foreign_certificates_and_crls() -> TestResult {
         let tmp = tempfile::tempdir()?;
         let a = tmp.path().join("a");
         let b = tmp.path().join("b");
         init(&a, &names(&["x"]), &[], &[], false)?;
         init(&b, &names(&["y"]), &[], &[], false)?;
-        let err = revoke(&a, &[b.join("y.pem")], &a.join("crl.pem"));
+        let crl_before = fs::read(a.join(CRL_FILE))?;
+        let err = revoke(&a, &[b.join("y.pem")], &a.join(CRL_FILE));
         assert!(
             matches!(&err, Err(PkiError::BadCert { path, .. }) if path.ends_with("y.pem")),
             "{err:?}"
         );
-        assert!(!a.join("crl.pem").exists());
+        // A refused revoke leaves the CRL init wrote as it was.
+        assert_eq!(fs::read(a.join(CRL_FILE))?, crl_before);
 
         revoke(&b, &[b.join("y.pem")], &b.join("crl.pem"))?;
         let err = revoke(&a, &[a.join("x.pem")], &b.join("crl.pem"));
