@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ircap_collector::auth::Role;
+use ircap_collector::render::escape;
 use ircap_collector::serve::{self, S3Config, ServeConfig, Settings};
 use ircap_collector::{analyst, analyst_requests, pki};
 use ircap_proto::v1::ListCapturesRequest;
@@ -447,13 +448,13 @@ fn run_analyst(cmd: Command) -> ExitCode {
         Ok(None) => ExitCode::SUCCESS,
         Err(analyst::AnalystError::Verify(report)) => {
             for p in &report.problems {
-                tracing::error!("{p}");
+                tracing::error!("{}", escape(&p.to_string()));
             }
             print_json(&report);
             ExitCode::from(3)
         }
         Err(err) => {
-            tracing::error!("{err}");
+            tracing::error!("{}", escape(&err.to_string()));
             ExitCode::from(1)
         }
     }
@@ -515,7 +516,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
             "matched": created.matched.iter().map(analyst_requests::agent_json).collect::<Vec<_>>(),
         }));
         if created.matched.is_empty() {
-            tracing::warn!(request_id, "No connected agent matches now; agents that connect before the request expires will receive it");
+            tracing::warn!(request_id = %escape(&request_id), "No connected agent matches now; agents that connect before the request expires will receive it");
         }
         if !args.wait {
             return Ok(true);
@@ -524,7 +525,14 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         let mut all_complete = true;
         let mut on_final = |r: &ircap_proto::v1::RequestResult| {
             all_complete &= r.status == "complete";
-            tracing::info!(agent = r.agent, hostname = r.hostname, status = r.status, capture_id = r.capture_id, error = r.error, "Agent finished");
+            tracing::info!(
+                agent = %escape(&r.agent),
+                hostname = %escape(&r.hostname),
+                status = %escape(&r.status),
+                capture_id = %escape(&r.capture_id),
+                error = %escape(&r.error),
+                "Agent finished"
+            );
             print_json(&analyst_requests::result_json(r));
         };
         let missing =
@@ -532,7 +540,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
                 .await?;
         for agent in &missing {
             print_json(&serde_json::json!({ "request_id": request_id, "agent": agent, "status": "timed_out" }));
-            tracing::error!(agent, "No result before --timeout");
+            tracing::error!(agent = %escape(agent), "No result before --timeout");
         }
         Ok(all_complete && missing.is_empty())
     });
@@ -540,7 +548,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(err) => {
-            tracing::error!("{err}");
+            tracing::error!("{}", escape(&err.to_string()));
             ExitCode::from(1)
         }
     }
@@ -567,7 +575,7 @@ fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!("{err}");
+            tracing::error!("{}", escape(&err.to_string()));
             ExitCode::from(1)
         }
     }
@@ -592,7 +600,7 @@ fn run_verify(dir: &std::path::Path) -> ExitCode {
     match ircap_proto::verify_capture(dir) {
         Ok(report) => {
             for p in &report.problems {
-                tracing::error!("{p}");
+                tracing::error!("{}", escape(&p.to_string()));
             }
             print_json(&report);
             if report.is_ok() {
@@ -602,7 +610,7 @@ fn run_verify(dir: &std::path::Path) -> ExitCode {
             }
         }
         Err(err) => {
-            tracing::error!("{err}");
+            tracing::error!("{}", escape(&err.to_string()));
             ExitCode::from(1)
         }
     }

@@ -317,6 +317,22 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::default());
+    // Commits cut short by a crash: finished in the background, so a large
+    // store does not delay start.
+    let repairing = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            match crate::store::repair::repair(&*store).await {
+                Ok(r) if !r.repaired.is_empty() => {
+                    tracing::warn!(captures = r.repaired.len(), "Repaired interrupted commits");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot check the store for interrupted commits")
+                }
+            }
+        }
+    });
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics))));
     let acceptor = TlsAcceptor::from(Arc::clone(&settings.tls));
@@ -401,6 +417,7 @@ pub async fn serve(
         }
     };
     accept_loop.abort();
+    repairing.abort();
     delivery.abort();
     if let Some(task) = metrics_task {
         task.abort();

@@ -408,6 +408,9 @@ fn tree(root: &Path) -> Result<Vec<String>, Box<dyn Error>> {
     // The collector's own heartbeat document (daemon mode), written by
     // every replica at start: `control/replicas/<uuid>` and nothing else
     // (the empty `control` directory itself is part of the expected tree).
+    // Staging holds bytes of artifacts still arriving, below names the
+    // artifact-name rule checked; tests look there themselves.
+    found.retain(|p| !p.starts_with("staging/"));
     found.retain(|p| {
         let replica_doc = p.strip_prefix("control/replicas/").is_some_and(|id| {
             !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
@@ -426,6 +429,7 @@ fn expected_store(captures: &[&str], states: &[&str]) -> Vec<String> {
         "captures".to_owned(),
         "control".to_owned(),
         "index".to_owned(),
+        "staging".to_owned(),
         "state".to_owned(),
     ];
     v.extend(captures.iter().map(|p| format!("captures/{p}")));
@@ -1045,6 +1049,13 @@ async fn hostile_artifact_names_are_refused_and_nothing_escapes() -> TestResult 
         "..\\evil",
         "./x",
         "a//b",
+        // Reserved: the manifest's temporary file, the manifest's path as
+        // a directory, hidden (temporary) names.
+        "manifest.tmp",
+        "manifest.json/x",
+        "manifest",
+        ".evil",
+        "logs/.evil",
     ];
     let mut accepted = Vec::new();
     for name in hostile {
@@ -1099,12 +1110,165 @@ async fn hostile_artifact_names_are_refused_and_nothing_escapes() -> TestResult 
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
         assert!(
-            !["evil", "..\\evil", "passwd", "x", "b"].contains(&file.as_str()),
+            ![
+                "evil",
+                "..\\evil",
+                "passwd",
+                "x",
+                "b",
+                ".evil",
+                "manifest.tmp"
+            ]
+            .contains(&file.as_str()),
             "{path} exists under {}",
             root.display()
         );
     }
     assert!(accepted.is_empty(), "names accepted: {accepted:?}");
+
+    // The capture still commits and verifies: nothing took the manifest's
+    // place or made its path unusable.
+    let done = timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?)))
+        .await??
+        .into_inner();
+    assert_eq!(done.status, "complete");
+    let dir = s.collector.capture_dir("web-1", CAPTURE);
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    Ok(())
+}
+
+/// The late-stream race: a stream opened before the commit and going on
+/// after it can add nothing to the committed capture (neither a chunk nor
+/// its end), a new stream is refused, and the capture still verifies
+/// with exactly its manifest's artifacts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_going_on_after_the_commit_cannot_change_the_capture() -> TestResult {
+    let s = Setup::new()?;
+    corrupt_then_good_upload(&s).await?;
+    let mut c = s.client("web-1").await;
+
+    // Two late streams, each with bytes acknowledged before the commit.
+    let mut late = Upload::start(&mut c, named_header(CAPTURE, "late.bin", 0)).await??;
+    assert_eq!(late.expect_ack("late header").await?.durable_offset, 0);
+    late.send(chunk(0, b"lat", sha256(b"lat"))).await?;
+    assert_eq!(late.expect_ack("late chunk").await?.durable_offset, 3);
+    let mut ending = Upload::start(&mut c, named_header(CAPTURE, "late2.bin", 0)).await??;
+    assert_eq!(ending.expect_ack("late2 header").await?.durable_offset, 0);
+    ending.send(chunk(0, b"late", sha256(b"late"))).await?;
+    assert_eq!(ending.expect_ack("late2 chunk").await?.durable_offset, 4);
+
+    let done = timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?)))
+        .await??
+        .into_inner();
+    assert_eq!(done.status, "complete");
+
+    late.send(chunk(3, b"e", sha256(b"e"))).await?;
+    let status = late.expect_error("chunk after the commit").await?;
+    assert_code(&status, Code::AlreadyExists, "chunk after the commit");
+    ending.send(end(b"late")).await?;
+    let status = ending.expect_error("end after the commit").await?;
+    assert_code(&status, Code::AlreadyExists, "end after the commit");
+    let status = upload_fails(
+        &mut c,
+        named_header(CAPTURE, "late3.bin", 0),
+        "new stream after the commit",
+    )
+    .await?;
+    assert_code(&status, Code::AlreadyExists, "new stream after the commit");
+
+    let dir = s.collector.capture_dir("web-1", CAPTURE);
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "verify after late streams: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let mut files = tree(&dir)?;
+    files.sort();
+    assert_eq!(files, vec!["manifest.json".to_owned(), ARTIFACT.to_owned()]);
+    // Their staged bytes are gone too: they were never evidence.
+    let staging = s.collector.store.join("staging").join(CAPTURE);
+    assert!(!staging.exists(), "{} left behind", staging.display());
+    Ok(())
+}
+
+/// Every capture the index lists, as the analyst sees them.
+async fn listed(s: &Setup) -> Result<Vec<ircap_proto::v1::CaptureInfo>, Box<dyn Error>> {
+    let mut q = ircap_proto::v1::capture_query_client::CaptureQueryClient::new(channel(
+        s.collector.addr,
+        s.pki(),
+        "alice",
+    )?);
+    let mut stream = timed(q.list_captures(ircap_proto::v1::ListCapturesRequest::default()))
+        .await??
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(info) = timed(stream.message()).await?? {
+        out.push(info);
+    }
+    Ok(out)
+}
+
+/// A collector killed after writing a capture's manifest but before its
+/// index entry and complete state (simulated by removing them from a
+/// committed capture, collector stopped): the restarted collector lists
+/// the capture as complete, serves its manifest, and the agent's retried
+/// commit is refused as already done.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_cut_short_after_the_manifest_is_finished_at_start() -> TestResult {
+    let mut s = Setup::new()?;
+    corrupt_then_good_upload(&s).await?;
+    let mut c = s.client("web-1").await;
+    timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await??;
+    assert_eq!(listed(&s).await?.len(), 1);
+
+    let store = s.collector.store.clone();
+    let pki_dir = s.pki().to_path_buf();
+    let port = s.collector.addr.port();
+    // Stop it (SIGKILL), then undo what a commit writes after the manifest.
+    s.collector = Collector::start(&pki_dir, &store.join("other"), 0);
+    std::fs::remove_file(store.join("index").join(format!("{CAPTURE}.json")))?;
+    let state_path = store.join("state").join(format!("{CAPTURE}.json"));
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+    state["complete"] = serde_json::Value::Bool(false);
+    std::fs::write(&state_path, serde_json::to_vec(&state)?)?;
+
+    s.collector = Collector::start(&pki_dir, &store, port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let found = listed(&s).await?;
+        if !found.is_empty() || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(found.len(), 1, "listed after restart: {found:?}");
+    assert_eq!(found[0].capture_id, CAPTURE);
+    assert_eq!(found[0].status, "complete");
+    assert!(
+        store
+            .join("index")
+            .join(format!("{CAPTURE}.json"))
+            .is_file()
+    );
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+    assert_eq!(state["complete"], true, "{state}");
+
+    let mut c = s.client("web-1").await;
+    let status = expect_err(
+        timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await?,
+        "commit again after the repair",
+    )?;
+    assert_code(
+        &status,
+        Code::AlreadyExists,
+        "commit again after the repair",
+    );
     Ok(())
 }
 
