@@ -279,8 +279,9 @@ fn init_tracing(filter: &str, json: bool) {
     }
 }
 
+/// One JSON line on stdout, safe on a terminal (host text in it).
 fn print_json<T: serde::Serialize>(value: &T) {
-    if let Ok(json) = serde_json::to_string(value) {
+    if let Some(json) = ircap_collector::render::json(value) {
         let _ = writeln!(std::io::stdout().lock(), "{json}");
     }
 }
@@ -410,7 +411,11 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 let mut out = std::io::stdout().lock();
                 if json {
                     for c in &captures {
-                        let _ = writeln!(out, "{}", capture_json(c));
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            ircap_collector::render::json(&capture_json(c)).unwrap_or_default()
+                        );
                     }
                 } else {
                     let _ = write!(out, "{}", analyst::list_table(&captures));
@@ -421,7 +426,17 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 let mut client = analyst::connect(&server.settings())?;
                 let (manifest, bytes) = analyst::manifest(&mut client, &id).await?;
                 let mut out = std::io::stdout().lock();
-                if json {
+                if json && std::io::IsTerminal::is_terminal(&out) {
+                    // The same document, with terminal controls escaped.
+                    let value: serde_json::Value = serde_json::from_slice(&bytes)
+                        .map_err(|e| analyst::AnalystError::Rpc(e.to_string()))?;
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        ircap_collector::render::json(&value).unwrap_or_default()
+                    );
+                } else if json {
+                    // Byte for byte the stored manifest, for machines.
                     let _ = out.write_all(&bytes);
                 } else {
                     let _ = write!(out, "{}", analyst::show_text(&manifest));
@@ -567,7 +582,12 @@ fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
             let mut out = std::io::stdout().lock();
             if json {
                 for a in &agents {
-                    let _ = writeln!(out, "{}", analyst_requests::agent_json(a));
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        ircap_collector::render::json(&analyst_requests::agent_json(a))
+                            .unwrap_or_default()
+                    );
                 }
             } else {
                 let _ = write!(out, "{}", analyst_requests::agents_table(&agents));

@@ -10,8 +10,10 @@
 //! stdout or stderr in human form: each control character (C0, DEL, C1)
 //! and each Unicode bidirectional override becomes a visible `\x..` or
 //! `\u{..}` escape, and a backslash becomes `\\` so an escape cannot be
-//! faked. [`Table`] escapes every cell. JSON output (`--json`) is left to
-//! `serde_json`, whose strings escape C0 characters by rule.
+//! faked. [`Table`] escapes every cell. JSON lines go through [`json`], which
+//! escapes C0 characters as JSON always does and, beyond that, DEL, C1 and
+//! bidirectional overrides as `\uXXXX`: the same string to a parser, inert on
+//! a terminal.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -49,6 +51,41 @@ pub fn escape(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Whether a JSON string must carry `c` as a `\uXXXX` escape (serde_json
+/// already escapes C0).
+fn needs_json_escape(c: char) -> bool {
+    c != '\\' && needs_escape(c) && u32::from(c) >= 0x20
+}
+
+/// A serde_json formatter that escapes what [`needs_json_escape`] names.
+struct SafeFormatter;
+
+impl serde_json::ser::Formatter for SafeFormatter {
+    fn write_string_fragment<W>(&mut self, writer: &mut W, fragment: &str) -> std::io::Result<()>
+    where
+        W: ?Sized + std::io::Write,
+    {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if needs_json_escape(c) {
+                writer.write_all(fragment.get(start..i).unwrap_or_default().as_bytes())?;
+                write!(writer, "\\u{:04x}", u32::from(c))?;
+                start = i + c.len_utf8();
+            }
+        }
+        writer.write_all(fragment.get(start..).unwrap_or_default().as_bytes())
+    }
+}
+
+/// `value` as one line of JSON that is safe on a terminal (see the
+/// module docs); `None` if it cannot be serialised.
+#[must_use]
+pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Option<String> {
+    let mut ser = serde_json::Serializer::with_formatter(Vec::new(), SafeFormatter);
+    value.serialize(&mut ser).ok()?;
+    String::from_utf8(ser.into_inner()).ok()
 }
 
 /// A table of text, columns padded to their widest cell, every cell
@@ -127,6 +164,18 @@ mod tests {
         assert_eq!(escape("C:\\x1b"), "C:\\\\x1b");
         assert!(matches!(escape("web-1.example"), Cow::Borrowed(_)));
         assert_eq!(escape("héllo"), "héllo");
+    }
+
+    #[test]
+    fn json_lines_escape_terminal_controls_and_round_trip() {
+        let text = format!("{HOSTILE}\u{9b}\u{202e}\x7f\\é");
+        let line = json(&serde_json::json!({ "hostname": text })).unwrap();
+        assert!(
+            !line.contains(['\x1b', '\x07', '\r', '\n', '\u{9b}', '\u{202e}', '\x7f']),
+            "{line:?}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["hostname"], text);
     }
 
     #[test]

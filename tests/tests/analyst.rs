@@ -863,6 +863,9 @@ fn a_pulled_capture_opens_in_duckdb() -> TestResult {
 /// The hostname of the hostile agent: retitles the window, turns
 /// the text red and forges a table row.
 const HOSTILE: &str = "evil\x1b]0;PWNED\x07\x1b[31m...\r\nfake-row";
+/// What the control stream lets through (it refuses control characters):
+/// a right-to-left override that makes `web-1` read as the host.
+const BIDI: &str = "db-prod\u{202e}1-bew";
 /// The capture the hostile agent commits.
 const HOSTILE_CAPTURE: &str = "01a20000-0000-7000-8000-0000000000e1";
 
@@ -871,7 +874,7 @@ const HOSTILE_CAPTURE: &str = "01a20000-0000-7000-8000-0000000000e1";
 fn assert_terminal_safe(out: &Output, what: &str) {
     for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
         let t = text(bytes);
-        for c in ['\x1b', '\x07', '\r', '\u{9b}'] {
+        for c in ['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}'] {
             assert!(!t.contains(c), "{what}: raw {c:?} on {stream}: {t:?}");
         }
         assert!(
@@ -1000,7 +1003,8 @@ async fn hostile_host_text_is_escaped_on_the_analysts_terminal() -> TestResult {
     let s = std::sync::Arc::new(Setup::new()?);
     upload_hostile_capture(&s).await?;
 
-    // Web-2 attaches in daemon mode claiming the hostile text everywhere.
+    // Web-2 attaches in daemon mode claiming the text the control stream
+    // lets through everywhere.
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(
             s.pki().join("ca.pem"),
@@ -1016,10 +1020,10 @@ async fn hostile_host_text_is_escaped_on_the_analysts_terminal() -> TestResult {
     tx.send(AgentMessage {
         body: Some(agent_message::Body::Hello(Hello {
             session_id: "0190-hostile".into(),
-            hostname: HOSTILE.into(),
-            instance_id: HOSTILE.into(),
-            labels: [("role".to_owned(), HOSTILE.to_owned())].into(),
-            agent_version: HOSTILE.into(),
+            hostname: BIDI.into(),
+            instance_id: BIDI.into(),
+            labels: [("role".to_owned(), BIDI.to_owned())].into(),
+            agent_version: BIDI.into(),
             busy_request_id: String::new(),
         })),
     })
@@ -1124,8 +1128,13 @@ async fn hostile_host_text_is_escaped_on_the_analysts_terminal() -> TestResult {
             .map(|(_, o)| text(&o.stdout))
             .unwrap_or_default()
     };
+    assert!(
+        table("agents").contains("db-prod\\u{202e}1-bew"),
+        "agents: {}",
+        table("agents")
+    );
     // Escaped, not dropped: the analyst still sees what the host claimed.
-    for what in ["list", "list --incomplete", "show", "agents"] {
+    for what in ["list", "list --incomplete", "show"] {
         assert!(
             table(what).contains("evil\\x1b]0;PWNED\\x07\\x1b[31m...\\x0d\\x0afake-row"),
             "{what}: {}",
