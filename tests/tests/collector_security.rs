@@ -1337,3 +1337,118 @@ async fn abusive_capture_ids_are_refused() -> TestResult {
     );
     Ok(())
 }
+
+/// A gzip bomb: `members` copies of one gzip member holding 16 MiB of
+/// zeros at level 9 (about 16 KiB each), so a 4 MiB chunk decodes to
+/// about 4 GiB.
+fn gzip_bomb(members: usize) -> Result<Vec<u8>, Box<dyn Error>> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..16 {
+        enc.write_all(&zeros)?;
+    }
+    let member = enc.finish()?;
+    let mut bomb = Vec::with_capacity(member.len() * members);
+    for _ in 0..members {
+        bomb.extend_from_slice(&member);
+    }
+    Ok(bomb)
+}
+
+/// One agent's gzip bombs (three streams at once, again and again) are
+/// each refused with INVALID_ARGUMENT naming the decode cap, and another
+/// agent's OpenCapture stays fast while they run: decoding happens on a
+/// bounded CPU pool, never on the threads that answer calls, and stops at
+/// the cap instead of inflating 4 GiB per chunk.
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_bombs_are_refused_and_do_not_stall_other_agents() -> TestResult {
+    let s = Setup::new()?;
+    let member_len = gzip_bomb(1)?.len();
+    let bomb = bytes::Bytes::from(gzip_bomb((4 << 20) / member_len)?);
+    assert!(bomb.len() <= 4 << 20);
+    let bomb_sha = sha256(&bomb);
+
+    let stop = Instant::now() + Duration::from_secs(8);
+    let mut bombers = Vec::new();
+    for stream in 0..3u32 {
+        let mut c = s.client("web-1").await;
+        let (bomb, bomb_sha) = (bomb.clone(), bomb_sha.clone());
+        bombers.push(tokio::spawn(async move {
+            let mut refusals = Vec::new();
+            let mut round = 0u32;
+            while Instant::now() < stop {
+                let id = format!("01a20000-0000-7000-8000-b0b0{stream:04}{round:04}");
+                round += 1;
+                let e = |e: Box<dyn Error>| e.to_string();
+                timed(open(&mut c, &id))
+                    .await
+                    .map_err(e)?
+                    .map_err(|s| s.to_string())?;
+                let header = UploadMessage {
+                    body: Some(upload_message::Body::Header(ArtifactHeader {
+                        capture_id: id.clone(),
+                        name: "bomb.jsonl.gz".into(),
+                        encoding: "gzip".into(),
+                        offset: 0,
+                    })),
+                };
+                let mut up = Upload::start(&mut c, header)
+                    .await
+                    .map_err(e)?
+                    .map_err(|s| s.to_string())?;
+                up.expect_ack("bomb header").await.map_err(e)?;
+                up.send(UploadMessage {
+                    body: Some(upload_message::Body::Chunk(Chunk {
+                        offset: 0,
+                        data: bomb.clone(),
+                        sha256: bomb_sha.clone(),
+                    })),
+                })
+                .await
+                .map_err(e)?;
+                refusals.push(up.expect_error("bomb chunk").await.map_err(e)?);
+            }
+            Ok::<_, String>(refusals)
+        }));
+    }
+
+    // Meanwhile another agent opens captures.
+    let mut web2 = s.client("web-2").await;
+    timed(open(&mut web2, OTHER_CAPTURE)).await??; // connect once
+    let mut latencies = Vec::new();
+    while Instant::now() < stop {
+        let t = Instant::now();
+        timed(open(&mut web2, OTHER_CAPTURE)).await??;
+        latencies.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut refused = 0;
+    for b in bombers {
+        for status in b.await?? {
+            assert_code(&status, Code::InvalidArgument, "gzip bomb");
+            assert!(
+                status.message().contains("decodes to more than"),
+                "bomb refusal does not name the cap: {}",
+                status.message()
+            );
+            refused += 1;
+        }
+    }
+    latencies.sort();
+    let worst = latencies.last().copied().unwrap_or_default();
+    let median = latencies
+        .get(latencies.len() / 2)
+        .copied()
+        .unwrap_or_default();
+    eprintln!(
+        "{refused} bombs refused; web-2 OpenCapture over {} calls: median {median:?}, worst {worst:?}",
+        latencies.len()
+    );
+    assert!(refused >= 3, "only {refused} bombs refused");
+    assert!(
+        worst < Duration::from_secs(2),
+        "OpenCapture took {worst:?} while bombs ran (median {median:?})"
+    );
+    Ok(())
+}
