@@ -169,8 +169,7 @@ impl ArtifactVerifier {
                 let fed = self.stored.bytes();
                 let limit = fed
                     .saturating_mul(MAX_RATIO)
-                    .max(RATIO_FLOOR)
-                    .min(MAX_DECODED);
+                    .clamp(RATIO_FLOOR, MAX_DECODED);
                 dec.get_mut().limit = limit;
                 if let Err(e) = dec.write_all(slice) {
                     if dec.get_mut().tripped {

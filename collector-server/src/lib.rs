@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod pki;
 pub mod query;
+pub mod quota;
 pub mod render;
 pub mod serve;
 pub mod service;

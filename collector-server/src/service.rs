@@ -31,6 +31,7 @@ use crate::auth::{self, Identity, Role};
 use crate::capture_lock::{CaptureLock, CaptureLocks};
 use crate::ingest::{ArtifactIngest, ClaimedEnd, CpuPool, IngestError, MAX_CHUNK};
 use crate::metrics::{Metrics, StreamGauge, inc};
+use crate::quota::{MAX_ARTIFACTS, Quotas, STREAM_DEADLINE, exhausted};
 use crate::store::repair::index_entry;
 use crate::store::{CaptureState, Store};
 use crate::timefmt;
@@ -56,6 +57,8 @@ pub struct UploadService<S: Store> {
     locks: Arc<CaptureLocks>,
     /// Where digests and decoding run.
     pool: CpuPool,
+    /// Limits per agent identity.
+    quotas: Quotas,
 }
 
 impl<S: Store> UploadService<S> {
@@ -67,7 +70,16 @@ impl<S: Store> UploadService<S> {
             active: Arc::default(),
             locks: Arc::default(),
             pool: CpuPool::default(),
+            quotas: Quotas::default(),
         }
+    }
+
+    /// The same service counting against `quotas` (shared with whoever
+    /// seeds them from the store).
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = quotas;
+        self
     }
 }
 
@@ -183,6 +195,15 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// What one upload stream shares with the service.
+struct StreamCtx<S> {
+    store: Arc<S>,
+    metrics: Arc<Metrics>,
+    active: Arc<Mutex<HashSet<(String, String)>>>,
+    locks: Arc<CaptureLocks>,
+    pool: CpuPool,
+}
+
 type AckStream = Pin<Box<dyn Stream<Item = Result<UploadAck, Status>> + Send>>;
 
 impl<S: Store> UploadService<S> {
@@ -202,15 +223,18 @@ impl<S: Store> UploadService<S> {
 
     /// Runs one artifact stream; acks go to `acks`.
     async fn upload(
-        store: Arc<S>,
-        metrics: Arc<Metrics>,
-        active: Arc<Mutex<HashSet<(String, String)>>>,
-        locks: Arc<CaptureLocks>,
-        pool: CpuPool,
+        ctx: StreamCtx<S>,
         who: Identity,
         mut stream: Streaming<UploadMessage>,
         acks: &mpsc::Sender<Result<UploadAck, Status>>,
     ) -> Result<(), Status> {
+        let StreamCtx {
+            store,
+            metrics,
+            active,
+            locks,
+            pool,
+        } = ctx;
         let Some(upload_message::Body::Header(header)) = Self::next(&mut stream).await? else {
             return Err(Status::invalid_argument(
                 "an upload stream starts with an ArtifactHeader",
@@ -237,6 +261,15 @@ impl<S: Store> UploadService<S> {
         }
         if state.complete {
             return Err(committed_status(&state.capture_id));
+        }
+        if state.finished.len() >= MAX_ARTIFACTS {
+            return Err(exhausted(
+                format!(
+                    "capture {} already holds {MAX_ARTIFACTS} artifacts",
+                    state.capture_id
+                ),
+                None,
+            ));
         }
         let key = (state.capture_id.clone(), name.to_string());
         let _guard = {
@@ -512,8 +545,15 @@ impl<S: Store> CaptureUpload for UploadService<S> {
                     req.capture_id
                 )));
             }
-            Some(s) => s,
+            Some(s) => {
+                if !s.complete {
+                    self.quotas
+                        .seed_open([(who.name.clone(), s.capture_id.clone())]);
+                }
+                s
+            }
             None => {
+                self.quotas.open(&who.name, &req.capture_id)?;
                 let s = CaptureState {
                     capture_id: req.capture_id.clone(),
                     owner: who.name.clone(),
@@ -553,6 +593,7 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         request: Request<Streaming<UploadMessage>>,
     ) -> Result<Response<Self::UploadArtifactStream>, Status> {
         let who = agent_identity(&request)?;
+        let permit = self.quotas.stream(&who.name)?;
         let stream = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let store = Arc::clone(&self.store);
@@ -562,18 +603,23 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let _gauge = StreamGauge::new(Arc::clone(&metrics));
-            if let Err(status) = Self::upload(
+            let _permit = permit;
+            let ctx = StreamCtx {
                 store,
-                Arc::clone(&metrics),
+                metrics: Arc::clone(&metrics),
                 active,
                 locks,
                 pool,
-                who,
-                stream,
-                &tx,
-            )
-            .await
-            {
+            };
+            let upload = Self::upload(ctx, who, stream, &tx);
+            let result = tokio::time::timeout(STREAM_DEADLINE, upload)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(
+                        "upload stream open for too long; resume on a new one",
+                    ))
+                });
+            if let Err(status) = result {
                 if status.code() == tonic::Code::Unavailable {
                     inc(&metrics.store_unavailable);
                 }
@@ -650,6 +696,7 @@ impl<S: Store> CaptureUpload for UploadService<S> {
             .map_err(store_status)?;
         *committed = true;
         drop(committed);
+        self.quotas.close(&who.name, &state.capture_id);
         inc(&self.metrics.captures_completed);
         tracing::info!(
             capture_id = state.capture_id,

@@ -1377,18 +1377,18 @@ async fn gzip_bombs_are_refused_and_do_not_stall_other_agents() -> TestResult {
         bombers.push(tokio::spawn(async move {
             let mut refusals = Vec::new();
             let mut round = 0u32;
+            let id = format!("01a20000-0000-7000-8000-b0b00000{stream:04}");
+            let e = |e: Box<dyn Error>| e.to_string();
+            timed(open(&mut c, &id))
+                .await
+                .map_err(e)?
+                .map_err(|s| s.to_string())?;
             while Instant::now() < stop {
-                let id = format!("01a20000-0000-7000-8000-b0b0{stream:04}{round:04}");
                 round += 1;
-                let e = |e: Box<dyn Error>| e.to_string();
-                timed(open(&mut c, &id))
-                    .await
-                    .map_err(e)?
-                    .map_err(|s| s.to_string())?;
                 let header = UploadMessage {
                     body: Some(upload_message::Body::Header(ArtifactHeader {
                         capture_id: id.clone(),
-                        name: "bomb.jsonl.gz".into(),
+                        name: format!("bomb-{round}.jsonl.gz"),
                         encoding: "gzip".into(),
                         offset: 0,
                     })),
@@ -1450,5 +1450,171 @@ async fn gzip_bombs_are_refused_and_do_not_stall_other_agents() -> TestResult {
         worst < Duration::from_secs(2),
         "OpenCapture took {worst:?} while bombs ran (median {median:?})"
     );
+    Ok(())
+}
+
+/// One identity's open captures and concurrent upload streams are
+/// bounded: past the limit it gets RESOURCE_EXHAUSTED with a
+/// `grpc-retry-pushback-ms` hint, another identity is not affected, and a
+/// stream that ends gives its place back.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_captures_and_streams_per_agent_are_bounded() -> TestResult {
+    let s = Setup::new()?;
+    let mut c = s.client("web-1").await;
+    let id = |i: u32| format!("01a20000-0000-7000-8000-c0c0{i:08}");
+    for i in 0..16 {
+        timed(open(&mut c, &id(i))).await??;
+    }
+    // Reopening one (a resume) is no new capture.
+    timed(open(&mut c, &id(3))).await??;
+    let status = expect_err(timed(open(&mut c, &id(16))).await?, "17th open capture")?;
+    assert_code(&status, Code::ResourceExhausted, "17th open capture");
+    let hint = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(hint.is_some_and(|ms| ms > 0), "no retry hint: {status:?}");
+    let state = s
+        .collector
+        .store
+        .join("state")
+        .join(format!("{}.json", id(16)));
+    assert!(
+        !state.exists(),
+        "a refused capture left {}",
+        state.display()
+    );
+    let mut web2 = s.client("web-2").await;
+    timed(open(&mut web2, OTHER_CAPTURE)).await??;
+
+    // Eight streams at once, then the ninth is refused.
+    let mut streams = Vec::new();
+    for i in 0..8u32 {
+        let mut up = Upload::start(&mut c, named_header(&id(0), &format!("a{i}.bin"), 0)).await??;
+        up.expect_ack("stream header").await?;
+        streams.push(up);
+    }
+    let status = upload_fails(&mut c, named_header(&id(0), "a8.bin", 0), "9th stream").await?;
+    assert_code(&status, Code::ResourceExhausted, "9th stream");
+    assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+    // Web-2 streams meanwhile.
+    let mut up = Upload::start(&mut web2, named_header(OTHER_CAPTURE, "x.bin", 0)).await??;
+    up.expect_ack("web-2 stream").await?;
+    drop(up);
+    // One ends: its place is free again.
+    drop(streams.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Upload::start(&mut c, named_header(&id(0), "a8.bin", 0)).await? {
+            Ok(mut up) => match up.ack().await? {
+                Ok(Some(_)) => break,
+                Ok(None) => return Err("stream ended without an ack".into()),
+                Err(s) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {}
+                Err(s) => return Err(format!("after a stream ended: {s:?}").into()),
+            },
+            Err(s) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {}
+            Err(s) => return Err(format!("after a stream ended: {s:?}").into()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// An agent cannot pass off another agent's capture, or one of its own
+/// opened before the request, as the result of a request: the collector
+/// records the outcome as failed, naming why.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_naming_a_capture_the_agent_may_not_claim_is_refused() -> TestResult {
+    use ircap_proto::v1::agent_control_client::AgentControlClient;
+    use ircap_proto::v1::capture_requests_client::CaptureRequestsClient;
+    use ircap_proto::v1::{
+        AgentMessage, CaptureOutcome, CreateRequestRequest, Hello, ListResultsRequest, Target,
+        agent_message, collector_message,
+    };
+
+    let s = Setup::new()?;
+    // Web-1's committed capture, and one web-2 opened before any request.
+    corrupt_then_good_upload(&s).await?;
+    let mut web1 = s.client("web-1").await;
+    timed(web1.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await??;
+    let mut web2 = s.client("web-2").await;
+    timed(open(&mut web2, OTHER_CAPTURE)).await??;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(AgentMessage {
+        body: Some(agent_message::Body::Hello(Hello {
+            session_id: "0190-claims".into(),
+            hostname: "db-prod".into(),
+            ..Hello::default()
+        })),
+    })
+    .await?;
+    let mut from_collector = timed(
+        AgentControlClient::new(channel(s.collector.addr, s.pki(), "web-2")?)
+            .attach(ReceiverStream::new(rx)),
+    )
+    .await??
+    .into_inner();
+    let mut requests = CaptureRequestsClient::new(channel(s.collector.addr, s.pki(), "alice")?);
+    for (claimed, why) in [
+        (CAPTURE, "belongs to another agent"),
+        (OTHER_CAPTURE, "before the request"),
+    ] {
+        let created = timed(requests.create_request(CreateRequestRequest {
+            target: Some(Target {
+                host: "web-2".into(),
+                ..Target::default()
+            }),
+            ..CreateRequestRequest::default()
+        }))
+        .await??
+        .into_inner();
+        let request_id = loop {
+            match timed(from_collector.message()).await?? {
+                Some(msg) => {
+                    if let Some(collector_message::Body::Request(r)) = msg.body {
+                        break r.request_id;
+                    }
+                }
+                None => return Err("control stream ended".into()),
+            }
+        };
+        assert_eq!(request_id, created.request_id);
+        tx.send(AgentMessage {
+            body: Some(agent_message::Body::Outcome(CaptureOutcome {
+                request_id: request_id.clone(),
+                capture_id: claimed.into(),
+                status: "complete".into(),
+                ..CaptureOutcome::default()
+            })),
+        })
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let result = loop {
+            let mut results = timed(requests.list_results(ListResultsRequest {
+                request_id: request_id.clone(),
+            }))
+            .await??
+            .into_inner();
+            let mut found = None;
+            while let Some(r) = timed(results.message()).await?? {
+                if r.agent == "web-2" && r.status != "delivered" && r.status != "running" {
+                    found = Some(r);
+                }
+            }
+            match found {
+                Some(r) => break r,
+                None if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => return Err("no final result recorded".into()),
+            }
+        };
+        assert_eq!(result.status, "failed", "claiming {claimed}: {result:?}");
+        assert!(result.error.contains(why), "claiming {claimed}: {result:?}");
+    }
+    drop(tx);
     Ok(())
 }

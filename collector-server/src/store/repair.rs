@@ -18,6 +18,8 @@ use super::{CaptureState, IndexEntry, Store, StoreError};
 pub struct RepairReport {
     /// Captures whose commit was finished.
     pub repaired: Vec<String>,
+    /// (owner, capture id) of every capture still open.
+    pub open: Vec<(String, String)>,
 }
 
 /// The index entry of a committed capture, from its manifest.
@@ -81,6 +83,9 @@ pub async fn repair<S: Store>(store: &S) -> Result<RepairReport, StoreError> {
                     "Finished a commit cut short by a crash"
                 );
                 report.repaired.push(state.capture_id);
+            }
+            Ok(false) if !state.complete => {
+                report.open.push((state.owner, state.capture_id));
             }
             Ok(false) => {}
             Err(e) => {
