@@ -17,6 +17,8 @@ use ircap_proto::v1::{CaptureInfo, GetManifestRequest, ListCapturesRequest, Read
 use ircap_proto::{ArtifactName, VerifyReport};
 use tonic::transport::Channel;
 
+use crate::render::{Table, escape};
+
 /// Why an analyst command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AnalystError {
@@ -106,22 +108,22 @@ fn duration(start: &str, end: &str) -> String {
     }
 }
 
-/// Renders captures as a table.
+/// Renders captures as a table (host text escaped).
 #[must_use]
 pub fn list_table(captures: &[CaptureInfo]) -> String {
-    let mut rows = vec![[
-        "ID".to_owned(),
-        "HOST".into(),
-        "AGENT".into(),
-        "INSTANCE".into(),
-        "STARTED".into(),
-        "DURATION".into(),
-        "SIZE".into(),
-        "ARTIFACTS".into(),
-        "STATUS".into(),
-    ]];
+    let mut rows = Table::new(&[
+        "ID",
+        "HOST (claimed)",
+        "AGENT",
+        "INSTANCE (claimed)",
+        "STARTED",
+        "DURATION",
+        "SIZE",
+        "ARTIFACTS",
+        "STATUS",
+    ]);
     for c in captures {
-        rows.push([
+        rows.row([
             c.capture_id.clone(),
             c.hostname.clone(),
             c.agent.clone(),
@@ -137,27 +139,7 @@ pub fn list_table(captures: &[CaptureInfo]) -> String {
             c.status.clone(),
         ]);
     }
-    table(&rows)
-}
-
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    rows.render()
 }
 
 /// Fetches and parses a capture's manifest.
@@ -181,19 +163,19 @@ pub async fn manifest(
     Ok((m, bytes))
 }
 
-/// Renders a manifest: artifacts and chain of custody.
+/// Renders a manifest: artifacts and chain of custody (host text escaped).
 #[must_use]
 pub fn show_text(m: &Manifest) -> String {
-    let mut rows = vec![[
-        "ARTIFACT".to_owned(),
-        "KIND".into(),
-        "RECORDS".into(),
-        "SIZE".into(),
-        "SHA256 (stored)".into(),
-        "ERRORS".into(),
-    ]];
+    let mut rows = Table::new(&[
+        "ARTIFACT",
+        "KIND",
+        "RECORDS",
+        "SIZE",
+        "SHA256 (stored)",
+        "ERRORS",
+    ]);
     for a in &m.artifacts {
-        rows.push([
+        rows.row([
             a.name.clone(),
             a.kind.clone(),
             a.record_count.map_or_else(|| "-".into(), |n| n.to_string()),
@@ -203,32 +185,28 @@ pub fn show_text(m: &Manifest) -> String {
         ]);
     }
     let receipt = m.collector_receipt.clone().unwrap_or_default();
-    let field = |k: &str| {
-        receipt
-            .get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or("-")
-            .to_owned()
-    };
+    let field =
+        |k: &str| escape(receipt.get(k).and_then(|v| v.as_str()).unwrap_or("-")).into_owned();
+    let instance = escape(m.host.instance_id.as_deref().unwrap_or("-"));
     let mut out = format!(
-        "capture {}\nhost {} (instance {}), kernel {}\ncaptured {} .. {}, agent {} pid {}, {} errors\n\n",
-        m.capture_id,
-        m.host.hostname,
-        m.host.instance_id.as_deref().unwrap_or("-"),
-        m.host.kernel_release,
-        m.started_at,
-        m.ended_at,
-        m.agent.version,
+        "capture {}\nhost {} (claimed; instance {}), kernel {}\ncaptured {} .. {}, agent {} pid {}, {} errors\n\n",
+        escape(&m.capture_id),
+        escape(&m.host.hostname),
+        instance,
+        escape(&m.host.kernel_release),
+        escape(&m.started_at),
+        escape(&m.ended_at),
+        escape(&m.agent.version),
         m.agent.pid,
         m.error_count,
     );
-    out.push_str(&table(&rows));
+    out.push_str(&rows.render());
     out.push_str(&format!(
-        "\nchain of custody\n  agent identity     {}\n  certificate sha256 {}\n  ssm command id     {}\n  instance id        {}\n  collector opened   {}\n  collector verified {} ({})\n",
+        "\nchain of custody\n  agent identity     {}\n  certificate sha256 {}\n  ssm command id     {}\n  instance id        {} (claimed)\n  collector opened   {}\n  collector verified {} ({})\n",
         field("peer_identity"),
         field("peer_certificate_sha256"),
-        m.ssm_command_id.as_deref().unwrap_or("-"),
-        m.host.instance_id.as_deref().unwrap_or("-"),
+        escape(m.ssm_command_id.as_deref().unwrap_or("-")),
+        instance,
         field("opened_at"),
         field("committed_at"),
         field("verification"),

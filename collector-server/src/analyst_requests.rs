@@ -218,17 +218,17 @@ pub fn result_json(r: &RequestResult) -> serde_json::Value {
     })
 }
 
-/// Agents as a table.
+/// Agents as a table (host text escaped).
 #[must_use]
 pub fn agents_table(agents: &[AgentInfo]) -> String {
-    let mut rows = vec![[
-        "AGENT".to_owned(),
-        "HOST".into(),
-        "INSTANCE".into(),
-        "LABELS".into(),
-        "LAST SEEN".into(),
-        "STATE".into(),
-    ]];
+    let mut rows = crate::render::Table::new(&[
+        "AGENT",
+        "HOST (claimed)",
+        "INSTANCE (claimed)",
+        "LABELS",
+        "LAST SEEN",
+        "STATE",
+    ]);
     for a in agents {
         let labels: BTreeMap<&String, &String> = a.labels.iter().collect();
         let labels = labels
@@ -244,7 +244,7 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
         if a.duplicate {
             state.push_str(" DUPLICATE-IDENTITY");
         }
-        rows.push([
+        rows.row([
             a.agent.clone(),
             a.hostname.clone(),
             if a.instance_id.is_empty() {
@@ -261,25 +261,7 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
             state,
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r.get(i).map_or(0, String::len))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    rows.render()
 }
 
 #[cfg(test)]

@@ -1,32 +1,138 @@
-//! Verification of one artifact as its bytes arrive: the SHA-256 of the
-//! stored bytes and, for gzip artifacts, of the decoded content, computed
-//! with the same `HashingWriter` the agent used.
+//! Verification of one artifact as its bytes arrive, free of gRPC and of
+//! the store: [`ArtifactIngest`] is the state machine of one upload stream
+//! (resume from stored bytes, chunks, end), returning ircap's own
+//! [`IngestError`]s; the service turns them into statuses in
+//! [`crate::status`] and runs the CPU work on a [`CpuPool`].
+//!
+//! Digests are the SHA-256 of the stored bytes and, for gzip artifacts, of
+//! the decoded content, computed with the same `HashingWriter` the agent
+//! used.
+//!
+//! ## Caps on decoding
+//!
+//! A gzip artifact is decoded to hash its content, and deflate turns a few
+//! MiB into GiB. So decoding is bounded per artifact:
+//!
+//! - **ratio**: the decoded bytes may not pass [`MAX_RATIO`] (600) times the
+//!   stored bytes fed to the decoder so far, once past [`RATIO_FLOOR`]
+//!   (16 MiB decoded). The ircap agent writes gzip level 1, which stays
+//!   near 230:1 even on all-zero memory; level 9 on zeros reaches 1028:1.
+//! - **size**: at most [`MAX_DECODED`] (1 TiB) decoded bytes per artifact.
+//!
+//! Input is fed to the decoder in 64 KiB slices and the cap is enforced
+//! inside the decoder's output, so a bomb is refused after at most the
+//! floor plus one slice's worth of work, never after decoding a whole chunk.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use flate2::write::MultiGzDecoder;
-use ircap_proto::{Digest, HashingWriter};
+use ircap_proto::{ArtifactName, Digest, HashingWriter};
+use sha2::Digest as _;
+use tokio::sync::Semaphore;
 
-/// Running digests of one artifact.
-pub struct ArtifactVerifier {
-    stored: HashingWriter<io::Sink>,
-    content: Content,
-}
+use crate::store::FinishedArtifact;
 
-enum Content {
-    Gzip(Box<MultiGzDecoder<HashingWriter<io::Sink>>>),
-    Identity,
-}
+/// Largest chunk accepted.
+pub const MAX_CHUNK: usize = 4 << 20;
+/// Decoded bytes allowed per stored byte (see the module docs).
+pub const MAX_RATIO: u64 = 600;
+/// Decoded bytes always allowed before the ratio applies.
+pub const RATIO_FLOOR: u64 = 16 << 20;
+/// Decoded bytes allowed per artifact.
+pub const MAX_DECODED: u64 = 1 << 40;
+/// Stored bytes fed to the decoder at a time.
+const SLICE: usize = 64 << 10;
 
-/// Why an artifact's bytes do not verify.
+/// Why an artifact's bytes are refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IngestError {
     /// Unknown encoding.
     #[error("unknown encoding {0:?} (expected gzip or identity)")]
     Encoding(String),
     /// The gzip stream is broken.
-    #[error("stored bytes are not a valid gzip stream: {0}")]
-    Gzip(String),
+    #[error("{name}: stored bytes are not a valid gzip stream: {message}")]
+    Gzip {
+        /// Artifact.
+        name: String,
+        /// The decoder's error.
+        message: String,
+    },
+    /// A chunk not at the offset the collector holds.
+    #[error("{name}: chunk at offset {given} but the collector holds {expected} bytes")]
+    Offset {
+        /// Artifact.
+        name: String,
+        /// Where the artifact stands.
+        expected: u64,
+        /// The chunk's offset.
+        given: u64,
+    },
+    /// A chunk larger than [`MAX_CHUNK`].
+    #[error("chunk of {0} bytes is larger than {MAX_CHUNK} bytes")]
+    ChunkTooLarge(usize),
+    /// A chunk whose bytes do not match its SHA-256.
+    #[error(
+        "{name}: chunk at offset {offset} does not match its SHA-256; nothing of it was stored"
+    )]
+    ChunkDigest {
+        /// Artifact.
+        name: String,
+        /// The chunk's offset.
+        offset: u64,
+    },
+    /// Decoding passed a cap (see the module docs).
+    #[error(
+        "{name}: refused, the gzip content decodes to more than {limit} bytes from {stored} stored bytes (caps: {MAX_RATIO}:1 past {RATIO_FLOOR} bytes, {MAX_DECODED} bytes per artifact)"
+    )]
+    DecodeCap {
+        /// Artifact.
+        name: String,
+        /// The cap that was reached.
+        limit: u64,
+        /// Stored bytes fed to the decoder when it was reached.
+        stored: u64,
+    },
+    /// The end's sizes or digests differ from the bytes received.
+    #[error("{name}: {detail}")]
+    Mismatch {
+        /// Artifact.
+        name: String,
+        /// Received versus claimed.
+        detail: String,
+    },
+}
+
+/// The decoder's output: counted against a cap, then hashed.
+struct Capped {
+    inner: HashingWriter<io::Sink>,
+    limit: u64,
+    tripped: bool,
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.inner.bytes() + buf.len() as u64 > self.limit {
+            self.tripped = true;
+            return Err(io::Error::other("decode cap reached"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Content {
+    Gzip(Box<MultiGzDecoder<Capped>>),
+    Identity,
+}
+
+/// Running digests of one artifact.
+pub struct ArtifactVerifier {
+    stored: HashingWriter<io::Sink>,
+    content: Content,
 }
 
 impl ArtifactVerifier {
@@ -36,9 +142,11 @@ impl ArtifactVerifier {
     /// [`IngestError::Encoding`] for an unknown encoding.
     pub fn new(encoding: &str) -> Result<Self, IngestError> {
         let content = match encoding {
-            "gzip" => Content::Gzip(Box::new(MultiGzDecoder::new(
-                HashingWriter::new(io::sink()),
-            ))),
+            "gzip" => Content::Gzip(Box::new(MultiGzDecoder::new(Capped {
+                inner: HashingWriter::new(io::sink()),
+                limit: RATIO_FLOOR,
+                tripped: false,
+            }))),
             "identity" => Content::Identity,
             other => return Err(IngestError::Encoding(other.to_owned())),
         };
@@ -48,16 +156,35 @@ impl ArtifactVerifier {
         })
     }
 
-    /// Feeds the next stored bytes.
+    /// Feeds the next stored bytes of artifact `name`.
     ///
     /// # Errors
-    /// [`IngestError::Gzip`] when the bytes break the gzip stream.
-    pub fn update(&mut self, data: &[u8]) -> Result<(), IngestError> {
-        // Writing to a sink cannot fail.
-        let _ = self.stored.write_all(data);
-        if let Content::Gzip(dec) = &mut self.content {
-            dec.write_all(data)
-                .map_err(|e| IngestError::Gzip(e.to_string()))?;
+    /// [`IngestError::Gzip`] when the bytes break the gzip stream,
+    /// [`IngestError::DecodeCap`] when decoding passes a cap.
+    pub fn update(&mut self, name: &str, data: &[u8]) -> Result<(), IngestError> {
+        for slice in data.chunks(SLICE) {
+            // Writing to a sink cannot fail.
+            let _ = self.stored.write_all(slice);
+            if let Content::Gzip(dec) = &mut self.content {
+                let fed = self.stored.bytes();
+                let limit = fed
+                    .saturating_mul(MAX_RATIO)
+                    .clamp(RATIO_FLOOR, MAX_DECODED);
+                dec.get_mut().limit = limit;
+                if let Err(e) = dec.write_all(slice) {
+                    if dec.get_mut().tripped {
+                        return Err(IngestError::DecodeCap {
+                            name: name.to_owned(),
+                            limit,
+                            stored: fed,
+                        });
+                    }
+                    return Err(IngestError::Gzip {
+                        name: name.to_owned(),
+                        message: e.to_string(),
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -66,12 +193,15 @@ impl ArtifactVerifier {
     ///
     /// # Errors
     /// [`IngestError::Gzip`] when the gzip stream is truncated.
-    pub fn finish(self) -> Result<(Digest, Digest), IngestError> {
+    pub fn finish(self, name: &str) -> Result<(Digest, Digest), IngestError> {
         let (_, stored) = self.stored.finish();
         let content = match self.content {
             Content::Gzip(dec) => {
-                let hashing = dec.finish().map_err(|e| IngestError::Gzip(e.to_string()))?;
-                hashing.finish().1
+                let capped = dec.finish().map_err(|e| IngestError::Gzip {
+                    name: name.to_owned(),
+                    message: e.to_string(),
+                })?;
+                capped.inner.finish().1
             }
             Content::Identity => stored.clone(),
         };
@@ -79,24 +209,212 @@ impl ArtifactVerifier {
     }
 }
 
+/// What the agent claims at an artifact's end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedEnd {
+    /// Stored bytes and their SHA-256 (hex).
+    pub stored: Digest,
+    /// Decoded bytes and their SHA-256 (hex).
+    pub content: Digest,
+}
+
+/// One artifact's upload: where it stands and its running digests.
+pub struct ArtifactIngest {
+    name: ArtifactName,
+    encoding: String,
+    verifier: ArtifactVerifier,
+    received: u64,
+}
+
+impl ArtifactIngest {
+    /// Starts an artifact stored with `encoding`.
+    ///
+    /// # Errors
+    /// [`IngestError::Encoding`] for an unknown encoding.
+    pub fn new(name: ArtifactName, encoding: &str) -> Result<Self, IngestError> {
+        Ok(Self {
+            verifier: ArtifactVerifier::new(encoding)?,
+            name,
+            encoding: encoding.to_owned(),
+            received: 0,
+        })
+    }
+
+    /// The artifact.
+    #[must_use]
+    pub fn name(&self) -> &ArtifactName {
+        &self.name
+    }
+
+    /// Stored bytes taken so far (resumed and received).
+    #[must_use]
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Takes bytes already stored durably (a resumed upload), in order.
+    ///
+    /// # Errors
+    /// As [`ArtifactVerifier::update`].
+    pub fn resume(&mut self, stored: &[u8]) -> Result<(), IngestError> {
+        self.verifier.update(self.name.as_str(), stored)?;
+        self.received += stored.len() as u64;
+        Ok(())
+    }
+
+    /// Checks what can be checked of a chunk without reading its bytes.
+    ///
+    /// # Errors
+    /// [`IngestError::Offset`] or [`IngestError::ChunkTooLarge`].
+    pub fn check_chunk(&self, offset: u64, len: usize) -> Result<(), IngestError> {
+        if offset != self.received {
+            return Err(IngestError::Offset {
+                name: self.name.to_string(),
+                expected: self.received,
+                given: offset,
+            });
+        }
+        if len > MAX_CHUNK {
+            return Err(IngestError::ChunkTooLarge(len));
+        }
+        Ok(())
+    }
+
+    /// Takes the next chunk: its SHA-256 must match, then its bytes go
+    /// into the running digests (the CPU-heavy part).
+    ///
+    /// # Errors
+    /// Those of [`Self::check_chunk`], [`IngestError::ChunkDigest`], and
+    /// those of [`ArtifactVerifier::update`].
+    pub fn chunk(&mut self, offset: u64, data: &[u8], sha256: &[u8]) -> Result<(), IngestError> {
+        self.check_chunk(offset, data.len())?;
+        if sha2::Sha256::digest(data).as_slice() != sha256 {
+            return Err(IngestError::ChunkDigest {
+                name: self.name.to_string(),
+                offset,
+            });
+        }
+        self.verifier.update(self.name.as_str(), data)?;
+        self.received += data.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the artifact: the digests of what was received must be what
+    /// the agent claims.
+    ///
+    /// # Errors
+    /// [`IngestError::Gzip`] for a truncated gzip stream,
+    /// [`IngestError::Mismatch`] when a size or digest differs.
+    pub fn end(self, claimed: &ClaimedEnd) -> Result<FinishedArtifact, IngestError> {
+        let (stored, content) = self.verifier.finish(self.name.as_str())?;
+        if stored != claimed.stored || content != claimed.content {
+            return Err(IngestError::Mismatch {
+                name: self.name.to_string(),
+                detail: format!(
+                    "received {} bytes sha256 {} (content {} bytes sha256 {}), agent claims {} bytes sha256 {} (content {} bytes sha256 {})",
+                    stored.bytes,
+                    stored.sha256,
+                    content.bytes,
+                    content.sha256,
+                    claimed.stored.bytes,
+                    claimed.stored.sha256,
+                    claimed.content.bytes,
+                    claimed.content.sha256,
+                ),
+            });
+        }
+        Ok(FinishedArtifact {
+            encoding: self.encoding,
+            size: stored.bytes,
+            sha256: stored.sha256,
+            size_uncompressed: content.bytes,
+            sha256_uncompressed: content.sha256,
+        })
+    }
+}
+
+/// A bounded pool for CPU work (hashing and decoding): at most as many
+/// jobs at once as the machine has cores, on tokio's blocking threads, so
+/// the async worker threads that serve every other call never decode.
+/// Waiting jobs are served in arrival order.
+#[derive(Debug, Clone)]
+pub struct CpuPool {
+    permits: Arc<Semaphore>,
+}
+
+/// The pool is gone (the runtime is shutting down) or a job panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("CPU pool: {0}")]
+pub struct PoolError(String);
+
+impl Default for CpuPool {
+    fn default() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+    }
+}
+
+impl CpuPool {
+    /// A pool running up to `jobs` jobs at once (at least 1).
+    #[must_use]
+    pub fn new(jobs: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(jobs.max(1))),
+        }
+    }
+
+    /// Runs `job` on the pool.
+    ///
+    /// # Errors
+    /// [`PoolError`] when the pool is closed or the job panicked.
+    pub async fn run<T, F>(&self, job: F) -> Result<T, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| PoolError(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            job()
+        })
+        .await
+        .map_err(|e| PoolError(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use flate2::Compression;
     use flate2::write::GzEncoder;
 
     use super::*;
 
+    fn gzip(data: &[u8], level: u32) -> Vec<u8> {
+        let mut enc = GzEncoder::new(Vec::new(), Compression::new(level));
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn digest(data: &[u8]) -> Digest {
+        Digest {
+            sha256: ircap_proto::hashing::sha256_hex(data),
+            bytes: data.len() as u64,
+        }
+    }
+
     #[test]
     fn gzip_digests_match_the_writer_side_in_any_split() {
-        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
-        enc.write_all(&b"hello world\n".repeat(1000)).unwrap();
-        let gz = enc.finish().unwrap();
+        let gz = gzip(&b"hello world\n".repeat(1000), 1);
         for split in [1, 7, 100, gz.len()] {
             let mut v = ArtifactVerifier::new("gzip").unwrap();
             for part in gz.chunks(split) {
-                v.update(part).unwrap();
+                v.update("a", part).unwrap();
             }
-            let (stored, content) = v.finish().unwrap();
+            let (stored, content) = v.finish("a").unwrap();
             assert_eq!(stored.sha256, ircap_proto::hashing::sha256_hex(&gz));
             assert_eq!(
                 content.sha256,
@@ -107,12 +425,108 @@ mod tests {
 
     #[test]
     fn truncated_gzip_is_an_error_and_unknown_encoding_refused() {
-        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
-        enc.write_all(b"abc").unwrap();
-        let gz = enc.finish().unwrap();
+        let gz = gzip(b"abc", 1);
         let mut v = ArtifactVerifier::new("gzip").unwrap();
-        v.update(&gz[..gz.len() - 4]).unwrap();
-        assert!(v.finish().is_err());
+        v.update("a", &gz[..gz.len() - 4]).unwrap();
+        assert!(matches!(v.finish("a"), Err(IngestError::Gzip { .. })));
         assert!(ArtifactVerifier::new("zip").is_err());
+    }
+
+    /// What the agent sends for a mostly-zero memory region (gzip level 1)
+    /// verifies; the same zeros at level 9 are refused as a bomb after
+    /// little work.
+    #[test]
+    fn agent_gzip_of_zero_pages_passes_and_a_bomb_is_refused_early() {
+        let zeros = vec![0u8; 256 << 20];
+        let agent = gzip(&zeros, 1);
+        let mut ingest =
+            ArtifactIngest::new(ArtifactName::parse("memory/pid-1.bin").unwrap(), "gzip").unwrap();
+        for (i, part) in agent.chunks(1 << 20).enumerate() {
+            let offset = (i as u64) << 20;
+            ingest
+                .chunk(offset, part, &sha2::Sha256::digest(part))
+                .unwrap();
+        }
+        let done = ingest
+            .end(&ClaimedEnd {
+                stored: digest(&agent),
+                content: digest(&zeros),
+            })
+            .unwrap();
+        assert_eq!(done.size_uncompressed, 256 << 20);
+
+        let bomb = gzip(&zeros, 9);
+        assert!(
+            (zeros.len() / bomb.len()) as u64 > MAX_RATIO,
+            "level 9 ratio {}",
+            zeros.len() / bomb.len()
+        );
+        let mut ingest =
+            ArtifactIngest::new(ArtifactName::parse("bomb.gz").unwrap(), "gzip").unwrap();
+        let err = ingest
+            .chunk(0, &bomb, &sha2::Sha256::digest(&bomb))
+            .unwrap_err();
+        let IngestError::DecodeCap { limit, .. } = err else {
+            panic!("{err:?}");
+        };
+        assert!(limit <= RATIO_FLOOR + SLICE as u64 * MAX_RATIO, "{limit}");
+    }
+
+    #[test]
+    fn chunks_out_of_order_oversized_or_corrupt_are_refused() {
+        let mut ingest =
+            ArtifactIngest::new(ArtifactName::parse("a.bin").unwrap(), "identity").unwrap();
+        assert!(matches!(
+            ingest.chunk(3, b"abc", &sha2::Sha256::digest(b"abc")),
+            Err(IngestError::Offset {
+                expected: 0,
+                given: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ingest.chunk(0, b"abc", &sha2::Sha256::digest(b"abd")),
+            Err(IngestError::ChunkDigest { offset: 0, .. })
+        ));
+        assert_eq!(
+            ingest.check_chunk(0, MAX_CHUNK + 1),
+            Err(IngestError::ChunkTooLarge(MAX_CHUNK + 1))
+        );
+        ingest
+            .chunk(0, b"abc", &sha2::Sha256::digest(b"abc"))
+            .unwrap();
+        assert_eq!(ingest.received(), 3);
+        let wrong = ingest.end(&ClaimedEnd {
+            stored: digest(b"abd"),
+            content: digest(b"abd"),
+        });
+        assert!(matches!(wrong, Err(IngestError::Mismatch { .. })));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_runs_at_most_its_size_at_once() {
+        let pool = CpuPool::new(2);
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let jobs: Vec<_> = (0..8)
+            .map(|_| {
+                let (pool, running, peak) = (pool.clone(), running.clone(), peak.clone());
+                tokio::spawn(async move {
+                    pool.run(move || {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        let now = running.fetch_add(1, SeqCst) + 1;
+                        peak.fetch_max(now, SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        running.fetch_sub(1, SeqCst);
+                    })
+                    .await
+                    .unwrap();
+                })
+            })
+            .collect();
+        for j in jobs {
+            j.await.unwrap();
+        }
+        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -6,12 +6,16 @@
 pub mod analyst;
 pub mod analyst_requests;
 pub mod auth;
+pub mod capture_lock;
 pub mod control;
 pub mod ingest;
 pub mod metrics;
 pub mod pki;
 pub mod query;
+pub mod quota;
+pub mod render;
 pub mod serve;
 pub mod service;
+pub mod status;
 pub mod store;
 pub mod timefmt;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ircap_collector::auth::Role;
+use ircap_collector::render::escape;
 use ircap_collector::serve::{self, S3Config, ServeConfig, Settings};
 use ircap_collector::{analyst, analyst_requests, pki};
 use ircap_proto::v1::ListCapturesRequest;
@@ -278,8 +279,9 @@ fn init_tracing(filter: &str, json: bool) {
     }
 }
 
+/// One JSON line on stdout, safe on a terminal (host text in it).
 fn print_json<T: serde::Serialize>(value: &T) {
-    if let Ok(json) = serde_json::to_string(value) {
+    if let Some(json) = ircap_collector::render::json(value) {
         let _ = writeln!(std::io::stdout().lock(), "{json}");
     }
 }
@@ -409,7 +411,11 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 let mut out = std::io::stdout().lock();
                 if json {
                     for c in &captures {
-                        let _ = writeln!(out, "{}", capture_json(c));
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            ircap_collector::render::json(&capture_json(c)).unwrap_or_default()
+                        );
                     }
                 } else {
                     let _ = write!(out, "{}", analyst::list_table(&captures));
@@ -420,7 +426,17 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 let mut client = analyst::connect(&server.settings())?;
                 let (manifest, bytes) = analyst::manifest(&mut client, &id).await?;
                 let mut out = std::io::stdout().lock();
-                if json {
+                if json && std::io::IsTerminal::is_terminal(&out) {
+                    // The same document, with terminal controls escaped.
+                    let value: serde_json::Value = serde_json::from_slice(&bytes)
+                        .map_err(|e| analyst::AnalystError::Rpc(e.to_string()))?;
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        ircap_collector::render::json(&value).unwrap_or_default()
+                    );
+                } else if json {
+                    // Byte for byte the stored manifest, for machines.
                     let _ = out.write_all(&bytes);
                 } else {
                     let _ = write!(out, "{}", analyst::show_text(&manifest));
@@ -447,13 +463,13 @@ fn run_analyst(cmd: Command) -> ExitCode {
         Ok(None) => ExitCode::SUCCESS,
         Err(analyst::AnalystError::Verify(report)) => {
             for p in &report.problems {
-                tracing::error!("{p}");
+                tracing::error!("{}", escape(&p.to_string()));
             }
             print_json(&report);
             ExitCode::from(3)
         }
         Err(err) => {
-            tracing::error!("{err}");
+            tracing::error!("{}", escape(&err.to_string()));
             ExitCode::from(1)
         }
     }
@@ -515,7 +531,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
             "matched": created.matched.iter().map(analyst_requests::agent_json).collect::<Vec<_>>(),
         }));
         if created.matched.is_empty() {
-            tracing::warn!(request_id, "No connected agent matches now; agents that connect before the request expires will receive it");
+            tracing::warn!(request_id = %escape(&request_id), "No connected agent matches now; agents that connect before the request expires will receive it");
         }
         if !args.wait {
             return Ok(true);
@@ -524,7 +540,14 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         let mut all_complete = true;
         let mut on_final = |r: &ircap_proto::v1::RequestResult| {
             all_complete &= r.status == "complete";
-            tracing::info!(agent = r.agent, hostname = r.hostname, status = r.status, capture_id = r.capture_id, error = r.error, "Agent finished");
+            tracing::info!(
+                agent = %escape(&r.agent),
+                hostname = %escape(&r.hostname),
+                status = %escape(&r.status),
+                capture_id = %escape(&r.capture_id),
+                error = %escape(&r.error),
+                "Agent finished"
+            );
             print_json(&analyst_requests::result_json(r));
         };
         let missing =
@@ -532,7 +555,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
                 .await?;
         for agent in &missing {
             print_json(&serde_json::json!({ "request_id": request_id, "agent": agent, "status": "timed_out" }));
-            tracing::error!(agent, "No result before --timeout");
+            tracing::error!(agent = %escape(agent), "No result before --timeout");
         }
         Ok(all_complete && missing.is_empty())
     });
@@ -540,7 +563,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(err) => {
-            tracing::error!("{err}");
+            tracing::error!("{}", escape(&err.to_string()));
             ExitCode::from(1)
         }
     }
@@ -559,7 +582,12 @@ fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
             let mut out = std::io::stdout().lock();
             if json {
                 for a in &agents {
-                    let _ = writeln!(out, "{}", analyst_requests::agent_json(a));
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        ircap_collector::render::json(&analyst_requests::agent_json(a))
+                            .unwrap_or_default()
+                    );
                 }
             } else {
                 let _ = write!(out, "{}", analyst_requests::agents_table(&agents));
@@ -567,7 +595,7 @@ fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!("{err}");
+            tracing::error!("{}", escape(&err.to_string()));
             ExitCode::from(1)
         }
     }
@@ -592,7 +620,7 @@ fn run_verify(dir: &std::path::Path) -> ExitCode {
     match ircap_proto::verify_capture(dir) {
         Ok(report) => {
             for p in &report.problems {
-                tracing::error!("{p}");
+                tracing::error!("{}", escape(&p.to_string()));
             }
             print_json(&report);
             if report.is_ok() {
@@ -602,7 +630,7 @@ fn run_verify(dir: &std::path::Path) -> ExitCode {
             }
         }
         Err(err) => {
-            tracing::error!("{err}");
+            tracing::error!("{}", escape(&err.to_string()));
             ExitCode::from(1)
         }
     }

@@ -45,7 +45,16 @@ impl<S: Store> QueryService<S> {
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found(format!("no capture with id {id}")))?;
-        if !state.complete {
+        // A stored manifest makes a capture complete, even when a crash
+        // cut its commit short before the state said so.
+        if !state.complete
+            && self
+                .store
+                .find_manifest(&state)
+                .await
+                .map_err(store_status)?
+                .is_none()
+        {
             return Err(Status::failed_precondition(format!(
                 "capture {id} is incomplete: it was never committed"
             )));
@@ -103,10 +112,12 @@ impl<S: Store> CaptureQuery for QueryService<S> {
             .collect();
         if req.include_incomplete {
             let states = self.store.list_states().await.map_err(store_status)?;
+            let indexed: std::collections::HashSet<String> =
+                captures.iter().map(|c| c.capture_id.clone()).collect();
             captures.extend(
                 states
                     .into_iter()
-                    .filter(|s| !s.complete)
+                    .filter(|s| !s.complete && !indexed.contains(&s.capture_id))
                     .map(|s| CaptureInfo {
                         capture_id: s.capture_id,
                         agent: s.owner,

@@ -317,6 +317,26 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::default());
+    // Commits cut short by a crash: finished in the background, so a large
+    // store does not delay start.
+    let quotas = crate::quota::Quotas::default();
+    let repairing = tokio::spawn({
+        let store = Arc::clone(&store);
+        let quotas = quotas.clone();
+        async move {
+            match crate::store::repair::repair(&*store).await {
+                Ok(r) => {
+                    if !r.repaired.is_empty() {
+                        tracing::warn!(captures = r.repaired.len(), "Repaired interrupted commits");
+                    }
+                    quotas.seed_open(r.open);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot check the store for interrupted commits")
+                }
+            }
+        }
+    });
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics))));
     let acceptor = TlsAcceptor::from(Arc::clone(&settings.tls));
@@ -366,7 +386,7 @@ pub async fn serve(
     ));
     let requests =
         CaptureRequestsServer::new(control::requests::RequestService::new(Arc::clone(&replica)));
-    let upload = CaptureUploadServer::new(UploadService::new(store, metrics))
+    let upload = CaptureUploadServer::new(UploadService::new(store, metrics).with_quotas(quotas))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
 
@@ -381,6 +401,7 @@ pub async fn serve(
         let _ = stop_tx.send(());
     };
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(crate::quota::MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
@@ -401,6 +422,7 @@ pub async fn serve(
         }
     };
     accept_loop.abort();
+    repairing.abort();
     delivery.abort();
     if let Some(task) = metrics_task {
         task.abort();

@@ -7,7 +7,8 @@
 //! against their SHA-256 before they are stored; an artifact is finished
 //! only when its stored and decoded digests match what the agent sent; a
 //! capture is complete only when its manifest matches every finished
-//! artifact.
+//! artifact, and once complete nothing more is added to it (see
+//! [`crate::capture_lock`]).
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -21,20 +22,20 @@ use ircap_proto::v1::{
     OpenCaptureResponse, UploadAck, UploadMessage, upload_message,
 };
 use ircap_proto::{ArtifactName, Digest};
-use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Identity, Role};
-use crate::ingest::ArtifactVerifier;
+use crate::capture_lock::{CaptureLock, CaptureLocks};
+use crate::ingest::{ArtifactIngest, ClaimedEnd, CpuPool, IngestError, MAX_CHUNK};
 use crate::metrics::{Metrics, StreamGauge, inc};
-use crate::store::{CaptureState, FinishedArtifact, IndexEntry, Store, StoreError};
+use crate::quota::{MAX_ARTIFACTS, Quotas, STREAM_DEADLINE, exhausted};
+use crate::store::repair::index_entry;
+use crate::store::{CaptureState, Store};
 use crate::timefmt;
 
-/// Largest chunk accepted.
-pub const MAX_CHUNK: usize = 4 << 20;
 /// Largest gRPC message accepted (a chunk plus its envelope).
 pub const MAX_MESSAGE: usize = MAX_CHUNK + (64 << 10);
 /// How often the agent hears from the collector while an artifact is
@@ -42,6 +43,9 @@ pub const MAX_MESSAGE: usize = MAX_CHUNK + (64 << 10);
 const FINISH_KEEPALIVE: Duration = Duration::from_secs(10);
 /// Longest silence inside an upload stream before it is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for room to send an acknowledgement: a client that stops
+/// reading acks is dropped after this, whatever it keeps sending.
+pub const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The upload service over a [`Store`].
 pub struct UploadService<S: Store> {
@@ -49,8 +53,12 @@ pub struct UploadService<S: Store> {
     metrics: Arc<Metrics>,
     /// (capture id, artifact) pairs with a stream in progress.
     active: Arc<Mutex<HashSet<(String, String)>>>,
-    /// Serialises read-modify-write of capture state.
-    state_lock: Arc<tokio::sync::Mutex<()>>,
+    /// One lock per capture in progress.
+    locks: Arc<CaptureLocks>,
+    /// Where digests and decoding run.
+    pool: CpuPool,
+    /// Limits per agent identity.
+    quotas: Quotas,
 }
 
 impl<S: Store> UploadService<S> {
@@ -60,31 +68,23 @@ impl<S: Store> UploadService<S> {
             store,
             metrics,
             active: Arc::default(),
-            state_lock: Arc::default(),
+            locks: Arc::default(),
+            pool: CpuPool::default(),
+            quotas: Quotas::default(),
         }
+    }
+
+    /// The same service counting against `quotas` (shared with whoever
+    /// seeds them from the store).
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = quotas;
+        self
     }
 }
 
-pub(crate) fn store_status(err: StoreError) -> Status {
-    match err {
-        StoreError::Io { .. } => {
-            tracing::warn!(error = %err, "Store unavailable");
-            Status::unavailable(format!("store unavailable, retry: {err}"))
-        }
-        StoreError::Backend { .. } => {
-            tracing::warn!(error = %err, "Store backend unavailable");
-            Status::unavailable(format!("store unavailable, retry: {err}"))
-        }
-        StoreError::Integrity { .. } => {
-            tracing::error!(error = %err, "Store integrity check failed");
-            Status::data_loss(err.to_string())
-        }
-        StoreError::Corrupt { .. } => Status::internal(err.to_string()),
-        StoreError::UnknownCapture(_) => Status::not_found(err.to_string()),
-        StoreError::BadKey(_) => Status::invalid_argument(err.to_string()),
-        StoreError::Offset { .. } => Status::failed_precondition(err.to_string()),
-    }
-}
+pub(crate) use crate::status::store_status;
+use crate::status::{ingest_status, pool_status};
 
 /// The caller's identity, which must hold `role`.
 pub(crate) fn caller_with_role<T>(req: &Request<T>, role: Role) -> Result<Identity, Status> {
@@ -140,6 +140,47 @@ async fn owned_state<S: Store>(
     Ok(state)
 }
 
+/// The refusal of anything more for a committed capture.
+fn committed_status(capture_id: &str) -> Status {
+    Status::already_exists(format!(
+        "capture {capture_id} is already complete: nothing more is accepted into it"
+    ))
+}
+
+/// Sends `ack`, giving up when the client has not made room for it within
+/// [`ACK_SEND_TIMEOUT`].
+async fn send_ack(
+    acks: &mpsc::Sender<Result<UploadAck, Status>>,
+    ack: UploadAck,
+) -> Result<(), Status> {
+    match tokio::time::timeout(ACK_SEND_TIMEOUT, acks.send(Ok(ack))).await {
+        Err(_) => Err(Status::deadline_exceeded(
+            "the agent stopped reading acknowledgements",
+        )),
+        Ok(Err(_)) => Err(Status::cancelled("agent went away")),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// Appends to an artifact of a capture that is not committed.
+async fn append_open<S: Store>(
+    lock: &CaptureLock,
+    store: &S,
+    state: &CaptureState,
+    name: &ArtifactName,
+    offset: u64,
+    data: &[u8],
+) -> Result<u64, Status> {
+    let committed = lock.committed.read().await;
+    if *committed {
+        return Err(committed_status(&state.capture_id));
+    }
+    store
+        .append(state, name, offset, data)
+        .await
+        .map_err(store_status)
+}
+
 /// Removes an active-stream marker when the stream ends, however it ends.
 struct ActiveGuard {
     set: Arc<Mutex<HashSet<(String, String)>>>,
@@ -152,6 +193,15 @@ impl Drop for ActiveGuard {
             set.remove(&self.key);
         }
     }
+}
+
+/// What one upload stream shares with the service.
+struct StreamCtx<S> {
+    store: Arc<S>,
+    metrics: Arc<Metrics>,
+    active: Arc<Mutex<HashSet<(String, String)>>>,
+    locks: Arc<CaptureLocks>,
+    pool: CpuPool,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<UploadAck, Status>> + Send>>;
@@ -173,36 +223,53 @@ impl<S: Store> UploadService<S> {
 
     /// Runs one artifact stream; acks go to `acks`.
     async fn upload(
-        store: Arc<S>,
-        metrics: Arc<Metrics>,
-        active: Arc<Mutex<HashSet<(String, String)>>>,
-        state_lock: Arc<tokio::sync::Mutex<()>>,
+        ctx: StreamCtx<S>,
         who: Identity,
         mut stream: Streaming<UploadMessage>,
         acks: &mpsc::Sender<Result<UploadAck, Status>>,
     ) -> Result<(), Status> {
+        let StreamCtx {
+            store,
+            metrics,
+            active,
+            locks,
+            pool,
+        } = ctx;
         let Some(upload_message::Body::Header(header)) = Self::next(&mut stream).await? else {
             return Err(Status::invalid_argument(
                 "an upload stream starts with an ArtifactHeader",
             ));
         };
+        check_capture_id(&header.capture_id)?;
+        // Taken before the state is read: a commit either happened before
+        // (the state says complete) or sees this stream's lock.
+        let lock = locks.get(&header.capture_id);
         let state = owned_state(&*store, &header.capture_id, &who).await?;
-        if state.complete {
-            return Err(Status::already_exists(format!(
-                "capture {} is already complete",
-                state.capture_id
-            )));
-        }
         let name = ArtifactName::parse(&header.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(done) = state.finished.get(name.as_str()) {
-            let _ = acks
-                .send(Ok(UploadAck {
+            // Finished before (its final ack may have been lost): say so,
+            // even when the capture is complete since.
+            return send_ack(
+                acks,
+                UploadAck {
                     durable_offset: done.size,
                     finished: true,
-                }))
-                .await;
-            return Ok(());
+                },
+            )
+            .await;
+        }
+        if state.complete {
+            return Err(committed_status(&state.capture_id));
+        }
+        if state.finished.len() >= MAX_ARTIFACTS {
+            return Err(exhausted(
+                format!(
+                    "capture {} already holds {MAX_ARTIFACTS} artifacts",
+                    state.capture_id
+                ),
+                None,
+            ));
         }
         let key = (state.capture_id.clone(), name.to_string());
         let _guard = {
@@ -219,15 +286,15 @@ impl<S: Store> UploadService<S> {
                 key,
             }
         };
-        let mut verifier = ArtifactVerifier::new(&header.encoding)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut ingest =
+            ArtifactIngest::new(name.clone(), &header.encoding).map_err(|e| ingest_status(&e))?;
         // Resuming: rebuild the running digests from what is stored.
         let mut durable = store
             .durable_len(&state, &name)
             .await
             .map_err(store_status)?;
-        let mut replayed = 0;
-        while replayed < durable {
+        while ingest.received() < durable {
+            let replayed = ingest.received();
             let len = (durable - replayed).min(MAX_CHUNK as u64);
             let bytes = store
                 .read_range(&state, &name, replayed, len)
@@ -237,26 +304,34 @@ impl<S: Store> UploadService<S> {
                 durable = replayed;
                 break;
             }
-            verifier
-                .update(&bytes)
-                .map_err(|e| Status::data_loss(format!("{name}: stored bytes: {e}")))?;
-            replayed += bytes.len() as u64;
+            let (back, result) = pool
+                .run(move || {
+                    let r = ingest.resume(&bytes);
+                    (ingest, r)
+                })
+                .await
+                .map_err(|e| pool_status(&e))?;
+            ingest = back;
+            result.map_err(|e| {
+                Status::data_loss(format!("stored bytes of {name} do not verify: {e}"))
+            })?;
         }
         if durable > 0 {
             tracing::info!(capture_id = state.capture_id, artifact = %name, durable, "Resuming artifact");
         }
-        acks.send(Ok(UploadAck {
-            durable_offset: durable,
-            finished: false,
-        }))
-        .await
-        .map_err(|_| Status::cancelled("agent went away"))?;
+        send_ack(
+            acks,
+            UploadAck {
+                durable_offset: durable,
+                finished: false,
+            },
+        )
+        .await?;
 
         // Bytes verified but not yet appended (the store's part size at
         // most, plus one chunk); acknowledged only once appended.
         let part_size = store.part_size();
         let mut pending: Vec<u8> = Vec::with_capacity(part_size);
-        let mut received = durable;
         loop {
             match Self::next(&mut stream).await? {
                 None => return Ok(()), // broken off: the partial artifact stays resumable
@@ -266,101 +341,102 @@ impl<S: Store> UploadService<S> {
                     ));
                 }
                 Some(upload_message::Body::Chunk(chunk)) => {
-                    if chunk.offset != received {
-                        return Err(Status::failed_precondition(format!(
-                            "{name}: chunk at offset {} but the collector holds {received} bytes",
-                            chunk.offset
-                        )));
+                    ingest
+                        .check_chunk(chunk.offset, chunk.data.len())
+                        .map_err(|e| ingest_status(&e))?;
+                    // Digest and decode on the CPU pool, never here.
+                    let data = chunk.data.clone();
+                    let (back, result) = pool
+                        .run(move || {
+                            let r = ingest.chunk(chunk.offset, &chunk.data, &chunk.sha256);
+                            (ingest, r)
+                        })
+                        .await
+                        .map_err(|e| pool_status(&e))?;
+                    ingest = back;
+                    if let Err(e) = result {
+                        match &e {
+                            IngestError::ChunkDigest { offset, .. } => {
+                                inc(&metrics.chunks_rejected);
+                                tracing::warn!(capture_id = state.capture_id, artifact = %name, offset, "Chunk failed its SHA-256");
+                            }
+                            IngestError::DecodeCap { .. } => {
+                                inc(&metrics.chunks_rejected);
+                                tracing::warn!(capture_id = state.capture_id, artifact = %name, "Artifact refused: decoding passed a cap");
+                            }
+                            _ => {}
+                        }
+                        return Err(ingest_status(&e));
                     }
-                    if chunk.data.len() > MAX_CHUNK {
-                        return Err(Status::invalid_argument(format!(
-                            "chunk larger than {MAX_CHUNK} bytes"
-                        )));
-                    }
-                    if sha2::Sha256::digest(&chunk.data).as_slice() != chunk.sha256.as_slice() {
-                        inc(&metrics.chunks_rejected);
-                        tracing::warn!(capture_id = state.capture_id, artifact = %name, offset = chunk.offset, "Chunk failed its SHA-256");
-                        return Err(Status::data_loss(format!(
-                            "{name}: chunk at offset {} does not match its SHA-256; nothing of it was stored",
-                            chunk.offset
-                        )));
-                    }
-                    verifier
-                        .update(&chunk.data)
-                        .map_err(|e| Status::data_loss(format!("{name}: {e}")))?;
-                    received += chunk.data.len() as u64;
                     let before = durable;
                     if pending.is_empty() && part_size == 0 {
-                        durable = store
-                            .append(&state, &name, durable, &chunk.data)
-                            .await
-                            .map_err(store_status)?;
+                        durable =
+                            append_open(&lock, &*store, &state, &name, durable, &data).await?;
                     } else {
-                        pending.extend_from_slice(&chunk.data);
+                        pending.extend_from_slice(&data);
                         if pending.len() < part_size {
                             continue;
                         }
-                        durable = store
-                            .append(&state, &name, durable, &pending)
-                            .await
-                            .map_err(store_status)?;
+                        durable =
+                            append_open(&lock, &*store, &state, &name, durable, &pending).await?;
                         pending.clear();
                     }
                     metrics
                         .bytes_received
                         .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
-                    acks.send(Ok(UploadAck {
-                        durable_offset: durable,
-                        finished: false,
-                    }))
-                    .await
-                    .map_err(|_| Status::cancelled("agent went away"))?;
+                    send_ack(
+                        acks,
+                        UploadAck {
+                            durable_offset: durable,
+                            finished: false,
+                        },
+                    )
+                    .await?;
                 }
                 Some(upload_message::Body::End(end)) => {
-                    let (stored, content) = verifier
-                        .finish()
-                        .map_err(|e| Status::data_loss(format!("{name}: {e}")))?;
-                    let claimed_stored = Digest {
-                        sha256: end.sha256.clone(),
-                        bytes: end.size,
+                    let claimed = ClaimedEnd {
+                        stored: Digest {
+                            sha256: end.sha256.clone(),
+                            bytes: end.size,
+                        },
+                        content: Digest {
+                            sha256: end.sha256_uncompressed.clone(),
+                            bytes: end.size_uncompressed,
+                        },
                     };
-                    let claimed_content = Digest {
-                        sha256: end.sha256_uncompressed.clone(),
-                        bytes: end.size_uncompressed,
-                    };
-                    if stored != claimed_stored || content != claimed_content {
-                        inc(&metrics.artifact_verification_failures);
-                        tracing::warn!(capture_id = state.capture_id, artifact = %name, "Artifact digest mismatch");
-                        return Err(Status::data_loss(format!(
-                            "{name}: received {} bytes sha256 {} (content {} bytes sha256 {}), agent claims {} bytes sha256 {} (content {} bytes sha256 {})",
-                            stored.bytes,
-                            stored.sha256,
-                            content.bytes,
-                            content.sha256,
-                            end.size,
-                            end.sha256,
-                            end.size_uncompressed,
-                            end.sha256_uncompressed
-                        )));
-                    }
+                    let finished = pool
+                        .run(move || ingest.end(&claimed))
+                        .await
+                        .map_err(|e| pool_status(&e))?
+                        .map_err(|e| {
+                            if matches!(e, IngestError::Mismatch { .. }) {
+                                inc(&metrics.artifact_verification_failures);
+                                tracing::warn!(capture_id = state.capture_id, artifact = %name, "Artifact digest mismatch");
+                            }
+                            ingest_status(&e)
+                        })?;
                     if !pending.is_empty() {
                         let before = durable;
-                        durable = store
-                            .append(&state, &name, durable, &pending)
-                            .await
-                            .map_err(store_status)?;
+                        durable =
+                            append_open(&lock, &*store, &state, &name, durable, &pending).await?;
                         pending.clear();
                         metrics
                             .bytes_received
                             .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
                     }
-                    let finished = FinishedArtifact {
-                        encoding: header.encoding.clone(),
-                        size: stored.bytes,
-                        sha256: stored.sha256,
-                        size_uncompressed: content.bytes,
-                        sha256_uncompressed: content.sha256,
-                    };
+                    // From here to the record of the artifact, no commit
+                    // of this capture can run in this process; the stored
+                    // state is read again for one run by another replica.
+                    let committed = lock.committed.read().await;
+                    let complete = *committed
+                        || store
+                            .state(&state.capture_id)
+                            .await
+                            .map_err(store_status)?
+                            .is_none_or(|s| s.complete);
+                    if complete {
+                        return Err(committed_status(&state.capture_id));
+                    }
                     // Assembling a large artifact in S3 takes a while:
                     // keep the agent's acknowledgement timer alive.
                     {
@@ -370,32 +446,35 @@ impl<S: Store> UploadService<S> {
                             tokio::select! {
                                 r = &mut finish => break r.map_err(store_status)?,
                                 () = tokio::time::sleep(FINISH_KEEPALIVE) => {
-                                    acks.send(Ok(UploadAck {
+                                    send_ack(acks, UploadAck {
                                         durable_offset: durable,
                                         finished: false,
-                                    }))
-                                    .await
-                                    .map_err(|_| Status::cancelled("agent went away"))?;
+                                    })
+                                    .await?;
                                 }
                             }
                         }
                     }
-                    let _lock = state_lock.lock().await;
-                    let mut fresh = store
-                        .state(&state.capture_id)
-                        .await
-                        .map_err(store_status)?
-                        .ok_or_else(|| Status::internal("capture state vanished"))?;
-                    fresh.finished.insert(name.to_string(), finished);
-                    store.save_state(&fresh).await.map_err(store_status)?;
+                    {
+                        let _state = lock.state.lock().await;
+                        let mut fresh = store
+                            .state(&state.capture_id)
+                            .await
+                            .map_err(store_status)?
+                            .ok_or_else(|| Status::internal("capture state vanished"))?;
+                        fresh.finished.insert(name.to_string(), finished);
+                        store.save_state(&fresh).await.map_err(store_status)?;
+                    }
+                    drop(committed);
                     inc(&metrics.artifacts_verified);
-                    let _ = acks
-                        .send(Ok(UploadAck {
+                    return send_ack(
+                        acks,
+                        UploadAck {
                             durable_offset: durable,
                             finished: true,
-                        }))
-                        .await;
-                    return Ok(());
+                        },
+                    )
+                    .await;
                 }
             }
         }
@@ -452,7 +531,8 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         if req.hostname.len() > 255 {
             return Err(Status::invalid_argument("hostname longer than 255 bytes"));
         }
-        let _lock = self.state_lock.lock().await;
+        let lock = self.locks.get(&req.capture_id);
+        let _state = lock.state.lock().await;
         let state = match self
             .store
             .state(&req.capture_id)
@@ -465,8 +545,15 @@ impl<S: Store> CaptureUpload for UploadService<S> {
                     req.capture_id
                 )));
             }
-            Some(s) => s,
+            Some(s) => {
+                if !s.complete {
+                    self.quotas
+                        .seed_open([(who.name.clone(), s.capture_id.clone())]);
+                }
+                s
+            }
             None => {
+                self.quotas.open(&who.name, &req.capture_id)?;
                 let s = CaptureState {
                     capture_id: req.capture_id.clone(),
                     owner: who.name.clone(),
@@ -506,25 +593,33 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         request: Request<Streaming<UploadMessage>>,
     ) -> Result<Response<Self::UploadArtifactStream>, Status> {
         let who = agent_identity(&request)?;
+        let permit = self.quotas.stream(&who.name)?;
         let stream = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let store = Arc::clone(&self.store);
         let metrics = Arc::clone(&self.metrics);
         let active = Arc::clone(&self.active);
-        let state_lock = Arc::clone(&self.state_lock);
+        let locks = Arc::clone(&self.locks);
+        let pool = self.pool.clone();
         tokio::spawn(async move {
             let _gauge = StreamGauge::new(Arc::clone(&metrics));
-            if let Err(status) = Self::upload(
+            let _permit = permit;
+            let ctx = StreamCtx {
                 store,
-                Arc::clone(&metrics),
+                metrics: Arc::clone(&metrics),
                 active,
-                state_lock,
-                who,
-                stream,
-                &tx,
-            )
-            .await
-            {
+                locks,
+                pool,
+            };
+            let upload = Self::upload(ctx, who, stream, &tx);
+            let result = tokio::time::timeout(STREAM_DEADLINE, upload)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(
+                        "upload stream open for too long; resume on a new one",
+                    ))
+                });
+            if let Err(status) = result {
                 if status.code() == tonic::Code::Unavailable {
                     inc(&metrics.store_unavailable);
                 }
@@ -540,9 +635,13 @@ impl<S: Store> CaptureUpload for UploadService<S> {
     ) -> Result<Response<CommitCaptureResponse>, Status> {
         let who = agent_identity(&request)?;
         let req = request.into_inner();
-        let _lock = self.state_lock.lock().await;
+        check_capture_id(&req.capture_id)?;
+        // Exclusive: every append and artifact record of this capture in
+        // progress finishes first, and none starts until it is decided.
+        let lock = self.locks.get(&req.capture_id);
+        let mut committed = lock.committed.write().await;
         let state = owned_state(&*self.store, &req.capture_id, &who).await?;
-        if state.complete {
+        if *committed || state.complete {
             return Err(Status::already_exists(format!(
                 "capture {} is already complete",
                 state.capture_id
@@ -586,24 +685,18 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         let mut bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| Status::internal(e.to_string()))?;
         bytes.push(b'\n');
-        let index = IndexEntry {
-            capture_id: state.capture_id.clone(),
-            agent: who.name.clone(),
-            hostname: manifest.host.hostname.clone(),
-            instance_id: manifest.host.instance_id.clone(),
-            started_at: manifest.started_at.clone(),
-            ended_at: manifest.ended_at.clone(),
-            stored_bytes: manifest.stored_bytes(),
-            artifacts: u32::try_from(manifest.artifacts.len()).unwrap_or(u32::MAX),
-            committed_at: receipt["committed_at"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        };
+        let index = index_entry(
+            &manifest,
+            &who.name,
+            receipt["committed_at"].as_str().unwrap_or_default(),
+        );
         self.store
             .commit(&state, &bytes, &index)
             .await
             .map_err(store_status)?;
+        *committed = true;
+        drop(committed);
+        self.quotas.close(&who.name, &state.capture_id);
         inc(&self.metrics.captures_completed);
         tracing::info!(
             capture_id = state.capture_id,

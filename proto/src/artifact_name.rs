@@ -4,6 +4,13 @@
 //! manifest can come from a hostile or broken agent, every consumer checks
 //! names with [`ArtifactName::parse`] before touching a file: no absolute
 //! paths, no `..`, no empty components, only a conservative character set.
+//!
+//! Some names are reserved because a store or a capture directory uses them
+//! for itself, and an artifact taking one would overwrite or hide it:
+//! `manifest` and `manifest.<anything>` as the first component (the
+//! manifest, its temporary file, and `manifest.json/x`, which would make
+//! the manifest's path a directory), and any component starting with `.`
+//! (temporary and partial files are hidden names).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -31,9 +38,14 @@ pub enum ArtifactNameError {
         /// The refused name.
         name: String,
     },
-    /// The reserved manifest name.
-    #[error("artifact name {MANIFEST_FILE:?} is reserved for the manifest")]
-    Reserved,
+    /// A name reserved for the manifest or for temporary files.
+    #[error(
+        "artifact name {name:?} is reserved: the first component may not be `manifest` or `manifest.*` and no component may start with `.`"
+    )]
+    Reserved {
+        /// The refused name.
+        name: String,
+    },
 }
 
 /// A checked artifact name (see the module docs for the rules).
@@ -60,8 +72,10 @@ impl ArtifactName {
                 name: name.to_owned(),
             });
         }
-        if name == MANIFEST_FILE {
-            return Err(ArtifactNameError::Reserved);
+        if is_reserved(name) {
+            return Err(ArtifactNameError::Reserved {
+                name: name.to_owned(),
+            });
         }
         Ok(Self(name.to_owned()))
     }
@@ -77,6 +91,16 @@ impl ArtifactName {
     pub fn path_in(&self, capture_dir: &Path) -> PathBuf {
         capture_dir.join(&self.0)
     }
+}
+
+/// Whether an otherwise well-formed relative name is reserved (see the
+/// module docs).
+fn is_reserved(name: &str) -> bool {
+    let first = name.split('/').next().unwrap_or_default();
+    let manifest_stem = MANIFEST_FILE.split('.').next().unwrap_or_default();
+    first == manifest_stem
+        || first.starts_with(&format!("{manifest_stem}."))
+        || name.split('/').any(|part| part.starts_with('.'))
 }
 
 impl fmt::Display for ArtifactName {
@@ -142,10 +166,27 @@ mod tests {
         ] {
             assert!(ArtifactName::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(
-            ArtifactName::parse("manifest.json"),
-            Err(ArtifactNameError::Reserved)
-        );
+        for reserved in [
+            "manifest.json",
+            "manifest.tmp",
+            "manifest.json/x",
+            "manifest",
+            "manifest.json.tmp",
+            ".hidden",
+            "logs/.partial",
+            "a/.x.tmp",
+        ] {
+            assert_eq!(
+                ArtifactName::parse(reserved),
+                Err(ArtifactNameError::Reserved {
+                    name: reserved.to_owned()
+                }),
+                "{reserved:?}"
+            );
+        }
+        // Only the first component is the manifest's place.
+        assert!(ArtifactName::parse("logs/manifest.json.gz").is_ok());
+        assert!(ArtifactName::parse("manifests.jsonl.gz").is_ok());
         assert!(ArtifactName::parse(&"a".repeat(MAX_LEN + 1)).is_err());
     }
 

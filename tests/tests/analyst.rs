@@ -859,3 +859,297 @@ fn a_pulled_capture_opens_in_duckdb() -> TestResult {
     );
     Ok(())
 }
+
+/// The hostname of the hostile agent: retitles the window, turns
+/// the text red and forges a table row.
+const HOSTILE: &str = "evil\x1b]0;PWNED\x07\x1b[31m...\r\nfake-row";
+/// What the control stream lets through (it refuses control characters):
+/// a right-to-left override that makes `web-1` read as the host.
+const BIDI: &str = "db-prod\u{202e}1-bew";
+/// The capture the hostile agent commits.
+const HOSTILE_CAPTURE: &str = "01a20000-0000-7000-8000-0000000000e1";
+
+/// Neither stdout nor stderr carries a raw ESC, BEL or CR, or a line that
+/// host text started.
+fn assert_terminal_safe(out: &Output, what: &str) {
+    for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let t = text(bytes);
+        for c in ['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}'] {
+            assert!(!t.contains(c), "{what}: raw {c:?} on {stream}: {t:?}");
+        }
+        assert!(
+            !t.lines().any(|l| l.trim_start().starts_with("fake-row")),
+            "{what}: a forged line on {stream}: {t:?}"
+        );
+    }
+}
+
+/// A manifest for [`HOSTILE_CAPTURE`] with one identity artifact `t.bin`
+/// holding `data`, and host text set to [`HOSTILE`] wherever an agent
+/// chooses it.
+fn hostile_manifest(data: &[u8]) -> Vec<u8> {
+    use ircap_proto::manifest::{
+        AgentInfo, ArtifactEntry, Encoding, FORMAT_VERSION, HostIdentity, Manifest,
+    };
+    let sha = ircap_proto::hashing::sha256_hex(data);
+    let m = Manifest {
+        format_version: FORMAT_VERSION,
+        capture_id: HOSTILE_CAPTURE.into(),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        ended_at: "2026-01-01T00:00:01Z".into(),
+        host: HostIdentity {
+            hostname: HOSTILE.into(),
+            kernel_release: HOSTILE.into(),
+            instance_id: Some(HOSTILE.into()),
+            ..HostIdentity::default()
+        },
+        agent: AgentInfo {
+            version: HOSTILE.into(),
+            ..AgentInfo::default()
+        },
+        options: serde_json::Value::Null,
+        ssm_command_id: Some(HOSTILE.into()),
+        artifacts: vec![ArtifactEntry {
+            name: "t.bin".into(),
+            kind: HOSTILE.into(),
+            content_type: HOSTILE.into(),
+            encoding: Encoding::Identity,
+            size_stored: data.len() as u64,
+            size_uncompressed: data.len() as u64,
+            sha256_stored: sha.clone(),
+            sha256_uncompressed: sha,
+            started_at: String::new(),
+            ended_at: String::new(),
+            record_count: None,
+            error_count: 0,
+            errors: vec![],
+        }],
+        error_count: 0,
+        errors: vec![],
+        collector_receipt: None,
+    };
+    serde_json::to_vec(&m).unwrap()
+}
+
+/// Web-1 uploads and commits [`HOSTILE_CAPTURE`] through a raw client,
+/// and opens a second capture it never commits, both claiming [`HOSTILE`].
+async fn upload_hostile_capture(s: &Setup) -> TestResult {
+    use ircap_proto::v1::{
+        ArtifactEnd, ArtifactHeader, Chunk, CommitCaptureRequest, UploadMessage, upload_message,
+    };
+    let mut c = client(
+        s.collector.addr,
+        &s.pki().join("ca.pem"),
+        Some((s.pki(), "web-1")),
+    )
+    .await;
+    for id in [HOSTILE_CAPTURE, INCOMPLETE] {
+        timed(c.open_capture(OpenCaptureRequest {
+            capture_id: id.into(),
+            hostname: HOSTILE.into(),
+        }))
+        .await??;
+    }
+    let data = b"hello";
+    let sha = ircap_proto::hashing::sha256_hex(data);
+    let msgs = [
+        upload_message::Body::Header(ArtifactHeader {
+            capture_id: HOSTILE_CAPTURE.into(),
+            name: "t.bin".into(),
+            encoding: "identity".into(),
+            offset: 0,
+        }),
+        upload_message::Body::Chunk(Chunk {
+            offset: 0,
+            data: data.to_vec().into(),
+            sha256: <sha2::Sha256 as sha2::Digest>::digest(data).to_vec(),
+        }),
+        upload_message::Body::End(ArtifactEnd {
+            size: 5,
+            sha256: sha.clone(),
+            size_uncompressed: 5,
+            sha256_uncompressed: sha,
+        }),
+    ]
+    .map(|b| UploadMessage { body: Some(b) });
+    let mut acks = timed(c.upload_artifact(tokio_stream::iter(msgs)))
+        .await??
+        .into_inner();
+    let mut finished = false;
+    while let Some(ack) = timed(acks.message()).await?? {
+        finished |= ack.finished;
+    }
+    assert!(finished, "hostile artifact never finished");
+    timed(c.commit_capture(CommitCaptureRequest {
+        capture_id: HOSTILE_CAPTURE.into(),
+        manifest_json: hostile_manifest(data),
+    }))
+    .await??;
+    Ok(())
+}
+
+/// Host-supplied text never drives the analyst's terminal: a hostname,
+/// instance id, kernel, agent version, SSM id and artifact kind carrying
+/// escape sequences and a forged row come out escaped from `list`,
+/// `list --incomplete`, `show`, `agents`, `request --wait` (whose agent
+/// answers with a hostile error), `pull` and `verify` (a hostile file
+/// name), on stdout and stderr; the JSON forms stay parseable and keep
+/// the text exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_host_text_is_escaped_on_the_analysts_terminal() -> TestResult {
+    use ircap_proto::v1::agent_control_client::AgentControlClient;
+    use ircap_proto::v1::{AgentMessage, CaptureOutcome, Hello, agent_message, collector_message};
+
+    let s = std::sync::Arc::new(Setup::new()?);
+    upload_hostile_capture(&s).await?;
+
+    // Web-2 attaches in daemon mode claiming the text the control stream
+    // lets through everywhere.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(
+            s.pki().join("ca.pem"),
+        )?))
+        .identity(Identity::from_pem(
+            std::fs::read(s.pki().join("web-2.pem"))?,
+            std::fs::read(s.pki().join("web-2.key"))?,
+        ));
+    let channel = Endpoint::from_shared(s.collector.url())?
+        .tls_config(tls)?
+        .connect_lazy();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(AgentMessage {
+        body: Some(agent_message::Body::Hello(Hello {
+            session_id: "0190-hostile".into(),
+            hostname: BIDI.into(),
+            instance_id: BIDI.into(),
+            labels: [("role".to_owned(), BIDI.to_owned())].into(),
+            agent_version: BIDI.into(),
+            busy_request_id: String::new(),
+        })),
+    })
+    .await?;
+    let mut from_collector = timed(
+        AgentControlClient::new(channel).attach(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await??
+    .into_inner();
+
+    let run = |cmd: &'static str, args: Vec<String>| {
+        let s = std::sync::Arc::clone(&s);
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            s.analyst("alice", cmd, &args)
+        })
+    };
+
+    // `agents` may run before the hello is recorded: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run("agents", vec!["--json".into()]).await?;
+        if text(&out.stdout).contains("web-2") || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A request for web-2, answered with a hostile error.
+    let request = run(
+        "request",
+        vec![
+            "--host".into(),
+            "web-2".into(),
+            "--wait".into(),
+            "--timeout".into(),
+            "20s".into(),
+        ],
+    );
+    let request_id = loop {
+        match timed(from_collector.message()).await?? {
+            Some(msg) => {
+                if let Some(collector_message::Body::Request(r)) = msg.body {
+                    break r.request_id;
+                }
+            }
+            None => return Err("control stream ended before the request".into()),
+        }
+    };
+    tx.send(AgentMessage {
+        body: Some(agent_message::Body::Outcome(CaptureOutcome {
+            request_id,
+            status: "failed".into(),
+            error: HOSTILE.into(),
+            ..CaptureOutcome::default()
+        })),
+    })
+    .await?;
+    let out = timed(request).await??;
+    assert_terminal_safe(&out, "request --wait");
+
+    let mut outputs = vec![("request --wait", out)];
+    for (what, cmd, args) in [
+        ("list", "list", vec![]),
+        ("list --incomplete", "list", vec!["--incomplete".to_owned()]),
+        ("show", "show", vec![HOSTILE_CAPTURE.to_owned()]),
+        ("agents", "agents", vec![]),
+        ("show of an unknown id", "show", vec![HOSTILE.to_owned()]),
+    ] {
+        outputs.push((what, run(cmd, args).await?));
+    }
+    let pulled = s.dir("pulled");
+    let out = run(
+        "pull",
+        vec![HOSTILE_CAPTURE.to_owned(), pulled.display().to_string()],
+    )
+    .await?;
+    assert_exit(&out, 0, "pull of the hostile capture");
+    outputs.push(("pull", out));
+    let dir = pulled.join(HOSTILE_CAPTURE);
+    std::fs::write(dir.join(HOSTILE), b"planted")?;
+    let verify = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || bin("ircap-collector").arg("verify").arg(&dir).output()
+    })
+    .await??;
+    assert_exit(&verify, 3, "verify with a hostile extra file");
+    assert!(
+        text(&verify.stderr).contains("evil\\x1b]0;PWNED"),
+        "{}",
+        text(&verify.stderr)
+    );
+    outputs.push(("verify", verify));
+
+    for (what, out) in &outputs {
+        assert_terminal_safe(out, what);
+    }
+    let table = |what: &str| {
+        outputs
+            .iter()
+            .find(|(w, _)| *w == what)
+            .map(|(_, o)| text(&o.stdout))
+            .unwrap_or_default()
+    };
+    assert!(
+        table("agents").contains("db-prod\\u{202e}1-bew"),
+        "agents: {}",
+        table("agents")
+    );
+    // Escaped, not dropped: the analyst still sees what the host claimed.
+    for what in ["list", "list --incomplete", "show"] {
+        assert!(
+            table(what).contains("evil\\x1b]0;PWNED\\x07\\x1b[31m...\\x0d\\x0afake-row"),
+            "{what}: {}",
+            table(what)
+        );
+    }
+    // One table row per capture: the forged row did not split it.
+    assert_eq!(table("list").lines().count(), 2, "{}", table("list"));
+
+    // JSON keeps the exact text for machines.
+    let json = run("list", vec!["--json".to_owned()]).await?;
+    let rows = json_lines(&json);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["hostname"], HOSTILE);
+    assert_terminal_safe(&json, "list --json");
+    drop(tx);
+    Ok(())
+}

@@ -408,6 +408,9 @@ fn tree(root: &Path) -> Result<Vec<String>, Box<dyn Error>> {
     // The collector's own heartbeat document (daemon mode), written by
     // every replica at start: `control/replicas/<uuid>` and nothing else
     // (the empty `control` directory itself is part of the expected tree).
+    // Staging holds bytes of artifacts still arriving, below names the
+    // artifact-name rule checked; tests look there themselves.
+    found.retain(|p| !p.starts_with("staging/"));
     found.retain(|p| {
         let replica_doc = p.strip_prefix("control/replicas/").is_some_and(|id| {
             !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
@@ -426,6 +429,7 @@ fn expected_store(captures: &[&str], states: &[&str]) -> Vec<String> {
         "captures".to_owned(),
         "control".to_owned(),
         "index".to_owned(),
+        "staging".to_owned(),
         "state".to_owned(),
     ];
     v.extend(captures.iter().map(|p| format!("captures/{p}")));
@@ -1045,6 +1049,13 @@ async fn hostile_artifact_names_are_refused_and_nothing_escapes() -> TestResult 
         "..\\evil",
         "./x",
         "a//b",
+        // Reserved: the manifest's temporary file, the manifest's path as
+        // a directory, hidden (temporary) names.
+        "manifest.tmp",
+        "manifest.json/x",
+        "manifest",
+        ".evil",
+        "logs/.evil",
     ];
     let mut accepted = Vec::new();
     for name in hostile {
@@ -1099,12 +1110,165 @@ async fn hostile_artifact_names_are_refused_and_nothing_escapes() -> TestResult 
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
         assert!(
-            !["evil", "..\\evil", "passwd", "x", "b"].contains(&file.as_str()),
+            ![
+                "evil",
+                "..\\evil",
+                "passwd",
+                "x",
+                "b",
+                ".evil",
+                "manifest.tmp"
+            ]
+            .contains(&file.as_str()),
             "{path} exists under {}",
             root.display()
         );
     }
     assert!(accepted.is_empty(), "names accepted: {accepted:?}");
+
+    // The capture still commits and verifies: nothing took the manifest's
+    // place or made its path unusable.
+    let done = timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?)))
+        .await??
+        .into_inner();
+    assert_eq!(done.status, "complete");
+    let dir = s.collector.capture_dir("web-1", CAPTURE);
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    Ok(())
+}
+
+/// The late-stream race: a stream opened before the commit and going on
+/// after it can add nothing to the committed capture (neither a chunk nor
+/// its end), a new stream is refused, and the capture still verifies
+/// with exactly its manifest's artifacts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_going_on_after_the_commit_cannot_change_the_capture() -> TestResult {
+    let s = Setup::new()?;
+    corrupt_then_good_upload(&s).await?;
+    let mut c = s.client("web-1").await;
+
+    // Two late streams, each with bytes acknowledged before the commit.
+    let mut late = Upload::start(&mut c, named_header(CAPTURE, "late.bin", 0)).await??;
+    assert_eq!(late.expect_ack("late header").await?.durable_offset, 0);
+    late.send(chunk(0, b"lat", sha256(b"lat"))).await?;
+    assert_eq!(late.expect_ack("late chunk").await?.durable_offset, 3);
+    let mut ending = Upload::start(&mut c, named_header(CAPTURE, "late2.bin", 0)).await??;
+    assert_eq!(ending.expect_ack("late2 header").await?.durable_offset, 0);
+    ending.send(chunk(0, b"late", sha256(b"late"))).await?;
+    assert_eq!(ending.expect_ack("late2 chunk").await?.durable_offset, 4);
+
+    let done = timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?)))
+        .await??
+        .into_inner();
+    assert_eq!(done.status, "complete");
+
+    late.send(chunk(3, b"e", sha256(b"e"))).await?;
+    let status = late.expect_error("chunk after the commit").await?;
+    assert_code(&status, Code::AlreadyExists, "chunk after the commit");
+    ending.send(end(b"late")).await?;
+    let status = ending.expect_error("end after the commit").await?;
+    assert_code(&status, Code::AlreadyExists, "end after the commit");
+    let status = upload_fails(
+        &mut c,
+        named_header(CAPTURE, "late3.bin", 0),
+        "new stream after the commit",
+    )
+    .await?;
+    assert_code(&status, Code::AlreadyExists, "new stream after the commit");
+
+    let dir = s.collector.capture_dir("web-1", CAPTURE);
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "verify after late streams: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let mut files = tree(&dir)?;
+    files.sort();
+    assert_eq!(files, vec!["manifest.json".to_owned(), ARTIFACT.to_owned()]);
+    // Their staged bytes are gone too: they were never evidence.
+    let staging = s.collector.store.join("staging").join(CAPTURE);
+    assert!(!staging.exists(), "{} left behind", staging.display());
+    Ok(())
+}
+
+/// Every capture the index lists, as the analyst sees them.
+async fn listed(s: &Setup) -> Result<Vec<ircap_proto::v1::CaptureInfo>, Box<dyn Error>> {
+    let mut q = ircap_proto::v1::capture_query_client::CaptureQueryClient::new(channel(
+        s.collector.addr,
+        s.pki(),
+        "alice",
+    )?);
+    let mut stream = timed(q.list_captures(ircap_proto::v1::ListCapturesRequest::default()))
+        .await??
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(info) = timed(stream.message()).await?? {
+        out.push(info);
+    }
+    Ok(out)
+}
+
+/// A collector killed after writing a capture's manifest but before its
+/// index entry and complete state (simulated by removing them from a
+/// committed capture, collector stopped): the restarted collector lists
+/// the capture as complete, serves its manifest, and the agent's retried
+/// commit is refused as already done.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_cut_short_after_the_manifest_is_finished_at_start() -> TestResult {
+    let mut s = Setup::new()?;
+    corrupt_then_good_upload(&s).await?;
+    let mut c = s.client("web-1").await;
+    timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await??;
+    assert_eq!(listed(&s).await?.len(), 1);
+
+    let store = s.collector.store.clone();
+    let pki_dir = s.pki().to_path_buf();
+    let port = s.collector.addr.port();
+    // Stop it (SIGKILL), then undo what a commit writes after the manifest.
+    s.collector = Collector::start(&pki_dir, &store.join("other"), 0);
+    std::fs::remove_file(store.join("index").join(format!("{CAPTURE}.json")))?;
+    let state_path = store.join("state").join(format!("{CAPTURE}.json"));
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+    state["complete"] = serde_json::Value::Bool(false);
+    std::fs::write(&state_path, serde_json::to_vec(&state)?)?;
+
+    s.collector = Collector::start(&pki_dir, &store, port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let found = listed(&s).await?;
+        if !found.is_empty() || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(found.len(), 1, "listed after restart: {found:?}");
+    assert_eq!(found[0].capture_id, CAPTURE);
+    assert_eq!(found[0].status, "complete");
+    assert!(
+        store
+            .join("index")
+            .join(format!("{CAPTURE}.json"))
+            .is_file()
+    );
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+    assert_eq!(state["complete"], true, "{state}");
+
+    let mut c = s.client("web-1").await;
+    let status = expect_err(
+        timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await?,
+        "commit again after the repair",
+    )?;
+    assert_code(
+        &status,
+        Code::AlreadyExists,
+        "commit again after the repair",
+    );
     Ok(())
 }
 
@@ -1171,5 +1335,286 @@ async fn abusive_capture_ids_are_refused() -> TestResult {
         "files in {}",
         store.display()
     );
+    Ok(())
+}
+
+/// A gzip bomb: `members` copies of one gzip member holding 16 MiB of
+/// zeros at level 9 (about 16 KiB each), so a 4 MiB chunk decodes to
+/// about 4 GiB.
+fn gzip_bomb(members: usize) -> Result<Vec<u8>, Box<dyn Error>> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..16 {
+        enc.write_all(&zeros)?;
+    }
+    let member = enc.finish()?;
+    let mut bomb = Vec::with_capacity(member.len() * members);
+    for _ in 0..members {
+        bomb.extend_from_slice(&member);
+    }
+    Ok(bomb)
+}
+
+/// One agent's gzip bombs (three streams at once, again and again) are
+/// each refused with INVALID_ARGUMENT naming the decode cap, and another
+/// agent's OpenCapture stays fast while they run: decoding happens on a
+/// bounded CPU pool, never on the threads that answer calls, and stops at
+/// the cap instead of inflating 4 GiB per chunk.
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_bombs_are_refused_and_do_not_stall_other_agents() -> TestResult {
+    let s = Setup::new()?;
+    let member_len = gzip_bomb(1)?.len();
+    let bomb = bytes::Bytes::from(gzip_bomb((4 << 20) / member_len)?);
+    assert!(bomb.len() <= 4 << 20);
+    let bomb_sha = sha256(&bomb);
+
+    let stop = Instant::now() + Duration::from_secs(8);
+    let mut bombers = Vec::new();
+    for stream in 0..3u32 {
+        let mut c = s.client("web-1").await;
+        let (bomb, bomb_sha) = (bomb.clone(), bomb_sha.clone());
+        bombers.push(tokio::spawn(async move {
+            let mut refusals = Vec::new();
+            let mut round = 0u32;
+            let id = format!("01a20000-0000-7000-8000-b0b00000{stream:04}");
+            let e = |e: Box<dyn Error>| e.to_string();
+            timed(open(&mut c, &id))
+                .await
+                .map_err(e)?
+                .map_err(|s| s.to_string())?;
+            while Instant::now() < stop {
+                round += 1;
+                let header = UploadMessage {
+                    body: Some(upload_message::Body::Header(ArtifactHeader {
+                        capture_id: id.clone(),
+                        name: format!("bomb-{round}.jsonl.gz"),
+                        encoding: "gzip".into(),
+                        offset: 0,
+                    })),
+                };
+                let mut up = Upload::start(&mut c, header)
+                    .await
+                    .map_err(e)?
+                    .map_err(|s| s.to_string())?;
+                up.expect_ack("bomb header").await.map_err(e)?;
+                up.send(UploadMessage {
+                    body: Some(upload_message::Body::Chunk(Chunk {
+                        offset: 0,
+                        data: bomb.clone(),
+                        sha256: bomb_sha.clone(),
+                    })),
+                })
+                .await
+                .map_err(e)?;
+                refusals.push(up.expect_error("bomb chunk").await.map_err(e)?);
+            }
+            Ok::<_, String>(refusals)
+        }));
+    }
+
+    // Meanwhile another agent opens captures.
+    let mut web2 = s.client("web-2").await;
+    timed(open(&mut web2, OTHER_CAPTURE)).await??; // connect once
+    let mut latencies = Vec::new();
+    while Instant::now() < stop {
+        let t = Instant::now();
+        timed(open(&mut web2, OTHER_CAPTURE)).await??;
+        latencies.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut refused = 0;
+    for b in bombers {
+        for status in b.await?? {
+            assert_code(&status, Code::InvalidArgument, "gzip bomb");
+            assert!(
+                status.message().contains("decodes to more than"),
+                "bomb refusal does not name the cap: {}",
+                status.message()
+            );
+            refused += 1;
+        }
+    }
+    latencies.sort();
+    let worst = latencies.last().copied().unwrap_or_default();
+    let median = latencies
+        .get(latencies.len() / 2)
+        .copied()
+        .unwrap_or_default();
+    eprintln!(
+        "{refused} bombs refused; web-2 OpenCapture over {} calls: median {median:?}, worst {worst:?}",
+        latencies.len()
+    );
+    assert!(refused >= 3, "only {refused} bombs refused");
+    assert!(
+        worst < Duration::from_secs(2),
+        "OpenCapture took {worst:?} while bombs ran (median {median:?})"
+    );
+    Ok(())
+}
+
+/// One identity's open captures and concurrent upload streams are
+/// bounded: past the limit it gets RESOURCE_EXHAUSTED with a
+/// `grpc-retry-pushback-ms` hint, another identity is not affected, and a
+/// stream that ends gives its place back.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_captures_and_streams_per_agent_are_bounded() -> TestResult {
+    let s = Setup::new()?;
+    let mut c = s.client("web-1").await;
+    let id = |i: u32| format!("01a20000-0000-7000-8000-c0c0{i:08}");
+    for i in 0..16 {
+        timed(open(&mut c, &id(i))).await??;
+    }
+    // Reopening one (a resume) is no new capture.
+    timed(open(&mut c, &id(3))).await??;
+    let status = expect_err(timed(open(&mut c, &id(16))).await?, "17th open capture")?;
+    assert_code(&status, Code::ResourceExhausted, "17th open capture");
+    let hint = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(hint.is_some_and(|ms| ms > 0), "no retry hint: {status:?}");
+    let state = s
+        .collector
+        .store
+        .join("state")
+        .join(format!("{}.json", id(16)));
+    assert!(
+        !state.exists(),
+        "a refused capture left {}",
+        state.display()
+    );
+    let mut web2 = s.client("web-2").await;
+    timed(open(&mut web2, OTHER_CAPTURE)).await??;
+
+    // Eight streams at once, then the ninth is refused.
+    let mut streams = Vec::new();
+    for i in 0..8u32 {
+        let mut up = Upload::start(&mut c, named_header(&id(0), &format!("a{i}.bin"), 0)).await??;
+        up.expect_ack("stream header").await?;
+        streams.push(up);
+    }
+    let status = upload_fails(&mut c, named_header(&id(0), "a8.bin", 0), "9th stream").await?;
+    assert_code(&status, Code::ResourceExhausted, "9th stream");
+    assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+    // Web-2 streams meanwhile.
+    let mut up = Upload::start(&mut web2, named_header(OTHER_CAPTURE, "x.bin", 0)).await??;
+    up.expect_ack("web-2 stream").await?;
+    drop(up);
+    // One ends: its place is free again.
+    drop(streams.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Upload::start(&mut c, named_header(&id(0), "a8.bin", 0)).await? {
+            Ok(mut up) => match up.ack().await? {
+                Ok(Some(_)) => break,
+                Ok(None) => return Err("stream ended without an ack".into()),
+                Err(s) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {}
+                Err(s) => return Err(format!("after a stream ended: {s:?}").into()),
+            },
+            Err(s) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {}
+            Err(s) => return Err(format!("after a stream ended: {s:?}").into()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// An agent cannot pass off another agent's capture, or one of its own
+/// opened before the request, as the result of a request: the collector
+/// records the outcome as failed, naming why.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_naming_a_capture_the_agent_may_not_claim_is_refused() -> TestResult {
+    use ircap_proto::v1::agent_control_client::AgentControlClient;
+    use ircap_proto::v1::capture_requests_client::CaptureRequestsClient;
+    use ircap_proto::v1::{
+        AgentMessage, CaptureOutcome, CreateRequestRequest, Hello, ListResultsRequest, Target,
+        agent_message, collector_message,
+    };
+
+    let s = Setup::new()?;
+    // Web-1's committed capture, and one web-2 opened before any request.
+    corrupt_then_good_upload(&s).await?;
+    let mut web1 = s.client("web-1").await;
+    timed(web1.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await??;
+    let mut web2 = s.client("web-2").await;
+    timed(open(&mut web2, OTHER_CAPTURE)).await??;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(AgentMessage {
+        body: Some(agent_message::Body::Hello(Hello {
+            session_id: "0190-claims".into(),
+            hostname: "db-prod".into(),
+            ..Hello::default()
+        })),
+    })
+    .await?;
+    let mut from_collector = timed(
+        AgentControlClient::new(channel(s.collector.addr, s.pki(), "web-2")?)
+            .attach(ReceiverStream::new(rx)),
+    )
+    .await??
+    .into_inner();
+    let mut requests = CaptureRequestsClient::new(channel(s.collector.addr, s.pki(), "alice")?);
+    for (claimed, why) in [
+        (CAPTURE, "belongs to another agent"),
+        (OTHER_CAPTURE, "before the request"),
+    ] {
+        let created = timed(requests.create_request(CreateRequestRequest {
+            target: Some(Target {
+                host: "web-2".into(),
+                ..Target::default()
+            }),
+            ..CreateRequestRequest::default()
+        }))
+        .await??
+        .into_inner();
+        let request_id = loop {
+            match timed(from_collector.message()).await?? {
+                Some(msg) => {
+                    if let Some(collector_message::Body::Request(r)) = msg.body {
+                        break r.request_id;
+                    }
+                }
+                None => return Err("control stream ended".into()),
+            }
+        };
+        assert_eq!(request_id, created.request_id);
+        tx.send(AgentMessage {
+            body: Some(agent_message::Body::Outcome(CaptureOutcome {
+                request_id: request_id.clone(),
+                capture_id: claimed.into(),
+                status: "complete".into(),
+                ..CaptureOutcome::default()
+            })),
+        })
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let result = loop {
+            let mut results = timed(requests.list_results(ListResultsRequest {
+                request_id: request_id.clone(),
+            }))
+            .await??
+            .into_inner();
+            let mut found = None;
+            while let Some(r) = timed(results.message()).await?? {
+                if r.agent == "web-2" && r.status != "delivered" && r.status != "running" {
+                    found = Some(r);
+                }
+            }
+            match found {
+                Some(r) => break r,
+                None if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => return Err("no final result recorded".into()),
+            }
+        };
+        assert_eq!(result.status, "failed", "claiming {claimed}: {result:?}");
+        assert!(result.error.contains(why), "claiming {claimed}: {result:?}");
+    }
+    drop(tx);
     Ok(())
 }

@@ -346,10 +346,11 @@ fn collector_killed_mid_upload_and_restarted_the_agent_resumes() -> TestResult {
             )
         }
     });
-    // Wait until the big log is partly stored, then kill the collector.
+    // Wait until the big log is partly stored (in staging: a capture
+    // directory holds finished artifacts only), then kill the collector.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let partial = loop {
-        let found = std::fs::read_dir(store.join("captures/web-1"))
+        let found = std::fs::read_dir(store.join("staging"))
             .ok()
             .and_then(|mut d| d.next())
             .and_then(Result::ok)

@@ -89,8 +89,39 @@ fn describe(status: &Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
 
+/// The collector's retry hint on a `RESOURCE_EXHAUSTED` (its quota on
+/// streams or open captures), from the standard `grpc-retry-pushback-ms`
+/// metadata. `None`: not busy, or a limit that waiting does not lift.
+fn pushback(status: &Status) -> Option<Duration> {
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    let ms: u64 = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms.min(300_000)))
+}
+
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5)))
+}
+
+/// The wait before another attempt: the collector's hint or the backoff,
+/// whichever is longer, plus up to half of it again at random, so that a
+/// fleet refused at once does not come back at once.
+fn retry_delay(attempt: u32, hint: Option<Duration>) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let base = hint.unwrap_or_default().max(backoff(attempt));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let half = u64::try_from(base.as_millis() / 2)
+        .unwrap_or(u64::MAX)
+        .max(1);
+    base + Duration::from_millis(h.finish() % half)
 }
 
 /// A capture being sent to a collector.
@@ -161,8 +192,9 @@ impl GrpcSink {
 
 impl Inner {
     /// Whether another attempt may start after `attempt` failed.
-    fn may_retry(&self, attempt: u32) -> bool {
-        attempt + 1 < self.attempts && Instant::now() + backoff(attempt) < self.deadline
+    fn may_retry(&self, attempt: u32, hint: Option<Duration>) -> bool {
+        attempt + 1 < self.attempts
+            && Instant::now() + hint.unwrap_or_default().max(backoff(attempt)) < self.deadline
     }
 
     /// Runs a unary call with retries.
@@ -175,9 +207,12 @@ impl Inner {
         loop {
             match self.rt.block_on(call(self.client.clone())) {
                 Ok(v) => return Ok(v),
-                Err(status) if retryable(&status) && self.may_retry(attempt) => {
+                Err(status)
+                    if (retryable(&status) || pushback(&status).is_some())
+                        && self.may_retry(attempt, pushback(&status)) =>
+                {
                     tracing::warn!(attempt, error = %describe(&status), "Collector call failed, retrying: {what}");
-                    std::thread::sleep(backoff(attempt));
+                    std::thread::sleep(retry_delay(attempt, pushback(&status)));
                     attempt += 1;
                 }
                 Err(status) => {
@@ -210,19 +245,26 @@ struct GrpcArtifact {
     /// Offset of the next byte to send.
     sent: u64,
     stream: Option<Stream>,
+    /// The collector said it holds the whole artifact, verified (a
+    /// reconnect after a lost final acknowledgement).
+    finished: bool,
 }
 
 /// Why one stream attempt stopped.
 enum Broken {
     /// Try again on a new stream.
     Retry(String),
+    /// The collector is busy: try again after at least this long.
+    Busy(String, Duration),
     /// Give up.
     Fatal(String),
 }
 
 impl From<Status> for Broken {
     fn from(s: Status) -> Self {
-        if retryable(&s) {
+        if let Some(after) = pushback(&s) {
+            Self::Busy(describe(&s), after)
+        } else if retryable(&s) {
             Self::Retry(describe(&s))
         } else {
             Self::Fatal(describe(&s))
@@ -270,6 +312,12 @@ impl GrpcArtifact {
         }
         self.acked = held;
         self.drop_acknowledged();
+        if first.finished {
+            // Finished on an earlier stream whose last acknowledgement was
+            // lost: nothing more to send, and no stream is kept.
+            self.finished = true;
+            return Ok(());
+        }
         self.stream = Some(Stream { tx, acks });
         // Resend what was sent but not stored, from the collector's offset.
         let pending: Vec<(u64, Bytes)> = self.retained.iter().cloned().collect();
@@ -329,15 +377,26 @@ impl GrpcArtifact {
     ) -> Result<(), SinkError> {
         let mut attempt = 0;
         loop {
-            let result = if self.stream.is_none() {
+            let result = if self.stream.is_none() && !self.finished {
                 self.start_stream().and_then(|()| step(self))
             } else {
                 step(self)
             };
-            match result {
+            let (why, hint) = match result {
                 Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(Broken::Retry(why)) if self.sink.may_retry(attempt) => {
+                Ok(false) => continue,
+                Err(Broken::Retry(why)) => (why, None),
+                Err(Broken::Busy(why, after)) => (why, Some(after)),
+                Err(Broken::Fatal(why)) => {
+                    self.stream = None;
+                    return Err(SinkError::Collector(format!(
+                        "{}: cannot {what}: {why}",
+                        self.name
+                    )));
+                }
+            };
+            match why {
+                why if self.sink.may_retry(attempt, hint) => {
                     tracing::warn!(
                         artifact = self.name,
                         attempt,
@@ -345,10 +404,10 @@ impl GrpcArtifact {
                         "Upload interrupted ({why}); resuming"
                     );
                     self.stream = None;
-                    std::thread::sleep(backoff(attempt));
+                    std::thread::sleep(retry_delay(attempt, hint));
                     attempt += 1;
                 }
-                Err(Broken::Retry(why) | Broken::Fatal(why)) => {
+                why => {
                     self.stream = None;
                     return Err(SinkError::Collector(format!(
                         "{}: cannot {what}: {why}",
@@ -429,6 +488,9 @@ impl ArtifactOut for GrpcArtifact {
         };
         let mut end_sent = false;
         self.with_retries("finish", |me| {
+            if me.finished {
+                return Ok(true);
+            }
             if !end_sent {
                 me.send_message(end.clone())?;
                 end_sent = true;
@@ -465,6 +527,7 @@ impl CaptureSink for GrpcSink {
             acked: 0,
             sent: 0,
             stream: None,
+            finished: false,
         }))
     }
 

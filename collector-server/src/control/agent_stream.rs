@@ -206,10 +206,24 @@ async fn handle<S: Store>(replica: &Replica<S>, presence: &PresenceDoc, msg: Age
             let CaptureOutcome {
                 request_id,
                 capture_id,
-                error,
+                mut error,
                 bytes_stored,
                 ..
             } = o;
+            let mut status = status;
+            if status == "complete"
+                && let Err(why) =
+                    accept_complete(replica, &presence.facts.agent, &request_id, &capture_id).await
+            {
+                tracing::warn!(
+                    agent = presence.facts.agent,
+                    request_id,
+                    capture_id,
+                    "Outcome refused: {why}"
+                );
+                status = "failed".to_owned();
+                error = format!("reported complete, refused by the collector: {why}");
+            }
             tracing::info!(
                 agent = presence.facts.agent,
                 request_id,
@@ -238,6 +252,55 @@ async fn handle<S: Store>(replica: &Replica<S>, presence: &PresenceDoc, msg: Age
             tracing::debug!(connection = conn, "Ignored an unexpected message");
         }
     }
+}
+
+/// Whether `agent` may report `capture_id` as the result of `request_id`:
+/// the capture must be its own, complete, and opened after the request
+/// was made (an agent cannot pass off an older capture, or another
+/// agent's, as the one asked for).
+async fn accept_complete<S: Store>(
+    replica: &Replica<S>,
+    agent: &str,
+    request_id: &str,
+    capture_id: &str,
+) -> Result<(), String> {
+    check_capture_id(capture_id).map_err(|s| s.message().to_owned())?;
+    let store = replica.store();
+    let k = key(&["requests", request_id]).map_err(|e| e.to_string())?;
+    let request: docs::RequestDoc = docs::read(store, &k)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no such request")?;
+    let state = store
+        .state(capture_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("capture {capture_id} was never opened"))?;
+    if state.owner != agent {
+        return Err(format!("capture {capture_id} belongs to another agent"));
+    }
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+    };
+    match (parse(&state.opened_at), parse(&request.created_at)) {
+        (Some(opened), Some(asked)) if opened >= asked => {}
+        _ => {
+            return Err(format!(
+                "capture {capture_id} was opened at {}, before the request ({})",
+                state.opened_at, request.created_at
+            ));
+        }
+    }
+    let complete = state.complete
+        || store
+            .find_manifest(&state)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some();
+    if !complete {
+        return Err(format!("capture {capture_id} is not complete"));
+    }
+    Ok(())
 }
 
 /// Updates `results/<request>/<agent>`, which must exist (the request was

@@ -34,6 +34,14 @@ impl Store for AnyStore {
         }
     }
 
+    async fn find_manifest(&self, state: &CaptureState) -> Result<Option<Vec<u8>>, StoreError> {
+        delegate!(self, s => s.find_manifest(state))
+    }
+
+    async fn has_index(&self, capture_id: &str) -> Result<bool, StoreError> {
+        delegate!(self, s => s.has_index(capture_id))
+    }
+
     async fn state(&self, capture_id: &str) -> Result<Option<CaptureState>, StoreError> {
         delegate!(self, s => s.state(capture_id))
     }

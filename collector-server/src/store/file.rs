@@ -1,15 +1,27 @@
 //! `file://DIR`: the embedded default store.
 //!
 //! ```text
-//! DIR/captures/<agent identity>/<capture-id>/<artifacts>     evidence
-//! DIR/captures/<agent identity>/<capture-id>/manifest.json   written last, on commit
+//! DIR/captures/<agent identity>/<capture-id>/<artifacts>     finished, verified artifacts
+//! DIR/captures/<agent identity>/<capture-id>/manifest.json   written on commit
+//! DIR/staging/<capture-id>/<artifact>                        bytes of an artifact still arriving
 //! DIR/state/<capture-id>.json                                owner and verified artifacts
 //! DIR/index/<capture-id>.json                                one line per committed capture
 //! DIR/control/<doc key>                                      control documents (requests, agents)
 //! ```
 //!
-//! Appends are followed by `fdatasync` before they are acknowledged; state
-//! and manifest files are replaced atomically (write, sync, rename).
+//! Appends go to the artifact's staging file and are followed by
+//! `fdatasync` before they are acknowledged. A verified artifact is renamed
+//! into the capture directory (and that directory synced), so a capture
+//! directory only ever holds finished artifacts and the manifest: bytes of
+//! an upload that never finished cannot appear in a committed capture.
+//! State, index and manifest files are replaced atomically (write a hidden
+//! temporary file, sync, rename); temporary names start with `.`, which no
+//! artifact name may.
+//!
+//! Commit order: manifest, index, then state. The manifest is what makes a
+//! capture complete; a crash after it leaves an index entry or a state to
+//! finish, never a complete capture that `list` does not show (and
+//! [`super::repair`] finishes such commits at start).
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
@@ -18,7 +30,7 @@ use ircap_proto::ArtifactName;
 use ircap_proto::artifact_name::MANIFEST_FILE;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{CaptureState, DocKey, IndexEntry, Store, StoreError};
+use super::{CaptureState, DocKey, FinishedArtifact, IndexEntry, Store, StoreError};
 
 /// A store in a local directory.
 #[derive(Debug, Clone)]
@@ -32,7 +44,7 @@ impl FileStore {
     /// # Errors
     /// [`StoreError::Io`] when they cannot be created.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        for sub in ["captures", "state", "index", "control"] {
+        for sub in ["captures", "staging", "state", "index", "control"] {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
@@ -58,17 +70,50 @@ impl FileStore {
     fn state_path(&self, capture_id: &str) -> PathBuf {
         self.root.join("state").join(format!("{capture_id}.json"))
     }
+
+    fn index_path(&self, capture_id: &str) -> PathBuf {
+        self.root.join("index").join(format!("{capture_id}.json"))
+    }
+
+    /// Where the bytes of an unfinished artifact accumulate.
+    fn staging_path(&self, state: &CaptureState, name: &ArtifactName) -> PathBuf {
+        name.path_in(&self.root.join("staging").join(&state.capture_id))
+    }
+
+    /// The staging file of `name` if there is one, else its final file.
+    async fn current_path(&self, state: &CaptureState, name: &ArtifactName) -> PathBuf {
+        let staging = self.staging_path(state, name);
+        if tokio::fs::try_exists(&staging).await.unwrap_or(false) {
+            staging
+        } else {
+            name.path_in(&self.capture_dir(state))
+        }
+    }
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename).
+/// Syncs a directory, so that a rename into it is durable.
+async fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let ctx = || format!("cannot sync directory {}", dir.display());
+    tokio::fs::File::open(dir)
+        .await
+        .map_err(|e| StoreError::io(ctx(), e))?
+        .sync_all()
+        .await
+        .map_err(|e| StoreError::io(ctx(), e))
+}
+
+/// Writes `bytes` to `path` atomically: a hidden temporary file unique to
+/// this write (no key or artifact name starts with `.`, and concurrent
+/// writers never share it), fsync, rename.
 async fn replace(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    replace_via(&path.with_extension("tmp"), path, bytes).await
-}
-
-/// [`replace`] through a given temporary file.
-async fn replace_via(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.unwrap_or_default(),
+        uuid::Uuid::now_v7().simple()
+    ));
     let ctx = |what: &str| format!("cannot {what} {}", path.display());
-    let mut f = tokio::fs::File::create(tmp)
+    let mut f = tokio::fs::File::create(&tmp)
         .await
         .map_err(|e| StoreError::io(ctx("create"), e))?;
     f.write_all(bytes)
@@ -77,7 +122,7 @@ async fn replace_via(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreE
     f.sync_all()
         .await
         .map_err(|e| StoreError::io(ctx("sync"), e))?;
-    tokio::fs::rename(tmp, path)
+    tokio::fs::rename(&tmp, path)
         .await
         .map_err(|e| StoreError::io(ctx("rename"), e))
 }
@@ -116,7 +161,7 @@ impl Store for FileStore {
         state: &CaptureState,
         name: &ArtifactName,
     ) -> Result<u64, StoreError> {
-        let path = name.path_in(&self.capture_dir(state));
+        let path = self.current_path(state, name).await;
         match tokio::fs::metadata(&path).await {
             Ok(md) => Ok(md.len()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
@@ -131,7 +176,7 @@ impl Store for FileStore {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
-        let path = name.path_in(&self.capture_dir(state));
+        let path = self.current_path(state, name).await;
         let ctx = || format!("cannot read {}", path.display());
         let mut f = tokio::fs::File::open(&path)
             .await
@@ -154,7 +199,7 @@ impl Store for FileStore {
         offset: u64,
         data: &[u8],
     ) -> Result<u64, StoreError> {
-        let path = name.path_in(&self.capture_dir(state));
+        let path = self.staging_path(state, name);
         let ctx = |what: &str| format!("cannot {what} {}", path.display());
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
@@ -188,6 +233,74 @@ impl Store for FileStore {
         Ok(offset + data.len() as u64)
     }
 
+    async fn finish_artifact(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        finished: &FinishedArtifact,
+    ) -> Result<(), StoreError> {
+        let staging = self.staging_path(state, name);
+        let path = name.path_in(&self.capture_dir(state));
+        let integrity = |message: String| StoreError::Integrity {
+            context: path.display().to_string(),
+            message,
+        };
+        match tokio::fs::metadata(&staging).await {
+            Ok(md) if md.len() != finished.size => {
+                return Err(integrity(format!(
+                    "{} bytes staged, the artifact has {}",
+                    md.len(),
+                    finished.size
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Moved already by an interrupted earlier attempt, or an
+                // empty artifact that never had an append.
+                match tokio::fs::metadata(&path).await {
+                    Ok(md) if md.len() == finished.size => return Ok(()),
+                    Ok(md) => {
+                        return Err(integrity(format!(
+                            "{} bytes stored, the artifact has {}",
+                            md.len(),
+                            finished.size
+                        )));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && finished.size == 0 => {
+                        if let Some(parent) = staging.parent() {
+                            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                                StoreError::io(format!("cannot create {}", parent.display()), e)
+                            })?;
+                        }
+                        tokio::fs::File::create(&staging).await.map_err(|e| {
+                            StoreError::io(format!("cannot create {}", staging.display()), e)
+                        })?;
+                    }
+                    Err(e) => {
+                        return Err(StoreError::io(format!("cannot stat {}", path.display()), e));
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("cannot stat {}", staging.display()),
+                    e,
+                ));
+            }
+        }
+        let parent = path.parent().unwrap_or(&path).to_path_buf();
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|e| StoreError::io(format!("cannot create {}", parent.display()), e))?;
+        tokio::fs::rename(&staging, &path).await.map_err(|e| {
+            StoreError::io(
+                format!("cannot move {} to {}", staging.display(), path.display()),
+                e,
+            )
+        })?;
+        sync_dir(&parent).await
+    }
+
     async fn commit(
         &self,
         state: &CaptureState,
@@ -195,22 +308,42 @@ impl Store for FileStore {
         index: &IndexEntry,
     ) -> Result<(), StoreError> {
         let dir = self.capture_dir(state);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
         replace(&dir.join(MANIFEST_FILE), manifest_json).await?;
-        let mut done = state.clone();
-        done.complete = true;
-        self.save_state(&done).await?;
         let bytes = serde_json::to_vec(index).map_err(|e| StoreError::Corrupt {
             context: state.capture_id.clone(),
             message: e.to_string(),
         })?;
-        replace(
-            &self
-                .root
-                .join("index")
-                .join(format!("{}.json", state.capture_id)),
-            &bytes,
-        )
-        .await
+        replace(&self.index_path(&state.capture_id), &bytes).await?;
+        let mut done = state.clone();
+        done.complete = true;
+        self.save_state(&done).await?;
+        // Bytes of artifacts that never finished are not evidence.
+        let staging = self.root.join("staging").join(&state.capture_id);
+        if let Err(e) = tokio::fs::remove_dir_all(&staging).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %staging.display(), error = %e, "Cannot remove staging files");
+        }
+        Ok(())
+    }
+
+    async fn find_manifest(&self, state: &CaptureState) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.capture_dir(state).join(MANIFEST_FILE);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
+        }
+    }
+
+    async fn has_index(&self, capture_id: &str) -> Result<bool, StoreError> {
+        let path = self.index_path(capture_id);
+        tokio::fs::try_exists(&path)
+            .await
+            .map_err(|e| StoreError::io(format!("cannot stat {}", path.display()), e))
     }
 
     async fn list_index(&self) -> Result<Vec<IndexEntry>, StoreError> {
@@ -235,15 +368,7 @@ impl Store for FileStore {
                 .await
                 .map_err(|e| StoreError::io(format!("cannot create {}", parent.display()), e))?;
         }
-        // A hidden temporary name no key can have (keys never start with
-        // `.`), unique per write so that concurrent writers never share it.
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let tmp = path.with_file_name(format!(
-            ".{}.{}.tmp",
-            name.unwrap_or_default(),
-            uuid::Uuid::now_v7().simple()
-        ));
-        replace_via(&tmp, &path, bytes).await
+        replace(&path, bytes).await
     }
 
     async fn get_doc(&self, key: &DocKey) -> Result<Option<Vec<u8>>, StoreError> {

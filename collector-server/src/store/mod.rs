@@ -14,14 +14,20 @@
 //! - When an artifact's digests verified, `finish_artifact` makes it final
 //!   (the S3 store assembles its parts there and checks S3's checksums);
 //!   only then is it recorded as finished in the capture state.
-//! - `commit` writes the verified manifest last. A capture without a
-//!   committed manifest is incomplete, never listed as complete.
+//! - Bytes of an artifact that has not finished are kept apart from the
+//!   capture's evidence (staging), so that they never appear in it.
+//! - `commit` writes the verified manifest first, then the index entry,
+//!   then the complete state. The manifest is the truth: a capture without
+//!   one is incomplete, never listed as complete; one with a manifest is
+//!   complete even if a crash cut the commit short before its state was
+//!   saved, and [`repair`] finishes such commits at start.
 //! - Small control documents (capture requests, their results, agent
 //!   presence) live in the store too, under [`DocKey`]s, so that collector
 //!   replicas sharing one store share them and keep nothing of their own.
 
 pub mod any;
 pub mod file;
+pub mod repair;
 pub mod s3;
 
 use std::collections::BTreeMap;
@@ -256,6 +262,15 @@ pub trait Store: Send + Sync + 'static {
         manifest_json: &[u8],
         index: &IndexEntry,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The committed manifest of a capture, if it has one.
+    fn find_manifest(
+        &self,
+        state: &CaptureState,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Whether the index has an entry for `capture_id`.
+    fn has_index(&self, capture_id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Every committed capture's index entry.
     fn list_index(&self) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send;

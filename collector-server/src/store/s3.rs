@@ -282,6 +282,10 @@ impl S3Store {
         self.key(&format!("staging/{}/{name}/@", state.capture_id))
     }
 
+    fn index_key(&self, capture_id: &str) -> String {
+        self.key(&format!("index/{capture_id}.json"))
+    }
+
     fn state_key(&self, capture_id: &str) -> String {
         self.key(&format!("state/{capture_id}.json"))
     }
@@ -880,25 +884,47 @@ impl Store for S3Store {
         manifest_json: &[u8],
         index: &IndexEntry,
     ) -> Result<(), StoreError> {
+        // Manifest, index, state: see the store contract.
         self.put(
             &self.evidence_key(state, MANIFEST_FILE),
             manifest_json.to_vec(),
             true,
         )
         .await?;
-        let mut done = state.clone();
-        done.complete = true;
-        self.save_state(&done).await?;
         let bytes = serde_json::to_vec(index).map_err(|e| StoreError::Corrupt {
             context: state.capture_id.clone(),
             message: e.to_string(),
         })?;
-        self.put(
-            &self.key(&format!("index/{}.json", state.capture_id)),
-            bytes,
-            false,
-        )
-        .await
+        self.put(&self.index_key(&state.capture_id), bytes, false)
+            .await?;
+        let mut done = state.clone();
+        done.complete = true;
+        self.save_state(&done).await?;
+        // Staging objects of artifacts that never finished are not evidence.
+        let staging = self.key(&format!("staging/{}/", state.capture_id));
+        for (key, _) in self.list(&staging, false).await.unwrap_or_default() {
+            if let Err(e) = self
+                .client
+                .delete_object()
+                .bucket(&self.opts.bucket)
+                .key(&key)
+                .send()
+                .await
+            {
+                tracing::warn!(key, error = %DisplayErrorContext(&e), "Cannot remove a staging object");
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn find_manifest(&self, state: &CaptureState) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&self.evidence_key(state, MANIFEST_FILE), None)
+            .await
+    }
+
+    async fn has_index(&self, capture_id: &str) -> Result<bool, StoreError> {
+        Ok(self.size(&self.index_key(capture_id)).await?.is_some())
     }
 
     async fn list_index(&self) -> Result<Vec<IndexEntry>, StoreError> {

@@ -1,0 +1,184 @@
+//! Limits per agent identity, so one agent (perhaps the attacker's) cannot
+//! hold the collector's streams or state for everyone.
+//!
+//! | limit | value | excess |
+//! |---|---|---|
+//! | upload streams at once per identity | [`MAX_STREAMS_PER_IDENTITY`] | `RESOURCE_EXHAUSTED`, retry after [`STREAM_PUSHBACK`] |
+//! | HTTP/2 streams at once per connection | [`MAX_STREAMS_PER_CONNECTION`] | held back by HTTP/2 flow control |
+//! | open (uncommitted) captures per identity | [`MAX_OPEN_CAPTURES`] | `RESOURCE_EXHAUSTED`, retry after [`OPEN_PUSHBACK`] |
+//! | artifacts per capture | [`MAX_ARTIFACTS`] | `RESOURCE_EXHAUSTED`, no retry |
+//! | one upload stream's life | [`STREAM_DEADLINE`] | `DEADLINE_EXCEEDED` (resumable) |
+//! | a manifest | the message limit (4 MiB + 64 KiB) | refused by gRPC |
+//!
+//! The retry hint travels as the standard `grpc-retry-pushback-ms`
+//! metadata; the agent waits that long plus jitter before trying again,
+//! and gives up on a `RESOURCE_EXHAUSTED` without one.
+//!
+//! Counts live in this replica. Open captures are counted from the store
+//! at start and kept as captures open and commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tonic::Status;
+
+/// Upload streams one identity may have open at once.
+pub const MAX_STREAMS_PER_IDENTITY: usize = 8;
+/// HTTP/2 streams one connection may have open at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Captures one identity may have opened and not committed.
+pub const MAX_OPEN_CAPTURES: usize = 16;
+/// Artifacts one capture may hold.
+pub const MAX_ARTIFACTS: usize = 20_000;
+/// Longest life of one upload stream (the agent then resumes on another).
+pub const STREAM_DEADLINE: Duration = Duration::from_secs(6 * 3600);
+/// Retry hint when an identity has too many streams.
+pub const STREAM_PUSHBACK: Duration = Duration::from_secs(2);
+/// Retry hint when an identity has too many open captures.
+pub const OPEN_PUSHBACK: Duration = Duration::from_secs(30);
+
+/// `RESOURCE_EXHAUSTED` with a retry hint (`None`: do not retry).
+#[must_use]
+pub fn exhausted(message: String, retry_after: Option<Duration>) -> Status {
+    let mut status = Status::resource_exhausted(message);
+    if let Some(after) = retry_after
+        && let Ok(v) = after.as_millis().to_string().parse()
+    {
+        status.metadata_mut().insert("grpc-retry-pushback-ms", v);
+    }
+    status
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    streams: HashMap<String, usize>,
+    open: HashMap<String, HashSet<String>>,
+}
+
+/// The counts behind the limits.
+#[derive(Debug, Default, Clone)]
+pub struct Quotas {
+    counts: Arc<Mutex<Counts>>,
+}
+
+/// One upload stream counted against its identity until dropped.
+#[derive(Debug)]
+pub struct StreamPermit {
+    counts: Arc<Mutex<Counts>>,
+    who: String,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = c.streams.get_mut(&self.who) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.streams.remove(&self.who);
+            }
+        }
+    }
+}
+
+impl Quotas {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a new upload stream of `who`.
+    ///
+    /// # Errors
+    /// `RESOURCE_EXHAUSTED` past [`MAX_STREAMS_PER_IDENTITY`].
+    pub fn stream(&self, who: &str) -> Result<StreamPermit, Status> {
+        let mut c = self.lock();
+        let n = c.streams.entry(who.to_owned()).or_default();
+        if *n >= MAX_STREAMS_PER_IDENTITY {
+            return Err(exhausted(
+                format!(
+                    "{who} already has {MAX_STREAMS_PER_IDENTITY} upload streams open; retry later"
+                ),
+                Some(STREAM_PUSHBACK),
+            ));
+        }
+        *n += 1;
+        Ok(StreamPermit {
+            counts: Arc::clone(&self.counts),
+            who: who.to_owned(),
+        })
+    }
+
+    /// Counts capture `id` as opened by `who` (again: no change).
+    ///
+    /// # Errors
+    /// `RESOURCE_EXHAUSTED` past [`MAX_OPEN_CAPTURES`].
+    pub fn open(&self, who: &str, id: &str) -> Result<(), Status> {
+        let mut c = self.lock();
+        let open = c.open.entry(who.to_owned()).or_default();
+        if open.contains(id) {
+            return Ok(());
+        }
+        if open.len() >= MAX_OPEN_CAPTURES {
+            return Err(exhausted(
+                format!(
+                    "{who} already has {MAX_OPEN_CAPTURES} captures open and not committed; commit them or retry later"
+                ),
+                Some(OPEN_PUSHBACK),
+            ));
+        }
+        open.insert(id.to_owned());
+        Ok(())
+    }
+
+    /// Capture `id` of `who` is no longer open (committed or expired).
+    pub fn close(&self, who: &str, id: &str) {
+        let mut c = self.lock();
+        if let Some(open) = c.open.get_mut(who) {
+            open.remove(id);
+            if open.is_empty() {
+                c.open.remove(who);
+            }
+        }
+    }
+
+    /// Counts captures found open in the store at start (beyond the limit
+    /// if there are that many: they only stop new ones).
+    pub fn seed_open(&self, open: impl IntoIterator<Item = (String, String)>) {
+        let mut c = self.lock();
+        for (who, id) in open {
+            c.open.entry(who).or_default().insert(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn streams_and_open_captures_are_bounded_per_identity() {
+        let q = Quotas::default();
+        let permits: Vec<_> = (0..MAX_STREAMS_PER_IDENTITY)
+            .map(|_| q.stream("a").unwrap())
+            .collect();
+        let refused = q.stream("a").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            refused.metadata().get("grpc-retry-pushback-ms").unwrap(),
+            "2000"
+        );
+        assert!(q.stream("b").is_ok(), "another identity is not limited");
+        drop(permits);
+        assert!(q.stream("a").is_ok());
+
+        for i in 0..MAX_OPEN_CAPTURES {
+            q.open("a", &format!("c{i}")).unwrap();
+        }
+        q.open("a", "c0").unwrap();
+        assert!(q.open("a", "new").is_err());
+        q.close("a", "c0");
+        q.open("a", "new").unwrap();
+    }
+}
