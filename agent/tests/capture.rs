@@ -396,3 +396,191 @@ fn bad_option_values_are_usage_errors() -> TestResult {
     assert_no_capture_left(tmp.path());
     Ok(())
 }
+
+/// A tmpfs of `size` mounted on `dir` for the test; lazily unmounted when
+/// dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    #[allow(clippy::unwrap_used)]
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "none"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `n` bytes that gzip cannot shrink.
+fn incompressible(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// Runs a capture expected to end partial (exit 4) and returns its run.
+#[allow(clippy::unwrap_used)]
+fn partial_capture(out: &std::path::Path, extra: &[&str]) -> Run {
+    let output = agent()
+        .args(["capture", "--no-imds", "--output"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["status"], "partial", "{summary}");
+    let dir = std::path::PathBuf::from(summary["location"].as_str().unwrap());
+    Run {
+        output,
+        summary,
+        dir,
+    }
+}
+
+#[test]
+fn disk_full_during_the_last_artifact_keeps_the_others_as_a_partial_capture() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir(&logs)?;
+    std::fs::write(logs.join("small.log"), b"Dec  1 sshd[1]: Accepted\n")?;
+    std::fs::write(logs.join("big.log"), incompressible(8 << 20))?;
+    let small = tmp.path().join("out");
+    std::fs::create_dir(&small)?;
+    // 2 MiB: room for the tables and the small log, not for the big one.
+    let _mount = Tmpfs::mount(&small, "2m");
+    let logs_dir = logs.display().to_string();
+    let run = partial_capture(
+        &small,
+        &[
+            "--artifacts",
+            "processes,connections,kernel,logs",
+            "--logs-dir",
+            &logs_dir,
+            "--logs-since",
+            "2000-01-01T00:00:00Z",
+        ],
+    );
+    let m = run.manifest();
+    assert_eq!(m["status"], "partial");
+    let errors = m["errors"].as_array().unwrap();
+    let dropped = errors
+        .iter()
+        .find(|e| e["source"].as_str().unwrap().contains("big.log"))
+        .unwrap_or_else(|| panic!("big.log not named: {errors:?}"));
+    assert!(
+        dropped["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{dropped}"
+    );
+    // Everything captured before it is kept, and the capture verifies.
+    for table in ["processes", "connections", "log_files"] {
+        assert!(!run.table(table).is_empty(), "{table}");
+    }
+    let index = run.table("log_files");
+    let row = |name: &str| {
+        index
+            .iter()
+            .find(|r| r["path"].as_str().unwrap().ends_with(name))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("small.log")["included"], true);
+    assert_eq!(row("big.log")["included"], false);
+    assert!(
+        row("big.log")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("dropped")
+    );
+    let verify = agent().arg("verify").arg(&run.dir).output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    Ok(())
+}
+
+#[test]
+fn physical_memory_asked_for_but_impossible_is_partial_with_the_reason() -> TestResult {
+    if std::path::Path::new("/proc/kcore").exists() {
+        eprintln!("this host has /proc/kcore; the lab test covers refusal by lockdown");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let run = partial_capture(
+        tmp.path(),
+        &["--artifacts", "processes", "--physical-memory"],
+    );
+    let m = run.manifest();
+    assert_eq!(m["status"], "partial");
+    let e = m["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["source"] == "physical_memory"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("requested but not captured")
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        e["message"].as_str().unwrap_or_default().contains("kcore"),
+        "{m}"
+    );
+    let verify = agent().arg("verify").arg(&run.dir).output()?;
+    assert!(verify.status.success());
+    Ok(())
+}
+
+#[test]
+fn plain_http_collector_urls_are_refused_naming_the_url() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    for (cmd, url) in [
+        ("capture", "http://127.0.0.1:7443"),
+        ("serve", "http://127.0.0.1:7444"),
+    ] {
+        let mut c = agent();
+        c.args([cmd, "--no-imds", "--collector", url, "--ca"])
+            .arg(tmp.path().join("ca.pem"))
+            .arg("--cert")
+            .arg(tmp.path().join("a.pem"))
+            .arg("--key")
+            .arg(tmp.path().join("a.key"))
+            .env_remove("IRCAP_AGENT_CONFIG");
+        if cmd == "capture" {
+            c.arg("--no-logs");
+        }
+        let out = c.output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains(url) && err.contains("https://"),
+            "{cmd}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{cmd}: one line: {err}");
+    }
+    Ok(())
+}
