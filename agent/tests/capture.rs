@@ -584,3 +584,83 @@ fn plain_http_collector_urls_are_refused_naming_the_url() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn unanswered_fuse_mounts_and_fifos_cannot_freeze_a_capture() -> TestResult {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "fuse-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&out)?;
+    // In a private mount namespace: a fresh /tmp holding two FUSE mounts
+    // whose server (this shell, holding /dev/fuse open) never answers,
+    // one of them inside the log directory, and a FIFO among the logs.
+    let script = format!(
+        r#"set -e
+mount -t tmpfs none /tmp
+mkdir -p /tmp/hang /tmp/logs/hang
+printf 'Dec  1 sshd[1]: Accepted\n' > /tmp/logs/auth.log
+mkfifo /tmp/logs/fifo.log
+exec 3<>/dev/fuse 4<>/dev/fuse
+mount -i -t fuse -o fd=3,rootmode=40000,user_id=0,group_id=0 none /tmp/hang
+mount -i -t fuse -o fd=4,rootmode=40000,user_id=0,group_id=0 none /tmp/logs/hang
+set +e
+timeout 120 '{agent}' capture --no-imds --artifacts volatile_files,logs --logs-dir /tmp/logs --logs-since 2000-01-01T00:00:00Z --output '{out}' 3>&- 4>&-
+rc=$?
+umount -l /tmp/hang /tmp/logs/hang
+exit $rc"#,
+        agent = env!("CARGO_BIN_EXE_ircap-agent"),
+        out = out.display(),
+    );
+    let t0 = std::time::Instant::now();
+    let output = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        matches!(output.status.code(), Some(0 | 4)),
+        "{:?}: {stderr}",
+        output.status
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let run = Run {
+        output,
+        dir: std::path::PathBuf::from(summary["location"].as_str().unwrap_or_default()),
+        summary,
+    };
+    let files = run.table("volatile_files");
+    let hang = files
+        .iter()
+        .find(|r| r["path"] == "/tmp/hang")
+        .unwrap_or_else(|| panic!("/tmp/hang not listed"));
+    assert_eq!(hang["not_descended"], "blocking_filesystem", "{hang}");
+    assert_eq!(hang["mount_point"], true);
+    let logs = run.table("log_files");
+    let included: Vec<&str> = logs
+        .iter()
+        .filter(|r| r["included"] == true)
+        .filter_map(|r| r["path"].as_str())
+        .collect();
+    assert_eq!(included, ["/tmp/logs/auth.log"]);
+    let m = run.manifest();
+    let log_errors = m["artifacts"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter(|a| a["name"] == "log_files.jsonl.gz")
+        .flat_map(|a| a["errors"].as_array().cloned().unwrap_or_default())
+        .map(|e| e.as_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>();
+    assert!(
+        log_errors
+            .iter()
+            .any(|e| e.contains("/tmp/logs/hang: a fuse mount, not entered")),
+        "{log_errors:?}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}

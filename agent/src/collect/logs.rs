@@ -22,6 +22,7 @@ use ircap_proto::artifact_name::sanitize_component;
 use serde::Serialize;
 
 use super::Context;
+use super::blocking_fs::BlockingMounts;
 use super::fsread;
 use crate::artifact::{ArtifactStream, JsonlWriter, Store};
 use crate::host_text::HostText;
@@ -79,17 +80,35 @@ pub struct LogFileRecord {
     pub compression: Option<&'static str>,
 }
 
-/// Lists regular files below `roots`, no symlinks followed.
+/// Lists regular files below `roots`, no symlinks followed, never
+/// entering a file system that can block (`blocking`).
 #[must_use]
-pub fn list_candidates(roots: &[PathBuf], errors: &mut Vec<String>) -> Vec<Candidate> {
+pub fn list_candidates(
+    roots: &[PathBuf],
+    blocking: &BlockingMounts,
+    errors: &mut Vec<String>,
+) -> Vec<Candidate> {
     let mut out = Vec::new();
     for root in roots {
-        walk(root, 0, &mut out, errors);
+        walk(root, 0, blocking, &mut out, errors);
     }
     out
 }
 
-fn walk(dir: &Path, depth: usize, out: &mut Vec<Candidate>, errors: &mut Vec<String>) {
+fn walk(
+    dir: &Path,
+    depth: usize,
+    blocking: &BlockingMounts,
+    out: &mut Vec<Candidate>,
+    errors: &mut Vec<String>,
+) {
+    if let Some(fs_type) = blocking.at(dir) {
+        errors.push(format!(
+            "{}: a {fs_type} mount, not entered (it can block)",
+            dir.display()
+        ));
+        return;
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
@@ -106,12 +125,19 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<Candidate>, errors: &mut Vec<Str
             return;
         }
         let path = entry.path();
+        if let Some(fs_type) = blocking.at(&path) {
+            errors.push(format!(
+                "{}: a {fs_type} mount, not entered (it can block)",
+                path.display()
+            ));
+            continue;
+        }
         let Ok(md) = std::fs::symlink_metadata(&path) else {
             continue;
         };
         if md.is_dir() {
             if depth < MAX_DEPTH {
-                walk(&path, depth + 1, out, errors);
+                walk(&path, depth + 1, blocking, out, errors);
             }
         } else if md.is_file() {
             out.push(Candidate {
@@ -209,7 +235,8 @@ pub fn write(
     roots: &[PathBuf],
 ) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
     let mut walk_errors = Vec::new();
-    let mut candidates = list_candidates(roots, &mut walk_errors);
+    let blocking = BlockingMounts::read(&ctx.roots.proc);
+    let mut candidates = list_candidates(roots, &blocking, &mut walk_errors);
     candidates.sort_by(|a, b| a.path.cmp(&b.path));
     let kinds: Vec<Option<&'static str>> = candidates
         .iter()

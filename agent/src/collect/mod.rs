@@ -3,6 +3,7 @@
 //! never ends the capture: only a sink failure does.
 
 pub mod accounts;
+pub mod blocking_fs;
 pub mod connections;
 pub mod fsread;
 pub mod imds;

@@ -38,6 +38,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::accounts::Accounts;
+use super::blocking_fs::BlockingMounts;
 use super::fsread::{self, ReadError};
 use super::{Context, Roots};
 use crate::artifact::JsonlWriter;
@@ -83,6 +84,8 @@ pub struct Limits {
     pub until: std::time::Instant,
     /// Set when a limit cut the listing short.
     pub cut: std::cell::Cell<bool>,
+    /// Mount points of file systems that can block: listed, never touched.
+    pub blocking: BlockingMounts,
 }
 
 impl Limits {
@@ -109,6 +112,7 @@ impl Default for Limits {
             protected: Protected::default(),
             until: std::time::Instant::now() + TIME_BUDGET,
             cut: std::cell::Cell::new(false),
+            blocking: BlockingMounts::default(),
         }
     }
 }
@@ -415,6 +419,27 @@ fn inspect(
     Ok(())
 }
 
+/// A mount point of a file system that can block, known from mountinfo
+/// only: nothing is asked of it, not even `lstat`.
+fn blocking_record(path: &Path, root: &str, depth: u32, fs_type: &str) -> FileRecord {
+    let text = HostText::new(path.as_os_str().as_bytes());
+    FileRecord {
+        root: root.to_owned(),
+        path: text.text,
+        path_b64: text.b64,
+        depth,
+        file_type: "dir",
+        mount_point: true,
+        not_descended: Some("blocking_filesystem"),
+        hash_skipped: Some(if fs_type.starts_with("fuse") {
+            "fuse file system: not entered (it can block)"
+        } else {
+            "network file system: not entered (it can block)"
+        }),
+        ..FileRecord::default()
+    }
+}
+
 /// Walks one start directory breadth first.
 fn walk<E>(
     root: &Path,
@@ -423,6 +448,9 @@ fn walk<E>(
     emit: &mut impl FnMut(Result<FileRecord, String>) -> Result<(), E>,
 ) -> Result<(), E> {
     let root_name = root.display().to_string();
+    if let Some(fs_type) = limits.blocking.at(root) {
+        return emit(Ok(blocking_record(root, &root_name, 0, fs_type)));
+    }
     let meta = match fs::symlink_metadata(root) {
         Ok(m) => m,
         Err(e) => {
@@ -474,6 +502,10 @@ fn walk<E>(
             }
             count += 1;
             let path = dir.join(OsStr::from_bytes(&name));
+            if let Some(fs_type) = limits.blocking.at(&path) {
+                emit(Ok(blocking_record(&path, &root_name, depth + 1, fs_type)))?;
+                continue;
+            }
             let meta = match fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(e) => {
@@ -527,6 +559,7 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkE
     let mut table = JsonlWriter::open(ctx.sink, "volatile_files", "volatile_files")?;
     let limits = Limits {
         protected: ctx.options.protected.clone(),
+        blocking: BlockingMounts::read(&ctx.roots.proc),
         ..Limits::default()
     };
     collect_dirs(
