@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime};
 
-use ircap_proto::manifest::{AgentInfo, CaptureError, FORMAT_VERSION, MAX_ERRORS_PER_ARTIFACT};
+use ircap_proto::manifest::{
+    AgentInfo, CaptureError, CaptureStatus, FORMAT_VERSION, MAX_ERRORS_PER_ARTIFACT,
+};
 use ircap_proto::{ArtifactEntry, Manifest};
 use serde::Serialize;
 
@@ -52,7 +54,10 @@ impl Outcome {
         let m = &self.manifest;
         Summary {
             capture_id: m.capture_id.clone(),
-            status: "complete",
+            status: match m.status {
+                CaptureStatus::Complete => "complete",
+                CaptureStatus::Partial => "partial",
+            },
             location: self.location.clone(),
             hostname: m.host.hostname.clone(),
             instance_id: m.host.instance_id.clone(),
@@ -79,6 +84,39 @@ impl Outcome {
                 )
                 .collect(),
         }
+    }
+}
+
+/// One artifact as a list.
+fn one(entry: ArtifactEntry) -> Vec<ArtifactEntry> {
+    vec![entry]
+}
+
+/// Keeps what a step stored. A step that could not store its artifacts
+/// (the output filled up) is dropped, when the sink can drop it cleanly,
+/// and recorded in `dropped`: the capture goes on and is committed as
+/// partial. Otherwise the error ends the capture.
+fn keep(
+    sink: &dyn CaptureSink,
+    step: &str,
+    result: Result<Vec<ArtifactEntry>, SinkError>,
+    artifacts: &mut Vec<ArtifactEntry>,
+    dropped: &mut Vec<CaptureError>,
+) -> Result<(), SinkError> {
+    match result {
+        Ok(entries) => {
+            artifacts.extend(entries);
+            Ok(())
+        }
+        Err(err @ SinkError::Io { .. }) if sink.drop_unfinished() => {
+            tracing::warn!(step, "Artifact not stored, dropped: {err}");
+            dropped.push(CaptureError {
+                source: step.to_owned(),
+                message: format!("not stored, dropped: {err}"),
+            });
+            Ok(())
+        }
+        Err(err) => Err(err),
     }
 }
 
@@ -136,9 +174,12 @@ fn run_inner(
         accounts: &accounts,
         clock: &clock,
         threads,
+        dropped: collect::Dropped::default(),
     };
     let mut capture_errors: Vec<CaptureError> = Vec::new();
     let mut artifacts: Vec<ArtifactEntry> = Vec::new();
+    // Artifacts dropped or cut, with the reason: the capture is partial.
+    let mut dropped: Vec<CaptureError> = Vec::new();
 
     let pids = processes::list_pids(&roots.proc).unwrap_or_else(|e| {
         capture_errors.push(CaptureError {
@@ -150,26 +191,107 @@ fn run_inner(
 
     // Most volatile first: socket tables, then processes (whose fd pass
     // gives the socket owners), then memory maps.
-    let mut sockets = connections::snapshot(&roots.proc, &pids);
+    // The socket table is also the network state's listening summary, and
+    // the process scan gives the socket owners and the maps' targets: each
+    // is read when anything needs it, written when asked for.
+    // Past `--deadline` no further step starts; each one left out is
+    // recorded and the capture is partial.
+    let cut: std::cell::RefCell<Vec<&str>> = std::cell::RefCell::default();
+    let wants = |name: &'static str| {
+        if !options.wants(name) {
+            return false;
+        }
+        if t0.elapsed() >= options.deadline {
+            let mut c = cut.borrow_mut();
+            if !c.contains(&name) {
+                c.push(name);
+            }
+            return false;
+        }
+        true
+    };
+    let mut sockets = if wants("connections") || wants("network_state") {
+        connections::snapshot(&roots.proc, &pids)
+    } else {
+        connections::SocketSnapshot::default()
+    };
     tracing::debug!(
         sockets = sockets.records.len(),
         namespaces = sockets.namespaces.len(),
         "Read socket tables"
     );
-    let scan = processes::scan(&ctx, &pids);
-    tracing::debug!(processes = scan.records.len(), "Read processes");
-    connections::attach_owners(&mut sockets.records, &scan.socket_owners(), &accounts);
-    artifacts.push(connections::write(&ctx, &sockets)?);
-    artifacts.push(processes::write(&ctx, &scan)?);
-    // The full process records are written; keep only what the maps pass
-    // needs so peak memory does not grow with both.
-    let map_targets = scan.map_targets();
-    drop(scan);
-    artifacts.push(memory_maps::write(&ctx, &map_targets)?);
-    artifacts.extend(network_state::write(&ctx, &sockets)?);
-    artifacts.extend(users::write(&ctx)?);
-    artifacts.extend(kernel::write(&ctx)?);
-    artifacts.extend(volatile_files::write(&ctx)?);
+    if wants("connections") || wants("processes") || wants("memory_maps") {
+        let scan = processes::scan(&ctx, &pids);
+        tracing::debug!(processes = scan.records.len(), "Read processes");
+        connections::attach_owners(&mut sockets.records, &scan.socket_owners(), &accounts);
+        if wants("connections") {
+            keep(
+                sink,
+                "connections",
+                connections::write(&ctx, &sockets).map(one),
+                &mut artifacts,
+                &mut dropped,
+            )?;
+        }
+        if wants("processes") {
+            keep(
+                sink,
+                "processes",
+                processes::write(&ctx, &scan).map(one),
+                &mut artifacts,
+                &mut dropped,
+            )?;
+        }
+        // The full process records are written; keep only what the maps
+        // pass needs so peak memory does not grow with both.
+        let map_targets = scan.map_targets();
+        drop(scan);
+        if wants("memory_maps") {
+            keep(
+                sink,
+                "memory_maps",
+                memory_maps::write(&ctx, &map_targets).map(one),
+                &mut artifacts,
+                &mut dropped,
+            )?;
+        }
+    }
+    if wants("network_state") {
+        keep(
+            sink,
+            "network_state",
+            network_state::write(&ctx, &sockets),
+            &mut artifacts,
+            &mut dropped,
+        )?;
+    }
+    if wants("users") {
+        keep(
+            sink,
+            "users",
+            users::write(&ctx),
+            &mut artifacts,
+            &mut dropped,
+        )?;
+    }
+    if wants("kernel") {
+        keep(
+            sink,
+            "kernel",
+            kernel::write(&ctx),
+            &mut artifacts,
+            &mut dropped,
+        )?;
+    }
+    if wants("volatile_files") {
+        keep(
+            sink,
+            "volatile_files",
+            volatile_files::write(&ctx),
+            &mut artifacts,
+            &mut dropped,
+        )?;
+    }
 
     let ec2 = match imds_thread {
         Some(handle) => handle.join().unwrap_or_else(|_| imds::Ec2Identity {
@@ -190,16 +312,80 @@ fn run_inner(
     // second in all, a memory dump can take minutes, and sockets, ARP
     // entries and logins would change meanwhile. Process regions (targeted,
     // smaller) before physical memory (everything).
-    if let Some(selector) = &options.memory_regions {
-        artifacts.extend(memory_regions::write(&ctx, selector, &pids)?);
+    if let Some(selector) = &options.memory_regions
+        && wants("memory_regions")
+    {
+        keep(
+            sink,
+            "memory_regions",
+            memory_regions::write(&ctx, selector, &pids),
+            &mut artifacts,
+            &mut dropped,
+        )?;
     }
-    if options.physical_memory {
-        artifacts.extend(physical::write(&ctx, &mut capture_errors)?);
+    if options.physical_memory && wants("physical_memory") {
+        let before = capture_errors.len();
+        let stored = physical::write(&ctx, &mut capture_errors);
+        keep(
+            sink,
+            "physical_memory",
+            stored,
+            &mut artifacts,
+            &mut dropped,
+        )?;
+        // Asked for explicitly and impossible here (no kcore, lockdown,
+        // STRICT_DEVMEM): the capture does not hold what was asked.
+        if let Some(why) = capture_errors
+            .get(before..)
+            .and_then(|new| new.iter().find(|e| e.source == "physical_memory"))
+        {
+            dropped.push(CaptureError {
+                source: "physical_memory".into(),
+                message: format!("requested but not captured: {}", why.message),
+            });
+        }
     }
 
-    if options.logs {
-        artifacts.extend(logs::write(&ctx, &options.logs_dirs)?);
+    if wants("logs") {
+        keep(
+            sink,
+            "logs",
+            logs::write(&ctx, &options.logs_dirs),
+            &mut artifacts,
+            &mut dropped,
+        )?;
     }
+    dropped.extend(ctx.dropped.take());
+    for name in cut.take() {
+        dropped.push(CaptureError {
+            source: name.to_owned(),
+            message: format!(
+                "not collected: the --deadline of {}s was reached",
+                options.deadline.as_secs()
+            ),
+        });
+    }
+    if artifacts.is_empty() && !dropped.is_empty() {
+        // Nothing at all could be stored: that is not a capture.
+        let why = dropped
+            .iter()
+            .map(|d| d.message.clone())
+            .next()
+            .unwrap_or_default();
+        return Err(SinkError::io(
+            why,
+            std::io::Error::other("no artifact could be stored"),
+        ));
+    }
+    let status = if dropped.is_empty() {
+        CaptureStatus::Complete
+    } else {
+        CaptureStatus::Partial
+    };
+    for d in &dropped {
+        tracing::warn!(artifact = d.source, "Capture is partial: {}", d.message);
+    }
+    capture_errors.extend(dropped);
     let error_count =
         artifacts.iter().map(|a| a.error_count).sum::<u64>() + capture_errors.len() as u64;
     collect::dedupe_capture_errors(&mut capture_errors, MAX_ERRORS_PER_ARTIFACT);
@@ -208,6 +394,7 @@ fn run_inner(
         capture_id: capture_id.to_owned(),
         started_at,
         ended_at: timefmt::now(),
+        status,
         host,
         agent: AgentInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -20,6 +20,10 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Verification found a mismatched, missing or unexpected file.
     pub const VERIFY_MISMATCH: u8 = 3;
+    /// Capture stored, but partial: some artifact was dropped or cut (it
+    /// could not be stored, a deadline cut it, or it was impossible here);
+    /// the manifest's `errors` name each with its reason.
+    pub const PARTIAL: u8 = 4;
 }
 
 /// Captures the volatile state of this Linux host for incident response.
@@ -89,9 +93,27 @@ pub struct CaptureArgs {
     /// /run/log/journal.
     #[arg(long = "logs-dir", value_name = "DIR")]
     pub logs_dirs: Vec<PathBuf>,
-    /// Skip logs entirely.
+    /// Skip logs entirely (same as `--skip logs`).
     #[arg(long)]
     pub no_logs: bool,
+    /// What to capture: triage (sockets, processes, maps, network, logins,
+    /// kernel, system: about a second), standard (adds volatile files and
+    /// logs) or full (adds suspicious memory regions).
+    #[arg(long, value_name = "PROFILE", default_value = "standard")]
+    pub profile: String,
+    /// Only these artifacts, comma-separated (system is always captured):
+    /// connections, processes, memory_maps, network_state, users, kernel,
+    /// volatile_files, system, memory_regions, physical_memory, logs.
+    #[arg(long, value_name = "LIST")]
+    pub artifacts: Option<String>,
+    /// Leave these artifacts out, comma-separated.
+    #[arg(long, value_name = "LIST")]
+    pub skip: Option<String>,
+    /// Abandon collection after this long (90s, 10m, 1h): a step still
+    /// running is recorded as cut, what was captured is kept, and the
+    /// capture is partial.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub deadline: String,
     /// Keep every environment variable's value (values often hold secrets;
     /// by default only an allow-list of forensically useful ones is kept).
     #[arg(long)]

@@ -14,5 +14,6 @@ pub mod daemon;
 pub mod host_text;
 pub mod options;
 pub mod priority;
+pub mod protected;
 pub mod sink;
 pub mod timefmt;

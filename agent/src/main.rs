@@ -117,6 +117,12 @@ fn run_capture(args: &CaptureArgs) -> u8 {
             return exit::USAGE;
         }
     };
+    if let Some(url) = &args.collector
+        && let Err(err) = ircap_proto::client::check_https(url)
+    {
+        tracing::error!("Invalid option: --collector: {err}");
+        return exit::USAGE;
+    }
     let deadline = match timefmt::parse_duration(&args.upload_deadline) {
         Ok(d) => d,
         Err(err) => {
@@ -150,7 +156,15 @@ fn run_capture(args: &CaptureArgs) -> u8 {
                 "Capture complete"
             );
             print_json(&summary);
-            exit::OK
+            if summary.status == "partial" {
+                tracing::warn!(
+                    capture_id,
+                    "Capture stored but PARTIAL: see the manifest's errors"
+                );
+                exit::PARTIAL
+            } else {
+                exit::OK
+            }
         }
         Err(SinkError::NotDelivered { local, reason }) => {
             tracing::error!(

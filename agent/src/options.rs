@@ -2,7 +2,7 @@
 //! that cannot be invalid once built.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -18,6 +18,8 @@ pub const DEFAULT_EXE_HASH_MAX_BYTES: u64 = 512 << 20;
 pub const DEFAULT_MEMORY_BUDGET: u64 = 2 << 30;
 /// Default `--memory-process-budget`: process memory bytes stored per process.
 pub const DEFAULT_MEMORY_PROCESS_BUDGET: u64 = 1 << 30;
+/// Default `--deadline`: collection is abandoned after this long.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Everything one capture needs to know.
 #[derive(Debug, Clone, Serialize)]
@@ -26,8 +28,11 @@ pub struct CaptureOptions {
     pub output: Option<PathBuf>,
     /// The collector it is sent to, if any.
     pub collector: Option<String>,
-    /// Whether logs are collected at all.
-    pub logs: bool,
+    /// The artifacts captured (names of `ircap_proto::request_args::ARTIFACTS`,
+    /// in capture order).
+    pub artifacts: Vec<&'static str>,
+    /// The profile the selection started from.
+    pub profile: String,
     /// Directories whose files are log evidence.
     pub logs_dirs: Vec<PathBuf>,
     /// `--logs-since` as given.
@@ -62,10 +67,17 @@ pub struct CaptureOptions {
     pub physical_memory_source: Option<PathBuf>,
     /// Physical memory bytes stored at most (`None`: no limit).
     pub physical_memory_budget: Option<u64>,
+    /// Collection is abandoned after this long (what was captured is kept
+    /// and the capture is partial).
+    #[serde(serialize_with = "crate::timefmt::serialize_secs")]
+    pub deadline: Duration,
     /// The SSM Run Command id this capture runs under (recorded in the
     /// manifest's `ssm_command_id`, not among the options).
     #[serde(skip)]
     pub ssm_command_id: Option<String>,
+    /// Files no collector reads: the agent's own key, certificates and
+    /// config.
+    pub protected: crate::protected::Protected,
 }
 
 /// Which process memory regions `--memory-regions` selects.
@@ -153,6 +165,12 @@ pub fn default_logs_dirs() -> Vec<PathBuf> {
 }
 
 impl CaptureOptions {
+    /// Whether artifact `name` is captured.
+    #[must_use]
+    pub fn wants(&self, name: &str) -> bool {
+        self.artifacts.contains(&name)
+    }
+
     /// The defaults of `ircap-agent capture --output <output>` (logs since 7
     /// days, 512 MiB of logs, allow-listed environment, lowered priority,
     /// IMDS asked).
@@ -165,7 +183,8 @@ impl CaptureOptions {
         Self {
             output,
             collector: None,
-            logs: true,
+            artifacts: ircap_proto::request_args::STANDARD.to_vec(),
+            profile: "standard".to_owned(),
             logs_dirs: default_logs_dirs(),
             logs_since: DEFAULT_LOGS_SINCE.to_owned(),
             logs_since_time: since,
@@ -182,8 +201,64 @@ impl CaptureOptions {
             physical_memory: false,
             physical_memory_source: None,
             physical_memory_budget: None,
+            deadline: DEFAULT_DEADLINE,
             ssm_command_id: None,
+            protected: crate::protected::Protected::default(),
         }
+    }
+}
+
+/// What a capture asks to collect: a profile, an explicit list, what to
+/// leave out, and the explicit asks for memory.
+#[derive(Debug, Clone, Default)]
+pub struct Selection<'a> {
+    /// `triage`, `standard` (empty: the default) or `full`.
+    pub profile: &'a str,
+    /// Only these (plus `system`); empty: the profile's.
+    pub only: &'a [String],
+    /// Leave these out.
+    pub skip: &'a [String],
+    /// A memory selector was given.
+    pub memory_regions: bool,
+    /// Physical memory was asked for.
+    pub physical_memory: bool,
+}
+
+impl Selection<'_> {
+    /// The artifacts captured, in capture order.
+    ///
+    /// # Errors
+    /// [`SpecError`](ircap_proto::request_args::SpecError) for an unknown
+    /// profile or artifact name, or for leaving out `system`.
+    pub fn resolve(&self) -> Result<Vec<&'static str>, ircap_proto::request_args::SpecError> {
+        use ircap_proto::request_args::{ALWAYS, ARTIFACTS, SpecError, profile_artifacts};
+        let base = profile_artifacts(self.profile)
+            .ok_or_else(|| SpecError::Profile(self.profile.into()))?;
+        for (option, list) in [("--artifacts", self.only), ("--skip", self.skip)] {
+            if let Some(name) = list.iter().find(|n| !ARTIFACTS.contains(&n.as_str())) {
+                return Err(SpecError::Artifact {
+                    option,
+                    name: name.chars().take(200).collect(),
+                });
+            }
+        }
+        if let Some(name) = self.skip.iter().find(|n| ALWAYS.contains(&n.as_str())) {
+            return Err(SpecError::Always(name.clone()));
+        }
+        Ok(ARTIFACTS
+            .iter()
+            .copied()
+            .filter(|a| {
+                let chosen = if self.only.is_empty() {
+                    base.contains(a)
+                } else {
+                    self.only.iter().any(|o| o == a) || ALWAYS.contains(a)
+                };
+                let asked = (*a == "memory_regions" && self.memory_regions)
+                    || (*a == "physical_memory" && self.physical_memory);
+                (chosen || asked) && !self.skip.iter().any(|s| s == a)
+            })
+            .collect())
     }
 }
 
@@ -211,6 +286,12 @@ pub enum OptionError {
     /// A memory region selector.
     #[error("--memory-regions: {0}")]
     Selector(#[source] SelectorError),
+    /// A deadline.
+    #[error("--deadline {0:?}: expected a duration like 90s, 10m, 1h (more than zero)")]
+    Deadline(String),
+    /// The artifact selection.
+    #[error("{0}")]
+    Selection(#[source] ircap_proto::request_args::SpecError),
 }
 
 impl CaptureOptions {
@@ -230,10 +311,51 @@ impl CaptureOptions {
         let size = |option: &'static str, value: &str| {
             parse_size(value).map_err(|source| OptionError::Size { option, source })
         };
+        let only = args
+            .artifacts
+            .as_deref()
+            .map(ircap_proto::request_args::split_list)
+            .unwrap_or_default();
+        let mut skip = args
+            .skip
+            .as_deref()
+            .map(ircap_proto::request_args::split_list)
+            .unwrap_or_default();
+        if args.no_logs {
+            skip.push("logs".to_owned());
+        }
+        let mut memory_regions = args
+            .memory_regions
+            .as_deref()
+            .map(MemorySelector::parse)
+            .transpose()
+            .map_err(OptionError::Selector)?;
+        let selection = Selection {
+            profile: &args.profile,
+            only: &only,
+            skip: &skip,
+            memory_regions: memory_regions.is_some(),
+            physical_memory: args.physical_memory,
+        };
+        let artifacts = selection.resolve().map_err(OptionError::Selection)?;
+        if artifacts.contains(&"memory_regions") && memory_regions.is_none() {
+            memory_regions = Some(MemorySelector::Suspicious);
+        }
+        let deadline = crate::timefmt::parse_duration(&args.deadline)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| OptionError::Deadline(args.deadline.clone()))?;
         Ok(Self {
             output: args.output.clone(),
             collector: args.collector.clone(),
-            logs: !args.no_logs,
+            physical_memory: artifacts.contains(&"physical_memory"),
+            artifacts,
+            profile: if args.profile.is_empty() {
+                "standard".to_owned()
+            } else {
+                args.profile.clone()
+            },
+            deadline,
             logs_dirs: if args.logs_dirs.is_empty() {
                 default_logs_dirs()
             } else {
@@ -248,15 +370,9 @@ impl CaptureOptions {
             imds: !args.no_imds,
             imds_endpoint: args.imds_endpoint.clone(),
             exe_hash_max_bytes: size("--exe-hash-max-bytes", &args.exe_hash_max_bytes)?,
-            memory_regions: args
-                .memory_regions
-                .as_deref()
-                .map(MemorySelector::parse)
-                .transpose()
-                .map_err(OptionError::Selector)?,
+            memory_regions,
             memory_budget: size("--memory-budget", &args.memory_budget)?,
             memory_process_budget: size("--memory-process-budget", &args.memory_process_budget)?,
-            physical_memory: args.physical_memory,
             physical_memory_source: args.physical_memory_source.clone(),
             physical_memory_budget: args
                 .physical_memory_budget
@@ -264,6 +380,13 @@ impl CaptureOptions {
                 .map(|v| size("--physical-memory-budget", v))
                 .transpose()?,
             ssm_command_id: args.ssm_command_id.clone().filter(|id| !id.is_empty()),
+            protected: crate::protected::Protected::of_agent(
+                [&args.key, &args.cert, &args.ca]
+                    .into_iter()
+                    .flatten()
+                    .map(PathBuf::as_path),
+                None,
+            ),
         })
     }
 }

@@ -99,6 +99,14 @@ pub fn parse_since(value: &str, now: SystemTime) -> Result<SystemTime, SinceErro
     Ok(now.checked_sub(back).unwrap_or(UNIX_EPOCH))
 }
 
+/// Serializes a duration as whole seconds (for the manifest's options).
+///
+/// # Errors
+/// Whatever the serializer returns.
+pub fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -396,3 +396,271 @@ fn bad_option_values_are_usage_errors() -> TestResult {
     assert_no_capture_left(tmp.path());
     Ok(())
 }
+
+/// A tmpfs of `size` mounted on `dir` for the test; lazily unmounted when
+/// dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    #[allow(clippy::unwrap_used)]
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "none"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `n` bytes that gzip cannot shrink.
+fn incompressible(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// Runs a capture expected to end partial (exit 4) and returns its run.
+#[allow(clippy::unwrap_used)]
+fn partial_capture(out: &std::path::Path, extra: &[&str]) -> Run {
+    let output = agent()
+        .args(["capture", "--no-imds", "--output"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["status"], "partial", "{summary}");
+    let dir = std::path::PathBuf::from(summary["location"].as_str().unwrap());
+    Run {
+        output,
+        summary,
+        dir,
+    }
+}
+
+#[test]
+fn disk_full_during_the_last_artifact_keeps_the_others_as_a_partial_capture() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir(&logs)?;
+    std::fs::write(logs.join("small.log"), b"Dec  1 sshd[1]: Accepted\n")?;
+    std::fs::write(logs.join("big.log"), incompressible(8 << 20))?;
+    let small = tmp.path().join("out");
+    std::fs::create_dir(&small)?;
+    // 2 MiB: room for the tables and the small log, not for the big one.
+    let _mount = Tmpfs::mount(&small, "2m");
+    let logs_dir = logs.display().to_string();
+    let run = partial_capture(
+        &small,
+        &[
+            "--artifacts",
+            "processes,connections,kernel,logs",
+            "--logs-dir",
+            &logs_dir,
+            "--logs-since",
+            "2000-01-01T00:00:00Z",
+        ],
+    );
+    let m = run.manifest();
+    assert_eq!(m["status"], "partial");
+    let errors = m["errors"].as_array().unwrap();
+    let dropped = errors
+        .iter()
+        .find(|e| e["source"].as_str().unwrap().contains("big.log"))
+        .unwrap_or_else(|| panic!("big.log not named: {errors:?}"));
+    assert!(
+        dropped["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{dropped}"
+    );
+    // Everything captured before it is kept, and the capture verifies.
+    for table in ["processes", "connections", "log_files"] {
+        assert!(!run.table(table).is_empty(), "{table}");
+    }
+    let index = run.table("log_files");
+    let row = |name: &str| {
+        index
+            .iter()
+            .find(|r| r["path"].as_str().unwrap().ends_with(name))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("small.log")["included"], true);
+    assert_eq!(row("big.log")["included"], false);
+    assert!(
+        row("big.log")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("dropped")
+    );
+    let verify = agent().arg("verify").arg(&run.dir).output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    Ok(())
+}
+
+#[test]
+fn physical_memory_asked_for_but_impossible_is_partial_with_the_reason() -> TestResult {
+    if std::path::Path::new("/proc/kcore").exists() {
+        eprintln!("this host has /proc/kcore; the lab test covers refusal by lockdown");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let run = partial_capture(
+        tmp.path(),
+        &["--artifacts", "processes", "--physical-memory"],
+    );
+    let m = run.manifest();
+    assert_eq!(m["status"], "partial");
+    let e = m["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["source"] == "physical_memory"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("requested but not captured")
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        e["message"].as_str().unwrap_or_default().contains("kcore"),
+        "{m}"
+    );
+    let verify = agent().arg("verify").arg(&run.dir).output()?;
+    assert!(verify.status.success());
+    Ok(())
+}
+
+#[test]
+fn plain_http_collector_urls_are_refused_naming_the_url() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    for (cmd, url) in [
+        ("capture", "http://127.0.0.1:7443"),
+        ("serve", "http://127.0.0.1:7444"),
+    ] {
+        let mut c = agent();
+        c.args([cmd, "--no-imds", "--collector", url, "--ca"])
+            .arg(tmp.path().join("ca.pem"))
+            .arg("--cert")
+            .arg(tmp.path().join("a.pem"))
+            .arg("--key")
+            .arg(tmp.path().join("a.key"))
+            .env_remove("IRCAP_AGENT_CONFIG");
+        if cmd == "capture" {
+            c.arg("--no-logs");
+        }
+        let out = c.output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains(url) && err.contains("https://"),
+            "{cmd}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{cmd}: one line: {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn unanswered_fuse_mounts_and_fifos_cannot_freeze_a_capture() -> TestResult {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "fuse-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&out)?;
+    // In a private mount namespace: a fresh /tmp holding two FUSE mounts
+    // whose server (this shell, holding /dev/fuse open) never answers,
+    // one of them inside the log directory, and a FIFO among the logs.
+    let script = format!(
+        r#"set -e
+mount -t tmpfs none /tmp
+mkdir -p /tmp/hang /tmp/logs/hang
+printf 'Dec  1 sshd[1]: Accepted\n' > /tmp/logs/auth.log
+mkfifo /tmp/logs/fifo.log
+exec 3<>/dev/fuse 4<>/dev/fuse
+mount -i -t fuse -o fd=3,rootmode=40000,user_id=0,group_id=0 none /tmp/hang
+mount -i -t fuse -o fd=4,rootmode=40000,user_id=0,group_id=0 none /tmp/logs/hang
+set +e
+timeout 120 '{agent}' capture --no-imds --artifacts volatile_files,logs --logs-dir /tmp/logs --logs-since 2000-01-01T00:00:00Z --output '{out}' 3>&- 4>&-
+rc=$?
+umount -l /tmp/hang /tmp/logs/hang
+exit $rc"#,
+        agent = env!("CARGO_BIN_EXE_ircap-agent"),
+        out = out.display(),
+    );
+    let t0 = std::time::Instant::now();
+    let output = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        matches!(output.status.code(), Some(0 | 4)),
+        "{:?}: {stderr}",
+        output.status
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let run = Run {
+        output,
+        dir: std::path::PathBuf::from(summary["location"].as_str().unwrap_or_default()),
+        summary,
+    };
+    let files = run.table("volatile_files");
+    let hang = files
+        .iter()
+        .find(|r| r["path"] == "/tmp/hang")
+        .unwrap_or_else(|| panic!("/tmp/hang not listed"));
+    assert_eq!(hang["not_descended"], "blocking_filesystem", "{hang}");
+    assert_eq!(hang["mount_point"], true);
+    let logs = run.table("log_files");
+    let included: Vec<&str> = logs
+        .iter()
+        .filter(|r| r["included"] == true)
+        .filter_map(|r| r["path"].as_str())
+        .collect();
+    assert_eq!(included, ["/tmp/logs/auth.log"]);
+    let m = run.manifest();
+    let log_errors = m["artifacts"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter(|a| a["name"] == "log_files.jsonl.gz")
+        .flat_map(|a| a["errors"].as_array().cloned().unwrap_or_default())
+        .map(|e| e.as_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>();
+    assert!(
+        log_errors
+            .iter()
+            .any(|e| e.contains("/tmp/logs/hang: a fuse mount, not entered")),
+        "{log_errors:?}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}

@@ -29,6 +29,7 @@ fn manifest_for(artifacts: Vec<ircap_proto::ArtifactEntry>) -> Manifest {
         capture_id: "logs-test".into(),
         started_at: String::new(),
         ended_at: String::new(),
+        status: ircap_proto::manifest::CaptureStatus::Complete,
         host: Default::default(),
         agent: Default::default(),
         options: serde_json::Value::Null,
@@ -82,6 +83,7 @@ fn logs_keep_original_bytes_within_since_and_budget() -> TestResult {
         accounts: &accounts,
         clock: &clock,
         threads: 2,
+        dropped: Default::default(),
     };
     let entries = logs::write(&ctx, &[log_dir.clone(), fx.path().join("no-such-dir")])?;
     sink.commit(&manifest_for(entries.clone()))?;
@@ -155,6 +157,7 @@ fn a_process_that_exited_is_reported_gone_not_read() -> TestResult {
         accounts: &accounts,
         clock: &clock,
         threads: 1,
+        dropped: Default::default(),
     };
     let mut child = std::process::Command::new("true").spawn()?;
     let pid = i32::try_from(child.id())?;

@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use ircap_proto::request_args::{self as spec_rules, split_list};
 use ircap_proto::v1::capture_requests_client::CaptureRequestsClient;
 use ircap_proto::v1::{
-    AgentInfo, CreateRequestRequest, CreateRequestResponse, ListAgentsRequest, ListResultsRequest,
-    RequestResult,
+    AgentInfo, CaptureSpec, CreateRequestRequest, CreateRequestResponse, ListAgentsRequest,
+    ListResultsRequest, RequestResult,
 };
 use tonic::transport::Channel;
 
@@ -93,6 +94,103 @@ pub fn parse_labels(pairs: &[String]) -> Result<BTreeMap<String, String>, Analys
         .collect()
 }
 
+/// What each targeted agent captures: typed options, sent as a
+/// `CaptureSpec`. Each agent checks them against its host's `[policy]`
+/// (`/etc/ircap/agent.toml`) and refuses, naming the policy line, what the
+/// host does not allow.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SpecArgs {
+    /// triage (sockets, processes, maps, network, logins, kernel),
+    /// standard (adds volatile files and logs; the default) or full (adds
+    /// suspicious memory regions).
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Only these artifacts, comma-separated (e.g. processes,connections).
+    #[arg(long, value_name = "LIST")]
+    pub artifacts: Option<String>,
+    /// Leave these artifacts out, comma-separated (e.g. logs,volatile_files).
+    #[arg(long, value_name = "LIST")]
+    pub skip: Option<String>,
+    /// Oldest logs kept: a duration back from now (90m, 7d) or RFC 3339.
+    #[arg(long, value_name = "WHEN")]
+    pub logs_since: Option<String>,
+    /// Log bytes kept at most (64M, 1G).
+    #[arg(long, value_name = "BYTES")]
+    pub logs_max_bytes: Option<String>,
+    /// Log directory instead of the defaults (repeatable); must lie under
+    /// the host policy's `log_roots`.
+    #[arg(long = "logs-dir", value_name = "DIR")]
+    pub logs_dirs: Vec<String>,
+    /// Keep every environment value (refused unless the host allows it).
+    #[arg(long)]
+    pub full_environ: bool,
+    /// Process memory to dump: suspicious, all or pid=N[,N...] (the
+    /// default host policy allows only suspicious).
+    #[arg(long, value_name = "SELECTOR")]
+    pub memory_regions: Option<String>,
+    /// Process memory bytes stored in all (default: the policy's maximum).
+    #[arg(long, value_name = "BYTES")]
+    pub memory_budget: Option<String>,
+    /// Process memory bytes stored per process.
+    #[arg(long, value_name = "BYTES")]
+    pub memory_process_budget: Option<String>,
+    /// Dump physical memory (refused unless the host allows it).
+    #[arg(long)]
+    pub physical_memory: bool,
+    /// Physical memory bytes stored at most.
+    #[arg(long, value_name = "BYTES")]
+    pub physical_memory_budget: Option<String>,
+    /// Abandon collection after this long (default: the agent's, 10m).
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<String>,
+}
+
+impl SpecArgs {
+    /// The spec these flags ask for, checked for shape.
+    ///
+    /// # Errors
+    /// [`AnalystError::Config`] naming the flag.
+    pub fn to_spec(&self) -> Result<CaptureSpec, AnalystError> {
+        let size = |option: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|t| parse_size(option, t))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        let spec = CaptureSpec {
+            profile: self.profile.clone().unwrap_or_default(),
+            artifacts: self
+                .artifacts
+                .as_deref()
+                .map(split_list)
+                .unwrap_or_default(),
+            skip: self.skip.as_deref().map(split_list).unwrap_or_default(),
+            logs_since: self.logs_since.clone().unwrap_or_default(),
+            logs_max_bytes: size("--logs-max-bytes", &self.logs_max_bytes)?,
+            logs_dirs: self.logs_dirs.clone(),
+            full_environ: self.full_environ,
+            memory_regions: self
+                .memory_regions
+                .as_deref()
+                .map(spec_rules::parse_memory_selector)
+                .transpose()
+                .map_err(|e| AnalystError::Config(e.to_string()))?,
+            memory_budget: size("--memory-budget", &self.memory_budget)?,
+            memory_process_budget: size("--memory-process-budget", &self.memory_process_budget)?,
+            physical_memory: self.physical_memory,
+            physical_memory_budget: size("--physical-memory-budget", &self.physical_memory_budget)?,
+            deadline_seconds: self
+                .deadline
+                .as_deref()
+                .map(|t| parse_duration("--deadline", t))
+                .transpose()?
+                .map_or(0, |d| d.as_secs().max(1)),
+        };
+        spec_rules::check_spec(&spec).map_err(|e| AnalystError::Config(e.to_string()))?;
+        Ok(spec)
+    }
+}
+
 /// Creates a request.
 ///
 /// # Errors
@@ -133,7 +231,10 @@ pub async fn results(
 /// Whether a result is final.
 #[must_use]
 pub fn is_final(r: &RequestResult) -> bool {
-    matches!(r.status.as_str(), "complete" | "failed" | "refused")
+    matches!(
+        r.status.as_str(),
+        "complete" | "partial" | "failed" | "refused"
+    )
 }
 
 /// Waits until every agent in `expected` has a final result, calling

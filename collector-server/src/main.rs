@@ -130,10 +130,9 @@ struct RequestArgs {
     /// How long agents that connect later may still receive the request.
     #[arg(long, default_value = "1h", value_name = "DURATION")]
     ttl: String,
-    /// `ircap-agent capture` options for the capture, after `--`
-    /// (e.g. `-- --no-logs`); destination options are refused.
-    #[arg(last = true, value_name = "CAPTURE-ARGS")]
-    capture_args: Vec<String>,
+    /// What to capture.
+    #[command(flatten, next_help_heading = "Capture")]
+    spec: analyst_requests::SpecArgs,
 }
 
 #[derive(Debug, Args)]
@@ -508,6 +507,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
             .transpose()?
             .map_or(0, |d| d.as_secs().max(1));
         let labels = analyst_requests::parse_labels(&args.labels)?;
+        let spec = args.spec.to_spec()?;
         let mut client = analyst_requests::connect(&args.server.settings())?;
         let created = analyst_requests::create(
             &mut client,
@@ -518,7 +518,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
                     labels: labels.into_iter().collect(),
                     all: args.all,
                 }),
-                args: args.capture_args.clone(),
+                spec: Some(spec),
                 max_bytes,
                 max_seconds: max_time,
                 ttl_seconds: ttl.as_secs(),

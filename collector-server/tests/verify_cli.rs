@@ -28,6 +28,7 @@ fn write_capture(dir: &std::path::Path) -> TestResult {
         capture_id: "test".into(),
         started_at: "2026-01-01T00:00:00Z".into(),
         ended_at: "2026-01-01T00:00:01Z".into(),
+        status: ircap_proto::manifest::CaptureStatus::Complete,
         host: HostIdentity::default(),
         agent: AgentInfo::default(),
         options: serde_json::Value::Null,

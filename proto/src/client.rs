@@ -54,12 +54,35 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, ClientError> {
     })
 }
 
+/// Refuses any collector URL that is not `https://HOST[:PORT]`: tonic would
+/// otherwise talk plain HTTP/2 to an `http://` URL, silently without TLS.
+///
+/// # Errors
+/// [`ClientError::Url`] naming the URL.
+pub fn check_https(url: &str) -> Result<(), ClientError> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| ClientError::Url {
+            url: url.to_owned(),
+            message: "only https:// collector URLs are accepted (mutual TLS is required)".into(),
+        })?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(ClientError::Url {
+            url: url.to_owned(),
+            message: "expected https://HOST:PORT".into(),
+        });
+    }
+    Ok(())
+}
+
 /// A lazily connected mutual-TLS channel (it reconnects on use), with
 /// keepalives so a dead peer is noticed.
 ///
 /// # Errors
-/// [`ClientError`] when a PEM file cannot be read or the URL is invalid.
+/// [`ClientError`] when a PEM file cannot be read or the URL is not an
+/// `https://` URL.
 pub fn mtls_channel(s: &MtlsSettings) -> Result<Channel, ClientError> {
+    check_https(&s.url)?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&s.ca, "CA certificate")?))
         .identity(Identity::from_pem(
@@ -78,4 +101,25 @@ pub fn mtls_channel(s: &MtlsSettings) -> Result<Channel, ClientError> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     Ok(endpoint.connect_lazy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_https;
+
+    #[test]
+    fn only_https_urls() {
+        assert!(check_https("https://collector.internal:7443").is_ok());
+        for bad in [
+            "http://127.0.0.1:7443",
+            "HTTP://x:1",
+            "collector:7443",
+            "https://",
+            "grpc://x:1",
+            "",
+        ] {
+            let err = check_https(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
 }

@@ -11,6 +11,8 @@
 //! - [`client`]: the mutual-TLS client channel used by agents and analysts.
 //! - [`artifact_name`]: the rule for what an artifact may be called, so a
 //!   hostile manifest can never address a file outside its capture.
+//! - [`request_args`]: artifact and profile names, and the shape check of a
+//!   typed capture request.
 
 pub mod artifact_name;
 pub mod client;

@@ -104,6 +104,19 @@ pub struct CaptureError {
     pub message: String,
 }
 
+/// Whether a capture holds everything that was asked of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureStatus {
+    /// Every requested artifact was collected and stored.
+    #[default]
+    Complete,
+    /// Some artifact was dropped or cut (it could not be stored, a
+    /// deadline or budget cut it, or it was impossible on this host); each
+    /// is named with its reason in `errors`. What is listed verifies.
+    Partial,
+}
+
 /// The manifest of one capture.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -115,6 +128,9 @@ pub struct Manifest {
     pub started_at: String,
     /// When the last artifact was closed (RFC 3339 UTC).
     pub ended_at: String,
+    /// `complete` or `partial` (absent in older manifests: complete).
+    #[serde(default)]
+    pub status: CaptureStatus,
     /// The captured host.
     pub host: HostIdentity,
     /// The agent that captured it.

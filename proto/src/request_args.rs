@@ -1,30 +1,313 @@
-//! Which `ircap-agent capture` options a remote capture request may not
-//! carry. Checked by the collector before a request is stored and again by
-//! the agent before it runs one, from this one list.
+//! The shape of a capture request ([`CaptureSpec`]): artifact and profile
+//! names, and the checks a request must pass before anyone acts on it.
+//!
+//! A remote request is a typed message, not command-line arguments: it has
+//! no field that names an output, a collector, a certificate or a source
+//! file, so there is nothing to deny. [`check_spec`] only checks that a
+//! spec is well formed (known names, bounded lists, absolute log
+//! directories without `..`); the collector runs it before a request is
+//! stored and the agent again before it looks at its host's `[policy]`,
+//! which alone decides what the host allows.
 
-/// Options a request may not carry: where a capture goes (in daemon mode it
-/// always goes to the collector the agent is connected to, with the agent's
-/// certificate), and options that would make the agent read a file or URL
-/// the requester names instead of the host's own source.
-pub const REFUSED_OPTIONS: &[&str] = &[
-    "--physical-memory-source",
-    "--imds-endpoint",
-    "--output",
-    "-o",
-    "--collector",
-    "--spool",
-    "--ca",
-    "--cert",
-    "--key",
+use crate::v1::{CaptureSpec, MemorySelector, PidList, memory_selector};
+
+/// Every artifact a capture can hold, in capture order. `system` is always
+/// captured (it carries the host identity of the manifest).
+pub const ARTIFACTS: &[&str] = &[
+    "connections",
+    "processes",
+    "memory_maps",
+    "network_state",
+    "users",
+    "kernel",
+    "volatile_files",
+    "system",
+    "memory_regions",
+    "physical_memory",
+    "logs",
 ];
 
-/// The first refused option among `args` (as written, without `=value`;
-/// `-oDIR` counts as `-o`), if any.
+/// Artifacts that are always captured.
+pub const ALWAYS: &[&str] = &["system"];
+
+/// `triage`: the quick volatile tables (about a second on a busy host).
+pub const TRIAGE: &[&str] = &[
+    "connections",
+    "processes",
+    "memory_maps",
+    "network_state",
+    "users",
+    "kernel",
+    "system",
+];
+/// `standard` (the default): triage plus volatile files and logs.
+pub const STANDARD: &[&str] = &[
+    "connections",
+    "processes",
+    "memory_maps",
+    "network_state",
+    "users",
+    "kernel",
+    "volatile_files",
+    "system",
+    "logs",
+];
+/// `full`: standard plus the bytes of suspicious memory regions (unless
+/// another selector is given).
+pub const FULL: &[&str] = &[
+    "connections",
+    "processes",
+    "memory_maps",
+    "network_state",
+    "users",
+    "kernel",
+    "volatile_files",
+    "system",
+    "memory_regions",
+    "logs",
+];
+
+/// The profile names.
+pub const PROFILES: &[&str] = &["triage", "standard", "full"];
+
+/// Most entries in any list of a spec (artifacts, skip, log directories,
+/// pids).
+pub const MAX_LIST: usize = 64;
+/// Longest string in a spec.
+pub const MAX_TEXT: usize = 4096;
+
+/// The artifacts of `profile` (empty = `standard`), or `None` when unknown.
 #[must_use]
-pub fn refused_option(args: &[String]) -> Option<&str> {
-    args.iter().find_map(|arg| {
-        let flag = arg.split('=').next().unwrap_or_default();
-        let short_output = arg.starts_with("-o") && !arg.starts_with("--");
-        (REFUSED_OPTIONS.contains(&flag) || short_output).then_some(flag)
+pub fn profile_artifacts(profile: &str) -> Option<&'static [&'static str]> {
+    match profile {
+        "" | "standard" => Some(STANDARD),
+        "triage" => Some(TRIAGE),
+        "full" => Some(FULL),
+        _ => None,
+    }
+}
+
+/// Why a spec is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// An unknown profile.
+    #[error("profile {0:?} is unknown: use triage, standard or full")]
+    Profile(String),
+    /// An unknown artifact name.
+    #[error("{option}: {name:?} is not an artifact (known: {known})", known = ARTIFACTS.join(", "))]
+    Artifact {
+        /// `--artifacts` or `--skip`.
+        option: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// An artifact that cannot be left out.
+    #[error("--skip: {0} is always captured (it holds the manifest's host identity)")]
+    Always(String),
+    /// A list or string over its bound.
+    #[error("{0}: at most {MAX_LIST} entries of at most {MAX_TEXT} bytes")]
+    TooLong(&'static str),
+    /// A log directory that is not a plain absolute path.
+    #[error("--logs-dir {0:?}: must be an absolute path without `.` or `..` components")]
+    LogsDir(String),
+    /// A memory selector without processes, or with pid 0 or below.
+    #[error("--memory-regions {0:?}: use pid=N[,N...], suspicious or all")]
+    Selector(String),
+}
+
+/// Checks that `spec` is well formed.
+///
+/// # Errors
+/// [`SpecError`] naming the first problem.
+pub fn check_spec(spec: &CaptureSpec) -> Result<(), SpecError> {
+    if profile_artifacts(&spec.profile).is_none() {
+        return Err(SpecError::Profile(clip(&spec.profile)));
+    }
+    for (option, list) in [("--artifacts", &spec.artifacts), ("--skip", &spec.skip)] {
+        bounded(option, list)?;
+        for name in list {
+            if !ARTIFACTS.contains(&name.as_str()) {
+                return Err(SpecError::Artifact {
+                    option,
+                    name: clip(name),
+                });
+            }
+        }
+    }
+    if let Some(name) = spec.skip.iter().find(|n| ALWAYS.contains(&n.as_str())) {
+        return Err(SpecError::Always(name.clone()));
+    }
+    bounded("--logs-dir", &spec.logs_dirs)?;
+    if spec.logs_since.len() > MAX_TEXT {
+        return Err(SpecError::TooLong("--logs-since"));
+    }
+    if let Some(dir) = spec.logs_dirs.iter().find(|d| !plain_absolute(d)) {
+        return Err(SpecError::LogsDir(clip(dir)));
+    }
+    if let Some(sel) = &spec.memory_regions {
+        match &sel.select {
+            None => return Err(SpecError::Selector(String::new())),
+            Some(memory_selector::Select::Pids(list)) => {
+                if list.pids.is_empty() || list.pids.len() > MAX_LIST {
+                    return Err(SpecError::Selector(selector_text(sel)));
+                }
+                if list.pids.iter().any(|&p| p <= 0) {
+                    return Err(SpecError::Selector(selector_text(sel)));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn bounded(option: &'static str, list: &[String]) -> Result<(), SpecError> {
+    if list.len() > MAX_LIST || list.iter().any(|s| s.len() > MAX_TEXT) {
+        return Err(SpecError::TooLong(option));
+    }
+    Ok(())
+}
+
+/// At most 200 characters of hostile text, for an error message.
+fn clip(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+/// An absolute path whose components are all normal names.
+#[must_use]
+pub fn plain_absolute(path: &str) -> bool {
+    use std::path::Component;
+    let p = std::path::Path::new(path);
+    p.is_absolute()
+        && !path.contains('\0')
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && !path.split('/').any(|part| part == "." || part == "..")
+}
+
+/// Parses `pid=N[,N...]`, `suspicious` or `all`.
+///
+/// # Errors
+/// [`SpecError::Selector`] for anything else.
+pub fn parse_memory_selector(text: &str) -> Result<MemorySelector, SpecError> {
+    let select = match text.trim() {
+        "suspicious" => memory_selector::Select::Suspicious(true),
+        "all" => memory_selector::Select::All(true),
+        other => {
+            let err = || SpecError::Selector(clip(text));
+            let list = other.strip_prefix("pid=").ok_or_else(err)?;
+            let pids = list
+                .split(',')
+                .map(|p| p.trim().parse::<i32>().ok().filter(|&n| n > 0))
+                .collect::<Option<Vec<i32>>>()
+                .filter(|p| !p.is_empty() && p.len() <= MAX_LIST)
+                .ok_or_else(err)?;
+            memory_selector::Select::Pids(PidList { pids })
+        }
+    };
+    Ok(MemorySelector {
+        select: Some(select),
     })
+}
+
+/// The selector as `ircap-agent capture --memory-regions` writes it.
+#[must_use]
+pub fn selector_text(sel: &MemorySelector) -> String {
+    match &sel.select {
+        Some(memory_selector::Select::Suspicious(_)) => "suspicious".into(),
+        Some(memory_selector::Select::All(_)) => "all".into(),
+        Some(memory_selector::Select::Pids(list)) => format!(
+            "pid={}",
+            list.pids
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => String::new(),
+    }
+}
+
+/// Splits `a,b,c` into names (empty entries dropped).
+#[must_use]
+pub fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn well_formed_specs_pass_and_malformed_ones_are_named() {
+        assert_eq!(check_spec(&CaptureSpec::default()), Ok(()));
+        let ok = CaptureSpec {
+            profile: "triage".into(),
+            skip: vec!["logs".into()],
+            logs_dirs: vec!["/var/log/nginx".into()],
+            memory_regions: Some(parse_memory_selector("pid=4,5").unwrap()),
+            ..CaptureSpec::default()
+        };
+        assert_eq!(check_spec(&ok), Ok(()));
+        let bad = [
+            CaptureSpec {
+                profile: "everything".into(),
+                ..CaptureSpec::default()
+            },
+            CaptureSpec {
+                artifacts: vec!["shadow".into()],
+                ..CaptureSpec::default()
+            },
+            CaptureSpec {
+                skip: vec!["system".into()],
+                ..CaptureSpec::default()
+            },
+            CaptureSpec {
+                logs_dirs: vec!["var/log".into()],
+                ..CaptureSpec::default()
+            },
+            CaptureSpec {
+                logs_dirs: vec!["/var/log/../../etc/ircap".into()],
+                ..CaptureSpec::default()
+            },
+            CaptureSpec {
+                memory_regions: Some(MemorySelector {
+                    select: Some(memory_selector::Select::Pids(PidList { pids: vec![0] })),
+                }),
+                ..CaptureSpec::default()
+            },
+            CaptureSpec {
+                skip: vec!["logs".into(); MAX_LIST + 1],
+                ..CaptureSpec::default()
+            },
+        ];
+        for spec in bad {
+            assert!(check_spec(&spec).is_err(), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn selectors_round_trip() {
+        for text in ["suspicious", "all", "pid=1,22"] {
+            assert_eq!(selector_text(&parse_memory_selector(text).unwrap()), text);
+        }
+        for bad in ["", "pid=", "pid=0", "pid=-3", "ALL", "pid=1,,2"] {
+            assert!(parse_memory_selector(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn profiles_name_known_artifacts() {
+        for p in PROFILES {
+            let list = profile_artifacts(p).unwrap();
+            assert!(list.iter().all(|a| ARTIFACTS.contains(a)));
+            assert!(list.contains(&"system"));
+        }
+    }
 }

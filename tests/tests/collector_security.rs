@@ -296,6 +296,7 @@ fn manifest(sha256_stored: &str) -> Result<Vec<u8>, Box<dyn Error>> {
         capture_id: CAPTURE.into(),
         started_at: "2026-01-01T00:00:00Z".into(),
         ended_at: "2026-01-01T00:00:01Z".into(),
+        status: ircap_proto::manifest::CaptureStatus::Complete,
         host: HostIdentity::default(),
         agent: AgentInfo::default(),
         options: serde_json::Value::Null,

@@ -49,11 +49,24 @@ impl Drop for Daemon {
 /// `ircap-agent serve` as `who` with a one-second heartbeat and backoff,
 /// certificates from a TOML config file, plus `extra` flags.
 fn daemon(tmp: &Path, url: &str, pki: &Path, who: &str, labels: &str, extra: &[&str]) -> Daemon {
+    daemon_with_policy(tmp, url, pki, who, labels, "", extra)
+}
+
+/// [`daemon`] with a `[policy]` table (TOML lines; empty: the defaults).
+fn daemon_with_policy(
+    tmp: &Path,
+    url: &str,
+    pki: &Path,
+    who: &str,
+    labels: &str,
+    policy: &str,
+    extra: &[&str],
+) -> Daemon {
     let config = tmp.join(format!("{who}-{}.toml", uuid_like()));
     std::fs::write(
         &config,
         format!(
-            "collector = \"{url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"1s\"\n[labels]\n{labels}\n",
+            "collector = \"{url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"1s\"\n[labels]\n{labels}\n[policy]\n{policy}\n",
             pki.join("ca.pem").display(),
             pki.join(format!("{who}.pem")).display(),
             pki.join(format!("{who}.key")).display(),
@@ -196,7 +209,7 @@ fn complete(results: &[Value]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-const QUICK: &[&str] = &["--", "--no-logs", "--no-imds"];
+const QUICK: &[&str] = &["--skip", "logs"];
 
 #[test]
 fn requests_reach_exactly_the_targeted_agents() -> TestResult {
@@ -316,7 +329,8 @@ fn budgets_and_refused_options_fail_cleanly() -> TestResult {
     let failed_id = results[0]["capture_id"].as_str().unwrap();
     assert!(incomplete.contains(&("web-1".to_owned(), failed_id.to_owned())));
 
-    // A destination option is refused by the collector before storing.
+    // Command-line arguments are no longer a request: there is nothing
+    // to pass them through, and nothing is stored.
     let out = analyst(
         &url,
         &pki_dir,
@@ -325,13 +339,22 @@ fn budgets_and_refused_options_fail_cleanly() -> TestResult {
         &["--host", "web-1", "--", "--output", "/tmp/x"],
     );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"));
+    // A malformed spec is refused before anything is stored.
+    let out = analyst(
+        &url,
+        &pki_dir,
+        "alice",
+        "request",
+        &["--host", "web-1", "--skip", "system,shadow"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an artifact"));
 
-    // An option the agent's capture parser refuses: refused, no capture.
+    // A value the agent cannot use: refused, no capture.
     let (ok, _, results) = request(
         &url,
         &pki_dir,
-        &["--host", "web-1", "--", "--logs-since", "yesterday"],
+        &["--host", "web-1", "--logs-since", "yesterday"],
     );
     assert!(!ok);
     assert_eq!(results[0]["status"], "refused", "{}", results[0]);
@@ -346,6 +369,197 @@ fn budgets_and_refused_options_fail_cleanly() -> TestResult {
     let (ok, _, results) = request(&url, &pki_dir, &[&["--host", "web-1"], QUICK].concat());
     assert!(ok, "{results:?}");
     assert_eq!(complete(&results).len(), 1);
+    Ok(())
+}
+
+/// Every stored byte of a capture directory, gzip members decompressed.
+fn stored_bytes(dir: &Path) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let raw = std::fs::read(&p).unwrap();
+            out.extend_from_slice(&raw);
+            let mut plain = Vec::new();
+            if flate2::read::MultiGzDecoder::new(&raw[..])
+                .read_to_end(&mut plain)
+                .is_ok()
+            {
+                out.extend_from_slice(&plain);
+            }
+        }
+    }
+    out
+}
+
+/// The base64 body lines of a PEM file (what would show if any of it
+/// leaked into a capture).
+fn pem_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 40)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The thread ids of process `pid` other than `pid` itself.
+fn threads_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|t| *t != pid.to_string())
+        .collect()
+}
+
+#[test]
+fn requests_the_host_policy_does_not_allow_are_refused_naming_the_policy_line() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let c = collector(
+        &pki_dir,
+        &tmp.path().join("store"),
+        0,
+        &tmp.path().join("collector.log"),
+    );
+    let url = c.url();
+    // The default policy.
+    let agent = daemon(tmp.path(), &url, &pki_dir, "web-1", "", &[]);
+    wait_for_agents(&url, &pki_dir, &["web-1"]);
+    let pki_text = pki_dir.display().to_string();
+    let own_thread = format!("pid={}", agent.0.id());
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "--logs-dir",
+                &pki_text,
+                "--logs-since",
+                "2000-01-01T00:00:00Z",
+            ],
+            "[policy] log_roots",
+        ),
+        (
+            &["--memory-regions", &own_thread],
+            "[policy] remote_memory_regions",
+        ),
+        (&["--full-environ"], "[policy] remote_full_environ = false"),
+        (
+            &["--memory-regions", "all"],
+            "[policy] remote_memory_regions",
+        ),
+        (
+            &["--physical-memory"],
+            "[policy] remote_physical_memory = false",
+        ),
+    ];
+    for (asked, line) in cases {
+        let (ok, _, results) = request(&url, &pki_dir, &[&["--host", "web-1"], asked].concat());
+        assert!(!ok, "{asked:?}");
+        assert_eq!(results.len(), 1, "{asked:?}");
+        let r = &results[0];
+        assert_eq!(r["status"], "refused", "{asked:?}: {r}");
+        let error = r["error"].as_str().unwrap();
+        assert!(error.contains(line), "{asked:?}: {error}");
+        assert!(r["capture_id"].is_null(), "no capture started: {r}");
+    }
+    assert!(listed(&url, &pki_dir, &["--incomplete"]).is_empty());
+    // Refused, not broken: the next allowed request runs.
+    let (ok, _, results) = request(&url, &pki_dir, &[&["--host", "web-1"], QUICK].concat());
+    assert!(ok, "{results:?}");
+    Ok(())
+}
+
+#[test]
+fn a_permissive_policy_still_never_captures_the_agents_key_or_memory() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let c = collector(
+        &pki_dir,
+        &tmp.path().join("store"),
+        0,
+        &tmp.path().join("collector.log"),
+    );
+    let url = c.url();
+    // A host owner who allows everything, the PKI directory included.
+    let policy = format!(
+        "log_roots = [\"{}\"]\nremote_memory_regions = [\"pid\", \"all\", \"suspicious\"]\nremote_full_environ = true\nmax_memory_budget = \"64M\"\n",
+        pki_dir.display()
+    );
+    let agent = daemon_with_policy(tmp.path(), &url, &pki_dir, "web-1", "", &policy, &[]);
+    wait_for_agents(&url, &pki_dir, &["web-1"]);
+    let mut own: Vec<String> = threads_of(agent.0.id());
+    own.push(agent.0.id().to_string());
+    let own_tasks = format!("pid={}", own.join(","));
+    let pki_text = pki_dir.display().to_string();
+    let cases: [&[&str]; 3] = [
+        &[
+            "--logs-dir",
+            &pki_text,
+            "--logs-since",
+            "2000-01-01T00:00:00Z",
+            "--artifacts",
+            "logs",
+        ],
+        &[
+            "--memory-regions",
+            &own_tasks,
+            "--artifacts",
+            "memory_regions,processes",
+            "--full-environ",
+        ],
+        &[
+            "--memory-regions",
+            "all",
+            "--memory-budget",
+            "32M",
+            "--artifacts",
+            "memory_regions",
+        ],
+    ];
+    let mut captured = Vec::new();
+    for asked in cases {
+        let (ok, _, results) = request(&url, &pki_dir, &[&["--host", "web-1"], asked].concat());
+        assert!(ok, "{asked:?}: {results:?}");
+        let id = results[0]["capture_id"].as_str().unwrap();
+        let dir = c.capture_dir("web-1", id);
+        let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+        assert!(verify.status.success(), "{asked:?}");
+        captured.push(String::from_utf8_lossy(&stored_bytes(&dir)).into_owned());
+    }
+    // Read only now: this test process may itself be dumped by `all`.
+    let secret = pem_lines(&pki_dir.join("web-1.key"));
+    assert!(!secret.is_empty());
+    for (asked, bytes) in cases.iter().zip(&captured) {
+        for line in &secret {
+            assert!(
+                !bytes.contains(line.as_str()),
+                "{asked:?}: the agent's key is in the capture"
+            );
+        }
+    }
+    // The logs index says why the key was left out, while the CA's key
+    // (not the agent's, under a root the host allowed) was read: the
+    // directory really was walked.
+    let logs = &captured[0];
+    assert!(
+        logs.contains("the agent's own key"),
+        "key not recorded as left out"
+    );
+    let ca_key = pem_lines(&pki_dir.join("ca.key"));
+    assert!(
+        logs.contains(&ca_key[0]),
+        "the allowed directory was not read"
+    );
+    // The agent's own tasks were named and none was dumped.
+    let memory = &captured[1];
+    assert!(memory.contains("is the agent itself, not dumped"));
     Ok(())
 }
 

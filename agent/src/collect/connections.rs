@@ -241,6 +241,7 @@ pub fn parse_unix_table(raw: &[u8], netns: u64) -> (Vec<ConnectionRecord>, Vec<S
 
 /// Socket tables of every namespace, read before anything else because
 /// they change fastest.
+#[derive(Default)]
 pub struct SocketSnapshot {
     /// Sockets without owners yet.
     pub records: Vec<ConnectionRecord>,

@@ -8,8 +8,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+
+use crate::protected::Protected;
 
 /// Why a host file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,19 @@ pub enum ReadError {
     /// Access refused.
     #[error("{path}: permission denied")]
     Denied {
+        /// The path.
+        path: String,
+    },
+    /// Not the regular file that was listed (a FIFO, device, symlink or
+    /// another file took its place).
+    #[error("{path}: replaced between listing and reading (or not a regular file); not read")]
+    Replaced {
+        /// The path.
+        path: String,
+    },
+    /// One of the agent's own secrets.
+    #[error("{path}: {}", crate::protected::Protected::REASON)]
+    Protected {
         /// The path.
         path: String,
     },
@@ -76,6 +91,52 @@ pub fn open_noatime(path: &Path) -> Result<File, ReadError> {
     }
 }
 
+/// Opens `path` read-only with extra `flags` (`O_NOFOLLOW`, `O_NONBLOCK`,
+/// `O_DIRECTORY`, ...), without updating its access time when allowed.
+///
+/// # Errors
+/// The open's error.
+pub fn open_noatime_with(path: &Path, flags: i32) -> io::Result<File> {
+    let open = |extra: i32| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | extra | libc::O_CLOEXEC)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        // EPERM: neither owner nor CAP_FOWNER; read without it.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+}
+
+/// The one careful open of a host file that a walk listed (device `dev`,
+/// inode `ino`): no symlink followed, `O_NONBLOCK` so a FIFO or a device
+/// swapped in cannot block the open, then the opened file must still be
+/// that regular file, and not one of the agent's own secrets.
+///
+/// # Errors
+/// [`ReadError::Replaced`], [`ReadError::Protected`], or the classified
+/// open error.
+pub fn open_listed(
+    path: &Path,
+    dev: u64,
+    ino: u64,
+    protected: &Protected,
+) -> Result<File, ReadError> {
+    let file = open_noatime_with(path, libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .map_err(|e| ReadError::from_io(path, e))?;
+    let now = file.metadata().map_err(|e| ReadError::from_io(path, e))?;
+    let path_text = || path.display().to_string();
+    if !now.is_file() || now.dev() != dev || now.ino() != ino {
+        return Err(ReadError::Replaced { path: path_text() });
+    }
+    if protected.contains(&now) {
+        return Err(ReadError::Protected { path: path_text() });
+    }
+    Ok(file)
+}
+
 /// Reads at most `max` bytes of `path`; the flag is true when the file had
 /// more.
 ///
@@ -119,4 +180,40 @@ pub fn read_link(path: &Path) -> Result<Vec<u8>, ReadError> {
     std::fs::read_link(path)
         .map(|p| p.into_os_string().into_vec())
         .map_err(|e| ReadError::from_io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_fifo_swapped_in_after_listing_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("auth.log");
+        std::fs::write(&log, "Dec  1 sshd: Accepted\n").unwrap();
+        let listed = std::fs::metadata(&log).unwrap();
+        std::fs::remove_file(&log).unwrap();
+        nix::unistd::mkfifo(&log, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        // A plain open of a FIFO with no writer blocks forever; this one
+        // must come back at once, refusing it.
+        let t0 = Instant::now();
+        let err = open_listed(&log, listed.dev(), listed.ino(), &Protected::default()).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert!(matches!(err, ReadError::Replaced { .. }), "{err}");
+        // The same file, listed and unchanged, opens.
+        let ok = dir.path().join("syslog");
+        std::fs::write(&ok, "x").unwrap();
+        let md = std::fs::metadata(&ok).unwrap();
+        assert!(open_listed(&ok, md.dev(), md.ino(), &Protected::default()).is_ok());
+        // One of the agent's own secrets does not.
+        let mut protected = Protected::default();
+        protected.add(&ok);
+        let err = open_listed(&ok, md.dev(), md.ino(), &protected).unwrap_err();
+        assert!(matches!(err, ReadError::Protected { .. }), "{err}");
+    }
 }

@@ -764,6 +764,7 @@ mod tests {
             accounts: &accounts,
             clock: &clock,
             threads: 1,
+            dropped: Default::default(),
         };
         let entries = write(&ctx)?;
         let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();

@@ -22,9 +22,11 @@ use ircap_proto::artifact_name::sanitize_component;
 use serde::Serialize;
 
 use super::Context;
+use super::blocking_fs::BlockingMounts;
 use super::fsread;
 use crate::artifact::{ArtifactStream, JsonlWriter, Store};
 use crate::host_text::HostText;
+use crate::protected::Protected;
 use crate::sink::SinkError;
 use crate::timefmt;
 
@@ -44,6 +46,8 @@ pub struct Candidate {
     pub mtime: SystemTime,
     /// Inode.
     pub inode: u64,
+    /// Device of its file system.
+    pub dev: u64,
 }
 
 /// One row of `log_files.jsonl.gz`.
@@ -76,17 +80,35 @@ pub struct LogFileRecord {
     pub compression: Option<&'static str>,
 }
 
-/// Lists regular files below `roots`, no symlinks followed.
+/// Lists regular files below `roots`, no symlinks followed, never
+/// entering a file system that can block (`blocking`).
 #[must_use]
-pub fn list_candidates(roots: &[PathBuf], errors: &mut Vec<String>) -> Vec<Candidate> {
+pub fn list_candidates(
+    roots: &[PathBuf],
+    blocking: &BlockingMounts,
+    errors: &mut Vec<String>,
+) -> Vec<Candidate> {
     let mut out = Vec::new();
     for root in roots {
-        walk(root, 0, &mut out, errors);
+        walk(root, 0, blocking, &mut out, errors);
     }
     out
 }
 
-fn walk(dir: &Path, depth: usize, out: &mut Vec<Candidate>, errors: &mut Vec<String>) {
+fn walk(
+    dir: &Path,
+    depth: usize,
+    blocking: &BlockingMounts,
+    out: &mut Vec<Candidate>,
+    errors: &mut Vec<String>,
+) {
+    if let Some(fs_type) = blocking.at(dir) {
+        errors.push(format!(
+            "{}: a {fs_type} mount, not entered (it can block)",
+            dir.display()
+        ));
+        return;
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
@@ -103,18 +125,26 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<Candidate>, errors: &mut Vec<Str
             return;
         }
         let path = entry.path();
+        if let Some(fs_type) = blocking.at(&path) {
+            errors.push(format!(
+                "{}: a {fs_type} mount, not entered (it can block)",
+                path.display()
+            ));
+            continue;
+        }
         let Ok(md) = std::fs::symlink_metadata(&path) else {
             continue;
         };
         if md.is_dir() {
             if depth < MAX_DEPTH {
-                walk(&path, depth + 1, out, errors);
+                walk(&path, depth + 1, blocking, out, errors);
             }
         } else if md.is_file() {
             out.push(Candidate {
                 size: md.len(),
                 mtime: md.modified().unwrap_or(UNIX_EPOCH),
                 inode: md.ino(),
+                dev: md.dev(),
                 path,
             });
         }
@@ -151,13 +181,16 @@ pub enum Plan {
 
 /// Decides which files fit: modified since `since`, newest first, within
 /// `budget` bytes; a plain file that does not fit keeps its tail.
-/// `compressed(i)` says whether candidate `i` is compressed (no tail then).
+/// `compressed(i)` says whether candidate `i` is compressed (no tail then);
+/// `protected(i)` whether it is one of the agent's own secrets (never
+/// read).
 #[must_use]
 pub fn plan(
     candidates: &[Candidate],
     since: SystemTime,
     budget: u64,
     compressed: impl Fn(usize) -> bool,
+    protected: impl Fn(usize) -> bool,
 ) -> Vec<Plan> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(candidates.get(i).map(|c| c.mtime)));
@@ -165,7 +198,9 @@ pub fn plan(
     let mut left = budget;
     for i in order {
         let Some(c) = candidates.get(i) else { continue };
-        let decision = if c.mtime < since {
+        let decision = if protected(i) {
+            Plan::Skip(Protected::REASON)
+        } else if c.mtime < since {
             Plan::Skip("modified before --logs-since")
         } else if c.size <= left {
             left -= c.size;
@@ -184,9 +219,9 @@ pub fn plan(
     plans
 }
 
-fn peek_compression(path: &Path) -> Option<&'static str> {
+fn peek_compression(c: &Candidate, protected: &Protected) -> Option<&'static str> {
     let mut head = [0u8; 6];
-    let mut file = fsread::open_noatime(path).ok()?;
+    let mut file = fsread::open_listed(&c.path, c.dev, c.inode, protected).ok()?;
     let n = file.read(&mut head).ok()?;
     compression(head.get(..n)?)
 }
@@ -200,17 +235,23 @@ pub fn write(
     roots: &[PathBuf],
 ) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
     let mut walk_errors = Vec::new();
-    let mut candidates = list_candidates(roots, &mut walk_errors);
+    let blocking = BlockingMounts::read(&ctx.roots.proc);
+    let mut candidates = list_candidates(roots, &blocking, &mut walk_errors);
     candidates.sort_by(|a, b| a.path.cmp(&b.path));
     let kinds: Vec<Option<&'static str>> = candidates
         .iter()
-        .map(|c| peek_compression(&c.path))
+        .map(|c| peek_compression(c, &ctx.options.protected))
         .collect();
     let plans = plan(
         &candidates,
         ctx.options.logs_since_time,
         ctx.options.logs_max_bytes,
         |i| kinds.get(i).copied().flatten().is_some(),
+        |i| {
+            candidates
+                .get(i)
+                .is_some_and(|c| ctx.options.protected.contains_id(c.dev, c.inode))
+        },
     );
     let mut index = JsonlWriter::open(ctx.sink, "log_files", "logs")?;
     for e in walk_errors {
@@ -235,8 +276,22 @@ pub fn write(
         };
         match p {
             Plan::Skip(why) => row.reason = (*why).to_owned(),
-            Plan::Keep { from } => match copy_log(ctx, n, c, *from, *kind)? {
-                Ok(entry) => {
+            Plan::Keep { from } => match copy_log(ctx, n, c, *from, *kind) {
+                // The output filled up: this file is dropped, the files
+                // already stored are kept.
+                Err(err @ SinkError::Io { .. }) if ctx.sink.drop_unfinished() => {
+                    let why = format!("not stored, dropped: {err}");
+                    ctx.dropped
+                        .push(&format!("logs ({})", row.path), why.clone());
+                    index.error(why.clone());
+                    row.reason = why;
+                }
+                Err(err) => return Err(err),
+                Ok(Err(e)) => {
+                    index.error(e.clone());
+                    row.reason = e;
+                }
+                Ok(Ok(entry)) => {
                     row.included = true;
                     row.reason = if *from > 0 {
                         "newest bytes only: --logs-max-bytes budget".into()
@@ -248,10 +303,6 @@ pub fn write(
                     row.kept_bytes = entry.size_uncompressed;
                     row.sha256 = Some(entry.sha256_uncompressed.clone());
                     entries.push(entry);
-                }
-                Err(e) => {
-                    index.error(e.clone());
-                    row.reason = e;
                 }
             },
         }
@@ -270,7 +321,7 @@ fn copy_log(
     from: u64,
     kind: Option<&'static str>,
 ) -> Result<Result<ircap_proto::ArtifactEntry, String>, SinkError> {
-    let mut file = match fsread::open_noatime(&c.path) {
+    let mut file = match fsread::open_listed(&c.path, c.dev, c.inode, &ctx.options.protected) {
         Ok(f) => f,
         Err(e) => return Ok(Err(e.to_string())),
     };
@@ -358,6 +409,7 @@ mod tests {
             size,
             mtime: at(mtime),
             inode: 1,
+            dev: 1,
         }
     }
 
@@ -371,7 +423,7 @@ mod tests {
         ];
         // Budget 70: new (50) fits, midgz (30, compressed) does not fit in
         // the 20 left and cannot be tailed, mid keeps its last 20 bytes.
-        let p = plan(&c, at(500), 70, |i| i == 3);
+        let p = plan(&c, at(500), 70, |i| i == 3, |_| false);
         assert_eq!(p[0], Plan::Skip("modified before --logs-since"));
         assert_eq!(p[1], Plan::Keep { from: 0 });
         assert_eq!(p[3], Plan::Skip("--logs-max-bytes budget spent"));

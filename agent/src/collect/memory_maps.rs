@@ -115,6 +115,12 @@ pub fn read_maps(
     comm: &str,
 ) -> Result<(Vec<Region>, Vec<String>), ReadError> {
     let path = ctx.roots.proc.join(pid.to_string()).join("maps");
+    if super::own_task::is_agent(&ctx.roots.proc, pid) {
+        return Ok((
+            Vec::new(),
+            vec![format!("pid {pid}: the agent itself, not read")],
+        ));
+    }
     let (raw, _) = fsread::read_bounded(&path, 256 << 20)?;
     let mut regions = Vec::new();
     let mut errors = Vec::new();

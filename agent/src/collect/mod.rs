@@ -3,6 +3,7 @@
 //! never ends the capture: only a sink failure does.
 
 pub mod accounts;
+pub mod blocking_fs;
 pub mod connections;
 pub mod fsread;
 pub mod imds;
@@ -11,6 +12,7 @@ pub mod logs;
 pub mod memory_maps;
 pub mod memory_regions;
 pub mod network_state;
+pub mod own_task;
 pub mod physical;
 pub mod processes;
 pub mod system;
@@ -66,6 +68,36 @@ pub struct Context<'a> {
     pub clock: &'a system::BootClock,
     /// Worker threads for parallel collectors.
     pub threads: usize,
+    /// Artifacts a collector dropped because they could not be stored
+    /// (it kept its other artifacts): the capture is partial.
+    pub dropped: Dropped,
+}
+
+/// Artifacts dropped by collectors, with the reason.
+#[derive(Debug, Default)]
+pub struct Dropped(std::sync::Mutex<Vec<ircap_proto::manifest::CaptureError>>);
+
+impl Dropped {
+    /// Records that `artifact` was dropped for `why`.
+    pub fn push(&self, artifact: &str, why: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(ircap_proto::manifest::CaptureError {
+                source: artifact.to_owned(),
+                message: why,
+            });
+    }
+
+    /// Everything recorded.
+    pub fn take(&self) -> Vec<ircap_proto::manifest::CaptureError> {
+        std::mem::take(
+            &mut self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 /// Splits `items` into `threads` contiguous parts and maps each part on its

@@ -420,7 +420,7 @@ pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadEr
         start_time: Some(ctx.clock.after_boot(stat.starttime)),
         vsz_bytes: Some(stat.vsize),
         rss_bytes: Some(stat.rss_pages * ctx.clock.page_size),
-        is_agent: u32::try_from(pid).is_ok_and(|p| p == std::process::id()),
+        is_agent: super::own_task::is_agent(&ctx.roots.proc, pid),
         ..ProcessRecord::default()
     };
 
@@ -487,7 +487,9 @@ pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadEr
         Err(e) => errors.push(e.to_string()),
     }
 
-    if !kernel_thread {
+    // The agent's own environment and descriptors are not read (see
+    // `own_task`); its row says which process it is.
+    if !kernel_thread && !rec.is_agent {
         match fsread::read_bounded(&dir.join("environ"), MAX_CMDLINE) {
             Ok((raw, _)) => rec.environ = parse_environ(&raw, ctx.options.full_environ),
             Err(e) => errors.push(e.to_string()),
@@ -517,7 +519,9 @@ pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadEr
         }
     }
 
-    read_fds(&dir.join("fd"), &mut rec, &mut errors);
+    if !rec.is_agent {
+        read_fds(&dir.join("fd"), &mut rec, &mut errors);
+    }
     rec.errors = errors;
     Ok(rec)
 }

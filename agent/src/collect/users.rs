@@ -845,6 +845,7 @@ mod tests {
             accounts: &Accounts::default(),
             clock: &clock,
             threads: 1,
+            dropped: Default::default(),
         };
         let entries = write(&ctx)?;
         let summary: Vec<_> = entries

@@ -27,21 +27,23 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, Metadata};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use super::accounts::Accounts;
+use super::blocking_fs::BlockingMounts;
 use super::fsread::{self, ReadError};
 use super::{Context, Roots};
 use crate::artifact::JsonlWriter;
 use crate::host_text::HostText;
+use crate::protected::Protected;
 use crate::sink::SinkError;
 use crate::timefmt;
 
@@ -60,6 +62,11 @@ const DIRENT_BUF: usize = 64 << 10;
 /// stuffed with junk must not stall the capture.
 pub const HASH_BUDGET_BYTES: u64 = 64 << 20;
 
+/// Wall time the whole listing may take: an attacker-filled `/tmp` must
+/// not make every capture as slow as the attacker likes. A cut is recorded
+/// (where the walk stopped) and makes the capture partial.
+pub const TIME_BUDGET: Duration = Duration::from_secs(5);
+
 /// Bounds of one walk.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -71,6 +78,14 @@ pub struct Limits {
     pub hash_max_bytes: u64,
     /// Bytes that may still be hashed (spent as files are hashed).
     pub hash_budget: std::cell::Cell<u64>,
+    /// Files never read (the agent's own secrets).
+    pub protected: Protected,
+    /// No entry is listed after this instant.
+    pub until: std::time::Instant,
+    /// Set when a limit cut the listing short.
+    pub cut: std::cell::Cell<bool>,
+    /// Mount points of file systems that can block: listed, never touched.
+    pub blocking: BlockingMounts,
 }
 
 impl Limits {
@@ -94,6 +109,10 @@ impl Default for Limits {
             max_entries: MAX_ENTRIES,
             hash_max_bytes: HASH_MAX_BYTES,
             hash_budget: std::cell::Cell::new(HASH_BUDGET_BYTES),
+            protected: Protected::default(),
+            until: std::time::Instant::now() + TIME_BUDGET,
+            cut: std::cell::Cell::new(false),
+            blocking: BlockingMounts::default(),
         }
     }
 }
@@ -264,43 +283,16 @@ fn describe(
     }
 }
 
-/// Opens `path` read-only with `flags`, adding `O_NOATIME` when the
-/// kernel allows it.
-fn open_noatime_with(path: &Path, flags: i32) -> io::Result<File> {
-    let open = |extra: i32| {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(flags | extra | libc::O_CLOEXEC)
-            .open(path)
-    };
-    match open(libc::O_NOATIME) {
-        // EPERM: neither owner nor CAP_FOWNER; read without it.
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-        other => other,
-    }
-}
-
-/// Opens the regular file `listed` describes, refusing anything else that
-/// has taken its place.
-fn open_listed_file(path: &Path, listed: &Metadata) -> Result<File, String> {
-    let file = open_noatime_with(path, libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .map_err(|e| ReadError::from_io(path, e).to_string())?;
-    let now = file
-        .metadata()
-        .map_err(|e| ReadError::from_io(path, e).to_string())?;
-    if !now.is_file() || now.dev() != listed.dev() || now.ino() != listed.ino() {
-        return Err(format!(
-            "{}: replaced between listing and reading; not read",
-            path.display()
-        ));
-    }
-    Ok(file)
-}
-
 /// SHA-256 (files of at most `max` bytes) and ELF check of a listed
 /// regular file, from one read.
-fn content(path: &Path, listed: &Metadata, max: u64) -> Result<(Option<String>, bool), String> {
-    let file = open_listed_file(path, listed)?;
+fn content(
+    path: &Path,
+    listed: &Metadata,
+    max: u64,
+    protected: &Protected,
+) -> Result<(Option<String>, bool), String> {
+    let file = fsread::open_listed(path, listed.dev(), listed.ino(), protected)
+        .map_err(|e| e.to_string())?;
     let small = listed.len() <= max;
     let want = if small { max.saturating_add(1) } else { 4 };
     let mut buf = Vec::new();
@@ -348,7 +340,7 @@ fn parse_dirents(buf: &[u8]) -> Vec<&[u8]> {
 /// Lists at most `max` names of `dir` through an `O_NOATIME` descriptor
 /// (`std::fs::read_dir` would move the directory's access time).
 fn list_dir(dir: &Path, max: usize) -> io::Result<Vec<Vec<u8>>> {
-    let fd = open_noatime_with(dir, libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
+    let fd = fsread::open_noatime_with(dir, libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
     let mut buf = vec![0u8; DIRENT_BUF];
     let mut names = Vec::new();
     loop {
@@ -417,7 +409,7 @@ fn inspect(
         rec.symlink_target_b64 = text.b64;
     } else if meta.is_file() {
         let max = limits.hash_allowance(meta.len());
-        let (sha, is_elf) = content(path, meta, max)?;
+        let (sha, is_elf) = content(path, meta, max, &limits.protected)?;
         if sha.is_none() && meta.len() <= limits.hash_max_bytes && max == 0 {
             rec.hash_skipped = Some("volatile-file hash budget spent");
         }
@@ -425,6 +417,27 @@ fn inspect(
         rec.is_elf = Some(is_elf);
     }
     Ok(())
+}
+
+/// A mount point of a file system that can block, known from mountinfo
+/// only: nothing is asked of it, not even `lstat`.
+fn blocking_record(path: &Path, root: &str, depth: u32, fs_type: &str) -> FileRecord {
+    let text = HostText::new(path.as_os_str().as_bytes());
+    FileRecord {
+        root: root.to_owned(),
+        path: text.text,
+        path_b64: text.b64,
+        depth,
+        file_type: "dir",
+        mount_point: true,
+        not_descended: Some("blocking_filesystem"),
+        hash_skipped: Some(if fs_type.starts_with("fuse") {
+            "fuse file system: not entered (it can block)"
+        } else {
+            "network file system: not entered (it can block)"
+        }),
+        ..FileRecord::default()
+    }
 }
 
 /// Walks one start directory breadth first.
@@ -435,6 +448,9 @@ fn walk<E>(
     emit: &mut impl FnMut(Result<FileRecord, String>) -> Result<(), E>,
 ) -> Result<(), E> {
     let root_name = root.display().to_string();
+    if let Some(fs_type) = limits.blocking.at(root) {
+        return emit(Ok(blocking_record(root, &root_name, 0, fs_type)));
+    }
     let meta = match fs::symlink_metadata(root) {
         Ok(m) => m,
         Err(e) => {
@@ -469,7 +485,16 @@ fn walk<E>(
         };
         names.sort_unstable();
         for name in names {
+            if std::time::Instant::now() >= limits.until {
+                limits.cut.set(true);
+                return emit(Err(format!(
+                    "{root_name}: stopped at the time budget of {}s after {count} entries; the rest of the tree (from {}) is not listed",
+                    TIME_BUDGET.as_secs(),
+                    dir.display()
+                )));
+            }
             if count >= limits.max_entries {
+                limits.cut.set(true);
                 return emit(Err(format!(
                     "{root_name}: stopped at the limit of {} entries; the rest of the tree is not listed",
                     limits.max_entries
@@ -477,6 +502,10 @@ fn walk<E>(
             }
             count += 1;
             let path = dir.join(OsStr::from_bytes(&name));
+            if let Some(fs_type) = limits.blocking.at(&path) {
+                emit(Ok(blocking_record(&path, &root_name, depth + 1, fs_type)))?;
+                continue;
+            }
             let meta = match fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(e) => {
@@ -528,10 +557,15 @@ pub fn collect_dirs<E>(
 /// [`SinkError`] when the table cannot be stored.
 pub fn write(ctx: &Context<'_>) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
     let mut table = JsonlWriter::open(ctx.sink, "volatile_files", "volatile_files")?;
+    let limits = Limits {
+        protected: ctx.options.protected.clone(),
+        blocking: BlockingMounts::read(&ctx.roots.proc),
+        ..Limits::default()
+    };
     collect_dirs(
         &host_dirs(ctx.roots),
         ctx.accounts,
-        &Limits::default(),
+        &limits,
         &mut |item| match item {
             Ok(record) => table.write(&record),
             Err(message) => {
@@ -540,13 +574,19 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkE
             }
         },
     )?;
+    if limits.cut.get() {
+        ctx.dropped.push(
+            "volatile_files",
+            "listing cut by its entry or time budget; the table's errors say where".into(),
+        );
+    }
     Ok(vec![table.finish()?])
 }
 
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
-    use std::fs::{FileTimes, Permissions};
+    use std::fs::{File, FileTimes, Permissions};
     use std::os::unix::fs::{PermissionsExt, symlink};
     use std::os::unix::net::UnixListener;
 
@@ -728,6 +768,22 @@ mod tests {
         assert_eq!(items.iter().flatten().count(), 5);
         let err = items[5].as_ref().unwrap_err();
         assert!(err.contains("limit of 5 entries"), "{err}");
+        assert!(limits.cut.get());
+
+        // A spent time budget stops the walk at once, saying where.
+        let limits = Limits {
+            until: std::time::Instant::now(),
+            ..Limits::default()
+        };
+        let items = collect(&[flat.path().to_path_buf()], &Accounts::default(), &limits);
+        assert_eq!(
+            items.iter().flatten().count(),
+            1,
+            "only the start directory"
+        );
+        let err = items.last().unwrap().as_ref().unwrap_err();
+        assert!(err.contains("time budget"), "{err}");
+        assert!(limits.cut.get());
         Ok(())
     }
 
@@ -768,7 +824,7 @@ mod tests {
         fs::write(&a, "a")?;
         fs::write(&b, "b")?;
         let listed = fs::symlink_metadata(&a)?;
-        let err = content(&b, &listed, HASH_MAX_BYTES).unwrap_err();
+        let err = content(&b, &listed, HASH_MAX_BYTES, &Protected::default()).unwrap_err();
         assert!(
             err.contains("replaced between listing and reading"),
             "{err}"
@@ -776,7 +832,7 @@ mod tests {
         // Listed as a file, now a symlink: O_NOFOLLOW refuses it.
         fs::remove_file(&a)?;
         symlink(&b, &a)?;
-        assert!(content(&a, &listed, HASH_MAX_BYTES).is_err());
+        assert!(content(&a, &listed, HASH_MAX_BYTES, &Protected::default()).is_err());
         Ok(())
     }
 

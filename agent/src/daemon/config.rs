@@ -9,7 +9,9 @@ use std::time::Duration;
 use ircap_proto::client::{MtlsSettings, mtls_channel};
 use serde::Deserialize;
 
+use super::policy::{Policy, PolicyFile};
 use crate::cli::ServeArgs;
+use crate::protected::Protected;
 use crate::timefmt;
 
 /// Where the config file is looked for when `--config` is not given.
@@ -40,6 +42,10 @@ pub struct AgentConfig {
     /// Free-form labels, matched by `ircap-collector request --label k=v`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What remote capture requests may do on this host (see
+    /// [`super::policy`]).
+    #[serde(default)]
+    pub policy: PolicyFile,
 }
 
 /// A setting that is missing or invalid.
@@ -79,6 +85,10 @@ pub struct DaemonSettings {
     pub backoff_max: Duration,
     /// Instance metadata endpoint, or `None` when not asked.
     pub imds_endpoint: Option<String>,
+    /// What remote requests may do.
+    pub policy: Policy,
+    /// The agent's key, certificates and config: never read by a capture.
+    pub protected: Protected,
 }
 
 impl AgentConfig {
@@ -157,6 +167,17 @@ impl DaemonSettings {
     /// # Errors
     /// [`ConfigError`] for the first problem found.
     pub fn resolve(file: AgentConfig, args: &ServeArgs) -> Result<Self, ConfigError> {
+        let config_path = args
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let policy =
+            Policy::from_file(&file.policy, &config_path.display().to_string()).map_err(|e| {
+                ConfigError::Invalid {
+                    what: config_path.display().to_string(),
+                    message: e.to_string(),
+                }
+            })?;
         let mtls = MtlsSettings {
             url: args
                 .collector
@@ -208,7 +229,13 @@ impl DaemonSettings {
             args.backoff_max.as_deref(),
             DEFAULT_BACKOFF_MAX,
         )?;
+        let protected = Protected::of_agent(
+            [&mtls.ca, &mtls.cert, &mtls.key].map(PathBuf::as_path),
+            Some(&config_path),
+        );
         Ok(Self {
+            policy,
+            protected,
             mtls,
             labels,
             heartbeat,

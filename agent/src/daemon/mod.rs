@@ -14,12 +14,13 @@
 
 pub mod backoff;
 pub mod config;
+pub mod policy;
 pub mod request;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use ircap_proto::client::{MtlsSettings, mtls_channel};
+use ircap_proto::client::mtls_channel;
 use ircap_proto::v1::agent_control_client::AgentControlClient;
 use ircap_proto::v1::{
     AgentMessage, CaptureOutcome, CaptureRequest, Heartbeat, Hello, Progress, agent_message,
@@ -55,7 +56,13 @@ enum Event {
         capture_id: String,
     },
     Finished(Outcome),
+    /// The watchdog of a request fired.
+    Overdue(String),
 }
+
+/// Slack past a request's longest possible run before the daemon gives
+/// up on a capture thread that is stuck in the kernel.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(60);
 
 /// What outlives a connection.
 struct State {
@@ -68,6 +75,8 @@ struct State {
     seen: VecDeque<(String, Option<Outcome>)>,
     /// Messages not yet sent because the stream was down.
     outbox: Vec<AgentMessage>,
+    /// A stuck capture was reported: exit once the report is sent.
+    exit_after_report: bool,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
 }
@@ -102,6 +111,7 @@ pub fn run(settings: DaemonSettings, lowered: Option<Lowered>) -> Result<(), Dae
         busy: None,
         seen: VecDeque::new(),
         outbox: Vec::new(),
+        exit_after_report: false,
         events_tx,
         events_rx,
     };
@@ -142,6 +152,9 @@ async fn connect_forever(state: &mut State) {
                 Some(ev) = state.events_rx.recv() => {
                     let msg = state.on_event(ev);
                     state.outbox.push(msg);
+                    if state.exit_after_report {
+                        std::process::exit(1);
+                    }
                 }
             }
         }
@@ -206,6 +219,11 @@ async fn session(state: &mut State) -> Result<(), String> {
                     state.outbox.push(e.0);
                     return Err("stream closed while reporting".into());
                 }
+                if state.exit_after_report {
+                    // Give the stream a moment to carry the report.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    std::process::exit(1);
+                }
             }
         }
     }
@@ -234,13 +252,13 @@ impl State {
         self.busy = Some(id.clone());
         let request = Request {
             id,
-            args: req.args,
+            spec: req.spec.unwrap_or_default(),
             budget: Budget {
                 max_bytes: (req.max_bytes > 0).then_some(req.max_bytes),
                 max_time: (req.max_seconds > 0).then(|| Duration::from_secs(req.max_seconds)),
             },
         };
-        let mtls: MtlsSettings = self.settings.mtls.clone();
+        let settings = self.settings.clone();
         let lowered = self.lowered.clone();
         let events = self.events_tx.clone();
         // A plain thread: the capture is synchronous and its upload sink
@@ -254,9 +272,21 @@ impl State {
                         capture_id: capture_id.to_owned(),
                     });
                 };
-                let outcome = request::run(&request, &mtls, lowered.as_ref(), &started);
+                let outcome = request::run(&request, &settings, lowered.as_ref(), &started);
                 let _ = events.send(Event::Finished(outcome));
             });
+        // Collection is bounded by its deadline and the upload by its own;
+        // a capture thread still running past both is stuck in the kernel
+        // (a hung file system): the daemon then reports the failure and
+        // exits, so that systemd restarts it clean.
+        let longest =
+            self.settings.policy.max_deadline() + request::UPLOAD_DEADLINE + WATCHDOG_GRACE;
+        let watchdog = self.events_tx.clone();
+        let overdue_id = req.request_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(longest).await;
+            let _ = watchdog.send(Event::Overdue(overdue_id));
+        });
         if let Err(e) = spawned {
             self.busy = None;
             let failed = Outcome::refused(&req.request_id, format!("cannot start a thread: {e}"));
@@ -276,6 +306,24 @@ impl State {
                 capture_id,
                 stage: "started".into(),
             })),
+            Event::Overdue(request_id) => {
+                if self.busy.as_deref() == Some(request_id.as_str()) {
+                    tracing::error!(
+                        request_id,
+                        "Capture thread stuck past every deadline; reporting failure and exiting"
+                    );
+                    self.exit_after_report = true;
+                    let mut failed = Outcome::refused(
+                        &request_id,
+                        "capture stuck past its deadline (a read that never returned); the agent restarts".into(),
+                    );
+                    failed.status = "failed";
+                    return outcome_message(&failed);
+                }
+                message(agent_message::Body::Heartbeat(Heartbeat {
+                    busy_request_id: self.busy.clone().unwrap_or_default(),
+                }))
+            }
             Event::Finished(outcome) => {
                 self.busy = None;
                 if let Some(slot) = self.seen.iter_mut().find(|(r, _)| *r == outcome.request_id) {

@@ -1,29 +1,35 @@
-//! One capture request received in daemon mode, run through the same code
-//! as `ircap-agent capture --collector`: the request's arguments are parsed
-//! by the `capture` command's own clap parser, the capture goes through
-//! [`crate::capture::run`] into a [`GrpcSink`], with the request's budget
-//! around it.
+//! One capture request received in daemon mode: its typed
+//! [`CaptureSpec`] is turned into capture options by the host's
+//! [`Policy`] (or refused, naming the policy line), and the capture runs
+//! through the same code as `ircap-agent capture --collector`
+//! ([`crate::capture::run`] into a [`GrpcSink`]), with the request's budget
+//! around it. Where the capture goes, with which certificate, and which
+//! files are never read are the daemon's settings, not the request's.
 
-use std::time::{Duration, Instant};
+use std::time::{Instant, SystemTime};
 
-use clap::{Args as _, FromArgMatches as _};
-use ircap_proto::client::MtlsSettings;
+use ircap_proto::v1::CaptureSpec;
 
+use super::config::DaemonSettings;
+use super::policy::Policy;
 use crate::capture;
-use crate::cli::CaptureArgs;
 use crate::options::CaptureOptions;
 use crate::priority::Lowered;
 use crate::sink::budget::{Budget, BudgetSink};
 use crate::sink::grpc::{CollectorSettings, GrpcSink};
-use crate::timefmt;
+
+/// Upload attempts per step of a requested capture.
+pub const UPLOAD_ATTEMPTS: u32 = 8;
+/// Longest a requested capture's upload may take in all.
+pub const UPLOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// What the agent was asked to do.
 #[derive(Debug, Clone)]
 pub struct Request {
     /// Request id, from the collector.
     pub id: String,
-    /// `ircap-agent capture` arguments.
-    pub args: Vec<String>,
+    /// What to capture.
+    pub spec: CaptureSpec,
     /// The budget (`None` fields: no limit).
     pub budget: Budget,
 }
@@ -60,57 +66,26 @@ impl Outcome {
     }
 }
 
-/// Why a request's arguments were refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    /// A destination option.
-    #[error(
-        "{0} is not allowed in a request: captures go to the collector the agent is connected to, read from the host's own sources"
-    )]
-    Destination(String),
-    /// The capture parser refused them.
-    #[error("invalid capture arguments: {0}")]
-    Parse(String),
-}
-
-/// A request's arguments, parsed.
-#[derive(Debug, Clone)]
-pub struct Parsed {
-    /// The capture options.
-    pub options: CaptureOptions,
-    /// `--upload-deadline`.
-    pub upload_deadline: Duration,
-    /// `--upload-attempts`.
-    pub upload_attempts: u32,
-}
-
-/// Parses `args` with the `ircap-agent capture` parser, refusing every
-/// destination option.
+/// The capture options of `spec` under `policy`, with the daemon's own
+/// settings for everything a request never chooses.
 ///
 /// # Errors
-/// [`RequestError`] naming the problem.
-pub fn parse_args(args: &[String]) -> Result<Parsed, RequestError> {
-    if let Some(flag) = ircap_proto::request_args::refused_option(args) {
-        return Err(RequestError::Destination(flag.to_owned()));
+/// The policy's refusal, as text naming the policy line.
+pub fn options(
+    spec: &CaptureSpec,
+    policy: &Policy,
+    settings: &DaemonSettings,
+) -> Result<CaptureOptions, String> {
+    let mut options = policy
+        .options(spec, SystemTime::now())
+        .map_err(|e| e.to_string())?;
+    options.collector = Some(settings.mtls.url.clone());
+    options.imds = settings.imds_endpoint.is_some();
+    if let Some(endpoint) = &settings.imds_endpoint {
+        options.imds_endpoint.clone_from(endpoint);
     }
-    let command = CaptureArgs::augment_args(clap::Command::new("capture"))
-        .mut_group("destination", |g| g.required(false))
-        .no_binary_name(true);
-    let matches = command
-        .try_get_matches_from(args)
-        .map_err(|e| RequestError::Parse(e.render().to_string().trim().to_owned()))?;
-    let parsed =
-        CaptureArgs::from_arg_matches(&matches).map_err(|e| RequestError::Parse(e.to_string()))?;
-    let mut options =
-        CaptureOptions::from_args(&parsed).map_err(|e| RequestError::Parse(e.to_string()))?;
-    options.output = None;
-    let upload_deadline = timefmt::parse_duration(&parsed.upload_deadline)
-        .map_err(|e| RequestError::Parse(format!("--upload-deadline: {e}")))?;
-    Ok(Parsed {
-        options,
-        upload_deadline,
-        upload_attempts: parsed.upload_attempts,
-    })
+    options.protected = settings.protected.clone();
+    Ok(options)
 }
 
 /// Runs `request` to the end. `started` is called with the capture id once
@@ -118,31 +93,30 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, RequestError> {
 /// an [`Outcome`].
 pub fn run(
     request: &Request,
-    mtls: &MtlsSettings,
+    daemon: &DaemonSettings,
     lowered: Option<&Lowered>,
     started: &dyn Fn(&str),
 ) -> Outcome {
     let t0 = Instant::now();
-    let Parsed {
-        mut options,
-        upload_deadline,
-        upload_attempts,
-    } = match parse_args(&request.args) {
-        Ok(p) => p,
-        Err(e) => return Outcome::refused(&request.id, e.to_string()),
+    let options = match options(&request.spec, &daemon.policy, daemon) {
+        Ok(o) => o,
+        Err(why) => {
+            tracing::warn!(request_id = request.id, "Request refused: {why}");
+            return Outcome::refused(&request.id, why);
+        }
     };
-    options.collector = Some(mtls.url.clone());
     // No upload retry starts after the time budget either.
     let deadline = request
         .budget
         .max_time
-        .map_or(upload_deadline, |t| t.min(upload_deadline));
+        .map_or(UPLOAD_DEADLINE, |t| t.min(UPLOAD_DEADLINE));
+    let mtls = &daemon.mtls;
     let settings = CollectorSettings {
         url: mtls.url.clone(),
         ca: mtls.ca.clone(),
         cert: mtls.cert.clone(),
         key: mtls.key.clone(),
-        attempts: upload_attempts,
+        attempts: UPLOAD_ATTEMPTS,
         deadline,
     };
     let capture_id = capture::new_capture_id();
@@ -175,7 +149,18 @@ pub fn run(
                 bytes = summary.bytes_stored,
                 "Requested capture complete"
             );
-            outcome("complete", String::new(), summary.bytes_stored)
+            if summary.status == "partial" {
+                let why = done
+                    .manifest
+                    .errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.source, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                outcome("partial", why, summary.bytes_stored)
+            } else {
+                outcome("complete", String::new(), summary.bytes_stored)
+            }
         }
         Err(e) => {
             tracing::error!(
@@ -185,58 +170,5 @@ pub fn run(
             );
             outcome("failed", e.to_string(), 0)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    fn strings(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn capture_options_parse_like_the_capture_command() {
-        let o = parse_args(&strings(&["--no-logs", "--logs-max-bytes", "64M"]))
-            .unwrap()
-            .options;
-        assert!(!o.logs);
-        assert_eq!(o.logs_max_bytes, 64 << 20);
-        assert!(o.output.is_none());
-        let o = parse_args(&[]).unwrap().options;
-        assert!(o.logs);
-    }
-
-    #[test]
-    fn destination_options_are_refused() {
-        for bad in [
-            &["--output", "/tmp/x"][..],
-            &["-o/tmp/x"],
-            &["--collector=https://evil:1"],
-            &["--spool", "/x"],
-            &["--key", "k"],
-            &[
-                "--physical-memory",
-                "--physical-memory-source",
-                "/etc/shadow",
-            ],
-            &["--imds-endpoint=http://10.0.0.1/"],
-        ] {
-            let err = parse_args(&strings(bad)).unwrap_err();
-            assert!(
-                matches!(err, RequestError::Destination(_)),
-                "{bad:?}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn bad_values_are_refused_with_the_option_named() {
-        let err = parse_args(&strings(&["--logs-since", "yesterday"])).unwrap_err();
-        assert!(err.to_string().contains("--logs-since"), "{err}");
-        assert!(parse_args(&strings(&["--no-such-flag"])).is_err());
     }
 }

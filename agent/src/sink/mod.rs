@@ -11,6 +11,12 @@
 //!   failed capture never looks like a finished one.
 //! - Artifact bytes are hashed by the caller before they reach the sink;
 //!   the sink receives the stored-bytes digest when the artifact closes.
+//! - A sink that can cleanly drop an artifact it failed to store (a local
+//!   directory that filled up) says so in
+//!   [`CaptureSink::drop_unfinished`]; the capture then records the
+//!   artifact as dropped and goes on, and `commit` stores only what the
+//!   manifest lists. A sink that cannot (a collector stream) keeps the old
+//!   rule: any error ends the capture.
 
 pub mod budget;
 pub mod dir;
@@ -92,4 +98,11 @@ pub trait CaptureSink: Send + Sync {
 
     /// Removes or abandons what was written.
     fn abort(&self);
+
+    /// Whether an artifact that failed to store has been dropped cleanly
+    /// (its unfinished bytes removed, its space freed): true for a sink
+    /// that can, false otherwise (the failure then ends the capture).
+    fn drop_unfinished(&self) -> bool {
+        false
+    }
 }

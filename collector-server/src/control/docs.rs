@@ -36,8 +36,9 @@ pub struct RequestDoc {
     pub expires_at: String,
     /// Whom it is for.
     pub target: TargetDoc,
-    /// `ircap-agent capture` arguments.
-    pub args: Vec<String>,
+    /// What to capture (checked by `ircap_proto::request_args::check_spec`
+    /// before it was stored; the agent's policy decides what it allows).
+    pub spec: ircap_proto::v1::CaptureSpec,
     /// Byte budget (0: none).
     pub max_bytes: u64,
     /// Time budget in seconds (0: none).

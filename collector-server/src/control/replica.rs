@@ -313,7 +313,7 @@ impl<S: Store> Replica<S> {
                 let msg = CollectorMessage {
                     body: Some(collector_message::Body::Request(CaptureRequest {
                         request_id: request_id.clone(),
-                        args: request.args.clone(),
+                        spec: Some(request.spec.clone()),
                         max_bytes: request.max_bytes,
                         max_seconds: request.max_seconds,
                     })),

@@ -25,8 +25,6 @@ use crate::store::Store;
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// Longest time a request may wait.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
-/// Most capture arguments in a request.
-const MAX_ARGS: usize = 64;
 /// The analyst side of the control service.
 pub struct RequestService<S: Store> {
     replica: Arc<Replica<S>>,
@@ -39,19 +37,10 @@ impl<S: Store> RequestService<S> {
     }
 }
 
-/// Checks capture arguments before they are stored.
-fn check_args(args: &[String]) -> Result<(), Status> {
-    if args.len() > MAX_ARGS || args.iter().any(|a| a.len() > 4096) {
-        return Err(Status::invalid_argument(format!(
-            "at most {MAX_ARGS} capture arguments of at most 4096 bytes"
-        )));
-    }
-    if let Some(flag) = ircap_proto::request_args::refused_option(args) {
-        return Err(Status::invalid_argument(format!(
-            "{flag} is not allowed in a request: captures go to the collector, read from the host's own sources"
-        )));
-    }
-    Ok(())
+/// Checks a capture spec's shape before it is stored (what a host allows
+/// is that host's policy, checked by its agent).
+fn check_spec(spec: &ircap_proto::v1::CaptureSpec) -> Result<(), Status> {
+    ircap_proto::request_args::check_spec(spec).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// The analyst's target as stored.
@@ -120,7 +109,8 @@ impl<S: Store> CaptureRequests for RequestService<S> {
         let who = caller_with_role(&request, Role::Analyst)?;
         let req = request.into_inner();
         let target = target(&req)?;
-        check_args(&req.args)?;
+        let spec = req.spec.unwrap_or_default();
+        check_spec(&spec)?;
         let ttl = match req.ttl_seconds {
             0 => DEFAULT_TTL,
             s => Duration::from_secs(s).min(MAX_TTL),
@@ -132,7 +122,7 @@ impl<S: Store> CaptureRequests for RequestService<S> {
             created_at: docs::now(),
             expires_at: docs::from_now(ttl),
             target,
-            args: req.args,
+            spec,
             max_bytes: req.max_bytes,
             max_seconds: req.max_seconds,
         };
@@ -151,7 +141,7 @@ impl<S: Store> CaptureRequests for RequestService<S> {
             request_id = doc.request_id,
             analyst = who.name,
             target = ?doc.target,
-            args = ?doc.args,
+            spec = ?doc.spec,
             matched = matched.len(),
             "Capture request created"
         );

@@ -86,10 +86,10 @@ pub fn write(
         total: ctx.options.memory_budget,
         per_process: ctx.options.memory_process_budget,
     };
-    let me = i32::try_from(std::process::id()).unwrap_or(0);
     let mut buf = vec![0u8; READ_SIZE];
     for pid in candidate_pids(selector, pids) {
-        if pid == me {
+        // Any of the agent's threads, not only its main pid.
+        if super::own_task::is_agent(&ctx.roots.proc, pid) {
             if matches!(selector, MemorySelector::Pids(_)) {
                 index.error(format!("pid {pid}: is the agent itself, not dumped"));
             }
