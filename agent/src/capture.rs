@@ -9,8 +9,8 @@ use ircap_proto::{ArtifactEntry, Manifest};
 use serde::Serialize;
 
 use crate::collect::{
-    self, Context, Roots, accounts::Accounts, connections, imds, kernel, logs, memory_maps,
-    memory_regions, network_state, physical, processes, system, users, volatile_files,
+    self, Context, Roots, accounts::Accounts, connections, imds, kernel, kernel_symbols, logs,
+    memory_maps, memory_regions, network_state, physical, processes, system, users, volatile_files,
 };
 use crate::options::CaptureOptions;
 use crate::priority::Lowered;
@@ -194,6 +194,9 @@ fn run_inner(
         artifacts.extend(memory_regions::write(&ctx, selector, &pids)?);
     }
     if options.physical_memory {
+        // The symbol sources that let the image be opened without a debug
+        // package, read just before the memory they describe.
+        artifacts.extend(kernel_symbols::write(&ctx)?);
         artifacts.extend(physical::write(&ctx, &mut capture_errors)?);
     }
 

@@ -14,4 +14,5 @@ pub mod query;
 pub mod serve;
 pub mod service;
 pub mod store;
+pub mod symbols;
 pub mod timefmt;
