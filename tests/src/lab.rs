@@ -10,6 +10,9 @@
 //! - [`Guest::boot`] packs an initramfs (busybox's `cpio -o -H newc`: the
 //!   host has no cpio), boots `qemu-system-x86_64 -accel tcg,thread=multi
 //!   -cpu max -nic none` (the nested KVM here cannot boot Debian's kernel),
+//!   (`la57=off`: with 5-level paging, which Debian's kernel turns on
+//!   when the CPU has it, Volatility 3 2.28 stacks the image but cannot
+//!   translate a kernel address; EC2's x86 instances expose no LA57),
 //!   shares a fresh host directory as `/out` over virtio-9p (an output
 //!   tmpfs inside the guest would be captured back into the memory dump),
 //!   and kills QEMU at a hard timeout.
@@ -265,7 +268,11 @@ impl Guest {
             .unwrap();
         assert!(status.success(), "cpio failed");
         // busybox in the root is called by name above through PATH.
-        let out = tempfile::tempdir().unwrap();
+        let mut out = tempfile::tempdir().unwrap();
+        if std::env::var_os("IRCAP_LAB_KEEP").is_some() {
+            out.disable_cleanup(true);
+            eprintln!("lab: keeping {}", out.path().display());
+        }
         let console = work.path().join("console.log");
         let mut append = vec![
             "console=ttyS0".to_owned(),
@@ -275,7 +282,7 @@ impl Guest {
         append.extend(self.cmdline.iter().cloned());
         let t0 = Instant::now();
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "1"])
+            .args(["-accel", "tcg,thread=multi", "-cpu", "max,la57=off", "-smp", "1"])
             .args(["-m", &self.memory_mb.to_string()])
             .args([
                 "-nic",

@@ -65,8 +65,18 @@ fn gunzip(src: &Path) -> Vec<u8> {
     v
 }
 
-/// Top-level "System RAM" ranges of an iomem text, as (start, end inclusive).
+/// Top-level "System RAM" ranges of an iomem text, as (start, end
+/// inclusive), narrowed to whole pages: `/proc/kcore` maps RAM by page, so
+/// a range ending inside a page (0x9fbff on this guest) ends at the last
+/// whole page there.
 fn system_ram(iomem: &str) -> Vec<(u64, u64)> {
+    system_ram_bytes(iomem)
+        .into_iter()
+        .map(|(s, e)| (s.next_multiple_of(4096), (e + 1) / 4096 * 4096 - 1))
+        .collect()
+}
+
+fn system_ram_bytes(iomem: &str) -> Vec<(u64, u64)> {
     iomem
         .lines()
         .filter(|l| !l.starts_with(' ') && l.ends_with(" : System RAM"))
@@ -160,6 +170,17 @@ fn vol(image: &Path, symbols: Option<&Path>, plugin: &str, cache: &Path) -> Vec<
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// A scratch directory, kept (and named on stderr) when `IRCAP_LAB_KEEP`
+/// is set, for looking at an image after a failure.
+fn work_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("IRCAP_LAB_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("lab: keeping {}", dir.path().display());
+    }
+    dir
 }
 
 fn manifest(dir: &Path) -> Value {
@@ -286,7 +307,7 @@ fn lab_physical_memory_of_a_real_kernel_is_complete_lime_that_volatility_opens()
         "{errors:?}"
     );
 
-    let work = tempfile::tempdir().unwrap();
+    let work = work_dir();
     let lime = work.path().join("physical_memory.lime");
     gunzip_to(&cap.join("physical_memory.lime.gz"), &lime);
     let lime_size = std::fs::metadata(&lime).unwrap().len();
@@ -355,7 +376,7 @@ fn lab_nokaslr_kernel_symbols_give_a_zero_offset_and_open_the_image() {
     let row = kernel_symbols_row(&cap);
     assert_eq!(row["kaslr_virtual_offset"], "0x0", "{row}");
     assert_eq!(row["text_address"], "0xffffffff81000000", "{row}");
-    let work = tempfile::tempdir().unwrap();
+    let work = work_dir();
     let lime = work.path().join("physical_memory.lime");
     gunzip_to(&cap.join("physical_memory.lime.gz"), &lime);
     let ranges: Vec<(u64, u64)> = lime_ranges(&lime).iter().map(|r| (r.0, r.1)).collect();
