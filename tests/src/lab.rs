@@ -282,7 +282,14 @@ impl Guest {
         append.extend(self.cmdline.iter().cloned());
         let t0 = Instant::now();
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg,thread=multi", "-cpu", "max,la57=off", "-smp", "1"])
+            .args([
+                "-accel",
+                "tcg,thread=multi",
+                "-cpu",
+                "max,la57=off",
+                "-smp",
+                "1",
+            ])
             .args(["-m", &self.memory_mb.to_string()])
             .args([
                 "-nic",

@@ -40,8 +40,11 @@ const MAX_DEPTH: u32 = 48;
 /// Bytes of a pointer on the 64-bit kernels ircap runs on.
 const POINTER_SIZE: u32 = 8;
 
-/// Kernel globals Volatility's Linux plugins read as objects, and the
-/// struct each is (the name `modules` is a `list_head`, and so on).
+/// Kernel globals Volatility's Linux plugins read as objects (found with
+/// `grep object_from_symbol` over its `symbols/linux` and `plugins/linux`)
+/// and their C types: a struct or base type name, `*name` a pointer to
+/// one, `[]name` an array of structs whose length is the gap to the next
+/// symbol.
 pub const TYPED_SYMBOLS: &[(&str, &str)] = &[
     ("init_task", "task_struct"),
     ("init_files", "files_struct"),
@@ -57,10 +60,31 @@ pub const TYPED_SYMBOLS: &[(&str, &str)] = &[
     ("module_kset", "*kset"),
     ("module_addr_min", "long unsigned int"),
     ("module_addr_max", "long unsigned int"),
+    ("taint_flags", "[]taint_flag"),
+    ("net_namespace_list", "list_head"),
+    ("tty_drivers", "list_head"),
+    ("bpf_kallsyms", "list_head"),
+    ("prog_idr", "idr"),
+    ("prb", "*printk_ringbuffer"),
+    ("log_buf", "*char"),
+    ("log_buf_len", "unsigned int"),
+    ("cap_last_cap", "int"),
+    ("vmemmap_base", "long unsigned int"),
+    ("mem_map", "*page"),
+    ("keyboard_notifier_list", "atomic_notifier_head"),
+    ("idt_table", "[]gate_struct"),
+    ("ftrace_ops_list", "*ftrace_ops"),
+    ("ftrace_list_end", "ftrace_ops"),
+    ("socket_file_ops", "file_operations"),
+    ("sockfs_dentry_operations", "dentry_operations"),
+    ("num_registered_fb", "int"),
     ("_text", "char"),
     ("_etext", "char"),
     ("_stext", "char"),
 ];
+
+/// Longest array [`TYPED_SYMBOLS`] sizes from a symbol gap.
+const MAX_GAP_COUNT: u64 = 1 << 16;
 
 /// What went into a table, for the command's summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,14 +264,40 @@ pub fn build(
             sym_types.insert(name.clone(), writer.desc(*type_id, 0));
         }
     }
+    let mut by_address: Vec<u64> = symbols.iter().map(|s| s.address).collect();
+    by_address.sort_unstable();
+    let gap_after = |addr: u64| {
+        let i = by_address.partition_point(|&a| a <= addr);
+        by_address.get(i).map(|next| next - addr)
+    };
+    let named = |name: &str| -> Option<Value> {
+        if user_types.contains_key(name) {
+            Some(json!({"kind": "struct", "name": name}))
+        } else if base_types.contains_key(name) {
+            Some(json!({"kind": "base", "name": name}))
+        } else {
+            None
+        }
+    };
     for (sym, ty) in TYPED_SYMBOLS {
-        let desc = match ty.strip_prefix('*') {
-            Some(target) if user_types.contains_key(target) => {
-                Some(json!({"kind": "pointer", "subtype": {"kind": "struct", "name": target}}))
+        let desc = if let Some(target) = ty.strip_prefix('*') {
+            named(target).map(|t| json!({"kind": "pointer", "subtype": t}))
+        } else if let Some(elem) = ty.strip_prefix("[]") {
+            let size = user_types
+                .get(elem)
+                .and_then(|t| t["size"].as_u64())
+                .filter(|&s| s > 0);
+            let address = symbols.iter().find(|s| s.name == *sym).map(|s| s.address);
+            match (size, address.and_then(gap_after)) {
+                (Some(size), Some(gap)) if gap / size > 0 => Some(json!({
+                    "kind": "array",
+                    "count": (gap / size).min(MAX_GAP_COUNT),
+                    "subtype": {"kind": "struct", "name": elem},
+                })),
+                _ => None,
             }
-            None if user_types.contains_key(*ty) => Some(json!({"kind": "struct", "name": ty})),
-            None if base_types.contains_key(*ty) => Some(json!({"kind": "base", "name": ty})),
-            _ => None,
+        } else {
+            named(ty)
         };
         if let Some(desc) = desc {
             sym_types.insert((*sym).to_owned(), desc);

@@ -81,6 +81,8 @@ pub struct Summary {
     pub btf_types: usize,
     /// What the table holds.
     pub counts: std::collections::BTreeMap<&'static str, usize>,
+    /// Virtual KASLR shift taken out of the kallsyms addresses, hex.
+    pub kaslr_shift: String,
     /// SHA-256 of the BTF used.
     pub btf_sha256: String,
     /// SHA-256 of the kallsyms used.
@@ -140,7 +142,7 @@ pub fn run(capture: &Path, out: &Path) -> Result<Summary, SymbolsError> {
         name: BTF_ARTIFACT,
         why: e.to_string(),
     })?;
-    let symbols = kallsyms::parse(&kallsyms_bytes);
+    let (symbols, kaslr_shift) = unshift(kallsyms::parse(&kallsyms_bytes));
     if !symbols
         .iter()
         .any(|s| s.name == "init_task" && s.address != 0)
@@ -170,9 +172,36 @@ pub fn run(capture: &Path, out: &Path) -> Result<Summary, SymbolsError> {
         banner,
         btf_types: btf.len(),
         counts: isf::describe(&counts),
+        kaslr_shift: format!("{kaslr_shift:#x}"),
         btf_sha256,
         kallsyms_sha256,
     })
+}
+
+/// x86_64's link-time `_text` and the start of its kernel image mapping.
+const X86_64_TEXT_LINK: u64 = 0xffff_ffff_8100_0000;
+const X86_64_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+
+/// Takes the KASLR shift out of the kernel image's addresses, so the table
+/// holds link-time addresses like one made from the debug package:
+/// Volatility adds the shift it finds in the image (VMCOREINFO's
+/// `KERNELOFFSET`, or `init_task`), and would add it twice otherwise.
+/// Per-CPU offsets and other addresses outside the image stay as they are.
+fn unshift(mut symbols: Vec<kallsyms::Symbol>) -> (Vec<kallsyms::Symbol>, u64) {
+    let shift = symbols
+        .iter()
+        .find(|s| s.name == "_text")
+        .map(|s| s.address)
+        .filter(|&t| t >= X86_64_TEXT_LINK)
+        .map_or(0, |t| t - X86_64_TEXT_LINK);
+    if shift > 0 {
+        for s in &mut symbols {
+            if s.address >= X86_64_KERNEL_MAP.saturating_add(shift) {
+                s.address -= shift;
+            }
+        }
+    }
+    (symbols, shift)
 }
 
 fn gunzip(path: &Path) -> Result<Vec<u8>, String> {
@@ -257,6 +286,24 @@ mod tests {
         assert_eq!(release_of("garbage"), "unknown");
         let index = b"{\"banner\":\"Linux version 6.1\\n\"}\n";
         assert_eq!(banner_of(index).as_deref(), Some("Linux version 6.1\n"));
+    }
+
+    #[test]
+    fn kaslr_shift_is_taken_out_of_image_addresses() {
+        let sym = |address, name: &str| kallsyms::Symbol {
+            address,
+            kind: 'T',
+            name: name.into(),
+        };
+        let (out, shift) = unshift(vec![
+            sym(0x1000, "cpu_debug_store"),
+            sym(0xffff_ffff_aa20_0000, "_text"),
+            sym(0xffff_ffff_abc1_aa40, "init_task"),
+        ]);
+        assert_eq!(shift, 0x2920_0000);
+        assert_eq!(out[0].address, 0x1000);
+        assert_eq!(out[1].address, 0xffff_ffff_8100_0000);
+        assert_eq!(out[2].address, 0xffff_ffff_82a1_aa40);
     }
 
     #[test]
