@@ -257,7 +257,7 @@ fn symbols_open_the_image(booted: &Booted, cap: &Path, lime: &Path, work: &Path)
     let ps = vol(lime, Some(&symbols), "linux.pslist", &cache);
     eprintln!("lab: vol linux.pslist {:.1} s", t0.elapsed().as_secs_f64());
     let pid: u64 = booted.text("canary.pid").trim().parse().unwrap();
-    for row in ps.iter().take(8) {
+    for row in ps.iter().take(3).chain(ps.iter().rev().take(3)) {
         eprintln!(
             "lab: pslist PID {} PPID {} COMM {}",
             row["PID"], row["PPID"], row["COMM"]
@@ -274,7 +274,10 @@ fn symbols_open_the_image(booted: &Booted, cap: &Path, lime: &Path, work: &Path)
     );
 
     let lsmod = vol(lime, Some(&symbols), "linux.lsmod", &cache);
-    let listed: Vec<&str> = lsmod.iter().filter_map(|r| r["Name"].as_str()).collect();
+    let listed: Vec<&str> = lsmod
+        .iter()
+        .filter_map(|r| r["Module Name"].as_str())
+        .collect();
     let modules = booted.text("modules");
     let expected: Vec<&str> = modules
         .lines()
