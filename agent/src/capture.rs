@@ -11,8 +11,8 @@ use ircap_proto::{ArtifactEntry, Manifest};
 use serde::Serialize;
 
 use crate::collect::{
-    self, Context, Roots, accounts::Accounts, connections, imds, kernel, logs, memory_maps,
-    memory_regions, network_state, physical, processes, system, users, volatile_files,
+    self, Context, Roots, accounts::Accounts, connections, imds, kernel, kernel_symbols, logs,
+    memory_maps, memory_regions, network_state, physical, processes, system, users, volatile_files,
 };
 use crate::options::CaptureOptions;
 use crate::priority::Lowered;
@@ -324,6 +324,15 @@ fn run_inner(
         )?;
     }
     if options.physical_memory && wants("physical_memory") {
+        // The symbol sources that let the image be opened without a debug
+        // package, read just before the memory they describe.
+        keep(
+            sink,
+            "kernel_symbols",
+            kernel_symbols::write(&ctx),
+            &mut artifacts,
+            &mut dropped,
+        )?;
         let before = capture_errors.len();
         let stored = physical::write(&ctx, &mut capture_errors);
         keep(

@@ -18,4 +18,5 @@ pub mod serve;
 pub mod service;
 pub mod status;
 pub mod store;
+pub mod symbols;
 pub mod timefmt;

@@ -33,6 +33,16 @@ enum Command {
     /// Create or extend a certificate authority for a trial or small fleet.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Write a Volatility 3 symbol table (ISF) for a capture's memory
+    /// image from its kernel_symbols (BTF + kallsyms): then
+    /// `vol -f physical_memory.lime -s OUT linux.pslist`.
+    Symbols {
+        /// A capture directory (local, or pulled), verified first.
+        capture: PathBuf,
+        /// Directory that receives the table.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// List captures (analyst certificate).
     List {
         #[command(flatten)]
@@ -292,6 +302,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(args),
         Command::Pki(cmd) => run_pki(cmd),
         Command::Verify { dir } => return run_verify(&dir),
+        Command::Symbols { capture, out } => ircap_collector::symbols::run(&capture, &out)
+            .map(|summary| print_json(&summary))
+            .map_err(anyhow::Error::from),
         cmd @ (Command::List { .. } | Command::Show { .. } | Command::Pull { .. }) => {
             return run_analyst(cmd);
         }

@@ -8,6 +8,7 @@ pub mod connections;
 pub mod fsread;
 pub mod imds;
 pub mod kernel;
+pub mod kernel_symbols;
 pub mod logs;
 pub mod memory_maps;
 pub mod memory_regions;

@@ -13,6 +13,7 @@
 
 pub mod iomem;
 pub mod lime;
+pub mod refusal;
 pub mod source;
 
 use std::path::Path;
@@ -26,7 +27,7 @@ use super::Context;
 use super::memory_regions::reader::{Gap, PAGE, hex};
 use crate::artifact::{ArtifactStream, JsonlWriter, Store};
 use crate::sink::SinkError;
-use source::{FileSource, PhysRange, PhysicalSource};
+use source::{FileSource, PhysRange, PhysicalSource, SourceError};
 
 /// Size of each read from the source.
 const READ_SIZE: usize = 1 << 20;
@@ -70,13 +71,13 @@ pub fn open_source(
     let kcore = ctx.roots.proc.join("kcore");
     let kcore_err = match FileSource::kcore(&kcore, ram.as_deref()) {
         Ok(s) => return Ok(Box::new(s)),
-        Err(e) => e.to_string(),
+        Err(e) => explained(ctx, &kcore, &e),
     };
     let crash = Path::new("/dev/crash");
     let crash_err = match &ram {
         Some(ram) => match FileSource::crash(crash, ram) {
             Ok(s) => return Ok(Box::new(s)),
-            Err(e) => e.to_string(),
+            Err(e) => explained(ctx, crash, &e),
         },
         None => format!(
             "{}: not used, /proc/iomem shows no System RAM ranges",
@@ -86,6 +87,23 @@ pub fn open_source(
     Err(format!(
         "no physical memory source on this host ({kcore_err}; {crash_err})"
     ))
+}
+
+/// The error, followed by the kernel's reason when [`refusal`] knows it.
+fn explained(ctx: &Context<'_>, path: &Path, err: &SourceError) -> String {
+    let why = match err {
+        SourceError::Io { source, .. } => refusal::explain(
+            ctx.roots,
+            path,
+            source.kind(),
+            nix::unistd::geteuid().as_raw(),
+        ),
+        SourceError::Format { .. } => None,
+    };
+    match why {
+        Some(why) => format!("{err}: {why}"),
+        None => err.to_string(),
+    }
 }
 
 /// Writes the LiME file and its index. A host without a source gets an
