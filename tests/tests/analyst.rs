@@ -897,6 +897,7 @@ fn hostile_manifest(data: &[u8]) -> Vec<u8> {
         capture_id: HOSTILE_CAPTURE.into(),
         started_at: "2026-01-01T00:00:00Z".into(),
         ended_at: "2026-01-01T00:00:01Z".into(),
+        status: ircap_proto::manifest::CaptureStatus::default(),
         host: HostIdentity {
             hostname: HOSTILE.into(),
             kernel_release: HOSTILE.into(),
