@@ -950,7 +950,20 @@ async fn capture_cut_off_before_its_commit_stays_incomplete() -> TestResult {
             .join(format!("{CAPTURE}.json")),
     )?)?;
     assert_eq!(state["complete"], false, "{state}");
-    assert!(state["finished"][ARTIFACT].is_object(), "{state}");
+    // Finished artifacts are appended to the capture's log, not rewritten
+    // into the state file.
+    let log = std::fs::read_to_string(
+        s.collector
+            .store
+            .join("state")
+            .join(format!("{CAPTURE}.finished.jsonl")),
+    )?;
+    assert!(
+        log.lines()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["name"] == ARTIFACT && v["sha256"] == sha256_hex(b"hello"))),
+        "{log}"
+    );
     let index = s.collector.store.join("index");
     assert_eq!(tree(&index)?, Vec::<String>::new(), "{}", index.display());
 
@@ -1090,19 +1103,18 @@ async fn hostile_artifact_names_are_refused_and_nothing_escapes() -> TestResult 
     drop(up);
 
     let store = &s.collector.store;
-    assert_eq!(
-        tree(store)?,
-        expected_store(
-            &[
-                "web-1",
-                &format!("web-1/{CAPTURE}"),
-                &format!("web-1/{CAPTURE}/{ARTIFACT}"),
-            ],
-            &[CAPTURE],
-        ),
-        "files in {}",
-        store.display()
+    let mut expected = expected_store(
+        &[
+            "web-1",
+            &format!("web-1/{CAPTURE}"),
+            &format!("web-1/{CAPTURE}/{ARTIFACT}"),
+        ],
+        &[CAPTURE],
     );
+    // The one finished artifact's line.
+    expected.push(format!("state/{CAPTURE}.finished.jsonl"));
+    expected.sort();
+    assert_eq!(tree(store)?, expected, "files in {}", store.display());
     let root = store.parent().ok_or("store has no parent")?;
     for path in tree(root)? {
         let file = Path::new(&path)
@@ -1616,5 +1628,83 @@ async fn an_outcome_naming_a_capture_the_agent_may_not_claim_is_refused() -> Tes
         assert!(result.error.contains(why), "claiming {claimed}: {result:?}");
     }
     drop(tx);
+    Ok(())
+}
+
+/// Finished artifacts are recorded one appended line each (the state is
+/// not rewritten per artifact) and all of them count: 500 small artifacts
+/// in one capture all finish, the capture commits with every one of them
+/// and verifies. Prints the time of the first and last 100 (reads of the
+/// state still grow with the capture; see the README).
+#[tokio::test(flavor = "multi_thread")]
+async fn hundreds_of_artifacts_in_one_capture_are_recorded_and_verify() -> TestResult {
+    const N: usize = 500;
+    let s = Setup::new()?;
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+    let mut per_artifact = Vec::with_capacity(N);
+    let mut entries = Vec::with_capacity(N);
+    let started = Instant::now();
+    for i in 0..N {
+        let t = Instant::now();
+        let name = format!("a/{i:05}.bin");
+        let data = format!("artifact {i}\n").into_bytes();
+        let msgs = vec![
+            named_header(CAPTURE, &name, 0),
+            chunk(0, &data, sha256(&data)),
+            end(&data),
+        ];
+        let mut acks = timed(c.upload_artifact(tokio_stream::iter(msgs)))
+            .await??
+            .into_inner();
+        let mut finished = false;
+        while let Some(ack) = timed(acks.message()).await?? {
+            finished |= ack.finished;
+        }
+        assert!(finished, "{name} did not finish");
+        per_artifact.push(t.elapsed());
+        entries.push(ArtifactEntry {
+            name,
+            kind: "test".into(),
+            content_type: "application/octet-stream".into(),
+            encoding: Encoding::Identity,
+            size_stored: data.len() as u64,
+            size_uncompressed: data.len() as u64,
+            sha256_stored: sha256_hex(&data),
+            sha256_uncompressed: sha256_hex(&data),
+            started_at: String::new(),
+            ended_at: String::new(),
+            record_count: None,
+            error_count: 0,
+            errors: vec![],
+        });
+    }
+    let total = started.elapsed();
+    let first: Duration = per_artifact.iter().take(100).sum();
+    let last: Duration = per_artifact.iter().rev().take(100).sum();
+    eprintln!("{N} artifacts in {total:?}: first 100 {first:?}, last 100 {last:?}");
+
+    let m = Manifest {
+        format_version: FORMAT_VERSION,
+        capture_id: CAPTURE.into(),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        ended_at: "2026-01-01T00:00:01Z".into(),
+        host: HostIdentity::default(),
+        agent: AgentInfo::default(),
+        options: serde_json::Value::Null,
+        ssm_command_id: None,
+        artifacts: entries,
+        error_count: 0,
+        errors: vec![],
+        collector_receipt: None,
+    };
+    timed(c.commit_capture(commit_request(serde_json::to_vec(&m)?))).await??;
+    let dir = s.collector.capture_dir("web-1", CAPTURE);
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     Ok(())
 }
