@@ -366,6 +366,24 @@ fn issue_agent_cert(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> TestResult {
+    issue_agent_cert_with(
+        pki_dir,
+        out,
+        name,
+        (not_before, not_after),
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )
+}
+
+/// [`issue_agent_cert`] with the given extended key usages (none: no
+/// extension at all).
+fn issue_agent_cert_with(
+    pki_dir: &Path,
+    out: &Path,
+    name: &str,
+    (not_before, not_after): (OffsetDateTime, OffsetDateTime),
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+) -> TestResult {
     let ca_pem = std::fs::read_to_string(pki_dir.join("ca.pem"))?;
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("ca.key"))?)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
@@ -379,7 +397,7 @@ fn issue_agent_cert(
     )];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = ekus;
     params.use_authority_key_identifier_extension = true;
     params.not_before = not_before;
     params.not_after = not_after;
@@ -1706,5 +1724,45 @@ async fn hundreds_of_artifacts_in_one_capture_are_recorded_and_verify() -> TestR
         "verify: {}",
         String::from_utf8_lossy(&verify.stderr)
     );
+    Ok(())
+}
+
+/// A certificate from the collector's CA with the agent identity URI but
+/// not issued for client authentication (no extended key usage at all, or
+/// serverAuth only) opens nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_certificate_without_client_auth_usage_is_refused() -> TestResult {
+    let s = Setup::new()?;
+    let issued = tempfile::tempdir()?;
+    let now = OffsetDateTime::now_utc();
+    let valid = (
+        now - time::Duration::hours(1),
+        now + time::Duration::days(1),
+    );
+    issue_agent_cert_with(s.pki(), issued.path(), "noeku-1", valid, vec![])?;
+    issue_agent_cert_with(
+        s.pki(),
+        issued.path(),
+        "srv-1",
+        valid,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+    )?;
+    let ca = s.pki().join("ca.pem");
+    let mut no_eku = client(s.collector.addr, &ca, Some((issued.path(), "noeku-1"))).await;
+    let status = expect_err(timed(open(&mut no_eku, CAPTURE)).await?, "no EKU")?;
+    assert_code(&status, Code::PermissionDenied, "no EKU");
+    assert!(
+        status.message().contains("clientAuth"),
+        "{}",
+        status.message()
+    );
+    let mut server_only = client(s.collector.addr, &ca, Some((issued.path(), "srv-1"))).await;
+    let result = timed(open(&mut server_only, CAPTURE)).await?;
+    assert!(
+        result.is_err(),
+        "a serverAuth-only certificate opened a capture"
+    );
+    let state = s.collector.store.join("state");
+    assert_eq!(tree(&state)?, Vec::<String>::new(), "{}", state.display());
     Ok(())
 }
