@@ -399,7 +399,11 @@ pub async fn serve(
                     if !r.repaired.is_empty() {
                         tracing::warn!(captures = r.repaired.len(), "Repaired interrupted commits");
                     }
-                    quotas.seed_open(r.open);
+                    quotas.seed_open(
+                        r.open
+                            .into_iter()
+                            .map(|(who, id, at)| (who, id, crate::timefmt::age(&at))),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot check the store for interrupted commits")

@@ -544,8 +544,11 @@ impl<S: Store> CaptureUpload for UploadService<S> {
             }
             Some(s) => {
                 if !s.complete {
-                    self.quotas
-                        .seed_open([(who.name.clone(), s.capture_id.clone())]);
+                    self.quotas.seed_open([(
+                        who.name.clone(),
+                        s.capture_id.clone(),
+                        timefmt::age(&s.opened_at),
+                    )]);
                 }
                 s
             }
