@@ -169,6 +169,14 @@ pub struct Identity {
 /// reading identities from certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// A client certificate without the clientAuth extended key usage.
+    #[error(
+        "certificate {subject} is not issued for client authentication (no clientAuth extended key usage)"
+    )]
+    NoClientAuth {
+        /// The certificate's subject.
+        subject: String,
+    },
     /// A PEM file could not be read or decoded.
     #[error("cannot read {what} from {}: {source}", path.display())]
     Pem {
@@ -306,6 +314,16 @@ pub fn identity_from_cert(der: &[u8]) -> Result<Identity, AuthError> {
         uri: uri.to_owned(),
         reason,
     })?;
+    // webpki accepts a client certificate without any extended key usage;
+    // an ircap identity must be issued for client authentication.
+    let client_auth = cert
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.client_auth);
+    if !client_auth {
+        return Err(AuthError::NoClientAuth { subject });
+    }
     Ok(Identity {
         name: name.to_owned(),
         role,
@@ -455,14 +473,18 @@ pub fn server_config(
         Some(path) => load_crls(path)?,
         None => Vec::new(),
     };
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
-        .with_crls(crls)
-        .build()
-        .map_err(|source| AuthError::Verifier {
-            ca: ca.to_owned(),
-            crl: crl.map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
-            source,
-        })?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider)).with_crls(crls);
+    if crl.is_some() {
+        // A CRL past its nextUpdate says nothing current: refuse rather
+        // than trust it.
+        builder = builder.enforce_revocation_expiration();
+    }
+    let verifier = builder.build().map_err(|source| AuthError::Verifier {
+        ca: ca.to_owned(),
+        crl: crl.map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
+        source,
+    })?;
     let chain = load_certs(cert)?;
     let private_key = load_key(key)?;
     let tls_error = |source| AuthError::Tls {
@@ -711,6 +733,7 @@ mod tests {
         params
             .subject_alt_names
             .push(SanType::DnsName("host.example".try_into()?));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         Ok(params.self_signed(&key)?.der().clone())
     }

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | upload streams at once per identity | [`MAX_STREAMS_PER_IDENTITY`] | `RESOURCE_EXHAUSTED`, retry after [`STREAM_PUSHBACK`] |
 //! | HTTP/2 streams at once per connection | [`MAX_STREAMS_PER_CONNECTION`] | held back by HTTP/2 flow control |
-//! | open (uncommitted) captures per identity | [`MAX_OPEN_CAPTURES`] | `RESOURCE_EXHAUSTED`, retry after [`OPEN_PUSHBACK`] |
+//! | captures opened in the last [`OPEN_WINDOW`] and not committed, per identity | [`MAX_OPEN_CAPTURES`] | `RESOURCE_EXHAUSTED`, retry after [`OPEN_PUSHBACK`] |
 //! | artifacts per capture | [`MAX_ARTIFACTS`] | `RESOURCE_EXHAUSTED`, no retry |
 //! | one upload stream's life | [`STREAM_DEADLINE`] | `DEADLINE_EXCEEDED` (resumable) |
 //! | a manifest | the message limit (4 MiB + 64 KiB) | refused by gRPC |
@@ -15,11 +15,14 @@
 //! and gives up on a `RESOURCE_EXHAUSTED` without one.
 //!
 //! Counts live in this replica. Open captures are counted from the store
-//! at start and kept as captures open and commit.
+//! at start and kept as captures open and commit; one left uncommitted
+//! stops counting after [`OPEN_WINDOW`], so an agent whose captures broke
+//! off is not locked out for good (abandoned captures are not expired
+//! from the store yet).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::Status;
 
@@ -29,6 +32,8 @@ pub const MAX_STREAMS_PER_IDENTITY: usize = 8;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// Captures one identity may have opened and not committed.
 pub const MAX_OPEN_CAPTURES: usize = 16;
+/// How long an uncommitted capture counts against its agent.
+pub const OPEN_WINDOW: Duration = Duration::from_secs(3600);
 /// Artifacts one capture may hold.
 pub const MAX_ARTIFACTS: usize = 20_000;
 /// Longest life of one upload stream (the agent then resumes on another).
@@ -53,7 +58,8 @@ pub fn exhausted(message: String, retry_after: Option<Duration>) -> Status {
 #[derive(Debug, Default)]
 struct Counts {
     streams: HashMap<String, usize>,
-    open: HashMap<String, HashSet<String>>,
+    /// Per identity: capture id -> when it was opened.
+    open: HashMap<String, HashMap<String, Instant>>,
 }
 
 /// The counts behind the limits.
@@ -115,9 +121,10 @@ impl Quotas {
     pub fn open(&self, who: &str, id: &str) -> Result<(), Status> {
         let mut c = self.lock();
         let open = c.open.entry(who.to_owned()).or_default();
-        if open.contains(id) {
+        if open.contains_key(id) {
             return Ok(());
         }
+        open.retain(|_, at| at.elapsed() < OPEN_WINDOW);
         if open.len() >= MAX_OPEN_CAPTURES {
             return Err(exhausted(
                 format!(
@@ -126,7 +133,7 @@ impl Quotas {
                 Some(OPEN_PUSHBACK),
             ));
         }
-        open.insert(id.to_owned());
+        open.insert(id.to_owned(), Instant::now());
         Ok(())
     }
 
@@ -141,12 +148,16 @@ impl Quotas {
         }
     }
 
-    /// Counts captures found open in the store at start (beyond the limit
-    /// if there are that many: they only stop new ones).
-    pub fn seed_open(&self, open: impl IntoIterator<Item = (String, String)>) {
+    /// Counts captures found open, each opened `age` ago (beyond the
+    /// limit if there are that many: they only stop new ones).
+    pub fn seed_open(&self, open: impl IntoIterator<Item = (String, String, Duration)>) {
         let mut c = self.lock();
-        for (who, id) in open {
-            c.open.entry(who).or_default().insert(id);
+        for (who, id, age) in open {
+            if age >= OPEN_WINDOW {
+                continue;
+            }
+            let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            c.open.entry(who).or_default().entry(id).or_insert(at);
         }
     }
 }
@@ -180,5 +191,16 @@ mod tests {
         assert!(q.open("a", "new").is_err());
         q.close("a", "c0");
         q.open("a", "new").unwrap();
+
+        // Captures opened long ago no longer count.
+        let q = Quotas::default();
+        q.seed_open(
+            (0..MAX_OPEN_CAPTURES).map(|i| ("a".to_owned(), format!("old{i}"), OPEN_WINDOW)),
+        );
+        q.open("a", "fresh").unwrap();
+        q.seed_open(
+            (0..MAX_OPEN_CAPTURES).map(|i| ("b".to_owned(), format!("c{i}"), Duration::ZERO)),
+        );
+        assert!(q.open("b", "fresh").is_err());
     }
 }

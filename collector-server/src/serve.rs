@@ -214,6 +214,66 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// The files of the collector's TLS configuration.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// CA certificates clients are verified against.
+    pub ca: PathBuf,
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// The server's key.
+    pub key: PathBuf,
+    /// CRLs, when revocation is checked.
+    pub crl: Option<PathBuf>,
+}
+
+/// How often the CRL file is checked for a change.
+pub const CRL_POLL: Duration = Duration::from_secs(2);
+
+/// The TLS configuration new connections get; swapped when the CRL is
+/// reloaded (connections already up keep theirs).
+type LiveTls = Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>;
+
+/// Reloads the CRL on SIGHUP and whenever its file changes (checked every
+/// [`CRL_POLL`]); a CRL that does not load leaves the current one in force.
+async fn reload_crl(files: TlsFiles, crl: PathBuf, live: LiveTls) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut seen = stamp(&crl);
+    loop {
+        let forced = tokio::select! {
+            () = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => true,
+            () = tokio::time::sleep(CRL_POLL) => false,
+        };
+        let now = stamp(&crl);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        match auth::server_config(&files.ca, &files.cert, &files.key, Some(&crl)) {
+            Ok(config) => {
+                *live
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+                tracing::info!(crl = %crl.display(), signal = forced, "CRL reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(crl = %crl.display(), error = %e, "Cannot reload the CRL; the one loaded stays in force");
+            }
+        }
+    }
+}
+
 /// Validated settings: nothing here can be wrong any more.
 pub struct Settings {
     /// Where to listen.
@@ -222,6 +282,9 @@ pub struct Settings {
     pub store: StoreLocation,
     /// The TLS server configuration.
     pub tls: Arc<rustls::ServerConfig>,
+    /// The files it was built from, to build it again when the CRL
+    /// changes.
+    pub tls_files: TlsFiles,
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -262,11 +325,17 @@ impl Settings {
                 )));
             }
         };
+        let tls_files = TlsFiles {
+            ca: need(&cfg.ca, "ca")?,
+            cert: need(&cfg.cert, "cert")?,
+            key: need(&cfg.key, "key")?,
+            crl: cfg.crl.clone(),
+        };
         let tls = auth::server_config(
-            &need(&cfg.ca, "ca")?,
-            &need(&cfg.cert, "cert")?,
-            &need(&cfg.key, "key")?,
-            cfg.crl.as_deref(),
+            &tls_files.ca,
+            &tls_files.cert,
+            &tls_files.key,
+            tls_files.crl.as_deref(),
         )?;
         let metrics_listen = match &cfg.metrics_listen {
             Some(text) => Some(
@@ -279,6 +348,7 @@ impl Settings {
             listen,
             store,
             tls: Arc::new(tls),
+            tls_files,
             metrics_listen,
         })
     }
@@ -329,7 +399,11 @@ pub async fn serve(
                     if !r.repaired.is_empty() {
                         tracing::warn!(captures = r.repaired.len(), "Repaired interrupted commits");
                     }
-                    quotas.seed_open(r.open);
+                    quotas.seed_open(
+                        r.open
+                            .into_iter()
+                            .map(|(who, id, at)| (who, id, crate::timefmt::age(&at))),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot check the store for interrupted commits")
@@ -339,7 +413,14 @@ pub async fn serve(
     });
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics))));
-    let acceptor = TlsAcceptor::from(Arc::clone(&settings.tls));
+    let live: LiveTls = Arc::new(std::sync::RwLock::new(Arc::clone(&settings.tls)));
+    let crl_task = settings.tls_files.crl.clone().map(|crl| {
+        tokio::spawn(reload_crl(
+            settings.tls_files.clone(),
+            crl,
+            Arc::clone(&live),
+        ))
+    });
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let accept_loop = tokio::spawn(async move {
         loop {
@@ -352,7 +433,11 @@ pub async fn serve(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(Arc::clone(
+                &live
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ));
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -423,6 +508,9 @@ pub async fn serve(
     };
     accept_loop.abort();
     repairing.abort();
+    if let Some(task) = crl_task {
+        task.abort();
+    }
     delivery.abort();
     if let Some(task) = metrics_task {
         task.abort();

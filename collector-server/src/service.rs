@@ -457,13 +457,10 @@ impl<S: Store> UploadService<S> {
                     }
                     {
                         let _state = lock.state.lock().await;
-                        let mut fresh = store
-                            .state(&state.capture_id)
+                        store
+                            .record_finished(&state, &name, &finished)
                             .await
-                            .map_err(store_status)?
-                            .ok_or_else(|| Status::internal("capture state vanished"))?;
-                        fresh.finished.insert(name.to_string(), finished);
-                        store.save_state(&fresh).await.map_err(store_status)?;
+                            .map_err(store_status)?;
                     }
                     drop(committed);
                     inc(&metrics.artifacts_verified);
@@ -547,8 +544,11 @@ impl<S: Store> CaptureUpload for UploadService<S> {
             }
             Some(s) => {
                 if !s.complete {
-                    self.quotas
-                        .seed_open([(who.name.clone(), s.capture_id.clone())]);
+                    self.quotas.seed_open([(
+                        who.name.clone(),
+                        s.capture_id.clone(),
+                        timefmt::age(&s.opened_at),
+                    )]);
                 }
                 s
             }

@@ -10,3 +10,13 @@ pub fn now() -> String {
         .format(&Rfc3339)
         .unwrap_or_else(|_| "unknown-time".to_owned())
 }
+
+/// How long ago the RFC 3339 time `at` was (zero if it is unreadable or
+/// in the future).
+#[must_use]
+pub fn age(at: &str) -> std::time::Duration {
+    OffsetDateTime::parse(at, &Rfc3339)
+        .ok()
+        .and_then(|t| std::time::Duration::try_from(OffsetDateTime::now_utc() - t).ok())
+        .unwrap_or_default()
+}

@@ -367,6 +367,24 @@ fn issue_agent_cert(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> TestResult {
+    issue_agent_cert_with(
+        pki_dir,
+        out,
+        name,
+        (not_before, not_after),
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )
+}
+
+/// [`issue_agent_cert`] with the given extended key usages (none: no
+/// extension at all).
+fn issue_agent_cert_with(
+    pki_dir: &Path,
+    out: &Path,
+    name: &str,
+    (not_before, not_after): (OffsetDateTime, OffsetDateTime),
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+) -> TestResult {
     let ca_pem = std::fs::read_to_string(pki_dir.join("ca.pem"))?;
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("ca.key"))?)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
@@ -380,7 +398,7 @@ fn issue_agent_cert(
     )];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = ekus;
     params.use_authority_key_identifier_extension = true;
     params.not_before = not_before;
     params.not_after = not_after;
@@ -951,7 +969,20 @@ async fn capture_cut_off_before_its_commit_stays_incomplete() -> TestResult {
             .join(format!("{CAPTURE}.json")),
     )?)?;
     assert_eq!(state["complete"], false, "{state}");
-    assert!(state["finished"][ARTIFACT].is_object(), "{state}");
+    // Finished artifacts are appended to the capture's log, not rewritten
+    // into the state file.
+    let log = std::fs::read_to_string(
+        s.collector
+            .store
+            .join("state")
+            .join(format!("{CAPTURE}.finished.jsonl")),
+    )?;
+    assert!(
+        log.lines()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["name"] == ARTIFACT && v["sha256"] == sha256_hex(b"hello"))),
+        "{log}"
+    );
     let index = s.collector.store.join("index");
     assert_eq!(tree(&index)?, Vec::<String>::new(), "{}", index.display());
 
@@ -1091,19 +1122,18 @@ async fn hostile_artifact_names_are_refused_and_nothing_escapes() -> TestResult 
     drop(up);
 
     let store = &s.collector.store;
-    assert_eq!(
-        tree(store)?,
-        expected_store(
-            &[
-                "web-1",
-                &format!("web-1/{CAPTURE}"),
-                &format!("web-1/{CAPTURE}/{ARTIFACT}"),
-            ],
-            &[CAPTURE],
-        ),
-        "files in {}",
-        store.display()
+    let mut expected = expected_store(
+        &[
+            "web-1",
+            &format!("web-1/{CAPTURE}"),
+            &format!("web-1/{CAPTURE}/{ARTIFACT}"),
+        ],
+        &[CAPTURE],
     );
+    // The one finished artifact's line.
+    expected.push(format!("state/{CAPTURE}.finished.jsonl"));
+    expected.sort();
+    assert_eq!(tree(store)?, expected, "files in {}", store.display());
     let root = store.parent().ok_or("store has no parent")?;
     for path in tree(root)? {
         let file = Path::new(&path)
@@ -1617,5 +1647,123 @@ async fn an_outcome_naming_a_capture_the_agent_may_not_claim_is_refused() -> Tes
         assert!(result.error.contains(why), "claiming {claimed}: {result:?}");
     }
     drop(tx);
+    Ok(())
+}
+
+/// Finished artifacts are recorded one appended line each (the state is
+/// not rewritten per artifact) and all of them count: 500 small artifacts
+/// in one capture all finish, the capture commits with every one of them
+/// and verifies. Prints the time of the first and last 100 (reads of the
+/// state still grow with the capture; see the README).
+#[tokio::test(flavor = "multi_thread")]
+async fn hundreds_of_artifacts_in_one_capture_are_recorded_and_verify() -> TestResult {
+    const N: usize = 500;
+    let s = Setup::new()?;
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+    let mut per_artifact = Vec::with_capacity(N);
+    let mut entries = Vec::with_capacity(N);
+    let started = Instant::now();
+    for i in 0..N {
+        let t = Instant::now();
+        let name = format!("a/{i:05}.bin");
+        let data = format!("artifact {i}\n").into_bytes();
+        let msgs = vec![
+            named_header(CAPTURE, &name, 0),
+            chunk(0, &data, sha256(&data)),
+            end(&data),
+        ];
+        let mut acks = timed(c.upload_artifact(tokio_stream::iter(msgs)))
+            .await??
+            .into_inner();
+        let mut finished = false;
+        while let Some(ack) = timed(acks.message()).await?? {
+            finished |= ack.finished;
+        }
+        assert!(finished, "{name} did not finish");
+        per_artifact.push(t.elapsed());
+        entries.push(ArtifactEntry {
+            name,
+            kind: "test".into(),
+            content_type: "application/octet-stream".into(),
+            encoding: Encoding::Identity,
+            size_stored: data.len() as u64,
+            size_uncompressed: data.len() as u64,
+            sha256_stored: sha256_hex(&data),
+            sha256_uncompressed: sha256_hex(&data),
+            started_at: String::new(),
+            ended_at: String::new(),
+            record_count: None,
+            error_count: 0,
+            errors: vec![],
+        });
+    }
+    let total = started.elapsed();
+    let first: Duration = per_artifact.iter().take(100).sum();
+    let last: Duration = per_artifact.iter().rev().take(100).sum();
+    eprintln!("{N} artifacts in {total:?}: first 100 {first:?}, last 100 {last:?}");
+
+    let m = Manifest {
+        format_version: FORMAT_VERSION,
+        capture_id: CAPTURE.into(),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        ended_at: "2026-01-01T00:00:01Z".into(),
+        host: HostIdentity::default(),
+        agent: AgentInfo::default(),
+        options: serde_json::Value::Null,
+        ssm_command_id: None,
+        artifacts: entries,
+        error_count: 0,
+        errors: vec![],
+        collector_receipt: None,
+    };
+    timed(c.commit_capture(commit_request(serde_json::to_vec(&m)?))).await??;
+    let dir = s.collector.capture_dir("web-1", CAPTURE);
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    Ok(())
+}
+
+/// A certificate from the collector's CA with the agent identity URI but
+/// not issued for client authentication (no extended key usage at all, or
+/// serverAuth only) opens nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_certificate_without_client_auth_usage_is_refused() -> TestResult {
+    let s = Setup::new()?;
+    let issued = tempfile::tempdir()?;
+    let now = OffsetDateTime::now_utc();
+    let valid = (
+        now - time::Duration::hours(1),
+        now + time::Duration::days(1),
+    );
+    issue_agent_cert_with(s.pki(), issued.path(), "noeku-1", valid, vec![])?;
+    issue_agent_cert_with(
+        s.pki(),
+        issued.path(),
+        "srv-1",
+        valid,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+    )?;
+    let ca = s.pki().join("ca.pem");
+    let mut no_eku = client(s.collector.addr, &ca, Some((issued.path(), "noeku-1"))).await;
+    let status = expect_err(timed(open(&mut no_eku, CAPTURE)).await?, "no EKU")?;
+    assert_code(&status, Code::PermissionDenied, "no EKU");
+    assert!(
+        status.message().contains("clientAuth"),
+        "{}",
+        status.message()
+    );
+    let mut server_only = client(s.collector.addr, &ca, Some((issued.path(), "srv-1"))).await;
+    let result = timed(open(&mut server_only, CAPTURE)).await?;
+    assert!(
+        result.is_err(),
+        "a serverAuth-only certificate opened a capture"
+    );
+    let state = s.collector.store.join("state");
+    assert_eq!(tree(&state)?, Vec::<String>::new(), "{}", state.display());
     Ok(())
 }

@@ -534,3 +534,112 @@ fn metrics_count_what_was_received_and_verified() -> TestResult {
     assert!(status.contains("404"), "{status}");
     Ok(())
 }
+
+/// `pki revoke` into `crl` for `cert`, asserting success.
+fn revoke(pki: &std::path::Path, crl: &std::path::Path, cert: &std::path::Path) {
+    let out = bin("ircap-collector")
+        .args(["pki", "revoke", "--ca-dir"])
+        .arg(pki)
+        .arg("--crl")
+        .arg(crl)
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether `who` can open a capture over a fresh connection.
+fn can_open(collector: &Collector, who: &str, id: &str) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = ircap_e2e::client(
+            collector.addr,
+            &collector.pki.join("ca.pem"),
+            Some((&collector.pki, who)),
+        )
+        .await;
+        let req = ircap_proto::v1::OpenCaptureRequest {
+            capture_id: id.to_owned(),
+            hostname: "h".to_owned(),
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), c.open_capture(req))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    })
+}
+
+/// A running collector picks up a new CRL: on SIGHUP, and by itself when
+/// the file changes; an agent revoked since start is then refused on its
+/// next connection.
+#[test]
+fn the_collector_reloads_its_crl_on_sighup_and_on_change() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let crl = pki.join("crl.pem");
+    // A CRL revoking an identity nobody uses here.
+    let spare = bin("ircap-collector")
+        .args(["pki", "issue", "--ca-dir"])
+        .arg(&pki)
+        .arg("--out")
+        .arg(&pki)
+        .args(["--role", "agent", "spare-1"])
+        .output()?;
+    assert!(
+        spare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&spare.stderr)
+    );
+    revoke(&pki, &crl, &pki.join("spare-1.pem"));
+    let crl_arg = crl.display().to_string();
+    let collector = Collector::start_with(&pki, &tmp.path().join("store"), 0, &["--crl", &crl_arg]);
+    assert!(can_open(
+        &collector,
+        "web-1",
+        "01a20000-0000-7000-8000-00000000c001"
+    ));
+    assert!(can_open(
+        &collector,
+        "web-2",
+        "01a20000-0000-7000-8000-00000000c002"
+    ));
+
+    let refused_within = |who: &str, id: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if !can_open(&collector, who, id) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        false
+    };
+    // SIGHUP.
+    revoke(&pki, &crl, &pki.join("web-2.pem"));
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &collector.child.id().to_string()])
+        .status()?;
+    assert!(hup.success());
+    assert!(
+        refused_within("web-2", "01a20000-0000-7000-8000-00000000c003"),
+        "web-2 still accepted after its revocation and SIGHUP"
+    );
+    // Still serving, and web-1 (not revoked) still welcome.
+    assert!(
+        can_open(&collector, "web-1", "01a20000-0000-7000-8000-00000000c005"),
+        "web-1 refused after the reload (did SIGHUP stop the collector?)"
+    );
+    // A change of the file alone.
+    revoke(&pki, &crl, &pki.join("web-1.pem"));
+    assert!(
+        refused_within("web-1", "01a20000-0000-7000-8000-00000000c004"),
+        "web-1 still accepted after its revocation"
+    );
+    Ok(())
+}

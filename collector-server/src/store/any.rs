@@ -34,6 +34,15 @@ impl Store for AnyStore {
         }
     }
 
+    async fn record_finished(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        finished: &FinishedArtifact,
+    ) -> Result<(), StoreError> {
+        delegate!(self, s => s.record_finished(state, name, finished))
+    }
+
     async fn find_manifest(&self, state: &CaptureState) -> Result<Option<Vec<u8>>, StoreError> {
         delegate!(self, s => s.find_manifest(state))
     }

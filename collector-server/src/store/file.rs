@@ -5,6 +5,7 @@
 //! DIR/captures/<agent identity>/<capture-id>/manifest.json   written on commit
 //! DIR/staging/<capture-id>/<artifact>                        bytes of an artifact still arriving
 //! DIR/state/<capture-id>.json                                owner and verified artifacts
+//! DIR/state/<capture-id>.finished.jsonl                      artifacts verified since, one line each
 //! DIR/index/<capture-id>.json                                one line per committed capture
 //! DIR/control/<doc key>                                      control documents (requests, agents)
 //! ```
@@ -14,7 +15,11 @@
 //! into the capture directory (and that directory synced), so a capture
 //! directory only ever holds finished artifacts and the manifest: bytes of
 //! an upload that never finished cannot appear in a committed capture.
-//! State, index and manifest files are replaced atomically (write a hidden
+//! A finished artifact is one appended, synced line of the capture's
+//! `.finished.jsonl` (O(1), however many artifacts came before); reading a
+//! state merges those lines, skipping a torn last line, and the commit
+//! folds them into the state file. State, index and manifest files are
+//! replaced atomically (write a hidden
 //! temporary file, sync, rename); temporary names start with `.`, which no
 //! artifact name may.
 //!
@@ -71,6 +76,33 @@ impl FileStore {
         self.root.join("state").join(format!("{capture_id}.json"))
     }
 
+    fn finished_log(&self, capture_id: &str) -> PathBuf {
+        self.root
+            .join("state")
+            .join(format!("{capture_id}.finished.jsonl"))
+    }
+
+    /// Adds the artifacts of the capture's finished log to `state`.
+    async fn merge_finished(&self, state: &mut CaptureState) -> Result<(), StoreError> {
+        let path = self.finished_log(&state.capture_id);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io(format!("cannot read {}", path.display()), e)),
+        };
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice::<FinishedLine>(line) {
+                Ok(l) => {
+                    state.finished.insert(l.name, l.finished);
+                }
+                // A line cut short by a crash: that artifact was never
+                // acknowledged as finished.
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "Skipped a torn line"),
+            }
+        }
+        Ok(())
+    }
+
     fn index_path(&self, capture_id: &str) -> PathBuf {
         self.root.join("index").join(format!("{capture_id}.json"))
     }
@@ -89,6 +121,14 @@ impl FileStore {
             name.path_in(&self.capture_dir(state))
         }
     }
+}
+
+/// One line of a capture's finished log.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FinishedLine {
+    name: String,
+    #[serde(flatten)]
+    finished: FinishedArtifact,
 }
 
 /// Syncs a directory, so that a rename into it is durable.
@@ -132,12 +172,13 @@ impl Store for FileStore {
         let path = self.state_path(capture_id);
         match tokio::fs::read(&path).await {
             Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
+                let mut state: CaptureState =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                         context: path.display().to_string(),
                         message: e.to_string(),
-                    })
+                    })?;
+                self.merge_finished(&mut state).await?;
+                Ok(Some(state))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
@@ -233,6 +274,37 @@ impl Store for FileStore {
         Ok(offset + data.len() as u64)
     }
 
+    async fn record_finished(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        finished: &FinishedArtifact,
+    ) -> Result<(), StoreError> {
+        let path = self.finished_log(&state.capture_id);
+        let ctx = |what: &str| format!("cannot {what} {}", path.display());
+        let mut line = serde_json::to_vec(&FinishedLine {
+            name: name.to_string(),
+            finished: finished.clone(),
+        })
+        .map_err(|e| StoreError::Corrupt {
+            context: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        line.push(b'\n');
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|e| StoreError::io(ctx("open"), e))?;
+        f.write_all(&line)
+            .await
+            .map_err(|e| StoreError::io(ctx("append to"), e))?;
+        f.sync_data()
+            .await
+            .map_err(|e| StoreError::io(ctx("sync"), e))
+    }
+
     async fn finish_artifact(
         &self,
         state: &CaptureState,
@@ -319,7 +391,15 @@ impl Store for FileStore {
         replace(&self.index_path(&state.capture_id), &bytes).await?;
         let mut done = state.clone();
         done.complete = true;
+        self.merge_finished(&mut done).await?;
         self.save_state(&done).await?;
+        // Folded into the state file now.
+        let log = self.finished_log(&state.capture_id);
+        if let Err(e) = tokio::fs::remove_file(&log).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %log.display(), error = %e, "Cannot remove the finished log");
+        }
         // Bytes of artifacts that never finished are not evidence.
         let staging = self.root.join("staging").join(&state.capture_id);
         if let Err(e) = tokio::fs::remove_dir_all(&staging).await
@@ -351,7 +431,11 @@ impl Store for FileStore {
     }
 
     async fn list_states(&self) -> Result<Vec<CaptureState>, StoreError> {
-        read_json_dir(&self.root.join("state")).await
+        let mut states: Vec<CaptureState> = read_json_dir(&self.root.join("state")).await?;
+        for s in states.iter_mut().filter(|s| !s.complete) {
+            self.merge_finished(s).await?;
+        }
+        Ok(states)
     }
 
     async fn read_manifest(&self, state: &CaptureState) -> Result<Vec<u8>, StoreError> {

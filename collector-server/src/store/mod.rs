@@ -254,6 +254,25 @@ pub trait Store: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Records a verified, final artifact in the capture's state. The
+    /// caller serialises calls for one capture. The default rewrites the
+    /// whole state; a backend that can append does it in O(1).
+    fn record_finished(
+        &self,
+        state: &CaptureState,
+        name: &ArtifactName,
+        finished: &FinishedArtifact,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let mut fresh = self
+                .state(&state.capture_id)
+                .await?
+                .ok_or_else(|| StoreError::UnknownCapture(state.capture_id.clone()))?;
+            fresh.finished.insert(name.to_string(), finished.clone());
+            self.save_state(&fresh).await
+        }
+    }
+
     /// Stores the verified manifest, marks the capture complete and adds it
     /// to the index.
     fn commit(

@@ -18,8 +18,8 @@ use super::{CaptureState, IndexEntry, Store, StoreError};
 pub struct RepairReport {
     /// Captures whose commit was finished.
     pub repaired: Vec<String>,
-    /// (owner, capture id) of every capture still open.
-    pub open: Vec<(String, String)>,
+    /// (owner, capture id, opened at) of every capture still open.
+    pub open: Vec<(String, String, String)>,
 }
 
 /// The index entry of a committed capture, from its manifest.
@@ -85,7 +85,9 @@ pub async fn repair<S: Store>(store: &S) -> Result<RepairReport, StoreError> {
                 report.repaired.push(state.capture_id);
             }
             Ok(false) if !state.complete => {
-                report.open.push((state.owner, state.capture_id));
+                report
+                    .open
+                    .push((state.owner, state.capture_id, state.opened_at));
             }
             Ok(false) => {}
             Err(e) => {
