@@ -59,6 +59,21 @@ pub struct KernelSymbols {
     pub kaslr_physical_offset: Option<String>,
     /// `/proc/iomem` as read (its addresses are real only for root).
     pub iomem: Option<String>,
+    /// x86_64: the kernel runs 5-level page tables (`la57` stays in
+    /// `/proc/cpuinfo` flags only when it does).
+    pub five_level_paging: Option<bool>,
+}
+
+/// True when the first `flags` line of a `/proc/cpuinfo` text lists `la57`.
+#[must_use]
+pub fn has_la57(cpuinfo: &str) -> Option<bool> {
+    cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("flags")
+                .and_then(|r| r.trim_start().strip_prefix(':'))
+        })
+        .map(|flags| flags.split_ascii_whitespace().any(|f| f == "la57"))
 }
 
 /// What a kallsyms copy showed.
@@ -198,6 +213,17 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ArtifactEntry>, SinkError> {
             .map(hex);
         row.kaslr_physical_offset = code.and_then(|c| c.checked_sub(X86_64_PHYS_LINK)).map(hex);
     }
+    if cfg!(target_arch = "x86_64") {
+        let cpuinfo = fsread::read_bounded(&ctx.roots.proc.join("cpuinfo"), 4 << 20)
+            .map(|(b, _)| String::from_utf8_lossy(&b).into_owned());
+        row.five_level_paging = cpuinfo.ok().as_deref().and_then(has_la57);
+        if row.five_level_paging == Some(true) {
+            index.error(
+                "the kernel uses 5-level page tables (la57): Volatility 3 (2.28) stacks such an \
+                 image but cannot translate kernel addresses",
+            );
+        }
+    }
     index.write(&row)?;
     out.push(index.finish()?);
     Ok(out)
@@ -289,6 +315,16 @@ mod tests {
         assert_eq!(scan.symbols, 2);
         assert!(!scan.addresses_visible);
         assert_eq!(scan.text, None);
+    }
+
+    #[test]
+    fn la57_from_cpuinfo() {
+        assert_eq!(
+            has_la57("processor\t: 0\nflags\t\t: fpu la57 pku\n"),
+            Some(true)
+        );
+        assert_eq!(has_la57("flags\t\t: fpu la57x\n"), Some(false));
+        assert_eq!(has_la57("processor : 0\n"), None);
     }
 
     #[test]
