@@ -87,6 +87,28 @@ impl Outcome {
     }
 }
 
+/// Warns (and records) before a memory dump of up to `need` bytes into a
+/// local output with less free space: the dump would fill it and be
+/// dropped.
+fn preflight(options: &CaptureOptions, what: &str, need: u64, errors: &mut Vec<CaptureError>) {
+    let Some(dir) = &options.output else { return };
+    let Ok(st) = nix::sys::statvfs::statvfs(dir.as_path()) else {
+        return;
+    };
+    let free = st.blocks_available().saturating_mul(st.fragment_size());
+    if need > free {
+        let message = format!(
+            "{what} may need up to {need} bytes but {} has {free} bytes free: it may not fit and would then be dropped",
+            dir.display()
+        );
+        tracing::warn!("{message}");
+        errors.push(CaptureError {
+            source: "preflight".into(),
+            message,
+        });
+    }
+}
+
 /// One artifact as a list.
 fn one(entry: ArtifactEntry) -> Vec<ArtifactEntry> {
     vec![entry]
@@ -312,6 +334,20 @@ fn run_inner(
     // second in all, a memory dump can take minutes, and sockets, ARP
     // entries and logins would change meanwhile. Process regions (targeted,
     // smaller) before physical memory (everything).
+    if options.memory_regions.is_some() && options.wants("memory_regions") {
+        preflight(
+            options,
+            "memory_regions",
+            options.memory_budget,
+            &mut capture_errors,
+        );
+    }
+    if options.physical_memory && options.wants("physical_memory") {
+        let need = options
+            .physical_memory_budget
+            .unwrap_or_else(|| system::mem_total_bytes(&roots.proc).unwrap_or(0));
+        preflight(options, "physical_memory", need, &mut capture_errors);
+    }
     if let Some(selector) = &options.memory_regions
         && wants("memory_regions")
     {

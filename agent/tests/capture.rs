@@ -433,27 +433,6 @@ fn incompressible(n: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Runs a capture expected to end partial (exit 4) and returns its run.
-#[allow(clippy::unwrap_used)]
-fn partial_capture(out: &std::path::Path, extra: &[&str]) -> Run {
-    let output = agent()
-        .args(["capture", "--no-imds", "--output"])
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(4), "{stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(summary["status"], "partial", "{summary}");
-    let dir = std::path::PathBuf::from(summary["location"].as_str().unwrap());
-    Run {
-        output,
-        summary,
-        dir,
-    }
-}
-
 #[test]
 fn disk_full_during_the_last_artifact_keeps_the_others_as_a_partial_capture() -> TestResult {
     let tmp = tempfile::tempdir()?;
@@ -466,7 +445,7 @@ fn disk_full_during_the_last_artifact_keeps_the_others_as_a_partial_capture() ->
     // 2 MiB: room for the tables and the small log, not for the big one.
     let _mount = Tmpfs::mount(&small, "2m");
     let logs_dir = logs.display().to_string();
-    let run = partial_capture(
+    let run = capture_partial(
         &small,
         &[
             "--artifacts",
@@ -527,7 +506,7 @@ fn physical_memory_asked_for_but_impossible_is_partial_with_the_reason() -> Test
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let run = partial_capture(
+    let run = capture_partial(
         tmp.path(),
         &["--artifacts", "processes", "--physical-memory"],
     );
@@ -662,5 +641,93 @@ exit $rc"#,
         "{log_errors:?}"
     );
     let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}
+
+/// Runs `ircap-agent capture` and returns (exit code, stdout, peak RSS in
+/// KiB): `VmHWM` of the agent, read until it exits.
+#[allow(clippy::panic)]
+fn capture_peak_rss(out: &std::path::Path, extra: &[&str]) -> (Option<i32>, Vec<u8>, u64) {
+    let mut child = agent()
+        .args(["capture", "--no-imds", "--output"])
+        .arg(out)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let mut stdout = Vec::new();
+    let mut pipe = child.stdout.take().unwrap_or_else(|| panic!("stdout"));
+    let reader = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    });
+    let code = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Some(kb) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak = peak.max(kb);
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            break st.code();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    if let Ok(b) = reader.join() {
+        stdout = b;
+    }
+    (code, stdout, peak)
+}
+
+#[test]
+fn a_process_with_60000_long_path_mappings_keeps_the_agent_under_25_mib() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+p = sys.argv[1]
+for i in range(14):
+    p = os.path.join(p, "d" * 200)
+os.makedirs(p)
+f = os.path.join(p, "f" * 200)
+with open(f, "wb") as w:
+    w.write(b"x" * 4096)
+fd = os.open(f, os.O_RDONLY)
+# PROT_READ, MAP_PRIVATE, all at offset 0: the kernel cannot merge them.
+for _ in range(60000):
+    if libc.mmap(None, 4096, 1, 2, fd, 0) in (None, ctypes.c_void_p(-1).value):
+        sys.exit("mmap failed: %d" % ctypes.get_errno())
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(tmp.path())
+        .stdin(std::process::Stdio::piped());
+    let (planted, ready) = spawn_ready(cmd);
+    assert_eq!(ready, "ready");
+    let maps_len = std::fs::read(format!("/proc/{}/maps", planted.pid()))?.len();
+    assert!(maps_len > 150 << 20, "maps is only {maps_len} bytes");
+    let out = tmp.path().join("out");
+    let (code, stdout, peak_kib) =
+        capture_peak_rss(&out, &["--artifacts", "processes,memory_maps"]);
+    assert_eq!(code, Some(0), "{}", String::from_utf8_lossy(&stdout));
+    eprintln!("agent peak RSS {peak_kib} KiB with a {maps_len}-byte maps file");
+    assert!(
+        peak_kib > 0 && peak_kib < 25 * 1024,
+        "peak RSS {peak_kib} KiB"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&stdout)?;
+    let regions = summary["records"]["memory_maps"].as_u64().unwrap_or(0);
+    assert!(regions >= 60_000, "{summary}");
     Ok(())
 }

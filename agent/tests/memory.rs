@@ -626,9 +626,9 @@ fn physical_memory_from_a_synthetic_kcore_is_lime_that_volatility_opens() -> Tes
 }
 
 #[test]
-fn missing_physical_source_is_recorded_and_the_capture_goes_on() -> TestResult {
+fn missing_physical_source_is_recorded_and_the_capture_is_partial() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    let run = capture(
+    let run = capture_partial(
         tmp.path(),
         &[
             "--no-logs",
@@ -650,7 +650,7 @@ fn missing_physical_source_is_recorded_and_the_capture_goes_on() -> TestResult {
     // A file that is not an ELF core: the same, with the reason.
     let junk = tmp.path().join("junk");
     std::fs::write(&junk, vec![0u8; 4096])?;
-    let run = capture(
+    let run = capture_partial(
         tmp.path(),
         &[
             "--no-logs",

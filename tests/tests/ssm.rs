@@ -82,8 +82,16 @@ fn ssm_parameters_are_checked_like_send_command() {
     for (name, bad) in [
         ("collector", "https://x';touch /tmp/pwned;'"),
         ("collector", "http://collector.internal:7443"),
-        ("extraArgs", "--no-logs; reboot"),
-        ("extraArgs", "$(reboot)"),
+        ("skipArtifacts", "logs; reboot"),
+        ("skipArtifacts", "$(reboot)"),
+        ("skipArtifacts", "logs,system"),
+        ("memoryRegions", "all"),
+        ("memoryRegions", "pid=1"),
+        ("profile", "everything"),
+        ("instanceMetadata", "maybe"),
+        // No free-form options any more: nothing names a directory, a
+        // spool, an endpoint or the full environment.
+        ("extraArgs", "--logs-dir /etc/ircap"),
         ("agentPath", "/usr/bin/ircap agent"),
         ("agentUrl", "s3://bucket/key'x"),
         ("agentSha256", "ABC"),
@@ -125,7 +133,8 @@ fn ssm_document_captures_to_collector_with_command_id() -> TestResult {
         ("agentPath", &*agent.to_string_lossy()),
         ("scratchDirectory", &*scratch.to_string_lossy()),
         ("logsSince", "1h"),
-        ("extraArgs", "--no-logs --no-imds"),
+        ("skipArtifacts", "logs"),
+        ("instanceMetadata", "false"),
         ("executionTimeout", "120"),
     ]
     .map(|(k, v)| (k, v.to_owned()));
@@ -277,7 +286,8 @@ fn ssm_document_downloads_checks_and_runs_the_agent() -> TestResult {
             ("agentPath", not_installed.to_string_lossy().into_owned()),
             ("agentUrl", agent_url),
             ("scratchDirectory", scratch.to_string_lossy().into_owned()),
-            ("extraArgs", "--no-logs --no-imds".to_owned()),
+            ("skipArtifacts", "logs".to_owned()),
+            ("instanceMetadata", "false".to_owned()),
         ]
     };
     // curl trusts the test CA through CURL_CA_BUNDLE.

@@ -8,6 +8,7 @@ use super::{Context, parallel_map};
 use crate::artifact::JsonlWriter;
 use crate::host_text::HostText;
 use crate::sink::SinkError;
+use std::io::Read as _;
 
 /// One mapped region.
 #[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
@@ -105,43 +106,125 @@ pub fn parse_line(pid: i32, comm: &str, line: &[u8]) -> Option<Region> {
     })
 }
 
-/// Reads and parses `/proc/PID/maps`.
+/// Longest `/proc/PID/maps` line read (a path is at most `PATH_MAX`,
+/// 4096 bytes); longer lines are recorded as errors, not parsed.
+pub const MAX_LINE: usize = 8192;
+/// Most regions read of one process (the kernel's default
+/// `vm.max_map_count` is 65530); the rest are recorded as not read.
+pub const MAX_REGIONS: u64 = 1_000_000;
+/// Serialised regions a worker keeps for one process; a process whose maps
+/// are bigger is streamed into the table by the writing thread instead, so
+/// memory stays bounded whatever one process maps.
+const WORKER_BYTES: usize = 256 << 10;
+/// Processes per batch (read in parallel, written in order).
+const BATCH: usize = 32;
+
+/// Streams `/proc/PID/maps` line by line, calling `each` for every
+/// region, never holding more than one line. Returns the problems met
+/// (unparsable or over-long lines, the region cap).
 ///
 /// # Errors
-/// [`ReadError`] when the file cannot be read.
-pub fn read_maps(
+/// [`ReadError`] when the file cannot be opened or read; `E` from `each`.
+pub fn stream_maps<E>(
     ctx: &Context<'_>,
     pid: i32,
     comm: &str,
-) -> Result<(Vec<Region>, Vec<String>), ReadError> {
+    mut each: impl FnMut(Region) -> Result<(), E>,
+) -> Result<Result<Vec<String>, E>, ReadError> {
+    use std::io::BufRead as _;
     let path = ctx.roots.proc.join(pid.to_string()).join("maps");
     if super::own_task::is_agent(&ctx.roots.proc, pid) {
-        return Ok((
-            Vec::new(),
-            vec![format!("pid {pid}: the agent itself, not read")],
-        ));
+        return Ok(Ok(vec![format!("pid {pid}: the agent itself, not read")]));
     }
-    let (raw, _) = fsread::read_bounded(&path, 256 << 20)?;
-    let mut regions = Vec::new();
+    let file = fsread::open_noatime(&path)?;
+    let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
+    let mut line = Vec::with_capacity(512);
     let mut errors = Vec::new();
-    for line in raw.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        match parse_line(pid, comm, line) {
-            Some(r) => regions.push(r),
+    let mut count = 0u64;
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| ReadError::from_io(&path, e))?;
+        if n == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') && n == MAX_LINE {
+            // Skip the rest of an over-long line.
+            let mut rest = Vec::new();
+            reader
+                .read_until(b'\n', &mut rest)
+                .map_err(|e| ReadError::from_io(&path, e))?;
+            errors.push(format!(
+                "pid {pid}: maps line over {MAX_LINE} bytes, not parsed"
+            ));
+            continue;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.is_empty() {
+            continue;
+        }
+        if count >= MAX_REGIONS {
+            errors.push(format!(
+                "pid {pid}: more than {MAX_REGIONS} regions; the rest are not listed"
+            ));
+            break;
+        }
+        match parse_line(pid, comm, text) {
+            Some(r) => {
+                count += 1;
+                if let Err(e) = each(r) {
+                    return Ok(Err(e));
+                }
+            }
             None => errors.push(format!(
                 "pid {pid}: unparsable maps line {:?}",
-                String::from_utf8_lossy(line)
+                String::from_utf8_lossy(&text[..text.len().min(256)])
             )),
         }
     }
-    Ok((regions, errors))
+    Ok(Ok(errors))
 }
 
-/// Processes per batch: maps are read and serialised in parallel one batch
-/// at a time, so memory stays bounded by a batch, not by the host.
-const BATCH: usize = 128;
+/// What a worker read of one process.
+enum Read {
+    /// Serialised lines, their count, and the problems met.
+    Lines(Vec<u8>, u64, Vec<String>),
+    /// Over [`WORKER_BYTES`]: to be streamed by the writer.
+    TooBig,
+    /// Could not be read.
+    Failed(ReadError),
+}
+
+/// Too many bytes for a worker.
+struct Overflow;
+
+fn read_small(ctx: &Context<'_>, pid: i32, comm: &str) -> Read {
+    let mut lines = Vec::new();
+    let mut count = 0u64;
+    let streamed = stream_maps(ctx, pid, comm, |r| {
+        if serde_json::to_writer(&mut lines, &r).is_ok() {
+            lines.push(b'\n');
+            count += 1;
+        }
+        if lines.len() > WORKER_BYTES {
+            Err(Overflow)
+        } else {
+            Ok(())
+        }
+    });
+    match streamed {
+        Ok(Ok(errors)) => Read::Lines(lines, count, errors),
+        Ok(Err(Overflow)) => Read::TooBig,
+        Err(e) => Read::Failed(e),
+    }
+}
 
 /// Writes `memory_maps.jsonl.gz` for `targets` (pid, comm) of user-space
-/// processes.
+/// processes: small processes are read in parallel a batch at a time,
+/// bigger ones streamed region by region, so memory is bounded by bytes,
+/// not by the number of processes or regions.
 ///
 /// # Errors
 /// [`SinkError`] when the table cannot be stored.
@@ -151,30 +234,36 @@ pub fn write(
 ) -> Result<ircap_proto::ArtifactEntry, SinkError> {
     let mut table = JsonlWriter::open(ctx.sink, "memory_maps", "memory_maps")?;
     for batch in targets.chunks(BATCH) {
-        // Workers read and serialise; this thread only compresses.
         let results = parallel_map(batch, ctx.threads, |(pid, comm)| {
-            read_maps(ctx, *pid, comm).map(|(regions, errors)| {
-                let mut lines = Vec::with_capacity(regions.len() * 256);
-                for r in &regions {
-                    if serde_json::to_writer(&mut lines, r).is_ok() {
-                        lines.push(b'\n');
-                    }
-                }
-                (lines, regions.len() as u64, errors)
-            })
+            read_small(ctx, *pid, comm)
         });
-        for ((pid, _), result) in batch.iter().zip(results) {
-            match result {
-                Ok((lines, count, errors)) => {
+        for ((pid, comm), result) in batch.iter().zip(results) {
+            let failed = match result {
+                Read::Lines(lines, count, errors) => {
                     for e in errors {
                         table.error(e);
                     }
                     table.write_lines(&lines, count)?;
+                    None
                 }
-                Err(e) if e.is_gone() => {
-                    table.error(format!("pid {pid}: exited before its maps could be read"))
+                Read::TooBig => match stream_maps(ctx, *pid, comm, |r| table.write(&r)) {
+                    Ok(Ok(errors)) => {
+                        for e in errors {
+                            table.error(e);
+                        }
+                        None
+                    }
+                    Ok(Err(sink)) => return Err(sink),
+                    Err(e) => Some(e),
+                },
+                Read::Failed(e) => Some(e),
+            };
+            match failed {
+                Some(e) if e.is_gone() => {
+                    table.error(format!("pid {pid}: exited before its maps could be read"));
                 }
-                Err(e) => table.error(format!("pid {pid}: {e}")),
+                Some(e) => table.error(format!("pid {pid}: {e}")),
+                None => {}
             }
         }
     }

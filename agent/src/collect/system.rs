@@ -208,6 +208,17 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// `MemTotal` of `<proc>/meminfo`, in bytes.
+#[must_use]
+pub fn mem_total_bytes(proc_root: &std::path::Path) -> Option<u64> {
+    let raw = super::fsread::read_small(&proc_root.join("meminfo")).ok()?;
+    String::from_utf8_lossy(&raw)
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib.saturating_mul(1024))
+}
+
 /// CPU and memory totals through sysinfo.
 #[must_use]
 pub fn hardware() -> (usize, Option<String>, u64, u64, u64) {

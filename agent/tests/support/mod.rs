@@ -79,6 +79,26 @@ pub fn capture(out: &Path, extra: &[&str]) -> Run {
     }
 }
 
+/// Runs a capture expected to end partial (exit 4) and returns its run.
+pub fn capture_partial(out: &Path, extra: &[&str]) -> Run {
+    let output = agent()
+        .args(["capture", "--no-imds", "--output"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["status"], "partial", "{summary}");
+    let dir = PathBuf::from(summary["location"].as_str().unwrap());
+    Run {
+        output,
+        summary,
+        dir,
+    }
+}
+
 /// Kills and reaps the child when dropped.
 pub struct Planted(pub Child);
 

@@ -31,6 +31,9 @@ use crate::options::MemorySelector;
 use crate::sink::SinkError;
 use reader::{ByteSink, Extent, Gap};
 
+/// Most selected regions dumped per process (each is kept in memory
+/// while its process is dumped).
+pub const MAX_SELECTED: usize = 16_384;
 /// Size of each read from `/proc/PID/mem`.
 pub const READ_SIZE: usize = 1 << 20;
 /// MIME type of raw memory bytes.
@@ -136,8 +139,22 @@ fn dump_process(
     index: &mut JsonlWriter,
 ) -> Result<Option<ArtifactEntry>, SinkError> {
     let comm = comm(ctx, pid);
-    let (regions, parse_errors) = match memory_maps::read_maps(ctx, pid, &comm) {
-        Ok(r) => r,
+    // Only the selected regions are kept, and at most MAX_SELECTED.
+    let mut selected: Vec<Region> = Vec::new();
+    let mut over = 0u64;
+    let streamed = memory_maps::stream_maps(ctx, pid, &comm, |r| {
+        if selector.wants(&r) {
+            if selected.len() < MAX_SELECTED {
+                selected.push(r);
+            } else {
+                over += 1;
+            }
+        }
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let parse_errors = match streamed {
+        Ok(Ok(errors)) => errors,
+        Ok(Err(never)) => match never {},
         Err(e) if e.is_gone() => {
             index.error(format!("pid {pid}: exited before its memory could be read"));
             return Ok(None);
@@ -150,7 +167,11 @@ fn dump_process(
     for e in parse_errors {
         index.error(e);
     }
-    let selected: Vec<Region> = regions.into_iter().filter(|r| selector.wants(r)).collect();
+    if over > 0 {
+        index.error(format!(
+            "pid {pid}: {over} more selected regions than the {MAX_SELECTED} dumped per process; not dumped"
+        ));
+    }
     if selected.is_empty() {
         return Ok(None);
     }
