@@ -200,7 +200,7 @@ async fn handle<S: Store>(replica: &Replica<S>, presence: &PresenceDoc, msg: Age
         }
         Some(agent_message::Body::Outcome(o)) => {
             let status = match o.status.as_str() {
-                s @ ("complete" | "failed" | "refused") => s.to_owned(),
+                s @ ("complete" | "partial" | "failed" | "refused") => s.to_owned(),
                 _ => "failed".to_owned(),
             };
             let CaptureOutcome {
@@ -211,7 +211,9 @@ async fn handle<S: Store>(replica: &Replica<S>, presence: &PresenceDoc, msg: Age
                 ..
             } = o;
             let mut status = status;
-            if status == "complete"
+            // A partial capture is a committed capture too: the same
+            // ownership and freshness checks apply before it is believed.
+            if matches!(status.as_str(), "complete" | "partial")
                 && let Err(why) =
                     accept_complete(replica, &presence.facts.agent, &request_id, &capture_id).await
             {
@@ -221,8 +223,8 @@ async fn handle<S: Store>(replica: &Replica<S>, presence: &PresenceDoc, msg: Age
                     capture_id,
                     "Outcome refused: {why}"
                 );
+                error = format!("reported {status}, refused by the collector: {why}");
                 status = "failed".to_owned();
-                error = format!("reported complete, refused by the collector: {why}");
             }
             tracing::info!(
                 agent = presence.facts.agent,

@@ -127,7 +127,10 @@ impl ResultDoc {
     /// Whether nothing more will happen to it.
     #[must_use]
     pub fn is_final(&self) -> bool {
-        matches!(self.status.as_str(), "complete" | "failed" | "refused")
+        matches!(
+            self.status.as_str(),
+            "complete" | "partial" | "failed" | "refused"
+        )
     }
 }
 
