@@ -1708,6 +1708,7 @@ async fn hundreds_of_artifacts_in_one_capture_are_recorded_and_verify() -> TestR
         capture_id: CAPTURE.into(),
         started_at: "2026-01-01T00:00:00Z".into(),
         ended_at: "2026-01-01T00:00:01Z".into(),
+        status: ircap_proto::manifest::CaptureStatus::default(),
         host: HostIdentity::default(),
         agent: AgentInfo::default(),
         options: serde_json::Value::Null,
