@@ -304,6 +304,27 @@ pub fn agent_json(a: &AgentInfo) -> serde_json::Value {
     })
 }
 
+/// One agent a request matched, as a JSON object: [`agent_json`] plus
+/// `matched_by` (what matched it: "identity", "claimed hostname",
+/// "claimed instance id", "labels" or "all", joined with ", " when the
+/// target gave several) and `by_claim` (whether something the agent says
+/// about itself, not only its certificate, decided the match).
+#[must_use]
+pub fn matched_json(a: &AgentInfo) -> serde_json::Value {
+    let mut v = agent_json(a);
+    let by_claim = a.matched_by.iter().any(|m| {
+        matches!(
+            m.as_str(),
+            "claimed hostname" | "claimed instance id" | "labels"
+        )
+    });
+    if let Some(o) = v.as_object_mut() {
+        o.insert("matched_by".into(), a.matched_by.join(", ").into());
+        o.insert("by_claim".into(), by_claim.into());
+    }
+    v
+}
+
 /// One result as a JSON object.
 #[must_use]
 pub fn result_json(r: &RequestResult) -> serde_json::Value {

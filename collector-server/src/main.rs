@@ -47,10 +47,14 @@ enum Command {
     List {
         #[command(flatten)]
         server: ServerArgs,
-        /// Only this hostname or agent identity.
-        #[arg(long)]
+        /// Only captures uploaded with the certificate identity NAME (the
+        /// identity the collector recorded, never a claimed hostname).
+        #[arg(long, value_name = "NAME")]
         host: Option<String>,
-        /// Only this EC2 instance id.
+        /// Only captures whose manifest claims this hostname.
+        #[arg(long, value_name = "HOSTNAME")]
+        claimed_hostname: Option<String>,
+        /// Only captures whose manifest claims this EC2 instance id.
         #[arg(long)]
         instance_id: Option<String>,
         /// Only captures started at or after this RFC 3339 time.
@@ -108,21 +112,27 @@ enum Command {
 
 /// `ircap-collector request`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).multiple(true).args(["host", "instance_id", "labels", "all"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).multiple(true).args(["host", "claimed_hostname", "instance_id", "labels", "all"])))]
 struct RequestArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// Agents with this hostname or agent identity.
-    #[arg(long)]
+    /// The agent whose certificate identity is NAME (never a hostname an
+    /// agent claims).
+    #[arg(long, value_name = "NAME")]
     host: Option<String>,
-    /// The agent on this EC2 instance.
+    /// Agents that claim this hostname in their hello (any agent can claim
+    /// any hostname).
+    #[arg(long, value_name = "HOSTNAME")]
+    claimed_hostname: Option<String>,
+    /// Agents that claim this EC2 instance id.
     #[arg(long)]
     instance_id: Option<String>,
-    /// Agents with this label (repeatable: every label must match).
+    /// Agents with this label in their config (repeatable: every label must
+    /// match; labels are claimed by the agent).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
     /// Every agent.
-    #[arg(long, conflicts_with_all = ["host", "instance_id", "labels"])]
+    #[arg(long, conflicts_with_all = ["host", "claimed_hostname", "instance_id", "labels"])]
     all: bool,
     /// Wait for every agent connected now that the target matches, and
     /// print each one's result as it finishes.
@@ -402,6 +412,7 @@ fn run_analyst(cmd: Command) -> ExitCode {
             Command::List {
                 server,
                 host,
+                claimed_hostname,
                 instance_id,
                 since,
                 until,
@@ -413,6 +424,7 @@ fn run_analyst(cmd: Command) -> ExitCode {
                     &mut client,
                     ListCapturesRequest {
                         host: host.unwrap_or_default(),
+                        claimed_hostname: claimed_hostname.unwrap_or_default(),
                         instance_id: instance_id.unwrap_or_default(),
                         since: since.unwrap_or_default(),
                         until: until.unwrap_or_default(),
@@ -527,6 +539,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
             ircap_proto::v1::CreateRequestRequest {
                 target: Some(ircap_proto::v1::Target {
                     host: args.host.clone().unwrap_or_default(),
+                    claimed_hostname: args.claimed_hostname.clone().unwrap_or_default(),
                     instance_id: args.instance_id.clone().unwrap_or_default(),
                     labels: labels.into_iter().collect(),
                     all: args.all,
@@ -541,8 +554,20 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         let request_id = created.request_id.clone();
         print_json(&serde_json::json!({
             "request_id": request_id,
-            "matched": created.matched.iter().map(analyst_requests::agent_json).collect::<Vec<_>>(),
+            "matched": created.matched.iter().map(analyst_requests::matched_json).collect::<Vec<_>>(),
         }));
+        for a in created.matched.iter().filter(|a| {
+            a.matched_by
+                .iter()
+                .any(|m| matches!(m.as_str(), "claimed hostname" | "claimed instance id" | "labels"))
+        }) {
+            tracing::warn!(
+                agent = %escape(&a.agent),
+                hostname = %escape(&a.hostname),
+                matched_by = %escape(&a.matched_by.join(", ")),
+                "Matched by what the agent claims, not by its certificate identity"
+            );
+        }
         if created.matched.is_empty() {
             tracing::warn!(request_id = %escape(&request_id), "No connected agent matches now; agents that connect before the request expires will receive it");
         }

@@ -132,7 +132,8 @@ impl<S: Store> CaptureQuery for QueryService<S> {
         }
         captures.retain(|c| {
             let started = OffsetDateTime::parse(&c.started_at, &Rfc3339).ok();
-            (req.host.is_empty() || c.hostname == req.host || c.agent == req.host)
+            (req.host.is_empty() || c.agent == req.host)
+                && (req.claimed_hostname.is_empty() || c.hostname == req.claimed_hostname)
                 && (req.instance_id.is_empty() || c.instance_id == req.instance_id)
                 && since.is_none_or(|t| started.is_some_and(|s| s >= t))
                 && until.is_none_or(|t| started.is_some_and(|s| s <= t))

@@ -62,6 +62,27 @@ fn daemon_with_policy(
     policy: &str,
     extra: &[&str],
 ) -> Daemon {
+    daemon_full(tmp, url, pki, who, labels, policy, None, extra)
+}
+
+/// [`daemon`] in its own UTS namespace whose hostname is `hostname`, so
+/// that it announces that hostname whatever its certificate says (what
+/// an attacker root on the host can do).
+fn daemon_claiming(tmp: &Path, url: &str, pki: &Path, who: &str, hostname: &str) -> Daemon {
+    daemon_full(tmp, url, pki, who, "", "", Some(hostname), &[])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn daemon_full(
+    tmp: &Path,
+    url: &str,
+    pki: &Path,
+    who: &str,
+    labels: &str,
+    policy: &str,
+    hostname: Option<&str>,
+    extra: &[&str],
+) -> Daemon {
     let config = tmp.join(format!("{who}-{}.toml", uuid_like()));
     std::fs::write(
         &config,
@@ -78,7 +99,21 @@ fn daemon_with_policy(
         .append(true)
         .open(tmp.join(format!("{who}.log")))
         .unwrap();
-    let child = bin("ircap-agent")
+    let agent = bin("ircap-agent");
+    let mut cmd = match hostname {
+        None => agent,
+        Some(h) => {
+            // unshare and sh both exec, so the child is the agent itself.
+            let mut c = std::process::Command::new("unshare");
+            if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) != 0 {
+                c.args(["--user", "--map-root-user"]);
+            }
+            c.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", h])
+                .arg(agent.get_program());
+            c
+        }
+    };
+    let child = cmd
         .args(["serve", "--no-imds", "--backoff-max", "1s", "--config"])
         .arg(&config)
         .args(extra)
@@ -290,6 +325,129 @@ fn requests_reach_exactly_the_targeted_agents() -> TestResult {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+    Ok(())
+}
+
+/// The `matched` entry of `agent` in a created line.
+fn matched_entry<'a>(created: &'a Value, agent: &str) -> &'a Value {
+    created["matched"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent"] == agent)
+        .unwrap_or_else(|| panic!("{agent} not matched: {created}"))
+}
+
+/// Issue 13 item 4: `web-2` holds its own certificate but announces the
+/// hostname `db-prod`. `--host db-prod` names the certificate identity and
+/// reaches only the real `db-prod`; the claim is matched only when asked
+/// for with `--claimed-hostname`, and the output says so.
+#[test]
+fn host_targets_the_certificate_identity_not_a_claimed_hostname() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let out = bin("ircap-collector")
+        .args(["pki", "issue", "--role", "agent", "--ca-dir"])
+        .arg(&pki_dir)
+        .arg("--out")
+        .arg(&pki_dir)
+        .arg("db-prod")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = collector(
+        &pki_dir,
+        &tmp.path().join("store"),
+        0,
+        &tmp.path().join("collector.log"),
+    );
+    let url = c.url();
+    let _impostor = daemon_claiming(tmp.path(), &url, &pki_dir, "web-2", "db-prod");
+    let _db = daemon_claiming(tmp.path(), &url, &pki_dir, "db-prod", "db-prod");
+    let listed_agents = wait_for_agents(&url, &pki_dir, &["db-prod", "web-2"]);
+    for a in &listed_agents {
+        assert_eq!(a["hostname"], "db-prod", "both claim db-prod: {a}");
+    }
+
+    // --host is the certificate identity: only db-prod is matched and
+    // captures, and the match is by identity.
+    let (ok, created, results) = request(&url, &pki_dir, &[&["--host", "db-prod"], QUICK].concat());
+    assert!(ok, "{created} {results:?}");
+    assert_eq!(matched_agents(&created), ["db-prod".to_owned()].into());
+    let db = matched_entry(&created, "db-prod");
+    assert_eq!(db["matched_by"], "identity", "{db}");
+    assert_eq!(db["by_claim"], false, "{db}");
+    let by_identity = complete(&results);
+    assert!(
+        by_identity.len() == 1 && by_identity.iter().all(|(a, _)| a == "db-prod"),
+        "{by_identity:?}"
+    );
+    assert_eq!(
+        listed(&url, &pki_dir, &[]),
+        by_identity,
+        "web-2 captured nothing"
+    );
+
+    // --claimed-hostname matches the claim: both, each said to be by claim.
+    let out = analyst(
+        &url,
+        &pki_dir,
+        "alice",
+        "request",
+        &[
+            &[
+                "--wait",
+                "--timeout",
+                "120",
+                "--claimed-hostname",
+                "db-prod",
+            ],
+            QUICK,
+        ]
+        .concat(),
+    );
+    let lines = json_lines(&out);
+    let (created, results) = lines.split_first().unwrap();
+    assert!(out.status.success(), "{created} {results:?}");
+    let both: BTreeSet<String> = ["db-prod".to_owned(), "web-2".to_owned()].into();
+    assert_eq!(matched_agents(created), both);
+    for agent in &both {
+        let m = matched_entry(created, agent);
+        assert_eq!(m["matched_by"], "claimed hostname", "{m}");
+        assert_eq!(m["by_claim"], true, "{m}");
+        assert_eq!(m["hostname"], "db-prod", "{m}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Matched by what the agent claims"),
+        "{stderr}"
+    );
+    let by_claim = complete(results);
+    assert_eq!(
+        by_claim
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect::<BTreeSet<_>>(),
+        both
+    );
+
+    // `list --host` is the identity the collector recorded at upload too;
+    // the claimed hostname is its own filter.
+    let all: BTreeSet<_> = by_identity.iter().chain(&by_claim).cloned().collect();
+    let of =
+        |agent: &str| -> BTreeSet<_> { all.iter().filter(|(a, _)| a == agent).cloned().collect() };
+    assert_eq!(
+        listed(&url, &pki_dir, &["--host", "db-prod"]),
+        of("db-prod")
+    );
+    assert_eq!(listed(&url, &pki_dir, &["--host", "web-2"]), of("web-2"));
+    assert_eq!(
+        listed(&url, &pki_dir, &["--claimed-hostname", "db-prod"]),
+        all
+    );
     Ok(())
 }
 

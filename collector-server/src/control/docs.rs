@@ -46,11 +46,19 @@ pub struct RequestDoc {
 }
 
 /// Which agents a request is for; every given field must match.
+///
+/// `host` is the agent's certificate identity, the only fact an agent
+/// cannot choose; the hostname, instance id and labels come from the
+/// agent's hello, so an attacker holding another host's certificate can
+/// claim them, and a target names them only explicitly.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetDoc {
-    /// Hostname or agent identity.
+    /// Agent identity from its certificate.
     pub host: Option<String>,
-    /// EC2 instance id.
+    /// Hostname the agent claims in its hello.
+    #[serde(default)]
+    pub claimed_hostname: Option<String>,
+    /// EC2 instance id the agent claims.
     pub instance_id: Option<String>,
     /// Labels that must all be present with these values.
     pub labels: BTreeMap<String, String>,
@@ -71,30 +79,102 @@ pub struct HostFacts {
     pub labels: BTreeMap<String, String>,
 }
 
+/// What a target matched an agent by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MatchedBy {
+    /// Its certificate identity.
+    Identity,
+    /// The hostname it claims.
+    ClaimedHostname,
+    /// The instance id it claims.
+    ClaimedInstanceId,
+    /// The labels it claims (from its own config).
+    Labels,
+    /// `--all`.
+    All,
+}
+
+impl MatchedBy {
+    /// How `request` output names it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::ClaimedHostname => "claimed hostname",
+            Self::ClaimedInstanceId => "claimed instance id",
+            Self::Labels => "labels",
+            Self::All => "all",
+        }
+    }
+
+    /// Whether it rests on something the agent said rather than on its
+    /// certificate.
+    #[must_use]
+    pub fn is_claim(self) -> bool {
+        matches!(
+            self,
+            Self::ClaimedHostname | Self::ClaimedInstanceId | Self::Labels
+        )
+    }
+}
+
 impl TargetDoc {
     /// Whether the target names anything at all.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        !self.all && self.host.is_none() && self.instance_id.is_none() && self.labels.is_empty()
+        !self.all
+            && self.host.is_none()
+            && self.claimed_hostname.is_none()
+            && self.instance_id.is_none()
+            && self.labels.is_empty()
     }
 
     /// Whether `facts` is targeted.
     #[must_use]
     pub fn matches(&self, facts: &HostFacts) -> bool {
+        self.matched_by(facts).is_some()
+    }
+
+    /// What targeted `facts` (every criterion the target gives, each of
+    /// which matched), or `None` when it is not targeted.
+    #[must_use]
+    pub fn matched_by(&self, facts: &HostFacts) -> Option<Vec<MatchedBy>> {
         if self.is_empty() {
-            return false;
+            return None;
         }
-        self.host
-            .as_ref()
-            .is_none_or(|h| *h == facts.hostname || *h == facts.agent)
-            && self
-                .instance_id
-                .as_ref()
-                .is_none_or(|i| *i == facts.instance_id)
-            && self
+        let mut by = Vec::new();
+        if let Some(h) = &self.host {
+            if *h != facts.agent {
+                return None;
+            }
+            by.push(MatchedBy::Identity);
+        }
+        if let Some(h) = &self.claimed_hostname {
+            if *h != facts.hostname {
+                return None;
+            }
+            by.push(MatchedBy::ClaimedHostname);
+        }
+        if let Some(i) = &self.instance_id {
+            if *i != facts.instance_id {
+                return None;
+            }
+            by.push(MatchedBy::ClaimedInstanceId);
+        }
+        if !self.labels.is_empty() {
+            if !self
                 .labels
                 .iter()
                 .all(|(k, v)| facts.labels.get(k) == Some(v))
+            {
+                return None;
+            }
+            by.push(MatchedBy::Labels);
+        }
+        if self.all {
+            by.push(MatchedBy::All);
+        }
+        Some(by)
     }
 }
 
@@ -371,34 +451,110 @@ mod tests {
         }
     }
 
+    fn host(h: &str) -> TargetDoc {
+        TargetDoc {
+            host: Some(h.into()),
+            ..TargetDoc::default()
+        }
+    }
+
     #[test]
-    fn targets_match_host_identity_instance_and_labels() {
-        let web1 = facts("web-1", "h1", "prod");
+    fn host_matches_the_certificate_identity_only() {
+        // web-2 claims to be db-prod; the real db-prod claims its own name.
+        let impostor = facts("web-2", "db-prod", "prod");
+        let db = facts("db-prod", "db-prod", "prod");
+        let target = host("db-prod");
+        assert_eq!(target.matched_by(&db), Some(vec![MatchedBy::Identity]));
+        assert_eq!(
+            target.matched_by(&impostor),
+            None,
+            "a claim is not an identity"
+        );
+        assert!(!host("h1").matches(&facts("web-1", "h1", "prod")));
+        assert!(host("web-1").matches(&facts("web-1", "h1", "prod")));
+    }
+
+    #[test]
+    fn claims_match_only_when_asked_for_and_say_so() {
+        let impostor = facts("web-2", "db-prod", "dev");
+        let db = facts("db-prod", "db-prod", "prod");
+        let by_claim = TargetDoc {
+            claimed_hostname: Some("db-prod".into()),
+            ..TargetDoc::default()
+        };
+        for f in [&impostor, &db] {
+            assert_eq!(
+                by_claim.matched_by(f),
+                Some(vec![MatchedBy::ClaimedHostname])
+            );
+        }
+        assert!(!by_claim.matches(&facts("web-1", "h1", "prod")));
+        assert!(
+            !by_claim.matches(&facts("db-prod", "other", "prod")),
+            "a claimed hostname does not match an identity"
+        );
+        let by_instance = TargetDoc {
+            instance_id: Some("i-1".into()),
+            ..TargetDoc::default()
+        };
+        assert_eq!(
+            by_instance.matched_by(&db),
+            Some(vec![MatchedBy::ClaimedInstanceId])
+        );
+        assert!(
+            !TargetDoc {
+                instance_id: Some("i-2".into()),
+                ..TargetDoc::default()
+            }
+            .matches(&db)
+        );
+        assert!(MatchedBy::ClaimedHostname.is_claim());
+        assert!(MatchedBy::ClaimedInstanceId.is_claim());
+        assert!(MatchedBy::Labels.is_claim());
+        assert!(!MatchedBy::Identity.is_claim());
+    }
+
+    #[test]
+    fn every_given_criterion_must_match_and_is_reported() {
+        let db = facts("db-prod", "db-prod", "prod");
+        let both = TargetDoc {
+            host: Some("db-prod".into()),
+            labels: [("env".to_owned(), "prod".to_owned())].into(),
+            ..TargetDoc::default()
+        };
+        assert_eq!(
+            both.matched_by(&db),
+            Some(vec![MatchedBy::Identity, MatchedBy::Labels])
+        );
+        let wrong_label = TargetDoc {
+            labels: [("env".to_owned(), "dev".to_owned())].into(),
+            ..both.clone()
+        };
+        assert!(!wrong_label.matches(&db));
         let web2 = facts("web-2", "h2", "dev");
-        let by_host = TargetDoc {
-            host: Some("h1".into()),
-            ..TargetDoc::default()
-        };
-        assert!(by_host.matches(&web1) && !by_host.matches(&web2));
-        let by_identity = TargetDoc {
-            host: Some("web-2".into()),
-            ..TargetDoc::default()
-        };
-        assert!(!by_identity.matches(&web1) && by_identity.matches(&web2));
         let by_label = TargetDoc {
             labels: [("env".to_owned(), "dev".to_owned())].into(),
             ..TargetDoc::default()
         };
-        assert!(!by_label.matches(&web1) && by_label.matches(&web2));
+        assert_eq!(by_label.matched_by(&web2), Some(vec![MatchedBy::Labels]));
+        assert!(!by_label.matches(&db));
         let all = TargetDoc {
             all: true,
             ..TargetDoc::default()
         };
-        assert!(all.matches(&web1) && all.matches(&web2));
+        assert_eq!(all.matched_by(&web2), Some(vec![MatchedBy::All]));
+        assert!(all.matches(&db));
         assert!(
-            !TargetDoc::default().matches(&web1),
+            !TargetDoc::default().matches(&db),
             "an empty target matches nothing"
         );
+    }
+
+    #[test]
+    fn requests_stored_before_claimed_hostname_existed_still_read() {
+        let old = r#"{"host":"db-prod","instance_id":null,"labels":{},"all":false}"#;
+        let t: TargetDoc = serde_json::from_str(old).unwrap_or_default();
+        assert_eq!(t, host("db-prod"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ircap_proto::v1::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::docs::{self, LiveAgent, RequestDoc, ResultDoc, TargetDoc, key};
+use super::docs::{self, LiveAgent, MatchedBy, RequestDoc, ResultDoc, TargetDoc, key};
 use super::replica::Replica;
 use crate::auth::Role;
 use crate::service::{caller_with_role, check_capture_id, store_status};
@@ -49,16 +49,22 @@ fn target(req: &CreateRequestRequest) -> Result<TargetDoc, Status> {
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
     let doc = TargetDoc {
         host: non_empty(t.host),
+        claimed_hostname: non_empty(t.claimed_hostname),
         instance_id: non_empty(t.instance_id),
         labels: t.labels.into_iter().collect(),
         all: t.all,
     };
     if doc.is_empty() {
         return Err(Status::invalid_argument(
-            "name a target: --host, --instance-id, --label or --all",
+            "name a target: --host, --claimed-hostname, --instance-id, --label or --all",
         ));
     }
-    if doc.all && (doc.host.is_some() || doc.instance_id.is_some() || !doc.labels.is_empty()) {
+    if doc.all
+        && (doc.host.is_some()
+            || doc.claimed_hostname.is_some()
+            || doc.instance_id.is_some()
+            || !doc.labels.is_empty())
+    {
         return Err(Status::invalid_argument(
             "--all cannot be combined with another target",
         ));
@@ -66,7 +72,7 @@ fn target(req: &CreateRequestRequest) -> Result<TargetDoc, Status> {
     Ok(doc)
 }
 
-fn agent_info(a: LiveAgent) -> AgentInfo {
+fn agent_info(a: LiveAgent, matched_by: &[MatchedBy]) -> AgentInfo {
     let p = a.presence;
     AgentInfo {
         agent: p.facts.agent,
@@ -80,6 +86,7 @@ fn agent_info(a: LiveAgent) -> AgentInfo {
         duplicate: a.duplicate,
         busy_request_id: a.seen.busy_request_id.unwrap_or_default(),
         agent_version: p.agent_version,
+        matched_by: matched_by.iter().map(|m| m.as_str().to_owned()).collect(),
     }
 }
 
@@ -130,8 +137,10 @@ impl<S: Store> CaptureRequests for RequestService<S> {
             .await
             .map_err(store_status)?
             .into_iter()
-            .filter(|a| doc.target.matches(&a.presence.facts))
-            .map(agent_info)
+            .filter_map(|a| {
+                let by = doc.target.matched_by(&a.presence.facts)?;
+                Some(agent_info(a, &by))
+            })
             .collect();
         let k = key(&["requests", &doc.request_id]).map_err(store_status)?;
         docs::write(replica.store(), &k, &doc)
@@ -198,7 +207,7 @@ impl<S: Store> CaptureRequests for RequestService<S> {
             .await
             .map_err(store_status)?
             .into_iter()
-            .map(agent_info)
+            .map(|a| agent_info(a, &[]))
             .collect();
         agents.sort_by(|a, b| (&a.agent, &a.connected_at).cmp(&(&b.agent, &b.connected_at)));
         Ok(Response::new(Box::pin(tokio_stream::iter(
