@@ -188,6 +188,13 @@ fn planted_processes_sockets_and_maps_are_found() -> TestResult {
             .any(|m| m["pid"].as_i64() == Some(deleted.pid()) && m["deleted_backed"] == true),
         "deleted binary's mapping flagged"
     );
+    // The test process's own [vdso] is the kernel's, not an indicator.
+    let vdso = maps
+        .iter()
+        .find(|m| m["pid"].as_i64() == Some(me) && m["path"] == "[vdso]")
+        .expect("the test process has a [vdso]");
+    assert_eq!(vdso["kernel_provided"], true, "{vdso}");
+    assert_eq!(vdso["suspicious"], false, "{vdso}");
 
     // --- every table parses, the capture verifies ---
     for a in manifest["artifacts"].as_array().unwrap() {

@@ -38,7 +38,12 @@ pub struct Region {
     pub path_b64: Option<String>,
     /// Not backed by a file.
     pub anonymous: bool,
-    /// Anonymous and executable.
+    /// A mapping the kernel puts into every process (`[vdso]`, `[vvar]`,
+    /// `[vsyscall]`, `[uprobes]`, ...): anonymous and often executable, but
+    /// no sign of injection. User space cannot give a mapping such a name
+    /// (its own names read `[anon:...]`).
+    pub kernel_provided: bool,
+    /// Anonymous and executable, and not kernel-provided.
     pub anon_exec: bool,
     /// Writable and executable.
     pub write_exec: bool,
@@ -56,6 +61,21 @@ impl Region {
         let start = parse(&self.start);
         (start, start.saturating_add(self.size))
     }
+}
+
+/// Pseudo-names of the mappings the kernel itself provides.
+const KERNEL_PROVIDED: &[&[u8]] = &[
+    b"[vdso]",
+    b"[vvar]",
+    b"[vvar_vclock]",
+    b"[vsyscall]",
+    b"[uprobes]",
+    b"[sigpage]",
+    b"[vectors]",
+];
+
+fn is_kernel_provided(path: &[u8]) -> bool {
+    KERNEL_PROVIDED.contains(&path)
 }
 
 /// Parses one line of `/proc/PID/maps`.
@@ -83,7 +103,8 @@ pub fn parse_line(pid: i32, comm: &str, line: &[u8]) -> Option<Region> {
     let anonymous = inode == 0 && !named_file;
     let deleted_backed =
         path.is_some_and(|p| p.ends_with(b" (deleted)") || p.starts_with(b"/memfd:"));
-    let anon_exec = anonymous && executable && path != Some(b"[vsyscall]".as_slice());
+    let kernel_provided = path.is_some_and(is_kernel_provided);
+    let anon_exec = anonymous && executable && !kernel_provided;
     let write_exec = writable && executable;
     let text = path.map(HostText::new);
     Some(Region {
@@ -99,6 +120,7 @@ pub fn parse_line(pid: i32, comm: &str, line: &[u8]) -> Option<Region> {
         path_b64: text.as_ref().and_then(|t| t.b64.clone()),
         path: text.map(|t| t.text),
         anonymous,
+        kernel_provided,
         anon_exec,
         write_exec,
         deleted_backed,
@@ -313,8 +335,24 @@ mod tests {
             b"ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]",
         )
         .unwrap();
-        assert!(!v.anon_exec);
+        assert!(!v.anon_exec && v.kernel_provided);
         assert_eq!(v.start, "0xffffffffff600000");
+
+        // Every process has a [vdso]; it is not an injection indicator.
+        let vdso = parse_line(
+            1,
+            "x",
+            b"7ffd1a5f4000-7ffd1a5f6000 r-xp 00000000 00:00 0                          [vdso]",
+        )
+        .unwrap();
+        assert!(vdso.kernel_provided && vdso.anonymous);
+        assert!(!vdso.anon_exec && !vdso.suspicious);
+        // Anonymous memory user space named itself stays suspicious.
+        let named = parse_line(1, "x", b"1000-2000 r-xp 00000000 00:00 0 [anon:vdso]").unwrap();
+        assert!(!named.kernel_provided && named.anon_exec && named.suspicious);
+        // A written-to [vdso] (w+x) is still flagged, by write_exec.
+        let patched = parse_line(1, "x", b"1000-2000 rwxp 00000000 00:00 0 [vdso]").unwrap();
+        assert!(patched.write_exec && patched.suspicious && !patched.anon_exec);
 
         assert!(parse_line(1, "x", b"junk").is_none());
     }
