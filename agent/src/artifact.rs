@@ -122,6 +122,41 @@ impl ArtifactStream {
         result.map_err(|e| SinkError::io(format!("cannot write {}", self.name), e))
     }
 
+    /// Copies `reader` (a host file named `what`) into the artifact until
+    /// its end, handing each chunk to `inspect` before it is written. A
+    /// read error is recorded in the artifact (what was read is kept) and
+    /// ends the copy; it is not an error of the capture.
+    ///
+    /// # Errors
+    /// [`SinkError`] when the sink refuses the bytes.
+    pub fn copy_from(
+        &mut self,
+        reader: &mut impl io::Read,
+        what: &std::path::Path,
+        mut inspect: impl FnMut(&[u8]),
+    ) -> Result<(), SinkError> {
+        let mut buf = vec![0u8; 1 << 18];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let message = format!(
+                        "{}: read failed after {} bytes: {e}",
+                        what.display(),
+                        self.content_bytes()
+                    );
+                    self.errors.push(message);
+                    return Ok(());
+                }
+            };
+            let chunk = buf.get(..n).unwrap_or_default();
+            inspect(chunk);
+            self.write_all(chunk)?;
+        }
+    }
+
     /// Closes the artifact and returns its manifest entry.
     ///
     /// # Errors

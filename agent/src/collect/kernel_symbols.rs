@@ -254,37 +254,14 @@ fn copy(
         "application/octet-stream",
         Store::Gzip(1),
     )?;
-    let mut limited = file.take(MAX_FILE + 1);
-    let mut buf = vec![0u8; 1 << 18];
-    loop {
-        let n = match limited.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                stream.errors.push(format!(
-                    "{}: read failed after {} bytes: {e}",
-                    path.display(),
-                    stream.content_bytes()
-                ));
-                break;
-            }
-        };
-        let chunk = buf.get(..n).unwrap_or_default();
-        let room =
-            usize::try_from(MAX_FILE.saturating_sub(stream.content_bytes())).unwrap_or(usize::MAX);
-        if chunk.len() > room {
-            let kept = chunk.get(..room).unwrap_or_default();
-            inspect(kept);
-            stream.write_all(kept)?;
-            stream.errors.push(format!(
-                "{}: longer than {MAX_FILE} bytes, truncated",
-                path.display()
-            ));
-            break;
-        }
-        inspect(chunk);
-        stream.write_all(chunk)?;
+    let mut file = file;
+    stream.copy_from(&mut (&mut file).take(MAX_FILE), path, &mut inspect)?;
+    // One byte more than the cap means the file was cut.
+    if stream.content_bytes() == MAX_FILE && file.read(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
+        stream.errors.push(format!(
+            "{}: longer than {MAX_FILE} bytes, truncated",
+            path.display()
+        ));
     }
     let bytes = stream.content_bytes();
     Ok(Ok((stream.finish(None)?, bytes)))

@@ -355,24 +355,7 @@ fn copy_log(
     let mut stream = ArtifactStream::open(ctx.sink, name, "logs", content_type, store)?;
     // Active logs grow while we read: keep exactly the bytes that existed
     // when the file was listed, so the index's size is what was captured.
-    let mut limited = file.take(c.size - from);
-    let mut buf = vec![0u8; 1 << 18];
-    loop {
-        let n = match limited.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                stream.errors.push(format!(
-                    "{}: read failed after {} bytes: {e}",
-                    c.path.display(),
-                    stream.content_bytes()
-                ));
-                break;
-            }
-        };
-        stream.write_all(buf.get(..n).unwrap_or_default())?;
-    }
+    stream.copy_from(&mut file.take(c.size - from), &c.path, |_| {})?;
     if stream.content_bytes() < c.size - from {
         stream.errors.push(format!(
             "{}: shrank while being read ({} of {} bytes)",
