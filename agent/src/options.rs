@@ -272,7 +272,7 @@ pub enum OptionError {
         option: &'static str,
         /// Why.
         #[source]
-        source: crate::timefmt::SinceError,
+        source: ircap_proto::units::UnitError,
     },
     /// A byte size.
     #[error("{option}: {source}")]
@@ -281,7 +281,7 @@ pub enum OptionError {
         option: &'static str,
         /// Why.
         #[source]
-        source: SizeError,
+        source: ircap_proto::units::UnitError,
     },
     /// A memory region selector.
     #[error("--memory-regions: {0}")]
@@ -391,49 +391,11 @@ impl CaptureOptions {
     }
 }
 
-/// Why a byte size was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "{0:?} is not a byte size like 4096, 64K, 512M, 2G (binary units; KiB/MiB/GiB also accepted)"
-)]
-pub struct SizeError(String);
-
-/// Parses `4096`, `64K`, `512M`, `2G`, `1T` (binary multiples; `KiB`,
-/// `MB`, ... spellings accepted and also binary).
-///
-/// # Errors
-/// [`SizeError`] for anything else.
-pub fn parse_size(value: &str) -> Result<u64, SizeError> {
-    let err = || SizeError(value.to_owned());
-    let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (digits, unit) = v.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| err())?;
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(err()),
-    };
-    n.checked_mul(1u64 << shift).ok_or_else(err)
-}
+pub use ircap_proto::units::parse_size;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("64K").unwrap(), 65536);
-        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
-        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
-        for bad in ["", "M", "1.5G", "-1", "1Q", "99999999999999999999"] {
-            assert!(parse_size(bad).is_err(), "{bad} accepted");
-        }
-    }
 
     #[test]
     fn memory_selectors() {

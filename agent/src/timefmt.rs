@@ -1,4 +1,4 @@
-//! Timestamps: RFC 3339 UTC everywhere, and parsing of `--logs-since`.
+//! Timestamps: RFC 3339 UTC everywhere (parsing is `ircap_proto::units`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,60 +44,7 @@ pub fn now() -> String {
     rfc3339(SystemTime::now())
 }
 
-/// Why a `--logs-since` value was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "{value:?} is neither a duration like 90m, 1h, 7d, 2w nor an RFC 3339 time like 2026-11-20T00:00:00Z"
-)]
-pub struct SinceError {
-    value: String,
-}
-
-/// Parses a duration such as `45s`, `30m`, `1h`, `7d`, `2w`.
-///
-/// # Errors
-/// [`SinceError`] for anything else.
-pub fn parse_duration(value: &str) -> Result<Duration, SinceError> {
-    let err = || SinceError {
-        value: value.to_owned(),
-    };
-    let trimmed = value.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(err)?;
-    let (digits, unit) = trimmed.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| err())?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(err()),
-    };
-    Ok(Duration::from_secs(
-        n.checked_mul(unit_secs).ok_or_else(err)?,
-    ))
-}
-
-/// Parses `1h`, `30m`, `7d`, `2w`, `45s` (relative to `now`) or an RFC 3339
-/// time into the absolute time it names.
-///
-/// # Errors
-/// [`SinceError`] for anything else.
-pub fn parse_since(value: &str, now: SystemTime) -> Result<SystemTime, SinceError> {
-    let err = || SinceError {
-        value: value.to_owned(),
-    };
-    let trimmed = value.trim();
-    if let Ok(t) = OffsetDateTime::parse(trimmed, &Rfc3339) {
-        let nanos = t.unix_timestamp_nanos();
-        let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| err())?;
-        return Ok(UNIX_EPOCH + Duration::from_secs(secs));
-    }
-    let back = parse_duration(trimmed)?;
-    Ok(now.checked_sub(back).unwrap_or(UNIX_EPOCH))
-}
+pub use ircap_proto::units::{parse_duration, parse_since};
 
 /// Serializes a duration as whole seconds (for the manifest's options).
 ///
@@ -118,29 +65,5 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_micros(1_500_001)),
             "1970-01-01T00:00:01.500001Z"
         );
-    }
-
-    #[test]
-    fn parses_durations_and_times() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert_eq!(
-            parse_since("1h", now).unwrap(),
-            now - Duration::from_secs(3600)
-        );
-        assert_eq!(
-            parse_since("7d", now).unwrap(),
-            now - Duration::from_secs(7 * 86_400)
-        );
-        assert_eq!(
-            parse_since("1970-01-02T00:00:00Z", now).unwrap(),
-            UNIX_EPOCH + Duration::from_secs(86_400)
-        );
-        assert_eq!(
-            parse_since("1970-01-02T01:00:00+01:00", now).unwrap(),
-            UNIX_EPOCH + Duration::from_secs(86_400)
-        );
-        for bad in ["", "h", "10", "10y", "yesterday", "-1h"] {
-            assert!(parse_since(bad, now).is_err(), "{bad} accepted");
-        }
     }
 }

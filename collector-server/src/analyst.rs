@@ -34,6 +34,9 @@ pub enum AnalystError {
     /// The collector refused or failed.
     #[error("collector: {0}")]
     Rpc(String),
+    /// A call to the collector failed (refused, or never reached it).
+    #[error("{}", ircap_proto::explain::status(.0, ""))]
+    Call(Box<tonic::Status>),
     /// Bad settings.
     #[error("{0}")]
     Config(String),
@@ -47,8 +50,20 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AnalystError
     move |source| AnalystError::Io { context, source }
 }
 
-fn rpc(status: &tonic::Status) -> AnalystError {
-    AnalystError::Rpc(format!("{:?}: {}", status.code(), status.message()))
+pub(crate) fn rpc(status: &tonic::Status) -> AnalystError {
+    AnalystError::Call(Box::new(status.clone()))
+}
+
+impl AnalystError {
+    /// The error in one line, naming the collector at `url` where the
+    /// cause is a connection or TLS failure.
+    #[must_use]
+    pub fn explain(&self, url: &str) -> String {
+        match self {
+            Self::Call(status) => ircap_proto::explain::status(status, url),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Where the collector is and which analyst certificate to present.
@@ -150,9 +165,10 @@ pub async fn manifest(
     client: &mut CaptureQueryClient<Channel>,
     id: &str,
 ) -> Result<(Manifest, Vec<u8>), AnalystError> {
+    let id = resolve_id(client, id).await?;
     let bytes = client
         .get_manifest(GetManifestRequest {
-            capture_id: id.to_owned(),
+            capture_id: id.clone(),
         })
         .await
         .map_err(|s| rpc(&s))?
@@ -161,6 +177,59 @@ pub async fn manifest(
     let m = Manifest::from_slice(&bytes, "manifest from the collector")
         .map_err(|e| AnalystError::Rpc(e.to_string()))?;
     Ok((m, bytes))
+}
+
+/// The length of a whole capture id (a UUID in its text form).
+const FULL_ID_LEN: usize = 36;
+
+/// The whole capture id that `id` names: `id` itself when it is whole,
+/// else the one committed capture whose id starts with it (a trailing
+/// `…` or `...`, as shortened ids are printed, is ignored).
+///
+/// # Errors
+/// [`AnalystError::Rpc`] when no capture or more than one starts with the
+/// prefix; [`AnalystError::Config`] when it is too short to mean anything.
+pub async fn resolve_id(
+    client: &mut CaptureQueryClient<Channel>,
+    id: &str,
+) -> Result<String, AnalystError> {
+    let prefix = id
+        .trim()
+        .trim_end_matches('…')
+        .trim_end_matches("...")
+        .to_ascii_lowercase();
+    if prefix.len() >= FULL_ID_LEN {
+        return Ok(prefix);
+    }
+    if prefix.len() < 4 || !prefix.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(AnalystError::Config(format!(
+            "capture id {id:?}: give the whole id or a unique prefix of at least 4 hex digits"
+        )));
+    }
+    let matches: Vec<String> = list(
+        client,
+        ListCapturesRequest {
+            include_incomplete: true,
+            ..ListCapturesRequest::default()
+        },
+    )
+    .await?
+    .into_iter()
+    .map(|c| c.capture_id)
+    .filter(|c| c.starts_with(&prefix))
+    .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(AnalystError::Rpc(format!(
+            "no capture id starts with {prefix:?} (see `ircap-collector list --incomplete`)"
+        ))),
+        many => Err(AnalystError::Rpc(format!(
+            "{} capture ids start with {prefix:?} ({}{}): give more of the id",
+            many.len(),
+            many.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            if many.len() > 5 { ", ..." } else { "" }
+        ))),
+    }
 }
 
 /// Renders a manifest: artifacts and chain of custody (host text escaped).
@@ -172,6 +241,7 @@ pub fn show_text(m: &Manifest) -> String {
         "RECORDS",
         "SIZE",
         "SHA256 (stored)",
+        "SHA256 (original, if gzipped)",
         "ERRORS",
     ]);
     for a in &m.artifacts {
@@ -181,6 +251,11 @@ pub fn show_text(m: &Manifest) -> String {
             a.record_count.map_or_else(|| "-".into(), |n| n.to_string()),
             human_bytes(a.size_stored),
             a.sha256_stored.clone(),
+            if a.sha256_uncompressed.is_empty() || a.sha256_uncompressed == a.sha256_stored {
+                "-".into()
+            } else {
+                a.sha256_uncompressed.clone()
+            },
             a.error_count.to_string(),
         ]);
     }
@@ -188,8 +263,12 @@ pub fn show_text(m: &Manifest) -> String {
     let field =
         |k: &str| escape(receipt.get(k).and_then(|v| v.as_str()).unwrap_or("-")).into_owned();
     let instance = escape(m.host.instance_id.as_deref().unwrap_or("-"));
+    let status = serde_json::to_value(&m.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
     let mut out = format!(
-        "capture {}\nhost {} (claimed; instance {}), kernel {}\ncaptured {} .. {}, agent {} pid {}, {} errors\n\n",
+        "capture {} ({status})\nhost {} (claimed; instance {}), kernel {}\ncaptured {} .. {}, agent {} pid {}, {} errors\n\n",
         escape(&m.capture_id),
         escape(&m.host.hostname),
         instance,
@@ -201,6 +280,7 @@ pub fn show_text(m: &Manifest) -> String {
         m.error_count,
     );
     out.push_str(&rows.render());
+    out.push_str(&error_list(m));
     out.push_str(&format!(
         "\nchain of custody\n  agent identity     {}\n  certificate sha256 {}\n  ssm command id     {}\n  instance id        {} (claimed)\n  collector opened   {}\n  collector verified {} ({})\n",
         field("peer_identity"),
@@ -211,6 +291,39 @@ pub fn show_text(m: &Manifest) -> String {
         field("committed_at"),
         field("verification"),
     ));
+    out
+}
+
+/// How many error lines `show` prints before pointing at `--json`.
+const SHOWN_ERRORS: usize = 50;
+
+/// The capture's errors, then each artifact's, one escaped line each.
+fn error_list(m: &Manifest) -> String {
+    let lines: Vec<String> = m
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", escape(&e.source), escape(&e.message)))
+        .chain(m.artifacts.iter().flat_map(|a| {
+            a.errors
+                .iter()
+                .map(move |e| format!("{}: {}", escape(&a.name), escape(e)))
+        }))
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("\nerrors ({} recorded)\n", m.error_count.max(lines.len() as u64));
+    for line in lines.iter().take(SHOWN_ERRORS) {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    if lines.len() > SHOWN_ERRORS {
+        out.push_str(&format!(
+            "  ... and {} more (show --json lists them all)\n",
+            lines.len() - SHOWN_ERRORS
+        ));
+    }
     out
 }
 

@@ -12,14 +12,11 @@ use ircap_proto::v1::{
 };
 use tonic::transport::Channel;
 
-use crate::analyst::{AnalystError, ServerSettings};
+use crate::analyst::{AnalystError, ServerSettings, rpc};
 
 /// How often `--wait` asks for results.
 const WAIT_POLL: Duration = Duration::from_millis(500);
 
-fn rpc(status: &tonic::Status) -> AnalystError {
-    AnalystError::Rpc(format!("{:?}: {}", status.code(), status.message()))
-}
 
 /// Connects (lazily) with mutual TLS.
 ///
@@ -31,52 +28,24 @@ pub fn connect(s: &ServerSettings) -> Result<CaptureRequestsClient<Channel>, Ana
     Ok(CaptureRequestsClient::new(channel))
 }
 
-/// Parses `90s`, `30m`, `2h`, `1d` or plain seconds.
+/// Parses a duration flag (`90s`, `30m`, `2h`, `1d`) with the shared
+/// parser, naming the option in the error.
 ///
 /// # Errors
 /// [`AnalystError::Config`] naming the option.
 pub fn parse_duration(option: &str, text: &str) -> Result<Duration, AnalystError> {
-    let err = || {
-        AnalystError::Config(format!(
-            "{option} {text:?}: expected a duration like 90s, 30m, 2h, 1d"
-        ))
-    };
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| err())?;
-    let mul = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(err()),
-    };
-    n.checked_mul(mul).map(Duration::from_secs).ok_or_else(err)
+    ircap_proto::units::parse_duration(text)
+        .map_err(|e| AnalystError::Config(format!("{option}: {e}")))
 }
 
-/// Parses `4096`, `64K`, `512M`, `2G` (binary multiples).
+/// Parses a size flag (`4096`, `64K`, `512M`, `2G`) with the shared
+/// parser, naming the option in the error.
 ///
 /// # Errors
 /// [`AnalystError::Config`] naming the option.
 pub fn parse_size(option: &str, text: &str) -> Result<u64, AnalystError> {
-    let err = || {
-        AnalystError::Config(format!(
-            "{option} {text:?}: expected a size like 64K, 512M, 2G"
-        ))
-    };
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| err())?;
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KIB" => 10,
-        "M" | "MIB" => 20,
-        "G" | "GIB" => 30,
-        _ => return Err(err()),
-    };
-    n.checked_mul(1 << shift).ok_or_else(err)
+    ircap_proto::units::parse_size(text)
+        .map_err(|e| AnalystError::Config(format!("{option}: {e}")))
 }
 
 /// Parses `KEY=VALUE` labels.
@@ -266,6 +235,36 @@ pub async fn wait(
     Ok(pending)
 }
 
+/// Polls a request that matched no connected agent until the first agents
+/// that connect later deliver final results (calling `on_final` for each),
+/// or until `timeout`. Returns whether any result arrived.
+///
+/// # Errors
+/// [`AnalystError::Call`] when the collector refuses.
+pub async fn wait_first(
+    client: &mut CaptureRequestsClient<Channel>,
+    request_id: &str,
+    timeout: Duration,
+    on_final: &mut dyn FnMut(&RequestResult),
+) -> Result<bool, AnalystError> {
+    let until = Instant::now() + timeout;
+    loop {
+        let finals: Vec<RequestResult> = results(client, request_id)
+            .await?
+            .into_iter()
+            .filter(is_final)
+            .collect();
+        if !finals.is_empty() {
+            finals.iter().for_each(&mut *on_final);
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            return Ok(false);
+        }
+        tokio::time::sleep(WAIT_POLL.min(until.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
 /// Connected agents.
 ///
 /// # Errors
@@ -394,7 +393,8 @@ mod tests {
 
     #[test]
     fn durations_sizes_labels() {
-        assert_eq!(parse_duration("x", "90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("x", "90s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("x", "90").is_err(), "a bare number is ambiguous");
         assert_eq!(
             parse_duration("x", "2h").unwrap(),
             Duration::from_secs(7200)

@@ -57,11 +57,12 @@ enum Command {
         /// Only captures whose manifest claims this EC2 instance id.
         #[arg(long)]
         instance_id: Option<String>,
-        /// Only captures started at or after this RFC 3339 time.
-        #[arg(long)]
+        /// Only captures started at or after this time: a duration back
+        /// from now (`1h`, `7d`, `2w`) or an RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
         since: Option<String>,
-        /// Only captures started at or before this RFC 3339 time.
-        #[arg(long)]
+        /// Only captures started at or before this time (same forms).
+        #[arg(long, value_name = "TIME")]
         until: Option<String>,
         /// Also list captures that were never committed.
         #[arg(long)]
@@ -397,6 +398,12 @@ fn run_pki(cmd: PkiCommand) -> anyhow::Result<()> {
 }
 
 fn run_analyst(cmd: Command) -> ExitCode {
+    let url = match &cmd {
+        Command::List { server, .. } | Command::Show { server, .. } | Command::Pull { server, .. } => {
+            server.server.clone()
+        }
+        _ => String::new(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -419,6 +426,8 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 incomplete,
                 json,
             } => {
+                let since = analyst::query_time("--since", since.as_deref())?;
+                let until = analyst::query_time("--until", until.as_deref())?;
                 let mut client = analyst::connect(&server.settings())?;
                 let captures = analyst::list(
                     &mut client,
@@ -426,8 +435,8 @@ fn run_analyst(cmd: Command) -> ExitCode {
                         host: host.unwrap_or_default(),
                         claimed_hostname: claimed_hostname.unwrap_or_default(),
                         instance_id: instance_id.unwrap_or_default(),
-                        since: since.unwrap_or_default(),
-                        until: until.unwrap_or_default(),
+                        since,
+                        until,
                         include_incomplete: incomplete,
                     },
                 )
@@ -492,10 +501,18 @@ fn run_analyst(cmd: Command) -> ExitCode {
             print_json(&report);
             ExitCode::from(3)
         }
-        Err(err) => {
-            tracing::error!("{}", escape(&err.to_string()));
-            ExitCode::from(1)
-        }
+        Err(err) => analyst_failed(&err, &url),
+    }
+}
+
+/// Logs an analyst command's failure in one escaped line; exit 2 for
+/// settings refused before anything was sent, 1 otherwise.
+fn analyst_failed(err: &analyst::AnalystError, url: &str) -> ExitCode {
+    tracing::error!("{}", escape(&err.explain(url)));
+    if matches!(err, analyst::AnalystError::Config(_)) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -574,7 +591,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         if !args.wait {
             return Ok(true);
         }
-        let expected = created.matched.iter().map(|a| a.agent.clone()).collect();
+        let pending_until = ircap_collector::timefmt::after(ttl);
         let mut all_complete = true;
         let mut on_final = |r: &ircap_proto::v1::RequestResult| {
             all_complete &= r.status == "complete";
@@ -588,6 +605,24 @@ fn run_request(args: &RequestArgs) -> ExitCode {
             );
             print_json(&analyst_requests::result_json(r));
         };
+        if created.matched.is_empty() {
+            let answered =
+                analyst_requests::wait_first(&mut client, &request_id, timeout, &mut on_final)
+                    .await?;
+            if !answered {
+                print_json(&serde_json::json!({
+                    "request_id": request_id,
+                    "status": "pending",
+                    "pending_until": pending_until,
+                }));
+                tracing::error!(
+                    request_id = %escape(&request_id),
+                    "No matching agent answered before --timeout; the request stays pending until {pending_until}: an agent that connects before then still receives it"
+                );
+            }
+            return Ok(answered && all_complete);
+        }
+        let expected = created.matched.iter().map(|a| a.agent.clone()).collect();
         let missing =
             analyst_requests::wait(&mut client, &request_id, &expected, timeout, &mut on_final)
                 .await?;
@@ -600,10 +635,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
-        Err(err) => {
-            tracing::error!("{}", escape(&err.to_string()));
-            ExitCode::from(1)
-        }
+        Err(err) => analyst_failed(&err, &args.server.server),
     }
 }
 
@@ -632,10 +664,7 @@ fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(err) => {
-            tracing::error!("{}", escape(&err.to_string()));
-            ExitCode::from(1)
-        }
+        Err(err) => analyst_failed(&err, &server.server),
     }
 }
 

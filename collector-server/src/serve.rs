@@ -317,7 +317,12 @@ impl Settings {
             )
         })?;
         let store = match store.strip_prefix("file://") {
-            Some(dir) if !dir.is_empty() => StoreLocation::File(PathBuf::from(dir)),
+            Some(dir) if dir.starts_with('/') => StoreLocation::File(PathBuf::from(dir)),
+            Some(dir) if !dir.is_empty() => {
+                return Err(ServeError::Config(format!(
+                    "--store {store:?}: the directory must be absolute (file:///{dir}); a relative path would be resolved against the working directory"
+                )));
+            }
             _ if store.starts_with("s3://") => StoreLocation::S3(cfg.s3.options(&store)?),
             _ => {
                 return Err(ServeError::Config(format!(
@@ -583,6 +588,25 @@ mod tests {
             })
         );
         assert_eq!(opts.kms_key_id.as_deref(), Some("alias/ircap"));
+    }
+
+    #[test]
+    fn a_relative_file_store_is_refused() {
+        for (store, wanted) in [
+            ("file://var/lib/ircap", "must be absolute (file:///var/lib/ircap)"),
+            ("file://", "expected file://DIR"),
+            ("/var/lib/ircap", "expected file://DIR"),
+        ] {
+            let cfg = ServeConfig {
+                store: Some(store.into()),
+                ..ServeConfig::default()
+            };
+            let err = match Settings::validate(&cfg) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{store} accepted"),
+            };
+            assert!(err.contains(wanted), "{store}: {err}");
+        }
     }
 
     #[test]

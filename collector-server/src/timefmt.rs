@@ -11,6 +11,16 @@ pub fn now() -> String {
         .unwrap_or_else(|_| "unknown-time".to_owned())
 }
 
+/// The time `d` from now, RFC 3339 UTC.
+#[must_use]
+pub fn after(d: std::time::Duration) -> String {
+    time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| OffsetDateTime::now_utc().checked_add(d))
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "unknown-time".to_owned())
+}
+
 /// How long ago the RFC 3339 time `at` was (zero if it is unreadable or
 /// in the future).
 #[must_use]

@@ -41,8 +41,8 @@ pub enum ClientError {
         /// What is wrong.
         message: String,
     },
-    /// The TLS settings were refused.
-    #[error("TLS settings: {0}")]
+    /// The TLS settings were refused (the message names why).
+    #[error("TLS settings refused: {0}")]
     Tls(String),
 }
 
@@ -95,7 +95,7 @@ pub fn mtls_channel(s: &MtlsSettings) -> Result<Channel, ClientError> {
             message: e.to_string(),
         })?
         .tls_config(tls)
-        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .map_err(|e| ClientError::Tls(crate::explain::error(&e, &s.url)))?
         .connect_timeout(Duration::from_secs(10))
         .tcp_keepalive(Some(Duration::from_secs(30)))
         .http2_keep_alive_interval(Duration::from_secs(30))

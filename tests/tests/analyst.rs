@@ -705,77 +705,117 @@ async fn unknown_and_incomplete_captures_are_clear_errors() -> TestResult {
     Ok(())
 }
 
-/// A Python interpreter that can `import duckdb`: the system `python3`
-/// when it can, else a venv kept under the build directory (created once,
-/// under a file lock, with `pip install duckdb`).
-fn duckdb_python() -> PathBuf {
-    let imports = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import duckdb"])
+/// The pinned DuckDB command line (PyPI `duckdb-cli`, which is what gives a
+/// `duckdb` command; `pip install duckdb` gives only the Python module).
+const DUCKDB_CLI: &str = "duckdb-cli==1.5.6";
+
+/// The `duckdb` command: `$IRCAP_DUCKDB` (installed by `tests/run.sh`), else
+/// a venv under the build directory made once, under a file lock.
+fn duckdb_cli() -> PathBuf {
+    if let Some(p) = std::env::var_os("IRCAP_DUCKDB") {
+        return PathBuf::from(p);
+    }
+    let venv = build_dir().join("duckdb-cli-venv");
+    let duckdb = venv.join("bin").join("duckdb");
+    let works = |d: &Path| {
+        Command::new(d)
+            .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    let system = PathBuf::from("python3");
-    if imports(&system) {
-        return system;
-    }
-    let venv = build_dir().join("duckdb-venv");
-    let python = venv.join("bin").join("python");
-    let lock = std::fs::File::create(build_dir().join("duckdb-venv.lock")).unwrap();
+    let lock = std::fs::File::create(build_dir().join("duckdb-cli-venv.lock")).unwrap();
     lock.lock().unwrap();
-    if !imports(&python) {
-        let started = Instant::now();
+    if !works(&duckdb) {
         let _ = std::fs::remove_dir_all(&venv);
         let out = Command::new("python3")
             .args(["-m", "venv"])
             .arg(&venv)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "python3 -m venv (Debian: apt install python3-venv): {}",
-            text(&out.stderr)
-        );
-        let out = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "duckdb",
-            ])
+        assert!(out.status.success(), "python3 -m venv: {}", text(&out.stderr));
+        let out = Command::new(venv.join("bin").join("python"))
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", DUCKDB_CLI])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "pip install duckdb: {}",
-            text(&out.stderr)
-        );
-        assert!(imports(&python), "duckdb does not import after pip install");
-        eprintln!(
-            "created {} with duckdb in {:.1}s",
-            venv.display(),
-            started.elapsed().as_secs_f64()
-        );
+        assert!(out.status.success(), "pip install {DUCKDB_CLI}: {}", text(&out.stderr));
     }
     let _ = lock.unlock();
-    python
+    duckdb
 }
 
-/// Runs each query with DuckDB in `dir`; the rows of each.
-fn duckdb(python: &Path, dir: &Path, queries: &[&str]) -> Vec<Vec<Vec<serde_json::Value>>> {
-    const SCRIPT: &str = "import duckdb, json, sys\n\
-        con = duckdb.connect()\n\
-        print(json.dumps([[list(r) for r in con.sql(q).fetchall()] for q in sys.argv[1:]], default=str))\n";
-    let out = Command::new(python)
+/// The `duckdb -c "..."` commands of the README's "Open a capture" block,
+/// as written there.
+fn readme_duckdb_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let section = readme
+        .split("## Open a capture")
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .unwrap_or_else(|| panic!("README has no \"Open a capture\" sh block"));
+    let mut commands = Vec::new();
+    let mut rest = section;
+    while let Some(at) = rest.find("duckdb -c \"") {
+        let body = &rest[at + "duckdb -c \"".len()..];
+        let end = body.find('"').unwrap_or_else(|| panic!("unterminated query"));
+        commands.push(format!("duckdb -c \"{}\"", &body[..end]));
+        rest = &body[end + 1..];
+    }
+    commands
+}
+
+/// Runs a README `duckdb -c "..."` command line with bash in `dir`, with
+/// JSON output (`-json` added after `duckdb`); its rows.
+fn run_duckdb(duckdb: &Path, dir: &Path, command: &str) -> Vec<serde_json::Value> {
+    let bin_dir = duckdb.parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let line = command.replacen("duckdb ", "duckdb -json ", 1);
+    let out = Command::new("bash")
+        .args(["-c", &line])
         .current_dir(dir)
-        .args(["-c", SCRIPT])
-        .args(queries)
+        .env("PATH", path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "duckdb: {}", text(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    assert!(out.status.success(), "{line}: {}", text(&out.stderr));
+    let t = text(&out.stdout);
+    if t.trim().is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str(&t).unwrap_or_else(|e| panic!("{line}: {e}: {t}"))
+}
+
+/// A TCP listener on loopback that no process holds: the listening socket
+/// was sent over a Unix socket pair (SCM_RIGHTS) and closed, so only the
+/// message in flight keeps it open, as with a listener whose owner cannot
+/// be read. Returns the helper (kill it to end) and the port.
+fn unowned_listener() -> (Running, u16) {
+    const SCRIPT: &str = "import socket, sys, time\n\
+        l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()\n\
+        a, b = socket.socketpair(socket.AF_UNIX)\n\
+        socket.send_fds(a, [b'x'], [l.fileno()])\n\
+        port = l.getsockname()[1]; l.close()\n\
+        print(port, flush=True)\n\
+        time.sleep(600)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line.trim().parse().unwrap_or_else(|_| panic!("port: {line:?}"));
+    (Running(child), port)
 }
 
 /// Copies `/bin/sleep` into `dir`, runs it for 600 s and deletes the copy.
@@ -800,63 +840,48 @@ fn deleted_binary_sleeper(dir: &Path) -> Running {
 }
 
 #[test]
-fn a_pulled_capture_opens_in_duckdb() -> TestResult {
-    let python = duckdb_python();
+fn a_pulled_capture_opens_in_duckdb_with_the_readmes_queries() -> TestResult {
+    let duckdb = duckdb_cli();
+    let commands = readme_duckdb_commands();
+    let [deleted_query, listener_query] = <[_; 2]>::try_from(commands)
+        .map_err(|v| format!("expected the README's two DuckDB commands: {v:?}"))?;
     let s = Setup::new()?;
-    // Planted: a listener owned by this test process and a process whose
-    // executable was deleted after it started.
+    // Planted: a listener owned by this test process, one that no process
+    // holds, and a process whose executable was deleted after it started.
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = u64::from(listener.local_addr()?.port());
+    let (unowned, unowned_port) = unowned_listener();
     let sleeper = deleted_binary_sleeper(&s.dir("bin"));
     let sleeper_pid = u64::from(sleeper.0.id());
     let id = s.capture("web-1");
     drop(sleeper);
     drop(listener);
+    drop(unowned);
     let dir = s.pulled(&id, "evidence");
 
-    let [deleted_count, listeners, deleted_pids] = <[_; 3]>::try_from(duckdb(
-        &python,
-        &dir,
-        &[
-            "SELECT count(*) FROM read_json_auto('processes.jsonl.gz') WHERE exe_deleted",
-            "SELECT c.local_port, p.pid, p.comm FROM read_json_auto('connections.jsonl.gz') c, \
-             unnest(c.pids) AS o(pid) JOIN read_json_auto('processes.jsonl.gz') p ON p.pid = o.pid \
-             WHERE c.state = 'LISTEN'",
-            "SELECT pid FROM read_json_auto('processes.jsonl.gz') WHERE exe_deleted",
-        ],
-    ))
-    .map_err(|v| format!("expected three results: {v:?}"))?;
-
-    let count = deleted_count
-        .first()
-        .and_then(|r| r.first())
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or_else(|| panic!("count: {deleted_count:?}"));
-    assert!(count >= 1, "no process with a deleted executable");
+    let deleted = run_duckdb(&duckdb, &dir, &deleted_query);
     assert!(
-        deleted_pids
-            .iter()
-            .any(|r| r.first().and_then(serde_json::Value::as_u64) == Some(sleeper_pid)),
-        "the deleted-binary sleeper {sleeper_pid} is not exe_deleted: {deleted_pids:?}"
+        deleted.iter().any(|r| r["pid"].as_u64() == Some(sleeper_pid)),
+        "the deleted-binary sleeper {sleeper_pid} is not listed: {deleted:?}"
     );
+    let listeners = run_duckdb(&duckdb, &dir, &listener_query);
     let me = u64::from(std::process::id());
     let row = listeners
         .iter()
-        .find(|r| r.first().and_then(serde_json::Value::as_u64) == Some(port))
+        .find(|r| r["local_port"].as_u64() == Some(port))
         .unwrap_or_else(|| panic!("listener on port {port} not joined: {listeners:?}"));
-    assert_eq!(
-        row.get(1).and_then(serde_json::Value::as_u64),
-        Some(me),
-        "{row:?}"
-    );
-    let comm = row
-        .get(2)
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default();
+    assert_eq!(row["pid"].as_u64(), Some(me), "{row:?}");
     assert!(
-        comm.starts_with("analyst"),
+        row["comm"].as_str().unwrap_or_default().starts_with("analyst"),
         "comm of the test process: {row:?}"
     );
+    let row = listeners
+        .iter()
+        .find(|r| r["local_port"].as_u64() == Some(u64::from(unowned_port)))
+        .unwrap_or_else(|| {
+            panic!("the listener no process holds ({unowned_port}) vanished: {listeners:?}")
+        });
+    assert!(row["pid"].is_null(), "{row:?}");
     Ok(())
 }
 

@@ -192,7 +192,7 @@ fn wait_for_agents(url: &str, pki: &Path, want: &[&str]) -> Vec<Value> {
 /// `request ARGS --wait` as alice; (exit success, the created line, the
 /// results by agent).
 fn request(url: &str, pki: &Path, args: &[&str]) -> (bool, Value, Vec<Value>) {
-    let mut all = vec!["--wait", "--timeout", "120"];
+    let mut all = vec!["--wait", "--timeout", "120s"];
     all.extend_from_slice(args);
     let out = analyst(url, pki, "alice", "request", &all);
     let mut lines = json_lines(&out).into_iter();

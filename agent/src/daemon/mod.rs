@@ -180,7 +180,7 @@ async fn session(state: &mut State) -> Result<(), String> {
     let mut inbound = client
         .attach(ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|s| ircap_proto::explain::status(&s, &state.settings.mtls.url))?
         .into_inner();
     // Whatever could not be sent while disconnected goes first.
     for msg in std::mem::take(&mut state.outbox) {

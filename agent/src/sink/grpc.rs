@@ -72,9 +72,11 @@ pub fn channel(settings: &CollectorSettings) -> Result<Channel, SinkError> {
     .map_err(|e| SinkError::Collector(e.to_string()))
 }
 
-/// Statuses worth retrying after a reconnect.
+/// Statuses worth retrying after a reconnect (not a certificate the
+/// collector or the agent refused: that fails the same way every time).
 fn retryable(status: &Status) -> bool {
-    matches!(
+    !ircap_proto::explain::is_certificate_refusal(status)
+        && matches!(
         status.code(),
         Code::Unavailable
             | Code::Unknown
@@ -85,8 +87,10 @@ fn retryable(status: &Status) -> bool {
     )
 }
 
+/// One line naming why a call failed (a TLS alert, a refused
+/// certificate, DNS), not tonic's bare `transport error`.
 fn describe(status: &Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    ircap_proto::explain::status(status, "")
 }
 
 /// The collector's retry hint on a `RESOURCE_EXHAUSTED` (its quota on
@@ -211,14 +215,14 @@ impl Inner {
                     if (retryable(&status) || pushback(&status).is_some())
                         && self.may_retry(attempt, pushback(&status)) =>
                 {
-                    tracing::warn!(attempt, error = %describe(&status), "Collector call failed, retrying: {what}");
+                    tracing::warn!(attempt, error = %ircap_proto::explain::status(&status, &self.url), "Collector call failed, retrying: {what}");
                     std::thread::sleep(retry_delay(attempt, pushback(&status)));
                     attempt += 1;
                 }
                 Err(status) => {
                     return Err(SinkError::Collector(format!(
                         "cannot {what}: {}",
-                        describe(&status)
+                        ircap_proto::explain::status(&status, &self.url)
                     )));
                 }
             }

@@ -1,0 +1,243 @@
+//! What a new user sees when a connection to the collector fails: one line
+//! naming what was refused, by whom, and what to check, never tonic's bare
+//! `transport error`; URLs that cannot work are refused before connecting
+//! (exit 2). Real collector on loopback, real certificates.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use ircap_e2e::{Collector, TestResult, bin, pki};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use time::OffsetDateTime;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `ircap-agent capture` to `url` with explicit CA, certificate and key.
+fn agent(url: &str, ca: &Path, cert: &Path, key: &Path) -> Output {
+    bin("ircap-agent")
+        .args(["capture", "--no-imds", "--profile", "triage", "--collector", url])
+        .arg("--ca")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .unwrap()
+}
+
+/// `ircap-collector list` to `url` with explicit files.
+fn list(url: &str, ca: &Path, cert: &Path, key: &Path) -> Output {
+    bin("ircap-collector")
+        .args(["list", "--server", url])
+        .arg("--ca")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .unwrap()
+}
+
+/// Exit `code`, and stderr has every one of `words` and no bare
+/// `transport error`.
+fn assert_says(out: &Output, code: i32, words: &[&str], what: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{what}: {err}");
+    for w in words {
+        assert!(err.contains(w), "{what}: {w:?} not in: {err}");
+    }
+    assert!(
+        !err.contains("Unknown: transport error") && !err.contains("TLS settings: transport error"),
+        "{what}: {err}"
+    );
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    pki: PathBuf,
+    other: PathBuf,
+    collector: Collector,
+}
+
+impl Setup {
+    fn new(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = pki(&tmp.path().join("pki"));
+        let other = pki(&tmp.path().join("other"));
+        let collector = Collector::start_with(&pki, &tmp.path().join("store"), 0, extra);
+        Self {
+            _tmp: tmp,
+            pki,
+            other,
+            collector,
+        }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.pki.join(name)
+    }
+}
+
+/// An agent certificate for `name` from the CA in `pki_dir`, valid only
+/// from `not_before` to `not_after` (the profile `pki init` uses).
+fn issue_agent_cert(
+    pki_dir: &Path,
+    out: &Path,
+    name: &str,
+    (not_before, not_after): (OffsetDateTime, OffsetDateTime),
+) -> TestResult {
+    let ca_pem = std::fs::read_to_string(pki_dir.join("ca.pem"))?;
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("ca.key"))?)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(
+        format!("ircap://agent/{name}").as_str().try_into()?,
+    )];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::write(out.join(format!("{name}.pem")), cert.pem())?;
+    std::fs::write(out.join(format!("{name}.key")), key.serialize_pem())?;
+    Ok(())
+}
+
+#[test]
+fn refused_certificates_and_keys_are_named_on_the_agent() -> TestResult {
+    let s = Setup::new(&[]);
+    let url = s.collector.url();
+    let ca = s.file("ca.pem");
+
+    let out = agent(&url, &ca, &s.file("web-1.pem"), &s.file("web-1.key"));
+    assert_says(&out, 0, &[], "the control case: matching files capture");
+
+    let foreign = agent(&url, &ca, &s.other.join("web-1.pem"), &s.other.join("web-1.key"));
+    assert_says(
+        &foreign,
+        1,
+        &["refused this client's certificate", "not signed by the CA the collector trusts"],
+        "agent certificate of another CA",
+    );
+
+    let now = OffsetDateTime::now_utc();
+    let issued = tempfile::tempdir()?;
+    issue_agent_cert(
+        &s.pki,
+        issued.path(),
+        "old-1",
+        (now - time::Duration::days(30), now - time::Duration::days(1)),
+    )?;
+    let expired = agent(
+        &url,
+        &ca,
+        &issued.path().join("old-1.pem"),
+        &issued.path().join("old-1.key"),
+    );
+    assert_says(&expired, 1, &["expired"], "expired agent certificate");
+
+    let mismatched = agent(&url, &ca, &s.file("web-1.pem"), &s.file("web-2.key"));
+    assert_says(
+        &mismatched,
+        2,
+        &["does not belong to the certificate"],
+        "key of another certificate",
+    );
+
+    let wrong_ca = agent(&url, &s.other.join("ca.pem"), &s.file("web-1.pem"), &s.file("web-1.key"));
+    assert_says(
+        &wrong_ca,
+        1,
+        &["not signed by the CA in --ca", &url.replace("https://", "")],
+        "--ca of another CA",
+    );
+    Ok(())
+}
+
+#[test]
+fn a_revoked_agent_certificate_is_named_revoked() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let crl = pki_dir.join("crl.pem");
+    let out = bin("ircap-collector")
+        .args(["pki", "revoke", "--ca-dir"])
+        .arg(&pki_dir)
+        .arg("--crl")
+        .arg(&crl)
+        .arg(pki_dir.join("web-2.pem"))
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let collector = Collector::start_with(
+        &pki_dir,
+        &tmp.path().join("store"),
+        0,
+        &["--crl", crl.to_str().unwrap()],
+    );
+    let ca = pki_dir.join("ca.pem");
+    let revoked = agent(
+        &collector.url(),
+        &ca,
+        &pki_dir.join("web-2.pem"),
+        &pki_dir.join("web-2.key"),
+    );
+    assert_says(&revoked, 1, &["revoked"], "revoked agent certificate");
+    let fine = agent(
+        &collector.url(),
+        &ca,
+        &pki_dir.join("web-1.pem"),
+        &pki_dir.join("web-1.key"),
+    );
+    assert_says(&fine, 0, &[], "a certificate the CRL does not name");
+    Ok(())
+}
+
+#[test]
+fn urls_that_cannot_work_are_refused_or_named() -> TestResult {
+    let s = Setup::new(&[]);
+    let (ca, cert, key) = (s.file("ca.pem"), s.file("web-1.pem"), s.file("web-1.key"));
+    let port = s.collector.addr.port();
+
+    let no_scheme = agent(&format!("127.0.0.1:{port}"), &ca, &cert, &key);
+    assert_says(&no_scheme, 2, &["only https://"], "agent URL without a scheme");
+
+    // Nothing listens on port 1 of loopback.
+    let refused = agent("https://127.0.0.1:1", &ca, &cert, &key);
+    assert_says(
+        &refused,
+        1,
+        &["127.0.0.1:1", "connection refused"],
+        "nothing listening",
+    );
+
+    let dns = agent("https://no-such-host.invalid:7443", &ca, &cert, &key);
+    assert_says(
+        &dns,
+        1,
+        &["cannot resolve", "no-such-host.invalid"],
+        "a host name that does not resolve",
+    );
+
+    let (alice, alice_key) = (s.file("alice.pem"), s.file("alice.key"));
+    let out = list(&format!("127.0.0.1:{port}"), &ca, &alice, &alice_key);
+    assert_says(&out, 2, &["only https://"], "list without a scheme");
+    let out = list(&s.collector.url(), &s.other.join("ca.pem"), &alice, &alice_key);
+    assert_says(&out, 1, &["not signed by the CA in --ca"], "list with another CA");
+    let out = list(&s.collector.url(), &ca, &alice, &alice_key);
+    assert_says(&out, 0, &[], "the control case: list works");
+    Ok(())
+}
