@@ -118,7 +118,12 @@ fn run_capture(args: &CaptureArgs) -> u8 {
         }
     };
     if let Some(url) = &args.collector
-        && let Err(err) = ircap_proto::client::check_https(url)
+        && let Err(err) = ircap_proto::client::check_files(&ircap_proto::client::MtlsSettings {
+            url: url.clone(),
+            ca: args.ca.clone().unwrap_or_default(),
+            cert: args.cert.clone().unwrap_or_default(),
+            key: args.key.clone().unwrap_or_default(),
+        })
     {
         tracing::error!("Invalid option: --collector: {err}");
         return exit::USAGE;

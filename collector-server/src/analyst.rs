@@ -40,6 +40,9 @@ pub enum AnalystError {
     /// Bad settings.
     #[error("{0}")]
     Config(String),
+    /// The pull's destination already holds that capture.
+    #[error("{} already exists: pull into another directory, or remove it first", .0.display())]
+    Exists(PathBuf),
     /// The pulled capture does not verify.
     #[error("pulled capture does not verify: {}", .0.problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Verify(VerifyReport),
@@ -77,6 +80,19 @@ pub fn connect(s: &ServerSettings) -> Result<CaptureQueryClient<Channel>, Analys
     let channel =
         ircap_proto::client::mtls_channel(s).map_err(|e| AnalystError::Config(e.to_string()))?;
     Ok(CaptureQueryClient::new(channel).max_decoding_message_size(8 << 20))
+}
+
+/// A `--since`/`--until` value as the RFC 3339 text the collector's
+/// query takes: a duration back from now (`1h`, `7d`) or an RFC 3339 time;
+/// empty when the flag was not given.
+///
+/// # Errors
+/// [`AnalystError::Config`] naming the option.
+pub fn query_time(option: &str, value: Option<&str>) -> Result<String, AnalystError> {
+    value.map_or(Ok(String::new()), |v| {
+        ircap_proto::units::since_rfc3339(v, std::time::SystemTime::now())
+            .map_err(|e| AnalystError::Config(format!("{option}: {e}")))
+    })
 }
 
 /// Lists captures.
@@ -263,7 +279,7 @@ pub fn show_text(m: &Manifest) -> String {
     let field =
         |k: &str| escape(receipt.get(k).and_then(|v| v.as_str()).unwrap_or("-")).into_owned();
     let instance = escape(m.host.instance_id.as_deref().unwrap_or("-"));
-    let status = serde_json::to_value(&m.status)
+    let status = serde_json::to_value(m.status)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
@@ -312,7 +328,10 @@ fn error_list(m: &Manifest) -> String {
     if lines.is_empty() {
         return String::new();
     }
-    let mut out = format!("\nerrors ({} recorded)\n", m.error_count.max(lines.len() as u64));
+    let mut out = format!(
+        "\nerrors ({} recorded)\n",
+        m.error_count.max(lines.len() as u64)
+    );
     for line in lines.iter().take(SHOWN_ERRORS) {
         out.push_str("  ");
         out.push_str(line);
@@ -341,10 +360,7 @@ pub async fn pull(
     let (m, manifest_bytes) = manifest(client, id).await?;
     let final_dir = dir.join(&m.capture_id);
     if final_dir.join(MANIFEST_FILE).exists() {
-        return Err(AnalystError::Config(format!(
-            "{} already exists",
-            final_dir.display()
-        )));
+        return Err(AnalystError::Exists(final_dir));
     }
     let partial = dir.join(format!(".{}.partial", m.capture_id));
     std::fs::create_dir_all(&partial)

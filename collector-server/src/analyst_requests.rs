@@ -17,7 +17,6 @@ use crate::analyst::{AnalystError, ServerSettings, rpc};
 /// How often `--wait` asks for results.
 const WAIT_POLL: Duration = Duration::from_millis(500);
 
-
 /// Connects (lazily) with mutual TLS.
 ///
 /// # Errors
@@ -44,8 +43,7 @@ pub fn parse_duration(option: &str, text: &str) -> Result<Duration, AnalystError
 /// # Errors
 /// [`AnalystError::Config`] naming the option.
 pub fn parse_size(option: &str, text: &str) -> Result<u64, AnalystError> {
-    ircap_proto::units::parse_size(text)
-        .map_err(|e| AnalystError::Config(format!("{option}: {e}")))
+    ircap_proto::units::parse_size(text).map_err(|e| AnalystError::Config(format!("{option}: {e}")))
 }
 
 /// Parses `KEY=VALUE` labels.
@@ -394,7 +392,10 @@ mod tests {
     #[test]
     fn durations_sizes_labels() {
         assert_eq!(parse_duration("x", "90s").unwrap(), Duration::from_secs(90));
-        assert!(parse_duration("x", "90").is_err(), "a bare number is ambiguous");
+        assert!(
+            parse_duration("x", "90").is_err(),
+            "a bare number is ambiguous"
+        );
         assert_eq!(
             parse_duration("x", "2h").unwrap(),
             Duration::from_secs(7200)

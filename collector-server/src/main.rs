@@ -398,11 +398,11 @@ fn run_pki(cmd: PkiCommand) -> anyhow::Result<()> {
 }
 
 fn run_analyst(cmd: Command) -> ExitCode {
-    let url = match &cmd {
-        Command::List { server, .. } | Command::Show { server, .. } | Command::Pull { server, .. } => {
-            server.server.clone()
-        }
-        _ => String::new(),
+    let settings = match &cmd {
+        Command::List { server, .. }
+        | Command::Show { server, .. }
+        | Command::Pull { server, .. } => Some(server.settings()),
+        _ => None,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -501,14 +501,29 @@ fn run_analyst(cmd: Command) -> ExitCode {
             print_json(&report);
             ExitCode::from(3)
         }
-        Err(err) => analyst_failed(&err, &url),
+        Err(err) => analyst_failed(&err, settings.as_ref()),
     }
 }
 
-/// Logs an analyst command's failure in one escaped line; exit 2 for
-/// settings refused before anything was sent, 1 otherwise.
-fn analyst_failed(err: &analyst::AnalystError, url: &str) -> ExitCode {
-    tracing::error!("{}", escape(&err.explain(url)));
+/// Logs an analyst command's failure in one escaped line (probing the
+/// collector once when the error does not say why it could not be
+/// reached); exit 2 for settings refused before anything was sent, 1
+/// otherwise.
+fn analyst_failed(
+    err: &analyst::AnalystError,
+    settings: Option<&analyst::ServerSettings>,
+) -> ExitCode {
+    let url = settings.map_or("", |s| s.url.as_str());
+    let diagnosed = match (err, settings) {
+        (analyst::AnalystError::Call(status), Some(s))
+            if ircap_proto::explain::is_unexplained(status) =>
+        {
+            analyst_runtime().and_then(|rt| rt.block_on(ircap_proto::client::diagnose(s)))
+        }
+        _ => None,
+    };
+    let message = diagnosed.map_or_else(|| err.explain(url), |d| d.message);
+    tracing::error!("{}", escape(&message));
     if matches!(err, analyst::AnalystError::Config(_)) {
         ExitCode::from(2)
     } else {
@@ -635,7 +650,7 @@ fn run_request(args: &RequestArgs) -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
-        Err(err) => analyst_failed(&err, &args.server.server),
+        Err(err) => analyst_failed(&err, Some(&args.server.settings())),
     }
 }
 
@@ -664,7 +679,7 @@ fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(err) => analyst_failed(&err, &server.server),
+        Err(err) => analyst_failed(&err, Some(&server.settings())),
     }
 }
 

@@ -593,7 +593,10 @@ mod tests {
     #[test]
     fn a_relative_file_store_is_refused() {
         for (store, wanted) in [
-            ("file://var/lib/ircap", "must be absolute (file:///var/lib/ircap)"),
+            (
+                "file://var/lib/ircap",
+                "must be absolute (file:///var/lib/ircap)",
+            ),
             ("file://", "expected file://DIR"),
             ("/var/lib/ircap", "expected file://DIR"),
         ] {

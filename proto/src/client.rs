@@ -75,6 +75,112 @@ pub fn check_https(url: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// Reads the three PEM files and builds the TLS client configuration from
+/// them, as a connection would, without connecting: a missing or empty
+/// file, or a key that does not belong to the certificate, is named here,
+/// before anything is sent.
+///
+/// # Errors
+/// [`ClientError`] naming the file or the mismatch.
+pub fn check_files(s: &MtlsSettings) -> Result<(), ClientError> {
+    client_config(s).map(drop)
+}
+
+/// The rustls client configuration the three PEM files make.
+fn client_config(s: &MtlsSettings) -> Result<rustls::ClientConfig, ClientError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    check_https(&s.url)?;
+    let bad = |what: &str, path: &Path, why: String| {
+        ClientError::Tls(format!("{what} {}: {why}", path.display()))
+    };
+    let ca = read(&s.ca, "CA certificate")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        let c = c.map_err(|e| bad("--ca", &s.ca, e.to_string()))?;
+        roots
+            .add(c)
+            .map_err(|e| bad("--ca", &s.ca, e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("--ca", &s.ca, "no PEM certificate in it".into()));
+    }
+    let cert = read(&s.cert, "certificate")?;
+    let chain = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("--cert", &s.cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad("--cert", &s.cert, "no PEM certificate in it".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(&s.key, "key")?)
+        .map_err(|e| bad("--key", &s.key, format!("no usable PEM private key ({e})")))?;
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ClientError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| ClientError::Tls(crate::explain::error(&e, &s.url)))
+}
+
+/// How long [`diagnose`] waits for each step.
+const PROBE_STEP: Duration = Duration::from_secs(5);
+
+/// Finds out why connections to the collector fail when the call's own
+/// error does not say (with TLS 1.3 the collector's verdict on the client
+/// certificate comes after the handshake, and a client that is already
+/// writing often sees only a broken pipe): one TCP connection, one TLS
+/// handshake with the same files, then one read that receives the
+/// collector's alert if it refused the certificate. Nothing is sent
+/// beyond the handshake. `None` when the probe found nothing wrong.
+pub async fn diagnose(s: &MtlsSettings) -> Option<crate::explain::Explained> {
+    let explained = |e: &(dyn std::error::Error + 'static)| crate::explain::explained(e, &s.url);
+    use tokio::io::AsyncReadExt as _;
+
+    let mut config = match client_config(s) {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(crate::explain::Explained {
+                message: e.to_string(),
+                certificate_refused: matches!(e, ClientError::Tls(_)),
+            });
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let authority = crate::explain::authority(&s.url);
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host).ok()?;
+    let tcp =
+        match tokio::time::timeout(PROBE_STEP, tokio::net::TcpStream::connect(&authority)).await {
+            Err(_) => return explained(&TimedOut),
+            Ok(Err(e)) => return explained(&e),
+            Ok(Ok(t)) => t,
+        };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut tls = match tokio::time::timeout(PROBE_STEP, connector.connect(name, tcp)).await {
+        Err(_) => return explained(&TimedOut),
+        Ok(Err(e)) => return explained(&e),
+        Ok(Ok(t)) => t,
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(PROBE_STEP, tls.read(&mut byte)).await {
+        Ok(Err(e)) => explained(&e),
+        _ => None,
+    }
+}
+
+/// A step of [`diagnose`] that got no answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("timed out")]
+struct TimedOut;
+
 /// A lazily connected mutual-TLS channel (it reconnects on use), with
 /// keepalives so a dead peer is noticed.
 ///
@@ -82,7 +188,7 @@ pub fn check_https(url: &str) -> Result<(), ClientError> {
 /// [`ClientError`] when a PEM file cannot be read or the URL is not an
 /// `https://` URL.
 pub fn mtls_channel(s: &MtlsSettings) -> Result<Channel, ClientError> {
-    check_https(&s.url)?;
+    check_files(s)?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&s.ca, "CA certificate")?))
         .identity(Identity::from_pem(

@@ -9,15 +9,26 @@
 
 use std::error::Error as StdError;
 
-use rustls::{AlertDescription, CertificateError};
+use rustls::CertificateError;
+
+/// What the client made of the collector's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ServerCert {
+    UnknownIssuer,
+    NotValidForName,
+    Expired,
+    Revoked,
+    Other(String),
+}
 
 /// What went wrong, as found in an error's source chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Cause {
-    /// The collector sent this TLS alert (it refused our certificate).
-    Alert(AlertDescription),
+    /// The collector sent this TLS alert (it refused our certificate); the
+    /// alert's name as rustls spells it (`CertificateExpired`, ...).
+    Alert(String),
     /// We refused the collector's certificate.
-    ServerCertificate(CertificateError),
+    ServerCertificate(ServerCert),
     /// Our key does not belong to our certificate.
     KeyMismatch,
     /// The host name did not resolve.
@@ -26,15 +37,72 @@ enum Cause {
     Refused,
     /// No answer in time.
     TimedOut,
+    /// The collector closed the connection right after the handshake
+    /// (with TLS 1.3 that is how a refused client certificate often
+    /// looks to the client: the alert is lost behind a broken pipe).
+    Closed,
+}
+
+fn server_cert(c: &CertificateError) -> ServerCert {
+    match c {
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+            ServerCert::UnknownIssuer
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            ServerCert::NotValidForName
+        }
+        CertificateError::Expired
+        | CertificateError::ExpiredContext { .. }
+        | CertificateError::NotValidYet
+        | CertificateError::NotValidYetContext { .. } => ServerCert::Expired,
+        CertificateError::Revoked => ServerCert::Revoked,
+        other => ServerCert::Other(other.to_string()),
+    }
 }
 
 fn from_rustls(e: &rustls::Error) -> Option<Cause> {
     match e {
-        rustls::Error::AlertReceived(a) => Some(Cause::Alert(*a)),
-        rustls::Error::InvalidCertificate(c) => Some(Cause::ServerCertificate(c.clone())),
+        rustls::Error::AlertReceived(a) => Some(Cause::Alert(format!("{a:?}"))),
+        rustls::Error::InvalidCertificate(c) => Some(Cause::ServerCertificate(server_cert(c))),
         rustls::Error::InconsistentKeys(_) => Some(Cause::KeyMismatch),
         _ => None,
     }
+}
+
+/// The same causes from an error's text: tonic's TLS connector keeps only
+/// the text of the rustls error it saw.
+fn from_text(text: &str) -> Option<Cause> {
+    if let Some((_, alert)) = text.split_once("received fatal alert: ") {
+        let name: String = alert
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        return Some(Cause::Alert(name));
+    }
+    if let Some((_, why)) = text.split_once("invalid peer certificate: ") {
+        let kind = if why.starts_with("UnknownIssuer") || why.starts_with("BadSignature") {
+            ServerCert::UnknownIssuer
+        } else if why.contains("not valid for name") || why.starts_with("NotValidForName") {
+            ServerCert::NotValidForName
+        } else if why.contains("expired") || why.contains("not valid yet") {
+            ServerCert::Expired
+        } else if why.starts_with("Revoked") || why.contains("revoked") {
+            ServerCert::Revoked
+        } else {
+            ServerCert::Other(why.to_owned())
+        };
+        return Some(Cause::ServerCertificate(kind));
+    }
+    if text.contains("private key") && text.contains("does not match") {
+        return Some(Cause::KeyMismatch);
+    }
+    if text.starts_with("dns error") || text.contains("failed to lookup address") {
+        return Some(Cause::Dns);
+    }
+    if text.contains("timed out") {
+        return Some(Cause::TimedOut);
+    }
+    None
 }
 
 fn cause_of(err: &(dyn StdError + 'static)) -> Option<Cause> {
@@ -50,17 +118,15 @@ fn cause_of(err: &(dyn StdError + 'static)) -> Option<Cause> {
         match io.kind() {
             std::io::ErrorKind::ConnectionRefused => return Some(Cause::Refused),
             std::io::ErrorKind::TimedOut => return Some(Cause::TimedOut),
+            std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::UnexpectedEof => {
+                return from_text(&io.to_string()).or(Some(Cause::Closed));
+            }
             _ => {}
         }
     }
-    let text = err.to_string();
-    if text.starts_with("dns error") || text.contains("failed to lookup address") {
-        return Some(Cause::Dns);
-    }
-    if text.contains("timed out") {
-        return Some(Cause::TimedOut);
-    }
-    None
+    from_text(&err.to_string())
 }
 
 /// The first recognised cause in `err`'s chain, and the chain as text.
@@ -115,47 +181,45 @@ fn sentence(cause: &Cause, url: &str) -> String {
         (a.clone(), format!("the collector at {a}"))
     };
     match cause {
-        Cause::Alert(a) => match a {
-            AlertDescription::CertificateExpired => format!(
+        Cause::Alert(a) => match a.as_str() {
+            "CertificateExpired" => format!(
                 "{collector} refused this client's certificate as expired or not yet valid: check its dates (openssl x509 -noout -dates -in CERT) and issue a new one with `ircap-collector pki issue`"
             ),
-            AlertDescription::CertificateRevoked => format!(
+            "CertificateRevoked" => format!(
                 "{collector} refused this client's certificate as revoked (it is on the collector's CRL): issue a new one with `ircap-collector pki issue`"
             ),
-            AlertDescription::UnknownCA | AlertDescription::DecryptError => format!(
+            "UnknownCA" | "DecryptError" | "BadCertificate" => format!(
                 "{collector} refused this client's certificate: it is not signed by the CA the collector trusts; use a certificate issued by that collector's `ircap-collector pki`"
             ),
-            AlertDescription::UnsupportedCertificate => format!(
+            "UnsupportedCertificate" => format!(
                 "{collector} refused this client's certificate: it is not for TLS client authentication (extended key usage clientAuth is required)"
             ),
-            AlertDescription::CertificateRequired => format!(
+            "CertificateRequired" => format!(
                 "{collector} requires a client certificate and none was sent: pass --cert and --key"
             ),
             other => format!(
-                "{collector} refused the TLS handshake (alert {other:?}): check that --cert and --key were issued by that collector's CA and are current"
+                "{collector} refused the TLS handshake (alert {other}): check that --cert and --key were issued by that collector's CA and are current"
             ),
         },
         Cause::ServerCertificate(c) => match c {
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
+            ServerCert::UnknownIssuer => format!(
                 "the certificate presented by {at} is not signed by the CA in --ca: pass the collector's CA certificate (pki/ca.pem on the collector), or check that {at} is the collector"
             ),
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                format!(
-                    "the certificate presented by {at} is not issued for the name {}: connect with the name in its certificate (see `openssl x509 -noout -ext subjectAltName -in server.pem`)",
-                    host_of(url)
-                )
-            }
-            CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. } => format!(
+            ServerCert::NotValidForName => format!(
+                "the certificate presented by {at} is not issued for the name {}: connect with a name in its certificate (openssl x509 -noout -ext subjectAltName -in server.pem)",
+                host_of(url)
+            ),
+            ServerCert::Expired => format!(
                 "the certificate presented by {at} is expired or not yet valid: the collector's server certificate must be renewed, or check this host's clock"
             ),
-            CertificateError::Revoked => {
-                format!("the certificate presented by {at} is revoked")
+            ServerCert::Revoked => format!("the certificate presented by {at} is revoked"),
+            ServerCert::Other(why) => {
+                format!("the certificate presented by {at} was refused: {why}")
             }
-            other => format!("the certificate presented by {at} was refused: {other}"),
         },
+        Cause::Closed => format!(
+            "{collector} closed the connection right after the TLS handshake: it probably refused this client's certificate (another CA, expired, revoked, or not a clientAuth certificate); check --cert and --key against the collector's CA and CRL"
+        ),
         Cause::KeyMismatch => {
             "the private key (--key) does not belong to the certificate (--cert): pass the key that was issued with it".to_owned()
         }
@@ -179,7 +243,9 @@ pub fn status(status: &tonic::Status, url: &str) -> String {
     let chain = std::error::Error::source(status).map(walk);
     match chain {
         Some((Some(cause), _)) => sentence(&cause, url),
-        Some((None, text)) if status.message().is_empty() || status.message() == "transport error" => {
+        Some((None, text))
+            if status.message().is_empty() || status.message() == "transport error" =>
+        {
             format!("cannot reach the collector at {}: {text}", authority(url))
         }
         _ => format!(
@@ -202,6 +268,41 @@ pub fn is_certificate_refusal(status: &tonic::Status) -> bool {
                 Some(Cause::Alert(_) | Cause::ServerCertificate(_) | Cause::KeyMismatch)
             )
         })
+}
+
+/// Whether `status` is a failure to reach the collector whose cause the
+/// error itself does not name (see [`crate::client::diagnose`]).
+#[must_use]
+pub fn is_unexplained(status: &tonic::Status) -> bool {
+    std::error::Error::source(status)
+        .map(walk)
+        .is_some_and(|(cause, _)| matches!(cause, None | Some(Cause::Closed)))
+}
+
+/// A recognised cause, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explained {
+    /// One line: what was refused, by whom, what to check.
+    pub message: String,
+    /// A certificate or key was refused (by either side): trying again
+    /// cannot help.
+    pub certificate_refused: bool,
+}
+
+/// The explanation of `err` when its cause is recognised (and is more
+/// than a bare closed connection).
+#[must_use]
+pub fn explained(err: &(dyn StdError + 'static), url: &str) -> Option<Explained> {
+    match walk(err) {
+        (Some(Cause::Closed) | None, _) => None,
+        (Some(cause), _) => Some(Explained {
+            message: sentence(&cause, url),
+            certificate_refused: matches!(
+                cause,
+                Cause::Alert(_) | Cause::ServerCertificate(_) | Cause::KeyMismatch
+            ),
+        }),
+    }
 }
 
 /// Why setting up a connection to `url` failed (e.g. the key and the

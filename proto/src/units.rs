@@ -129,7 +129,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(1_209_600));
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Duration::from_secs(1_209_600)
+        );
         for bad in ["", "90", "h", "1y", "soon", "-1h", "99999999999999999999w"] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }

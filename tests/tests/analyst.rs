@@ -434,6 +434,80 @@ fn list_show_and_pull_a_verified_capture() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn show_and_pull_take_a_unique_id_prefix_and_show_lists_errors_and_original_hashes() -> TestResult {
+    let s = Setup::new()?;
+    // A log directory with a log file, stored gzip'd with its original's
+    // hash.
+    let logs = s.dir("logs");
+    let log_body = b"Dec  2 02:00:00 host sshd[1]: Accepted publickey for root\n".repeat(50);
+    std::fs::write(logs.join("auth.log"), &log_body)?;
+    let out = agent_capture(
+        &s.collector.url(),
+        s.pki(),
+        "web-1",
+        &["--logs-dir", logs.to_str().unwrap(), "--logs-since", "1d"],
+    );
+    assert!(
+        out.status.success() || out.status.code() == Some(4),
+        "{}",
+        text(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = summary["capture_id"].as_str().unwrap().to_owned();
+    let other = s.capture("web-2");
+
+    // A unique prefix (what a person copies from a table) is the capture;
+    // a prefix both ids share is refused, naming both.
+    let unique = &id[..id.len() - 6];
+    let out = s.analyst("alice", "show", &[unique]);
+    assert_exit(&out, 0, "show with a unique prefix");
+    let shown = text(&out.stdout);
+    assert!(shown.contains(&id), "{shown}");
+    let shortened = format!("{}…", &id[..id.len() - 6]);
+    let out = s.analyst("alice", "show", &[&shortened, "--json"]);
+    assert_exit(&out, 0, "show with a printed shortened id");
+    let common: String = id
+        .chars()
+        .zip(other.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    assert!(common.len() >= 4, "{id} and {other} share {common:?}");
+    let out = s.analyst("alice", "show", &[&common]);
+    assert_exit(&out, 1, "show with an ambiguous prefix");
+    let err = text(&out.stderr);
+    assert!(err.contains(&id) && err.contains(&other), "{err}");
+    let out = s.analyst("alice", "show", &["ab"]);
+    assert_exit(&out, 2, "show with a two-character prefix");
+    let dir = s.dir("by-prefix");
+    let out = s.pull(unique, &dir);
+    assert_exit(&out, 0, "pull with a unique prefix");
+    assert!(dir.join(&id).join("manifest.json").is_file());
+
+    // show lists the recorded errors and the original (uncompressed) hash
+    // of the log file, the one `sha256sum` of the host's file gives.
+    let original = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&log_body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert!(
+        shown.contains(&original),
+        "no original hash {original}: {shown}"
+    );
+    // The agent's own key lies under /tmp (the test's PKI), so the
+    // volatile-files walk records that it did not read it.
+    assert!(shown.contains("errors ("), "no error list: {shown}");
+    assert!(
+        shown.contains("web-1.key: the agent's own key"),
+        "the recorded error is not listed: {shown}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_analyst_certificates_may_query() -> TestResult {
     let s = Setup::new()?;
@@ -732,12 +806,27 @@ fn duckdb_cli() -> PathBuf {
             .arg(&venv)
             .output()
             .unwrap();
-        assert!(out.status.success(), "python3 -m venv: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "python3 -m venv: {}",
+            text(&out.stderr)
+        );
         let out = Command::new(venv.join("bin").join("python"))
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", DUCKDB_CLI])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                DUCKDB_CLI,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "pip install {DUCKDB_CLI}: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pip install {DUCKDB_CLI}: {}",
+            text(&out.stderr)
+        );
     }
     let _ = lock.unlock();
     duckdb
@@ -746,10 +835,9 @@ fn duckdb_cli() -> PathBuf {
 /// The `duckdb -c "..."` commands of the README's "Open a capture" block,
 /// as written there.
 fn readme_duckdb_commands() -> Vec<String> {
-    let readme = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
-    )
-    .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
     let section = readme
         .split("## Open a capture")
         .nth(1)
@@ -760,7 +848,9 @@ fn readme_duckdb_commands() -> Vec<String> {
     let mut rest = section;
     while let Some(at) = rest.find("duckdb -c \"") {
         let body = &rest[at + "duckdb -c \"".len()..];
-        let end = body.find('"').unwrap_or_else(|| panic!("unterminated query"));
+        let end = body
+            .find('"')
+            .unwrap_or_else(|| panic!("unterminated query"));
         commands.push(format!("duckdb -c \"{}\"", &body[..end]));
         rest = &body[end + 1..];
     }
@@ -814,7 +904,10 @@ fn unowned_listener() -> (Running, u16) {
         &mut line,
     )
     .unwrap();
-    let port = line.trim().parse().unwrap_or_else(|_| panic!("port: {line:?}"));
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("port: {line:?}"));
     (Running(child), port)
 }
 
@@ -861,7 +954,9 @@ fn a_pulled_capture_opens_in_duckdb_with_the_readmes_queries() -> TestResult {
 
     let deleted = run_duckdb(&duckdb, &dir, &deleted_query);
     assert!(
-        deleted.iter().any(|r| r["pid"].as_u64() == Some(sleeper_pid)),
+        deleted
+            .iter()
+            .any(|r| r["pid"].as_u64() == Some(sleeper_pid)),
         "the deleted-binary sleeper {sleeper_pid} is not listed: {deleted:?}"
     );
     let listeners = run_duckdb(&duckdb, &dir, &listener_query);
@@ -872,7 +967,10 @@ fn a_pulled_capture_opens_in_duckdb_with_the_readmes_queries() -> TestResult {
         .unwrap_or_else(|| panic!("listener on port {port} not joined: {listeners:?}"));
     assert_eq!(row["pid"].as_u64(), Some(me), "{row:?}");
     assert!(
-        row["comm"].as_str().unwrap_or_default().starts_with("analyst"),
+        row["comm"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("analyst"),
         "comm of the test process: {row:?}"
     );
     let row = listeners

@@ -22,7 +22,15 @@ fn text(b: &[u8]) -> String {
 /// `ircap-agent capture` to `url` with explicit CA, certificate and key.
 fn agent(url: &str, ca: &Path, cert: &Path, key: &Path) -> Output {
     bin("ircap-agent")
-        .args(["capture", "--no-imds", "--profile", "triage", "--collector", url])
+        .args([
+            "capture",
+            "--no-imds",
+            "--profile",
+            "triage",
+            "--upload-attempts",
+            "2",
+        ])
+        .args(["--collector", url])
         .arg("--ca")
         .arg(ca)
         .arg("--cert")
@@ -71,12 +79,12 @@ struct Setup {
 impl Setup {
     fn new(extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let pki = pki(&tmp.path().join("pki"));
+        let ours = pki(&tmp.path().join("pki"));
         let other = pki(&tmp.path().join("other"));
-        let collector = Collector::start_with(&pki, &tmp.path().join("store"), 0, extra);
+        let collector = Collector::start_with(&ours, &tmp.path().join("store"), 0, extra);
         Self {
             _tmp: tmp,
-            pki,
+            pki: ours,
             other,
             collector,
         }
@@ -127,11 +135,19 @@ fn refused_certificates_and_keys_are_named_on_the_agent() -> TestResult {
     let out = agent(&url, &ca, &s.file("web-1.pem"), &s.file("web-1.key"));
     assert_says(&out, 0, &[], "the control case: matching files capture");
 
-    let foreign = agent(&url, &ca, &s.other.join("web-1.pem"), &s.other.join("web-1.key"));
+    let foreign = agent(
+        &url,
+        &ca,
+        &s.other.join("web-1.pem"),
+        &s.other.join("web-1.key"),
+    );
     assert_says(
         &foreign,
         1,
-        &["refused this client's certificate", "not signed by the CA the collector trusts"],
+        &[
+            "refused this client's certificate",
+            "not signed by the CA the collector trusts",
+        ],
         "agent certificate of another CA",
     );
 
@@ -141,7 +157,10 @@ fn refused_certificates_and_keys_are_named_on_the_agent() -> TestResult {
         &s.pki,
         issued.path(),
         "old-1",
-        (now - time::Duration::days(30), now - time::Duration::days(1)),
+        (
+            now - time::Duration::days(30),
+            now - time::Duration::days(1),
+        ),
     )?;
     let expired = agent(
         &url,
@@ -159,7 +178,12 @@ fn refused_certificates_and_keys_are_named_on_the_agent() -> TestResult {
         "key of another certificate",
     );
 
-    let wrong_ca = agent(&url, &s.other.join("ca.pem"), &s.file("web-1.pem"), &s.file("web-1.key"));
+    let wrong_ca = agent(
+        &url,
+        &s.other.join("ca.pem"),
+        &s.file("web-1.pem"),
+        &s.file("web-1.key"),
+    );
     assert_says(
         &wrong_ca,
         1,
@@ -213,7 +237,12 @@ fn urls_that_cannot_work_are_refused_or_named() -> TestResult {
     let port = s.collector.addr.port();
 
     let no_scheme = agent(&format!("127.0.0.1:{port}"), &ca, &cert, &key);
-    assert_says(&no_scheme, 2, &["only https://"], "agent URL without a scheme");
+    assert_says(
+        &no_scheme,
+        2,
+        &["only https://"],
+        "agent URL without a scheme",
+    );
 
     // Nothing listens on port 1 of loopback.
     let refused = agent("https://127.0.0.1:1", &ca, &cert, &key);
@@ -235,8 +264,18 @@ fn urls_that_cannot_work_are_refused_or_named() -> TestResult {
     let (alice, alice_key) = (s.file("alice.pem"), s.file("alice.key"));
     let out = list(&format!("127.0.0.1:{port}"), &ca, &alice, &alice_key);
     assert_says(&out, 2, &["only https://"], "list without a scheme");
-    let out = list(&s.collector.url(), &s.other.join("ca.pem"), &alice, &alice_key);
-    assert_says(&out, 1, &["not signed by the CA in --ca"], "list with another CA");
+    let out = list(
+        &s.collector.url(),
+        &s.other.join("ca.pem"),
+        &alice,
+        &alice_key,
+    );
+    assert_says(
+        &out,
+        1,
+        &["not signed by the CA in --ca"],
+        "list with another CA",
+    );
     let out = list(&s.collector.url(), &ca, &alice, &alice_key);
     assert_says(&out, 0, &[], "the control case: list works");
     Ok(())

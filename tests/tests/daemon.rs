@@ -896,3 +896,92 @@ fn bad_daemon_settings_fail_at_start_naming_the_problem() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn waiting_for_a_host_that_is_not_connected_waits_and_says_until_when() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let log = tmp.path().join("collector.log");
+    let c = collector(&pki_dir, &tmp.path().join("store"), 0, &log);
+    let url = c.url();
+
+    // Nobody connected: --wait waits out --timeout, then exits non-zero
+    // saying the request is still pending and until when.
+    let started = Instant::now();
+    let out = analyst(
+        &url,
+        &pki_dir,
+        "alice",
+        "request",
+        &[
+            &[
+                "--host",
+                "web-1",
+                "--wait",
+                "--timeout",
+                "3s",
+                "--ttl",
+                "1h",
+            ],
+            QUICK,
+        ]
+        .concat(),
+    );
+    let waited = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        waited >= Duration::from_secs(3),
+        "returned after {waited:?}"
+    );
+    let lines = json_lines(&out);
+    let pending = lines
+        .iter()
+        .find(|l| l["status"] == "pending")
+        .unwrap_or_else(|| panic!("no pending line: {lines:?}"));
+    let until = pending["pending_until"].as_str().unwrap_or_default();
+    assert!(until.ends_with('Z') && until.len() >= 20, "{pending}");
+    assert!(err.contains("stays pending until"), "{err}");
+
+    // The host connects while an analyst waits: the wait ends with its
+    // result, exit 0.
+    let waiting = analyst_child(
+        &url,
+        &pki_dir,
+        &[&["--host", "web-1", "--wait", "--timeout", "120s"], QUICK].concat(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let _agent = daemon(tmp.path(), &url, &pki_dir, "web-1", "", &[]);
+    let out = waiting.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = json_lines(&out);
+    assert!(
+        results
+            .iter()
+            .any(|r| r["agent"] == "web-1" && r["status"] == "complete"),
+        "{results:?}"
+    );
+    Ok(())
+}
+
+/// `request ARGS` as alice, running in the background (stdout piped).
+fn analyst_child(url: &str, pki: &Path, args: &[&str]) -> Child {
+    bin("ircap-collector")
+        .arg("request")
+        .args(["--server", url])
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join("alice.pem"))
+        .arg("--key")
+        .arg(pki.join("alice.key"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ircap_proto::client::{MtlsSettings, mtls_channel};
+use ircap_proto::client::MtlsSettings;
 use serde::Deserialize;
 
 use super::policy::{Policy, PolicyFile};
@@ -245,22 +245,13 @@ impl DaemonSettings {
     }
 }
 
-/// Builds the channel once, outside any runtime, only to check the files
-/// and URL (it connects lazily, so nothing is sent).
+/// Checks the files and URL the way a connection would, without
+/// connecting.
 fn mtls_channel_check(mtls: &MtlsSettings) -> Result<(), ConfigError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| ConfigError::Invalid {
-            what: "runtime".into(),
-            message: e.to_string(),
-        })?;
-    let _guard = rt.enter();
-    mtls_channel(mtls)
-        .map(|_| ())
-        .map_err(|e| ConfigError::Invalid {
-            what: "collector connection".into(),
-            message: e.to_string(),
-        })
+    ircap_proto::client::check_files(mtls).map_err(|e| ConfigError::Invalid {
+        what: "collector connection".into(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -177,11 +177,20 @@ async fn session(state: &mut State) -> Result<(), String> {
     };
     tx.try_send(message(agent_message::Body::Hello(hello)))
         .map_err(|e| e.to_string())?;
-    let mut inbound = client
-        .attach(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| ircap_proto::explain::status(&s, &state.settings.mtls.url))?
-        .into_inner();
+    let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let probed = if ircap_proto::explain::is_unexplained(&status) {
+                ircap_proto::client::diagnose(&state.settings.mtls).await
+            } else {
+                None
+            };
+            return Err(probed.map_or_else(
+                || ircap_proto::explain::status(&status, &state.settings.mtls.url),
+                |p| p.message,
+            ));
+        }
+    };
     // Whatever could not be sent while disconnected goes first.
     for msg in std::mem::take(&mut state.outbox) {
         tx.send(msg).await.map_err(|e| e.to_string())?;

@@ -63,13 +63,20 @@ pub struct CollectorSettings {
 /// # Errors
 /// [`SinkError`] when a PEM file cannot be read or the URL is invalid.
 pub fn channel(settings: &CollectorSettings) -> Result<Channel, SinkError> {
-    mtls_channel(&MtlsSettings {
-        url: settings.url.clone(),
-        ca: settings.ca.clone(),
-        cert: settings.cert.clone(),
-        key: settings.key.clone(),
-    })
-    .map_err(|e| SinkError::Collector(e.to_string()))
+    mtls_channel(&settings.mtls()).map_err(|e| SinkError::Collector(e.to_string()))
+}
+
+impl CollectorSettings {
+    /// The connection part of the settings.
+    #[must_use]
+    pub fn mtls(&self) -> MtlsSettings {
+        MtlsSettings {
+            url: self.url.clone(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 /// Statuses worth retrying after a reconnect (not a certificate the
@@ -77,14 +84,14 @@ pub fn channel(settings: &CollectorSettings) -> Result<Channel, SinkError> {
 fn retryable(status: &Status) -> bool {
     !ircap_proto::explain::is_certificate_refusal(status)
         && matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::Internal
-    )
+            status.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::Aborted
+                | Code::Internal
+        )
 }
 
 /// One line naming why a call failed (a TLS alert, a refused
@@ -138,7 +145,7 @@ struct Inner {
     rt: Runtime,
     client: CaptureUploadClient<Channel>,
     capture_id: String,
-    url: String,
+    mtls: MtlsSettings,
     attempts: u32,
     deadline: Instant,
 }
@@ -172,7 +179,7 @@ impl GrpcSink {
             rt,
             client,
             capture_id: capture_id.to_owned(),
-            url: settings.url.clone(),
+            mtls: settings.mtls(),
             attempts: settings.attempts.max(1),
             deadline: Instant::now() + settings.deadline,
         };
@@ -211,19 +218,31 @@ impl Inner {
         loop {
             match self.rt.block_on(call(self.client.clone())) {
                 Ok(v) => return Ok(v),
-                Err(status)
-                    if (retryable(&status) || pushback(&status).is_some())
-                        && self.may_retry(attempt, pushback(&status)) =>
-                {
-                    tracing::warn!(attempt, error = %ircap_proto::explain::status(&status, &self.url), "Collector call failed, retrying: {what}");
-                    std::thread::sleep(retry_delay(attempt, pushback(&status)));
-                    attempt += 1;
-                }
                 Err(status) => {
-                    return Err(SinkError::Collector(format!(
-                        "cannot {what}: {}",
-                        ircap_proto::explain::status(&status, &self.url)
-                    )));
+                    // A connection that failed without saying why: ask the
+                    // collector once with a bare handshake, and stop at
+                    // once if it refuses our certificate.
+                    let why = if ircap_proto::explain::is_unexplained(&status) {
+                        self.rt.block_on(ircap_proto::client::diagnose(&self.mtls))
+                    } else {
+                        None
+                    };
+                    let hint = pushback(&status);
+                    let refused = why.as_ref().is_some_and(|w| w.certificate_refused);
+                    let message = why.map_or_else(
+                        || ircap_proto::explain::status(&status, &self.mtls.url),
+                        |w| w.message,
+                    );
+                    if !refused
+                        && (retryable(&status) || hint.is_some())
+                        && self.may_retry(attempt, hint)
+                    {
+                        tracing::warn!(attempt, error = %message, "Collector call failed, retrying: {what}");
+                        std::thread::sleep(retry_delay(attempt, hint));
+                        attempt += 1;
+                    } else {
+                        return Err(SinkError::Collector(format!("cannot {what}: {message}")));
+                    }
                 }
             }
         }
@@ -563,7 +582,7 @@ impl CaptureSink for GrpcSink {
         }
         Ok(format!(
             "{}/captures/{}",
-            self.inner.url.trim_end_matches('/'),
+            self.inner.mtls.url.trim_end_matches('/'),
             self.inner.capture_id
         ))
     }
