@@ -337,6 +337,44 @@ fn list_show_and_pull_a_verified_capture() -> TestResult {
     both.sort();
     assert_eq!(env_ids, both);
 
+    // The environment's server without a scheme is refused before
+    // connecting, naming the rule.
+    let out = bin("ircap-collector")
+        .args(["list", "--json"])
+        .env("IRCAP_SERVER", s.collector.url().replace("https://", ""))
+        .env("IRCAP_CA", s.pki().join("ca.pem"))
+        .env("IRCAP_CERT", s.pki().join("alice.pem"))
+        .env("IRCAP_KEY", s.pki().join("alice.key"))
+        .output()?;
+    assert_exit(&out, 2, "IRCAP_SERVER without https://");
+    assert!(text(&out.stderr).contains("only https://"));
+
+    // --since/--until take durations as the agent does, or RFC 3339.
+    let out = s.analyst("alice", "list", &["--json", "--since", "1h"]);
+    assert_exit(&out, 0, "list --since 1h");
+    assert_eq!(json_lines(&out).len(), 2);
+    let out = s.analyst("alice", "list", &["--json", "--until", "1h"]);
+    assert_exit(&out, 0, "list --until 1h");
+    assert_eq!(
+        json_lines(&out).len(),
+        0,
+        "both started less than an hour ago"
+    );
+    let out = s.analyst(
+        "alice",
+        "list",
+        &["--json", "--since", "2000-01-01T00:00:00Z"],
+    );
+    assert_exit(&out, 0, "list --since RFC 3339");
+    assert_eq!(json_lines(&out).len(), 2);
+    let out = s.analyst("alice", "list", &["--since", "yesterday"]);
+    assert_exit(&out, 2, "list --since yesterday");
+    assert!(
+        text(&out.stderr).contains("RFC 3339"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // Filters.
     let out = s.analyst("alice", "list", &["--json", "--host", "web-1"]);
     assert_exit(&out, 0, "list --host web-1");
