@@ -121,6 +121,7 @@ pub fn list_table(captures: &[CaptureInfo]) -> String {
         "SIZE",
         "ARTIFACTS",
         "STATUS",
+        "FINDINGS",
     ]);
     for c in captures {
         rows.row([
@@ -137,6 +138,7 @@ pub fn list_table(captures: &[CaptureInfo]) -> String {
             human_bytes(c.stored_bytes),
             c.artifacts.to_string(),
             c.status.clone(),
+            crate::triage::counts_text(&c.findings.clone().into_iter().collect()),
         ]);
     }
     rows.render()
@@ -161,6 +163,25 @@ pub async fn manifest(
     let m = Manifest::from_slice(&bytes, "manifest from the collector")
         .map_err(|e| AnalystError::Rpc(e.to_string()))?;
     Ok((m, bytes))
+}
+
+/// The findings the collector computed at commit for capture `id`.
+///
+/// # Errors
+/// [`AnalystError::Rpc`] when the collector refuses.
+pub async fn findings(
+    client: &mut CaptureQueryClient<Channel>,
+    id: &str,
+) -> Result<Vec<crate::triage::Finding>, AnalystError> {
+    let bytes = client
+        .get_manifest(GetManifestRequest {
+            capture_id: id.to_owned(),
+        })
+        .await
+        .map_err(|s| rpc(&s))?
+        .into_inner()
+        .findings_jsonl;
+    Ok(crate::triage::parse_jsonl(&bytes))
 }
 
 /// Renders a manifest: artifacts and chain of custody (host text escaped).

@@ -309,7 +309,15 @@ pub fn write(
     out.push(t.finish()?);
 
     let mut t = JsonlWriter::open(ctx.sink, "network_config", "network_state")?;
-    for name in ["resolv.conf", "hosts", "nsswitch.conf", "hostname"] {
+    // ld.so.preload is not network configuration, but it is the one other
+    // small /etc file triage needs (a rootkit lists its library there).
+    for name in [
+        "resolv.conf",
+        "hosts",
+        "nsswitch.conf",
+        "hostname",
+        "ld.so.preload",
+    ] {
         let rec = config_file(&ctx.roots.etc.join(name));
         if let Some(e) = &rec.error
             && !e.contains("gone")
