@@ -418,14 +418,24 @@ impl Evidence {
         self.tables.processes.iter().find(|p| p.rec.pid == pid)
     }
 
-    /// The network namespace of pid 1 (the host's), if recorded.
+    /// The host's network namespace: pid 1's when recorded, else the
+    /// capturing agent's, else the one most processes are in.
     #[must_use]
     pub fn host_netns(&self) -> Option<u64> {
-        self.tables
-            .processes
+        let net = |p: &Row<Process>| p.rec.namespaces.get("net").copied();
+        let procs = &self.tables.processes;
+        procs
             .iter()
             .find(|p| p.rec.pid == 1)
-            .and_then(|p| p.rec.namespaces.get("net").copied())
+            .and_then(net)
+            .or_else(|| procs.iter().find(|p| p.rec.is_agent).and_then(net))
+            .or_else(|| {
+                let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+                for ns in procs.iter().filter_map(net) {
+                    *counts.entry(ns).or_insert(0) += 1;
+                }
+                counts.into_iter().max_by_key(|&(_, n)| n).map(|(ns, _)| ns)
+            })
     }
 }
 
@@ -455,6 +465,29 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("line 2"), "{problems:?}");
         assert!(problems[1].contains("line 3"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_host_netns_falls_back_from_pid_1_to_the_agent_to_the_majority() {
+        let rows = |text: &str| {
+            let mut problems = Vec::new();
+            read_table::<Process, _>("processes", &gz(text.as_bytes())[..], &mut problems)
+        };
+        let e = |text: &str| Evidence {
+            dir: PathBuf::new(),
+            manifest: crate::triage::rules::fixture::manifest(),
+            tables: Tables {
+                processes: rows(text),
+                ..Tables::default()
+            },
+            problems: Vec::new(),
+        };
+        let a = "{\"pid\":1,\"namespaces\":{\"net\":5}}\n{\"pid\":2,\"namespaces\":{\"net\":7}}\n";
+        assert_eq!(e(a).host_netns(), Some(5));
+        let b = "{\"pid\":1}\n{\"pid\":2,\"is_agent\":true,\"namespaces\":{\"net\":7}}\n{\"pid\":3,\"namespaces\":{\"net\":9}}\n{\"pid\":4,\"namespaces\":{\"net\":9}}\n";
+        assert_eq!(e(b).host_netns(), Some(7));
+        let c = "{\"pid\":1}\n{\"pid\":3,\"namespaces\":{\"net\":9}}\n{\"pid\":4,\"namespaces\":{\"net\":9}}\n{\"pid\":5,\"namespaces\":{\"net\":8}}\n";
+        assert_eq!(e(c).host_netns(), Some(9));
     }
 
     #[test]
