@@ -488,3 +488,77 @@ fn the_html_report_renders_in_chromium_with_the_finding_and_no_script() -> TestR
     );
     Ok(())
 }
+
+#[test]
+fn the_collector_counts_findings_at_commit_and_show_and_findings_by_id_use_them() -> TestResult {
+    let _one = ONE_AT_A_TIME.lock();
+    let tmp = tempfile::tempdir()?;
+    let pki = ircap_e2e::pki(&tmp.path().join("pki"));
+    let collector = ircap_e2e::Collector::start(&pki, &tmp.path().join("store"), 0);
+    let (planted, pids) = plant()?;
+    let out = ircap_e2e::agent_capture(&collector.url(), &pki, "web-1", &["--no-logs"]);
+    drop(planted);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout)?;
+    let id = summary["capture_id"]
+        .as_str()
+        .ok_or("no capture id")?
+        .to_owned();
+    let analyst =
+        |cmd: &str, args: &[&str]| -> Result<std::process::Output, Box<dyn std::error::Error>> {
+            let out = bin("ircap-collector")
+                .arg(cmd)
+                .args(["--server", &collector.url()])
+                .arg("--ca")
+                .arg(pki.join("ca.pem"))
+                .arg("--cert")
+                .arg(pki.join("alice.pem"))
+                .arg("--key")
+                .arg(pki.join("alice.key"))
+                .args(args)
+                .output()?;
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(out)
+        };
+    let list = analyst("list", &["--json"])?;
+    let row: Value = serde_json::from_slice(&list.stdout)?;
+    assert!(row["findings"]["high"].as_u64().unwrap_or(0) >= 4, "{row}");
+    let table = String::from_utf8(analyst("list", &[])?.stdout)?;
+    assert!(
+        table.contains("FINDINGS") && table.contains(" high"),
+        "{table}"
+    );
+    let show = String::from_utf8(analyst("show", &[&id])?.stdout)?;
+    assert!(
+        show.contains(&format!("pid {} (", pids.deleted))
+            && show.contains("runs a deleted executable"),
+        "{show}"
+    );
+    // By id: pulled (and verified) into --pull-dir, then triaged there.
+    let pull_dir = tmp.path().join("evidence");
+    std::fs::create_dir_all(&pull_dir)?;
+    let found = analyst(
+        "findings",
+        &[
+            &id,
+            "--json",
+            "--pull-dir",
+            pull_dir.to_str().ok_or("path")?,
+        ],
+    )?;
+    let lines: Vec<Value> = String::from_utf8(found.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    finding_for(&lines, &pull_dir.join(&id), "exe_origin", pids.memfd)?;
+    assert!(pull_dir.join(format!("{id}.findings.jsonl")).is_file());
+    Ok(())
+}
