@@ -54,6 +54,9 @@ pub struct Diff {
 /// Keyed items of one capture.
 type Keyed = BTreeMap<String, Item>;
 
+/// A section's name and how it keys one capture.
+type Keyer = (&'static str, fn(&Evidence) -> Keyed);
+
 fn item(key: String, detail: String, pointer: Pointer) -> (String, Item) {
     (
         key.clone(),
@@ -312,7 +315,7 @@ pub fn diff(a: &Evidence, b: &Evidence) -> Diff {
         (Some(x), Some(y)) => x == y,
         _ => ha.hostname == hb.hostname,
     };
-    let pairs: [(&'static str, fn(&Evidence) -> Keyed); 9] = [
+    let pairs: [Keyer; 9] = [
         ("processes", processes),
         ("listeners", listeners),
         ("remote_peers", peers),
