@@ -70,12 +70,7 @@ pub async fn triage<S: Store>(
             },
             &mut problems,
         );
-        let e = Evidence {
-            dir: std::path::PathBuf::new(),
-            manifest,
-            tables,
-            problems,
-        };
+        let e = Evidence::new(std::path::PathBuf::new(), manifest, tables, problems);
         let found = super::findings(&e);
         (found, e.problems)
     })

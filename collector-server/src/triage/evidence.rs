@@ -249,6 +249,8 @@ pub struct Evidence {
     pub tables: Tables,
     /// Lines skipped and tables that could not be read, by table.
     pub problems: Vec<String>,
+    /// Index into `tables.processes` by pid (the first record of a pid).
+    by_pid: std::collections::HashMap<i32, usize>,
 }
 
 /// The table names triage reads (`<name>.jsonl.gz`).
@@ -384,6 +386,22 @@ impl Tables {
 }
 
 impl Evidence {
+    /// Evidence of these tables.
+    #[must_use]
+    pub fn new(dir: PathBuf, manifest: Manifest, tables: Tables, problems: Vec<String>) -> Self {
+        let mut by_pid = std::collections::HashMap::with_capacity(tables.processes.len());
+        for (i, p) in tables.processes.iter().enumerate() {
+            by_pid.entry(p.rec.pid).or_insert(i);
+        }
+        Self {
+            dir,
+            manifest,
+            tables,
+            problems,
+            by_pid,
+        }
+    }
+
     /// Reads the capture in `dir` (the directory holding `manifest.json`).
     /// Only tables the manifest lists are read.
     ///
@@ -404,18 +422,15 @@ impl Evidence {
             },
             &mut problems,
         );
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            manifest,
-            tables,
-            problems,
-        })
+        Ok(Self::new(dir.to_path_buf(), manifest, tables, problems))
     }
 
     /// The process with `pid`, if recorded.
     #[must_use]
     pub fn process(&self, pid: i32) -> Option<&Row<Process>> {
-        self.tables.processes.iter().find(|p| p.rec.pid == pid)
+        self.by_pid
+            .get(&pid)
+            .and_then(|&i| self.tables.processes.get(i))
     }
 
     /// The host's network namespace: pid 1's when recorded, else the
@@ -473,14 +488,16 @@ mod tests {
             let mut problems = Vec::new();
             read_table::<Process, _>("processes", &gz(text.as_bytes())[..], &mut problems)
         };
-        let e = |text: &str| Evidence {
-            dir: PathBuf::new(),
-            manifest: crate::triage::rules::fixture::manifest(),
-            tables: Tables {
-                processes: rows(text),
-                ..Tables::default()
-            },
-            problems: Vec::new(),
+        let e = |text: &str| {
+            Evidence::new(
+                PathBuf::new(),
+                crate::triage::rules::fixture::manifest(),
+                Tables {
+                    processes: rows(text),
+                    ..Tables::default()
+                },
+                Vec::new(),
+            )
         };
         let a = "{\"pid\":1,\"namespaces\":{\"net\":5}}\n{\"pid\":2,\"namespaces\":{\"net\":7}}\n";
         assert_eq!(e(a).host_netns(), Some(5));

@@ -118,12 +118,7 @@ pub(crate) mod fixture {
             &mut problems,
         );
         assert!(problems.is_empty(), "{problems:?}");
-        Evidence {
-            dir: std::path::PathBuf::new(),
-            manifest: manifest(),
-            tables,
-            problems,
-        }
+        Evidence::new(std::path::PathBuf::new(), manifest(), tables, problems)
     }
 
     /// The findings of `check` over `e`.
