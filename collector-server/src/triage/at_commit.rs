@@ -18,6 +18,9 @@ use crate::store::{CaptureState, DocKey, Store};
 /// Largest stored table read for triage at commit.
 pub const MAX_TABLE_BYTES: u64 = 256 << 20;
 
+/// Most stored bytes of all tables held at once for triage at commit.
+pub const MAX_TOTAL_BYTES: u64 = 512 << 20;
+
 /// The control document holding capture `id`'s findings.
 ///
 /// # Errors

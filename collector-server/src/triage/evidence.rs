@@ -26,6 +26,9 @@ pub const MAX_LINE: usize = 16 << 20;
 /// Most records decoded per table.
 pub const MAX_RECORDS: usize = 4_000_000;
 
+/// Most decoded bytes read per table: a gzip bomb stops here.
+pub const MAX_TABLE_CONTENT: u64 = 1 << 30;
+
 /// Why a capture could not be read for triage.
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
@@ -282,7 +285,8 @@ pub fn read_table<T: DeserializeOwned, R: Read>(
     reader: R,
     problems: &mut Vec<String>,
 ) -> Vec<Row<T>> {
-    let mut reader = BufReader::new(flate2::read::MultiGzDecoder::new(reader));
+    let mut reader =
+        BufReader::new(flate2::read::MultiGzDecoder::new(reader).take(MAX_TABLE_CONTENT));
     let mut rows = Vec::new();
     let mut buf = Vec::new();
     let mut line = 0u64;
@@ -320,6 +324,11 @@ pub fn read_table<T: DeserializeOwned, R: Read>(
             Ok(rec) => rows.push(Row { line, rec }),
             Err(e) => problems.push(format!("{table}: line {line} is not a record: {e}")),
         }
+    }
+    if reader.get_ref().limit() == 0 {
+        problems.push(format!(
+            "{table}: only the first {MAX_TABLE_CONTENT} decoded bytes were read"
+        ));
     }
     if skipped > 0 {
         problems.push(format!(

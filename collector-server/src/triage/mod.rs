@@ -77,11 +77,32 @@ pub fn to_jsonl(findings: &[Finding]) -> Vec<u8> {
 /// fail on an unexpected file).
 #[must_use]
 pub fn findings_path(dir: &Path) -> PathBuf {
+    // `.` or `x/..` has no name of its own: resolve it first.
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "capture".into());
     dir.with_file_name(format!("{name}.findings.jsonl"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn findings_go_beside_the_capture_even_when_it_is_named_dot() {
+        let tmp = std::env::temp_dir().join(format!("ircap-fp-{}", std::process::id()));
+        let cap = tmp.join("0190-cap");
+        let _ = std::fs::create_dir_all(&cap);
+        assert_eq!(
+            super::findings_path(&cap),
+            tmp.join("0190-cap.findings.jsonl")
+        );
+        assert_eq!(
+            super::findings_path(&cap.join("..").join("0190-cap")),
+            tmp.join("0190-cap.findings.jsonl")
+        );
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 }
 
 /// Writes `findings` beside the capture in `dir` (see [`findings_path`]),
