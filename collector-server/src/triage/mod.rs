@@ -86,25 +86,6 @@ pub fn findings_path(dir: &Path) -> PathBuf {
     dir.with_file_name(format!("{name}.findings.jsonl"))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn findings_go_beside_the_capture_even_when_it_is_named_dot() {
-        let tmp = std::env::temp_dir().join(format!("ircap-fp-{}", std::process::id()));
-        let cap = tmp.join("0190-cap");
-        let _ = std::fs::create_dir_all(&cap);
-        assert_eq!(
-            super::findings_path(&cap),
-            tmp.join("0190-cap.findings.jsonl")
-        );
-        assert_eq!(
-            super::findings_path(&cap.join("..").join("0190-cap")),
-            tmp.join("0190-cap.findings.jsonl")
-        );
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-}
-
 /// Writes `findings` beside the capture in `dir` (see [`findings_path`]),
 /// through a temporary file renamed into place.
 ///
@@ -149,4 +130,23 @@ pub fn table(findings: &[Finding]) -> String {
         t.row([f.severity.as_str(), &f.mitre, &f.title, &at]);
     }
     t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn findings_go_beside_the_capture_whatever_path_names_it() {
+        let tmp = std::env::temp_dir().join(format!("ircap-fp-{}", std::process::id()));
+        let cap = tmp.join("0190-cap");
+        let _ = std::fs::create_dir_all(&cap);
+        assert_eq!(
+            super::findings_path(&cap),
+            tmp.join("0190-cap.findings.jsonl")
+        );
+        assert_eq!(
+            super::findings_path(&cap.join("..").join("0190-cap")),
+            tmp.join("0190-cap.findings.jsonl")
+        );
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 }
