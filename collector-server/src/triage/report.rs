@@ -424,6 +424,40 @@ fn not_captured(out: &mut String, e: &Evidence) {
         n += 1;
         tr(out, "", [h("report"), h(p)]);
     }
+    // Collectors the options did not ask for (the agent's own names).
+    let asked: Vec<&str> = e
+        .manifest
+        .options
+        .get("artifacts")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    if !asked.is_empty() {
+        for optional in [
+            "connections",
+            "processes",
+            "memory_maps",
+            "network_state",
+            "users",
+            "kernel",
+            "volatile_files",
+            "logs",
+            "memory_regions",
+            "physical_memory",
+        ] {
+            if !asked.contains(&optional) {
+                n += 1;
+                tr(
+                    out,
+                    "",
+                    [
+                        h(optional),
+                        h("not requested (profile, --artifacts or --skip)"),
+                    ],
+                );
+            }
+        }
+    }
     out.push_str("</table>");
     if n == 0 {
         out.push_str("<p>Nothing: every artifact was collected without error.</p>");
@@ -514,6 +548,19 @@ mod tests {
         assert!(!page.contains("<b>bold"), "a cell was closed by host text");
         assert!(!page.contains('\u{202e}'));
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    }
+
+    #[test]
+    fn artifacts_left_out_by_the_options_are_named() {
+        let mut e = evidence(&[("processes", vec![process(1, "init", "/sbin/init")])]);
+        e.manifest.options = serde_json::json!({"artifacts": ["processes", "connections", "logs"]});
+        let page = render(&e, &[], "00");
+        let gaps = page.split("id=\"gaps\"").nth(1).unwrap_or("");
+        assert!(
+            gaps.contains("<td>memory_maps</td><td>not requested"),
+            "{gaps}"
+        );
+        assert!(!gaps.contains("<td>logs</td><td>not requested"), "{gaps}");
     }
 
     #[test]
