@@ -1,7 +1,7 @@
 //! The network state artifacts of the agent's own (the host's) network
 //! namespace: `network_interfaces`, `network_routes`, `network_neighbors`,
 //! `listening_sockets` (every namespace, from the socket snapshot) and
-//! `network_config` (resolv.conf, hosts, nsswitch.conf, hostname).
+//! `network_config` (resolv.conf, hosts, nsswitch.conf, hostname, and ld.so.preload for triage).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
