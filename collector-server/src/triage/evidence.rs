@@ -228,7 +228,12 @@ pub struct Route {
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
     pub processes: Vec<Row<Process>>,
+    /// Only the regions triage looks at: anonymous-executable,
+    /// writable+executable or backed by a deleted file (a big host has
+    /// hundreds of thousands of the others).
     pub memory_maps: Vec<Row<Region>>,
+    /// Regions recorded in all.
+    pub memory_maps_total: u64,
     pub connections: Vec<Row<Connection>>,
     pub kernel: Vec<Row<Kernel>>,
     pub kernel_modules: Vec<Row<Module>>,
@@ -285,6 +290,18 @@ pub fn read_table<T: DeserializeOwned, R: Read>(
     reader: R,
     problems: &mut Vec<String>,
 ) -> Vec<Row<T>> {
+    read_table_kept(table, reader, problems, |_| true).0
+}
+
+/// [`read_table`], keeping only records `keep` accepts (and shrinking
+/// them with it); also returns how many records were decoded in all.
+pub fn read_table_kept<T: DeserializeOwned, R: Read>(
+    table: &str,
+    reader: R,
+    problems: &mut Vec<String>,
+    mut keep: impl FnMut(&mut T) -> bool,
+) -> (Vec<Row<T>>, u64) {
+    let mut decoded = 0u64;
     let mut reader =
         BufReader::new(flate2::read::MultiGzDecoder::new(reader).take(MAX_TABLE_CONTENT));
     let mut rows = Vec::new();
@@ -321,7 +338,12 @@ pub fn read_table<T: DeserializeOwned, R: Read>(
             continue;
         }
         match serde_json::from_slice::<T>(text) {
-            Ok(rec) => rows.push(Row { line, rec }),
+            Ok(mut rec) => {
+                decoded += 1;
+                if keep(&mut rec) {
+                    rows.push(Row { line, rec });
+                }
+            }
             Err(e) => problems.push(format!("{table}: line {line} is not a record: {e}")),
         }
     }
@@ -335,7 +357,7 @@ pub fn read_table<T: DeserializeOwned, R: Read>(
             "{table}: {skipped} records past the first {MAX_RECORDS} were not read"
         ));
     }
-    rows
+    (rows, decoded)
 }
 
 /// Discards the rest of an over-long line; false at the end of input.
@@ -373,8 +395,29 @@ impl Tables {
                 }
             };
             match name {
-                "processes" => t.processes = read_table(name, reader, problems),
-                "memory_maps" => t.memory_maps = read_table(name, reader, problems),
+                "processes" => {
+                    // Only what triage reads is kept: the loader's
+                    // variables, the network namespace and the
+                    // capabilities a container escape needs (a big host
+                    // has tens of thousands of processes).
+                    t.processes = read_table_kept(name, reader, problems, |p: &mut Process| {
+                        p.environ.retain(|v| v.name.starts_with("LD_"));
+                        p.namespaces.retain(|k, _| k == "net");
+                        p.cap_effective_names.retain(|c| {
+                            crate::triage::rules::container_caps::ESCAPE_CAPS.contains(&c.as_str())
+                        });
+                        p.environ.shrink_to_fit();
+                        p.cap_effective_names.shrink_to_fit();
+                        true
+                    })
+                    .0;
+                }
+                "memory_maps" => {
+                    (t.memory_maps, t.memory_maps_total) =
+                        read_table_kept(name, reader, problems, |r: &mut Region| {
+                            r.anon_exec || r.write_exec || r.deleted_backed
+                        });
+                }
                 "connections" => t.connections = read_table(name, reader, problems),
                 "kernel" => t.kernel = read_table(name, reader, problems),
                 "kernel_modules" => t.kernel_modules = read_table(name, reader, problems),

@@ -368,8 +368,7 @@ fn memory(out: &mut String, e: &Evidence) {
     let _ = write!(
         out,
         "<p>{} mapped regions recorded, {} anonymous-executable or writable+executable.</p>",
-        e.tables.memory_maps.len(),
-        flagged
+        e.tables.memory_maps_total, flagged
     );
     th(
         out,

@@ -12,7 +12,8 @@ pub const RULE: Rule = Rule {
     check,
 };
 
-const ESCAPE_CAPS: &[&str] = &["CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_SYS_PTRACE"];
+/// The capabilities that let a container process reach the host.
+pub const ESCAPE_CAPS: &[&str] = &["CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_SYS_PTRACE"];
 
 fn check(e: &Evidence, out: &mut Vec<Finding>) {
     let mut sink = Sink::new(RULE.name, out);
