@@ -20,9 +20,11 @@ fi
 # SeaweedFS; musl-tools: ring's C for the static agent; file, systemd
 # (systemd-analyze), curl (the SSM document), dpkg, ca-certificates: the
 # packaging tests; qemu-system-x86: the real-kernel lab (lab_* tests), which
-# fetches Debian's kernel and busybox itself with `apt-get download`.
+# fetches Debian's kernel and busybox itself with `apt-get download`;
+# chromium: the triage report is rendered in headless Chromium
+# (tests/tests/triage.rs), version as Debian 12 ships it.
 packages=(util-linux mount iproute2 procps python3 python3-venv python3-pip bash coreutils
-          musl-tools file systemd curl dpkg ca-certificates qemu-system-x86)
+          musl-tools file systemd curl dpkg ca-certificates qemu-system-x86 chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

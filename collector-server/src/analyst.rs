@@ -152,6 +152,7 @@ pub fn list_table(captures: &[CaptureInfo]) -> String {
         "SIZE",
         "ARTIFACTS",
         "STATUS",
+        "FINDINGS",
     ]);
     for c in captures {
         rows.row([
@@ -168,6 +169,7 @@ pub fn list_table(captures: &[CaptureInfo]) -> String {
             human_bytes(c.stored_bytes),
             c.artifacts.to_string(),
             c.status.clone(),
+            crate::triage::counts_text(&c.findings.clone().into_iter().collect()),
         ]);
     }
     rows.render()
@@ -246,6 +248,24 @@ pub async fn resolve_id(
             if many.len() > 5 { ", ..." } else { "" }
         ))),
     }
+/// The findings the collector computed at commit for capture `id`.
+///
+/// # Errors
+/// [`AnalystError::Rpc`] when the collector refuses.
+pub async fn findings(
+    client: &mut CaptureQueryClient<Channel>,
+    id: &str,
+) -> Result<Vec<crate::triage::Finding>, AnalystError> {
+    let id = resolve_id(client, id).await?;
+    let bytes = client
+        .get_manifest(GetManifestRequest {
+            capture_id: id.clone(),
+        })
+        .await
+        .map_err(|s| rpc(&s))?
+        .into_inner()
+        .findings_jsonl;
+    Ok(crate::triage::parse_jsonl(&bytes))
 }
 
 /// Renders a manifest: artifacts and chain of custody (host text escaped).

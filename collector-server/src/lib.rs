@@ -20,3 +20,4 @@ pub mod status;
 pub mod store;
 pub mod symbols;
 pub mod timefmt;
+pub mod triage;

@@ -103,6 +103,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the triage rules over a capture (findings with ATT&CK ids and
+    /// pointers to the rows); writes <id>.findings.jsonl beside it.
+    Findings(ircap_collector::triage::cli::FindingsArgs),
+    /// What changed between two captures of one host (or, with
+    /// --baseline, since the host's baseline capture).
+    Diff(ircap_collector::triage::cli::DiffArgs),
+    /// Write one self-contained HTML page about a capture.
+    Report(ircap_collector::triage::cli::ReportArgs),
     /// Recompute every hash of a capture directory against its manifest
     /// (exit 0 verified, 1 unreadable, 3 mismatch).
     Verify {
@@ -321,6 +329,9 @@ fn main() -> ExitCode {
         }
         Command::Request(args) => return run_request(&args),
         Command::Agents { server, json } => return run_agents(&server, json),
+        Command::Findings(args) => return ircap_collector::triage::cli::findings(&args),
+        Command::Diff(args) => return ircap_collector::triage::cli::diff(&args),
+        Command::Report(args) => return ircap_collector::triage::cli::report(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -472,7 +483,16 @@ fn run_analyst(cmd: Command) -> ExitCode {
                     // Byte for byte the stored manifest, for machines.
                     let _ = out.write_all(&bytes);
                 } else {
+                    let found = analyst::findings(&mut client, &id).await?;
                     let _ = write!(out, "{}", analyst::show_text(&manifest));
+                    let _ = write!(
+                        out,
+                        "\nfindings ({}, computed by the collector at commit)\n{}",
+                        ircap_collector::triage::counts_text(&ircap_collector::triage::counts(
+                            &found
+                        )),
+                        ircap_collector::triage::table(&found)
+                    );
                 }
                 Ok(None)
             }
@@ -695,6 +715,7 @@ fn capture_json(c: &ircap_proto::v1::CaptureInfo) -> serde_json::Value {
         "artifacts": c.artifacts,
         "status": c.status,
         "committed_at": c.committed_at,
+        "findings": c.findings,
     })
 }
 

@@ -84,6 +84,7 @@ fn info(e: IndexEntry) -> CaptureInfo {
         artifacts: e.artifacts,
         status: "complete".into(),
         committed_at: e.committed_at,
+        findings: e.findings.into_iter().collect(),
     }
 }
 
@@ -155,7 +156,13 @@ impl<S: Store> CaptureQuery for QueryService<S> {
             .read_manifest(&state)
             .await
             .map_err(store_status)?;
-        Ok(Response::new(GetManifestResponse { manifest_json }))
+        let findings_jsonl = crate::triage::at_commit::stored(&*self.store, &state.capture_id)
+            .await
+            .unwrap_or_default();
+        Ok(Response::new(GetManifestResponse {
+            manifest_json,
+            findings_jsonl,
+        }))
     }
 
     type ReadArtifactStream = DataStream;

@@ -685,11 +685,12 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         let mut bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| Status::internal(e.to_string()))?;
         bytes.push(b'\n');
-        let index = index_entry(
+        let mut index = index_entry(
             &manifest,
             &who.name,
             receipt["committed_at"].as_str().unwrap_or_default(),
         );
+        index.findings = crate::triage::at_commit::triage(&*self.store, &state, &manifest).await;
         self.store
             .commit(&state, &bytes, &index)
             .await

@@ -1,7 +1,7 @@
 //! The network state artifacts of the agent's own (the host's) network
 //! namespace: `network_interfaces`, `network_routes`, `network_neighbors`,
 //! `listening_sockets` (every namespace, from the socket snapshot) and
-//! `network_config` (resolv.conf, hosts, nsswitch.conf, hostname).
+//! `network_config` (resolv.conf, hosts, nsswitch.conf, hostname, and ld.so.preload for triage).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -309,7 +309,15 @@ pub fn write(
     out.push(t.finish()?);
 
     let mut t = JsonlWriter::open(ctx.sink, "network_config", "network_state")?;
-    for name in ["resolv.conf", "hosts", "nsswitch.conf", "hostname"] {
+    // ld.so.preload is not network configuration, but it is the one other
+    // small /etc file triage needs (a rootkit lists its library there).
+    for name in [
+        "resolv.conf",
+        "hosts",
+        "nsswitch.conf",
+        "hostname",
+        "ld.so.preload",
+    ] {
         let rec = config_file(&ctx.roots.etc.join(name));
         if let Some(e) = &rec.error
             && !e.contains("gone")

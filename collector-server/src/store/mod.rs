@@ -153,6 +153,10 @@ pub struct IndexEntry {
     pub artifacts: u32,
     /// When the collector committed it (RFC 3339).
     pub committed_at: String,
+    /// Triage findings by severity, computed at commit (absent in
+    /// entries written before triage, or when it could not run).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub findings: BTreeMap<String, u64>,
 }
 
 /// The key of a control document: `/`-separated segments of ASCII

@@ -35,6 +35,7 @@ pub fn index_entry(manifest: &Manifest, agent: &str, committed_at: &str) -> Inde
         stored_bytes: manifest.stored_bytes(),
         artifacts: u32::try_from(manifest.artifacts.len()).unwrap_or(u32::MAX),
         committed_at: committed_at.to_owned(),
+        findings: std::collections::BTreeMap::new(),
     }
 }
 

@@ -1,0 +1,487 @@
+//! What changed between two captures of one host (a baseline and an
+//! incident, or any two): each [`Section`] keys its records so that the
+//! same thing in both captures has the same key, and lists keys only in
+//! B (`added`) or only in A (`removed`). Processes are keyed by
+//! executable SHA-256 and argv, not pid, so a restarted daemon is not a
+//! change and a swapped binary behind the same path is.
+
+use std::collections::BTreeMap;
+
+use ircap_proto::manifest::Manifest;
+use serde::Serialize;
+
+use super::evidence::{Evidence, Row};
+use super::finding::{Pointer, at};
+use super::rules::listeners::endpoint;
+use super::rules::logins::source;
+
+/// One thing present in only one capture.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Item {
+    /// What makes it the same thing in two captures.
+    pub key: String,
+    /// A readable line about it.
+    pub detail: String,
+    /// Where it is in the capture that has it.
+    pub pointer: Pointer,
+}
+
+/// The changes of one kind.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Section {
+    /// `processes`, `listeners`, ...
+    pub name: &'static str,
+    /// Only in B.
+    pub added: Vec<Item>,
+    /// Only in A.
+    pub removed: Vec<Item>,
+}
+
+/// The difference of two captures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diff {
+    /// Capture id of A (the earlier, or the baseline).
+    pub a: String,
+    /// Capture id of B.
+    pub b: String,
+    /// Hostnames claimed by each; a diff of two hosts is allowed but
+    /// flagged.
+    pub same_host: bool,
+    /// One per kind, in a fixed order.
+    pub sections: Vec<Section>,
+}
+
+/// Keyed items of one capture.
+type Keyed = BTreeMap<String, Item>;
+
+/// A section's name and how it keys one capture.
+type Keyer = (&'static str, fn(&Evidence) -> Keyed);
+
+fn item(key: String, detail: String, pointer: Pointer) -> (String, Item) {
+    (
+        key.clone(),
+        Item {
+            key,
+            detail,
+            pointer,
+        },
+    )
+}
+
+fn section(name: &'static str, a: Keyed, mut b: Keyed) -> Section {
+    let mut removed = Vec::new();
+    for (k, v) in a {
+        if b.remove(&k).is_none() {
+            removed.push(v);
+        }
+    }
+    Section {
+        name,
+        added: b.into_values().collect(),
+        removed,
+    }
+}
+
+fn keyed<T>(rows: &[Row<T>], f: impl Fn(&Row<T>) -> Option<(String, Item)>) -> Keyed {
+    rows.iter().filter_map(f).collect()
+}
+
+fn processes(e: &Evidence) -> Keyed {
+    keyed(&e.tables.processes, |r| {
+        let p = &r.rec;
+        if p.kernel_thread || p.is_agent {
+            return None;
+        }
+        let exe = p
+            .exe_sha256
+            .clone()
+            .or_else(|| p.exe.clone())
+            .unwrap_or_else(|| p.comm.clone());
+        let argv = p.argv.join(" ");
+        Some(item(
+            format!("{exe} {argv}"),
+            format!(
+                "pid {} {} {} [{}]",
+                p.pid,
+                p.comm,
+                p.exe.as_deref().unwrap_or("-"),
+                argv
+            ),
+            at("processes", r.line).pid(p.pid),
+        ))
+    })
+}
+
+fn listeners(e: &Evidence) -> Keyed {
+    let host = e.host_netns();
+    keyed(&e.tables.connections, |r| {
+        let c = &r.rec;
+        let listening = c.protocol != "unix"
+            && (c.state == "LISTEN" || (c.state == "UNCONN" && c.protocol.starts_with("udp")));
+        if !listening {
+            return None;
+        }
+        let ns = if host.is_none_or(|h| h == c.netns) {
+            "host".to_owned()
+        } else {
+            format!("netns:{}", c.netns)
+        };
+        let mut names = c.process_names.clone();
+        names.sort();
+        let place = format!("{} {}", c.protocol, endpoint(c));
+        Some(item(
+            format!("{ns} {place} {}", names.join(",")),
+            format!(
+                "{place} in {ns} by {}",
+                if names.is_empty() {
+                    "-".into()
+                } else {
+                    names.join(", ")
+                }
+            ),
+            at("connections", r.line).path(place),
+        ))
+    })
+}
+
+fn peers(e: &Evidence) -> Keyed {
+    keyed(&e.tables.connections, |r| {
+        let c = &r.rec;
+        let remote = c.remote_address.as_deref()?;
+        if c.protocol == "unix"
+            || c.state == "LISTEN"
+            || matches!(remote, "0.0.0.0" | "::" | "")
+            || remote.starts_with("127.")
+            || remote == "::1"
+        {
+            return None;
+        }
+        Some(item(
+            remote.to_owned(),
+            format!(
+                "{remote} ({} {} port {} by {})",
+                c.protocol,
+                c.state,
+                c.remote_port.unwrap_or(0),
+                c.process_names.join(", ")
+            ),
+            at("connections", r.line).path(remote.to_owned()),
+        ))
+    })
+}
+
+fn users(e: &Evidence) -> Keyed {
+    keyed(&e.tables.lastlog, |r| {
+        let name = r.rec.user.clone().unwrap_or_default();
+        Some(item(
+            format!("{} {name}", r.rec.uid),
+            format!("uid {} {name}", r.rec.uid),
+            at("lastlog", r.line),
+        ))
+    })
+}
+
+fn logins(e: &Evidence) -> Keyed {
+    keyed(&e.tables.logins, |r| {
+        let l = &r.rec;
+        if l.source == "utmp" {
+            return None;
+        }
+        let src = source(l);
+        let time = l.time.clone().unwrap_or_default();
+        Some(item(
+            format!(
+                "{} {} {} {} {} {time}",
+                l.source, l.entry_type, l.user, src, l.line
+            ),
+            format!(
+                "{time} {} {} {} from {src} on {}",
+                l.source, l.entry_type, l.user, l.line
+            ),
+            at("logins", r.line).path(l.file.clone()),
+        ))
+    })
+}
+
+fn modules(e: &Evidence) -> Keyed {
+    keyed(&e.tables.kernel_modules, |r| {
+        Some(item(
+            r.rec.name.clone(),
+            r.rec.name.clone(),
+            at("kernel_modules", r.line).path(r.rec.name.clone()),
+        ))
+    })
+}
+
+fn mounts(e: &Evidence) -> Keyed {
+    keyed(&e.tables.mounts, |r| {
+        let m = &r.rec;
+        Some(item(
+            format!("{} {} {}", m.mount_point, m.fs_type, m.source),
+            format!("{} ({} from {})", m.mount_point, m.fs_type, m.source),
+            at("mounts", r.line).path(m.mount_point.clone()),
+        ))
+    })
+}
+
+fn setuid_files(e: &Evidence) -> Keyed {
+    keyed(&e.tables.volatile_files, |r| {
+        let f = &r.rec;
+        if !(f.setuid || f.setgid) || f.file_type != "file" {
+            return None;
+        }
+        Some(item(
+            format!("{} {}", f.path, f.sha256.as_deref().unwrap_or("-")),
+            format!("{} mode {} uid {}", f.path, f.mode, f.uid),
+            at("volatile_files", r.line).path(f.path.clone()),
+        ))
+    })
+}
+
+fn network_config(e: &Evidence) -> Keyed {
+    let mut k = keyed(&e.tables.network_config, |r| {
+        let c = &r.rec;
+        let sha = c.sha256.clone().unwrap_or_else(|| "absent".into());
+        Some(item(
+            format!("file {} {sha}", c.path),
+            format!("{} (sha256 {sha})", c.path),
+            at("network_config", r.line).path(c.path.clone()),
+        ))
+    });
+    k.extend(keyed(&e.tables.network_interfaces, |r| {
+        let i = &r.rec;
+        let mut addrs = i.addresses.clone();
+        addrs.sort();
+        Some(item(
+            format!(
+                "interface {} {}{}",
+                i.name,
+                addrs.join(","),
+                if i.promiscuous { " promisc" } else { "" }
+            ),
+            format!(
+                "interface {} [{}]{}",
+                i.name,
+                addrs.join(", "),
+                if i.promiscuous { " promiscuous" } else { "" }
+            ),
+            at("network_interfaces", r.line).path(i.name.clone()),
+        ))
+    }));
+    k.extend(keyed(&e.tables.network_routes, |r| {
+        let x = &r.rec;
+        let text = format!(
+            "route {} {} via {} dev {}",
+            x.family, x.destination, x.gateway, x.interface
+        );
+        Some(item(text.clone(), text, at("network_routes", r.line)))
+    }));
+    k
+}
+
+fn findings_section(a: &Evidence, b: &Evidence) -> Section {
+    let only_in = |e: &Evidence| -> Keyed {
+        super::findings(e)
+            .into_iter()
+            .map(|f| {
+                // The process row when there is one: it names the pid.
+                let pointer = f
+                    .pointers
+                    .iter()
+                    .find(|p| p.pid.is_some())
+                    .or_else(|| f.pointers.first())
+                    .cloned()
+                    .unwrap_or_default();
+                item(
+                    f.id.clone(),
+                    format!("[{}] {}", f.severity.as_str(), f.title),
+                    pointer,
+                )
+            })
+            .collect()
+    };
+    let mut s = section("findings", only_in(a), only_in(b));
+    // A finding that went away is good news, not a change to chase.
+    s.removed.clear();
+    s
+}
+
+/// The difference from `a` to `b`.
+#[must_use]
+pub fn diff(a: &Evidence, b: &Evidence) -> Diff {
+    let ha = &a.manifest.host;
+    let hb = &b.manifest.host;
+    let same_host = match (&ha.machine_id, &hb.machine_id) {
+        (Some(x), Some(y)) => x == y,
+        _ => ha.hostname == hb.hostname,
+    };
+    let pairs: [Keyer; 9] = [
+        ("processes", processes),
+        ("listeners", listeners),
+        ("remote_peers", peers),
+        ("users", users),
+        ("logins", logins),
+        ("kernel_modules", modules),
+        ("mounts", mounts),
+        ("setuid_files", setuid_files),
+        ("network_config", network_config),
+    ];
+    let mut sections: Vec<Section> = pairs
+        .iter()
+        .map(|(name, f)| section(name, f(a), f(b)))
+        .collect();
+    sections.push(findings_section(a, b));
+    Diff {
+        a: a.manifest.capture_id.clone(),
+        b: b.manifest.capture_id.clone(),
+        same_host,
+        sections,
+    }
+}
+
+/// The diff as a table (every cell escaped).
+#[must_use]
+pub fn table(d: &Diff) -> String {
+    let mut t = crate::render::Table::new(&["SECTION", "CHANGE", "WHAT", "WHERE"]);
+    for s in &d.sections {
+        for (sign, items) in [("+ new", &s.added), ("- gone", &s.removed)] {
+            for i in items {
+                let at = format!("{}:{}", i.pointer.artifact, i.pointer.line);
+                t.row([s.name, sign, &i.detail, &at]);
+            }
+        }
+    }
+    t.render()
+}
+
+/// The baseline for `b` among `candidates` (directory, manifest): one of
+/// the same host whose options carry the label `baseline=true`, else the
+/// same host's earliest capture (by start time) that began before `b`.
+#[must_use]
+pub fn pick_baseline<'a, T>(b: &Manifest, candidates: &'a [(T, Manifest)]) -> Option<&'a T> {
+    let hb = &b.host;
+    let same = |(_, m): &&(T, Manifest)| {
+        let h = &m.host;
+        m.capture_id != b.capture_id
+            && match (&h.machine_id, &hb.machine_id) {
+                (Some(x), Some(y)) => x == y,
+                _ => h.hostname == hb.hostname,
+            }
+    };
+    let labelled = |(_, m): &&(T, Manifest)| {
+        let o = &m.options;
+        o.pointer("/labels/baseline")
+            .and_then(serde_json::Value::as_str)
+            == Some("true")
+            || o.get("baseline").and_then(serde_json::Value::as_bool) == Some(true)
+    };
+    let earliest = |x: &&(T, Manifest), y: &&(T, Manifest)| x.1.started_at.cmp(&y.1.started_at);
+    candidates
+        .iter()
+        .filter(same)
+        .filter(labelled)
+        .min_by(earliest)
+        .or_else(|| {
+            candidates
+                .iter()
+                .filter(same)
+                .filter(|(_, m)| m.started_at < b.started_at)
+                .min_by(earliest)
+        })
+        .map(|(t, _)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::rules::fixture::{evidence, process};
+    use super::*;
+
+    #[test]
+    fn added_and_removed_are_keyed_by_content_not_pid() {
+        let mut a = evidence(&[
+            (
+                "processes",
+                vec![
+                    process(1, "init", "/sbin/init"),
+                    process(5, "cron", "/usr/sbin/cron"),
+                ],
+            ),
+            ("kernel_modules", vec![json!({"name": "ext4"})]),
+        ]);
+        a.manifest.capture_id = "A".into();
+        let b = evidence(&[
+            (
+                "processes",
+                vec![
+                    process(1, "init", "/sbin/init"),
+                    process(9, "cron", "/usr/sbin/cron"),
+                    process(10, "x", "/dev/shm/x"),
+                ],
+            ),
+            (
+                "kernel_modules",
+                vec![json!({"name": "ext4"}), json!({"name": "rootkit"})],
+            ),
+        ]);
+        let d = diff(&a, &b);
+        let procs = &d.sections[0];
+        assert_eq!(procs.added.len(), 1, "{procs:?}");
+        assert_eq!(procs.added[0].pointer.pid, Some(10));
+        assert!(procs.removed.is_empty());
+        let mods = d
+            .sections
+            .iter()
+            .find(|s| s.name == "kernel_modules")
+            .unwrap_or(procs);
+        assert_eq!(mods.added[0].key, "rootkit");
+        let findings = d
+            .sections
+            .iter()
+            .find(|s| s.name == "findings")
+            .unwrap_or(procs);
+        assert_eq!(findings.added.len(), 1, "{findings:?}");
+        assert!(findings.added[0].key.starts_with("exe_origin:pid=10"));
+    }
+
+    #[test]
+    fn the_baseline_is_the_labelled_or_earliest_capture_of_the_same_host() {
+        let at = |id: &str, host: &str, start: &str| {
+            let mut m = super::super::rules::fixture::manifest();
+            m.capture_id = id.into();
+            m.host.hostname = host.into();
+            m.started_at = start.into();
+            (id.to_owned(), m)
+        };
+        let b = at("B", "web-1", "2026-12-03T00:00:00Z").1;
+        let mut c = vec![
+            at("other-host", "db-1", "2026-11-01T00:00:00Z"),
+            at("second", "web-1", "2026-12-02T00:00:00Z"),
+            at("first", "web-1", "2026-12-01T00:00:00Z"),
+            at("later", "web-1", "2026-12-04T00:00:00Z"),
+        ];
+        assert_eq!(pick_baseline(&b, &c).map(String::as_str), Some("first"));
+        c[1].1.options = json!({"labels": {"baseline": "true"}});
+        assert_eq!(pick_baseline(&b, &c).map(String::as_str), Some("second"));
+        assert_eq!(pick_baseline(&b, &c[..1]), None);
+    }
+
+    #[test]
+    fn identical_captures_have_no_changes() {
+        let rows = vec![
+            process(1, "init", "/sbin/init"),
+            process(10, "x", "/dev/shm/x"),
+        ];
+        let d = diff(
+            &evidence(&[("processes", rows.clone())]),
+            &evidence(&[("processes", rows)]),
+        );
+        assert!(
+            d.sections
+                .iter()
+                .all(|s| s.added.is_empty() && s.removed.is_empty()),
+            "{d:?}"
+        );
+    }
+}
