@@ -17,13 +17,13 @@
 //! that is missing or unreadable is an error row, and the capture goes on.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ircap_proto::{ArtifactEntry, ArtifactName};
 use serde::Serialize;
 
-use super::Context;
 use super::fsread;
+use super::{Context, Roots};
 use crate::artifact::{ArtifactStream, JsonlWriter, Store};
 use crate::sink::SinkError;
 
@@ -57,6 +57,9 @@ pub struct KernelSymbols {
     pub kernel_code_physical: Option<String>,
     /// That minus the default physical load address (x86_64), hex.
     pub kaslr_physical_offset: Option<String>,
+    /// Why the KASLR offsets above are absent although `_text` was seen:
+    /// they are derived from x86_64's fixed link addresses only.
+    pub kaslr_not_derivable: Option<String>,
     /// `/proc/iomem` as read (its addresses are real only for root).
     pub iomem: Option<String>,
     /// x86_64: the kernel runs 5-level page tables (`la57` stays in
@@ -153,6 +156,46 @@ pub fn kernel_code_start(iomem: &str) -> Option<u64> {
     })
 }
 
+/// Where the kernel's BTF is.
+#[must_use]
+pub fn btf_path(roots: &Roots) -> PathBuf {
+    roots.sys.join("kernel/btf/vmlinux")
+}
+
+/// Where the kernel's symbol table is.
+#[must_use]
+pub fn kallsyms_path(roots: &Roots) -> PathBuf {
+    roots.proc.join("kallsyms")
+}
+
+/// Whether `/proc/kallsyms`, opened with this process's credentials, shows
+/// real addresses: reads until the first non-zero address (at most
+/// [`MAX_FILE`]) with the same [`KallsymsScan`] the capture uses.
+///
+/// # Errors
+/// Why the file could not be read.
+pub fn kallsyms_addresses_visible(roots: &Roots) -> Result<bool, String> {
+    let path = kallsyms_path(roots);
+    let file = fsread::open_noatime(&path).map_err(|e| e.to_string())?;
+    let mut file = file.take(MAX_FILE);
+    let mut scan = KallsymsScan::default();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        scan.feed(buf.get(..n).unwrap_or_default());
+        if scan.addresses_visible {
+            return Ok(true);
+        }
+    }
+    scan.finish();
+    Ok(scan.addresses_visible)
+}
+
 /// Writes the three artifacts.
 ///
 /// # Errors
@@ -162,7 +205,7 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ArtifactEntry>, SinkError> {
     let mut row = KernelSymbols::default();
     let mut out = Vec::new();
 
-    let btf = ctx.roots.sys.join("kernel/btf/vmlinux");
+    let btf = btf_path(ctx.roots);
     match copy(ctx, &btf, "kernel_symbols/vmlinux.btf.gz", |_| {})? {
         Ok((entry, bytes)) => {
             row.btf_bytes = Some(bytes);
@@ -173,7 +216,7 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ArtifactEntry>, SinkError> {
         )),
     }
 
-    let kallsyms = ctx.roots.proc.join("kallsyms");
+    let kallsyms = kallsyms_path(ctx.roots);
     let mut scan = KallsymsScan::default();
     match copy(ctx, &kallsyms, "kernel_symbols/kallsyms.gz", |c| {
         scan.feed(c);
@@ -212,6 +255,13 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ArtifactEntry>, SinkError> {
             .and_then(|t| t.checked_sub(X86_64_TEXT_LINK))
             .map(hex);
         row.kaslr_physical_offset = code.and_then(|c| c.checked_sub(X86_64_PHYS_LINK)).map(hex);
+    } else {
+        row.kaslr_not_derivable = Some(format!(
+            "KASLR offsets are derived from x86_64's fixed link addresses only; on {} the \
+             running _text and Kernel code addresses are recorded as they are (Volatility \
+             finds the offset itself)",
+            std::env::consts::ARCH
+        ));
     }
     if cfg!(target_arch = "x86_64") {
         let cpuinfo = fsread::read_bounded(&ctx.roots.proc.join("cpuinfo"), 4 << 20)
