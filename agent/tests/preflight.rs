@@ -3,6 +3,8 @@
 //! user), a planted writable+executable mapping shows in the suspicious
 //! estimate, and the table appears only on a terminal.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::Path;
