@@ -229,6 +229,7 @@ fn lab_physical_memory_of_a_real_kernel_is_complete_lime_that_volatility_opens()
     let row = kernel_symbols_row(&cap);
     assert_eq!(row["banner"], version.as_str());
     assert_eq!(row["kallsyms_addresses_visible"], true, "{row}");
+    assert_eq!(row["kallsyms_data_symbols"], true, "{row}");
     let kaslr = row["kaslr_virtual_offset"].as_str().unwrap();
     assert_ne!(kaslr, "0x0", "KASLR is on in this guest: {row}");
     assert_eq!(row["five_level_paging"], false, "{row}");

@@ -47,6 +47,10 @@ pub struct KernelSymbols {
     pub kallsyms_symbols: Option<u64>,
     /// False when kallsyms showed only zero addresses (`kptr_restrict`).
     pub kallsyms_addresses_visible: Option<bool>,
+    /// False when kallsyms lists no data symbols (no `init_task`): a
+    /// kernel built without `CONFIG_KALLSYMS_ALL`, such as Debian's arm64
+    /// one, whose kallsyms cannot locate the task or module lists.
+    pub kallsyms_data_symbols: Option<bool>,
     /// `/proc/sys/kernel/kptr_restrict` at the time.
     pub kptr_restrict: Option<String>,
     /// Running address of `_text`, hex.
@@ -88,6 +92,9 @@ pub struct KallsymsScan {
     pub addresses_visible: bool,
     /// Address of `_text`, when listed and non-zero.
     pub text: Option<u64>,
+    /// `init_task` is listed: kallsyms holds data symbols, not only
+    /// functions (the kernel has `CONFIG_KALLSYMS_ALL`).
+    pub data_symbols: bool,
     /// Bytes of an unfinished last line carried to the next chunk.
     carry: Vec<u8>,
 }
@@ -128,6 +135,9 @@ impl KallsymsScan {
             return;
         };
         self.symbols += 1;
+        if name == b"init_task" {
+            self.data_symbols = true;
+        }
         let Some(addr) = std::str::from_utf8(addr)
             .ok()
             .and_then(|a| u64::from_str_radix(a, 16).ok())
@@ -225,6 +235,15 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ArtifactEntry>, SinkError> {
             scan.finish();
             row.kallsyms_symbols = Some(scan.symbols);
             row.kallsyms_addresses_visible = Some(scan.addresses_visible);
+            row.kallsyms_data_symbols = Some(scan.data_symbols);
+            if !scan.data_symbols {
+                index.error(format!(
+                    "{}: lists no data symbols such as init_task (kernel built without \
+                     CONFIG_KALLSYMS_ALL): a symbol table from it cannot walk the task list; \
+                     the kernel package's System.map has them",
+                    kallsyms.display()
+                ));
+            }
             if !scan.addresses_visible {
                 index.error(format!(
                     "{}: every address reads as zero (kptr_restrict or missing CAP_SYSLOG): \
@@ -332,6 +351,9 @@ mod tests {
         assert_eq!(scan.symbols, 4);
         assert!(scan.addresses_visible);
         assert_eq!(scan.text, Some(0xffff_ffff_aa20_0000));
+        assert!(!scan.data_symbols);
+        scan.feed(b"ffffffffab610940 D init_task\n");
+        assert!(scan.data_symbols);
     }
 
     #[test]
