@@ -80,7 +80,24 @@ fn preflight_reports_what_this_host_allows() -> TestResult {
         r["capabilities"]["effective"].as_str(),
         Some(status_field("CapEff:").as_str())
     );
-    assert_eq!(r["capabilities"]["missing"], serde_json::json!([]));
+    let capeff = u64::from_str_radix(&status_field("CapEff:"), 16)?;
+    let names: Vec<&str> = r["capabilities"]["names"]
+        .as_array()
+        .ok_or("no names")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(names.len() as u32, capeff.count_ones(), "{names:?}");
+    for m in r["capabilities"]["missing"]
+        .as_array()
+        .ok_or("no missing")?
+    {
+        let m = m.as_str().ok_or("not a name")?;
+        assert!(!names.contains(&m), "{m} both held and missing");
+    }
+    if capeff == (1u64 << 41) - 1 {
+        assert_eq!(r["capabilities"]["missing"], serde_json::json!([]));
+    }
     assert_eq!(
         r["kptr_restrict"],
         trimmed("/proc/sys/kernel/kptr_restrict")
