@@ -21,10 +21,13 @@ fi
 # (systemd-analyze), curl (the SSM document), dpkg, ca-certificates: the
 # packaging tests; qemu-system-x86: the real-kernel lab (lab_* tests), which
 # fetches Debian's kernel and busybox itself with `apt-get download`;
+# qemu-system-arm + gcc-aarch64-linux-gnu/libc6-dev-arm64-cross: the
+# aarch64 static agent (ring's C) and its lab guest (lab_aarch64_*);
 # chromium: the triage report is rendered in headless Chromium
 # (tests/tests/triage.rs), version as Debian 12 ships it.
 packages=(util-linux mount iproute2 procps python3 python3-venv python3-pip bash coreutils
-          musl-tools file systemd curl dpkg ca-certificates qemu-system-x86 chromium)
+          musl-tools file systemd curl dpkg ca-certificates qemu-system-x86
+          qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,9 +38,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
+# The arm64 lab guest's kernel and busybox come from Debian's arm64
+# archive (`apt-get download pkg:arm64`): the architecture must be known.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+fi
+apt-cache show linux-image-arm64:arm64 >/dev/null 2>&1 || apt-get update
+
 # --- Rust pieces -----------------------------------------------------------
-rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
-    || rustup target add x86_64-unknown-linux-musl
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    rustup target list --installed | grep -qx "$t" || rustup target add "$t"
+done
 # cargo-deb builds the agent's .deb (tests/tests/deb.rs); pinned, locked.
 CARGO_DEB_VERSION=3.8.0
 if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
@@ -68,5 +79,5 @@ export IRCAP_S3_VENV=/opt/ircap-ci/s3-venv
 "$IRCAP_S3_VENV/bin/weed" version
 
 # --- Build and test --------------------------------------------------------
-bash packaging/build-static.sh
+IRCAP_TARGETS="x86_64 aarch64" bash packaging/build-static.sh
 cargo test --workspace "$@"

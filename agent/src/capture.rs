@@ -92,10 +92,9 @@ impl Outcome {
 /// dropped.
 fn preflight(options: &CaptureOptions, what: &str, need: u64, errors: &mut Vec<CaptureError>) {
     let Some(dir) = &options.output else { return };
-    let Ok(st) = nix::sys::statvfs::statvfs(dir.as_path()) else {
+    let Ok(free) = crate::preflight::free_bytes(dir) else {
         return;
     };
-    let free = st.blocks_available().saturating_mul(st.fragment_size());
     if need > free {
         let message = format!(
             "{what} may need up to {need} bytes but {} has {free} bytes free: it may not fit and would then be dropped",
@@ -343,9 +342,13 @@ fn run_inner(
         );
     }
     if options.physical_memory && options.wants("physical_memory") {
-        let need = options
-            .physical_memory_budget
-            .unwrap_or_else(|| system::mem_total_bytes(&roots.proc).unwrap_or(0));
+        let need = match (
+            options.physical_memory_budget,
+            physical::expected_bytes(&roots),
+        ) {
+            (Some(budget), Some(ram)) => budget.min(ram),
+            (budget, ram) => budget.or(ram).unwrap_or(0),
+        };
         preflight(options, "physical_memory", need, &mut capture_errors);
     }
     if let Some(selector) = &options.memory_regions

@@ -48,6 +48,19 @@ pub enum Command {
     /// Run as a service: keep one outbound stream to the collector and
     /// capture when an analyst asks (no listening port on this host).
     Serve(ServeArgs),
+    /// Say what this host lets a capture take, and why not (lockdown,
+    /// kcore, capabilities, free space, sizes): JSON on stdout, a table on
+    /// a terminal. Reads only.
+    Preflight(PreflightArgs),
+}
+
+/// `ircap-agent preflight`.
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// The capture's output directory, to measure its free space (not
+    /// created).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
 }
 
 /// `ircap-agent capture`.

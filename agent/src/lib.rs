@@ -13,6 +13,7 @@ pub mod collect;
 pub mod daemon;
 pub mod host_text;
 pub mod options;
+pub mod preflight;
 pub mod priority;
 pub mod protected;
 pub mod sink;

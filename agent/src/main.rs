@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ircap_agent::cli::{CaptureArgs, Cli, Command, ServeArgs, VerifyArgs, exit};
+use ircap_agent::cli::{CaptureArgs, Cli, Command, PreflightArgs, ServeArgs, VerifyArgs, exit};
 use ircap_agent::daemon::{self, config::AgentConfig, config::DaemonSettings};
 use ircap_agent::options::CaptureOptions;
 use ircap_agent::sink::dir::DirSink;
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Capture(args) => run_capture(&args),
         Command::Verify(args) => run_verify(&args),
         Command::Serve(args) => run_serve(&args),
+        Command::Preflight(args) => run_preflight(&args),
     };
     ExitCode::from(code)
 }
@@ -221,6 +222,16 @@ fn run_verify(args: &VerifyArgs) -> u8 {
             exit::FAILED
         }
     }
+}
+
+fn run_preflight(args: &PreflightArgs) -> u8 {
+    let report =
+        ircap_agent::preflight::run(&ircap_agent::collect::Roots::host(), args.output.as_deref());
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let _ = std::io::stderr().write_all(ircap_agent::preflight::render(&report).as_bytes());
+    }
+    print_json(&report);
+    exit::OK
 }
 
 fn run_serve(args: &ServeArgs) -> u8 {

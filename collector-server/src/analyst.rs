@@ -248,6 +248,8 @@ pub async fn resolve_id(
             if many.len() > 5 { ", ..." } else { "" }
         ))),
     }
+}
+
 /// The findings the collector computed at commit for capture `id`.
 ///
 /// # Errors

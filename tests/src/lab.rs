@@ -3,10 +3,12 @@
 //! script, so the agent reads a real `/proc/kcore`, real BTF and a real
 //! lockdown refusal. Tests using it are named `lab_*`.
 //!
-//! - [`Kit::get`] fetches `linux-image-<current>-amd64` (the one
-//!   `linux-image-amd64` depends on) and `busybox-static` with
-//!   `apt-get download` into `<target>/lab/` once, and unpacks the kernel,
-//!   busybox and the virtio/9p modules there; later runs reuse them.
+//! - [`Kit::get`] (x86_64) and [`Kit::for_arch`] fetch
+//!   `linux-image-<current>-<arch>` (the one `linux-image-<arch>` depends
+//!   on) and `busybox-static` with `apt-get download` into `<target>/lab/`
+//!   once, and unpack the kernel, busybox and the virtio/9p modules there;
+//!   later runs reuse them. arm64 packages need `dpkg --add-architecture
+//!   arm64` and `apt-get update` (`tests/run.sh` does both).
 //! - [`Guest::boot`] packs an initramfs (busybox's `cpio -o -H newc`: the
 //!   host has no cpio), boots `qemu-system-x86_64 -accel tcg,thread=multi
 //!   -cpu max -nic none` (the nested KVM here cannot boot Debian's kernel),
@@ -15,7 +17,11 @@
 //!   translate a kernel address; EC2's x86 instances expose no LA57),
 //!   shares a fresh host directory as `/out` over virtio-9p (an output
 //!   tmpfs inside the guest would be captured back into the memory dump),
-//!   and kills QEMU at a hard timeout.
+//!   and kills QEMU at a hard timeout. An [`Arch::Aarch64`] guest boots
+//!   Debian's arm64 kernel under `qemu-system-aarch64 -M virt -cpu max`
+//!   (TCG; `pauth-impdef=on`: emulating the architected pointer
+//!   authentication hash is several times slower) with the aarch64 static
+//!   agent.
 //!
 //! The guest's `/init` loads the modules in dependency order (read once
 //! with `modinfo`; no depmod is needed for `insmod`), mounts proc, sys,
@@ -24,14 +30,106 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
+use crate::bin;
 use crate::packaging::{repo_root, static_agent};
 
-/// Modules `/init` loads, in dependency order.
+/// A guest architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    /// `amd64`: `qemu-system-x86_64`, `-cpu max,la57=off`.
+    X86_64,
+    /// `arm64` (Graviton): `qemu-system-aarch64 -M virt`.
+    Aarch64,
+}
+
+impl Arch {
+    /// Debian's name (`amd64`, `arm64`).
+    #[must_use]
+    pub fn debian(self) -> &'static str {
+        match self {
+            Self::X86_64 => "amd64",
+            Self::Aarch64 => "arm64",
+        }
+    }
+
+    /// Rust's and the static agent's name (`x86_64`, `aarch64`).
+    #[must_use]
+    pub fn rust(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64",
+            Self::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The QEMU binary.
+    #[must_use]
+    pub fn qemu(self) -> &'static str {
+        match self {
+            Self::X86_64 => "qemu-system-x86_64",
+            Self::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// Machine and CPU arguments.
+    fn machine(self) -> &'static [&'static str] {
+        match self {
+            Self::X86_64 => &["-accel", "tcg,thread=multi", "-cpu", "max,la57=off"],
+            Self::Aarch64 => &[
+                "-M",
+                "virt",
+                "-accel",
+                "tcg,thread=multi",
+                "-cpu",
+                "max,pauth-impdef=on",
+            ],
+        }
+    }
+
+    /// The serial console device.
+    fn console(self) -> &'static str {
+        match self {
+            Self::X86_64 => "ttyS0",
+            Self::Aarch64 => "ttyAMA0",
+        }
+    }
+
+    /// The static agent for this architecture, built by
+    /// `packaging/build-static.sh` (run here once when it is missing).
+    ///
+    /// # Panics
+    /// When the build fails.
+    #[must_use]
+    pub fn static_agent(self) -> PathBuf {
+        if self == Self::X86_64 {
+            return static_agent();
+        }
+        static BUILD: OnceLock<()> = OnceLock::new();
+        let path = repo_root().join(format!("dist/ircap-agent-{}-linux-musl", self.rust()));
+        BUILD.get_or_init(|| {
+            if !path.exists() {
+                let status = Command::new("bash")
+                    .arg(repo_root().join("packaging/build-static.sh"))
+                    .env("IRCAP_TARGETS", self.rust())
+                    .status()
+                    .expect("bash");
+                assert!(status.success(), "packaging/build-static.sh failed");
+            }
+        });
+        assert!(path.exists(), "{} missing after the build", path.display());
+        path
+    }
+}
+
+/// Modules `/init` loads, in dependency order (those the kernel has built
+/// in, per its `modules.builtin`, are skipped).
 const MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",
@@ -48,13 +146,15 @@ const MODULES: &[&str] = &[
 /// The kernel, modules and busybox, unpacked from Debian's packages.
 #[derive(Debug)]
 pub struct Kit {
+    /// The architecture.
+    pub arch: Arch,
     /// `vmlinuz-<release>`.
     pub kernel: PathBuf,
     /// The kernel release (`6.1.0-57-amd64`).
     pub release: String,
     /// Static busybox.
     pub busybox: PathBuf,
-    /// `<name>.ko` for each of [`MODULES`].
+    /// `<name>.ko` for each of [`MODULES`] not built in.
     pub modules: Vec<PathBuf>,
     /// The cache directory (`<target>/lab`).
     pub cache: PathBuf,
@@ -81,39 +181,58 @@ impl Kit {
     /// # Panics
     /// When `apt-get download` or unpacking fails.
     pub fn get() -> &'static Kit {
-        static KIT: OnceLock<Kit> = OnceLock::new();
-        KIT.get_or_init(Self::fetch)
+        Self::for_arch(Arch::X86_64)
     }
 
-    fn fetch() -> Kit {
+    /// The kit of `arch`, fetched and unpacked on first use.
+    ///
+    /// # Panics
+    /// When `apt-get download` or unpacking fails.
+    pub fn for_arch(arch: Arch) -> &'static Kit {
+        static X86_64: OnceLock<Kit> = OnceLock::new();
+        static AARCH64: OnceLock<Kit> = OnceLock::new();
+        match arch {
+            Arch::X86_64 => X86_64.get_or_init(|| Self::fetch(arch)),
+            Arch::Aarch64 => AARCH64.get_or_init(|| Self::fetch(arch)),
+        }
+    }
+
+    fn fetch(arch: Arch) -> Kit {
         let cache = target_dir().join("lab");
         let debs = cache.join("debs");
         std::fs::create_dir_all(&debs).unwrap();
-        // `linux-image-amd64` names the current Debian 12 kernel package.
-        let depends = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]));
+        let deb_arch = arch.debian();
+        // `linux-image-<arch>` names the current Debian 12 kernel package.
+        let meta = format!("linux-image-{deb_arch}:{deb_arch}");
+        let depends = run(Command::new("apt-cache").args(["depends", &meta]));
         let image = depends
             .lines()
             .find_map(|l| l.trim().strip_prefix("Depends: "))
             .filter(|p| p.starts_with("linux-image-"))
-            .map(str::to_owned)
-            .expect("apt-cache depends linux-image-amd64 names no kernel (run apt-get update)");
+            .map(|p| p.split(':').next().unwrap_or(p).to_owned())
+            .unwrap_or_else(|| {
+                panic!(
+                    "apt-cache depends {meta} names no kernel (run dpkg --add-architecture \
+                     {deb_arch} and apt-get update)"
+                )
+            });
         let release = image.trim_start_matches("linux-image-").to_owned();
         let unpacked = cache.join(format!("root-{release}"));
         let kernel = unpacked.join(format!("boot/vmlinuz-{release}"));
         let busybox = unpacked.join("bin/busybox");
         if !(kernel.exists() && busybox.exists()) {
+            let is_deb = |name: &str, package: &str| {
+                name.starts_with(&format!("{package}_"))
+                    && name.ends_with(&format!("_{deb_arch}.deb"))
+            };
             for package in [image.as_str(), "busybox-static"] {
                 let have = std::fs::read_dir(&debs)
                     .unwrap()
                     .filter_map(Result::ok)
-                    .any(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .starts_with(&format!("{package}_"))
-                    });
+                    .any(|e| is_deb(&e.file_name().to_string_lossy(), package));
                 if !have {
                     run(Command::new("apt-get")
-                        .args(["download", "-q", package])
+                        .args(["download", "-q", &format!("{package}:{deb_arch}")])
                         .current_dir(&debs));
                 }
             }
@@ -122,7 +241,7 @@ impl Kit {
             std::fs::create_dir_all(&partial).unwrap();
             for deb in std::fs::read_dir(&debs).unwrap().filter_map(Result::ok) {
                 let name = deb.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!("{image}_")) || name.starts_with("busybox-static_") {
+                if is_deb(&name, &image) || is_deb(&name, "busybox-static") {
                     run(Command::new("dpkg-deb")
                         .arg("-x")
                         .arg(deb.path())
@@ -132,12 +251,23 @@ impl Kit {
             let _ = std::fs::remove_dir_all(&unpacked);
             std::fs::rename(&partial, &unpacked).unwrap();
         }
-        let mod_root = unpacked.join(format!("lib/modules/{release}/kernel"));
+        let mod_dir = unpacked.join(format!("lib/modules/{release}"));
+        let builtin = std::fs::read_to_string(mod_dir.join("modules.builtin")).unwrap_or_default();
+        let is_builtin = |m: &str| {
+            builtin
+                .lines()
+                .any(|l| l.rsplit('/').next() == Some(format!("{m}.ko").as_str()))
+        };
         let modules = MODULES
             .iter()
-            .map(|m| find_module(&mod_root, m).unwrap_or_else(|| panic!("{m}.ko not in {image}")))
+            .filter(|m| !is_builtin(m))
+            .map(|m| {
+                find_module(&mod_dir.join("kernel"), m)
+                    .unwrap_or_else(|| panic!("{m}.ko not in {image}"))
+            })
             .collect();
         Kit {
+            arch,
             kernel,
             release,
             busybox,
@@ -176,6 +306,8 @@ pub struct Guest {
     pub scenario: String,
     /// Hard limit for the whole boot-run-poweroff.
     pub timeout: Duration,
+    /// The architecture (x86_64 unless set).
+    pub arch: Arch,
 }
 
 /// What a boot left behind.
@@ -234,6 +366,7 @@ impl Guest {
             cmdline: Vec::new(),
             scenario: scenario.to_owned(),
             timeout: Duration::from_secs(240),
+            arch: Arch::X86_64,
         }
     }
 
@@ -242,32 +375,38 @@ impl Guest {
     /// # Panics
     /// On a timeout or when QEMU cannot start.
     pub fn boot(&self) -> Booted {
-        let kit = Kit::get();
+        let kit = Kit::for_arch(self.arch);
+        // The initramfs is packed by the host's own busybox.
+        let packer = &Kit::get().busybox;
         let work = tempfile::tempdir().unwrap();
         let root = work.path().join("root");
         for dir in ["bin", "dev", "proc", "sys", "out", "tmp", "lib/mod"] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         std::fs::copy(&kit.busybox, root.join("bin/busybox")).unwrap();
-        std::fs::copy(static_agent(), root.join("bin/ircap-agent")).unwrap();
+        std::fs::copy(self.arch.static_agent(), root.join("bin/ircap-agent")).unwrap();
         for m in &kit.modules {
             std::fs::copy(m, root.join("lib/mod").join(m.file_name().unwrap())).unwrap();
         }
-        let init = INIT.replace("MODULES", &MODULES.join(" "));
+        let names: Vec<String> = kit
+            .modules
+            .iter()
+            .map(|m| m.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let init = INIT.replace("MODULES", &names.join(" "));
         write_exec(&root.join("init"), &init);
         write_exec(&root.join("scenario.sh"), &self.scenario);
         let initrd = work.path().join("initrd.cpio");
         let cpio = std::fs::File::create(&initrd).unwrap();
-        let status = Command::new(&kit.busybox)
+        let status = Command::new(packer)
             .args(["sh", "-c", "busybox find . | busybox cpio -o -H newc"])
-            .env("PATH", root.join("bin"))
+            .env("PATH", packer.parent().unwrap())
             .current_dir(&root)
             .stdout(cpio)
             .stderr(Stdio::null())
             .status()
             .unwrap();
         assert!(status.success(), "cpio failed");
-        // busybox in the root is called by name above through PATH.
         let mut out = tempfile::tempdir().unwrap();
         if std::env::var_os("IRCAP_LAB_KEEP").is_some() {
             out.disable_cleanup(true);
@@ -275,21 +414,15 @@ impl Guest {
         }
         let console = work.path().join("console.log");
         let mut append = vec![
-            "console=ttyS0".to_owned(),
+            format!("console={}", self.arch.console()),
             "panic=-1".to_owned(),
             "quiet".to_owned(),
         ];
         append.extend(self.cmdline.iter().cloned());
         let t0 = Instant::now();
-        let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg,thread=multi",
-                "-cpu",
-                "max,la57=off",
-                "-smp",
-                "1",
-            ])
+        let mut child = Command::new(self.arch.qemu())
+            .args(self.arch.machine())
+            .args(["-smp", "1"])
             .args(["-m", &self.memory_mb.to_string()])
             .args([
                 "-nic",
@@ -316,7 +449,12 @@ impl Guest {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} (apt-get install qemu-system-x86 qemu-system-arm): {e}",
+                    self.arch.qemu()
+                )
+            });
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
@@ -385,4 +523,168 @@ pub fn capture_dir(booted: &Booted, sub: &str) -> PathBuf {
         .collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}\n{}", booted.text("scenario.log"));
     dirs.into_iter().next().unwrap()
+}
+
+// --- Checks on what a guest left --------------------------------------------
+
+/// Decompresses a gzip file to `dst`.
+pub fn gunzip_to(src: &Path, dst: &Path) {
+    let mut d = flate2::read::GzDecoder::new(std::fs::File::open(src).unwrap());
+    let mut out = std::fs::File::create(dst).unwrap();
+    std::io::copy(&mut d, &mut out).unwrap();
+}
+
+/// A gzip file's content.
+pub fn gunzip(src: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(src).unwrap())
+        .read_to_end(&mut v)
+        .unwrap();
+    v
+}
+
+/// Top-level "System RAM" ranges of an iomem text, as (start, end
+/// inclusive), narrowed to whole pages: `/proc/kcore` maps RAM by page, so
+/// a range ending inside a page (0x9fbff on this guest) ends at the last
+/// whole page there.
+pub fn system_ram(iomem: &str) -> Vec<(u64, u64)> {
+    system_ram_bytes(iomem)
+        .into_iter()
+        .map(|(s, e)| (s.next_multiple_of(4096), (e + 1) / 4096 * 4096 - 1))
+        .collect()
+}
+
+/// Top-level "System RAM" ranges of an iomem text, (start, end
+/// inclusive), exactly as listed.
+pub fn system_ram_bytes(iomem: &str) -> Vec<(u64, u64)> {
+    iomem
+        .lines()
+        .filter(|l| !l.starts_with(' ') && l.ends_with(" : System RAM"))
+        .map(|l| {
+            let (a, b) = l.split_once(" : ").unwrap().0.split_once('-').unwrap();
+            (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// LiME headers of a file: (start, end inclusive, offset of the data).
+pub fn lime_ranges(path: &Path) -> Vec<(u64, u64, u64)> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        let mut h = [0u8; 32];
+        f.read_exact_at(&mut h, at).unwrap();
+        assert_eq!(
+            &h[0..4],
+            &0x4C69_4D45u32.to_le_bytes(),
+            "LiME magic at {at}"
+        );
+        assert_eq!(&h[4..8], &1u32.to_le_bytes(), "LiME version at {at}");
+        assert_eq!(&h[24..32], &[0u8; 8], "reserved bytes at {at}");
+        let s = u64::from_le_bytes(h[8..16].try_into().unwrap());
+        let e = u64::from_le_bytes(h[16..24].try_into().unwrap());
+        assert!(e >= s, "range {s:#x}-{e:#x} at {at}");
+        out.push((s, e, at + 32));
+        at += 32 + (e - s + 1);
+    }
+    assert_eq!(at, len, "LiME ranges end exactly at the end of the file");
+    out
+}
+
+/// True when `needle` occurs in the file (read in overlapping chunks).
+pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut keep = 0usize;
+    loop {
+        let n = f.read(&mut buf[keep..]).unwrap();
+        if n == 0 {
+            return false;
+        }
+        let end = keep + n;
+        if buf[..end].windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+        keep = needle.len().min(end);
+        buf.copy_within(end - keep..end, 0);
+    }
+}
+
+pub fn vol_bin() -> PathBuf {
+    let path = std::env::var_os("IRCAP_VOL").map_or_else(
+        || PathBuf::from("/opt/ircap-ci/venv/bin/vol"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "Volatility 3 not found at {} (set IRCAP_VOL or run .ci/run, which installs it)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `vol -r json -f IMAGE [-s SYMBOLS] PLUGIN` with a fresh cache;
+/// returns the rows.
+pub fn vol(image: &Path, symbols: Option<&Path>, plugin: &str, cache: &Path) -> Vec<Value> {
+    let mut cmd = Command::new(vol_bin());
+    cmd.env("XDG_CACHE_HOME", cache).args(["-q", "-r", "json"]);
+    if let Some(s) = symbols {
+        cmd.arg("-s").arg(s);
+    }
+    let out = cmd.arg("-f").arg(image).arg(plugin).output().unwrap();
+    assert!(
+        out.status.success(),
+        "vol {plugin} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "vol {plugin}: {e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A scratch directory, kept (and named on stderr) when `IRCAP_LAB_KEEP`
+/// is set, for looking at an image after a failure.
+pub fn work_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("IRCAP_LAB_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("lab: keeping {}", dir.path().display());
+    }
+    dir
+}
+
+/// A capture's `manifest.json`.
+pub fn manifest(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// The row of a capture's `kernel_symbols.jsonl.gz`.
+pub fn kernel_symbols_row(dir: &Path) -> Value {
+    let rows = gunzip(&dir.join("kernel_symbols.jsonl.gz"));
+    serde_json::from_slice(rows.split(|&b| b == b'\n').next().unwrap()).unwrap()
+}
+
+/// `ircap-collector verify DIR` passes.
+pub fn verify(dir: &Path) {
+    let out = bin("ircap-collector")
+        .arg("verify")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

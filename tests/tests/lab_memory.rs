@@ -9,12 +9,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ircap_e2e::bin;
-use ircap_e2e::lab::{Booted, Guest, Kit, capture_dir};
+use ircap_e2e::lab::{
+    Booted, Guest, Kit, capture_dir, file_contains, gunzip, gunzip_to, kernel_symbols_row,
+    lime_ranges, manifest, system_ram, system_ram_bytes, verify, vol, work_dir,
+};
 use serde_json::Value;
 
 /// The canary: a script (so its `comm` is its own name) whose shell holds
@@ -42,6 +43,7 @@ fn scenario(agent_args: &str) -> String {
 cat /proc/iomem >/out/iomem
 cat /proc/version >/out/version
 cat /proc/modules >/out/modules
+ircap-agent preflight --output /out/cap >/out/preflight.json 2>/out/preflight.log
 mkdir -p /out/cap
 t0=$(cut -d' ' -f1 /proc/uptime)
 ircap-agent capture --output /out/cap --no-imds --no-logs {agent_args} >/out/summary.json 2>/out/agent.log
@@ -49,161 +51,6 @@ echo $? >/out/agent.rc
 echo \"$t0 $(cut -d' ' -f1 /proc/uptime)\" >/out/capture.times
 "
     )
-}
-
-fn gunzip_to(src: &Path, dst: &Path) {
-    let mut d = flate2::read::GzDecoder::new(std::fs::File::open(src).unwrap());
-    let mut out = std::fs::File::create(dst).unwrap();
-    std::io::copy(&mut d, &mut out).unwrap();
-}
-
-fn gunzip(src: &Path) -> Vec<u8> {
-    let mut v = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(src).unwrap())
-        .read_to_end(&mut v)
-        .unwrap();
-    v
-}
-
-/// Top-level "System RAM" ranges of an iomem text, as (start, end
-/// inclusive), narrowed to whole pages: `/proc/kcore` maps RAM by page, so
-/// a range ending inside a page (0x9fbff on this guest) ends at the last
-/// whole page there.
-fn system_ram(iomem: &str) -> Vec<(u64, u64)> {
-    system_ram_bytes(iomem)
-        .into_iter()
-        .map(|(s, e)| (s.next_multiple_of(4096), (e + 1) / 4096 * 4096 - 1))
-        .collect()
-}
-
-fn system_ram_bytes(iomem: &str) -> Vec<(u64, u64)> {
-    iomem
-        .lines()
-        .filter(|l| !l.starts_with(' ') && l.ends_with(" : System RAM"))
-        .map(|l| {
-            let (a, b) = l.split_once(" : ").unwrap().0.split_once('-').unwrap();
-            (
-                u64::from_str_radix(a, 16).unwrap(),
-                u64::from_str_radix(b, 16).unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// LiME headers of a file: (start, end inclusive, offset of the data).
-fn lime_ranges(path: &Path) -> Vec<(u64, u64, u64)> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len();
-    let mut out = Vec::new();
-    let mut at = 0u64;
-    while at < len {
-        let mut h = [0u8; 32];
-        f.read_exact_at(&mut h, at).unwrap();
-        assert_eq!(
-            &h[0..4],
-            &0x4C69_4D45u32.to_le_bytes(),
-            "LiME magic at {at}"
-        );
-        assert_eq!(&h[4..8], &1u32.to_le_bytes(), "LiME version at {at}");
-        assert_eq!(&h[24..32], &[0u8; 8], "reserved bytes at {at}");
-        let s = u64::from_le_bytes(h[8..16].try_into().unwrap());
-        let e = u64::from_le_bytes(h[16..24].try_into().unwrap());
-        assert!(e >= s, "range {s:#x}-{e:#x} at {at}");
-        out.push((s, e, at + 32));
-        at += 32 + (e - s + 1);
-    }
-    assert_eq!(at, len, "LiME ranges end exactly at the end of the file");
-    out
-}
-
-/// True when `needle` occurs in the file (read in overlapping chunks).
-fn file_contains(path: &Path, needle: &[u8]) -> bool {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut buf = vec![0u8; 8 << 20];
-    let mut keep = 0usize;
-    loop {
-        let n = f.read(&mut buf[keep..]).unwrap();
-        if n == 0 {
-            return false;
-        }
-        let end = keep + n;
-        if buf[..end].windows(needle.len()).any(|w| w == needle) {
-            return true;
-        }
-        keep = needle.len().min(end);
-        buf.copy_within(end - keep..end, 0);
-    }
-}
-
-fn vol_bin() -> PathBuf {
-    let path = std::env::var_os("IRCAP_VOL").map_or_else(
-        || PathBuf::from("/opt/ircap-ci/venv/bin/vol"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "Volatility 3 not found at {} (set IRCAP_VOL or run .ci/run, which installs it)",
-        path.display()
-    );
-    path
-}
-
-/// Runs `vol -r json -f IMAGE [-s SYMBOLS] PLUGIN` with a fresh cache;
-/// returns the rows.
-fn vol(image: &Path, symbols: Option<&Path>, plugin: &str, cache: &Path) -> Vec<Value> {
-    let mut cmd = Command::new(vol_bin());
-    cmd.env("XDG_CACHE_HOME", cache).args(["-q", "-r", "json"]);
-    if let Some(s) = symbols {
-        cmd.arg("-s").arg(s);
-    }
-    let out = cmd.arg("-f").arg(image).arg(plugin).output().unwrap();
-    assert!(
-        out.status.success(),
-        "vol {plugin} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "vol {plugin}: {e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-/// A scratch directory, kept (and named on stderr) when `IRCAP_LAB_KEEP`
-/// is set, for looking at an image after a failure.
-fn work_dir() -> tempfile::TempDir {
-    let mut dir = tempfile::tempdir().unwrap();
-    if std::env::var_os("IRCAP_LAB_KEEP").is_some() {
-        dir.disable_cleanup(true);
-        eprintln!("lab: keeping {}", dir.path().display());
-    }
-    dir
-}
-
-fn manifest(dir: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
-}
-
-fn kernel_symbols_row(dir: &Path) -> Value {
-    let rows = gunzip(&dir.join("kernel_symbols.jsonl.gz"));
-    serde_json::from_slice(rows.split(|&b| b == b'\n').next().unwrap()).unwrap()
-}
-
-fn verify(dir: &Path) {
-    let out = bin("ircap-collector")
-        .arg("verify")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "verify failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn boot_and_capture(memory_mb: u32, cmdline: &[&str], agent_args: &str) -> Booted {
@@ -329,6 +176,29 @@ fn lab_physical_memory_of_a_real_kernel_is_complete_lime_that_volatility_opens()
     assert!(ram.len() >= 2, "{ram:?}");
     let ranges: Vec<(u64, u64)> = lime_ranges(&lime).iter().map(|r| (r.0, r.1)).collect();
     assert_eq!(ranges, ram, "LiME ranges vs the guest's System RAM");
+    ranges_account_for_all_system_ram(&booted, &cap);
+
+    // Preflight, run in the guest just before, saw this kcore and this RAM.
+    let pre = preflight(&booted);
+    assert_eq!(pre["lockdown"], "none", "{pre}");
+    assert_eq!(pre["physical_memory"]["possible"], true, "{pre}");
+    assert_eq!(pre["physical_memory"]["kcore"]["usable"], true, "{pre}");
+    assert_eq!(
+        pre["physical_memory"]["kcore"]["bytes"].as_u64(),
+        Some(ranges.iter().map(|(s, e)| e - s + 1).sum::<u64>()),
+        "{pre}"
+    );
+    assert_eq!(
+        pre["estimates"]["physical_memory_bytes"].as_u64(),
+        Some(
+            system_ram_bytes(&booted.text("iomem"))
+                .iter()
+                .map(|(s, e)| e - s + 1)
+                .sum::<u64>()
+        ),
+        "{pre}"
+    );
+    assert_eq!(pre["output"]["blocking_fs"], "9p", "{pre}");
 
     // The canary, whole, in the physical image and in the process dump.
     let canary = format!("IRCAP-CANARY-{}", booted.text("canary.uuid").trim());
@@ -359,6 +229,7 @@ fn lab_physical_memory_of_a_real_kernel_is_complete_lime_that_volatility_opens()
     let row = kernel_symbols_row(&cap);
     assert_eq!(row["banner"], version.as_str());
     assert_eq!(row["kallsyms_addresses_visible"], true, "{row}");
+    assert_eq!(row["kallsyms_data_symbols"], true, "{row}");
     let kaslr = row["kaslr_virtual_offset"].as_str().unwrap();
     assert_ne!(kaslr, "0x0", "KASLR is on in this guest: {row}");
     assert_eq!(row["five_level_paging"], false, "{row}");
@@ -415,6 +286,19 @@ fn lab_lockdown_confidentiality_gives_a_partial_capture_with_the_kernels_reason(
         !cap.join("physical_memory.lime.gz").exists(),
         "no image under lockdown"
     );
+    // Preflight said so beforehand, with the same reason.
+    let pre = preflight(&booted);
+    assert_eq!(pre["lockdown"], "confidentiality", "{pre}");
+    let kcore = &pre["physical_memory"]["kcore"];
+    assert_eq!(kcore["present"], true, "{pre}");
+    assert_eq!(kcore["usable"], false, "{pre}");
+    assert!(
+        kcore["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("lockdown is in confidentiality mode")),
+        "{pre}"
+    );
+    assert_eq!(pre["physical_memory"]["possible"], false, "{pre}");
     // The symbol sources are still taken: BTF is not locked down.
     assert!(cap.join("kernel_symbols/vmlinux.btf.gz").exists());
     // Shared contract (issue 12): an explicitly requested artifact that was
@@ -427,6 +311,70 @@ fn lab_lockdown_confidentiality_gives_a_partial_capture_with_the_kernels_reason(
         "4",
         "{}",
         booted.text("agent.log")
+    );
+}
+
+/// `ircap-agent preflight`'s report from the guest.
+fn preflight(booted: &Booted) -> Value {
+    serde_json::from_str(&booted.text("preflight.json")).unwrap_or_else(|e| {
+        panic!(
+            "preflight.json: {e}: {}{}",
+            booted.text("preflight.json"),
+            booted.text("preflight.log")
+        )
+    })
+}
+
+/// Each System RAM range of `/proc/iomem`, byte for byte, is the LiME
+/// ranges cut from it plus the parts the index records as not in the
+/// source: the tail of 0x1000-0x9fbff that kcore's whole pages leave out
+/// is named, not silently dropped.
+fn ranges_account_for_all_system_ram(booted: &Booted, cap: &Path) {
+    let rows: Vec<Value> = gunzip(&cap.join("physical_memory.jsonl.gz"))
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .filter(|r: &Value| r.get("start").is_some())
+        .collect();
+    let hex =
+        |v: &Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let mut clipped = 0;
+    for (start, end) in system_ram_bytes(&booted.text("iomem")) {
+        let mine: Vec<&Value> = rows
+            .iter()
+            .filter(|r| {
+                hex(&r["system_ram"]["start"]) == start
+                    && hex(&r["system_ram"]["end_inclusive"]) == end
+            })
+            .collect();
+        assert!(
+            !mine.is_empty(),
+            "no row for System RAM {start:#x}-{end:#x}: {rows:?}"
+        );
+        let dumped: u64 = mine.iter().map(|r| r["size"].as_u64().unwrap()).sum();
+        let missing: u64 = mine
+            .iter()
+            .flat_map(|r| r["not_in_source"].as_array().unwrap())
+            .map(|g| g["size"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            dumped + missing,
+            end - start + 1,
+            "{start:#x}-{end:#x}: {mine:?}"
+        );
+        if (end + 1) % 4096 != 0 {
+            let gap = &mine[0]["not_in_source"][0];
+            assert_eq!(hex(&gap["end"]), end + 1, "{gap}");
+            assert!(
+                gap["reason"].as_str().unwrap().contains("whole pages"),
+                "{gap}"
+            );
+            clipped += 1;
+        }
+    }
+    assert!(
+        clipped >= 1,
+        "this guest's 0x9fbff range ends inside a page"
     );
 }
 

@@ -86,6 +86,17 @@ impl BlockingMounts {
             .find(|(p, _)| p == path)
             .map(|(_, t)| t.as_str())
     }
+
+    /// The innermost such mount holding `path` (an absolute path, compared
+    /// by components, not resolved), with its type.
+    #[must_use]
+    pub fn containing(&self, path: &Path) -> Option<(&Path, &str)> {
+        self.0
+            .iter()
+            .filter(|(p, _)| path.starts_with(p))
+            .max_by_key(|(p, _)| p.components().count())
+            .map(|(p, t)| (p.as_path(), t.as_str()))
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +110,11 @@ mod tests {
         assert_eq!(m.at(Path::new("/tmp/a b")), Some("fuse.sshfs"));
         assert_eq!(m.at(Path::new("/mnt/n")), Some("nfs4"));
         assert_eq!(m.at(Path::new("/proc")), None);
+        assert_eq!(
+            m.containing(Path::new("/mnt/n/cases/1")),
+            Some((Path::new("/mnt/n"), "nfs4"))
+        );
+        assert_eq!(m.containing(Path::new("/mnt/nx")), None);
     }
 
     #[test]

@@ -17,13 +17,13 @@
 //! that is missing or unreadable is an error row, and the capture goes on.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ircap_proto::{ArtifactEntry, ArtifactName};
 use serde::Serialize;
 
-use super::Context;
 use super::fsread;
+use super::{Context, Roots};
 use crate::artifact::{ArtifactStream, JsonlWriter, Store};
 use crate::sink::SinkError;
 
@@ -47,6 +47,10 @@ pub struct KernelSymbols {
     pub kallsyms_symbols: Option<u64>,
     /// False when kallsyms showed only zero addresses (`kptr_restrict`).
     pub kallsyms_addresses_visible: Option<bool>,
+    /// False when kallsyms lists no data symbols (no `init_task`): a
+    /// kernel built without `CONFIG_KALLSYMS_ALL`, such as Debian's arm64
+    /// one, whose kallsyms cannot locate the task or module lists.
+    pub kallsyms_data_symbols: Option<bool>,
     /// `/proc/sys/kernel/kptr_restrict` at the time.
     pub kptr_restrict: Option<String>,
     /// Running address of `_text`, hex.
@@ -57,6 +61,9 @@ pub struct KernelSymbols {
     pub kernel_code_physical: Option<String>,
     /// That minus the default physical load address (x86_64), hex.
     pub kaslr_physical_offset: Option<String>,
+    /// Why the KASLR offsets above are absent although `_text` was seen:
+    /// they are derived from x86_64's fixed link addresses only.
+    pub kaslr_not_derivable: Option<String>,
     /// `/proc/iomem` as read (its addresses are real only for root).
     pub iomem: Option<String>,
     /// x86_64: the kernel runs 5-level page tables (`la57` stays in
@@ -85,6 +92,9 @@ pub struct KallsymsScan {
     pub addresses_visible: bool,
     /// Address of `_text`, when listed and non-zero.
     pub text: Option<u64>,
+    /// `init_task` is listed: kallsyms holds data symbols, not only
+    /// functions (the kernel has `CONFIG_KALLSYMS_ALL`).
+    pub data_symbols: bool,
     /// Bytes of an unfinished last line carried to the next chunk.
     carry: Vec<u8>,
 }
@@ -125,6 +135,9 @@ impl KallsymsScan {
             return;
         };
         self.symbols += 1;
+        if name == b"init_task" {
+            self.data_symbols = true;
+        }
         let Some(addr) = std::str::from_utf8(addr)
             .ok()
             .and_then(|a| u64::from_str_radix(a, 16).ok())
@@ -153,6 +166,46 @@ pub fn kernel_code_start(iomem: &str) -> Option<u64> {
     })
 }
 
+/// Where the kernel's BTF is.
+#[must_use]
+pub fn btf_path(roots: &Roots) -> PathBuf {
+    roots.sys.join("kernel/btf/vmlinux")
+}
+
+/// Where the kernel's symbol table is.
+#[must_use]
+pub fn kallsyms_path(roots: &Roots) -> PathBuf {
+    roots.proc.join("kallsyms")
+}
+
+/// Whether `/proc/kallsyms`, opened with this process's credentials, shows
+/// real addresses: reads until the first non-zero address (at most
+/// [`MAX_FILE`]) with the same [`KallsymsScan`] the capture uses.
+///
+/// # Errors
+/// Why the file could not be read.
+pub fn kallsyms_addresses_visible(roots: &Roots) -> Result<bool, String> {
+    let path = kallsyms_path(roots);
+    let file = fsread::open_noatime(&path).map_err(|e| e.to_string())?;
+    let mut file = file.take(MAX_FILE);
+    let mut scan = KallsymsScan::default();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        scan.feed(buf.get(..n).unwrap_or_default());
+        if scan.addresses_visible {
+            return Ok(true);
+        }
+    }
+    scan.finish();
+    Ok(scan.addresses_visible)
+}
+
 /// Writes the three artifacts.
 ///
 /// # Errors
@@ -162,7 +215,7 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ArtifactEntry>, SinkError> {
     let mut row = KernelSymbols::default();
     let mut out = Vec::new();
 
-    let btf = ctx.roots.sys.join("kernel/btf/vmlinux");
+    let btf = btf_path(ctx.roots);
     match copy(ctx, &btf, "kernel_symbols/vmlinux.btf.gz", |_| {})? {
         Ok((entry, bytes)) => {
             row.btf_bytes = Some(bytes);
@@ -173,7 +226,7 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ArtifactEntry>, SinkError> {
         )),
     }
 
-    let kallsyms = ctx.roots.proc.join("kallsyms");
+    let kallsyms = kallsyms_path(ctx.roots);
     let mut scan = KallsymsScan::default();
     match copy(ctx, &kallsyms, "kernel_symbols/kallsyms.gz", |c| {
         scan.feed(c);
@@ -182,6 +235,15 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ArtifactEntry>, SinkError> {
             scan.finish();
             row.kallsyms_symbols = Some(scan.symbols);
             row.kallsyms_addresses_visible = Some(scan.addresses_visible);
+            row.kallsyms_data_symbols = Some(scan.data_symbols);
+            if !scan.data_symbols {
+                index.error(format!(
+                    "{}: lists no data symbols such as init_task (kernel built without \
+                     CONFIG_KALLSYMS_ALL): a symbol table from it cannot walk the task list; \
+                     the kernel package's System.map has them",
+                    kallsyms.display()
+                ));
+            }
             if !scan.addresses_visible {
                 index.error(format!(
                     "{}: every address reads as zero (kptr_restrict or missing CAP_SYSLOG): \
@@ -212,6 +274,13 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ArtifactEntry>, SinkError> {
             .and_then(|t| t.checked_sub(X86_64_TEXT_LINK))
             .map(hex);
         row.kaslr_physical_offset = code.and_then(|c| c.checked_sub(X86_64_PHYS_LINK)).map(hex);
+    } else {
+        row.kaslr_not_derivable = Some(format!(
+            "KASLR offsets are derived from x86_64's fixed link addresses only; on {} the \
+             running _text and Kernel code addresses are recorded as they are (Volatility \
+             finds the offset itself)",
+            std::env::consts::ARCH
+        ));
     }
     if cfg!(target_arch = "x86_64") {
         let cpuinfo = fsread::read_bounded(&ctx.roots.proc.join("cpuinfo"), 4 << 20)
@@ -282,6 +351,9 @@ mod tests {
         assert_eq!(scan.symbols, 4);
         assert!(scan.addresses_visible);
         assert_eq!(scan.text, Some(0xffff_ffff_aa20_0000));
+        assert!(!scan.data_symbols);
+        scan.feed(b"ffffffffab610940 D init_task\n");
+        assert!(scan.data_symbols);
     }
 
     #[test]

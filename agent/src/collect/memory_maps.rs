@@ -151,11 +151,25 @@ pub fn stream_maps<E>(
     ctx: &Context<'_>,
     pid: i32,
     comm: &str,
+    each: impl FnMut(Region) -> Result<(), E>,
+) -> Result<Result<Vec<String>, E>, ReadError> {
+    stream_maps_at(&ctx.roots.proc, pid, comm, each)
+}
+
+/// [`stream_maps`] under the procfs mount `proc_root`, for callers
+/// without a capture context (`ircap-agent preflight`).
+///
+/// # Errors
+/// As [`stream_maps`].
+pub fn stream_maps_at<E>(
+    proc_root: &std::path::Path,
+    pid: i32,
+    comm: &str,
     mut each: impl FnMut(Region) -> Result<(), E>,
 ) -> Result<Result<Vec<String>, E>, ReadError> {
     use std::io::BufRead as _;
-    let path = ctx.roots.proc.join(pid.to_string()).join("maps");
-    if super::own_task::is_agent(&ctx.roots.proc, pid) {
+    let path = proc_root.join(pid.to_string()).join("maps");
+    if super::own_task::is_agent(proc_root, pid) {
         return Ok(Ok(vec![format!("pid {pid}: the agent itself, not read")]));
     }
     let file = fsread::open_noatime(&path)?;

@@ -23,8 +23,8 @@ use ircap_proto::{ArtifactEntry, ArtifactName};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use super::Context;
 use super::memory_regions::reader::{Gap, PAGE, hex};
+use super::{Context, Roots};
 use crate::artifact::{ArtifactStream, JsonlWriter, Store};
 use crate::sink::SinkError;
 use source::{FileSource, PhysRange, PhysicalSource, SourceError};
@@ -51,6 +51,74 @@ pub struct RangeRecord {
     pub sha256: String,
     /// Physical ranges that could not be read (written as zeros).
     pub unreadable: Vec<Gap>,
+    /// The `/proc/iomem` System RAM range this range was cut from, as the
+    /// kernel lists it (`None` when the source's ranges were taken as
+    /// they are).
+    pub system_ram: Option<SystemRam>,
+    /// Parts of that System RAM range the source does not hold, so they
+    /// are in no LiME range (on the first row of the System RAM range):
+    /// `/proc/kcore` maps RAM by whole pages, so a range ending inside a
+    /// page loses its tail (0x9f000-0x9fc00 on a typical PC).
+    pub not_in_source: Vec<Gap>,
+}
+
+/// A System RAM range as `/proc/iomem` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SystemRam {
+    /// First physical address, hex.
+    pub start: String,
+    /// Last physical address (inclusive), hex.
+    pub end_inclusive: String,
+}
+
+/// Why a part of a System RAM range is in no LiME range.
+const NOT_IN_SOURCE: &str = "not in the source (kcore maps RAM by whole pages): not captured";
+
+/// Where a crash-style device (physical addresses as file positions) is
+/// looked for.
+pub const CRASH_DEVICE: &str = "/dev/crash";
+
+/// The "System RAM" ranges of `<proc>/iomem`; `None` when unreadable or
+/// shown without addresses (not root).
+#[must_use]
+pub fn system_ram(roots: &Roots) -> Option<Vec<iomem::Range>> {
+    iomem::parse_file(&roots.proc.join("iomem"))
+}
+
+/// Bytes of physical memory a full dump holds: the System RAM of
+/// `/proc/iomem`, else `MemTotal` (a little less: the kernel's own
+/// reservations are not counted in it).
+#[must_use]
+pub fn expected_bytes(roots: &Roots) -> Option<u64> {
+    system_ram(roots)
+        .map(|ram| ram.iter().map(|r| r.end - r.start).sum())
+        .or_else(|| super::system::mem_total_bytes(&roots.proc))
+}
+
+/// Opens `<proc>/kcore`, clipped to `ram`. The error says why it cannot
+/// be used, in the kernel's terms when [`refusal`] knows them.
+///
+/// # Errors
+/// That sentence.
+pub fn open_kcore(roots: &Roots, ram: Option<&[iomem::Range]>) -> Result<FileSource, String> {
+    let kcore = roots.proc.join("kcore");
+    FileSource::kcore(&kcore, ram).map_err(|e| explained(roots, &kcore, &e))
+}
+
+/// Opens [`CRASH_DEVICE`] over the RAM ranges `ram` (needed: the device
+/// has no index of its own).
+///
+/// # Errors
+/// Why it cannot be used.
+pub fn open_crash(roots: &Roots, ram: Option<&[iomem::Range]>) -> Result<FileSource, String> {
+    let crash = Path::new(CRASH_DEVICE);
+    match ram {
+        Some(ram) => FileSource::crash(crash, ram).map_err(|e| explained(roots, crash, &e)),
+        None => Err(format!(
+            "{}: not used, /proc/iomem shows no System RAM ranges",
+            crash.display()
+        )),
+    }
 }
 
 /// Opens the source: `explicit` (an ELF core file, physical addresses
@@ -59,7 +127,7 @@ pub struct RangeRecord {
 /// # Errors
 /// A message saying why there is no source.
 pub fn open_source(
-    ctx: &Context<'_>,
+    roots: &Roots,
     explicit: Option<&Path>,
 ) -> Result<Box<dyn PhysicalSource>, String> {
     if let Some(path) = explicit {
@@ -67,22 +135,14 @@ pub fn open_source(
             .map(|s| Box::new(s) as Box<dyn PhysicalSource>)
             .map_err(|e| e.to_string());
     }
-    let ram = iomem::parse_file(&ctx.roots.proc.join("iomem"));
-    let kcore = ctx.roots.proc.join("kcore");
-    let kcore_err = match FileSource::kcore(&kcore, ram.as_deref()) {
+    let ram = system_ram(roots);
+    let kcore_err = match open_kcore(roots, ram.as_deref()) {
         Ok(s) => return Ok(Box::new(s)),
-        Err(e) => explained(ctx, &kcore, &e),
+        Err(e) => e,
     };
-    let crash = Path::new("/dev/crash");
-    let crash_err = match &ram {
-        Some(ram) => match FileSource::crash(crash, ram) {
-            Ok(s) => return Ok(Box::new(s)),
-            Err(e) => explained(ctx, crash, &e),
-        },
-        None => format!(
-            "{}: not used, /proc/iomem shows no System RAM ranges",
-            crash.display()
-        ),
+    let crash_err = match open_crash(roots, ram.as_deref()) {
+        Ok(s) => return Ok(Box::new(s)),
+        Err(e) => e,
     };
     Err(format!(
         "no physical memory source on this host ({kcore_err}; {crash_err})"
@@ -90,14 +150,11 @@ pub fn open_source(
 }
 
 /// The error, followed by the kernel's reason when [`refusal`] knows it.
-fn explained(ctx: &Context<'_>, path: &Path, err: &SourceError) -> String {
+fn explained(roots: &Roots, path: &Path, err: &SourceError) -> String {
     let why = match err {
-        SourceError::Io { source, .. } => refusal::explain(
-            ctx.roots,
-            path,
-            source.kind(),
-            nix::unistd::geteuid().as_raw(),
-        ),
+        SourceError::Io { source, .. } => {
+            refusal::explain(roots, path, source.kind(), nix::unistd::geteuid().as_raw())
+        }
         SourceError::Format { .. } => None,
     };
     match why {
@@ -116,7 +173,7 @@ pub fn write(
     capture_errors: &mut Vec<CaptureError>,
 ) -> Result<Vec<ArtifactEntry>, SinkError> {
     let mut index = JsonlWriter::open(ctx.sink, "physical_memory", "physical_memory")?;
-    let source = match open_source(ctx, ctx.options.physical_memory_source.as_deref()) {
+    let source = match open_source(ctx.roots, ctx.options.physical_memory_source.as_deref()) {
         Ok(s) => s,
         Err(why) => {
             tracing::warn!("Physical memory not captured: {why}");
@@ -147,6 +204,22 @@ pub fn write(
         ranges = source.ranges().len(),
         "Dumping physical memory"
     );
+    let asked = source.asked();
+    let missing = source::uncovered(asked, source.ranges());
+    let asked_of = |addr: u64| asked.iter().position(|r| r.start <= addr && addr < r.end);
+    // System RAM the source holds nothing of: no row will carry it.
+    for m in &missing {
+        let holds_some = asked_of(m.start)
+            .is_some_and(|i| source.ranges().iter().any(|r| asked_of(r.start) == Some(i)));
+        if !holds_some {
+            index.error(format!(
+                "System RAM {}..{} {NOT_IN_SOURCE}",
+                hex(m.start),
+                hex(m.end)
+            ));
+        }
+    }
+    let mut described: Option<usize> = None;
     let mut left = ctx.options.physical_memory_budget.unwrap_or(u64::MAX);
     let mut buf = vec![0u8; READ_SIZE];
     for range in source.ranges() {
@@ -173,6 +246,18 @@ pub fn write(
                 hex(range.start + range.len)
             ));
         }
+        let ram = asked_of(range.start);
+        let first_of_ram = ram.is_some() && ram != described;
+        described = ram.or(described);
+        let not_in_source = if first_of_ram {
+            missing
+                .iter()
+                .filter(|m| asked_of(m.start) == ram)
+                .map(|m| Gap::new(m.start, m.end, NOT_IN_SOURCE))
+                .collect()
+        } else {
+            Vec::new()
+        };
         index.write(&RangeRecord {
             source: describe.clone(),
             start: hex(range.start),
@@ -181,6 +266,11 @@ pub fn write(
             lime_header_offset: header_offset,
             sha256,
             unreadable,
+            system_ram: ram.and_then(|i| asked.get(i)).map(|r| SystemRam {
+                start: hex(r.start),
+                end_inclusive: hex(r.end - 1),
+            }),
+            not_in_source,
         })?;
     }
     let lime_entry = lime_out.finish(None)?;

@@ -32,10 +32,7 @@ pub fn lockdown_mode(roots: &Roots) -> Option<String> {
 /// The bracketed word of a securityfs choice list
 /// (`none integrity [confidentiality]`).
 fn selected(text: &str) -> Option<String> {
-    text.split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
+    super::super::kernel::parse_lockdown(text).filter(|w| !w.is_empty())
 }
 
 /// Why opening `path` (kcore or a crash device) failed with `kind`, as one

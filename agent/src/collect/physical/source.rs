@@ -57,6 +57,40 @@ pub trait PhysicalSource {
     /// # Errors
     /// The I/O error of the read.
     fn read_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<usize>;
+    /// The RAM ranges the ranges were cut from (`/proc/iomem` System RAM),
+    /// empty when the source's own ranges were taken as they are.
+    fn asked(&self) -> &[Range] {
+        &[]
+    }
+}
+
+/// The parts of `asked` that no range of `got` holds, in order: what a
+/// dump asked for and the source did not have (`/proc/kcore` maps RAM by
+/// whole pages, so a System RAM range ending inside a page loses its
+/// tail).
+#[must_use]
+pub fn uncovered(asked: &[Range], got: &[PhysRange]) -> Vec<Range> {
+    let mut out = Vec::new();
+    for a in asked {
+        let mut at = a.start;
+        for g in got {
+            let (gs, ge) = (g.start, g.start.saturating_add(g.len));
+            if ge <= at || gs >= a.end {
+                continue;
+            }
+            if gs > at {
+                out.push(Range { start: at, end: gs });
+            }
+            at = at.max(ge);
+        }
+        if at < a.end {
+            out.push(Range {
+                start: at,
+                end: a.end,
+            });
+        }
+    }
+    out
 }
 
 /// A `PT_LOAD` segment of an ELF core.
@@ -193,6 +227,7 @@ pub struct FileSource {
     path: PathBuf,
     kind: &'static str,
     ranges: Vec<PhysRange>,
+    asked: Vec<Range>,
 }
 
 fn open_file(path: &Path) -> Result<File, SourceError> {
@@ -216,6 +251,7 @@ impl FileSource {
             file,
             path: path.to_owned(),
             kind: "ELF core, kcore format",
+            asked: ram.map(<[Range]>::to_vec).unwrap_or_default(),
         })
     }
 
@@ -237,6 +273,7 @@ impl FileSource {
                     position: r.start,
                 })
                 .collect(),
+            asked: ram.to_vec(),
         })
     }
 }
@@ -250,6 +287,9 @@ impl PhysicalSource for FileSource {
     }
     fn read_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<usize> {
         self.file.read_at(buf, position)
+    }
+    fn asked(&self) -> &[Range] {
+        &self.asked
     }
 }
 
@@ -322,6 +362,37 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn uncovered_tails_and_holes() {
+        let r = |start, end| Range { start, end };
+        let p = |start, len| PhysRange {
+            start,
+            len,
+            position: 0,
+        };
+        // 0x1000..0x9fc00 held as whole pages: the last 0xc00 bytes missing;
+        // a second range with a hole in the middle and a third not held.
+        let asked = [
+            r(0x1000, 0x9_fc00),
+            r(0x10_0000, 0x20_0000),
+            r(0x30_0000, 0x30_1000),
+        ];
+        let got = [
+            p(0x1000, 0x9_e000),
+            p(0x10_0000, 0x8_0000),
+            p(0x19_0000, 0x7_0000),
+        ];
+        assert_eq!(
+            uncovered(&asked, &got),
+            vec![
+                r(0x9_f000, 0x9_fc00),
+                r(0x18_0000, 0x19_0000),
+                r(0x30_0000, 0x30_1000)
+            ]
+        );
+        assert!(uncovered(&asked[..1], &[p(0, 0x10_0000)]).is_empty());
     }
 
     #[test]
