@@ -36,6 +36,7 @@ pub async fn triage<S: Store>(
     state: &CaptureState,
     manifest: &Manifest,
 ) -> BTreeMap<String, u64> {
+    let started = std::time::Instant::now();
     let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut problems = Vec::new();
     for table in TABLES {
@@ -97,7 +98,14 @@ pub async fn triage<S: Store>(
         tracing::warn!(capture_id = state.capture_id, error = %e, "Findings not stored");
         return BTreeMap::new();
     }
-    super::counts(&found)
+    let counts = super::counts(&found);
+    tracing::info!(
+        capture_id = state.capture_id,
+        findings = found.len(),
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "Capture triaged"
+    );
+    counts
 }
 
 /// The stored findings of capture `id`, if any.
