@@ -16,10 +16,21 @@ use super::evidence::{Evidence, TABLES, Tables, artifact};
 use crate::store::{CaptureState, DocKey, Store};
 
 /// Largest stored table read for triage at commit.
-pub const MAX_TABLE_BYTES: u64 = 256 << 20;
+pub const MAX_TABLE_BYTES: u64 = 64 << 20;
 
 /// Most stored bytes of all tables held at once for triage at commit.
-pub const MAX_TOTAL_BYTES: u64 = 512 << 20;
+pub const MAX_TOTAL_BYTES: u64 = 128 << 20;
+
+/// Longest a commit waits for its triage; the findings are then left out
+/// of the index (the analyst's `findings` computes them from a pull).
+pub const TRIAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// One triage at a time in the whole collector: a fleet committing at
+/// once, or one agent's large tables, can neither stall other commits
+/// (a commit that finds the slot taken goes on without findings) nor hold
+/// more than [`MAX_TOTAL_BYTES`] of tables in memory.
+static SLOT: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1)));
 
 /// The control document holding capture `id`'s findings.
 ///
@@ -37,20 +48,29 @@ pub async fn triage<S: Store>(
     manifest: &Manifest,
 ) -> BTreeMap<String, u64> {
     let started = std::time::Instant::now();
+    let Ok(slot) = std::sync::Arc::clone(&SLOT).try_acquire_owned() else {
+        tracing::info!(
+            capture_id = state.capture_id,
+            "Triage at commit skipped: another capture is being triaged (`ircap-collector findings` computes them from a pull)"
+        );
+        return BTreeMap::new();
+    };
     let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut held: u64 = 0;
     let mut problems = Vec::new();
     for table in TABLES {
         let name = artifact(table);
         let Some(entry) = manifest.artifacts.iter().find(|a| a.name == name) else {
             continue;
         };
-        if entry.size_stored > MAX_TABLE_BYTES {
+        if entry.size_stored > MAX_TABLE_BYTES || held + entry.size_stored > MAX_TOTAL_BYTES {
             problems.push(format!(
                 "{name}: {} bytes, over the triage limit",
                 entry.size_stored
             ));
             continue;
         }
+        held += entry.size_stored;
         let Ok(artifact_name) = ArtifactName::parse(&name) else {
             continue;
         };
@@ -66,6 +86,9 @@ pub async fn triage<S: Store>(
     }
     let manifest = manifest.clone();
     let ran = tokio::task::spawn_blocking(move || {
+        // Held until the rules finish, even when the commit stopped
+        // waiting for them.
+        let _slot = slot;
         let tables = Tables::load(
             |name| {
                 Ok(blobs
@@ -77,10 +100,12 @@ pub async fn triage<S: Store>(
         let e = Evidence::new(std::path::PathBuf::new(), manifest, tables, problems);
         let found = super::findings(&e);
         (found, e.problems)
-    })
-    .await;
-    let Ok((found, problems)) = ran else {
-        tracing::warn!(capture_id = state.capture_id, "Triage at commit failed");
+    });
+    let Ok(Ok((found, problems))) = tokio::time::timeout(TRIAGE_DEADLINE, ran).await else {
+        tracing::warn!(
+            capture_id = state.capture_id,
+            "Triage at commit failed or took longer than {TRIAGE_DEADLINE:?}; committed without findings"
+        );
         return BTreeMap::new();
     };
     if !problems.is_empty() {
