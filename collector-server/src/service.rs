@@ -31,7 +31,7 @@ use crate::auth::{self, Identity, Role};
 use crate::capture_lock::{CaptureLock, CaptureLocks};
 use crate::ingest::{ArtifactIngest, ClaimedEnd, CpuPool, IngestError, MAX_CHUNK};
 use crate::metrics::{Metrics, StreamGauge, inc};
-use crate::quota::{MAX_ARTIFACTS, Quotas, STREAM_DEADLINE, exhausted};
+use crate::quota::{MAX_ARTIFACTS, MAX_MANIFEST_BYTES, Quotas, STREAM_DEADLINE, exhausted};
 use crate::store::evidence::{Committed, StreamState};
 use crate::store::repair::index_entry;
 use crate::store::{CaptureState, Store};
@@ -733,6 +733,12 @@ impl CaptureUpload for UploadService {
         }
         if state.expired_at.is_some() {
             return Err(expired_status(&state.capture_id));
+        }
+        if req.manifest_json.len() > MAX_MANIFEST_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "manifest is {} bytes, over the limit of {MAX_MANIFEST_BYTES} bytes",
+                req.manifest_json.len()
+            )));
         }
         let mut manifest = Manifest::from_slice(&req.manifest_json, "uploaded manifest")
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

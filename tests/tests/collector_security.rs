@@ -1975,3 +1975,23 @@ async fn a_stream_past_its_deadline_ends_and_resumes_where_it_was() -> TestResul
     assert!(offset >= 4, "nothing was acknowledged");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_over_the_limit_is_refused_with_the_limit_named() -> TestResult {
+    let s = Setup::new()?;
+    corrupt_then_good_upload(&s).await?;
+    let mut c = s.client("web-1").await;
+    // A valid manifest, padded with whitespace past the limit (still under
+    // the gRPC message limit, so this is the collector's own refusal).
+    let mut big = manifest(&sha256_hex(b"hello"))?;
+    big.resize(ircap_collector::quota::MAX_MANIFEST_BYTES + 1, b' ');
+    let status = expect_err(
+        timed(c.commit_capture(commit_request(big))).await?,
+        "an oversized manifest",
+    )?;
+    assert_code(&status, Code::InvalidArgument, "an oversized manifest");
+    assert!(status.message().contains("limit"), "{}", status.message());
+    // Not committed: the right one still is.
+    timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await??;
+    Ok(())
+}
