@@ -17,8 +17,8 @@
 //! Counts live in this replica. Open captures are counted from the store
 //! at start and kept as captures open and commit; one left uncommitted
 //! stops counting after [`OPEN_WINDOW`], so an agent whose captures broke
-//! off is not locked out for good (abandoned captures are not expired
-//! from the store yet).
+//! off is not locked out for good (and after the upload TTL the capture
+//! itself expires from the store, see [`crate::store::repair::sweep`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -492,10 +492,9 @@ impl UploadService {
                         None
                     } else {
                         store
-                            .stream_state(&state.capture_id, &name)
+                            .state_head(&state.capture_id)
                             .await
                             .map_err(store_status)?
-                            .map(|s| s.state)
                     };
                     match now {
                         Some(s) if s.expired_at.is_some() => {

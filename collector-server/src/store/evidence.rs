@@ -215,6 +215,15 @@ impl<B: Blob> Evidence<B> {
         }
     }
 
+    /// The stored state without its finished entries (whether it is open,
+    /// complete or expired, and whose), in one read.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or holds garbage.
+    pub async fn state_head(&self, capture_id: &str) -> Result<Option<CaptureState>, StoreError> {
+        Ok(self.state_doc(capture_id).await?.map(|(s, _)| s))
+    }
+
     /// What an upload stream of artifact `name` needs: the state, that
     /// artifact's entry and the number of finished artifacts (one list,
     /// not one read per artifact).
