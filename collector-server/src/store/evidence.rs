@@ -440,14 +440,24 @@ impl<B: Blob> Evidence<B> {
     ) -> Result<Committed, StoreError> {
         let id = &state.capture_id;
         let manifest_key = Self::evidence_key(state, MANIFEST_FILE);
-        if !self
+        let mut attempts = 0;
+        while !self
             .blob
             .put_if_absent(&manifest_key, manifest_json.to_vec(), Class::Evidence)
             .await?
         {
-            let stored = self.blob.get(&manifest_key).await?;
-            if stored.as_deref() != Some(manifest_json) {
-                return Ok(Committed::Lost);
+            match self.blob.get(&manifest_key).await? {
+                Some(stored) if stored == manifest_json => break,
+                Some(_) => return Ok(Committed::Lost),
+                // Refused, yet there is none: a conflicting write that
+                // failed too (S3 409). Try again.
+                None if attempts < STATE_RETRIES => attempts += 1,
+                None => {
+                    return Err(StoreError::Backend {
+                        context: manifest_key,
+                        message: "the manifest could be neither created nor read".into(),
+                    });
+                }
             }
         }
         self.blob
