@@ -205,6 +205,15 @@ pub enum AuthError {
         #[source]
         source: rustls::Error,
     },
+    /// A CRL past its next update: it says nothing current, and every
+    /// client would be refused.
+    #[error("CRL {} is out of date (next update was {next_update}): issue a fresh one with `ircap-collector pki revoke` or `pki init`'s empty CRL", path.display())]
+    CrlExpired {
+        /// The CRL file.
+        path: PathBuf,
+        /// Its nextUpdate.
+        next_update: String,
+    },
     /// The client-certificate verifier could not be built (bad CRL, no CA).
     #[error("cannot build the client certificate verifier from CA {} and CRL {crl}: {source}", ca.display())]
     Verifier {
@@ -402,6 +411,38 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, AuthError> {
     PrivateKeyDer::from_pem_file(path).map_err(|source| pem_error("private key", path, source))
 }
 
+/// Refuses CRLs whose next update has passed (or that cannot be parsed).
+///
+/// # Errors
+/// [`AuthError::CrlExpired`] naming the file and the time.
+pub fn check_crls_current(
+    path: &Path,
+    crls: &[CertificateRevocationListDer<'_>],
+) -> Result<(), AuthError> {
+    let now = x509_parser::time::ASN1Time::now();
+    for der in crls {
+        let next = x509_parser::parse_x509_crl(der.as_ref())
+            .ok()
+            .and_then(|(_, crl)| crl.next_update());
+        match next {
+            Some(next) if next > now => {}
+            Some(next) => {
+                return Err(AuthError::CrlExpired {
+                    path: path.to_owned(),
+                    next_update: next.to_string(),
+                });
+            }
+            None => {
+                return Err(AuthError::CrlExpired {
+                    path: path.to_owned(),
+                    next_update: "not stated".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads every CRL from a PEM file.
 ///
 /// # Errors
@@ -470,7 +511,11 @@ pub fn server_config(
     let provider = ring_provider();
     let roots = Arc::new(root_store(ca)?);
     let crls = match crl {
-        Some(path) => load_crls(path)?,
+        Some(path) => {
+            let crls = load_crls(path)?;
+            check_crls_current(path, &crls)?;
+            crls
+        }
         None => Vec::new(),
     };
     let mut builder =
@@ -884,6 +929,30 @@ mod tests {
         )
         .await?;
         refused(&outcome, "fatal alert", "invalid peer certificate");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_out_of_date_crl_is_refused_with_its_date() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path();
+        make_pki(dir)?;
+        let crl = dir.join("old-crl.pem");
+        // Issued long enough ago that its next update has passed.
+        let then = time::OffsetDateTime::now_utc() - pki::CRL_VALIDITY - time::Duration::days(1);
+        pki::revoke_at(dir, &[dir.join("web-01.pem")], &crl, then)?;
+        let err = server_in(dir, Some(&crl))
+            .err()
+            .ok_or("an expired CRL was accepted")?;
+        let text = err.to_string();
+        assert!(
+            matches!(err, AuthError::CrlExpired { .. }) && text.contains("out of date"),
+            "{text}"
+        );
+        // A current one is fine.
+        let fresh = dir.join("crl.pem");
+        pki::revoke(dir, &[dir.join("web-01.pem")], &fresh)?;
+        server_in(dir, Some(&fresh))?;
         Ok(())
     }
 

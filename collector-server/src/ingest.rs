@@ -529,4 +529,126 @@ mod tests {
         }
         assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
+
+    mod properties {
+        //! The ingest state machine under arbitrary input, bounded to a few
+        //! seconds (64 cases each, small data).
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn name() -> ArtifactName {
+            ArtifactName::parse("p.bin").unwrap()
+        }
+
+        fn claimed(stored: &[u8], content: &[u8]) -> ClaimedEnd {
+            ClaimedEnd {
+                stored: digest(stored),
+                content: digest(content),
+            }
+        }
+
+        /// `data` cut at `cuts` (positions, any order, repeats allowed).
+        fn split<'a>(data: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+            at.push(0);
+            at.push(data.len());
+            at.sort_unstable();
+            at.dedup();
+            at.windows(2).map(|w| &data[w[0]..w[1]]).collect()
+        }
+
+        fn feed(ingest: &mut ArtifactIngest, parts: &[&[u8]]) -> Result<(), IngestError> {
+            for part in parts {
+                let offset = ingest.received();
+                ingest.chunk(offset, part, &sha2::Sha256::digest(part))?;
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            /// However the bytes are cut into chunks, and whatever prefix
+            /// was stored before a resume, the digests are those of the
+            /// bytes, for both encodings.
+            #[test]
+            fn any_split_and_resume_point_gives_the_same_digests(
+                content in proptest::collection::vec(any::<u8>(), 0..4096),
+                cuts in proptest::collection::vec(any::<usize>(), 0..8),
+                resume_at in any::<usize>(),
+                gz in any::<bool>(),
+            ) {
+                let (encoding, stored) = if gz {
+                    ("gzip", gzip(&content, 1))
+                } else {
+                    ("identity", content.clone())
+                };
+                let at = resume_at % (stored.len() + 1);
+                let mut ingest = ArtifactIngest::new(name(), encoding).unwrap();
+                ingest.resume(&stored[..at]).unwrap();
+                feed(&mut ingest, &split(&stored[at..], &cuts)).unwrap();
+                prop_assert_eq!(ingest.received(), stored.len() as u64);
+                let f = ingest.end(&claimed(&stored, &content)).unwrap();
+                prop_assert_eq!(f.size, stored.len() as u64);
+                prop_assert_eq!(f.size_uncompressed, content.len() as u64);
+            }
+
+            /// A chunk at any other offset, or whose bytes differ from its
+            /// SHA-256, is refused and leaves the state where it was; an end
+            /// claiming other digests never finishes.
+            #[test]
+            fn wrong_offsets_digests_and_claims_are_refused(
+                data in proptest::collection::vec(any::<u8>(), 1..2048),
+                skew in 1u64..1_000_000,
+                flip in any::<usize>(),
+                lie in any::<u8>(),
+            ) {
+                let mut ingest = ArtifactIngest::new(name(), "identity").unwrap();
+                let sum = sha2::Sha256::digest(&data);
+                let wrong_offset = ingest.chunk(skew, &data, &sum);
+                let refused = matches!(wrong_offset, Err(IngestError::Offset { .. }));
+                prop_assert!(refused, "wrong offset accepted");
+                let mut bad = data.clone();
+                let i = flip % bad.len();
+                bad[i] ^= 0x01;
+                let refused = matches!(
+                    ingest.chunk(0, &bad, &sum),
+                    Err(IngestError::ChunkDigest { .. })
+                );
+                prop_assert!(refused, "a changed chunk was accepted");
+                prop_assert_eq!(ingest.received(), 0);
+                ingest.chunk(0, &data, &sum).unwrap();
+                let mut other = data.clone();
+                let j = usize::from(lie) % other.len();
+                other[j] ^= 0x80;
+                let refused = matches!(
+                    ingest.end(&claimed(&other, &other)),
+                    Err(IngestError::Mismatch { .. })
+                );
+                prop_assert!(refused, "an end claiming other digests finished");
+            }
+
+            /// Arbitrary bytes claimed to be gzip never panic: they finish
+            /// only if they are a whole gzip stream whose digests match.
+            #[test]
+            fn arbitrary_gzip_bytes_end_in_a_defined_outcome(
+                junk in proptest::collection::vec(any::<u8>(), 0..2048),
+                header in any::<bool>(),
+            ) {
+                let mut bytes = if header { vec![0x1f, 0x8b, 8, 0] } else { Vec::new() };
+                bytes.extend_from_slice(&junk);
+                let mut ingest = ArtifactIngest::new(name(), "gzip").unwrap();
+                let fed = feed(&mut ingest, &[&bytes]);
+                if fed.is_ok()
+                    && let Ok(f) = ingest.end(&claimed(&bytes, &[]))
+                {
+                    // Finished only as exactly these bytes, decoding to nothing.
+                    prop_assert_eq!(f.size, bytes.len() as u64);
+                    prop_assert_eq!(f.size_uncompressed, 0);
+                }
+            }
+        }
+    }
 }

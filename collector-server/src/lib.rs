@@ -1,7 +1,8 @@
 //! The ircap collector: receives captures from agents over mutual-TLS gRPC,
 //! verifies every chunk and artifact hash as bytes arrive, stores captures
-//! through the [`store::Store`] trait and marks them complete only when the
-//! manifest matches everything received.
+//! through the evidence layer ([`store::evidence::Evidence`], over a file
+//! or S3 blob layer) and marks them complete only when the manifest
+//! matches everything received.
 
 pub mod analyst;
 pub mod analyst_requests;

@@ -214,6 +214,17 @@ struct ServeArgs {
     /// Serve Prometheus metrics over plain HTTP here (e.g. 127.0.0.1:9464).
     #[arg(long, env = "IRCAP_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Collect uploads not committed after this long (90s, 30m, 24h, 1d;
+    /// default 24h).
+    #[arg(long, env = "IRCAP_UPLOAD_TTL")]
+    upload_ttl: Option<String>,
+    /// Drop an upload stream whose agent has not read an acknowledgement
+    /// for this long (default 30s).
+    #[arg(long, hide = true)]
+    ack_send_timeout: Option<String>,
+    /// Longest life of one upload stream (default 6h).
+    #[arg(long, hide = true)]
+    stream_deadline: Option<String>,
 }
 
 /// How analyst commands reach the collector.
@@ -365,6 +376,9 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         key: args.key,
         crl: args.crl,
         metrics_listen: args.metrics_listen,
+        upload_ttl: args.upload_ttl,
+        ack_send_timeout: args.ack_send_timeout,
+        stream_deadline: args.stream_deadline,
     });
     let settings = Settings::validate(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -370,8 +370,20 @@ pub fn revoke(
     cert_pems: &[PathBuf],
     out_crl: &Path,
 ) -> Result<CrlSummary, PkiError> {
+    revoke_at(ca_dir, cert_pems, out_crl, OffsetDateTime::now_utc())
+}
+
+/// [`revoke`] as if run at `now` (tests make out-of-date CRLs with it).
+///
+/// # Errors
+/// As [`revoke`].
+pub fn revoke_at(
+    ca_dir: &Path,
+    cert_pems: &[PathBuf],
+    out_crl: &Path,
+    now: OffsetDateTime,
+) -> Result<CrlSummary, PkiError> {
     let ca = LoadedCa::load(ca_dir)?;
-    let now = OffsetDateTime::now_utc();
 
     let (mut revoked, previous_number) = if out_crl.exists() {
         ca.existing_crl_entries(out_crl)?

@@ -26,13 +26,13 @@ use crate::store::{CaptureState, IndexEntry, Store};
 const READ_CHUNK: u64 = 1 << 20;
 
 /// The query service over a [`Store`].
-pub struct QueryService<S: Store> {
-    store: Arc<S>,
+pub struct QueryService {
+    store: Arc<Store>,
 }
 
-impl<S: Store> QueryService<S> {
+impl QueryService {
     /// Queries `store`.
-    pub fn new(store: Arc<S>) -> Self {
+    pub fn new(store: Arc<Store>) -> Self {
         Self { store }
     }
 
@@ -92,7 +92,7 @@ type DataStream = Pin<Box<dyn Stream<Item = Result<ArtifactData, Status>> + Send
 type InfoStream = Pin<Box<dyn Stream<Item = Result<CaptureInfo, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<S: Store> CaptureQuery for QueryService<S> {
+impl CaptureQuery for QueryService {
     type ListCapturesStream = InfoStream;
 
     async fn list_captures(
@@ -112,7 +112,11 @@ impl<S: Store> CaptureQuery for QueryService<S> {
             .map(info)
             .collect();
         if req.include_incomplete {
-            let states = self.store.list_states().await.map_err(store_status)?;
+            let states = self
+                .store
+                .open_states(crate::store::repair::OPEN_SCAN_LIMIT)
+                .await
+                .map_err(store_status)?;
             let indexed: std::collections::HashSet<String> =
                 captures.iter().map(|c| c.capture_id.clone()).collect();
             captures.extend(

@@ -8,7 +8,7 @@
 //! | captures opened in the last [`OPEN_WINDOW`] and not committed, per identity | [`MAX_OPEN_CAPTURES`] | `RESOURCE_EXHAUSTED`, retry after [`OPEN_PUSHBACK`] |
 //! | artifacts per capture | [`MAX_ARTIFACTS`] | `RESOURCE_EXHAUSTED`, no retry |
 //! | one upload stream's life | [`STREAM_DEADLINE`] | `DEADLINE_EXCEEDED` (resumable) |
-//! | a manifest | the message limit (4 MiB + 64 KiB) | refused by gRPC |
+//! | a manifest | [`MAX_MANIFEST_BYTES`] (about 10,000 artifacts) | `INVALID_ARGUMENT`, naming the limit |
 //!
 //! The retry hint travels as the standard `grpc-retry-pushback-ms`
 //! metadata; the agent waits that long plus jitter before trying again,
@@ -17,8 +17,8 @@
 //! Counts live in this replica. Open captures are counted from the store
 //! at start and kept as captures open and commit; one left uncommitted
 //! stops counting after [`OPEN_WINDOW`], so an agent whose captures broke
-//! off is not locked out for good (abandoned captures are not expired
-//! from the store yet).
+//! off is not locked out for good (and after the upload TTL the capture
+//! itself expires from the store, see [`crate::store::repair::sweep`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,6 +36,9 @@ pub const MAX_OPEN_CAPTURES: usize = 16;
 pub const OPEN_WINDOW: Duration = Duration::from_secs(3600);
 /// Artifacts one capture may hold.
 pub const MAX_ARTIFACTS: usize = 20_000;
+/// Largest manifest a commit may carry (under the gRPC message limit, so
+/// the refusal is this one, with its reason).
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// Longest life of one upload stream (the agent then resumes on another).
 pub const STREAM_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 /// Retry hint when an identity has too many streams.

@@ -21,9 +21,11 @@ use crate::control;
 use crate::metrics::Metrics;
 use crate::query::QueryService;
 use crate::service::{MAX_MESSAGE, UploadService};
-use crate::store::any::AnyStore;
-use crate::store::file::FileStore;
-use crate::store::s3::{Retention, RetentionMode, S3Options, S3Store};
+use crate::store::Store;
+use crate::store::any::AnyBlob;
+use crate::store::evidence::Evidence;
+use crate::store::file::FileBlob;
+use crate::store::s3::{Retention, RetentionMode, S3Blob, S3Options};
 
 /// How long a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,6 +60,15 @@ pub struct ServeConfig {
     /// Plain-HTTP address for Prometheus `GET /metrics`, optional (keep it
     /// on a private interface).
     pub metrics_listen: Option<String>,
+    /// How long an upload may stay uncommitted before its state and
+    /// staging bytes are collected (`90s`, `30m`, `24h`, `1d`; default
+    /// 24h).
+    pub upload_ttl: Option<String>,
+    /// Longest wait to send an upload acknowledgement to an agent that
+    /// does not read them (default 30s).
+    pub ack_send_timeout: Option<String>,
+    /// Longest life of one upload stream (default 6h).
+    pub stream_deadline: Option<String>,
 }
 
 impl ServeConfig {
@@ -83,6 +94,9 @@ impl ServeConfig {
             key: other.key.or(self.key),
             crl: other.crl.or(self.crl),
             metrics_listen: other.metrics_listen.or(self.metrics_listen),
+            upload_ttl: other.upload_ttl.or(self.upload_ttl),
+            ack_send_timeout: other.ack_send_timeout.or(self.ack_send_timeout),
+            stream_deadline: other.stream_deadline.or(self.stream_deadline),
         }
     }
 }
@@ -181,11 +195,21 @@ impl std::fmt::Display for StoreLocation {
 ///
 /// # Errors
 /// [`ServeError::Store`] naming the directory or bucket.
-pub async fn open_store(location: &StoreLocation) -> Result<AnyStore, ServeError> {
-    Ok(match location {
-        StoreLocation::File(dir) => AnyStore::File(FileStore::open(dir)?),
-        StoreLocation::S3(opts) => AnyStore::S3(S3Store::connect(opts.clone()).await?),
-    })
+pub async fn open_store(location: &StoreLocation) -> Result<Store, ServeError> {
+    let blob = match location {
+        StoreLocation::File(dir) => {
+            // The layout's top directories, so an empty store shows it.
+            for sub in ["captures", "staging", "state", "index", "control"] {
+                let d = dir.join(sub);
+                std::fs::create_dir_all(&d).map_err(|e| {
+                    crate::store::StoreError::io(format!("cannot create {}", d.display()), e)
+                })?;
+            }
+            AnyBlob::File(FileBlob::open(dir)?)
+        }
+        StoreLocation::S3(opts) => AnyBlob::S3(S3Blob::connect(opts.clone()).await?),
+    };
+    Ok(Evidence::new(blob))
 }
 
 /// Why the collector could not start or keep serving.
@@ -287,6 +311,10 @@ pub struct Settings {
     pub tls_files: TlsFiles,
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long an upload may stay uncommitted.
+    pub upload_ttl: Duration,
+    /// Time limits of an upload stream.
+    pub deadlines: crate::service::Deadlines,
 }
 
 impl Settings {
@@ -349,12 +377,42 @@ impl Settings {
             ),
             None => None,
         };
+        let duration = |v: &Option<String>, name: &str, default: Duration| match v {
+            Some(text) => {
+                let d = crate::analyst_requests::parse_duration(name, text)
+                    .map_err(|e| ServeError::Config(e.to_string()))?;
+                if d.is_zero() {
+                    return Err(ServeError::Config(format!("{name} must be more than 0")));
+                }
+                Ok(d)
+            }
+            None => Ok(default),
+        };
+        let upload_ttl = duration(
+            &cfg.upload_ttl,
+            "--upload-ttl",
+            crate::store::repair::DEFAULT_UPLOAD_TTL,
+        )?;
+        let deadlines = crate::service::Deadlines {
+            ack_send: duration(
+                &cfg.ack_send_timeout,
+                "--ack-send-timeout",
+                crate::service::ACK_SEND_TIMEOUT,
+            )?,
+            stream: duration(
+                &cfg.stream_deadline,
+                "--stream-deadline",
+                crate::quota::STREAM_DEADLINE,
+            )?,
+        };
         Ok(Self {
             listen,
             store,
             tls: Arc::new(tls),
             tls_files,
             metrics_listen,
+            upload_ttl,
+            deadlines,
         })
     }
 }
@@ -378,6 +436,39 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeEr
     Ok((listener, local))
 }
 
+/// Looks at the open captures at start and then every quarter of the
+/// upload TTL (at most every 10 minutes, at least every second): commits
+/// cut short by a crash are finished, uploads older than the TTL expire.
+/// In the background, so a large store does not delay start.
+async fn sweep_open(store: Arc<Store>, quotas: crate::quota::Quotas, ttl: Duration) {
+    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let mut first = true;
+    loop {
+        match crate::store::repair::sweep(&store, ttl).await {
+            Ok(r) => {
+                if !r.repaired.is_empty() {
+                    tracing::warn!(captures = r.repaired.len(), "Repaired interrupted commits");
+                }
+                if first {
+                    quotas.seed_open(
+                        r.open
+                            .into_iter()
+                            .map(|(who, id, at)| (who, id, crate::timefmt::age(&at))),
+                    );
+                }
+                for (who, id) in r.expired {
+                    quotas.close(&who, &id);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot look at the open captures");
+            }
+        }
+        first = false;
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Serves `store` until `shutdown` resolves, then lets in-flight calls
 /// finish for up to [`SHUTDOWN_GRACE`].
 ///
@@ -385,7 +476,7 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeEr
 /// [`ServeError`] when the server fails.
 pub async fn serve(
     settings: Settings,
-    store: AnyStore,
+    store: Store,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -395,27 +486,11 @@ pub async fn serve(
     // Commits cut short by a crash: finished in the background, so a large
     // store does not delay start.
     let quotas = crate::quota::Quotas::default();
-    let repairing = tokio::spawn({
-        let store = Arc::clone(&store);
-        let quotas = quotas.clone();
-        async move {
-            match crate::store::repair::repair(&*store).await {
-                Ok(r) => {
-                    if !r.repaired.is_empty() {
-                        tracing::warn!(captures = r.repaired.len(), "Repaired interrupted commits");
-                    }
-                    quotas.seed_open(
-                        r.open
-                            .into_iter()
-                            .map(|(who, id, at)| (who, id, crate::timefmt::age(&at))),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot check the store for interrupted commits")
-                }
-            }
-        }
-    });
+    let repairing = tokio::spawn(sweep_open(
+        Arc::clone(&store),
+        quotas.clone(),
+        settings.upload_ttl,
+    ));
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics))));
     let live: LiveTls = Arc::new(std::sync::RwLock::new(Arc::clone(&settings.tls)));
@@ -458,10 +533,10 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<CaptureUploadServer<UploadService<AnyStore>>>()
+        .set_serving::<CaptureUploadServer<UploadService>>()
         .await;
     health
-        .set_serving::<CaptureQueryServer<QueryService<AnyStore>>>()
+        .set_serving::<CaptureQueryServer<QueryService>>()
         .await;
     let query = CaptureQueryServer::new(QueryService::new(Arc::clone(&store)))
         .max_encoding_message_size(MAX_MESSAGE);
@@ -476,9 +551,13 @@ pub async fn serve(
     ));
     let requests =
         CaptureRequestsServer::new(control::requests::RequestService::new(Arc::clone(&replica)));
-    let upload = CaptureUploadServer::new(UploadService::new(store, metrics).with_quotas(quotas))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let upload = CaptureUploadServer::new(
+        UploadService::new(store, metrics)
+            .with_quotas(quotas)
+            .with_deadlines(settings.deadlines),
+    )
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let closing = Arc::clone(&replica);

@@ -31,7 +31,8 @@ use crate::auth::{self, Identity, Role};
 use crate::capture_lock::{CaptureLock, CaptureLocks};
 use crate::ingest::{ArtifactIngest, ClaimedEnd, CpuPool, IngestError, MAX_CHUNK};
 use crate::metrics::{Metrics, StreamGauge, inc};
-use crate::quota::{MAX_ARTIFACTS, Quotas, STREAM_DEADLINE, exhausted};
+use crate::quota::{MAX_ARTIFACTS, MAX_MANIFEST_BYTES, Quotas, STREAM_DEADLINE, exhausted};
+use crate::store::evidence::{Committed, StreamState};
 use crate::store::repair::index_entry;
 use crate::store::{CaptureState, Store};
 use crate::timefmt;
@@ -47,9 +48,27 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// reading acks is dropped after this, whatever it keeps sending.
 pub const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The time limits of one upload stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Longest wait for room to send an acknowledgement.
+    pub ack_send: Duration,
+    /// Longest life of one stream.
+    pub stream: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            ack_send: ACK_SEND_TIMEOUT,
+            stream: STREAM_DEADLINE,
+        }
+    }
+}
+
 /// The upload service over a [`Store`].
-pub struct UploadService<S: Store> {
-    store: Arc<S>,
+pub struct UploadService {
+    store: Arc<Store>,
     metrics: Arc<Metrics>,
     /// (capture id, artifact) pairs with a stream in progress.
     active: Arc<Mutex<HashSet<(String, String)>>>,
@@ -59,11 +78,13 @@ pub struct UploadService<S: Store> {
     pool: CpuPool,
     /// Limits per agent identity.
     quotas: Quotas,
+    /// Time limits per stream.
+    deadlines: Deadlines,
 }
 
-impl<S: Store> UploadService<S> {
+impl UploadService {
     /// A service storing into `store`, counting into `metrics`.
-    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             metrics,
@@ -71,7 +92,15 @@ impl<S: Store> UploadService<S> {
             locks: Arc::default(),
             pool: CpuPool::default(),
             quotas: Quotas::default(),
+            deadlines: Deadlines::default(),
         }
+    }
+
+    /// The same service with other time limits.
+    #[must_use]
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
     }
 
     /// The same service counting against `quotas` (shared with whoever
@@ -121,8 +150,8 @@ pub(crate) fn check_capture_id(id: &str) -> Result<(), Status> {
 }
 
 /// The capture's state, which must exist and belong to `who`.
-async fn owned_state<S: Store>(
-    store: &S,
+async fn owned_state(
+    store: &Store,
     capture_id: &str,
     who: &Identity,
 ) -> Result<CaptureState, Status> {
@@ -132,12 +161,27 @@ async fn owned_state<S: Store>(
         .await
         .map_err(store_status)?
         .ok_or_else(|| Status::not_found(format!("capture {capture_id} was never opened")))?;
-    if state.owner != who.name {
-        return Err(Status::permission_denied(format!(
-            "capture {capture_id} belongs to another agent"
-        )));
-    }
+    check_owner(&state, who)?;
     Ok(state)
+}
+
+/// Refuses anyone but the capture's owner.
+fn check_owner(state: &CaptureState, who: &Identity) -> Result<(), Status> {
+    if state.owner == who.name {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "capture {} belongs to another agent",
+            state.capture_id
+        )))
+    }
+}
+
+/// The refusal of anything more for a capture that expired.
+fn expired_status(capture_id: &str) -> Status {
+    Status::failed_precondition(format!(
+        "capture {capture_id} expired, never committed: capture again under a new id"
+    ))
 }
 
 /// The refusal of anything more for a committed capture.
@@ -147,13 +191,16 @@ fn committed_status(capture_id: &str) -> Status {
     ))
 }
 
+/// Where a stream's acknowledgements go, and how long a send may wait.
+struct AckSender {
+    tx: mpsc::Sender<Result<UploadAck, Status>>,
+    timeout: Duration,
+}
+
 /// Sends `ack`, giving up when the client has not made room for it within
-/// [`ACK_SEND_TIMEOUT`].
-async fn send_ack(
-    acks: &mpsc::Sender<Result<UploadAck, Status>>,
-    ack: UploadAck,
-) -> Result<(), Status> {
-    match tokio::time::timeout(ACK_SEND_TIMEOUT, acks.send(Ok(ack))).await {
+/// the ack-send timeout ([`ACK_SEND_TIMEOUT`] unless configured).
+async fn send_ack(acks: &AckSender, ack: UploadAck) -> Result<(), Status> {
+    match tokio::time::timeout(acks.timeout, acks.tx.send(Ok(ack))).await {
         Err(_) => Err(Status::deadline_exceeded(
             "the agent stopped reading acknowledgements",
         )),
@@ -163,9 +210,9 @@ async fn send_ack(
 }
 
 /// Appends to an artifact of a capture that is not committed.
-async fn append_open<S: Store>(
+async fn append_open(
     lock: &CaptureLock,
-    store: &S,
+    store: &Store,
     state: &CaptureState,
     name: &ArtifactName,
     offset: u64,
@@ -196,8 +243,8 @@ impl Drop for ActiveGuard {
 }
 
 /// What one upload stream shares with the service.
-struct StreamCtx<S> {
-    store: Arc<S>,
+struct StreamCtx {
+    store: Arc<Store>,
     metrics: Arc<Metrics>,
     active: Arc<Mutex<HashSet<(String, String)>>>,
     locks: Arc<CaptureLocks>,
@@ -206,7 +253,7 @@ struct StreamCtx<S> {
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<UploadAck, Status>> + Send>>;
 
-impl<S: Store> UploadService<S> {
+impl UploadService {
     async fn next(
         stream: &mut Streaming<UploadMessage>,
     ) -> Result<Option<upload_message::Body>, Status> {
@@ -223,10 +270,10 @@ impl<S: Store> UploadService<S> {
 
     /// Runs one artifact stream; acks go to `acks`.
     async fn upload(
-        ctx: StreamCtx<S>,
+        ctx: StreamCtx,
         who: Identity,
         mut stream: Streaming<UploadMessage>,
-        acks: &mpsc::Sender<Result<UploadAck, Status>>,
+        acks: &AckSender,
     ) -> Result<(), Status> {
         let StreamCtx {
             store,
@@ -244,10 +291,21 @@ impl<S: Store> UploadService<S> {
         // Taken before the state is read: a commit either happened before
         // (the state says complete) or sees this stream's lock.
         let lock = locks.get(&header.capture_id);
-        let state = owned_state(&*store, &header.capture_id, &who).await?;
         let name = ArtifactName::parse(&header.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if let Some(done) = state.finished.get(name.as_str()) {
+        let StreamState {
+            state,
+            finished: done,
+            count,
+        } = store
+            .stream_state(&header.capture_id, &name)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!("capture {} was never opened", header.capture_id))
+            })?;
+        check_owner(&state, &who)?;
+        if let Some(done) = done {
             // Finished before (its final ack may have been lost): say so,
             // even when the capture is complete since.
             return send_ack(
@@ -262,7 +320,10 @@ impl<S: Store> UploadService<S> {
         if state.complete {
             return Err(committed_status(&state.capture_id));
         }
-        if state.finished.len() >= MAX_ARTIFACTS {
+        if state.expired_at.is_some() {
+            return Err(expired_status(&state.capture_id));
+        }
+        if count >= MAX_ARTIFACTS {
             return Err(exhausted(
                 format!(
                     "capture {} already holds {MAX_ARTIFACTS} artifacts",
@@ -370,15 +431,14 @@ impl<S: Store> UploadService<S> {
                     }
                     let before = durable;
                     if pending.is_empty() && part_size == 0 {
-                        durable =
-                            append_open(&lock, &*store, &state, &name, durable, &data).await?;
+                        durable = append_open(&lock, &store, &state, &name, durable, &data).await?;
                     } else {
                         pending.extend_from_slice(&data);
                         if pending.len() < part_size {
                             continue;
                         }
                         durable =
-                            append_open(&lock, &*store, &state, &name, durable, &pending).await?;
+                            append_open(&lock, &store, &state, &name, durable, &pending).await?;
                         pending.clear();
                     }
                     metrics
@@ -418,7 +478,7 @@ impl<S: Store> UploadService<S> {
                     if !pending.is_empty() {
                         let before = durable;
                         durable =
-                            append_open(&lock, &*store, &state, &name, durable, &pending).await?;
+                            append_open(&lock, &store, &state, &name, durable, &pending).await?;
                         pending.clear();
                         metrics
                             .bytes_received
@@ -428,14 +488,20 @@ impl<S: Store> UploadService<S> {
                     // of this capture can run in this process; the stored
                     // state is read again for one run by another replica.
                     let committed = lock.committed.read().await;
-                    let complete = *committed
-                        || store
-                            .state(&state.capture_id)
+                    let now = if *committed {
+                        None
+                    } else {
+                        store
+                            .state_head(&state.capture_id)
                             .await
                             .map_err(store_status)?
-                            .is_none_or(|s| s.complete);
-                    if complete {
-                        return Err(committed_status(&state.capture_id));
+                    };
+                    match now {
+                        Some(s) if s.expired_at.is_some() => {
+                            return Err(expired_status(&state.capture_id));
+                        }
+                        Some(s) if !s.complete => {}
+                        _ => return Err(committed_status(&state.capture_id)),
                     }
                     // Assembling a large artifact in S3 takes a while:
                     // keep the agent's acknowledgement timer alive.
@@ -517,7 +583,7 @@ fn manifest_differences(manifest: &Manifest, state: &CaptureState) -> Vec<String
 }
 
 #[tonic::async_trait]
-impl<S: Store> CaptureUpload for UploadService<S> {
+impl CaptureUpload for UploadService {
     async fn open_capture(
         &self,
         request: Request<OpenCaptureRequest>,
@@ -542,6 +608,9 @@ impl<S: Store> CaptureUpload for UploadService<S> {
                     req.capture_id
                 )));
             }
+            Some(s) if s.expired_at.is_some() && !s.complete => {
+                return Err(expired_status(&s.capture_id));
+            }
             Some(s) => {
                 if !s.complete {
                     self.quotas.seed_open([(
@@ -561,15 +630,23 @@ impl<S: Store> CaptureUpload for UploadService<S> {
                     opened_at: timefmt::now(),
                     finished: Default::default(),
                     complete: false,
+                    expired_at: None,
                 };
-                self.store.save_state(&s).await.map_err(store_status)?;
+                let stored = self.store.open(&s).await.map_err(store_status)?;
+                if stored.owner != who.name {
+                    // Another replica opened this id first, for someone else.
+                    return Err(Status::permission_denied(format!(
+                        "capture {} belongs to another agent",
+                        req.capture_id
+                    )));
+                }
                 tracing::info!(
                     capture_id = s.capture_id,
                     agent = who.name,
                     hostname = s.hostname,
                     "Capture opened"
                 );
-                s
+                stored
             }
         };
         Ok(Response::new(OpenCaptureResponse {
@@ -601,6 +678,7 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         let active = Arc::clone(&self.active);
         let locks = Arc::clone(&self.locks);
         let pool = self.pool.clone();
+        let deadlines = self.deadlines;
         tokio::spawn(async move {
             let _gauge = StreamGauge::new(Arc::clone(&metrics));
             let _permit = permit;
@@ -611,8 +689,12 @@ impl<S: Store> CaptureUpload for UploadService<S> {
                 locks,
                 pool,
             };
-            let upload = Self::upload(ctx, who, stream, &tx);
-            let result = tokio::time::timeout(STREAM_DEADLINE, upload)
+            let acks = AckSender {
+                tx,
+                timeout: deadlines.ack_send,
+            };
+            let upload = Self::upload(ctx, who, stream, &acks);
+            let result = tokio::time::timeout(deadlines.stream, upload)
                 .await
                 .unwrap_or_else(|_| {
                     Err(Status::deadline_exceeded(
@@ -623,7 +705,8 @@ impl<S: Store> CaptureUpload for UploadService<S> {
                 if status.code() == tonic::Code::Unavailable {
                     inc(&metrics.store_unavailable);
                 }
-                let _ = tx.send(Err(status)).await;
+                // Bounded too: a client that reads nothing gets nothing.
+                let _ = tokio::time::timeout(acks.timeout, acks.tx.send(Err(status))).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -640,11 +723,20 @@ impl<S: Store> CaptureUpload for UploadService<S> {
         // progress finishes first, and none starts until it is decided.
         let lock = self.locks.get(&req.capture_id);
         let mut committed = lock.committed.write().await;
-        let state = owned_state(&*self.store, &req.capture_id, &who).await?;
+        let state = owned_state(&self.store, &req.capture_id, &who).await?;
         if *committed || state.complete {
             return Err(Status::already_exists(format!(
                 "capture {} is already complete",
                 state.capture_id
+            )));
+        }
+        if state.expired_at.is_some() {
+            return Err(expired_status(&state.capture_id));
+        }
+        if req.manifest_json.len() > MAX_MANIFEST_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "manifest is {} bytes, over the limit of {MAX_MANIFEST_BYTES} bytes",
+                req.manifest_json.len()
             )));
         }
         let mut manifest = Manifest::from_slice(&req.manifest_json, "uploaded manifest")
@@ -691,10 +783,18 @@ impl<S: Store> CaptureUpload for UploadService<S> {
             receipt["committed_at"].as_str().unwrap_or_default(),
         );
         index.findings = crate::triage::at_commit::triage(&*self.store, &state, &manifest).await;
-        self.store
+        let outcome = self
+            .store
             .commit(&state, &bytes, &index)
             .await
             .map_err(store_status)?;
+        if outcome == Committed::Lost {
+            *committed = true;
+            return Err(Status::already_exists(format!(
+                "capture {} was committed by another collector replica",
+                state.capture_id
+            )));
+        }
         *committed = true;
         drop(committed);
         self.quotas.close(&who.name, &state.capture_id);

@@ -221,3 +221,128 @@ impl Manifest {
         self.artifacts.iter().map(|a| a.size_stored).sum()
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! The manifest parser under arbitrary input, bounded to a few seconds
+    //! (64 cases each).
+
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn artifact() -> impl Strategy<Value = ArtifactEntry> {
+        (
+            any::<String>(),
+            any::<bool>(),
+            any::<u64>(),
+            any::<u64>(),
+            "[0-9a-f]{64}",
+            proptest::option::of(any::<u64>()),
+            proptest::collection::vec(any::<String>(), 0..3),
+        )
+            .prop_map(
+                |(name, gz, stored, content, sum, records, errors)| ArtifactEntry {
+                    name,
+                    kind: "k".into(),
+                    content_type: "application/octet-stream".into(),
+                    encoding: if gz {
+                        Encoding::Gzip
+                    } else {
+                        Encoding::Identity
+                    },
+                    size_stored: stored,
+                    size_uncompressed: content,
+                    sha256_stored: sum.clone(),
+                    sha256_uncompressed: sum,
+                    started_at: String::new(),
+                    ended_at: String::new(),
+                    record_count: records,
+                    error_count: errors.len() as u64,
+                    errors,
+                },
+            )
+    }
+
+    fn manifest() -> impl Strategy<Value = Manifest> {
+        (
+            any::<String>(),
+            any::<String>(),
+            proptest::option::of(any::<String>()),
+            any::<bool>(),
+            proptest::collection::vec(artifact(), 0..6),
+        )
+            .prop_map(|(id, hostname, instance, partial, artifacts)| Manifest {
+                format_version: FORMAT_VERSION,
+                capture_id: id,
+                started_at: "2026-01-01T00:00:00Z".into(),
+                ended_at: "2026-01-01T00:00:01Z".into(),
+                status: if partial {
+                    CaptureStatus::Partial
+                } else {
+                    CaptureStatus::Complete
+                },
+                host: HostIdentity {
+                    hostname,
+                    instance_id: instance,
+                    ..HostIdentity::default()
+                },
+                agent: AgentInfo::default(),
+                options: serde_json::Value::Null,
+                ssm_command_id: None,
+                artifacts,
+                error_count: 0,
+                errors: Vec::new(),
+                collector_receipt: None,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Any host-supplied text (control characters, quotes, any
+        /// Unicode) survives a write and a parse unchanged.
+        #[test]
+        fn manifests_round_trip(m in manifest()) {
+            let bytes = serde_json::to_vec(&m).unwrap();
+            prop_assert_eq!(Manifest::from_slice(&bytes, "m").unwrap(), m);
+        }
+
+        /// Arbitrary bytes, and a real manifest cut anywhere or with a
+        /// byte changed, end in a manifest or an error naming the origin,
+        /// never a panic.
+        #[test]
+        fn damaged_manifests_are_errors_not_panics(
+            m in manifest(),
+            cut in any::<usize>(),
+            flip in any::<(usize, u8)>(),
+            junk in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let bytes = serde_json::to_vec(&m).unwrap();
+            let cut = cut % bytes.len();
+            if let Err(e) = Manifest::from_slice(&bytes[..cut], "cut") {
+                prop_assert!(e.to_string().contains("cut"));
+            }
+            let mut changed = bytes.clone();
+            let i = flip.0 % changed.len();
+            changed[i] ^= flip.1;
+            let _ = Manifest::from_slice(&changed, "changed");
+            let _ = Manifest::from_slice(&junk, "junk");
+        }
+
+        /// A manifest from a newer format is refused, whatever else it says.
+        #[test]
+        fn newer_formats_are_refused(m in manifest(), ahead in 1u32..1000) {
+            let mut newer = m;
+            newer.format_version = FORMAT_VERSION + ahead;
+            let bytes = serde_json::to_vec(&newer).unwrap();
+            let refused = matches!(
+                Manifest::from_slice(&bytes, "newer"),
+                Err(ManifestError::Version { .. })
+            );
+            prop_assert!(refused, "a newer format was read");
+        }
+    }
+}

@@ -55,15 +55,27 @@ struct Setup {
 
 impl Setup {
     fn new() -> Result<Self, Box<dyn Error>> {
+        Self::with(&[])
+    }
+
+    /// A collector started with `extra` `serve` arguments, its stderr in
+    /// [`Setup::log`].
+    fn with(extra: &[&str]) -> Result<Self, Box<dyn Error>> {
         let tmp = tempfile::tempdir()?;
         let pki_dir = pki(&tmp.path().join("pki"));
         let store = tmp.path().join("store");
         std::fs::create_dir_all(&store)?;
-        let collector = Collector::start(&pki_dir, &store, 0);
+        let log = tmp.path().join("collector.log");
+        let collector = Collector::start_full(&pki_dir, &store, 0, extra, &[], Some(&log));
         Ok(Self {
             _tmp: tmp,
             collector,
         })
+    }
+
+    /// What the collector logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._tmp.path().join("collector.log")).unwrap_or_default()
     }
 
     fn pki(&self) -> &Path {
@@ -441,8 +453,8 @@ fn tree(root: &Path) -> Result<Vec<String>, Box<dyn Error>> {
 }
 
 /// The store layout [`tree`] must find when nothing but `captures` (as
-/// `<agent>/<capture id>/<artifact>` paths, every level listed) and
-/// `state` files were written.
+/// `<agent>/<capture id>/<artifact>` paths, every level listed) and the
+/// states of open captures were written.
 fn expected_store(captures: &[&str], states: &[&str]) -> Vec<String> {
     let mut v = vec![
         "captures".to_owned(),
@@ -452,7 +464,12 @@ fn expected_store(captures: &[&str], states: &[&str]) -> Vec<String> {
         "state".to_owned(),
     ];
     v.extend(captures.iter().map(|p| format!("captures/{p}")));
+    if !states.is_empty() {
+        v.push("state/open".to_owned());
+    }
+    // An open capture: its state and its open marker.
     v.extend(states.iter().map(|id| format!("state/{id}.json")));
+    v.extend(states.iter().map(|id| format!("state/open/{id}")));
     v.sort();
     v
 }
@@ -846,18 +863,27 @@ async fn expired_agent_certificate_is_refused() -> TestResult {
         .await??
         .into_inner();
     assert!(!opened.complete);
-    assert!(s.collector.capture_dir("new-1", OTHER_CAPTURE).is_dir());
 
+    // Only the capture the current certificate opened: its state and its
+    // open marker.
     let state_dir = s.collector.store.join("state");
     let states = tree(&state_dir)?;
     assert_eq!(
         states,
-        vec![format!("{OTHER_CAPTURE}.json")],
+        vec![
+            format!("{OTHER_CAPTURE}.json"),
+            "open".to_owned(),
+            format!("open/{OTHER_CAPTURE}"),
+        ],
         "state files in {}",
         state_dir.display()
     );
     for name in &states {
-        let text = std::fs::read_to_string(state_dir.join(name))?;
+        let path = state_dir.join(name);
+        if path.is_dir() {
+            continue;
+        }
+        let text = std::fs::read_to_string(path)?;
         assert!(!text.contains("old-1"), "{name} mentions old-1: {text}");
     }
     Ok(())
@@ -969,19 +995,18 @@ async fn capture_cut_off_before_its_commit_stays_incomplete() -> TestResult {
             .join(format!("{CAPTURE}.json")),
     )?)?;
     assert_eq!(state["complete"], false, "{state}");
-    // Finished artifacts are appended to the capture's log, not rewritten
-    // into the state file.
-    let log = std::fs::read_to_string(
+    // A finished artifact is an entry of its own, not rewritten into the
+    // state file.
+    let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(
         s.collector
             .store
             .join("state")
-            .join(format!("{CAPTURE}.finished.jsonl")),
-    )?;
+            .join(format!("{CAPTURE}.finished"))
+            .join(format!("{}.json", sha256_hex(ARTIFACT.as_bytes()))),
+    )?)?;
     assert!(
-        log.lines()
-            .any(|l| serde_json::from_str::<serde_json::Value>(l)
-                .is_ok_and(|v| v["name"] == ARTIFACT && v["sha256"] == sha256_hex(b"hello"))),
-        "{log}"
+        entry["name"] == ARTIFACT && entry["sha256"] == sha256_hex(b"hello"),
+        "{entry}"
     );
     let index = s.collector.store.join("index");
     assert_eq!(tree(&index)?, Vec::<String>::new(), "{}", index.display());
@@ -1130,8 +1155,12 @@ async fn hostile_artifact_names_are_refused_and_nothing_escapes() -> TestResult 
         ],
         &[CAPTURE],
     );
-    // The one finished artifact's line.
-    expected.push(format!("state/{CAPTURE}.finished.jsonl"));
+    // The one finished artifact's entry.
+    expected.push(format!("state/{CAPTURE}.finished"));
+    expected.push(format!(
+        "state/{CAPTURE}.finished/{}.json",
+        sha256_hex(ARTIFACT.as_bytes())
+    ));
     expected.sort();
     assert_eq!(tree(store)?, expected, "files in {}", store.display());
     let root = store.parent().ok_or("store has no parent")?;
@@ -1264,6 +1293,7 @@ async fn a_commit_cut_short_after_the_manifest_is_finished_at_start() -> TestRes
     // Stop it (SIGKILL), then undo what a commit writes after the manifest.
     s.collector = Collector::start(&pki_dir, &store.join("other"), 0);
     std::fs::remove_file(store.join("index").join(format!("{CAPTURE}.json")))?;
+    std::fs::write(store.join("state/open").join(CAPTURE), b"")?;
     let state_path = store.join("state").join(format!("{CAPTURE}.json"));
     let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
     state["complete"] = serde_json::Value::Bool(false);
@@ -1362,7 +1392,7 @@ async fn abusive_capture_ids_are_refused() -> TestResult {
     let store = &s.collector.store;
     assert_eq!(
         tree(store)?,
-        expected_store(&["web-1", &format!("web-1/{longest}")], &[&longest]),
+        expected_store(&[], &[&longest]),
         "files in {}",
         store.display()
     );
@@ -1766,5 +1796,202 @@ async fn agent_certificate_without_client_auth_usage_is_refused() -> TestResult 
     );
     let state = s.collector.store.join("state");
     assert_eq!(tree(&state)?, Vec::<String>::new(), "{}", state.display());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_never_committed_expires_after_the_ttl() -> TestResult {
+    let s = Setup::with(&["--upload-ttl", "2s"])?;
+    let store = s.collector.store.clone();
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    up.expect_ack("header").await?;
+    up.send(chunk(0, b"hello", sha256(b"hello"))).await?;
+    up.expect_ack("chunk").await?;
+    up.send(end(b"hello")).await?;
+    assert!(up.expect_ack("end").await?.finished);
+    drop(up);
+    // A second artifact broken off half way: its bytes sit in staging.
+    let mut up = Upload::start(&mut c, named_header(CAPTURE, "half.bin", 0)).await??;
+    up.expect_ack("header").await?;
+    up.send(chunk(0, b"half", sha256(b"half"))).await?;
+    up.expect_ack("chunk").await?;
+    drop(up);
+    let staging = store.join("staging").join(CAPTURE);
+    assert!(staging.join("half.bin").is_file());
+
+    let state_path = store.join("state").join(format!("{CAPTURE}.json"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+        if state.get("expired_at").is_some() || Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(state["expired_at"].is_string(), "not expired: {state}");
+    assert_eq!(state["complete"], false, "{state}");
+    // What was verified is kept, and said so; unfinished bytes are gone.
+    assert_eq!(state["finished"][ARTIFACT]["size"], 5, "{state}");
+    assert_eq!(
+        std::fs::read(s.collector.capture_dir("web-1", CAPTURE).join(ARTIFACT))?,
+        b"hello"
+    );
+    assert!(!staging.exists(), "{} left behind", staging.display());
+    assert!(!store.join("state/open").join(CAPTURE).exists());
+    assert!(
+        s.log().contains("Expired an upload never committed"),
+        "{}",
+        s.log()
+    );
+
+    // Nothing more goes into it.
+    let status = expect_err(
+        timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await?,
+        "commit after expiry",
+    )?;
+    assert_code(&status, Code::FailedPrecondition, "commit after expiry");
+    assert!(status.message().contains("expired"), "{}", status.message());
+    let status = upload_fails(
+        &mut c,
+        named_header(CAPTURE, "late.bin", 0),
+        "upload after expiry",
+    )
+    .await?;
+    assert_code(&status, Code::FailedPrecondition, "upload after expiry");
+    let status = expect_err(timed(open(&mut c, CAPTURE)).await?, "open after expiry")?;
+    assert_code(&status, Code::FailedPrecondition, "open after expiry");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_acks_is_dropped_after_the_ack_timeout() -> TestResult {
+    let s = Setup::with(&["--ack-send-timeout", "3s"])?;
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+    // A connection whose HTTP/2 window holds a few acks at most; nobody
+    // reads them, while chunks keep coming.
+    let pki = s.pki();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(pki.join("ca.pem"))?))
+        .identity(Identity::from_pem(
+            std::fs::read(pki.join("web-1.pem"))?,
+            std::fs::read(pki.join("web-1.key"))?,
+        ));
+    let stalled_channel = Endpoint::from_shared(format!("https://{}", s.collector.addr))?
+        .tls_config(tls)?
+        .initial_stream_window_size(Some(64))
+        .connect()
+        .await?;
+    let mut stalled = CaptureUploadClient::new(stalled_channel);
+    let mut held = Vec::new();
+    let mut feeders = tokio::task::JoinSet::new();
+    for i in 0..ircap_collector::quota::MAX_STREAMS_PER_IDENTITY {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(named_header(CAPTURE, &format!("stall-{i}.bin"), 0))
+            .await?;
+        held.push(timed(stalled.upload_artifact(ReceiverStream::new(rx))).await??);
+        feeders.spawn(async move {
+            for offset in 0..100_000u64 {
+                if tx.send(chunk(offset, b"x", sha256(b"x"))).await.is_err() {
+                    break;
+                }
+            }
+            tx
+        });
+    }
+    // They hold every stream this identity may have...
+    let status = upload_fails(&mut c, named_header(CAPTURE, "ninth.bin", 0), "ninth").await?;
+    assert_code(&status, Code::ResourceExhausted, "a ninth stream");
+    // ...until the collector gives up sending them acks, though the client
+    // keeps its streams open and never reads.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Upload::start(&mut c, named_header(CAPTURE, "after.bin", 0)).await? {
+            Ok(mut up) => match up.ack().await? {
+                Ok(Some(_)) => break,
+                Ok(None) => return Err("stream ended without an ack".into()),
+                Err(s) if s.code() == Code::ResourceExhausted => {}
+                Err(s) => return Err(format!("{:?}: {}", s.code(), s.message()).into()),
+            },
+            Err(s) if s.code() == Code::ResourceExhausted => {}
+            Err(s) => return Err(format!("{:?}: {}", s.code(), s.message()).into()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stalled streams still held after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(held.len(), ircap_collector::quota::MAX_STREAMS_PER_IDENTITY);
+    feeders.abort_all();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_past_its_deadline_ends_and_resumes_where_it_was() -> TestResult {
+    let s = Setup::with(&["--stream-deadline", "2s"])?;
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("header").await?.durable_offset, 0);
+    let started = Instant::now();
+    let mut offset = 0u64;
+    let status = loop {
+        if up
+            .send(chunk(offset, b"slow", sha256(b"slow")))
+            .await
+            .is_err()
+        {
+            // The collector ended the stream: its status says why.
+            break up.expect_error("past the deadline").await?;
+        }
+        match up.ack().await? {
+            Ok(Some(ack)) => offset = ack.durable_offset,
+            Ok(None) => return Err("stream ended cleanly".into()),
+            Err(status) => break status,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no deadline after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_code(&status, Code::DeadlineExceeded, "past the stream deadline");
+    assert!(
+        status.message().contains("too long"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    // What was acknowledged is durable: a new stream resumes from there.
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("resume").await?.durable_offset, offset);
+    assert!(offset >= 4, "nothing was acknowledged");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_over_the_limit_is_refused_with_the_limit_named() -> TestResult {
+    let s = Setup::new()?;
+    corrupt_then_good_upload(&s).await?;
+    let mut c = s.client("web-1").await;
+    // A valid manifest, padded with whitespace past the limit (still under
+    // the gRPC message limit, so this is the collector's own refusal).
+    let mut big = manifest(&sha256_hex(b"hello"))?;
+    big.resize(ircap_collector::quota::MAX_MANIFEST_BYTES + 1, b' ');
+    let status = expect_err(
+        timed(c.commit_capture(commit_request(big))).await?,
+        "an oversized manifest",
+    )?;
+    assert_code(&status, Code::InvalidArgument, "an oversized manifest");
+    assert!(status.message().contains("limit"), "{}", status.message());
+    // Not committed: the right one still is.
+    timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await??;
     Ok(())
 }

@@ -20,7 +20,6 @@ use super::docs::{self, HostFacts, PresenceDoc, ResultDoc, key};
 use super::replica::Replica;
 use crate::auth::Role;
 use crate::service::{caller_with_role, check_capture_id, store_status};
-use crate::store::Store;
 
 /// How long an agent has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,13 +27,13 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_LABELS: usize = 32;
 
 /// The agent side of the control service.
-pub struct AgentControlService<S: Store> {
-    replica: Arc<Replica<S>>,
+pub struct AgentControlService {
+    replica: Arc<Replica>,
 }
 
-impl<S: Store> AgentControlService<S> {
+impl AgentControlService {
     /// Serves agents for `replica`.
-    pub fn new(replica: Arc<Replica<S>>) -> Self {
+    pub fn new(replica: Arc<Replica>) -> Self {
         Self { replica }
     }
 }
@@ -72,7 +71,7 @@ fn check_hello(h: &Hello) -> Result<(), Status> {
 type OutStream = Pin<Box<dyn Stream<Item = Result<CollectorMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<S: Store> AgentControl for AgentControlService<S> {
+impl AgentControl for AgentControlService {
     type AttachStream = OutStream;
 
     async fn attach(
@@ -175,7 +174,7 @@ impl<S: Store> AgentControl for AgentControlService<S> {
 }
 
 /// One message from a connected agent.
-async fn handle<S: Store>(replica: &Replica<S>, presence: &PresenceDoc, msg: AgentMessage) {
+async fn handle(replica: &Replica, presence: &PresenceDoc, msg: AgentMessage) {
     let conn = &presence.connection_id;
     match msg.body {
         Some(agent_message::Body::Heartbeat(hb)) => {
@@ -260,8 +259,8 @@ async fn handle<S: Store>(replica: &Replica<S>, presence: &PresenceDoc, msg: Age
 /// the capture must be its own, complete, and opened after the request
 /// was made (an agent cannot pass off an older capture, or another
 /// agent's, as the one asked for).
-async fn accept_complete<S: Store>(
-    replica: &Replica<S>,
+async fn accept_complete(
+    replica: &Replica,
     agent: &str,
     request_id: &str,
     capture_id: &str,
@@ -307,8 +306,8 @@ async fn accept_complete<S: Store>(
 
 /// Updates `results/<request>/<agent>`, which must exist (the request was
 /// delivered to this identity) and must not be final yet.
-async fn update_result<S: Store>(
-    replica: &Replica<S>,
+async fn update_result(
+    replica: &Replica,
     presence: &PresenceDoc,
     request_id: &str,
     capture_id: &str,

@@ -309,8 +309,8 @@ pub fn from_now(d: Duration) -> String {
 ///
 /// # Errors
 /// [`StoreError`] when it cannot be read or parsed.
-pub async fn read<S: Store, T: for<'de> Deserialize<'de>>(
-    store: &S,
+pub async fn read<T: for<'de> Deserialize<'de>>(
+    store: &Store,
     key: &DocKey,
 ) -> Result<Option<T>, StoreError> {
     match store.get_doc(key).await? {
@@ -328,11 +328,7 @@ pub async fn read<S: Store, T: for<'de> Deserialize<'de>>(
 ///
 /// # Errors
 /// [`StoreError`] when it cannot be written.
-pub async fn write<S: Store, T: Serialize>(
-    store: &S,
-    key: &DocKey,
-    value: &T,
-) -> Result<(), StoreError> {
+pub async fn write<T: Serialize>(store: &Store, key: &DocKey, value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
         context: key.to_string(),
         message: e.to_string(),
@@ -351,13 +347,13 @@ pub fn leaf(key: &DocKey) -> &str {
 ///
 /// # Errors
 /// [`StoreError`] when the store cannot be read.
-pub async fn live_replicas<S: Store>(
-    store: &S,
+pub async fn live_replicas(
+    store: &Store,
     stale: Duration,
 ) -> Result<BTreeMap<String, ReplicaDoc>, StoreError> {
     let mut replicas = BTreeMap::new();
     for k in store.list_docs(&key(&["replicas"])?).await? {
-        if let Some(doc) = read::<S, ReplicaDoc>(store, &k).await?
+        if let Some(doc) = read::<ReplicaDoc>(store, &k).await?
             && !older_than(&doc.written_at, stale)
         {
             replicas.insert(doc.replica_id.clone(), doc);
@@ -371,10 +367,7 @@ pub async fn live_replicas<S: Store>(
 ///
 /// # Errors
 /// [`StoreError`] when the store cannot be read.
-pub async fn live_agents<S: Store>(
-    store: &S,
-    stale: Duration,
-) -> Result<Vec<LiveAgent>, StoreError> {
+pub async fn live_agents(store: &Store, stale: Duration) -> Result<Vec<LiveAgent>, StoreError> {
     let mut live: Vec<LiveAgent> = live_replicas(store, stale)
         .await?
         .into_values()
@@ -394,19 +387,19 @@ pub async fn live_agents<S: Store>(
 ///
 /// # Errors
 /// [`StoreError`] when the store cannot be read.
-pub async fn live_connections_of<S: Store>(
-    store: &S,
+pub async fn live_connections_of(
+    store: &Store,
     agent: &str,
     stale: Duration,
 ) -> Result<Vec<PresenceDoc>, StoreError> {
     let mut replicas: BTreeMap<String, Option<ReplicaDoc>> = BTreeMap::new();
     let mut live = Vec::new();
     for k in store.list_docs(&key(&["agents", agent])?).await? {
-        let Some(p) = read::<S, PresenceDoc>(store, &k).await? else {
+        let Some(p) = read::<PresenceDoc>(store, &k).await? else {
             continue;
         };
         if !replicas.contains_key(&p.replica_id) {
-            let doc = read::<S, ReplicaDoc>(store, &key(&["replicas", &p.replica_id])?)
+            let doc = read::<ReplicaDoc>(store, &key(&["replicas", &p.replica_id])?)
                 .await?
                 .filter(|d| !older_than(&d.written_at, stale));
             replicas.insert(p.replica_id.clone(), doc);

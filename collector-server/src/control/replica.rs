@@ -25,6 +25,13 @@ use crate::store::{Store, StoreError};
 
 /// Default interval between looks at the store.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
+/// How long delivery waits for room in one agent connection's queue: an
+/// agent that does not read its stream loses the request (it is offered
+/// again later), never the other agents their heartbeat and deliveries.
+pub const DELIVERY_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Request documents by id; `None` for one expired or unreadable.
+type RequestCache = BTreeMap<String, Option<RequestDoc>>;
 
 /// Messages to one agent connection.
 pub type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
@@ -40,19 +47,19 @@ struct Conn {
 }
 
 /// This replica.
-pub struct Replica<S: Store> {
+pub struct Replica {
     /// Random per collector process.
     pub id: String,
-    store: Arc<S>,
+    store: Arc<Store>,
     conns: Mutex<HashMap<String, Conn>>,
     wake: Notify,
     /// Interval between looks at the store.
     pub poll: Duration,
 }
 
-impl<S: Store> Replica<S> {
+impl Replica {
     /// A replica over `store`, polling every `poll`.
-    pub fn new(store: Arc<S>, poll: Duration) -> Self {
+    pub fn new(store: Arc<Store>, poll: Duration) -> Self {
         Self {
             id: uuid::Uuid::now_v7().to_string(),
             store,
@@ -63,7 +70,7 @@ impl<S: Store> Replica<S> {
     }
 
     /// The store.
-    pub fn store(&self) -> &S {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 
@@ -211,7 +218,7 @@ impl<S: Store> Replica<S> {
 
     /// Publishes and delivers forever (spawn it).
     pub async fn run(self: Arc<Self>) {
-        let mut requests: BTreeMap<String, RequestDoc> = BTreeMap::new();
+        let mut requests = RequestCache::new();
         loop {
             self.publish().await;
             if let Err(e) = self.refresh_requests(&mut requests).await {
@@ -227,32 +234,44 @@ impl<S: Store> Replica<S> {
     }
 
     /// Brings the cache of request documents (immutable once written) in
-    /// line with `requests/`, keeping the unexpired ones.
-    async fn refresh_requests(
-        &self,
-        cache: &mut BTreeMap<String, RequestDoc>,
-    ) -> Result<(), StoreError> {
+    /// line with `requests/`. Each document is read once: expired and
+    /// unreadable ones are remembered as such (`None`) for as long as they
+    /// are listed, instead of being read again every poll.
+    async fn refresh_requests(&self, cache: &mut RequestCache) -> Result<(), StoreError> {
         let listed = self.store.list_docs(&key(&["requests"])?).await?;
         let ids: HashSet<String> = listed.iter().map(|k| docs::leaf(k).to_owned()).collect();
-        cache.retain(|id, r| ids.contains(id) && !docs::older_than(&r.expires_at, Duration::ZERO));
+        cache.retain(|id, _| ids.contains(id));
+        for r in cache.values_mut() {
+            if r.as_ref()
+                .is_some_and(|r| docs::older_than(&r.expires_at, Duration::ZERO))
+            {
+                *r = None;
+            }
+        }
         for k in &listed {
             let id = docs::leaf(k);
             if cache.contains_key(id) {
                 continue;
             }
-            match docs::read::<S, RequestDoc>(&self.store, k).await {
-                Ok(Some(r)) if !docs::older_than(&r.expires_at, Duration::ZERO) => {
-                    cache.insert(id.to_owned(), r);
+            let doc = match docs::read::<RequestDoc>(&self.store, k).await {
+                Ok(Some(r)) if !docs::older_than(&r.expires_at, Duration::ZERO) => Some(r),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(request = id, error = %e, "Unreadable capture request");
+                    None
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(request = id, error = %e, "Unreadable capture request"),
-            }
+            };
+            cache.insert(id.to_owned(), doc);
         }
         Ok(())
     }
 
     /// Gives each idle connection its next request.
-    async fn deliver(&self, requests: &BTreeMap<String, RequestDoc>) -> Result<(), StoreError> {
+    async fn deliver(&self, cache: &RequestCache) -> Result<(), StoreError> {
+        let requests: BTreeMap<&String, &RequestDoc> = cache
+            .iter()
+            .filter_map(|(id, r)| Some((id, r.as_ref()?)))
+            .collect();
         if requests.is_empty() {
             return Ok(());
         }
@@ -287,7 +306,7 @@ impl<S: Store> Replica<S> {
                     mark(self);
                     continue;
                 }
-                let Some(request) = requests.get(&request_id) else {
+                let Some(request) = requests.get(&request_id).copied() else {
                     continue;
                 };
                 let doc = ResultDoc {
@@ -319,7 +338,9 @@ impl<S: Store> Replica<S> {
                     })),
                 };
                 let sent = match tx {
-                    Some(tx) => tx.send(Ok(msg)).await.is_ok(),
+                    Some(tx) => tokio::time::timeout(DELIVERY_SEND_TIMEOUT, tx.send(Ok(msg)))
+                        .await
+                        .is_ok_and(|sent| sent.is_ok()),
                     None => false,
                 };
                 if sent {
@@ -330,13 +351,21 @@ impl<S: Store> Replica<S> {
                         "Capture request delivered"
                     );
                 } else {
-                    // The connection went away between the two steps: the
-                    // agent never got it, so it may get it again.
+                    // The connection went away between the two steps, or
+                    // its agent does not read: it never got the request,
+                    // so it may get it again (on a new connection: this
+                    // one is not offered it again, so a stalled agent costs
+                    // the loop one timeout per request, not one per poll).
                     tracing::info!(
                         request_id,
                         agent = presence.facts.agent,
-                        "Connection gone before delivery"
+                        "Connection gone or not reading; not delivered"
                     );
+                    self.with_conns(|c| {
+                        if let Some(conn) = c.get_mut(&conn_id) {
+                            conn.seen.busy_request_id = None;
+                        }
+                    });
                     self.store.delete_doc(&result_key).await?;
                 }
                 // One request at a time per connection.
@@ -344,5 +373,107 @@ impl<S: Store> Replica<S> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::store::any::AnyBlob;
+    use crate::store::evidence::Evidence;
+    use crate::store::file::FileBlob;
+    use docs::{HostFacts, TargetDoc};
+
+    fn replica(dir: &std::path::Path) -> Arc<Replica> {
+        let store = Evidence::new(AnyBlob::File(FileBlob::open(dir).unwrap()));
+        Arc::new(Replica::new(Arc::new(store), DEFAULT_POLL))
+    }
+
+    fn request(id: &str, expires_at: &str) -> RequestDoc {
+        RequestDoc {
+            request_id: id.into(),
+            created_by: "analyst-1".into(),
+            created_at: docs::now(),
+            expires_at: expires_at.into(),
+            target: TargetDoc {
+                host: Some("web-1".into()),
+                ..TargetDoc::default()
+            },
+            spec: ircap_proto::v1::CaptureSpec::default(),
+            max_bytes: 0,
+            max_seconds: 0,
+        }
+    }
+
+    fn presence() -> PresenceDoc {
+        PresenceDoc {
+            facts: HostFacts {
+                agent: "web-1".into(),
+                hostname: "web-1".into(),
+                ..HostFacts::default()
+            },
+            session_id: "s".into(),
+            connection_id: "c1".into(),
+            replica_id: "r".into(),
+            connected_at: docs::now(),
+            cert_sha256: String::new(),
+            agent_version: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_request_is_read_once_not_every_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path());
+        let k = key(&["requests", "old"]).unwrap();
+        docs::write(r.store(), &k, &request("old", "2000-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        let mut cache = RequestCache::new();
+        r.refresh_requests(&mut cache).await.unwrap();
+        assert_eq!(cache.get("old"), Some(&None));
+        // Request documents never change; if this one were read again the
+        // cache would now hold a live request.
+        docs::write(r.store(), &k, &request("old", "2999-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        r.refresh_requests(&mut cache).await.unwrap();
+        assert_eq!(cache.get("old"), Some(&None));
+        // Gone from the store, gone from the cache.
+        r.store().delete_doc(&k).await.unwrap();
+        r.refresh_requests(&mut cache).await.unwrap();
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_does_not_read_cannot_stall_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path());
+        // A connection whose queue is full and never read.
+        let (tx, _rx) = mpsc::channel(1);
+        tx.send(Ok(CollectorMessage::default())).await.unwrap();
+        r.register(presence(), None, tx).await;
+        let k = key(&["requests", "now"]).unwrap();
+        docs::write(r.store(), &k, &request("now", "2999-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        let mut cache = RequestCache::new();
+        r.refresh_requests(&mut cache).await.unwrap();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(DELIVERY_SEND_TIMEOUT * 3, r.deliver(&cache))
+            .await
+            .expect("delivery waited on a stalled agent")
+            .unwrap();
+        assert!(started.elapsed() >= DELIVERY_SEND_TIMEOUT);
+        // Not delivered, so not marked as such, and the connection is idle.
+        let result = key(&["results", "now", "web-1"]).unwrap();
+        assert_eq!(r.store().get_doc(&result).await.unwrap(), None);
+        r.with_conns(|c| assert_eq!(c["c1"].seen.busy_request_id, None));
+        // The heartbeat still goes out.
+        r.publish().await;
+        let doc = key(&["replicas", &r.id]).unwrap();
+        assert!(r.store().get_doc(&doc).await.unwrap().is_some());
     }
 }

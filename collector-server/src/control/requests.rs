@@ -19,20 +19,19 @@ use super::docs::{self, LiveAgent, MatchedBy, RequestDoc, ResultDoc, TargetDoc, 
 use super::replica::Replica;
 use crate::auth::Role;
 use crate::service::{caller_with_role, check_capture_id, store_status};
-use crate::store::Store;
 
 /// How long a request waits for agents that are not connected yet.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// Longest time a request may wait.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// The analyst side of the control service.
-pub struct RequestService<S: Store> {
-    replica: Arc<Replica<S>>,
+pub struct RequestService {
+    replica: Arc<Replica>,
 }
 
-impl<S: Store> RequestService<S> {
+impl RequestService {
     /// Serves analysts for `replica`.
-    pub fn new(replica: Arc<Replica<S>>) -> Self {
+    pub fn new(replica: Arc<Replica>) -> Self {
         Self { replica }
     }
 }
@@ -108,7 +107,7 @@ type ResultStream = Pin<Box<dyn Stream<Item = Result<RequestResult, Status>> + S
 type AgentStream = Pin<Box<dyn Stream<Item = Result<AgentInfo, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<S: Store> CaptureRequests for RequestService<S> {
+impl CaptureRequests for RequestService {
     async fn create_request(
         &self,
         request: Request<CreateRequestRequest>,
@@ -185,7 +184,7 @@ impl<S: Store> CaptureRequests for RequestService<S> {
             .await
             .map_err(store_status)?
         {
-            if let Some(r) = docs::read::<S, ResultDoc>(store, &k)
+            if let Some(r) = docs::read::<ResultDoc>(store, &k)
                 .await
                 .map_err(store_status)?
             {

@@ -1,135 +1,115 @@
-//! The store `serve` runs on, picked from the `--store` URL at start-up
-//! (the [`Store`] trait is not object safe, so an enum rather than a box).
+//! The blob layer `serve` runs on, picked from the `--store` URL at
+//! start-up (the [`Blob`] trait is not object safe, so an enum rather
+//! than a box).
 
-use ircap_proto::ArtifactName;
-
-use super::file::FileStore;
-use super::s3::S3Store;
-use super::{CaptureState, DocKey, FinishedArtifact, IndexEntry, Store, StoreError};
+use super::blob::{Blob, Class, Version};
+use super::file::FileBlob;
+use super::s3::S3Blob;
+use super::{FinishedArtifact, StoreError};
 
 /// `file://DIR` or `s3://BUCKET/PREFIX`.
 #[derive(Debug, Clone)]
-pub enum AnyStore {
+pub enum AnyBlob {
     /// A local directory.
-    File(FileStore),
+    File(FileBlob),
     /// An S3 bucket.
-    S3(S3Store),
+    S3(S3Blob),
 }
 
 /// Calls the same method on whichever backend this is.
 macro_rules! delegate {
-    ($self:ident, $s:ident => $call:expr) => {
+    ($self:ident, $b:ident => $call:expr) => {
         match $self {
-            AnyStore::File($s) => $call.await,
-            AnyStore::S3($s) => $call.await,
+            AnyBlob::File($b) => $call.await,
+            AnyBlob::S3($b) => $call.await,
         }
     };
 }
 
-impl Store for AnyStore {
+impl Blob for AnyBlob {
     fn part_size(&self) -> usize {
         match self {
-            Self::File(s) => s.part_size(),
-            Self::S3(s) => s.part_size(),
+            Self::File(b) => b.part_size(),
+            Self::S3(b) => b.part_size(),
         }
     }
 
-    async fn record_finished(
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        delegate!(self, b => b.get(key))
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        delegate!(self, b => b.get_versioned(key))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        delegate!(self, b => b.exists(key))
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, class: Class) -> Result<(), StoreError> {
+        delegate!(self, b => b.put(key, bytes, class))
+    }
+
+    async fn put_if_absent(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-        finished: &FinishedArtifact,
-    ) -> Result<(), StoreError> {
-        delegate!(self, s => s.record_finished(state, name, finished))
+        key: &str,
+        bytes: Vec<u8>,
+        class: Class,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, b => b.put_if_absent(key, bytes, class))
     }
 
-    async fn find_manifest(&self, state: &CaptureState) -> Result<Option<Vec<u8>>, StoreError> {
-        delegate!(self, s => s.find_manifest(state))
-    }
-
-    async fn has_index(&self, capture_id: &str) -> Result<bool, StoreError> {
-        delegate!(self, s => s.has_index(capture_id))
-    }
-
-    async fn state(&self, capture_id: &str) -> Result<Option<CaptureState>, StoreError> {
-        delegate!(self, s => s.state(capture_id))
-    }
-
-    async fn save_state(&self, state: &CaptureState) -> Result<(), StoreError> {
-        delegate!(self, s => s.save_state(state))
-    }
-
-    async fn durable_len(
+    async fn replace_if(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-    ) -> Result<u64, StoreError> {
-        delegate!(self, s => s.durable_len(state, name))
+        key: &str,
+        bytes: Vec<u8>,
+        expected: &Version,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, b => b.replace_if(key, bytes, expected))
     }
 
-    async fn read_range(
+    async fn list(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        delegate!(self, b => b.list(dir))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        delegate!(self, b => b.delete(key))
+    }
+
+    async fn delete_tree(&self, dir: &str) -> Result<(), StoreError> {
+        delegate!(self, b => b.delete_tree(dir))
+    }
+
+    async fn staged_len(&self, staging: &str, final_key: &str) -> Result<u64, StoreError> {
+        delegate!(self, b => b.staged_len(staging, final_key))
+    }
+
+    async fn staged_read(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
+        staging: &str,
+        final_key: &str,
+        is_final: bool,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
-        delegate!(self, s => s.read_range(state, name, offset, len))
+        delegate!(self, b => b.staged_read(staging, final_key, is_final, offset, len))
     }
 
-    async fn append(
+    async fn staged_append(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
+        staging: &str,
         offset: u64,
         data: &[u8],
     ) -> Result<u64, StoreError> {
-        delegate!(self, s => s.append(state, name, offset, data))
+        delegate!(self, b => b.staged_append(staging, offset, data))
     }
 
-    async fn finish_artifact(
+    async fn promote(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
+        staging: &str,
+        final_key: &str,
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
-        delegate!(self, s => s.finish_artifact(state, name, finished))
-    }
-
-    async fn commit(
-        &self,
-        state: &CaptureState,
-        manifest_json: &[u8],
-        index: &IndexEntry,
-    ) -> Result<(), StoreError> {
-        delegate!(self, s => s.commit(state, manifest_json, index))
-    }
-
-    async fn list_index(&self) -> Result<Vec<IndexEntry>, StoreError> {
-        delegate!(self, s => s.list_index())
-    }
-
-    async fn list_states(&self) -> Result<Vec<CaptureState>, StoreError> {
-        delegate!(self, s => s.list_states())
-    }
-
-    async fn read_manifest(&self, state: &CaptureState) -> Result<Vec<u8>, StoreError> {
-        delegate!(self, s => s.read_manifest(state))
-    }
-
-    async fn put_doc(&self, key: &DocKey, bytes: &[u8]) -> Result<(), StoreError> {
-        delegate!(self, s => s.put_doc(key, bytes))
-    }
-
-    async fn get_doc(&self, key: &DocKey) -> Result<Option<Vec<u8>>, StoreError> {
-        delegate!(self, s => s.get_doc(key))
-    }
-
-    async fn list_docs(&self, prefix: &DocKey) -> Result<Vec<DocKey>, StoreError> {
-        delegate!(self, s => s.list_docs(prefix))
-    }
-
-    async fn delete_doc(&self, key: &DocKey) -> Result<(), StoreError> {
-        delegate!(self, s => s.delete_doc(key))
+        delegate!(self, b => b.promote(staging, final_key, finished))
     }
 }

@@ -1,137 +1,88 @@
-//! `file://DIR`: the embedded default store.
+//! `file://DIR`: the embedded default store's blob layer, a local
+//! directory. A key is the path below `DIR` (the layout is the evidence
+//! layer's, see [`super::evidence`]).
 //!
-//! ```text
-//! DIR/captures/<agent identity>/<capture-id>/<artifacts>     finished, verified artifacts
-//! DIR/captures/<agent identity>/<capture-id>/manifest.json   written on commit
-//! DIR/staging/<capture-id>/<artifact>                        bytes of an artifact still arriving
-//! DIR/state/<capture-id>.json                                owner and verified artifacts
-//! DIR/state/<capture-id>.finished.jsonl                      artifacts verified since, one line each
-//! DIR/index/<capture-id>.json                                one line per committed capture
-//! DIR/control/<doc key>                                      control documents (requests, agents)
-//! ```
+//! Writes are atomic: a hidden temporary file unique to the write (no key
+//! segment starts with `.`), `fsync`, then `rename` over the key, or a
+//! hard link for `put_if_absent` (which the kernel refuses when the name
+//! exists, so of two creators exactly one wins, across processes too).
+//! `replace_if` compares the SHA-256 of the content read with the one
+//! expected under a lock held by this process: one collector process per
+//! directory (replicas share an S3 bucket, not a directory).
 //!
-//! Appends go to the artifact's staging file and are followed by
-//! `fdatasync` before they are acknowledged. A verified artifact is renamed
-//! into the capture directory (and that directory synced), so a capture
-//! directory only ever holds finished artifacts and the manifest: bytes of
-//! an upload that never finished cannot appear in a committed capture.
-//! A finished artifact is one appended, synced line of the capture's
-//! `.finished.jsonl` (O(1), however many artifacts came before); reading a
-//! state merges those lines, skipping a torn last line, and the commit
-//! folds them into the state file. State, index and manifest files are
-//! replaced atomically (write a hidden
-//! temporary file, sync, rename); temporary names start with `.`, which no
-//! artifact name may.
-//!
-//! Commit order: manifest, index, then state. The manifest is what makes a
-//! capture complete; a crash after it leaves an index entry or a state to
-//! finish, never a complete capture that `list` does not show (and
-//! [`super::repair`] finishes such commits at start).
+//! A staged artifact is one file appended and `fdatasync`ed before its
+//! bytes are acknowledged; `promote` renames it to its final key and syncs
+//! that directory.
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use ircap_proto::ArtifactName;
-use ircap_proto::artifact_name::MANIFEST_FILE;
+use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{CaptureState, DocKey, FinishedArtifact, IndexEntry, Store, StoreError};
+use super::blob::{Blob, Class, Version};
+use super::{FinishedArtifact, StoreError};
 
-/// A store in a local directory.
+/// A blob store in a local directory.
 #[derive(Debug, Clone)]
-pub struct FileStore {
+pub struct FileBlob {
     root: PathBuf,
+    replace_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
-impl FileStore {
-    /// Uses `root`, creating its directories.
+impl FileBlob {
+    /// Uses `root`, creating it.
     ///
     /// # Errors
-    /// [`StoreError::Io`] when they cannot be created.
+    /// [`StoreError::Io`] when it cannot be created.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        for sub in ["captures", "staging", "state", "index", "control"] {
-            let dir = root.join(sub);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
-        }
+        std::fs::create_dir_all(root)
+            .map_err(|e| StoreError::io(format!("cannot create {}", root.display()), e))?;
         Ok(Self {
             root: root.to_path_buf(),
+            replace_lock: Arc::default(),
         })
     }
 
-    /// Directory of one capture.
+    /// The directory.
     #[must_use]
-    pub fn capture_dir(&self, state: &CaptureState) -> PathBuf {
-        self.root
-            .join("captures")
-            .join(&state.owner)
-            .join(&state.capture_id)
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
-    fn doc_path(&self, key: &DocKey) -> PathBuf {
-        self.root.join("control").join(key.as_str())
-    }
-
-    fn state_path(&self, capture_id: &str) -> PathBuf {
-        self.root.join("state").join(format!("{capture_id}.json"))
-    }
-
-    fn finished_log(&self, capture_id: &str) -> PathBuf {
-        self.root
-            .join("state")
-            .join(format!("{capture_id}.finished.jsonl"))
-    }
-
-    /// Adds the artifacts of the capture's finished log to `state`.
-    async fn merge_finished(&self, state: &mut CaptureState) -> Result<(), StoreError> {
-        let path = self.finished_log(&state.capture_id);
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StoreError::io(format!("cannot read {}", path.display()), e)),
-        };
-        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            match serde_json::from_slice::<FinishedLine>(line) {
-                Ok(l) => {
-                    state.finished.insert(l.name, l.finished);
-                }
-                // A line cut short by a crash: that artifact was never
-                // acknowledged as finished.
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "Skipped a torn line"),
-            }
-        }
-        Ok(())
-    }
-
-    fn index_path(&self, capture_id: &str) -> PathBuf {
-        self.root.join("index").join(format!("{capture_id}.json"))
-    }
-
-    /// Where the bytes of an unfinished artifact accumulate.
-    fn staging_path(&self, state: &CaptureState, name: &ArtifactName) -> PathBuf {
-        name.path_in(&self.root.join("staging").join(&state.capture_id))
-    }
-
-    /// The staging file of `name` if there is one, else its final file.
-    async fn current_path(&self, state: &CaptureState, name: &ArtifactName) -> PathBuf {
-        let staging = self.staging_path(state, name);
-        if tokio::fs::try_exists(&staging).await.unwrap_or(false) {
-            staging
-        } else {
-            name.path_in(&self.capture_dir(state))
-        }
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
     }
 }
 
-/// One line of a capture's finished log.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct FinishedLine {
-    name: String,
-    #[serde(flatten)]
-    finished: FinishedArtifact,
+fn version_of(bytes: &[u8]) -> Version {
+    Version(
+        sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
-/// Syncs a directory, so that a rename into it is durable.
+async fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
+    }
+}
+
+async fn create_parent(path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| StoreError::io(format!("cannot create {}", parent.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Syncs a directory, so that a rename or link into it is durable.
 async fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     let ctx = || format!("cannot sync directory {}", dir.display());
     tokio::fs::File::open(dir)
@@ -142,17 +93,17 @@ async fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(ctx(), e))
 }
 
-/// Writes `bytes` to `path` atomically: a hidden temporary file unique to
-/// this write (no key or artifact name starts with `.`, and concurrent
-/// writers never share it), fsync, rename.
-async fn replace(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+/// Writes `bytes` to a hidden temporary file next to `path`, synced;
+/// returns its path.
+async fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    create_parent(path).await?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
         name.unwrap_or_default(),
         uuid::Uuid::now_v7().simple()
     ));
-    let ctx = |what: &str| format!("cannot {what} {}", path.display());
+    let ctx = |what: &str| format!("cannot {what} {}", tmp.display());
     let mut f = tokio::fs::File::create(&tmp)
         .await
         .map_err(|e| StoreError::io(ctx("create"), e))?;
@@ -162,62 +113,161 @@ async fn replace(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     f.sync_all()
         .await
         .map_err(|e| StoreError::io(ctx("sync"), e))?;
-    tokio::fs::rename(&tmp, path)
-        .await
-        .map_err(|e| StoreError::io(ctx("rename"), e))
+    Ok(tmp)
 }
 
-impl Store for FileStore {
-    async fn state(&self, capture_id: &str) -> Result<Option<CaptureState>, StoreError> {
-        let path = self.state_path(capture_id);
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => {
-                let mut state: CaptureState =
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                        context: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                self.merge_finished(&mut state).await?;
-                Ok(Some(state))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
-        }
+/// Replaces `path` atomically (temporary file, fsync, rename, directory
+/// sync).
+async fn replace(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = write_temp(path, bytes).await?;
+    if let Err(e) = tokio::fs::rename(&tmp, path).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(StoreError::io(
+            format!("cannot rename to {}", path.display()),
+            e,
+        ));
+    }
+    sync_dir(path.parent().unwrap_or(path)).await
+}
+
+impl Blob for FileBlob {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        read_opt(&self.path(key)).await
     }
 
-    async fn save_state(&self, state: &CaptureState) -> Result<(), StoreError> {
-        let dir = self.capture_dir(state);
-        tokio::fs::create_dir_all(&dir)
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        Ok(read_opt(&self.path(key)).await?.map(|b| {
+            let v = version_of(&b);
+            (b, v)
+        }))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.path(key);
+        tokio::fs::try_exists(&path)
             .await
-            .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt {
-            context: state.capture_id.clone(),
-            message: e.to_string(),
-        })?;
-        replace(&self.state_path(&state.capture_id), &bytes).await
+            .map_err(|e| StoreError::io(format!("cannot stat {}", path.display()), e))
     }
 
-    async fn durable_len(
+    async fn put(&self, key: &str, bytes: Vec<u8>, _class: Class) -> Result<(), StoreError> {
+        replace(&self.path(key), &bytes).await
+    }
+
+    async fn put_if_absent(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-    ) -> Result<u64, StoreError> {
-        let path = self.current_path(state, name).await;
-        match tokio::fs::metadata(&path).await {
-            Ok(md) => Ok(md.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(StoreError::io(format!("cannot stat {}", path.display()), e)),
+        key: &str,
+        bytes: Vec<u8>,
+        _class: Class,
+    ) -> Result<bool, StoreError> {
+        let path = self.path(key);
+        let tmp = write_temp(&path, &bytes).await?;
+        let linked = tokio::fs::hard_link(&tmp, &path).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        match linked {
+            Ok(()) => {
+                sync_dir(path.parent().unwrap_or(&path)).await?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(StoreError::io(
+                format!("cannot create {}", path.display()),
+                e,
+            )),
         }
     }
 
-    async fn read_range(
+    async fn replace_if(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
+        key: &str,
+        bytes: Vec<u8>,
+        expected: &Version,
+    ) -> Result<bool, StoreError> {
+        let path = self.path(key);
+        let _held = self.replace_lock.lock().await;
+        match read_opt(&path).await? {
+            Some(current) if version_of(&current) == *expected => {
+                replace(&path, &bytes).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn list(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        let path = self.path(dir);
+        let mut entries = match tokio::fs::read_dir(&path).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io(format!("cannot list {}", path.display()), e)),
+        };
+        let mut names = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| StoreError::io(format!("cannot list {}", path.display()), e))?
+        {
+            // Temporary files of an interrupted write start with `.`.
+            if let Some(name) = entry.file_name().to_str()
+                && !name.starts_with('.')
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(
+                format!("cannot remove {}", path.display()),
+                e,
+            )),
+        }
+    }
+
+    async fn delete_tree(&self, dir: &str) -> Result<(), StoreError> {
+        let path = self.path(dir);
+        match tokio::fs::remove_dir_all(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(
+                format!("cannot remove {}", path.display()),
+                e,
+            )),
+        }
+    }
+
+    async fn staged_len(&self, staging: &str, final_key: &str) -> Result<u64, StoreError> {
+        for path in [self.path(staging), self.path(final_key)] {
+            match tokio::fs::metadata(&path).await {
+                Ok(md) => return Ok(md.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::io(format!("cannot stat {}", path.display()), e));
+                }
+            }
+        }
+        Ok(0)
+    }
+
+    async fn staged_read(
+        &self,
+        staging: &str,
+        final_key: &str,
+        is_final: bool,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
-        let path = self.current_path(state, name).await;
+        let staged = self.path(staging);
+        let path = if !is_final && tokio::fs::try_exists(&staged).await.unwrap_or(false) {
+            staged
+        } else {
+            self.path(final_key)
+        };
         let ctx = || format!("cannot read {}", path.display());
         let mut f = tokio::fs::File::open(&path)
             .await
@@ -225,7 +275,7 @@ impl Store for FileStore {
         f.seek(SeekFrom::Start(offset))
             .await
             .map_err(|e| StoreError::io(ctx(), e))?;
-        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        let mut buf = Vec::with_capacity(usize::try_from(len.min(1 << 24)).unwrap_or(0));
         f.take(len)
             .read_to_end(&mut buf)
             .await
@@ -233,20 +283,15 @@ impl Store for FileStore {
         Ok(buf)
     }
 
-    async fn append(
+    async fn staged_append(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
+        staging: &str,
         offset: u64,
         data: &[u8],
     ) -> Result<u64, StoreError> {
-        let path = self.staging_path(state, name);
+        let path = self.path(staging);
         let ctx = |what: &str| format!("cannot {what} {}", path.display());
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| StoreError::io(ctx("create directory for"), e))?;
-        }
+        create_parent(&path).await?;
         let mut f = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -260,7 +305,7 @@ impl Store for FileStore {
             .len();
         if len != offset {
             return Err(StoreError::Offset {
-                name: name.to_string(),
+                name: staging.to_owned(),
                 durable: len,
                 given: offset,
             });
@@ -274,45 +319,14 @@ impl Store for FileStore {
         Ok(offset + data.len() as u64)
     }
 
-    async fn record_finished(
+    async fn promote(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
+        staging: &str,
+        final_key: &str,
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
-        let path = self.finished_log(&state.capture_id);
-        let ctx = |what: &str| format!("cannot {what} {}", path.display());
-        let mut line = serde_json::to_vec(&FinishedLine {
-            name: name.to_string(),
-            finished: finished.clone(),
-        })
-        .map_err(|e| StoreError::Corrupt {
-            context: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        line.push(b'\n');
-        let mut f = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .await
-            .map_err(|e| StoreError::io(ctx("open"), e))?;
-        f.write_all(&line)
-            .await
-            .map_err(|e| StoreError::io(ctx("append to"), e))?;
-        f.sync_data()
-            .await
-            .map_err(|e| StoreError::io(ctx("sync"), e))
-    }
-
-    async fn finish_artifact(
-        &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-        finished: &FinishedArtifact,
-    ) -> Result<(), StoreError> {
-        let staging = self.staging_path(state, name);
-        let path = name.path_in(&self.capture_dir(state));
+        let staging = self.path(staging);
+        let path = self.path(final_key);
         let integrity = |message: String| StoreError::Integrity {
             context: path.display().to_string(),
             message,
@@ -339,11 +353,7 @@ impl Store for FileStore {
                         )));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && finished.size == 0 => {
-                        if let Some(parent) = staging.parent() {
-                            tokio::fs::create_dir_all(parent).await.map_err(|e| {
-                                StoreError::io(format!("cannot create {}", parent.display()), e)
-                            })?;
-                        }
+                        create_parent(&staging).await?;
                         tokio::fs::File::create(&staging).await.map_err(|e| {
                             StoreError::io(format!("cannot create {}", staging.display()), e)
                         })?;
@@ -360,186 +370,15 @@ impl Store for FileStore {
                 ));
             }
         }
-        let parent = path.parent().unwrap_or(&path).to_path_buf();
-        tokio::fs::create_dir_all(&parent)
-            .await
-            .map_err(|e| StoreError::io(format!("cannot create {}", parent.display()), e))?;
+        create_parent(&path).await?;
         tokio::fs::rename(&staging, &path).await.map_err(|e| {
             StoreError::io(
                 format!("cannot move {} to {}", staging.display(), path.display()),
                 e,
             )
         })?;
-        sync_dir(&parent).await
+        sync_dir(path.parent().unwrap_or(&path)).await
     }
-
-    async fn commit(
-        &self,
-        state: &CaptureState,
-        manifest_json: &[u8],
-        index: &IndexEntry,
-    ) -> Result<(), StoreError> {
-        let dir = self.capture_dir(state);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
-        replace(&dir.join(MANIFEST_FILE), manifest_json).await?;
-        let bytes = serde_json::to_vec(index).map_err(|e| StoreError::Corrupt {
-            context: state.capture_id.clone(),
-            message: e.to_string(),
-        })?;
-        replace(&self.index_path(&state.capture_id), &bytes).await?;
-        let mut done = state.clone();
-        done.complete = true;
-        self.merge_finished(&mut done).await?;
-        self.save_state(&done).await?;
-        // Folded into the state file now.
-        let log = self.finished_log(&state.capture_id);
-        if let Err(e) = tokio::fs::remove_file(&log).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %log.display(), error = %e, "Cannot remove the finished log");
-        }
-        // Bytes of artifacts that never finished are not evidence.
-        let staging = self.root.join("staging").join(&state.capture_id);
-        if let Err(e) = tokio::fs::remove_dir_all(&staging).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %staging.display(), error = %e, "Cannot remove staging files");
-        }
-        Ok(())
-    }
-
-    async fn find_manifest(&self, state: &CaptureState) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.capture_dir(state).join(MANIFEST_FILE);
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
-        }
-    }
-
-    async fn has_index(&self, capture_id: &str) -> Result<bool, StoreError> {
-        let path = self.index_path(capture_id);
-        tokio::fs::try_exists(&path)
-            .await
-            .map_err(|e| StoreError::io(format!("cannot stat {}", path.display()), e))
-    }
-
-    async fn list_index(&self) -> Result<Vec<IndexEntry>, StoreError> {
-        read_json_dir(&self.root.join("index")).await
-    }
-
-    async fn list_states(&self) -> Result<Vec<CaptureState>, StoreError> {
-        let mut states: Vec<CaptureState> = read_json_dir(&self.root.join("state")).await?;
-        for s in states.iter_mut().filter(|s| !s.complete) {
-            self.merge_finished(s).await?;
-        }
-        Ok(states)
-    }
-
-    async fn read_manifest(&self, state: &CaptureState) -> Result<Vec<u8>, StoreError> {
-        let path = self.capture_dir(state).join(MANIFEST_FILE);
-        tokio::fs::read(&path)
-            .await
-            .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))
-    }
-
-    async fn put_doc(&self, key: &DocKey, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.doc_path(key);
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| StoreError::io(format!("cannot create {}", parent.display()), e))?;
-        }
-        replace(&path, bytes).await
-    }
-
-    async fn get_doc(&self, key: &DocKey) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.doc_path(key);
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
-        }
-    }
-
-    async fn list_docs(&self, prefix: &DocKey) -> Result<Vec<DocKey>, StoreError> {
-        let dir = self.doc_path(prefix);
-        let mut entries = match tokio::fs::read_dir(&dir).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::io(format!("cannot list {}", dir.display()), e)),
-        };
-        let mut keys = Vec::new();
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| StoreError::io(format!("cannot list {}", dir.display()), e))?
-        {
-            let name = entry.file_name();
-            // Temporary files of an interrupted write start with `.` and so
-            // are not valid keys.
-            let Some(name) = name.to_str() else {
-                continue;
-            };
-            if let Ok(key) = DocKey::new(format!("{prefix}/{name}")) {
-                keys.push(key);
-            }
-        }
-        keys.sort();
-        Ok(keys)
-    }
-
-    async fn delete_doc(&self, key: &DocKey) -> Result<(), StoreError> {
-        let path = self.doc_path(key);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(
-                format!("cannot remove {}", path.display()),
-                e,
-            )),
-        }
-    }
-}
-
-/// Parses every `*.json` file of a directory (one small record each), on
-/// one blocking thread: a thread hop per file would dominate at 100,000
-/// captures.
-async fn read_json_dir<T>(dir: &Path) -> Result<Vec<T>, StoreError>
-where
-    T: serde::de::DeserializeOwned + Send + 'static,
-{
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || read_json_dir_blocking(&dir))
-        .await
-        .map_err(|e| StoreError::Corrupt {
-            context: "index listing".into(),
-            message: e.to_string(),
-        })?
-}
-
-fn read_json_dir_blocking<T: serde::de::DeserializeOwned>(
-    dir: &Path,
-) -> Result<Vec<T>, StoreError> {
-    let ctx = || format!("cannot list {}", dir.display());
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io(ctx(), e))? {
-        let path = entry.map_err(|e| StoreError::io(ctx(), e))?.path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let bytes = std::fs::read(&path)
-            .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
-        out.push(
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                context: path.display().to_string(),
-                message: e.to_string(),
-            })?,
-        );
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -549,31 +388,28 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn control_documents_round_trip_and_list_by_prefix() {
+    async fn create_once_and_replace_only_the_version_read() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path()).unwrap();
-        let key = |k: &str| DocKey::new(k).unwrap();
-        assert!(store.list_docs(&key("requests")).await.unwrap().is_empty());
-        assert_eq!(store.get_doc(&key("requests/a")).await.unwrap(), None);
-        store.put_doc(&key("requests/b"), b"two").await.unwrap();
-        store.put_doc(&key("requests/a"), b"one").await.unwrap();
-        store.put_doc(&key("requests/a"), b"uno").await.unwrap();
-        store.put_doc(&key("agents/x"), b"agent").await.unwrap();
-        assert_eq!(
-            store.list_docs(&key("requests")).await.unwrap(),
-            vec![key("requests/a"), key("requests/b")]
+        let blob = FileBlob::open(dir.path()).unwrap();
+        assert!(
+            blob.put_if_absent("a/b", b"1".to_vec(), Class::Control)
+                .await
+                .unwrap()
         );
-        assert_eq!(
-            store.get_doc(&key("requests/a")).await.unwrap().as_deref(),
-            Some(&b"uno"[..])
+        assert!(
+            !blob
+                .put_if_absent("a/b", b"2".to_vec(), Class::Control)
+                .await
+                .unwrap()
         );
-        store.delete_doc(&key("requests/a")).await.unwrap();
-        store.delete_doc(&key("requests/a")).await.unwrap();
-        assert_eq!(
-            store.list_docs(&key("requests")).await.unwrap(),
-            vec![key("requests/b")]
-        );
-        // Control documents never land among captures.
-        assert!(dir.path().join("control/agents/x").is_file());
+        let (bytes, v) = blob.get_versioned("a/b").await.unwrap().unwrap();
+        assert_eq!(bytes, b"1");
+        assert!(blob.replace_if("a/b", b"3".to_vec(), &v).await.unwrap());
+        assert!(!blob.replace_if("a/b", b"4".to_vec(), &v).await.unwrap());
+        assert!(!blob.replace_if("a/none", b"4".to_vec(), &v).await.unwrap());
+        assert_eq!(blob.get("a/b").await.unwrap().unwrap(), b"3");
+        // No temporary file is left, and none is listed.
+        assert_eq!(blob.list("a").await.unwrap(), vec!["b".to_owned()]);
+        assert_eq!(std::fs::read_dir(dir.path().join("a")).unwrap().count(), 1);
     }
 }

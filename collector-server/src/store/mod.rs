@@ -1,38 +1,43 @@
-//! Where the collector keeps captures.
+//! Where the collector keeps captures: a small blob layer per backend
+//! ([`blob::Blob`]: [`file::FileBlob`], [`s3::S3Blob`]) and one evidence
+//! layer above it ([`evidence::Evidence`]) that owns the layout, the
+//! commit order and the capture states for both.
 //!
-//! The [`Store`] contract, whatever the backend:
+//! The contract, whatever the backend:
 //!
 //! - A capture is owned by the identity that opened it; the store records
 //!   the owner and the service refuses anyone else.
 //! - Artifact bytes are appended at the offset the store reports as
 //!   durable; `append` returns only after the bytes are durable, so an
 //!   acknowledged offset survives a collector crash and a resumed upload
-//!   continues from it. A store may ask for appends of at least
-//!   [`Store::part_size`] bytes (all but the artifact's last): the service
-//!   then buffers that much and acknowledges only what was appended, so
+//!   continues from it. A backend may ask for appends of at least
+//!   `part_size` bytes (all but the artifact's last): the service then
+//!   buffers that much and acknowledges only what was appended, so
 //!   acknowledgements lag by up to one part.
 //! - When an artifact's digests verified, `finish_artifact` makes it final
-//!   (the S3 store assembles its parts there and checks S3's checksums);
-//!   only then is it recorded as finished in the capture state.
+//!   (the S3 backend assembles its parts there and checks S3's checksums);
+//!   only then is it recorded as finished.
 //! - Bytes of an artifact that has not finished are kept apart from the
 //!   capture's evidence (staging), so that they never appear in it.
-//! - `commit` writes the verified manifest first, then the index entry,
-//!   then the complete state. The manifest is the truth: a capture without
-//!   one is incomplete, never listed as complete; one with a manifest is
-//!   complete even if a crash cut the commit short before its state was
-//!   saved, and [`repair`] finishes such commits at start.
+//! - A committed manifest is never replaced, and a committed capture's
+//!   state never goes back to open (conditional writes, so this holds for
+//!   replicas sharing a bucket too). The manifest is the truth: a capture
+//!   without one is incomplete, never listed as complete; one with a
+//!   manifest is complete even if a crash cut the commit short, and
+//!   [`repair`] finishes such commits at start.
 //! - Small control documents (capture requests, their results, agent
 //!   presence) live in the store too, under [`DocKey`]s, so that collector
 //!   replicas sharing one store share them and keep nothing of their own.
 
 pub mod any;
+pub mod blob;
+pub mod evidence;
 pub mod file;
 pub mod repair;
 pub mod s3;
 
 use std::collections::BTreeMap;
 
-use ircap_proto::ArtifactName;
 use serde::{Deserialize, Serialize};
 
 /// Why the store failed. The service maps these to gRPC statuses.
@@ -129,6 +134,10 @@ pub struct CaptureState {
     pub finished: BTreeMap<String, FinishedArtifact>,
     /// Committed (manifest verified and stored).
     pub complete: bool,
+    /// When it expired, never committed (RFC 3339): nothing more is
+    /// accepted into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<String>,
 }
 
 /// One committed capture, as `list` shows it. Written at commit so that
@@ -198,138 +207,8 @@ impl std::fmt::Display for DocKey {
     }
 }
 
-/// A capture store (see the module docs for the contract).
-pub trait Store: Send + Sync + 'static {
-    /// The state of `capture_id`, if known.
-    fn state(
-        &self,
-        capture_id: &str,
-    ) -> impl Future<Output = Result<Option<CaptureState>, StoreError>> + Send;
-
-    /// Records a new capture (or overwrites the state of an open one).
-    fn save_state(
-        &self,
-        state: &CaptureState,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Bytes of `name` held durably.
-    fn durable_len(
-        &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// Reads `len` bytes of `name` from `offset` (to rebuild hashes when an
-    /// upload resumes).
-    fn read_range(
-        &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-        offset: u64,
-        len: u64,
-    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
-
-    /// Smallest append the store wants, except an artifact's last (0: any
-    /// size).
-    fn part_size(&self) -> usize {
-        0
-    }
-
-    /// Appends `data` at `offset` (which must be the durable length) and
-    /// returns the new durable length once the bytes are durable.
-    fn append(
-        &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-        offset: u64,
-        data: &[u8],
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// Makes a verified artifact final once every byte was appended (`finished`
-    /// holds the digests the agent and the collector agreed on). Runs again
-    /// harmlessly when a previous attempt was interrupted.
-    fn finish_artifact(
-        &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-        finished: &FinishedArtifact,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let _ = (state, name, finished);
-        async { Ok(()) }
-    }
-
-    /// Records a verified, final artifact in the capture's state. The
-    /// caller serialises calls for one capture. The default rewrites the
-    /// whole state; a backend that can append does it in O(1).
-    fn record_finished(
-        &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-        finished: &FinishedArtifact,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            let mut fresh = self
-                .state(&state.capture_id)
-                .await?
-                .ok_or_else(|| StoreError::UnknownCapture(state.capture_id.clone()))?;
-            fresh.finished.insert(name.to_string(), finished.clone());
-            self.save_state(&fresh).await
-        }
-    }
-
-    /// Stores the verified manifest, marks the capture complete and adds it
-    /// to the index.
-    fn commit(
-        &self,
-        state: &CaptureState,
-        manifest_json: &[u8],
-        index: &IndexEntry,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The committed manifest of a capture, if it has one.
-    fn find_manifest(
-        &self,
-        state: &CaptureState,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
-
-    /// Whether the index has an entry for `capture_id`.
-    fn has_index(&self, capture_id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Every committed capture's index entry.
-    fn list_index(&self) -> impl Future<Output = Result<Vec<IndexEntry>, StoreError>> + Send;
-
-    /// Every capture's state (complete or not).
-    fn list_states(&self) -> impl Future<Output = Result<Vec<CaptureState>, StoreError>> + Send;
-
-    /// The committed manifest of a capture.
-    fn read_manifest(
-        &self,
-        state: &CaptureState,
-    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
-
-    /// Writes (or replaces) a control document; durable on return.
-    fn put_doc(
-        &self,
-        key: &DocKey,
-        bytes: &[u8],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// A control document, if present.
-    fn get_doc(
-        &self,
-        key: &DocKey,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
-
-    /// Keys of the control documents directly under `prefix` (a key naming
-    /// a "directory"), sorted. An absent prefix lists nothing.
-    fn list_docs(
-        &self,
-        prefix: &DocKey,
-    ) -> impl Future<Output = Result<Vec<DocKey>, StoreError>> + Send;
-
-    /// Removes a control document; removing an absent one is not an error.
-    fn delete_doc(&self, key: &DocKey) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
+/// The store `serve` runs on.
+pub type Store = evidence::Evidence<any::AnyBlob>;
 
 #[cfg(test)]
 mod tests {

@@ -1,17 +1,30 @@
-//! Finishing commits that a crash cut short, at start.
+//! Finishing commits that a crash cut short, and expiring uploads that
+//! were abandoned: both look at open captures only (their open markers,
+//! at most [`OPEN_SCAN_LIMIT`] per sweep), never at every state.
 //!
 //! A commit writes the manifest, then the index entry, then the complete
-//! state (see the [`super`] contract). A collector killed between those
-//! steps leaves a capture that is complete (its verified manifest is
-//! stored) but has no index entry or whose state still says open. Older
-//! collectors wrote the state before the index, so a complete state
-//! without an index entry can exist too. Either way `list` would not show
-//! a complete capture. [`repair`] finds such captures and writes what is
-//! missing, from the stored manifest and its collector receipt.
+//! state, and removes the open marker last (see [`super::evidence`]). A
+//! collector killed between those steps leaves a capture that is complete
+//! (its verified manifest is stored) but has no index entry or whose
+//! state still says open, and its marker. [`sweep`] finds such captures
+//! and writes what is missing, from the stored manifest and its collector
+//! receipt. An open capture without a manifest older than the upload TTL
+//! is expired.
 
 use ircap_proto::manifest::Manifest;
 
+use std::time::Duration;
+
 use super::{CaptureState, IndexEntry, Store, StoreError};
+
+/// Open captures one sweep looks at (the oldest first). With the quota of
+/// 16 open captures per agent per hour this covers hundreds of agents per
+/// sweep; the rest wait for the next one.
+pub const OPEN_SCAN_LIMIT: usize = 10_000;
+
+/// How long an upload may stay uncommitted before it expires, unless
+/// `serve` is told otherwise.
+pub const DEFAULT_UPLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What [`repair`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,6 +33,8 @@ pub struct RepairReport {
     pub repaired: Vec<String>,
     /// (owner, capture id, opened at) of every capture still open.
     pub open: Vec<(String, String, String)>,
+    /// (owner, capture id) of the captures expired, never committed.
+    pub expired: Vec<(String, String)>,
 }
 
 /// The index entry of a committed capture, from its manifest.
@@ -45,8 +60,10 @@ pub fn index_entry(manifest: &Manifest, agent: &str, committed_at: &str) -> Inde
 /// # Errors
 /// [`StoreError`] when the store cannot be read or written, or the stored
 /// manifest is not one.
-pub async fn repair_capture<S: Store>(store: &S, state: &CaptureState) -> Result<bool, StoreError> {
+pub async fn repair_capture(store: &Store, state: &CaptureState) -> Result<bool, StoreError> {
     if state.complete && store.has_index(&state.capture_id).await? {
+        // Only the open marker and side files were left.
+        store.close_open(&state.capture_id).await;
         return Ok(false);
     }
     let Some(bytes) = store.find_manifest(state).await? else {
@@ -69,14 +86,30 @@ pub async fn repair_capture<S: Store>(store: &S, state: &CaptureState) -> Result
     Ok(true)
 }
 
-/// Repairs every capture in the store (see the module docs).
+/// Repairs or expires every open capture (up to [`OPEN_SCAN_LIMIT`]; see
+/// the module docs): a capture with a manifest has its commit finished, one
+/// opened more than `ttl` ago without one expires.
 ///
 /// # Errors
-/// [`StoreError`] when the states cannot be listed; a capture that cannot
-/// be repaired is logged and skipped.
-pub async fn repair<S: Store>(store: &S) -> Result<RepairReport, StoreError> {
+/// [`StoreError`] when the open captures cannot be listed; a capture that
+/// cannot be repaired or expired is logged and skipped.
+pub async fn sweep(store: &Store, ttl: Duration) -> Result<RepairReport, StoreError> {
     let mut report = RepairReport::default();
-    for state in store.list_states().await? {
+    for id in store.open_ids(OPEN_SCAN_LIMIT).await? {
+        let state = match store.state(&id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                // A marker whose state was never written: nothing to keep.
+                if let Err(e) = store.expire(&id, &crate::timefmt::now()).await {
+                    tracing::warn!(capture_id = id, error = %e, "Cannot remove a stale open marker");
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(capture_id = id, error = %e, "Cannot read an open capture");
+                continue;
+            }
+        };
         match repair_capture(store, &state).await {
             Ok(true) => {
                 tracing::warn!(
@@ -85,12 +118,34 @@ pub async fn repair<S: Store>(store: &S) -> Result<RepairReport, StoreError> {
                 );
                 report.repaired.push(state.capture_id);
             }
-            Ok(false) if !state.complete => {
+            Ok(false) if state.complete => {}
+            Ok(false) if crate::timefmt::age(&state.opened_at) > ttl => {
+                match store
+                    .expire(&state.capture_id, &crate::timefmt::now())
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::warn!(
+                            capture_id = state.capture_id,
+                            agent = state.owner,
+                            opened_at = state.opened_at,
+                            artifacts = state.finished.len(),
+                            ttl_s = ttl.as_secs(),
+                            "Expired an upload never committed: staging removed, verified artifacts kept"
+                        );
+                        report.expired.push((state.owner, state.capture_id));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(capture_id = state.capture_id, error = %e, "Cannot expire a capture");
+                    }
+                }
+            }
+            Ok(false) => {
                 report
                     .open
                     .push((state.owner, state.capture_id, state.opened_at));
             }
-            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(capture_id = state.capture_id, error = %e, "Cannot repair a capture");
             }

@@ -1,14 +1,16 @@
-//! `s3://BUCKET/PREFIX`: captures in an S3 bucket (or an S3-compatible
-//! store), shared by any number of collector replicas with no other state.
+//! `s3://BUCKET/PREFIX`: the blob layer in an S3 bucket (or an
+//! S3-compatible store), shared by any number of collector replicas with
+//! no other state. Keys are the evidence layer's (see
+//! [`super::evidence`]) below `PREFIX/`; an artifact's staging objects are
+//! `PREFIX/staging/<capture-id>/<artifact>/@<offset>`.
 //!
-//! ```text
-//! PREFIX/captures/<agent>/<capture-id>/<artifact>       evidence (final objects)
-//! PREFIX/captures/<agent>/<capture-id>/manifest.json    written on commit
-//! PREFIX/staging/<capture-id>/<artifact>/@<offset>      durable parts of an open artifact
-//! PREFIX/state/<capture-id>.json                        owner and verified artifacts
-//! PREFIX/index/<capture-id>.json                        one small record per committed capture
-//! PREFIX/control/<doc key>                              control documents (requests, agents)
-//! ```
+//! Replicas agree through S3's conditional writes: final objects and
+//! manifests are created with `If-None-Match: *` (a PUT, or the
+//! `CompleteMultipartUpload`), so an existing one is never replaced; a
+//! capture state is replaced with `If-Match` on the ETag read, so of two
+//! replicas updating it one wins and the other reads it again. SeaweedFS
+//! 4.48, the suite's server, honours both (412 Precondition Failed,
+//! exactly one of 8 racing writers succeeds).
 //!
 //! How an artifact gets there (S3 has no append, multipart parts must be at
 //! least 5 MiB and the parts of an unfinished multipart upload cannot be
@@ -46,20 +48,17 @@ use aws_sdk_s3::types::{
     ObjectLockLegalHoldStatus, ObjectLockMode, ServerSideEncryption, StorageClass,
 };
 use base64::Engine as _;
-use ircap_proto::ArtifactName;
-use ircap_proto::artifact_name::MANIFEST_FILE;
 use serde::Deserialize;
 use sha2::Digest as _;
 
-use super::{CaptureState, DocKey, FinishedArtifact, IndexEntry, Store, StoreError};
+use super::blob::{Blob, Class, Version};
+use super::{FinishedArtifact, StoreError};
 
 /// Bytes per staging object and multipart part (the last may be smaller).
 /// At least S3's 5 MiB minimum, at most the agent's window, so every part
 /// fills before the agent waits for an acknowledgement. With S3's 10,000
 /// parts this allows artifacts up to 80 GiB.
 pub const PART_SIZE: usize = 8 << 20;
-/// Concurrent GETs when listing index or state records.
-const LIST_FETCH_CONCURRENCY: usize = 16;
 
 /// Object Lock retention mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -149,9 +148,9 @@ impl S3Options {
     }
 }
 
-/// A store in an S3 bucket.
+/// The blob layer in an S3 bucket.
 #[derive(Debug, Clone)]
-pub struct S3Store {
+pub struct S3Blob {
     client: Client,
     opts: Arc<S3Options>,
 }
@@ -180,6 +179,17 @@ fn hex(raw: &[u8]) -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The condition of a PUT.
+#[derive(Debug, Clone, Copy)]
+enum Condition<'a> {
+    /// None: create or replace.
+    None,
+    /// `If-None-Match: *`: create only.
+    Absent,
+    /// `If-Match: ETAG`: replace only that version.
+    Matches(&'a str),
+}
+
 /// One durable staging object of an open artifact.
 #[derive(Debug, Clone)]
 struct StagedPart {
@@ -188,7 +198,7 @@ struct StagedPart {
     len: u64,
 }
 
-impl S3Store {
+impl S3Blob {
     /// Builds the client from the standard AWS chain (env, profile, web
     /// identity, IMDSv2) and checks the bucket: reachable, and Object Lock
     /// enabled when retention or legal hold is configured.
@@ -268,30 +278,11 @@ impl S3Store {
         }
     }
 
-    /// Key of a capture's evidence object `name` (artifact or manifest).
-    #[must_use]
-    pub fn evidence_key(&self, state: &CaptureState, name: &str) -> String {
-        self.key(&format!(
-            "captures/{}/{}/{name}",
-            state.owner, state.capture_id
-        ))
-    }
-
-    fn staging_prefix(&self, state: &CaptureState, name: &ArtifactName) -> String {
-        // `@` never occurs in artifact names, so artifacts never share parts.
-        self.key(&format!("staging/{}/{name}/@", state.capture_id))
-    }
-
-    fn index_key(&self, capture_id: &str) -> String {
-        self.key(&format!("index/{capture_id}.json"))
-    }
-
-    fn state_key(&self, capture_id: &str) -> String {
-        self.key(&format!("state/{capture_id}.json"))
-    }
-
-    fn doc_key(&self, key: &DocKey) -> String {
-        self.key(&format!("control/{key}"))
+    /// Where the staging objects of the artifact staged under `staging`
+    /// start (`@` never occurs in artifact names, so artifacts never share
+    /// parts).
+    fn staging_prefix(&self, staging: &str) -> String {
+        self.key(&format!("{staging}/@"))
     }
 
     fn retain_until(&self) -> Option<(ObjectLockMode, DateTime)> {
@@ -311,10 +302,17 @@ impl S3Store {
         ))
     }
 
-    /// PUTs a whole object with its SHA-256 (S3 refuses a mismatch) and
-    /// checks the checksum S3 reports. `evidence` objects get the Object
-    /// Lock, legal hold and storage class settings.
-    async fn put(&self, key: &str, bytes: Vec<u8>, evidence: bool) -> Result<(), StoreError> {
+    /// PUTs a whole object (full key) with its SHA-256 (S3 refuses a
+    /// mismatch) and checks the checksum S3 reports. Evidence objects get
+    /// the Object Lock, legal hold and storage class settings. Returns
+    /// `false` when `condition` did not hold.
+    async fn put_object(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        class: Class,
+        condition: Condition<'_>,
+    ) -> Result<bool, StoreError> {
         let sum = b64(&sha256(&bytes));
         let mut req = self
             .client
@@ -324,12 +322,17 @@ impl S3Store {
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(&sum)
             .body(ByteStream::from(bytes));
+        match condition {
+            Condition::None => {}
+            Condition::Absent => req = req.if_none_match("*"),
+            Condition::Matches(etag) => req = req.if_match(etag),
+        }
         if let Some(kms) = &self.opts.kms_key_id {
             req = req
                 .server_side_encryption(ServerSideEncryption::AwsKms)
                 .ssekms_key_id(kms);
         }
-        if evidence {
+        if class == Class::Evidence {
             if let Some((mode, until)) = self.retain_until() {
                 req = req
                     .object_lock_mode(mode)
@@ -342,21 +345,30 @@ impl S3Store {
                 req = req.storage_class(StorageClass::from(class.as_str()));
             }
         }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| backend(format!("cannot put s3://{}/{key}", self.opts.bucket), e))?;
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if !matches!(condition, Condition::None) && precondition_failed(&e) => {
+                return Ok(false);
+            }
+            Err(e) => {
+                return Err(backend(
+                    format!("cannot put s3://{}/{key}", self.opts.bucket),
+                    e,
+                ));
+            }
+        };
         match out.checksum_sha256() {
             Some(reported) if reported != sum => Err(StoreError::Integrity {
                 context: format!("s3://{}/{key}", self.opts.bucket),
                 message: format!("S3 reports SHA-256 {reported}, the collector sent {sum}"),
             }),
-            _ => Ok(()),
+            _ => Ok(true),
         }
     }
 
-    /// GETs an object (or `range` of it), `None` when it does not exist.
-    async fn get(
+    /// GETs an object (full key, or `range` of it), `None` when it does
+    /// not exist.
+    async fn get_object(
         &self,
         key: &str,
         range: Option<(u64, u64)>,
@@ -386,7 +398,7 @@ impl S3Store {
         key: &str,
         range: Option<(u64, u64)>,
     ) -> Result<Vec<u8>, StoreError> {
-        self.get(key, range)
+        self.get_object(key, range)
             .await?
             .ok_or_else(|| StoreError::Backend {
                 context: format!("s3://{}/{key}", self.opts.bucket),
@@ -419,7 +431,11 @@ impl S3Store {
 
     /// Keys (with sizes) under `prefix`; with `delimiter` `/` also the
     /// "directories" directly below it (size 0, without the trailing `/`).
-    async fn list(&self, prefix: &str, delimiter: bool) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        delimiter: bool,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -455,14 +471,10 @@ impl S3Store {
     }
 
     /// The contiguous staging parts of an artifact, from offset 0.
-    async fn staged_parts(
-        &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-    ) -> Result<Vec<StagedPart>, StoreError> {
-        let prefix = self.staging_prefix(state, name);
+    async fn staged_parts(&self, staging: &str) -> Result<Vec<StagedPart>, StoreError> {
+        let prefix = self.staging_prefix(staging);
         let mut found: Vec<StagedPart> = self
-            .list(&prefix, false)
+            .list_keys(&prefix, false)
             .await?
             .into_iter()
             .filter_map(|(key, len)| {
@@ -482,47 +494,6 @@ impl S3Store {
             }
         }
         Ok(parts)
-    }
-
-    /// Parses every JSON object under `dir`, fetching a few at a time.
-    async fn read_json_objects<T>(&self, dir: &str) -> Result<Vec<T>, StoreError>
-    where
-        T: serde::de::DeserializeOwned + Send + 'static,
-    {
-        let keys: Vec<String> = self
-            .list(&self.key(dir), false)
-            .await?
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| k.ends_with(".json"))
-            .collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(LIST_FETCH_CONCURRENCY) {
-            let mut tasks = tokio::task::JoinSet::new();
-            for key in batch {
-                let me = self.clone();
-                let key = key.clone();
-                tasks.spawn(async move {
-                    let bytes = me.get(&key, None).await?;
-                    Ok::<_, StoreError>((key, bytes))
-                });
-            }
-            while let Some(joined) = tasks.join_next().await {
-                let (key, bytes) = joined.map_err(|e| StoreError::Corrupt {
-                    context: "listing".into(),
-                    message: e.to_string(),
-                })??;
-                // Removed between the listing and the GET: skip it.
-                let Some(bytes) = bytes else { continue };
-                out.push(
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                        context: key,
-                        message: e.to_string(),
-                    })?,
-                );
-            }
-        }
-        Ok(out)
     }
 
     /// Streams an existing final object and checks its SHA-256 (used when
@@ -560,13 +531,14 @@ impl S3Store {
         Ok(())
     }
 
-    /// Assembles the final object from `parts` by multipart upload.
+    /// Assembles the final object from `parts` by multipart upload,
+    /// completed only if no object has the key (`false` then).
     async fn assemble_multipart(
         &self,
         key: &str,
         parts: &[StagedPart],
         finished: &FinishedArtifact,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let bucket = &self.opts.bucket;
         let ctx = || format!("cannot assemble s3://{bucket}/{key}");
         let mut req = self
@@ -594,7 +566,7 @@ impl S3Store {
         let created = req.send().await.map_err(|e| backend(ctx(), e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
         let result = self.upload_parts(key, &upload_id, parts, finished).await;
-        if result.is_err() {
+        if !matches!(result, Ok(true)) {
             let _ = self
                 .client
                 .abort_multipart_upload()
@@ -613,7 +585,7 @@ impl S3Store {
         upload_id: &str,
         parts: &[StagedPart],
         finished: &FinishedArtifact,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let bucket = &self.opts.bucket;
         let ctx = || format!("cannot assemble s3://{bucket}/{key}");
         let mut whole = sha2::Sha256::new();
@@ -680,16 +652,22 @@ impl S3Store {
                     .set_parts(Some(completed))
                     .build(),
             )
+            .if_none_match("*")
             .send()
-            .await
-            .map_err(|e| backend(ctx(), e))?;
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            // A final object exists already: the caller checks it.
+            Err(e) if precondition_failed(&e) => return Ok(false),
+            Err(e) => return Err(backend(ctx(), e)),
+        };
         let expected = b64(&composite.finalize());
         let reported = match out.checksum_sha256() {
             Some(r) => Some(r.to_owned()),
             None => self.stored_checksum(key).await?,
         };
         match reported {
-            Some(r) if r.split('-').next() == Some(expected.as_str()) => Ok(()),
+            Some(r) if r.split('-').next() == Some(expected.as_str()) => Ok(true),
             other => Err(StoreError::Integrity {
                 context: format!("s3://{bucket}/{key}"),
                 message: format!(
@@ -716,69 +694,148 @@ impl S3Store {
     }
 }
 
-impl Store for S3Store {
+/// Whether an S3 error says a condition (`If-None-Match`, `If-Match`) did
+/// not hold: 412, or 409 for a conditional write racing another, or 404
+/// for `If-Match` on a key that is gone.
+fn precondition_failed<E>(err: &SdkError<E>) -> bool {
+    err.raw_response()
+        .is_some_and(|r| matches!(r.status().as_u16(), 404 | 409 | 412))
+}
+
+impl Blob for S3Blob {
     fn part_size(&self) -> usize {
         PART_SIZE
     }
 
-    async fn state(&self, capture_id: &str) -> Result<Option<CaptureState>, StoreError> {
-        let key = self.state_key(capture_id);
-        match self.get(&key, None).await? {
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        context: key,
-                        message: e.to_string(),
-                    })
-            }
-            None => Ok(None),
-        }
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_object(&self.key(key), None).await
     }
 
-    async fn save_state(&self, state: &CaptureState) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt {
-            context: state.capture_id.clone(),
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        let key = self.key(key);
+        let ctx = || format!("cannot get s3://{}/{key}", self.opts.bucket);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.opts.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(backend(ctx(), e)),
+        };
+        let etag = out.e_tag().unwrap_or_default().to_owned();
+        let body = out.body.collect().await.map_err(|e| StoreError::Backend {
+            context: ctx(),
             message: e.to_string(),
         })?;
-        self.put(&self.state_key(&state.capture_id), bytes, false)
+        Ok(Some((body.into_bytes().to_vec(), Version(etag))))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.size(&self.key(key)).await?.is_some())
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, class: Class) -> Result<(), StoreError> {
+        self.put_object(&self.key(key), bytes, class, Condition::None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        class: Class,
+    ) -> Result<bool, StoreError> {
+        self.put_object(&self.key(key), bytes, class, Condition::Absent)
             .await
     }
 
-    async fn durable_len(
+    async fn replace_if(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
-    ) -> Result<u64, StoreError> {
-        let parts = self.staged_parts(state, name).await?;
+        key: &str,
+        bytes: Vec<u8>,
+        expected: &Version,
+    ) -> Result<bool, StoreError> {
+        self.put_object(
+            &self.key(key),
+            bytes,
+            Class::Control,
+            Condition::Matches(&expected.0),
+        )
+        .await
+    }
+
+    async fn list(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = format!("{}/", self.key(dir));
+        let mut names: Vec<String> = self
+            .list_keys(&prefix, true)
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| Some(k.strip_prefix(&prefix)?.to_owned()))
+            .filter(|n| !n.is_empty())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let k = self.key(key);
+        self.client
+            .delete_object()
+            .bucket(&self.opts.bucket)
+            .key(&k)
+            .send()
+            .await
+            .map_err(|e| backend(format!("cannot delete s3://{}/{k}", self.opts.bucket), e))?;
+        Ok(())
+    }
+
+    async fn delete_tree(&self, dir: &str) -> Result<(), StoreError> {
+        let prefix = format!("{}/", self.key(dir));
+        for (key, _) in self.list_keys(&prefix, false).await? {
+            self.client
+                .delete_object()
+                .bucket(&self.opts.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| {
+                    backend(format!("cannot delete s3://{}/{key}", self.opts.bucket), e)
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn staged_len(&self, staging: &str, final_key: &str) -> Result<u64, StoreError> {
+        let parts = self.staged_parts(staging).await?;
         if let Some(last) = parts.last() {
             return Ok(last.offset + last.len);
         }
         // Assembled already (its staging objects removed).
-        Ok(self
-            .size(&self.evidence_key(state, name.as_str()))
-            .await?
-            .unwrap_or(0))
+        Ok(self.size(&self.key(final_key)).await?.unwrap_or(0))
     }
 
-    async fn read_range(
+    async fn staged_read(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
+        staging: &str,
+        final_key: &str,
+        is_final: bool,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
-        let parts = if state.finished.contains_key(name.as_str()) {
+        let parts = if is_final {
             Vec::new()
         } else {
-            self.staged_parts(state, name).await?
+            self.staged_parts(staging).await?
         };
         if parts.is_empty() {
             return Ok(self
-                .get(
-                    &self.evidence_key(state, name.as_str()),
-                    Some((offset, len)),
-                )
+                .get_object(&self.key(final_key), Some((offset, len)))
                 .await?
                 .unwrap_or_default());
         }
@@ -797,17 +854,17 @@ impl Store for S3Store {
         Ok(out)
     }
 
-    async fn append(
+    async fn staged_append(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
+        staging: &str,
         offset: u64,
         data: &[u8],
     ) -> Result<u64, StoreError> {
-        let durable = self.durable_len(state, name).await?;
+        let parts = self.staged_parts(staging).await?;
+        let durable = parts.last().map_or(0, |p| p.offset + p.len);
         if durable != offset {
             return Err(StoreError::Offset {
-                name: name.to_string(),
+                name: staging.to_owned(),
                 durable,
                 given: offset,
             });
@@ -815,19 +872,20 @@ impl Store for S3Store {
         if data.is_empty() {
             return Ok(offset);
         }
-        let key = format!("{}{offset:020}", self.staging_prefix(state, name));
-        self.put(&key, data.to_vec(), false).await?;
+        let key = format!("{}{offset:020}", self.staging_prefix(staging));
+        self.put_object(&key, data.to_vec(), Class::Control, Condition::None)
+            .await?;
         Ok(offset + data.len() as u64)
     }
 
-    async fn finish_artifact(
+    async fn promote(
         &self,
-        state: &CaptureState,
-        name: &ArtifactName,
+        staging: &str,
+        final_key: &str,
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
-        let key = self.evidence_key(state, name.as_str());
-        let parts = self.staged_parts(state, name).await?;
+        let key = self.key(final_key);
+        let parts = self.staged_parts(staging).await?;
         let staged: u64 = parts.iter().map(|p| p.len).sum();
         if parts.is_empty() && finished.size > 0 {
             // A retry after the staging objects were already removed.
@@ -839,7 +897,7 @@ impl Store for S3Store {
                 message: format!("{staged} bytes staged, the artifact has {}", finished.size),
             });
         }
-        if parts.len() <= 1 {
+        let created = if parts.len() <= 1 {
             let bytes = match parts.first() {
                 Some(p) => self.get_required(&p.key, None).await?,
                 None => Vec::new(),
@@ -854,11 +912,17 @@ impl Store for S3Store {
                     ),
                 });
             }
-            // `put` sends the SHA-256 of these bytes, which is the agent's,
-            // and checks that S3 reports the same.
-            self.put(&key, bytes, true).await?;
+            // `put_object` sends the SHA-256 of these bytes, which is the
+            // agent's, and checks that S3 reports the same.
+            self.put_object(&key, bytes, Class::Evidence, Condition::Absent)
+                .await?
         } else {
-            self.assemble_multipart(&key, &parts, finished).await?;
+            self.assemble_multipart(&key, &parts, finished).await?
+        };
+        if !created {
+            // A final object exists already (an interrupted earlier attempt,
+            // or another replica): it must be these very bytes.
+            self.verify_final(&key, finished).await?;
         }
         // Front to back: an interrupted cleanup never leaves a durable
         // prefix shorter than the final object.
@@ -875,104 +939,6 @@ impl Store for S3Store {
                 break;
             }
         }
-        Ok(())
-    }
-
-    async fn commit(
-        &self,
-        state: &CaptureState,
-        manifest_json: &[u8],
-        index: &IndexEntry,
-    ) -> Result<(), StoreError> {
-        // Manifest, index, state: see the store contract.
-        self.put(
-            &self.evidence_key(state, MANIFEST_FILE),
-            manifest_json.to_vec(),
-            true,
-        )
-        .await?;
-        let bytes = serde_json::to_vec(index).map_err(|e| StoreError::Corrupt {
-            context: state.capture_id.clone(),
-            message: e.to_string(),
-        })?;
-        self.put(&self.index_key(&state.capture_id), bytes, false)
-            .await?;
-        let mut done = state.clone();
-        done.complete = true;
-        self.save_state(&done).await?;
-        // Staging objects of artifacts that never finished are not evidence.
-        let staging = self.key(&format!("staging/{}/", state.capture_id));
-        for (key, _) in self.list(&staging, false).await.unwrap_or_default() {
-            if let Err(e) = self
-                .client
-                .delete_object()
-                .bucket(&self.opts.bucket)
-                .key(&key)
-                .send()
-                .await
-            {
-                tracing::warn!(key, error = %DisplayErrorContext(&e), "Cannot remove a staging object");
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    async fn find_manifest(&self, state: &CaptureState) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get(&self.evidence_key(state, MANIFEST_FILE), None)
-            .await
-    }
-
-    async fn has_index(&self, capture_id: &str) -> Result<bool, StoreError> {
-        Ok(self.size(&self.index_key(capture_id)).await?.is_some())
-    }
-
-    async fn list_index(&self) -> Result<Vec<IndexEntry>, StoreError> {
-        self.read_json_objects("index/").await
-    }
-
-    async fn list_states(&self) -> Result<Vec<CaptureState>, StoreError> {
-        self.read_json_objects("state/").await
-    }
-
-    async fn read_manifest(&self, state: &CaptureState) -> Result<Vec<u8>, StoreError> {
-        self.get_required(&self.evidence_key(state, MANIFEST_FILE), None)
-            .await
-    }
-
-    async fn put_doc(&self, key: &DocKey, bytes: &[u8]) -> Result<(), StoreError> {
-        self.put(&self.doc_key(key), bytes.to_vec(), false).await
-    }
-
-    async fn get_doc(&self, key: &DocKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get(&self.doc_key(key), None).await
-    }
-
-    async fn list_docs(&self, prefix: &DocKey) -> Result<Vec<DocKey>, StoreError> {
-        let dir = format!("{}/", self.doc_key(prefix));
-        let mut keys: Vec<DocKey> = self
-            .list(&dir, true)
-            .await?
-            .into_iter()
-            .filter_map(|(k, _)| {
-                let name = k.strip_prefix(&dir)?;
-                DocKey::new(format!("{prefix}/{name}")).ok()
-            })
-            .collect();
-        keys.sort();
-        keys.dedup();
-        Ok(keys)
-    }
-
-    async fn delete_doc(&self, key: &DocKey) -> Result<(), StoreError> {
-        let k = self.doc_key(key);
-        self.client
-            .delete_object()
-            .bucket(&self.opts.bucket)
-            .key(&k)
-            .send()
-            .await
-            .map_err(|e| backend(format!("cannot delete s3://{}/{k}", self.opts.bucket), e))?;
         Ok(())
     }
 }

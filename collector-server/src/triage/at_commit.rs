@@ -42,8 +42,8 @@ pub fn doc_key(id: &str) -> Result<DocKey, crate::store::StoreError> {
 
 /// Runs the rules over the committed-to-be capture and stores the
 /// findings; returns the counts by severity (empty when triage failed).
-pub async fn triage<S: Store>(
-    store: &S,
+pub async fn triage(
+    store: &Store,
     state: &CaptureState,
     manifest: &Manifest,
 ) -> BTreeMap<String, u64> {
@@ -134,6 +134,6 @@ pub async fn triage<S: Store>(
 }
 
 /// The stored findings of capture `id`, if any.
-pub async fn stored<S: Store>(store: &S, id: &str) -> Option<Vec<u8>> {
+pub async fn stored(store: &Store, id: &str) -> Option<Vec<u8>> {
     store.get_doc(&doc_key(id).ok()?).await.ok().flatten()
 }

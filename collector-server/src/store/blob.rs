@@ -1,0 +1,139 @@
+//! The blob layer: what a backend (a local directory, an S3 bucket) must
+//! do so that [`super::Evidence`] can keep captures in it. It knows
+//! nothing of captures, states or commit order; the evidence layer writes
+//! those once, above it.
+//!
+//! Keys are `/`-separated relative names built by the evidence layer from
+//! checked parts (capture ids, certificate identities, artifact names,
+//! [`super::DocKey`]s); no segment starts with `.`, which leaves those
+//! names to a backend's own temporary files.
+//!
+//! The contract:
+//!
+//! - `put`, `put_if_absent` and `replace_if` are durable when they return
+//!   and atomic: a reader sees the old bytes or the new, never a mix.
+//! - `put_if_absent` creates the object only when no object has the key
+//!   (S3 `If-None-Match: *`); of two racing writers exactly one gets
+//!   `true`.
+//! - `replace_if` replaces the object only when it is still at the
+//!   [`Version`] read with `get_versioned` (S3 `If-Match` on the ETag); of
+//!   two writers that read the same version exactly one gets `true`.
+//! - An artifact's bytes arrive through the *staged* methods: appended at
+//!   the durable length under a staging key, then made final under its
+//!   final key by `promote`, which checks the size and SHA-256 the agent
+//!   and the collector agreed on and never replaces a different final
+//!   object. How staging works (a file appended and synced, or S3 staging
+//!   objects assembled by multipart upload) is the backend's business,
+//!   which is where a one-pass multipart upload belongs too.
+
+use super::{FinishedArtifact, StoreError};
+
+/// Which settings an object gets: evidence objects get the backend's
+/// retention, legal hold and storage class; control objects do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Artifacts and manifests.
+    Evidence,
+    /// States, index entries, control documents, staging.
+    Control,
+}
+
+/// The version of an object as read (an S3 ETag; the SHA-256 of a file's
+/// content), to replace it only if nobody else did since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// A backend (see the module docs for the contract).
+pub trait Blob: Clone + Send + Sync + 'static {
+    /// The object under `key`, if there is one.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// The object and its version.
+    fn get_versioned(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(Vec<u8>, Version)>, StoreError>> + Send;
+
+    /// Whether an object has the key.
+    fn exists(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Writes or replaces an object.
+    fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        class: Class,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates an object; `false` when one exists already.
+    fn put_if_absent(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        class: Class,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Replaces an object still at `expected`; `false` when it changed (or
+    /// is gone).
+    fn replace_if(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        expected: &Version,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Names directly under `dir` (objects and "directories"), sorted.
+    fn list(&self, dir: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Removes an object; an absent one is not an error.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes everything under `dir`.
+    fn delete_tree(&self, dir: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Smallest append the backend wants, except an artifact's last (0:
+    /// any size).
+    fn part_size(&self) -> usize {
+        0
+    }
+
+    /// Bytes of an artifact held durably: under `staging`, else (made
+    /// final already) under `final_key`.
+    fn staged_len(
+        &self,
+        staging: &str,
+        final_key: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// `len` bytes of an artifact from `offset`: from its final object when
+    /// `is_final`, else from staging (or the final object if staging is
+    /// gone).
+    fn staged_read(
+        &self,
+        staging: &str,
+        final_key: &str,
+        is_final: bool,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+
+    /// Appends `data` at `offset`, which must be the durable length;
+    /// returns the new durable length once the bytes are durable.
+    fn staged_append(
+        &self,
+        staging: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Makes the staged artifact final under `final_key` after checking
+    /// its size and SHA-256 against `finished`. Runs again harmlessly when
+    /// an earlier attempt was interrupted; refuses (integrity) when a
+    /// different object holds the final key.
+    fn promote(
+        &self,
+        staging: &str,
+        final_key: &str,
+        finished: &FinishedArtifact,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
