@@ -93,7 +93,7 @@ pub struct CaptureArgs {
     /// /run/log/journal.
     #[arg(long = "logs-dir", value_name = "DIR")]
     pub logs_dirs: Vec<PathBuf>,
-    /// Skip logs entirely (same as `--skip logs`).
+    /// Skip logs and the journal table (same as `--skip logs,journal`).
     #[arg(long)]
     pub no_logs: bool,
     /// What to capture: triage (sockets, processes, maps, network, logins,
