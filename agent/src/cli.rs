@@ -97,8 +97,8 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub no_logs: bool,
     /// What to capture: triage (sockets, processes, maps, network, logins,
-    /// kernel, system: about a second), standard (adds volatile files and
-    /// logs) or full (adds suspicious memory regions).
+    /// kernel, system: about a second), standard (adds volatile files, logs
+    /// and the journal table) or full (adds suspicious memory regions).
     #[arg(long, value_name = "PROFILE", default_value = "standard")]
     pub profile: String,
     /// Only these artifacts, comma-separated (system is always captured):
