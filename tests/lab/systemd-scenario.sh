@@ -198,9 +198,9 @@ step restarted wait_for 60 sh -c "[ \$(systemctl show -p NRestarts --value ircap
 step reconnected wait_for 60 agent_connected
 value nrestarts "$before-$(systemctl show -p NRestarts --value ircap-agent.service)"
 keep_new cap-killed
-# (64K of logs since after the activity: the journal table is cut at the
+# (16K of logs since after the activity: the journal table is cut at the
 # budget and holds nothing older.)
-step request_after_kill analyst request --all --wait --timeout 300 --logs-max-bytes 64K \
+step request_after_kill analyst request --all --wait --timeout 300 --logs-max-bytes 16K \
     --logs-since "$(sed -n 's/^after_activity //p' "$OUT/values")"
 keep_new cap-after-kill
 step verify_after_kill verify_dir cap-after-kill

@@ -555,7 +555,7 @@ fn lab_systemd_host_units_deb_logins_journal_and_faults() {
     let after = r.capture("cap-after-kill");
     let m = manifest(&after);
     assert_eq!(m["status"], "complete", "{}", m["errors"]);
-    // That request allowed 64 KiB of logs since just after the activity:
+    // That request allowed 16 KiB of logs since just after the activity:
     // the journal table holds nothing older (not the token) and stops at
     // the budget, saying so.
     let since = r.value("after_activity");
@@ -590,12 +590,12 @@ fn lab_systemd_host_units_deb_logins_journal_and_faults() {
         .iter()
         .find(|a| a["kind"] == "journal")
         .unwrap();
-    assert!(j["size_uncompressed"].as_u64().unwrap() <= 65536, "{j}");
+    assert!(j["size_uncompressed"].as_u64().unwrap() <= 16384, "{j}");
     assert!(
         j["errors"].as_array().unwrap().iter().any(|e| e
             .as_str()
             .unwrap()
-            .starts_with("cut at --logs-max-bytes (65536 bytes)")),
+            .starts_with("cut at --logs-max-bytes (16384 bytes)")),
         "{j}"
     );
 
