@@ -37,6 +37,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update
     apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+# The systemd lab (lab_systemd* tests) builds a Debian 12 rootfs from
+# deb.debian.org with mmdebstrap (pinned: Debian 12's own version) and packs
+# it with mkfs.ext4 -d (e2fsprogs); the image is cached under target/lab/.
+MMDEBSTRAP_VERSION=1.3.5-7
+if [ "$(dpkg-query -W -f='${Version}' mmdebstrap 2>/dev/null)" != "$MMDEBSTRAP_VERSION" ] \
+    || ! dpkg-query -W -f='${Status}' e2fsprogs 2>/dev/null | grep -q "install ok installed"; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "mmdebstrap=$MMDEBSTRAP_VERSION" e2fsprogs
+fi
 
 # The arm64 lab guest's kernel and busybox come from Debian's arm64
 # archive (`apt-get download pkg:arm64`): the architecture must be known.

@@ -403,6 +403,15 @@ fn run_inner(
             &mut dropped,
         )?;
     }
+    if wants("journal") {
+        keep(
+            sink,
+            "journal",
+            collect::journal_table::write(&ctx, &options.logs_dirs).map(|e| vec![e]),
+            &mut artifacts,
+            &mut dropped,
+        )?;
+    }
     dropped.extend(ctx.dropped.take());
     for name in cut.take() {
         dropped.push(CaptureError {

@@ -106,12 +106,12 @@ pub struct CaptureArgs {
     /// /run/log/journal.
     #[arg(long = "logs-dir", value_name = "DIR")]
     pub logs_dirs: Vec<PathBuf>,
-    /// Skip logs entirely (same as `--skip logs`).
+    /// Skip logs and the journal table (same as `--skip logs,journal`).
     #[arg(long)]
     pub no_logs: bool,
     /// What to capture: triage (sockets, processes, maps, network, logins,
-    /// kernel, system: about a second), standard (adds volatile files and
-    /// logs) or full (adds suspicious memory regions).
+    /// kernel, system: about a second), standard (adds volatile files, logs
+    /// and the journal table) or full (adds suspicious memory regions).
     #[arg(long, value_name = "PROFILE", default_value = "standard")]
     pub profile: String,
     /// Only these artifacts, comma-separated (system is always captured):

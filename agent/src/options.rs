@@ -323,6 +323,7 @@ impl CaptureOptions {
             .unwrap_or_default();
         if args.no_logs {
             skip.push("logs".to_owned());
+            skip.push("journal".to_owned());
         }
         let mut memory_regions = args
             .memory_regions

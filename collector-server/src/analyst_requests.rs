@@ -68,8 +68,8 @@ pub fn parse_labels(pairs: &[String]) -> Result<BTreeMap<String, String>, Analys
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SpecArgs {
     /// triage (sockets, processes, maps, network, logins, kernel),
-    /// standard (adds volatile files and logs; the default) or full (adds
-    /// suspicious memory regions).
+    /// standard (adds volatile files, logs and the journal table; the
+    /// default) or full (adds suspicious memory regions).
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
     /// Only these artifacts, comma-separated (e.g. processes,connections).

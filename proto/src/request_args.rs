@@ -25,6 +25,7 @@ pub const ARTIFACTS: &[&str] = &[
     "memory_regions",
     "physical_memory",
     "logs",
+    "journal",
 ];
 
 /// Artifacts that are always captured.
@@ -40,7 +41,8 @@ pub const TRIAGE: &[&str] = &[
     "kernel",
     "system",
 ];
-/// `standard` (the default): triage plus volatile files and logs.
+/// `standard` (the default): triage plus volatile files, logs and the
+/// journal table.
 pub const STANDARD: &[&str] = &[
     "connections",
     "processes",
@@ -51,6 +53,7 @@ pub const STANDARD: &[&str] = &[
     "volatile_files",
     "system",
     "logs",
+    "journal",
 ];
 /// `full`: standard plus the bytes of suspicious memory regions (unless
 /// another selector is given).
@@ -65,6 +68,7 @@ pub const FULL: &[&str] = &[
     "system",
     "memory_regions",
     "logs",
+    "journal",
 ];
 
 /// The profile names.

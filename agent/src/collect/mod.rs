@@ -7,6 +7,7 @@ pub mod blocking_fs;
 pub mod connections;
 pub mod fsread;
 pub mod imds;
+pub mod journal_table;
 pub mod kernel;
 pub mod kernel_symbols;
 pub mod logs;
