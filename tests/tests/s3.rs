@@ -248,6 +248,34 @@ fn compliance_retention_refuses_delete_and_overwrite_and_is_checked_at_start() -
         assert!(status.stdout.is_empty(), "{url}: listened");
         assert!(stderr.contains(expect), "{url}: {stderr}");
     }
+
+    // A wrong secret is one short line naming the status and what to
+    // check; with an S3-compatible endpoint and no region there is no
+    // lookup of the EC2 metadata service (which warned at length).
+    let log = s.tmp.path().join("secret.log");
+    let status = s
+        .server
+        .collector_command(&log)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", &s.url()])
+        .arg("--ca")
+        .arg(s.pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(s.pki.join("server.pem"))
+        .arg("--key")
+        .arg(s.pki.join("server.key"))
+        .output()?;
+    let stderr = std::fs::read_to_string(&log)?;
+    assert!(
+        !status.status.success(),
+        "started with a wrong secret: {stderr}"
+    );
+    assert!(stderr.contains("HTTP 403"), "{stderr}");
+    assert!(stderr.contains("access key and secret"), "{stderr}");
+    assert!(stderr.len() < 1_000, "{} bytes: {stderr}", stderr.len());
+    assert!(!stderr.to_lowercase().contains("imds"), "{stderr}");
     Ok(())
 }
 

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled,
@@ -159,11 +159,60 @@ pub struct S3Blob {
 /// that agents retry.
 fn backend<E>(context: impl Into<String>, err: SdkError<E>) -> StoreError
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + Send + Sync + 'static + ProvideErrorMetadata,
 {
     StoreError::Backend {
         context: context.into(),
-        message: DisplayErrorContext(&err).to_string(),
+        message: sdk_message(&err),
+    }
+}
+
+/// Longest SDK error text kept in a message (the SDK's own rendering of
+/// an unparsed response runs to kilobytes).
+const MAX_SDK_MESSAGE: usize = 300;
+
+/// One line for an SDK error: the HTTP status, S3's error code and
+/// message, and what to check for the statuses a new setup meets.
+fn sdk_message<E>(err: &SdkError<E>) -> String
+where
+    E: std::error::Error + Send + Sync + 'static + ProvideErrorMetadata,
+{
+    let text = match err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let detail = [err.code(), err.message()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(": ");
+            let hint = match status {
+                401 | 403 => {
+                    " (access denied: check the access key and secret — AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile or the instance role — and the bucket policy)"
+                }
+                404 => " (no such bucket or key: check the bucket name and --s3-endpoint)",
+                301 | 400 => " (check --s3-region: the bucket may be in another region)",
+                _ => "",
+            };
+            if detail.is_empty() {
+                format!("HTTP {status}{hint}")
+            } else {
+                format!("HTTP {status}: {detail}{hint}")
+            }
+        }
+        SdkError::TimeoutError(_) => "no answer from S3 in time".to_owned(),
+        SdkError::DispatchFailure(_) => {
+            format!("cannot reach the S3 endpoint: {}", DisplayErrorContext(err))
+        }
+        _ => DisplayErrorContext(err).to_string(),
+    };
+    if text.len() > MAX_SDK_MESSAGE {
+        let cut = (0..=MAX_SDK_MESSAGE)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        format!("{}...", &text[..cut])
+    } else {
+        text
     }
 }
 
@@ -213,8 +262,22 @@ impl S3Blob {
             .build_https();
         let mut loader =
             aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
-        if let Some(region) = &opts.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
+        match (&opts.region, &opts.endpoint) {
+            (Some(region), _) => {
+                loader = loader.region(aws_config::Region::new(region.clone()));
+            }
+            // An S3-compatible server: no region to look up (the SDK would
+            // ask the EC2 metadata service and warn at length off EC2).
+            (None, endpoint)
+                if (endpoint.is_some()
+                    || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some()
+                    || std::env::var_os("AWS_ENDPOINT_URL").is_some())
+                    && std::env::var_os("AWS_REGION").is_none()
+                    && std::env::var_os("AWS_DEFAULT_REGION").is_none() =>
+            {
+                loader = loader.region(aws_config::Region::new("us-east-1"));
+            }
+            (None, _) => {}
         }
         let sdk = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.path_style);
