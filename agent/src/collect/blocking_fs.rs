@@ -78,6 +78,16 @@ impl BlockingMounts {
         Self(out)
     }
 
+    /// The file system type when `path` lies on such a mount (is one, or
+    /// is below one).
+    #[must_use]
+    pub fn under(&self, path: &Path) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(p, _)| path.starts_with(p))
+            .map(|(_, t)| t.as_str())
+    }
+
     /// The file system type when `path` is such a mount point.
     #[must_use]
     pub fn at(&self, path: &Path) -> Option<&str> {
@@ -99,6 +109,9 @@ mod tests {
         assert_eq!(m.at(Path::new("/tmp/a b")), Some("fuse.sshfs"));
         assert_eq!(m.at(Path::new("/mnt/n")), Some("nfs4"));
         assert_eq!(m.at(Path::new("/proc")), None);
+        assert_eq!(m.under(Path::new("/mnt/n/bin/x")), Some("nfs4"));
+        assert_eq!(m.under(Path::new("/mnt/nx")), None);
+        assert_eq!(m.at(Path::new("/mnt/n/bin")), None);
     }
 
     #[test]
