@@ -927,3 +927,53 @@ exec '{agent}' capture --no-imds --artifacts volatile_files --output '{out}'"#,
     );
     Ok(())
 }
+
+#[test]
+fn steps_past_the_deadline_are_cut_and_the_capture_is_partial() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    // 3,000 more processes: the process scan alone takes well over the
+    // one-second deadline, so no step after it may start.
+    let sleepers = Sleepers::start(tmp.path(), 3_000)?;
+    let run = capture_partial(
+        &tmp.path().join("out"),
+        &[
+            "--deadline",
+            "1s",
+            "--artifacts",
+            "connections,processes,memory_maps,users,kernel",
+        ],
+    );
+    drop(sleepers);
+    let m = run.manifest();
+    let cut: Vec<&str> = m["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|s| s.contains("--deadline of 1s was reached"))
+        })
+        .filter_map(|e| e["source"].as_str())
+        .collect();
+    for step in ["memory_maps", "users", "kernel"] {
+        assert!(cut.contains(&step), "{step} not cut: {cut:?}");
+    }
+    // What was collected before the deadline is kept, whole.
+    let names: Vec<&str> = m["artifacts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert!(names.contains(&"processes.jsonl.gz"), "{names:?}");
+    assert!(!names.contains(&"memory_maps.jsonl.gz"), "{names:?}");
+    assert!(run.table("processes").len() >= 3_000);
+    let verify = agent().arg("verify").arg(&run.dir).output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    Ok(())
+}
