@@ -195,6 +195,11 @@ fn run_inner(
         accounts: &accounts,
         clock: &clock,
         threads,
+        blocking: if options.enter_remote_fs {
+            collect::blocking_fs::BlockingMounts::default()
+        } else {
+            collect::blocking_fs::BlockingMounts::read(&roots.proc)
+        },
         dropped: collect::Dropped::default(),
     };
     let mut capture_errors: Vec<CaptureError> = Vec::new();
@@ -242,9 +247,20 @@ fn run_inner(
         "Read socket tables"
     );
     if wants("connections") || wants("processes") || wants("memory_maps") {
-        let scan = processes::scan(&ctx, &pids);
-        tracing::debug!(processes = scan.records.len(), "Read processes");
-        connections::attach_owners(&mut sockets.records, &scan.socket_owners(), &accounts);
+        // Process records are written as they are read; what connections
+        // and maps need of them is kept in a compact index.
+        let (index, table) = processes::scan(&ctx, &pids, wants("processes"));
+        tracing::debug!(processes = index.records, "Read processes");
+        if let Some(table) = table {
+            keep(
+                sink,
+                "processes",
+                table.map(one),
+                &mut artifacts,
+                &mut dropped,
+            )?;
+        }
+        connections::attach_owners(&mut sockets.records, &index, &accounts);
         if wants("connections") {
             keep(
                 sink,
@@ -254,24 +270,11 @@ fn run_inner(
                 &mut dropped,
             )?;
         }
-        if wants("processes") {
-            keep(
-                sink,
-                "processes",
-                processes::write(&ctx, &scan).map(one),
-                &mut artifacts,
-                &mut dropped,
-            )?;
-        }
-        // The full process records are written; keep only what the maps
-        // pass needs so peak memory does not grow with both.
-        let map_targets = scan.map_targets();
-        drop(scan);
         if wants("memory_maps") {
             keep(
                 sink,
                 "memory_maps",
-                memory_maps::write(&ctx, &map_targets).map(one),
+                memory_maps::write(&ctx, &index.map_targets).map(one),
                 &mut artifacts,
                 &mut dropped,
             )?;

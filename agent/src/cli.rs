@@ -127,6 +127,12 @@ pub struct CaptureArgs {
     /// capture is partial.
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     pub deadline: String,
+    /// Enter and read file systems that can block (FUSE, NFS, CIFS, 9p,
+    /// ...): by default they are listed as mount points, never entered,
+    /// since an unanswered one freezes every access. Local only: a remote
+    /// request cannot ask for it.
+    #[arg(long)]
+    pub enter_remote_fs: bool,
     /// Keep every environment variable's value (values often hold secrets;
     /// by default only an allow-list of forensically useful ones is kept).
     #[arg(long)]

@@ -46,6 +46,9 @@ pub struct CaptureOptions {
     pub logs_max_bytes: u64,
     /// Keep every environment value, not only the allow-list.
     pub full_environ: bool,
+    /// Enter file systems that can block (FUSE, NFS, ...) instead of only
+    /// listing their mount points.
+    pub enter_remote_fs: bool,
     /// Whether the agent lowered its priority.
     pub lower_priority: bool,
     /// Whether to ask EC2's instance metadata service for identity.
@@ -191,6 +194,7 @@ impl CaptureOptions {
             logs_since_resolved: crate::timefmt::rfc3339(since),
             logs_max_bytes: DEFAULT_LOGS_MAX_BYTES,
             full_environ: false,
+            enter_remote_fs: false,
             lower_priority: true,
             imds: true,
             imds_endpoint: "169.254.169.254:80".to_owned(),
@@ -367,6 +371,7 @@ impl CaptureOptions {
             logs_since_resolved: crate::timefmt::rfc3339(since),
             logs_max_bytes: size("--logs-max-bytes", &args.logs_max_bytes)?,
             full_environ: args.full_environ,
+            enter_remote_fs: args.enter_remote_fs,
             lower_priority: !args.no_lower_priority,
             imds: !args.no_imds,
             imds_endpoint: args.imds_endpoint.clone(),

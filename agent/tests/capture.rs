@@ -286,7 +286,12 @@ fn processes_exiting_during_capture_do_not_break_it() -> TestResult {
             .spawn()?,
     );
     let runs: Vec<Run> = (0..3)
-        .map(|i| capture(&tmp.path().join(format!("c{i}")), &["--no-logs"]))
+        .map(|i| {
+            capture(
+                &tmp.path().join(format!("c{i}")),
+                &["--no-logs", "--skip", "volatile_files"],
+            )
+        })
         .collect();
     drop(storm);
     for run in &runs {
@@ -655,10 +660,18 @@ exit $rc"#,
 /// KiB): `VmHWM` of the agent, read until it exits.
 #[allow(clippy::panic)]
 fn capture_peak_rss(out: &std::path::Path, extra: &[&str]) -> (Option<i32>, Vec<u8>, u64) {
-    let mut child = agent()
-        .args(["capture", "--no-imds", "--output"])
+    let mut cmd = agent();
+    cmd.args(["capture", "--no-imds", "--output"])
         .arg(out)
-        .args(extra)
+        .args(extra);
+    peak_rss(cmd)
+}
+
+/// Runs `cmd` and returns (exit code, stdout, peak RSS in KiB): `VmHWM`
+/// of its process (the agent it execs, if it does), read until it exits.
+#[allow(clippy::panic)]
+fn peak_rss(mut cmd: Command) -> (Option<i32>, Vec<u8>, u64) {
+    let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -736,5 +749,231 @@ sys.stdin.read()
     let summary: serde_json::Value = serde_json::from_slice(&stdout)?;
     let regions = summary["records"]["memory_maps"].as_u64().unwrap_or(0);
     assert!(regions >= 60_000, "{summary}");
+    Ok(())
+}
+
+/// A tiny static program that forks `argv[1]` children which only sleep
+/// (each dies with it: `PR_SET_PDEATHSIG`), prints `ready N`, and on EOF of
+/// stdin kills and reaps them all.
+const SLEEPERS_C: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 0, made = 0;
+    pid_t me = getpid(), *kids = calloc(n > 0 ? n : 1, sizeof *kids);
+    for (; kids && made < n; made++) {
+        pid_t p = fork();
+        if (p == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != me) _exit(0);
+            for (;;) pause();
+        }
+        if (p < 0) break;
+        kids[made] = p;
+    }
+    printf("ready %d\n", made);
+    fflush(stdout);
+    char c;
+    while (read(0, &c, 1) > 0) {}
+    for (int i = 0; i < made; i++) kill(kids[i], SIGKILL);
+    for (int i = 0; i < made; i++) waitpid(kids[i], 0, 0);
+    return 0;
+}
+"#;
+
+/// `n` sleeping processes; closing their parent's stdin (on drop, also
+/// when the test fails) kills and reaps them, and they die with it if the
+/// test itself is killed.
+struct Sleepers {
+    parent: std::process::Child,
+}
+
+impl Sleepers {
+    fn start(dir: &std::path::Path, n: usize) -> Result<Self, Box<dyn std::error::Error>> {
+        use std::io::BufRead as _;
+        let src = dir.join("sleepers.c");
+        let bin = dir.join("sleepers");
+        std::fs::write(&src, SLEEPERS_C)?;
+        let cc = Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .output()?;
+        assert!(
+            cc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        let mut parent = Command::new(&bin)
+            .arg(n.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        if let Some(out) = parent.stdout.take() {
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        let sleepers = Self { parent };
+        assert_eq!(line.trim(), format!("ready {n}"), "could not fork {n}");
+        Ok(sleepers)
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        drop(self.parent.stdin.take());
+        let _ = self.parent.wait();
+    }
+}
+
+#[test]
+fn twenty_thousand_sleeping_processes_keep_the_agent_under_25_mib() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let sleepers = Sleepers::start(tmp.path(), 20_000)?;
+    let out = tmp.path().join("out");
+    let t0 = std::time::Instant::now();
+    let (code, stdout, peak_kib) =
+        capture_peak_rss(&out, &["--artifacts", "connections,processes,memory_maps"]);
+    let took = t0.elapsed();
+    drop(sleepers);
+    assert_eq!(code, Some(0), "{}", String::from_utf8_lossy(&stdout));
+    eprintln!("agent peak RSS {peak_kib} KiB with 20,000 more processes in {took:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&stdout)?;
+    let processes = summary["records"]["processes"].as_u64().unwrap_or(0);
+    assert!(processes >= 20_000, "{summary}");
+    assert!(
+        peak_kib > 0 && peak_kib < 25 * 1024,
+        "peak RSS {peak_kib} KiB"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_million_files_under_tmp_are_cut_by_the_entry_budget_with_flat_memory() -> TestResult {
+    // Not under /tmp: a fresh tmpfs hides that for the agent.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let out = tmp.path().join("out");
+    // In a private mount namespace: a fresh /tmp holding 1,000,000 empty
+    // files; the shell then becomes the agent (same pid, so its peak RSS
+    // is read), and the mount goes with the namespace.
+    let script = format!(
+        r#"set -e
+mount -t tmpfs -o nr_inodes=1100000,size=64m none /tmp
+python3 -c '
+import os
+for d in range(10):
+    os.mkdir("/tmp/d%d" % d)
+    for i in range(100000):
+        os.close(os.open("/tmp/d%d/f%d" % (d, i), os.O_CREAT | os.O_WRONLY, 0o600))
+'
+exec '{agent}' capture --no-imds --artifacts volatile_files --output '{out}'"#,
+        agent = env!("CARGO_BIN_EXE_ircap-agent"),
+        out = out.display(),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "sh", "-c", &script]);
+    let t0 = std::time::Instant::now();
+    let (code, stdout, peak_kib) = peak_rss(cmd);
+    eprintln!(
+        "agent peak RSS {peak_kib} KiB over 1,000,000 files, {:?} with their creation",
+        t0.elapsed()
+    );
+    assert_eq!(code, Some(4), "{}", String::from_utf8_lossy(&stdout));
+    let summary: serde_json::Value = serde_json::from_slice(&stdout)?;
+    assert_eq!(summary["status"], "partial", "{summary}");
+    assert!(
+        peak_kib > 0 && peak_kib < 25 * 1024,
+        "peak RSS {peak_kib} KiB"
+    );
+    let run = Run {
+        output: std::process::Output {
+            status: std::os::unix::process::ExitStatusExt::from_raw(0),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        },
+        dir: std::path::PathBuf::from(summary["location"].as_str().unwrap_or_default()),
+        summary,
+    };
+    let m = run.manifest();
+    let cut = m["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["source"] == "volatile_files");
+    assert!(cut, "{m}");
+    let table_errors: Vec<String> = m["artifacts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["name"] == "volatile_files.jsonl.gz")
+        .flat_map(|a| a["errors"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        table_errors
+            .iter()
+            .any(|e| e.starts_with("/tmp: stopped at the")),
+        "{table_errors:?}"
+    );
+    let rows = run.table("volatile_files");
+    let under_tmp = rows.iter().filter(|r| r["root"] == "/tmp").count();
+    assert!(
+        (1_000..=100_001).contains(&under_tmp),
+        "{under_tmp} rows under /tmp"
+    );
+    Ok(())
+}
+
+#[test]
+fn steps_past_the_deadline_are_cut_and_the_capture_is_partial() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    // 3,000 more processes: the process scan alone takes well over the
+    // one-second deadline, so no step after it may start.
+    let sleepers = Sleepers::start(tmp.path(), 3_000)?;
+    let run = capture_partial(
+        &tmp.path().join("out"),
+        &[
+            "--deadline",
+            "1s",
+            "--artifacts",
+            "connections,processes,memory_maps,users,kernel",
+        ],
+    );
+    drop(sleepers);
+    let m = run.manifest();
+    let cut: Vec<&str> = m["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|s| s.contains("--deadline of 1s was reached"))
+        })
+        .filter_map(|e| e["source"].as_str())
+        .collect();
+    for step in ["memory_maps", "users", "kernel"] {
+        assert!(cut.contains(&step), "{step} not cut: {cut:?}");
+    }
+    // What was collected before the deadline is kept, whole.
+    let names: Vec<&str> = m["artifacts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert!(names.contains(&"processes.jsonl.gz"), "{names:?}");
+    assert!(!names.contains(&"memory_maps.jsonl.gz"), "{names:?}");
+    assert!(run.table("processes").len() >= 3_000);
+    let verify = agent().arg("verify").arg(&run.dir).output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     Ok(())
 }

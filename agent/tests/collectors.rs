@@ -83,6 +83,7 @@ fn logs_keep_original_bytes_within_since_and_budget() -> TestResult {
         accounts: &accounts,
         clock: &clock,
         threads: 2,
+        blocking: Default::default(),
         dropped: Default::default(),
     };
     let entries = logs::write(&ctx, &[log_dir.clone(), fx.path().join("no-such-dir")])?;
@@ -157,6 +158,7 @@ fn a_process_that_exited_is_reported_gone_not_read() -> TestResult {
         accounts: &accounts,
         clock: &clock,
         threads: 1,
+        blocking: Default::default(),
         dropped: Default::default(),
     };
     let mut child = std::process::Command::new("true").spawn()?;
@@ -167,12 +169,18 @@ fn a_process_that_exited_is_reported_gone_not_read() -> TestResult {
 
     // The scan of a list holding it records it and carries on.
     let me = i32::try_from(std::process::id())?;
-    let scan = processes::scan(&ctx, &[me, pid]);
-    assert_eq!(scan.records.len(), 1);
-    assert_eq!(scan.records[0].pid, me);
-    assert_eq!(
-        scan.lost,
-        [format!("pid {pid} exited before it could be read")]
+    let (index, table) = processes::scan(&ctx, &[me, pid], true);
+    assert_eq!(index.records, 1);
+    assert_eq!(index.map_targets.len(), 1);
+    assert_eq!(index.map_targets[0].0, me);
+    let entry = table.expect("table asked for")?;
+    assert_eq!(entry.record_count, Some(1));
+    assert!(
+        entry
+            .errors
+            .contains(&format!("pid {pid} exited before it could be read")),
+        "{:?}",
+        entry.errors
     );
     Ok(())
 }

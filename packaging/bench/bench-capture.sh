@@ -32,9 +32,36 @@
 #                        the moment this script dies (parent-death signal), so
 #                        even a SIGKILLed run leaves nothing behind.
 #
-# Targets: agent capture within 2x of the raw baseline (median), agent peak
-# RSS under 25 MiB.
+#   BENCH_SIZES="1000 5000 20000"
+#                        run the whole benchmark once per size (BENCH_PROCS
+#                        set to each), the tables one after the other
+#   BENCH_AGENT_BIN=PATH agent binary to measure (default
+#                        target/release/ircap-agent; e.g. the static
+#                        target/x86_64-unknown-linux-musl/dist/ircap-agent,
+#                        which implies BENCH_SKIP_BUILD=1)
+#   BENCH_TARGET_RATIO   agent/raw-baseline median ratio to meet (default 2;
+#                        1.2 for the triage profile)
+#
+# Targets: agent capture within BENCH_TARGET_RATIO of the raw baseline
+# (median), agent peak RSS under 25 MiB.
+#
+# The scale benchmark of the README (triage profile against ps/ss/maps and
+# psutil at three sizes):
+#   BENCH_SIZES="1000 5000 20000" BENCH_AGENT_ARGS="--profile triage" \
+#   BENCH_TARGET_RATIO=1.2 BENCH_RUNS=3 BENCH_RSS_RUNS=1 \
+#   BENCH_AGENT_BIN=target/x86_64-unknown-linux-musl/dist/ircap-agent \
+#   bash packaging/bench/bench-capture.sh
 set -euo pipefail
+
+if [[ -n ${BENCH_SIZES:-} ]]; then
+    sizes_rc=0
+    for size in $BENCH_SIZES; do
+        [[ $size =~ ^[0-9]+$ ]] || { echo "BENCH_SIZES: '$size' is not a number" >&2; exit 1; }
+        BENCH_SIZES='' BENCH_PROCS=$size bash "${BASH_SOURCE[0]}" || sizes_rc=$?
+        echo
+    done
+    exit "$sizes_rc"
+fi
 
 BENCH_PROCS=${BENCH_PROCS:-1000}
 BENCH_RUNS=${BENCH_RUNS:-5}
@@ -49,7 +76,7 @@ BENCH_SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_SLEEP_SECS=${BENCH_SLEEP_SECS:-3600}
 
-TARGET_RATIO=2
+TARGET_RATIO=${BENCH_TARGET_RATIO:-2}
 TARGET_RSS_MIB=25
 
 # The raw baseline, verbatim.
@@ -70,7 +97,9 @@ done
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$script_dir/../.." && pwd)
 cd "$repo_root"
-agent_bin=$repo_root/target/release/ircap-agent
+agent_bin=${BENCH_AGENT_BIN:-$repo_root/target/release/ircap-agent}
+[[ $agent_bin == /* ]] || agent_bin=$repo_root/$agent_bin
+[[ -z ${BENCH_AGENT_BIN:-} ]] || BENCH_SKIP_BUILD=1
 read -r -a agent_extra <<<"$BENCH_AGENT_ARGS" || true
 
 # --- preflight -------------------------------------------------------------

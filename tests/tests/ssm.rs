@@ -16,8 +16,33 @@ use ircap_e2e::{Collector, TestResult, bin, build_dir, pki};
 const COMMAND_ID: &str = "3f2c9a8e-1b7d-4c55-9e0a-6d2f1c4b8a90";
 const INSTANCE_ID: &str = "i-0123456789abcdef0";
 
+/// The document template as it is in the repository (site constants not
+/// filled in).
 fn document() -> serde_json::Value {
     ssm::load_yaml(&ssm::ssm_dir().join("ircap-capture.yaml"))
+}
+
+/// Runs `packaging/ssm/render-document.sh` with `args`.
+fn render(args: &[&str]) -> std::process::Output {
+    Command::new("sh")
+        .arg(ssm::ssm_dir().join("render-document.sh"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The document for one site: the template with its constants filled in
+/// by `render-document.sh` (`--collector` and `--agent-sha256` included).
+fn site_document(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = render(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join("ircap-capture.site.yaml");
+    std::fs::write(&path, &out.stdout).unwrap();
+    ssm::load_yaml(&path)
 }
 
 /// The workspace's agent binary copied to `dir/ircap-agent`.
@@ -27,10 +52,46 @@ fn installed_agent(dir: &Path) -> PathBuf {
     path
 }
 
-/// Runs the document with `params` as command [`COMMAND_ID`].
-fn run(root: &Path, params: &[(&str, &str)], env: &[(&str, &str)]) -> Invocation {
-    let step: ShellStep = ssm::shell_step(&document(), params).unwrap();
+/// Runs `doc` with `params` as command [`COMMAND_ID`].
+fn run(
+    doc: &serde_json::Value,
+    root: &Path,
+    params: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> Invocation {
+    let step: ShellStep = ssm::shell_step(doc, params).unwrap();
     ssm::run_like_ssm_agent(root, INSTANCE_ID, COMMAND_ID, &step, env)
+}
+
+/// Runs `doc` with `params` and the scratch directory `scratch`: the
+/// document only allows `/run` and `/dev/shm`, so this test's copy also
+/// allows `scratch`, where what the run leaves behind can be checked
+/// without other tests' runs in the way.
+fn run_in(
+    doc: &serde_json::Value,
+    root: &Path,
+    params: &[(&str, &str)],
+    scratch: &Path,
+) -> Invocation {
+    run_in_env(doc, root, params, scratch, &[])
+}
+
+fn run_in_env(
+    doc: &serde_json::Value,
+    root: &Path,
+    params: &[(&str, &str)],
+    scratch: &Path,
+    env: &[(&str, &str)],
+) -> Invocation {
+    let mut doc = doc.clone();
+    let scratch = scratch.to_string_lossy().into_owned();
+    doc["parameters"]["scratchDirectory"]["allowedValues"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::Value::String(scratch.clone()));
+    let mut params = params.to_vec();
+    params.push(("scratchDirectory", &scratch));
+    run(&doc, root, &params, env)
 }
 
 /// Scratch directories the document left behind.
@@ -67,21 +128,11 @@ fn ssm_json_document_is_the_yaml_document() -> TestResult {
 #[test]
 fn ssm_parameters_are_checked_like_send_command() {
     let doc = document();
-    let sha = "0".repeat(64);
-    let ok = [
-        ("collector", "https://collector.internal:7443"),
-        ("agentSha256", sha.as_str()),
-    ];
-    if let Err(e) = ssm::shell_step(&doc, &ok) {
+    if let Err(e) = ssm::shell_step(&doc, &[]) {
         panic!("{e}");
     }
-    // Required parameters.
-    let err = ssm::resolve_parameters(&doc, &[("agentSha256", sha.as_str())]).unwrap_err();
-    assert!(err.contains("collector"), "{err}");
     // Anything that could break out of the script's single quotes is refused.
     for (name, bad) in [
-        ("collector", "https://x';touch /tmp/pwned;'"),
-        ("collector", "http://collector.internal:7443"),
         ("skipArtifacts", "logs; reboot"),
         ("skipArtifacts", "$(reboot)"),
         ("skipArtifacts", "logs,system"),
@@ -89,26 +140,101 @@ fn ssm_parameters_are_checked_like_send_command() {
         ("memoryRegions", "pid=1"),
         ("profile", "everything"),
         ("instanceMetadata", "maybe"),
-        // No free-form options any more: nothing names a directory, a
-        // spool, an endpoint or the full environment.
-        ("extraArgs", "--logs-dir /etc/ircap"),
-        ("agentPath", "/usr/bin/ircap agent"),
-        ("agentUrl", "s3://bucket/key'x"),
-        ("agentSha256", "ABC"),
+        ("mode", "shell"),
+        ("scratchDirectory", "/etc"),
+        ("scratchDirectory", "/var/lib/x"),
         ("logsSince", "7d`id`"),
-        ("certificateSource", "vault"),
         ("executionTimeout", "0"),
         ("executionTimeout", "28801"),
+        // No free-form options: nothing names a directory, a spool, an
+        // endpoint or the full environment.
+        ("extraArgs", "--logs-dir /etc/ircap"),
+        // Site constants are not parameters: no caller picks the
+        // collector, the CA, the certificates or the binary that runs.
+        ("collector", "https://attacker.example:443"),
+        ("caCertificate", "/tmp/ca.pem"),
+        ("certificateSource", "parameterstore"),
+        ("agentCertificate", "/tmp/a.pem"),
+        ("agentKey", "/tmp/a.key"),
+        (
+            "agentSha256",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        ("agentPath", "/tmp/evil"),
+        ("agentUrl", "https://attacker.example/agent"),
         ("nonsense", "1"),
     ] {
-        let mut params = ok.to_vec();
-        params.retain(|(n, _)| *n != name);
-        params.push((name, bad));
         assert!(
-            ssm::resolve_parameters(&doc, &params).is_err(),
+            ssm::resolve_parameters(&doc, &[(name, bad)]).is_err(),
             "{name}={bad:?} was accepted"
         );
     }
+    // Every parameter is enumerated or a short pattern of safe characters.
+    for (name, spec) in doc["parameters"].as_object().unwrap() {
+        assert!(
+            spec["allowedValues"].is_array() || spec["allowedPattern"].is_string(),
+            "{name} is free-form"
+        );
+    }
+}
+
+#[test]
+fn ssm_render_script_fills_the_site_constants_and_refuses_bad_ones() -> TestResult {
+    let sha = "ab".repeat(32);
+    let ok = [
+        "--collector",
+        "https://collector.internal:7443",
+        "--agent-sha256",
+        &sha,
+    ];
+    for format in ["yaml", "json"] {
+        let mut args = ok.to_vec();
+        args.extend(["--format", format]);
+        let out = render(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        assert!(!text.contains("@IRCAP_"), "{text}");
+        assert!(
+            text.contains("COLLECTOR='https://collector.internal:7443'"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("AGENT_SHA256='{sha}'")), "{text}");
+    }
+    for (flag, bad) in [
+        ("--collector", "http://collector.internal:7443"),
+        ("--collector", "https://x';touch /tmp/pwned;'"),
+        ("--collector", "https://ok\n'; id; '"),
+        ("--agent-sha256", "ABC"),
+        ("--agent-url", "s3://bucket/key'x"),
+        ("--agent-url", "http://plain/agent"),
+        ("--agent-path", "/usr/bin/ircap agent"),
+        ("--cert-source", "vault"),
+        ("--ca", "a|b"),
+        ("--format", "xml"),
+    ] {
+        let mut args: Vec<&str> = ok.to_vec();
+        args.extend([flag, bad]);
+        let out = render(&args);
+        assert_eq!(out.status.code(), Some(2), "{flag} {bad:?} was accepted");
+        assert!(out.stdout.is_empty());
+    }
+    // Without --collector or --agent-sha256: nothing rendered.
+    assert_eq!(render(&["--collector", ok[1]]).status.code(), Some(2));
+    Ok(())
+}
+
+#[test]
+fn ssm_template_without_site_constants_runs_nothing() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let inv = run(&document(), tmp.path(), &[], &[]);
+    assert_eq!(inv.exit_code, Some(13), "{} {}", inv.stdout, inv.stderr);
+    let report: serde_json::Value = serde_json::from_str(inv.stdout.trim())?;
+    assert_eq!(report["stage"], "config");
+    Ok(())
 }
 
 #[test]
@@ -121,25 +247,35 @@ fn ssm_document_captures_to_collector_with_command_id() -> TestResult {
     std::fs::create_dir(&scratch)?;
     let sha = sha256_hex(&agent);
     let url = collector.url();
+    let (ca, cert, key) = (
+        pki.join("ca.pem"),
+        pki.join("web-1.pem"),
+        pki.join("web-1.key"),
+    );
+    let doc = site_document(
+        tmp.path(),
+        &[
+            "--collector",
+            &url,
+            "--agent-sha256",
+            &sha,
+            "--agent-path",
+            &agent.to_string_lossy(),
+            "--ca",
+            &ca.to_string_lossy(),
+            "--agent-cert",
+            &cert.to_string_lossy(),
+            "--agent-key",
+            &key.to_string_lossy(),
+        ],
+    );
     let params = [
-        ("collector", url.as_str()),
-        ("caCertificate", &*pki.join("ca.pem").to_string_lossy()),
-        (
-            "agentCertificate",
-            &*pki.join("web-1.pem").to_string_lossy(),
-        ),
-        ("agentKey", &*pki.join("web-1.key").to_string_lossy()),
-        ("agentSha256", sha.as_str()),
-        ("agentPath", &*agent.to_string_lossy()),
-        ("scratchDirectory", &*scratch.to_string_lossy()),
         ("logsSince", "1h"),
         ("skipArtifacts", "logs"),
         ("instanceMetadata", "false"),
         ("executionTimeout", "120"),
-    ]
-    .map(|(k, v)| (k, v.to_owned()));
-    let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let inv = run(tmp.path(), &params, &[]);
+    ];
+    let inv = run_in(&doc, tmp.path(), &params, &scratch);
     assert_eq!(
         inv.exit_code,
         Some(0),
@@ -187,16 +323,18 @@ fn ssm_document_refuses_an_agent_with_the_wrong_sha256() -> TestResult {
     )?;
     std::fs::set_permissions(&impostor, std::fs::Permissions::from_mode(0o755))?;
     let expected = sha256_hex(&build_dir().join("ircap-agent"));
-    let inv = run(
+    let doc = site_document(
         tmp.path(),
         &[
-            ("collector", "https://127.0.0.1:9"),
-            ("agentSha256", &expected),
-            ("agentPath", &impostor.to_string_lossy()),
-            ("scratchDirectory", &scratch.to_string_lossy()),
+            "--collector",
+            "https://127.0.0.1:9",
+            "--agent-sha256",
+            &expected,
+            "--agent-path",
+            &impostor.to_string_lossy(),
         ],
-        &[],
     );
+    let inv = run_in(&doc, tmp.path(), &[], &scratch);
     assert_eq!(inv.exit_code, Some(10), "{} {}", inv.stdout, inv.stderr);
     let report: serde_json::Value = serde_json::from_str(inv.stdout.trim())?;
     assert_eq!(report["status"], "failed");
@@ -270,47 +408,52 @@ fn ssm_document_downloads_checks_and_runs_the_agent() -> TestResult {
     let ca = pki.join("ca.pem");
     let url = collector.url();
     let not_installed = tmp.path().join("not-installed/ircap-agent");
-    let base = |agent_url: String| {
-        vec![
-            ("collector", url.clone()),
-            ("caCertificate", ca.to_string_lossy().into_owned()),
-            (
-                "agentCertificate",
-                pki.join("web-2.pem").to_string_lossy().into_owned(),
-            ),
-            (
-                "agentKey",
-                pki.join("web-2.key").to_string_lossy().into_owned(),
-            ),
-            ("agentSha256", sha.clone()),
-            ("agentPath", not_installed.to_string_lossy().into_owned()),
-            ("agentUrl", agent_url),
-            ("scratchDirectory", scratch.to_string_lossy().into_owned()),
-            ("skipArtifacts", "logs".to_owned()),
-            ("instanceMetadata", "false".to_owned()),
-        ]
+    let site = |name: &str, agent_url: String| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let doc = site_document(
+            &dir,
+            &[
+                "--collector",
+                &url,
+                "--agent-sha256",
+                &sha,
+                "--agent-path",
+                &not_installed.to_string_lossy(),
+                "--agent-url",
+                &agent_url,
+                "--ca",
+                &ca.to_string_lossy(),
+                "--agent-cert",
+                &pki.join("web-2.pem").to_string_lossy(),
+                "--agent-key",
+                &pki.join("web-2.key").to_string_lossy(),
+            ],
+        );
+        (dir, doc)
     };
+    let params = [("skipArtifacts", "logs"), ("instanceMetadata", "false")];
     // curl trusts the test CA through CURL_CA_BUNDLE.
     let env = [("CURL_CA_BUNDLE", ca.to_str().unwrap())];
 
     // A tampered download is refused and never run.
-    let p = base(format!("https://127.0.0.1:{}/tampered", server.port));
-    let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let inv = run(&tmp.path().join("a"), &p, &env);
+    let (dir, doc) = site("a", format!("https://127.0.0.1:{}/tampered", server.port));
+    let inv = run_in_env(&doc, &dir, &params, &scratch, &env);
     assert_eq!(inv.exit_code, Some(10), "{} {}", inv.stdout, inv.stderr);
     assert!(!inv.stdout.contains("tampered\n"), "{}", inv.stdout);
     assert!(inv.stderr.contains("not run"), "{}", inv.stderr);
 
     // A download that fails is reported as such.
-    let p = base(format!("https://127.0.0.1:{}/missing", server.port));
-    let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let inv = run(&tmp.path().join("b"), &p, &env);
+    let (dir, doc) = site("b", format!("https://127.0.0.1:{}/missing", server.port));
+    let inv = run_in_env(&doc, &dir, &params, &scratch, &env);
     assert_eq!(inv.exit_code, Some(11), "{} {}", inv.stdout, inv.stderr);
 
     // The genuine download runs, from the scratch directory, and is gone after.
-    let p = base(format!("https://127.0.0.1:{}/ircap-agent", server.port));
-    let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let inv = run(&tmp.path().join("c"), &p, &env);
+    let (dir, doc) = site(
+        "c",
+        format!("https://127.0.0.1:{}/ircap-agent", server.port),
+    );
+    let inv = run_in_env(&doc, &dir, &params, &scratch, &env);
     assert_eq!(inv.exit_code, Some(0), "{} {}", inv.stdout, inv.stderr);
     let summary: serde_json::Value = serde_json::from_str(&inv.stdout)?;
     let stored = collector.capture_dir("web-2", summary["capture_id"].as_str().unwrap());
@@ -322,5 +465,39 @@ fn ssm_document_downloads_checks_and_runs_the_agent() -> TestResult {
         "the download was written outside scratch"
     );
     assert!(leftovers(&scratch).is_empty(), "{:?}", leftovers(&scratch));
+    Ok(())
+}
+
+#[test]
+fn ssm_preflight_mode_runs_the_agent_preflight_and_sends_nothing() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let agent = installed_agent(tmp.path());
+    let has_preflight = Command::new(&agent)
+        .args(["preflight", "--help"])
+        .output()?
+        .status
+        .success();
+    if !has_preflight {
+        eprintln!("skipped: this agent has no preflight subcommand yet");
+        return Ok(());
+    }
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch)?;
+    // A collector that does not exist: preflight must not need one.
+    let doc = site_document(
+        tmp.path(),
+        &[
+            "--collector",
+            "https://127.0.0.1:9",
+            "--agent-sha256",
+            &sha256_hex(&agent),
+            "--agent-path",
+            &agent.to_string_lossy(),
+        ],
+    );
+    let inv = run_in(&doc, tmp.path(), &[("mode", "preflight")], &scratch);
+    assert_eq!(inv.exit_code, Some(0), "{} {}", inv.stdout, inv.stderr);
+    let _: serde_json::Value = serde_json::from_str(inv.stdout.trim())?;
+    assert!(leftovers(&scratch).is_empty());
     Ok(())
 }

@@ -115,6 +115,7 @@ mod tests {
             Some((Path::new("/mnt/n"), "nfs4"))
         );
         assert_eq!(m.containing(Path::new("/mnt/nx")), None);
+        assert_eq!(m.at(Path::new("/mnt/n/bin")), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! for that process's namespace, so no `setns` is needed. Owners come from
 //! the single `/proc/*/fd` pass of the process scan.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -319,13 +319,13 @@ fn read_namespace(
 /// Fills in owners and user names.
 pub fn attach_owners(
     records: &mut [ConnectionRecord],
-    owners: &HashMap<u64, Vec<(i32, String)>>,
+    owners: &super::processes::ProcessIndex,
     accounts: &super::accounts::Accounts,
 ) {
     for rec in records {
-        if let Some(list) = owners.get(&rec.inode) {
-            rec.pids = list.iter().map(|(p, _)| *p).collect();
-            rec.process_names = list.iter().map(|(_, n)| n.clone()).collect();
+        for (pid, comm) in owners.socket_owners(rec.inode) {
+            rec.pids.push(pid);
+            rec.process_names.push(comm.to_owned());
         }
         rec.user = rec.uid.and_then(|u| accounts.user(u));
     }

@@ -35,6 +35,13 @@ pub enum ReadError {
         /// The path.
         path: String,
     },
+    /// A file the agent names itself (not listed by a walk) that is not a
+    /// regular file: a FIFO, device or symlink put in its place.
+    #[error("{path}: not a regular file (a FIFO, device or symlink in its place); not read")]
+    NotRegular {
+        /// The path.
+        path: String,
+    },
     /// One of the agent's own secrets.
     #[error("{path}: {}", crate::protected::Protected::REASON)]
     Protected {
@@ -137,13 +144,39 @@ pub fn open_listed(
     Ok(file)
 }
 
-/// Reads at most `max` bytes of `path`; the flag is true when the file had
-/// more.
+/// The careful open of a host file the agent names itself (`/etc/passwd`,
+/// `/var/log/wtmp`, `/proc/PID/status`, ...): `O_NONBLOCK`, so a FIFO or a
+/// device put in its place cannot block the open, the last component not
+/// followed when it is a symlink (unless `follow`: `/proc/PID/exe` is the
+/// kernel's link to the executable), and only a regular file is returned.
+///
+/// # Errors
+/// [`ReadError::NotRegular`], or the classified open error.
+pub fn open_regular(path: &Path, follow: bool) -> Result<File, ReadError> {
+    let flags = libc::O_NONBLOCK | if follow { 0 } else { libc::O_NOFOLLOW };
+    let file = open_noatime_with(path, flags).map_err(|e| match e.raw_os_error() {
+        // O_NOFOLLOW on a symlink.
+        Some(libc::ELOOP) => ReadError::NotRegular {
+            path: path.display().to_string(),
+        },
+        _ => ReadError::from_io(path, e),
+    })?;
+    let md = file.metadata().map_err(|e| ReadError::from_io(path, e))?;
+    if !md.is_file() {
+        return Err(ReadError::NotRegular {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(file)
+}
+
+/// Reads at most `max` bytes of `path` (opened with [`open_regular`]); the
+/// flag is true when the file had more.
 ///
 /// # Errors
 /// [`ReadError`] when it cannot be opened or read.
 pub fn read_bounded(path: &Path, max: u64) -> Result<(Vec<u8>, bool), ReadError> {
-    let file = open_noatime(path)?;
+    let file = open_regular(path, false)?;
     let mut buf = Vec::new();
     file.take(max + 1)
         .read_to_end(&mut buf)
@@ -215,5 +248,27 @@ mod tests {
         protected.add(&ok);
         let err = open_listed(&ok, md.dev(), md.ino(), &protected).unwrap_err();
         assert!(matches!(err, ReadError::Protected { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_named_file_that_is_a_fifo_or_symlink_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let wtmp = dir.path().join("wtmp");
+        nix::unistd::mkfifo(&wtmp, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let t0 = Instant::now();
+        let err = read_bounded(&wtmp, 1 << 20).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert!(matches!(err, ReadError::NotRegular { .. }), "{err}");
+        let real = dir.path().join("passwd");
+        std::fs::write(&real, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = read_bounded(&link, 1 << 20).unwrap_err();
+        assert!(matches!(err, ReadError::NotRegular { .. }), "{err}");
+        assert!(open_regular(&link, true).is_ok());
+        assert_eq!(read_small(&real).unwrap(), b"root:x:0:0::/root:/bin/sh\n");
+        // Through a directory: not a regular file either.
+        let err = read_bounded(dir.path(), 10).unwrap_err();
+        assert!(matches!(err, ReadError::NotRegular { .. }), "{err}");
     }
 }

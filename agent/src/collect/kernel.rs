@@ -764,6 +764,7 @@ mod tests {
             accounts: &accounts,
             clock: &clock,
             threads: 1,
+            blocking: Default::default(),
             dropped: Default::default(),
         };
         let entries = write(&ctx)?;

@@ -310,7 +310,7 @@ fn copy(
     name: &str,
     mut inspect: impl FnMut(&[u8]),
 ) -> Result<Result<(ArtifactEntry, u64), String>, SinkError> {
-    let file = match fsread::open_noatime(path) {
+    let file = match fsread::open_regular(path, false) {
         Ok(f) => f,
         Err(e) => return Ok(Err(e.to_string())),
     };

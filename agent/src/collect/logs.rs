@@ -235,8 +235,7 @@ pub fn write(
     roots: &[PathBuf],
 ) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
     let mut walk_errors = Vec::new();
-    let blocking = BlockingMounts::read(&ctx.roots.proc);
-    let mut candidates = list_candidates(roots, &blocking, &mut walk_errors);
+    let mut candidates = list_candidates(roots, &ctx.blocking, &mut walk_errors);
     candidates.sort_by(|a, b| a.path.cmp(&b.path));
     let kinds: Vec<Option<&'static str>> = candidates
         .iter()

@@ -172,7 +172,7 @@ pub fn stream_maps_at<E>(
     if super::own_task::is_agent(proc_root, pid) {
         return Ok(Ok(vec![format!("pid {pid}: the agent itself, not read")]));
     }
-    let file = fsread::open_noatime(&path)?;
+    let file = fsread::open_regular(&path, false)?;
     let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
     let mut line = Vec::with_capacity(512);
     let mut errors = Vec::new();

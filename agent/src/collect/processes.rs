@@ -6,14 +6,15 @@
 //! capture. Executables are hashed once per distinct (device, inode).
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use procfs::FromRead;
 use serde::Serialize;
 
+use super::Context;
 use super::fsread::{self, ReadError};
-use super::{Context, parallel_map};
 use crate::artifact::JsonlWriter;
 use crate::host_text::{HostText, text_list};
 use crate::sink::SinkError;
@@ -456,7 +457,16 @@ pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadEr
             let t = HostText::new(&raw);
             rec.exe = Some(t.text);
             rec.exe_b64 = t.b64;
-            match std::fs::metadata(&exe_link) {
+            let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(raw.clone()));
+            let on_blocking = ctx.blocking.containing(&path).map(|(_, t)| t);
+            match on_blocking.map_or_else(
+                || std::fs::metadata(&exe_link),
+                |fs| {
+                    Err(std::io::Error::other(format!(
+                        "on a {fs} mount, not read (it can block)"
+                    )))
+                },
+            ) {
                 Ok(md) => {
                     rec.exe_deleted = md.nlink() == 0;
                     rec.exe_size = Some(md.len());
@@ -571,141 +581,226 @@ pub fn list_pids(proc_root: &Path) -> Result<Vec<i32>, ReadError> {
     Ok(pids)
 }
 
-/// The result of scanning every process.
-pub struct ProcessScan {
-    /// Records, by pid.
-    pub records: Vec<ProcessRecord>,
-    /// Processes that vanished (or could not be read at all).
-    pub lost: Vec<String>,
-}
-
-impl ProcessScan {
+/// What the rest of the capture needs from the process pass: compact
+/// joins, not the records (those are written as they are read), so memory
+/// does not grow with the records' size.
+#[derive(Debug, Default)]
+pub struct ProcessIndex {
     /// (pid, comm) of every user-space process, for the memory maps pass.
-    #[must_use]
-    pub fn map_targets(&self) -> Vec<(i32, String)> {
-        self.records
-            .iter()
-            .filter(|p| !p.kernel_thread)
-            .map(|p| (p.pid, p.comm.clone()))
-            .collect()
-    }
-
-    /// socket inode -> owning (pid, comm), from every process's open files.
-    #[must_use]
-    pub fn socket_owners(&self) -> HashMap<u64, Vec<(i32, String)>> {
-        let mut owners: HashMap<u64, Vec<(i32, String)>> = HashMap::new();
-        for rec in &self.records {
-            for f in &rec.open_files {
-                if let Some(inode) = f.socket_inode {
-                    let list = owners.entry(inode).or_default();
-                    if !list.iter().any(|(p, _)| *p == rec.pid) {
-                        list.push((rec.pid, rec.comm.clone()));
-                    }
-                }
-            }
-        }
-        owners
-    }
+    pub map_targets: Vec<(i32, String)>,
+    /// socket inode -> pids holding it open.
+    sockets: HashMap<u64, Vec<i32>>,
+    /// comm of each pid that holds a socket.
+    socket_comms: HashMap<i32, String>,
+    /// Processes read.
+    pub records: u64,
 }
 
-/// Reads every process in parallel, then hashes each distinct executable
-/// once.
-#[must_use]
-pub fn scan(ctx: &Context<'_>, pids: &[i32]) -> ProcessScan {
-    let results = parallel_map(pids, ctx.threads, |&pid| read_process(ctx, pid));
-    let mut records = Vec::with_capacity(results.len());
-    let mut lost = Vec::new();
-    for (pid, result) in pids.iter().zip(results) {
-        match result {
-            Ok(rec) => records.push(rec),
-            Err(e) if e.is_gone() => lost.push(format!("pid {pid} exited before it could be read")),
-            Err(e) => lost.push(format!("pid {pid}: {e}")),
-        }
+impl ProcessIndex {
+    /// The (pid, comm) of every process holding socket `inode`.
+    pub fn socket_owners(&self, inode: u64) -> impl Iterator<Item = (i32, &str)> {
+        self.sockets
+            .get(&inode)
+            .into_iter()
+            .flatten()
+            .map(|pid| (*pid, self.socket_comms.get(pid).map_or("", String::as_str)))
     }
-    hash_executables(ctx, &mut records);
-    ProcessScan { records, lost }
-}
 
-/// Hashes each distinct executable once, through `/proc/PID/exe` (which
-/// reaches deleted binaries), and fills in every record that runs it.
-fn hash_executables(ctx: &Context<'_>, records: &mut [ProcessRecord]) {
-    let mut by_file: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
-    for (i, rec) in records.iter().enumerate() {
-        if let (Some(dev), Some(ino)) = (rec.exe_device, rec.exe_inode) {
-            by_file.entry((dev, ino)).or_default().push(i);
+    fn add(&mut self, pid: i32, comm: &str, kernel_thread: bool, sockets: &[u64]) {
+        self.records += 1;
+        if !kernel_thread {
+            self.map_targets.push((pid, comm.to_owned()));
         }
-    }
-    let jobs: Vec<Vec<(i32, PathBuf)>> = by_file
-        .values()
-        .map(|idx| {
-            idx.iter()
-                .filter_map(|&i| records.get(i))
-                .map(|r| (r.pid, ctx.roots.proc.join(r.pid.to_string()).join("exe")))
-                .collect()
-        })
-        .collect();
-    let max = ctx.options.exe_hash_max_bytes;
-    let digests = parallel_map(&jobs, ctx.threads, |candidates| {
-        hash_first_readable(candidates, max)
-    });
-    for (indices, digest) in by_file.values().zip(digests) {
-        for &i in indices {
-            if let Some(rec) = records.get_mut(i) {
-                match &digest {
-                    Ok(sha) => rec.exe_sha256 = Some(sha.clone()),
-                    Err(e) => rec.errors.push(format!("exe hash: {e}")),
-                }
+        for inode in sockets {
+            let list = self.sockets.entry(*inode).or_default();
+            if !list.contains(&pid) {
+                list.push(pid);
             }
+        }
+        if !sockets.is_empty() {
+            self.socket_comms.insert(pid, comm.to_owned());
         }
     }
 }
 
-/// Tries each process running the same file until one can be read.
-fn hash_first_readable(candidates: &[(i32, PathBuf)], max: u64) -> Result<String, String> {
-    let mut last = String::from("no process left to read it through");
-    for (_, path) in candidates {
-        let file = match fsread::open_noatime(path) {
-            Ok(f) => f,
-            Err(e) => {
-                last = e.to_string();
-                continue;
-            }
-        };
-        if let Ok(md) = file.metadata()
-            && md.len() > max
-        {
-            return Err(format!(
+/// One process as a worker hands it to the writer: its serialised line and
+/// what the index keeps.
+struct Scanned {
+    line: Vec<u8>,
+    pid: i32,
+    comm: String,
+    kernel_thread: bool,
+    sockets: Vec<u64>,
+    errors: Vec<String>,
+}
+
+impl Scanned {
+    fn bytes(&self) -> u64 {
+        (self.line.len()
+            + self.comm.len()
+            + self.sockets.len() * 8
+            + self.errors.iter().map(String::len).sum::<usize>()) as u64
+    }
+}
+
+/// Serialised process records held at once between the workers and the
+/// writer (plus one being read per worker).
+const SCAN_BYTES: u64 = 4 << 20;
+
+/// Digests of executables already hashed, by (device, inode): each
+/// distinct file is read once per capture.
+#[derive(Default)]
+struct ExeHashes(std::sync::Mutex<HashMap<(u64, u64), Result<String, String>>>);
+
+impl ExeHashes {
+    fn get(&self, key: (u64, u64)) -> Option<Result<String, String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned()
+    }
+
+    /// The digest of the file behind `path` (`/proc/PID/exe`, which
+    /// reaches deleted binaries). A file over the limit is remembered as
+    /// such; a process that could not be read through is not, so the next
+    /// process running the same file is tried.
+    fn hash(&self, key: (u64, u64), path: &Path, max: u64) -> Result<String, String> {
+        if let Some(known) = self.get(key) {
+            return known;
+        }
+        let (result, lasting) = hash_file(path, max);
+        if result.is_ok() || lasting {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key, result.clone());
+        }
+        result
+    }
+}
+
+/// Hashes one executable; the flag says whether a failure would be the
+/// same through any other process (the file is too big).
+fn hash_file(path: &Path, max: u64) -> (Result<String, String>, bool) {
+    let file = match fsread::open_regular(path, true) {
+        Ok(f) => f,
+        Err(e) => return (Err(e.to_string()), false),
+    };
+    if let Ok(md) = file.metadata()
+        && md.len() > max
+    {
+        return (
+            Err(format!(
                 "{} bytes is above the {max}-byte hashing limit",
                 md.len()
-            ));
-        }
-        match ircap_proto::hashing::hash_reader(std::io::BufReader::with_capacity(1 << 18, file)) {
-            Ok(d) => return Ok(d.sha256),
-            Err(e) => last = ReadError::from_io(path, e).to_string(),
-        }
+            )),
+            true,
+        );
     }
-    Err(last)
+    match ircap_proto::hashing::hash_reader(std::io::BufReader::with_capacity(1 << 18, file)) {
+        Ok(d) => (Ok(d.sha256), true),
+        Err(e) => (Err(ReadError::from_io(path, e).to_string()), false),
+    }
 }
 
-/// Writes `processes.jsonl.gz`.
-///
-/// # Errors
-/// [`SinkError`] when the table cannot be stored.
-pub fn write(
+/// Reads, hashes and (when `serialise`) encodes one process.
+fn scan_one(
     ctx: &Context<'_>,
-    scan: &ProcessScan,
-) -> Result<ircap_proto::ArtifactEntry, SinkError> {
-    let mut table = JsonlWriter::open(ctx.sink, "processes", "processes")?;
-    for lost in &scan.lost {
-        table.error(lost.clone());
-    }
-    for rec in &scan.records {
-        for e in &rec.errors {
-            table.error(format!("pid {}: {e}", rec.pid));
+    hashes: &ExeHashes,
+    pid: i32,
+    serialise: bool,
+) -> Result<Scanned, String> {
+    let mut rec = match read_process(ctx, pid) {
+        Ok(rec) => rec,
+        Err(e) if e.is_gone() => return Err(format!("pid {pid} exited before it could be read")),
+        Err(e) => return Err(format!("pid {pid}: {e}")),
+    };
+    if let (Some(dev), Some(ino)) = (rec.exe_device, rec.exe_inode) {
+        let path = ctx.roots.proc.join(pid.to_string()).join("exe");
+        match hashes.hash((dev, ino), &path, ctx.options.exe_hash_max_bytes) {
+            Ok(sha) => rec.exe_sha256 = Some(sha),
+            Err(e) => rec.errors.push(format!("exe hash: {e}")),
         }
-        table.write(rec)?;
     }
-    table.finish()
+    let mut line = Vec::new();
+    if serialise {
+        match serde_json::to_writer(&mut line, &rec) {
+            Ok(()) => line.push(b'\n'),
+            Err(e) => {
+                line.clear();
+                rec.errors.push(format!("record not encodable: {e}"));
+            }
+        }
+    }
+    Ok(Scanned {
+        line,
+        pid,
+        comm: rec.comm,
+        kernel_thread: rec.kernel_thread,
+        sockets: rec
+            .open_files
+            .iter()
+            .filter_map(|f| f.socket_inode)
+            .collect(),
+        errors: rec.errors,
+    })
+}
+
+/// Reads every process, in parallel but bounded by bytes, writing each
+/// record to `processes.jsonl.gz` as it is read when `write` is set (in
+/// pid order; each distinct executable hashed once). Returns the compact
+/// index the socket owners and the memory maps need, and the table's
+/// outcome when it was written: a table that could not be stored does not
+/// stop the pass, whose index the other tables still need.
+#[must_use]
+pub fn scan(
+    ctx: &Context<'_>,
+    pids: &[i32],
+    write: bool,
+) -> (
+    ProcessIndex,
+    Option<Result<ircap_proto::ArtifactEntry, SinkError>>,
+) {
+    let hashes = ExeHashes::default();
+    let mut index = ProcessIndex::default();
+    let mut table = write.then(|| JsonlWriter::open(ctx.sink, "processes", "processes"));
+    let _ = super::bounded_ordered(
+        pids,
+        ctx.threads,
+        SCAN_BYTES,
+        |&pid| scan_one(ctx, &hashes, pid, write),
+        |r| r.as_ref().map_or(0, Scanned::bytes),
+        |_, item| {
+            let scanned = match item {
+                Ok(s) => s,
+                Err(lost) => {
+                    if let Some(Ok(t)) = &mut table {
+                        t.error(lost);
+                    }
+                    return Ok::<(), std::convert::Infallible>(());
+                }
+            };
+            index.add(
+                scanned.pid,
+                &scanned.comm,
+                scanned.kernel_thread,
+                &scanned.sockets,
+            );
+            if let Some(Ok(t)) = &mut table {
+                for e in &scanned.errors {
+                    t.error(format!("pid {}: {e}", scanned.pid));
+                }
+                if !scanned.line.is_empty()
+                    && let Err(e) = t.write_lines(&scanned.line, 1)
+                {
+                    table = Some(Err(e));
+                }
+            }
+            Ok(())
+        },
+    );
+    (index, table.map(|t| t.and_then(JsonlWriter::finish)))
 }
 
 #[cfg(test)]

@@ -292,7 +292,7 @@ fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Opens a host file; `Ok(None)` when it does not exist.
 fn open_optional(path: &Path) -> Result<Option<File>, String> {
-    match fsread::open_noatime(path) {
+    match fsread::open_regular(path, false) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.is_gone() => {
             tracing::debug!(path = %path.display(), "Absent, skipped");
@@ -845,6 +845,7 @@ mod tests {
             accounts: &Accounts::default(),
             clock: &clock,
             threads: 1,
+            blocking: Default::default(),
             dropped: Default::default(),
         };
         let entries = write(&ctx)?;

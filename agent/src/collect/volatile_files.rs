@@ -559,7 +559,7 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkE
     let mut table = JsonlWriter::open(ctx.sink, "volatile_files", "volatile_files")?;
     let limits = Limits {
         protected: ctx.options.protected.clone(),
-        blocking: BlockingMounts::read(&ctx.roots.proc),
+        blocking: ctx.blocking.clone(),
         ..Limits::default()
     };
     collect_dirs(

@@ -113,7 +113,7 @@ pub fn write(
 /// The process name for index rows (empty when it is gone).
 fn comm(ctx: &Context<'_>, pid: i32) -> String {
     let path = ctx.roots.proc.join(pid.to_string()).join("comm");
-    std::fs::read(path)
+    super::fsread::read_small(&path)
         .map(|b| String::from_utf8_lossy(&b).trim_end().to_owned())
         .unwrap_or_default()
 }
