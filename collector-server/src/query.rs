@@ -160,7 +160,7 @@ impl CaptureQuery for QueryService {
             .read_manifest(&state)
             .await
             .map_err(store_status)?;
-        let findings_jsonl = crate::triage::at_commit::stored(&*self.store, &state.capture_id)
+        let findings_jsonl = crate::triage::at_commit::stored(&self.store, &state.capture_id)
             .await
             .unwrap_or_default();
         Ok(Response::new(GetManifestResponse {

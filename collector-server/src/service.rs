@@ -782,7 +782,7 @@ impl CaptureUpload for UploadService {
             &who.name,
             receipt["committed_at"].as_str().unwrap_or_default(),
         );
-        index.findings = crate::triage::at_commit::triage(&*self.store, &state, &manifest).await;
+        index.findings = crate::triage::at_commit::triage(&self.store, &state, &manifest).await;
         let outcome = self
             .store
             .commit(&state, &bytes, &index)
