@@ -20,7 +20,7 @@ pub enum UnitError {
     )]
     Size(String),
     /// Not a duration.
-    #[error("{0:?} is not a duration like 90s, 30m, 2h, 7d, 2w")]
+    #[error("{0:?} is not a duration like 90s, 30m, 2h, 7d, 2w (a bare number is seconds)")]
     Duration(String),
     /// Neither a duration nor a time.
     #[error(
@@ -56,8 +56,7 @@ pub fn parse_size(value: &str) -> Result<u64, UnitError> {
     n.checked_mul(1u64 << shift).ok_or_else(err)
 }
 
-/// Parses `45s`, `30m`, `1h`, `7d`, `2w`. A unit is required: a bare `90`
-/// could mean seconds or minutes, so it is refused rather than guessed.
+/// Parses `45s`, `30m`, `1h`, `7d`, `2w`; a bare number is seconds.
 ///
 /// # Errors
 /// [`UnitError::Duration`] for anything else, or on overflow.
@@ -65,7 +64,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, UnitError> {
     let err = || UnitError::Duration(value.to_owned());
     let (n, unit) = number_and_unit(value).ok_or_else(err)?;
     let unit_secs: u64 = match unit {
-        "s" => 1,
+        "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
@@ -77,8 +76,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, UnitError> {
         .ok_or_else(err)
 }
 
-/// Parses a point in time: an RFC 3339 time, or a duration (`1h`, `7d`)
-/// meaning that long before `now`.
+/// Parses a point in time: an RFC 3339 time, or a duration with its unit
+/// (`1h`, `7d`) meaning that long before `now`. A bare number is refused
+/// here: seconds ago and a Unix time are both plausible readings.
 ///
 /// # Errors
 /// [`UnitError::Time`] for anything else.
@@ -89,6 +89,9 @@ pub fn parse_since(value: &str, now: SystemTime) -> Result<SystemTime, UnitError
         let secs = u64::try_from(t.unix_timestamp()).map_err(|_| err())?;
         let nanos = t.nanosecond();
         return Ok(UNIX_EPOCH + Duration::new(secs, nanos));
+    }
+    if trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err());
     }
     let back = parse_duration(trimmed).map_err(|_| err())?;
     Ok(now.checked_sub(back).unwrap_or(UNIX_EPOCH))
@@ -133,7 +136,8 @@ mod tests {
             parse_duration("2w").unwrap(),
             Duration::from_secs(1_209_600)
         );
-        for bad in ["", "90", "h", "1y", "soon", "-1h", "99999999999999999999w"] {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        for bad in ["", "h", "1y", "soon", "-1h", "99999999999999999999w"] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }
     }
