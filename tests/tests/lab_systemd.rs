@@ -43,18 +43,29 @@ fn guest() -> DebianGuest {
         g.input("ircap-collector.service"),
     )
     .unwrap();
-    let doc = load_yaml(&ssm_dir().join("ircap-capture.yaml"));
+    // The document as a site renders it: the collector, the agent's hash
+    // and path are constants in it, not parameters a caller chooses.
     let sha = sha256_hex(&static_agent());
-    let step = shell_step(
-        &doc,
-        &[
-            ("collector", "https://127.0.0.1:7443"),
-            ("agentSha256", &sha),
-            ("agentPath", "/usr/bin/ircap-agent"),
-            ("skipArtifacts", "logs"),
-        ],
-    )
-    .unwrap();
+    let rendered = std::process::Command::new("sh")
+        .arg(ssm_dir().join("render-document.sh"))
+        .args([
+            "--collector",
+            "https://127.0.0.1:7443",
+            "--agent-sha256",
+            &sha,
+        ])
+        .args(["--agent-path", "/usr/bin/ircap-agent"])
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "render-document.sh: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let site = g.input("ircap-capture.site.yaml");
+    std::fs::write(&site, &rendered.stdout).unwrap();
+    let doc = load_yaml(&site);
+    let step = shell_step(&doc, &[("skipArtifacts", "logs")]).unwrap();
     std::fs::create_dir_all(g.input("ssm")).unwrap();
     std::fs::write(g.input("ssm/_script.sh"), step.lines.join("\n") + "\n").unwrap();
     std::fs::write(g.input("ssm/step"), &step.name).unwrap();
