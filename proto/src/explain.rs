@@ -246,7 +246,11 @@ pub fn status(status: &tonic::Status, url: &str) -> String {
         Some((None, text))
             if status.message().is_empty() || status.message() == "transport error" =>
         {
-            format!("cannot reach the collector at {}: {text}", authority(url))
+            if url.is_empty() {
+                format!("cannot reach the collector: {text}")
+            } else {
+                format!("cannot reach the collector at {}: {text}", authority(url))
+            }
         }
         _ => format!(
             "the collector answered {:?}: {}",

@@ -1317,7 +1317,15 @@ async fn a_commit_cut_short_after_the_manifest_is_finished_at_start() -> TestRes
             .join(format!("{CAPTURE}.json"))
             .is_file()
     );
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+    // The repair writes the index before the state (the commit order), so
+    // the listing can show the capture a moment before the state says so.
+    let state = loop {
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+        if state["complete"] == true || Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(state["complete"], true, "{state}");
 
     let mut c = s.client("web-1").await;
