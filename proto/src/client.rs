@@ -125,8 +125,14 @@ fn client_config(s: &MtlsSettings) -> Result<rustls::ClientConfig, ClientError> 
     .map_err(|e| ClientError::Tls(crate::explain::error(&e, &s.url)))
 }
 
-/// How long [`diagnose`] waits for each step.
+/// How long [`diagnose`] waits to connect and to finish the handshake.
 const PROBE_STEP: Duration = Duration::from_secs(5);
+
+/// How long [`diagnose`] waits for the collector's verdict after the
+/// handshake: a refusal comes at once, so silence this long means the
+/// certificate was accepted (it runs on every unexplained failure, so it
+/// is kept short).
+const PROBE_VERDICT: Duration = Duration::from_secs(2);
 
 /// Finds out why connections to the collector fail when the call's own
 /// error does not say (with TLS 1.3 the collector's verdict on the client
@@ -170,7 +176,7 @@ pub async fn diagnose(s: &MtlsSettings) -> Option<crate::explain::Explained> {
         Ok(Ok(t)) => t,
     };
     let mut byte = [0u8; 1];
-    match tokio::time::timeout(PROBE_STEP, tls.read(&mut byte)).await {
+    match tokio::time::timeout(PROBE_VERDICT, tls.read(&mut byte)).await {
         Ok(Err(e)) => explained(&e),
         _ => None,
     }
