@@ -183,18 +183,24 @@ pub async fn manifest(
     client: &mut CaptureQueryClient<Channel>,
     id: &str,
 ) -> Result<(Manifest, Vec<u8>), AnalystError> {
-    let id = resolve_id(client, id).await?;
-    let bytes = client
-        .get_manifest(GetManifestRequest {
-            capture_id: id.clone(),
-        })
-        .await
-        .map_err(|s| rpc(&s))?
-        .into_inner()
-        .manifest_json;
+    let bytes = manifest_response(client, id).await?.manifest_json;
     let m = Manifest::from_slice(&bytes, "manifest from the collector")
         .map_err(|e| AnalystError::Rpc(e.to_string()))?;
     Ok((m, bytes))
+}
+
+/// `GetManifest` for the capture `id` names (a whole id or a unique
+/// prefix).
+async fn manifest_response(
+    client: &mut CaptureQueryClient<Channel>,
+    id: &str,
+) -> Result<ircap_proto::v1::GetManifestResponse, AnalystError> {
+    let capture_id = resolve_id(client, id).await?;
+    Ok(client
+        .get_manifest(GetManifestRequest { capture_id })
+        .await
+        .map_err(|s| rpc(&s))?
+        .into_inner())
 }
 
 /// The length of a whole capture id (a UUID in its text form).
@@ -258,15 +264,7 @@ pub async fn findings(
     client: &mut CaptureQueryClient<Channel>,
     id: &str,
 ) -> Result<Vec<crate::triage::Finding>, AnalystError> {
-    let id = resolve_id(client, id).await?;
-    let bytes = client
-        .get_manifest(GetManifestRequest {
-            capture_id: id.clone(),
-        })
-        .await
-        .map_err(|s| rpc(&s))?
-        .into_inner()
-        .findings_jsonl;
+    let bytes = manifest_response(client, id).await?.findings_jsonl;
     Ok(crate::triage::parse_jsonl(&bytes))
 }
 

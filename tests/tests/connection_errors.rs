@@ -8,11 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use ircap_e2e::certs::issue_agent_cert;
 use ircap_e2e::{Collector, TestResult, bin, pki};
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
-};
 use time::OffsetDateTime;
 
 fn text(b: &[u8]) -> String {
@@ -95,37 +92,6 @@ impl Setup {
     }
 }
 
-/// An agent certificate for `name` from the CA in `pki_dir`, valid only
-/// from `not_before` to `not_after` (the profile `pki init` uses).
-fn issue_agent_cert(
-    pki_dir: &Path,
-    out: &Path,
-    name: &str,
-    (not_before, not_after): (OffsetDateTime, OffsetDateTime),
-) -> TestResult {
-    let ca_pem = std::fs::read_to_string(pki_dir.join("ca.pem"))?;
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("ca.key"))?)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
-    params.distinguished_name = dn;
-    params.subject_alt_names = vec![SanType::URI(
-        format!("ircap://agent/{name}").as_str().try_into()?,
-    )];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = not_before;
-    params.not_after = not_after;
-    let cert = params.signed_by(&key, &issuer)?;
-    std::fs::write(out.join(format!("{name}.pem")), cert.pem())?;
-    std::fs::write(out.join(format!("{name}.key")), key.serialize_pem())?;
-    Ok(())
-}
-
 #[test]
 fn refused_certificates_and_keys_are_named_on_the_agent() -> TestResult {
     let s = Setup::new(&[]);
@@ -157,10 +123,8 @@ fn refused_certificates_and_keys_are_named_on_the_agent() -> TestResult {
         &s.pki,
         issued.path(),
         "old-1",
-        (
-            now - time::Duration::days(30),
-            now - time::Duration::days(1),
-        ),
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
     )?;
     let expired = agent(
         &url,

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ircap_e2e::{Collector, TestResult, bin, pki};
@@ -131,10 +131,11 @@ fn uuid_like() -> u128 {
         .as_nanos()
 }
 
-/// `ircap-collector CMD --server URL` with `who`'s certificate.
-fn analyst(url: &str, pki: &Path, who: &str, cmd: &str, args: &[&str]) -> Output {
-    bin("ircap-collector")
-        .arg(cmd)
+/// The command `ircap-collector CMD --server URL ARGS` with `who`'s
+/// certificate.
+fn analyst_command(url: &str, pki: &Path, who: &str, cmd: &str, args: &[&str]) -> Command {
+    let mut c = bin("ircap-collector");
+    c.arg(cmd)
         .args(["--server", url])
         .arg("--ca")
         .arg(pki.join("ca.pem"))
@@ -142,9 +143,13 @@ fn analyst(url: &str, pki: &Path, who: &str, cmd: &str, args: &[&str]) -> Output
         .arg(pki.join(format!("{who}.pem")))
         .arg("--key")
         .arg(pki.join(format!("{who}.key")))
-        .args(args)
-        .output()
-        .unwrap()
+        .args(args);
+    c
+}
+
+/// [`analyst_command`], run to completion.
+fn analyst(url: &str, pki: &Path, who: &str, cmd: &str, args: &[&str]) -> Output {
+    analyst_command(url, pki, who, cmd, args).output().unwrap()
 }
 
 fn json_lines(out: &Output) -> Vec<Value> {
@@ -970,16 +975,7 @@ fn waiting_for_a_host_that_is_not_connected_waits_and_says_until_when() -> TestR
 
 /// `request ARGS` as alice, running in the background (stdout piped).
 fn analyst_child(url: &str, pki: &Path, args: &[&str]) -> Child {
-    bin("ircap-collector")
-        .arg("request")
-        .args(["--server", url])
-        .arg("--ca")
-        .arg(pki.join("ca.pem"))
-        .arg("--cert")
-        .arg(pki.join("alice.pem"))
-        .arg("--key")
-        .arg(pki.join("alice.key"))
-        .args(args)
+    analyst_command(url, pki, "alice", "request", args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
