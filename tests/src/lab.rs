@@ -420,7 +420,7 @@ impl Guest {
         ];
         append.extend(self.cmdline.iter().cloned());
         let t0 = Instant::now();
-        let mut child = Command::new(self.arch.qemu())
+        let child = Command::new(self.arch.qemu())
             .args(self.arch.machine())
             .args(["-smp", "1"])
             .args(["-m", &self.memory_mb.to_string()])
@@ -455,50 +455,59 @@ impl Guest {
                     self.arch.qemu()
                 )
             });
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if t0.elapsed() > self.timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                let console = std::fs::read_to_string(&console).unwrap_or_default();
-                let tail: String = console
-                    .chars()
-                    .rev()
-                    .take(3000)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                panic!(
-                    "guest did not power off within {:?}; console tail:\n{tail}\nscenario log:\n{}",
-                    self.timeout,
-                    std::fs::read_to_string(out.path().join("scenario.log")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        let elapsed = t0.elapsed();
-        let console = std::fs::read_to_string(&console).unwrap_or_default();
-        assert!(
-            status.success(),
-            "qemu exited with {status}; console:\n{console}"
-        );
-        let boot_secs = console
-            .lines()
-            .find_map(|l| l.split("IRCAP-LAB-BOOTED ").nth(1))
-            .and_then(|s| s.trim().parse().ok());
-        let rc = std::fs::read_to_string(out.path().join("rc"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        Booted {
-            out,
-            console,
-            rc,
-            boot_secs,
-            elapsed,
+        wait_for_poweroff(child, &console, out, t0, self.timeout)
+    }
+}
+
+/// Waits for a lab guest's QEMU to exit, or kills it at `timeout` (from
+/// `t0`, when it was started) and panics with the console's tail and the
+/// scenario log; then reads what the guest left: console, `rc`, boot time.
+pub(crate) fn wait_for_poweroff(
+    mut child: std::process::Child,
+    console: &Path,
+    out: tempfile::TempDir,
+    t0: Instant,
+    timeout: Duration,
+) -> Booted {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
+        if t0.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let console = std::fs::read_to_string(console).unwrap_or_default();
+            let tail = console
+                .char_indices()
+                .rev()
+                .nth(4000)
+                .map_or(console.as_str(), |(i, _)| &console[i..]);
+            panic!(
+                "guest did not power off within {timeout:?}; console tail:\n{tail}\nscenario log:\n{}",
+                std::fs::read_to_string(out.path().join("scenario.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let elapsed = t0.elapsed();
+    let console = std::fs::read_to_string(console).unwrap_or_default();
+    assert!(
+        status.success(),
+        "qemu exited with {status}; console:\n{console}"
+    );
+    let boot_secs = console
+        .lines()
+        .find_map(|l| l.split("IRCAP-LAB-BOOTED ").nth(1))
+        .and_then(|s| s.trim().parse().ok());
+    let rc = std::fs::read_to_string(out.path().join("rc"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    Booted {
+        out,
+        console,
+        rc,
+        boot_secs,
+        elapsed,
     }
 }
 

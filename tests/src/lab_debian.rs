@@ -278,7 +278,7 @@ impl DebianGuest {
         }
         let console = work.path().join("console.log");
         let t0 = Instant::now();
-        let mut child = Command::new("qemu-system-x86_64")
+        let child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg,thread=multi", "-cpu", "max,la57=off"])
             .args(["-smp", &self.cpus.to_string()])
             .args(["-m", &self.memory_mb.to_string()])
@@ -315,47 +315,7 @@ impl DebianGuest {
             .stderr(Stdio::piped())
             .spawn()
             .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if t0.elapsed() > self.timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                let console = std::fs::read_to_string(&console).unwrap_or_default();
-                let tail = console
-                    .char_indices()
-                    .rev()
-                    .nth(4000)
-                    .map_or(console.as_str(), |(i, _)| &console[i..]);
-                panic!(
-                    "guest did not power off within {:?}; console tail:\n{tail}\nscenario log:\n{}",
-                    self.timeout,
-                    std::fs::read_to_string(out.path().join("scenario.log")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        let elapsed = t0.elapsed();
-        let console = std::fs::read_to_string(&console).unwrap_or_default();
-        assert!(
-            status.success(),
-            "qemu exited with {status}; console:\n{console}"
-        );
-        let boot_secs = console
-            .lines()
-            .find_map(|l| l.split("IRCAP-LAB-BOOTED ").nth(1))
-            .and_then(|s| s.trim().parse().ok());
-        let rc = std::fs::read_to_string(out.path().join("rc"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        Booted {
-            out,
-            console,
-            rc,
-            boot_secs,
-            elapsed,
-        }
+        crate::lab::wait_for_poweroff(child, &console, out, t0, self.timeout)
     }
 }
 
