@@ -391,6 +391,61 @@ fn planted_things_are_found_pointed_at_and_diffed() -> TestResult {
     Ok(())
 }
 
+/// The page's own tags (host text is escaped, so a raw `<` opens markup the
+/// report wrote) that could make a browser fetch something: a script,
+/// stylesheet link, frame or object, or an attribute or CSS `url(` whose
+/// target is neither in-page (`#...`) nor inline (`data:`). URLs inside
+/// escaped host text (a process's command line may hold one) are text, not
+/// fetches, and are not counted.
+fn fetching_markup(page: &str) -> Vec<String> {
+    const TAGS: &[&str] = &["<script", "<link", "<iframe", "<frame", "<object", "<embed", "<base"];
+    const ATTRS: &[&str] = &["src=", "href=", "action=", "poster=", "srcset=", "background="];
+    let mut found = Vec::new();
+    let mut rest = page;
+    while let Some(open) = rest.find('<') {
+        let tag_end = rest[open..].find('>').map_or(rest.len(), |e| open + e + 1);
+        let tag = &rest[open..tag_end];
+        let lower = tag.to_ascii_lowercase();
+        let fetches = TAGS.iter().any(|t| lower.starts_with(t))
+            || ATTRS.iter().any(|a| {
+                lower.match_indices(a).any(|(at, _)| {
+                    let value = lower[at + a.len()..].trim_start_matches(['"', '\'']);
+                    !(value.starts_with('#') || value.starts_with("data:"))
+                })
+            });
+        if fetches {
+            found.push(tag.to_owned());
+        }
+        rest = &rest[tag_end..];
+    }
+    // Inline CSS in the page's own <style> blocks: any url( or @import
+    // other than data: fetches.
+    for block in page.split("<style").skip(1) {
+        let css = block.split("</style>").next().unwrap_or_default();
+        for (at, _) in css.match_indices("url(").chain(css.match_indices("@import")) {
+            let after = css[at..].trim_start_matches("url(").trim_start_matches(['"', '\'']);
+            if !after.starts_with("data:") {
+                found.push(css[at..css.len().min(at + 60)].to_owned());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn fetching_markup_is_found_and_urls_in_text_are_not() {
+    let text = "<p>curl http://evil.example/x &lt;img src=http://x&gt;</p><a href=\"#f1\">f</a>";
+    assert!(fetching_markup(text).is_empty());
+    for bad in [
+        "<img src=\"http://x/a.png\">",
+        "<link rel=stylesheet href=https://x/s.css>",
+        "<script>1</script>",
+        "<style>body{background:url(http://x/b.png)}</style>",
+    ] {
+        assert_eq!(fetching_markup(bad).len(), 1, "{bad}");
+    }
+}
+
 /// Chromium's command, headless, as root, with its own profile directory.
 fn chromium(profile: &Path) -> Command {
     let mut c = Command::new("chromium");
@@ -421,9 +476,10 @@ fn the_html_report_renders_in_chromium_with_the_finding_and_no_script() -> TestR
     ])?;
     let page = std::fs::read_to_string(&html)?;
     assert!(!page.contains("<img"), "a host name became markup");
+    let fetching = fetching_markup(&page);
     assert!(
-        !page.contains("http://") && !page.contains("https://"),
-        "the page refers to the network"
+        fetching.is_empty(),
+        "the page's markup can fetch: {fetching:#?}"
     );
 
     let profile = tempfile::tempdir()?;
