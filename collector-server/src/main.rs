@@ -348,9 +348,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
-            ExitCode::from(1)
+            ExitCode::from(refused_settings_code(&err))
         }
     }
+}
+
+/// Exit 2 for settings refused before anything was done (a `serve` setting
+/// that cannot work, `pki init` over existing files without `--force`), as
+/// the analyst commands do; 1 for everything else.
+fn refused_settings_code(err: &anyhow::Error) -> u8 {
+    let refused = matches!(
+        err.downcast_ref::<serve::ServeError>(),
+        Some(serve::ServeError::Config(_))
+    ) || matches!(
+        err.downcast_ref::<pki::PkiError>(),
+        Some(pki::PkiError::Exists { .. })
+    );
+    if refused { 2 } else { 1 }
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -882,6 +882,11 @@ fn readme_duckdb_commands() -> Vec<String> {
         .and_then(|s| s.split("```sh").nth(1))
         .and_then(|s| s.split("```").next())
         .unwrap_or_else(|| panic!("README has no \"Open a capture\" sh block"));
+    // The README installs the same DuckDB the queries are tested with.
+    assert!(
+        section.contains(&format!("pip install {DUCKDB_CLI}")),
+        "README's \"Open a capture\" block does not install {DUCKDB_CLI}"
+    );
     let mut commands = Vec::new();
     let mut rest = section;
     while let Some(at) = rest.find("duckdb -c \"") {

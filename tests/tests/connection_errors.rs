@@ -217,6 +217,16 @@ fn urls_that_cannot_work_are_refused_or_named() -> TestResult {
         "nothing listening",
     );
 
+    // No port: the default (443) is named, so the user sees which port was
+    // tried (nothing listens on loopback's 443 here).
+    let no_port = agent("https://127.0.0.1", &ca, &cert, &key);
+    assert_says(
+        &no_port,
+        1,
+        &["127.0.0.1:443", "connection refused"],
+        "https URL without a port",
+    );
+
     let dns = agent("https://no-such-host.invalid:7443", &ca, &cert, &key);
     assert_says(
         &dns,
@@ -242,5 +252,51 @@ fn urls_that_cannot_work_are_refused_or_named() -> TestResult {
     );
     let out = list(&s.collector.url(), &ca, &alice, &alice_key);
     assert_says(&out, 0, &[], "the control case: list works");
+    Ok(())
+}
+
+/// Collector settings that cannot work are refused with exit 2 before
+/// anything is created: a relative `file://` store (which would land under
+/// the working directory), and `pki init` over an existing CA without
+/// `--force`.
+#[test]
+fn collector_settings_that_cannot_work_are_refused_with_exit_2() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let p = pki(&tmp.path().join("pki"));
+    let cwd = tmp.path().join("cwd");
+    std::fs::create_dir(&cwd)?;
+    let out = bin("ircap-collector")
+        .current_dir(&cwd)
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "file://var/lib/ircap"])
+        .arg("--ca")
+        .arg(p.join("ca.pem"))
+        .arg("--cert")
+        .arg(p.join("server.pem"))
+        .arg("--key")
+        .arg(p.join("server.key"))
+        .output()?;
+    assert_says(
+        &out,
+        2,
+        &["file://var/lib/ircap", "must be absolute", "file:///var/lib/ircap"],
+        "relative file store",
+    );
+    assert!(
+        std::fs::read_dir(&cwd)?.next().is_none(),
+        "the refused store created something under the working directory"
+    );
+
+    let ca_before = std::fs::read(p.join("ca.pem"))?;
+    let again = bin("ircap-collector")
+        .args(["pki", "init", "--out"])
+        .arg(&p)
+        .args(["--agent", "web-1"])
+        .output()?;
+    assert_says(&again, 2, &["refusing to overwrite", "--force"], "pki init twice");
+    assert_eq!(
+        std::fs::read(p.join("ca.pem"))?,
+        ca_before,
+        "the refused init changed the CA"
+    );
     Ok(())
 }

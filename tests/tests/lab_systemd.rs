@@ -616,6 +616,15 @@ fn lab_systemd_host_units_deb_logins_journal_and_faults() {
     r.ok("collector_stop");
     let stopped = r.booted.text("collector-stopped.show");
     assert!(stopped.contains("Result=success"), "{stopped}");
+    // Stopped mid-upload within the unit's TimeoutStopSec (30 s), by its
+    // own shutdown rather than systemd's SIGKILL.
+    let (t0, t1) = r
+        .value("collector_stop_secs")
+        .split_once('-')
+        .expect("collector_stop_secs is START-END");
+    let stop_secs = t1.parse::<f64>().unwrap() - t0.parse::<f64>().unwrap();
+    eprintln!("collector stop during an upload: {stop_secs:.1} s");
+    assert!(stop_secs < 30.0, "collector took {stop_secs:.1} s to stop");
     assert_ne!(r.step("request_stopped"), 0);
     for c in r.captures("cap-stopped") {
         not_complete(&c, &listed);
