@@ -1320,3 +1320,157 @@ async fn hostile_host_text_is_escaped_on_the_analysts_terminal() -> TestResult {
     drop(tx);
     Ok(())
 }
+
+/// The shell commands of the README block under `heading`: continuation
+/// lines joined, comments and blank lines dropped, `[optional]` brackets
+/// kept as text (the caller decides).
+fn readme_block_commands(heading: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let block = readme
+        .split(heading)
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .unwrap_or_else(|| panic!("README has no {heading:?} sh block"));
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(line);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    commands
+}
+
+/// The README's "Run a collector" block, run as written (host names, the
+/// listening port and the store directory aside): `pki init` in a working
+/// directory, `serve` with the optional `--crl`, a host holding exactly the
+/// three files the README says it gets capturing to it, then `pki issue` and
+/// `pki revoke`, after which the revoked agent is refused.
+#[test]
+fn the_readmes_run_a_collector_block_runs_as_written() -> TestResult {
+    let commands = readme_block_commands("## Run a collector");
+    let names: Vec<String> = commands
+        .iter()
+        .map(|c| c.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ircap-collector pki init",
+            "ircap-collector serve --listen",
+            "ircap-agent capture --collector",
+            "ircap-collector pki issue",
+            "ircap-collector pki revoke",
+        ],
+        "the README block changed: update this test with it"
+    );
+    let tmp = tempfile::tempdir()?;
+    let work = tmp.path().join("collector-host");
+    let host = tmp.path().join("web-1-host");
+    let store = tmp.path().join("store");
+    std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(&host)?;
+    let path = format!(
+        "{}:{}",
+        build_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sh = |dir: &Path, command: &str| -> Command {
+        let mut c = Command::new("bash");
+        c.args(["-euo", "pipefail", "-c", command])
+            .current_dir(dir)
+            .env("PATH", &path);
+        c
+    };
+    let run = |dir: &Path, command: &str| -> Result<Output, Box<dyn Error>> {
+        let out = sh(dir, command).output()?;
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            text(&out.stderr)
+        );
+        Ok(out)
+    };
+
+    // 1. The PKI, exactly as written.
+    run(&work, &commands[0])?;
+    assert!(work.join("pki/crl.pem").exists(), "no empty CRL");
+
+    // 2. The collector: loopback and a free port instead of 0.0.0.0:7443,
+    //    a temporary store, the optional CRL taken.
+    let serve = commands[1]
+        .replace("0.0.0.0:7443", "127.0.0.1:0")
+        .replace("file:///var/lib/ircap", &format!("file://{}", store.display()))
+        .replace("[--crl pki/crl.pem]", "--crl pki/crl.pem");
+    let mut collector = Running(
+        sh(&work, &format!("exec {serve}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(collector.0.stdout.take().ok_or("no stdout")?),
+        &mut line,
+    )?;
+    let listening: serde_json::Value = serde_json::from_str(&line)?;
+    let port = listening["listening"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .ok_or("no listening address")?
+        .to_owned();
+
+    // 3. The host gets the three files the README names, and nothing else.
+    for f in ["ca.pem", "web-1.pem", "web-1.key"] {
+        std::fs::copy(work.join("pki").join(f), host.join(f))?;
+    }
+    let capture = commands[2].replace(
+        "https://collector.internal:7443",
+        &format!("https://localhost:{port}"),
+    );
+    let out = run(&host, &capture)?;
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(summary["status"], "complete", "{summary}");
+    let id = summary["capture_id"].as_str().ok_or("no capture id")?;
+    assert!(
+        store.join("captures/web-1").join(id).join("manifest.json").exists(),
+        "the capture is not in the store"
+    );
+    let mut on_host: Vec<String> = entries(&host);
+    on_host.sort();
+    assert_eq!(on_host, ["ca.pem", "web-1.key", "web-1.pem"], "the capture wrote to the host");
+
+    // 4. More identities, and revocation (the collector reloads its CRL).
+    run(&work, &commands[3])?;
+    assert!(work.join("pki/web-3.pem").exists());
+    run(&work, &commands[4])?;
+    for f in ["web-2.pem", "web-2.key"] {
+        std::fs::copy(work.join("pki").join(f), host.join(f))?;
+    }
+    let revoked = capture.replace("web-1.", "web-2.");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = sh(&host, &format!("{revoked} --upload-attempts 1")).output()?;
+        if !out.status.success() && text(&out.stderr).contains("revoked") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web-2 still accepted after pki revoke: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(collector);
+    Ok(())
+}
