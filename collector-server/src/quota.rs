@@ -8,7 +8,7 @@
 //! | captures opened in the last [`OPEN_WINDOW`] and not committed, per identity | [`MAX_OPEN_CAPTURES`] | `RESOURCE_EXHAUSTED`, retry after [`OPEN_PUSHBACK`] |
 //! | artifacts per capture | [`MAX_ARTIFACTS`] | `RESOURCE_EXHAUSTED`, no retry |
 //! | one upload stream's life | [`STREAM_DEADLINE`] | `DEADLINE_EXCEEDED` (resumable) |
-//! | a manifest | [`MAX_MANIFEST_BYTES`] (about 10,000 artifacts) | `INVALID_ARGUMENT`, naming the limit |
+//! | a manifest | [`MAX_MANIFEST_BYTES`] (holds [`MAX_ARTIFACTS`] entries with room to spare) | `INVALID_ARGUMENT`, naming the limit |
 //!
 //! The retry hint travels as the standard `grpc-retry-pushback-ms`
 //! metadata; the agent waits that long plus jitter before trying again,
@@ -34,11 +34,11 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 pub const MAX_OPEN_CAPTURES: usize = 16;
 /// How long an uncommitted capture counts against its agent.
 pub const OPEN_WINDOW: Duration = Duration::from_secs(3600);
-/// Artifacts one capture may hold.
-pub const MAX_ARTIFACTS: usize = 20_000;
-/// Largest manifest a commit may carry (under the gRPC message limit, so
-/// the refusal is this one, with its reason).
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Artifacts one capture may hold, and the largest manifest a commit may
+/// carry: one pair shared with the agent, chosen so that a capture of
+/// [`MAX_ARTIFACTS`] always has a manifest that fits (the agent stops its
+/// per-file collectors below the artifact limit and records the cut).
+pub use ircap_proto::manifest::{MAX_ARTIFACTS, MAX_MANIFEST_BYTES};
 /// Longest life of one upload stream (the agent then resumes on another).
 pub const STREAM_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 /// Retry hint when an identity has too many streams.

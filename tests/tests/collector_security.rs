@@ -1948,3 +1948,83 @@ async fn a_manifest_over_the_limit_is_refused_with_the_limit_named() -> TestResu
     timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await??;
     Ok(())
 }
+
+/// A host with more log files than a capture may hold: the agent keeps the
+/// newest up to its limit (below the collector's artifact limit), records
+/// the cut (capture partial, the count in the manifest's errors) and the
+/// capture commits and verifies, long log paths included.
+#[test]
+fn more_log_files_than_the_artifact_limit_commit_with_the_cut_recorded() -> TestResult {
+    // The agent's `collect::logs::MAX_KEPT`.
+    const KEPT: usize = ircap_proto::manifest::MAX_ARTIFACTS - 500;
+    const OVER: usize = 3;
+    let s = Setup::new()?;
+    let logs = s._tmp.path().join("logs");
+    // Long paths: three 200-character directory levels, 200-character names.
+    let deep = logs
+        .join("d".repeat(200))
+        .join("e".repeat(200))
+        .join("f".repeat(200));
+    std::fs::create_dir_all(&deep)?;
+    for i in 0..KEPT + OVER {
+        std::fs::write(
+            deep.join(format!("{i:05}-{}.log", "l".repeat(200))),
+            format!("line {i}\n"),
+        )?;
+    }
+    let started = Instant::now();
+    let out = agent_capture(
+        &s.collector.url(),
+        s.pki(),
+        "web-1",
+        &[
+            "--artifacts",
+            "logs",
+            "--logs-dir",
+            logs.to_str().ok_or("path")?,
+            "--logs-since",
+            "1d",
+        ],
+    );
+    eprintln!(
+        "{} log files captured in {:?}",
+        KEPT + OVER,
+        started.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a partial capture: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = summary["capture_id"].as_str().ok_or("no capture id")?;
+    let dir = s.collector.capture_dir("web-1", id);
+    let m = Manifest::read(&dir.join("manifest.json"))?;
+    assert_eq!(m.status, ircap_proto::manifest::CaptureStatus::Partial);
+    let kept = m
+        .artifacts
+        .iter()
+        .filter(|a| a.name.starts_with("logs/"))
+        .count();
+    assert_eq!(kept, KEPT);
+    assert!(m.artifacts.len() <= ircap_proto::manifest::MAX_ARTIFACTS);
+    let cut = m
+        .errors
+        .iter()
+        .find(|e| e.source == "logs")
+        .ok_or("the cut is not recorded")?;
+    assert!(
+        cut.message.contains(&format!("{OVER} log files left out")),
+        "{}",
+        cut.message
+    );
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    Ok(())
+}
+
