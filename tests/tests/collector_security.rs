@@ -2028,3 +2028,54 @@ fn more_log_files_than_the_artifact_limit_commit_with_the_cut_recorded() -> Test
     Ok(())
 }
 
+/// One identity may hold a bounded number of connections: every call on
+/// one more is refused with RESOURCE_EXHAUSTED and a retry hint, naming
+/// the limit; other identities are not affected, and closing one makes
+/// room.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_per_identity_are_bounded() -> TestResult {
+    use ircap_collector::quota::MAX_CONNECTIONS_PER_IDENTITY;
+    let s = Setup::new()?;
+    let mut held = Vec::new();
+    for i in 0..MAX_CONNECTIONS_PER_IDENTITY {
+        // Each client is a channel of its own: its own connection.
+        let mut c = s.client("web-1").await;
+        timed(open(&mut c, &format!("conn-{i}"))).await??;
+        held.push(c);
+    }
+    let mut extra = s.client("web-1").await;
+    let status = expect_err(
+        timed(open(&mut extra, "conn-extra")).await?,
+        "a connection past the limit",
+    )?;
+    assert_code(&status, Code::ResourceExhausted, "a connection past the limit");
+    assert!(
+        status.message().contains(&format!(
+            "{MAX_CONNECTIONS_PER_IDENTITY} connections open"
+        )),
+        "{}",
+        status.message()
+    );
+    assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+    // The ones within the limit still work; another agent is not limited.
+    timed(open(&mut held[0], "conn-0")).await??;
+    let mut other = s.client("web-2").await;
+    timed(open(&mut other, "conn-other")).await??;
+    // Closing one makes room for a new connection.
+    drop(extra);
+    held.pop();
+    let deadline = Instant::now() + CALL;
+    loop {
+        let mut again = s.client("web-1").await;
+        match timed(open(&mut again, "conn-again")).await? {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => return Err(format!("after a close: {s:?}").into()),
+        }
+    }
+    assert!(s.log().contains("per-identity limit"), "{}", s.log());
+    Ok(())
+}
+
