@@ -336,7 +336,10 @@ mod limits {
 
     #[test]
     fn artifact_limit_fits_the_manifest_limit() {
-        let m = manifest((0..MAX_ARTIFACTS).map(|i| entry(i, Vec::new())).collect(), 0);
+        let m = manifest(
+            (0..MAX_ARTIFACTS).map(|i| entry(i, Vec::new())).collect(),
+            0,
+        );
         let bytes = m.to_json().unwrap().len();
         let per_entry = bytes / MAX_ARTIFACTS;
         assert!(
@@ -354,17 +357,26 @@ mod limits {
             (0..MAX_ARTIFACTS).map(|i| entry(i, long.clone())).collect(),
             200,
         );
-        let digests: Vec<_> = m.artifacts.iter().map(|a| a.sha256_stored.clone()).collect();
+        let digests: Vec<_> = m
+            .artifacts
+            .iter()
+            .map(|a| a.sha256_stored.clone())
+            .collect();
         assert!(m.fit_to_limit().unwrap());
         assert!(m.to_json().unwrap().len() <= MAX_MANIFEST_BYTES);
         assert_eq!(m.artifacts.len(), MAX_ARTIFACTS);
         assert_eq!(m.artifacts[0].error_count, 10);
-        let after: Vec<_> = m.artifacts.iter().map(|a| a.sha256_stored.clone()).collect();
+        let after: Vec<_> = m
+            .artifacts
+            .iter()
+            .map(|a| a.sha256_stored.clone())
+            .collect();
         assert_eq!(digests, after);
 
         // A few long messages only get cut, not dropped.
         let mut m = manifest(vec![entry(0, long)], 0);
-        m.artifacts.extend((1..MAX_ARTIFACTS).map(|i| entry(i, Vec::new())));
+        m.artifacts
+            .extend((1..MAX_ARTIFACTS).map(|i| entry(i, Vec::new())));
         m.errors = vec![
             CaptureError {
                 source: "logs".into(),
@@ -374,7 +386,11 @@ mod limits {
         ];
         assert!(m.fit_to_limit().unwrap());
         assert_eq!(m.artifacts[0].errors.len(), 10);
-        assert!(m.errors[0].message.ends_with("(trimmed to fit the manifest)"));
+        assert!(
+            m.errors[0]
+                .message
+                .ends_with("(trimmed to fit the manifest)")
+        );
 
         // One that fits is left alone.
         let mut m = manifest(vec![entry(0, vec!["short".into()])], 1);

@@ -182,8 +182,8 @@ async fn one_capture(
 ) -> Result<Duration, String> {
     let t0 = Instant::now();
     let who = format!("load-{i}");
-    let mut c = CaptureUploadClient::new(channel(&url, &pki, &who)?)
-        .max_encoding_message_size(8 << 20);
+    let mut c =
+        CaptureUploadClient::new(channel(&url, &pki, &who)?).max_encoding_message_size(8 << 20);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
