@@ -449,7 +449,7 @@ fn run_inner(
     let error_count =
         artifacts.iter().map(|a| a.error_count).sum::<u64>() + capture_errors.len() as u64;
     collect::dedupe_capture_errors(&mut capture_errors, MAX_ERRORS_PER_ARTIFACT);
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
         capture_id: capture_id.to_owned(),
         started_at,
@@ -470,6 +470,14 @@ fn run_inner(
         errors: capture_errors,
         collector_receipt: None,
     };
+    // Error messages only: every artifact stays listed, or the commit
+    // would not match what was uploaded.
+    if manifest.fit_to_limit()? {
+        tracing::warn!(
+            limit = ircap_proto::manifest::MAX_MANIFEST_BYTES,
+            "Error messages in the manifest were trimmed to fit the collector's limit"
+        );
+    }
     let location = sink.commit(&manifest)?;
     Ok(Outcome {
         manifest,

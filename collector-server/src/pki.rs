@@ -56,8 +56,12 @@ pub const LEAF_VALIDITY: Duration = Duration::days(730);
 pub const CA_VALIDITY: Duration = Duration::days(3650);
 /// How far `notBefore` is set in the past, to tolerate clock skew.
 pub const BACKDATE: Duration = Duration::hours(1);
-/// Time between a CRL's `thisUpdate` and `nextUpdate`. The collector does
-/// not enforce `nextUpdate`; re-run `pki revoke` to publish changes.
+/// Time between a CRL's `thisUpdate` and `nextUpdate`. The collector
+/// enforces `nextUpdate`: it refuses to start with a CRL past it, keeps
+/// the CRL it has when a reload finds one past it, and refuses client
+/// certificates once the CRL it holds is past it (see
+/// [`crate::auth::check_crls_current`]). Re-run `pki revoke` before then,
+/// and to publish changes.
 pub const CRL_VALIDITY: Duration = Duration::days(365);
 
 /// Errors from [`init`], [`issue`] and [`revoke`].

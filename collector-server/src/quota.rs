@@ -5,10 +5,11 @@
 //! |---|---|---|
 //! | upload streams at once per identity | [`MAX_STREAMS_PER_IDENTITY`] | `RESOURCE_EXHAUSTED`, retry after [`STREAM_PUSHBACK`] |
 //! | HTTP/2 streams at once per connection | [`MAX_STREAMS_PER_CONNECTION`] | held back by HTTP/2 flow control |
+//! | connections at once per identity | [`MAX_CONNECTIONS_PER_IDENTITY`] | every call on the extra connection: `RESOURCE_EXHAUSTED`, retry (on a new connection) after [`CONNECTION_PUSHBACK`] |
 //! | captures opened in the last [`OPEN_WINDOW`] and not committed, per identity | [`MAX_OPEN_CAPTURES`] | `RESOURCE_EXHAUSTED`, retry after [`OPEN_PUSHBACK`] |
 //! | artifacts per capture | [`MAX_ARTIFACTS`] | `RESOURCE_EXHAUSTED`, no retry |
 //! | one upload stream's life | [`STREAM_DEADLINE`] | `DEADLINE_EXCEEDED` (resumable) |
-//! | a manifest | [`MAX_MANIFEST_BYTES`] (about 10,000 artifacts) | `INVALID_ARGUMENT`, naming the limit |
+//! | a manifest | [`MAX_MANIFEST_BYTES`] (holds [`MAX_ARTIFACTS`] entries with room to spare) | `INVALID_ARGUMENT`, naming the limit |
 //!
 //! The retry hint travels as the standard `grpc-retry-pushback-ms`
 //! metadata; the agent waits that long plus jitter before trying again,
@@ -21,6 +22,7 @@
 //! itself expires from the store, see [`crate::store::repair::sweep`]).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,15 +32,20 @@ use tonic::Status;
 pub const MAX_STREAMS_PER_IDENTITY: usize = 8;
 /// HTTP/2 streams one connection may have open at once.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// TLS connections one identity may hold at once (an agent needs one or
+/// two; the margin covers reconnects while a dead one times out).
+pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 8;
+/// Retry hint on a connection past [`MAX_CONNECTIONS_PER_IDENTITY`].
+pub const CONNECTION_PUSHBACK: Duration = Duration::from_secs(5);
 /// Captures one identity may have opened and not committed.
 pub const MAX_OPEN_CAPTURES: usize = 16;
 /// How long an uncommitted capture counts against its agent.
 pub const OPEN_WINDOW: Duration = Duration::from_secs(3600);
-/// Artifacts one capture may hold.
-pub const MAX_ARTIFACTS: usize = 20_000;
-/// Largest manifest a commit may carry (under the gRPC message limit, so
-/// the refusal is this one, with its reason).
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Artifacts one capture may hold, and the largest manifest a commit may
+/// carry: one pair shared with the agent, chosen so that a capture of
+/// [`MAX_ARTIFACTS`] always has a manifest that fits (the agent stops its
+/// per-file collectors below the artifact limit and records the cut).
+pub use ircap_proto::manifest::{MAX_ARTIFACTS, MAX_MANIFEST_BYTES};
 /// Longest life of one upload stream (the agent then resumes on another).
 pub const STREAM_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 /// Retry hint when an identity has too many streams.
@@ -165,11 +172,127 @@ impl Quotas {
     }
 }
 
+#[derive(Debug, Default)]
+struct ConnectionCounts {
+    /// Connections served, per identity.
+    served: HashMap<String, usize>,
+    /// Connections past the limit (remote address -> identity): every
+    /// call on them is refused until they close.
+    refused: HashMap<SocketAddr, String>,
+}
+
+/// Connections per identity, counted from the TLS handshake to the close.
+#[derive(Debug, Default, Clone)]
+pub struct Connections {
+    counts: Arc<Mutex<ConnectionCounts>>,
+}
+
+/// One connection counted against its identity until dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    counts: Arc<Mutex<ConnectionCounts>>,
+    who: String,
+    /// Set when this connection is past the limit.
+    refused: Option<SocketAddr>,
+}
+
+impl ConnectionPermit {
+    /// Whether calls on this connection are refused.
+    #[must_use]
+    pub fn refused(&self) -> bool {
+        self.refused.is_some()
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(addr) = self.refused {
+            c.refused.remove(&addr);
+        } else if let Some(n) = c.served.get_mut(&self.who) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.served.remove(&self.who);
+            }
+        }
+    }
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionCounts> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a new connection of `who` from `remote`; past
+    /// [`MAX_CONNECTIONS_PER_IDENTITY`] it is marked refused instead.
+    #[must_use]
+    pub fn admit(&self, who: &str, remote: SocketAddr) -> ConnectionPermit {
+        let mut c = self.lock();
+        let served = c.served.get(who).copied().unwrap_or(0);
+        let refused = if served >= MAX_CONNECTIONS_PER_IDENTITY {
+            c.refused.insert(remote, who.to_owned());
+            Some(remote)
+        } else {
+            *c.served.entry(who.to_owned()).or_default() += 1;
+            None
+        };
+        ConnectionPermit {
+            counts: Arc::clone(&self.counts),
+            who: who.to_owned(),
+            refused,
+        }
+    }
+
+    /// Refuses a call on a connection past the limit.
+    ///
+    /// # Errors
+    /// `RESOURCE_EXHAUSTED` with a retry hint.
+    pub fn check(&self, remote: Option<SocketAddr>) -> Result<(), Status> {
+        let c = self.lock();
+        match remote.and_then(|r| c.refused.get(&r)) {
+            None => Ok(()),
+            Some(who) => Err(exhausted(
+                format!(
+                    "{who} already has {MAX_CONNECTIONS_PER_IDENTITY} connections open to this collector; close this one and retry later"
+                ),
+                Some(CONNECTION_PUSHBACK),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn connections_are_bounded_per_identity() {
+        let c = Connections::default();
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut held: Vec<_> = (0..MAX_CONNECTIONS_PER_IDENTITY)
+            .map(|i| c.admit("a", addr(1000 + i as u16)))
+            .collect();
+        assert!(held.iter().all(|p| !p.refused()));
+        let extra = c.admit("a", addr(2000));
+        assert!(extra.refused());
+        let status = c.check(Some(addr(2000))).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().contains("connections"), "{status:?}");
+        assert_eq!(
+            status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+            "5000"
+        );
+        assert!(c.check(Some(addr(1000))).is_ok());
+        assert!(c.check(None).is_ok());
+        assert!(!c.admit("b", addr(3000)).refused(), "another identity");
+        // Closing the extra one forgets it; closing a served one makes room.
+        drop(extra);
+        assert!(c.check(Some(addr(2000))).is_ok());
+        held.pop();
+        assert!(!c.admit("a", addr(2001)).refused());
+    }
 
     #[test]
     fn streams_and_open_captures_are_bounded_per_identity() {

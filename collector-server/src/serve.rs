@@ -502,6 +502,14 @@ pub async fn serve(
         ))
     });
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let connections = crate::quota::Connections::default();
+    let refuse_over_limit = {
+        let connections = connections.clone();
+        tonic::service::InterceptorLayer::new(move |req: tonic::Request<()>| {
+            connections.check(req.remote_addr())?;
+            Ok(req)
+        })
+    };
     let accept_loop = tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -519,10 +527,12 @@ pub async fn serve(
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             ));
             let tx = tx.clone();
+            let connections = connections.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        let conn = Counted::admit(tls, &connections, peer);
+                        let _ = tx.send(Ok::<_, std::io::Error>(conn)).await;
                     }
                     Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
@@ -573,6 +583,7 @@ pub async fn serve(
         .max_concurrent_streams(Some(crate::quota::MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(refuse_over_limit)
         .add_service(health_service)
         .add_service(upload)
         .add_service(query)
@@ -600,6 +611,98 @@ pub async fn serve(
         task.abort();
     }
     result
+}
+
+/// A client's TLS connection, counted against its certificate identity
+/// while it is open ([`crate::quota::Connections`]).
+struct Counted {
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    _permit: Option<crate::quota::ConnectionPermit>,
+}
+
+impl Counted {
+    fn admit(
+        tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        connections: &crate::quota::Connections,
+        peer: SocketAddr,
+    ) -> Self {
+        // Without an identity every call is refused anyway: not counted.
+        let who = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| auth::identity_from_chain(chain).ok());
+        let permit = who.map(|who| {
+            let permit = connections.admit(&who.name, peer);
+            if permit.refused() {
+                tracing::warn!(
+                    %peer,
+                    identity = who.name,
+                    limit = crate::quota::MAX_CONNECTIONS_PER_IDENTITY,
+                    "Connection past the per-identity limit: its calls are refused"
+                );
+            }
+            permit
+        });
+        Self {
+            tls,
+            _permit: permit,
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = <tokio_rustls::server::TlsStream<tokio::net::TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tls.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is

@@ -17,6 +17,24 @@ pub const FORMAT_VERSION: u32 = 1;
 /// the full list stays in the artifact's own records.
 pub const MAX_ERRORS_PER_ARTIFACT: usize = 50;
 
+/// Largest manifest a collector accepts at commit (under its gRPC message
+/// limit of a 4 MiB chunk plus envelope, so the refusal is this one).
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// Most artifacts one capture may hold; the collector refuses more, and
+/// the agent's per-file collectors (logs) stop below it and record the
+/// cut. Chosen so that this many entries with the longest artifact name
+/// (255 bytes), largest sizes and no error messages leave more than 1 MiB
+/// of [`MAX_MANIFEST_BYTES`] free as the agent sends it (pretty JSON,
+/// measured at 857 bytes an entry, 2.6 MB in all: test
+/// `artifact_limit_fits_the_manifest_limit`); error messages share the
+/// rest and are trimmed by [`Manifest::fit_to_limit`] when they would not
+/// fit.
+pub const MAX_ARTIFACTS: usize = 3_000;
+
+/// Longest error message kept once a manifest had to be trimmed.
+const TRIMMED_MESSAGE: usize = 200;
+
 /// How an artifact's stored bytes relate to its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -219,6 +237,164 @@ impl Manifest {
     #[must_use]
     pub fn stored_bytes(&self) -> u64 {
         self.artifacts.iter().map(|a| a.size_stored).sum()
+    }
+
+    /// The manifest as written and sent at commit (pretty JSON).
+    ///
+    /// # Errors
+    /// A [`serde_json::Error`] (not expected for this type).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    /// Makes [`Self::to_json`] fit [`MAX_ARTIFACTS`]-sized captures into
+    /// [`MAX_MANIFEST_BYTES`] by trimming the kept error messages only
+    /// (never an artifact, a digest or a count: `error_count` and each
+    /// artifact's own records keep the full tally): first each message is
+    /// cut to 200 characters, then the artifacts keep none and the capture
+    /// at most [`MAX_ERRORS_PER_ARTIFACT`]. Returns whether it trimmed.
+    ///
+    /// # Errors
+    /// A [`serde_json::Error`] (not expected for this type).
+    pub fn fit_to_limit(&mut self) -> Result<bool, serde_json::Error> {
+        if self.to_json()?.len() <= MAX_MANIFEST_BYTES {
+            return Ok(false);
+        }
+        let cut = |m: &mut String| {
+            if let Some((at, _)) = m.char_indices().nth(TRIMMED_MESSAGE) {
+                m.truncate(at);
+                m.push_str("... (trimmed to fit the manifest)");
+            }
+        };
+        for a in &mut self.artifacts {
+            a.errors.iter_mut().for_each(cut);
+        }
+        for e in &mut self.errors {
+            cut(&mut e.message);
+            cut(&mut e.source);
+        }
+        if self.to_json()?.len() > MAX_MANIFEST_BYTES {
+            for a in &mut self.artifacts {
+                a.errors.clear();
+            }
+            self.errors.truncate(MAX_ERRORS_PER_ARTIFACT);
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn entry(i: usize, errors: Vec<String>) -> ArtifactEntry {
+        let mut name = format!("logs/{i:05}-");
+        name.push_str(&"x".repeat(crate::artifact_name::MAX_LEN - name.len()));
+        ArtifactEntry {
+            name,
+            kind: "logs".into(),
+            content_type: "application/octet-stream".into(),
+            encoding: Encoding::Gzip,
+            size_stored: u64::MAX,
+            size_uncompressed: u64::MAX,
+            sha256_stored: "f".repeat(64),
+            sha256_uncompressed: "f".repeat(64),
+            started_at: "2026-12-07T12:00:00.123456789Z".into(),
+            ended_at: "2026-12-07T12:00:00.123456789Z".into(),
+            record_count: Some(u64::MAX),
+            error_count: errors.len() as u64,
+            errors,
+        }
+    }
+
+    fn manifest(artifacts: Vec<ArtifactEntry>, errors: usize) -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            capture_id: "c".repeat(36),
+            started_at: String::new(),
+            ended_at: String::new(),
+            status: CaptureStatus::Partial,
+            host: HostIdentity::default(),
+            agent: AgentInfo::default(),
+            options: serde_json::json!({"logs_dirs": ["/var/log"]}),
+            ssm_command_id: None,
+            error_count: 0,
+            errors: (0..errors)
+                .map(|_| CaptureError {
+                    source: "logs".into(),
+                    message: "e".repeat(4096),
+                })
+                .collect(),
+            artifacts,
+            collector_receipt: None,
+        }
+    }
+
+    #[test]
+    fn artifact_limit_fits_the_manifest_limit() {
+        let m = manifest(
+            (0..MAX_ARTIFACTS).map(|i| entry(i, Vec::new())).collect(),
+            0,
+        );
+        let bytes = m.to_json().unwrap().len();
+        let per_entry = bytes / MAX_ARTIFACTS;
+        assert!(
+            bytes <= MAX_MANIFEST_BYTES - (1 << 20),
+            "{MAX_ARTIFACTS} entries take {bytes} bytes ({per_entry} an entry)"
+        );
+    }
+
+    #[test]
+    fn error_messages_are_trimmed_until_the_manifest_fits() {
+        // Every artifact with 10 kept errors naming a 4 KiB path (30 MB
+        // of them), and 200 long capture errors.
+        let long = vec!["/var/log/".repeat(455); 10];
+        let mut m = manifest(
+            (0..MAX_ARTIFACTS).map(|i| entry(i, long.clone())).collect(),
+            200,
+        );
+        let digests: Vec<_> = m
+            .artifacts
+            .iter()
+            .map(|a| a.sha256_stored.clone())
+            .collect();
+        assert!(m.fit_to_limit().unwrap());
+        assert!(m.to_json().unwrap().len() <= MAX_MANIFEST_BYTES);
+        assert_eq!(m.artifacts.len(), MAX_ARTIFACTS);
+        assert_eq!(m.artifacts[0].error_count, 10);
+        let after: Vec<_> = m
+            .artifacts
+            .iter()
+            .map(|a| a.sha256_stored.clone())
+            .collect();
+        assert_eq!(digests, after);
+
+        // A few long messages only get cut, not dropped.
+        let mut m = manifest(vec![entry(0, long)], 0);
+        m.artifacts
+            .extend((1..MAX_ARTIFACTS).map(|i| entry(i, Vec::new())));
+        m.errors = vec![
+            CaptureError {
+                source: "logs".into(),
+                message: "e".repeat(3 << 20),
+            };
+            1
+        ];
+        assert!(m.fit_to_limit().unwrap());
+        assert_eq!(m.artifacts[0].errors.len(), 10);
+        assert!(
+            m.errors[0]
+                .message
+                .ends_with("(trimmed to fit the manifest)")
+        );
+
+        // One that fits is left alone.
+        let mut m = manifest(vec![entry(0, vec!["short".into()])], 1);
+        assert!(!m.fit_to_limit().unwrap());
     }
 }
 

@@ -1948,3 +1948,363 @@ async fn a_manifest_over_the_limit_is_refused_with_the_limit_named() -> TestResu
     timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await??;
     Ok(())
 }
+
+/// A host with more log files than a capture may hold: the agent keeps the
+/// newest up to its limit (below the collector's artifact limit), records
+/// the cut (capture partial, the count in the manifest's errors) and the
+/// capture commits and verifies, long log paths included.
+#[test]
+fn more_log_files_than_the_artifact_limit_commit_with_the_cut_recorded() -> TestResult {
+    // The agent's `collect::logs::MAX_KEPT`.
+    const KEPT: usize = ircap_proto::manifest::MAX_ARTIFACTS - 500;
+    const OVER: usize = 3;
+    let s = Setup::new()?;
+    let logs = s._tmp.path().join("logs");
+    // Long paths: three 200-character directory levels, 200-character names.
+    let deep = logs
+        .join("d".repeat(200))
+        .join("e".repeat(200))
+        .join("f".repeat(200));
+    std::fs::create_dir_all(&deep)?;
+    for i in 0..KEPT + OVER {
+        std::fs::write(
+            deep.join(format!("{i:05}-{}.log", "l".repeat(200))),
+            format!("line {i}\n"),
+        )?;
+    }
+    let started = Instant::now();
+    let out = agent_capture(
+        &s.collector.url(),
+        s.pki(),
+        "web-1",
+        &[
+            "--artifacts",
+            "logs",
+            "--logs-dir",
+            logs.to_str().ok_or("path")?,
+            "--logs-since",
+            "1d",
+        ],
+    );
+    eprintln!(
+        "{} log files captured in {:?}",
+        KEPT + OVER,
+        started.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a partial capture: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = summary["capture_id"].as_str().ok_or("no capture id")?;
+    let dir = s.collector.capture_dir("web-1", id);
+    let m = Manifest::read(&dir.join("manifest.json"))?;
+    assert_eq!(m.status, ircap_proto::manifest::CaptureStatus::Partial);
+    let kept = m
+        .artifacts
+        .iter()
+        .filter(|a| a.name.starts_with("logs/"))
+        .count();
+    assert_eq!(kept, KEPT);
+    assert!(m.artifacts.len() <= ircap_proto::manifest::MAX_ARTIFACTS);
+    let cut = m
+        .errors
+        .iter()
+        .find(|e| e.source == "logs")
+        .ok_or("the cut is not recorded")?;
+    assert!(
+        cut.message.contains(&format!("{OVER} log files left out")),
+        "{}",
+        cut.message
+    );
+    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+    assert!(
+        verify.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    Ok(())
+}
+
+/// One identity may hold a bounded number of connections: every call on
+/// one more is refused with RESOURCE_EXHAUSTED and a retry hint, naming
+/// the limit; other identities are not affected, and closing one makes
+/// room.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_per_identity_are_bounded() -> TestResult {
+    use ircap_collector::quota::MAX_CONNECTIONS_PER_IDENTITY;
+    let s = Setup::new()?;
+    let mut held = Vec::new();
+    for i in 0..MAX_CONNECTIONS_PER_IDENTITY {
+        // Each client is a channel of its own: its own connection.
+        let mut c = s.client("web-1").await;
+        timed(open(&mut c, &format!("conn-{i}"))).await??;
+        held.push(c);
+    }
+    let mut extra = s.client("web-1").await;
+    let status = expect_err(
+        timed(open(&mut extra, "conn-extra")).await?,
+        "a connection past the limit",
+    )?;
+    assert_code(
+        &status,
+        Code::ResourceExhausted,
+        "a connection past the limit",
+    );
+    assert!(
+        status
+            .message()
+            .contains(&format!("{MAX_CONNECTIONS_PER_IDENTITY} connections open")),
+        "{}",
+        status.message()
+    );
+    assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+    // The ones within the limit still work; another agent is not limited.
+    timed(open(&mut held[0], "conn-0")).await??;
+    let mut other = s.client("web-2").await;
+    timed(open(&mut other, "conn-other")).await??;
+    // Closing one makes room for a new connection.
+    drop(extra);
+    held.pop();
+    let deadline = Instant::now() + CALL;
+    loop {
+        let mut again = s.client("web-1").await;
+        match timed(open(&mut again, "conn-again")).await? {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => return Err(format!("after a close: {s:?}").into()),
+        }
+    }
+    assert!(s.log().contains("per-identity limit"), "{}", s.log());
+    Ok(())
+}
+
+/// A file store whose file system fills up (a 2 MiB tmpfs mounted in the
+/// collector's own mount namespace): the chunk that does not fit is
+/// `UNAVAILABLE` naming the cause, nothing past the last acknowledged
+/// offset is kept or acknowledged (a new stream resumes exactly there),
+/// and the collector goes on serving what still fits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_file_store_acknowledges_nothing_it_could_not_keep() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let store = tmp.path().join("store");
+    std::fs::create_dir_all(&store)?;
+    let log = std::fs::File::create(tmp.path().join("collector.log"))?;
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        r#"mount -t tmpfs -o size=2m tmpfs "$0" && exec "$@""#,
+    ])
+    .arg(&store)
+    .arg(ircap_e2e::build_dir().join("ircap-collector"))
+    .stderr(log);
+    let url = format!("file://{}", store.display());
+    let collector = Collector::start_cmd(cmd, &url, &pki_dir, &store, 0, &[]);
+    let s = Setup {
+        _tmp: tmp,
+        collector,
+    };
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+
+    // 4 MiB in 1 MiB chunks: twice what the file system holds.
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("header").await?.durable_offset, 0);
+    let mut offset = 0u64;
+    for part in data.chunks(1 << 20) {
+        // The stream may already have failed: stop sending then.
+        if up.send(chunk(offset, part, sha256(part))).await.is_err() {
+            break;
+        }
+        offset += part.len() as u64;
+    }
+    let mut acked = 0;
+    let status = loop {
+        match up.ack().await? {
+            Ok(Some(ack)) => acked = ack.durable_offset,
+            Ok(None) => return Err("the stream ended without an error".into()),
+            Err(status) => break status,
+        }
+    };
+    assert_code(&status, Code::Unavailable, "a chunk past the free space");
+    assert!(
+        status.message().contains("No space left on device"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        acked < 2 << 20,
+        "acknowledged {acked} bytes on a 2 MiB tmpfs"
+    );
+    drop(up);
+
+    // A new stream resumes exactly at the last acknowledged offset: the
+    // part of the chunk that found room was cut off again.
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("resume").await?.durable_offset, acked);
+    drop(up);
+
+    // What fits is still taken: a small artifact of another capture.
+    timed(open(&mut c, OTHER_CAPTURE)).await??;
+    let mut up = Upload::start(&mut c, header(OTHER_CAPTURE, 0)).await??;
+    up.expect_ack("small header").await?;
+    up.send(chunk(0, b"hello", sha256(b"hello"))).await?;
+    assert_eq!(up.expect_ack("small chunk").await?.durable_offset, 5);
+    up.send(end(b"hello")).await?;
+    assert!(up.expect_ack("small end").await?.finished);
+    Ok(())
+}
+
+/// Uploads `n` small identity artifacts into `capture`; returns their
+/// manifest entries.
+async fn upload_small(
+    c: &mut CaptureUploadClient<Channel>,
+    capture: &str,
+    n: usize,
+) -> Result<Vec<ArtifactEntry>, Box<dyn Error>> {
+    let mut entries = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("a/{i:05}.bin");
+        let data = format!("artifact {i} of {capture}\n").into_bytes();
+        let msgs = vec![
+            named_header(capture, &name, 0),
+            chunk(0, &data, sha256(&data)),
+            end(&data),
+        ];
+        let mut acks = timed(c.upload_artifact(tokio_stream::iter(msgs)))
+            .await??
+            .into_inner();
+        let mut finished = false;
+        while let Some(ack) = timed(acks.message()).await?? {
+            finished |= ack.finished;
+        }
+        if !finished {
+            return Err(format!("{name} did not finish").into());
+        }
+        entries.push(ArtifactEntry {
+            name,
+            kind: "test".into(),
+            content_type: "application/octet-stream".into(),
+            encoding: Encoding::Identity,
+            size_stored: data.len() as u64,
+            size_uncompressed: data.len() as u64,
+            sha256_stored: sha256_hex(&data),
+            sha256_uncompressed: sha256_hex(&data),
+            started_at: String::new(),
+            ended_at: String::new(),
+            record_count: None,
+            error_count: 0,
+            errors: vec![],
+        });
+    }
+    Ok(entries)
+}
+
+fn manifest_of(capture: &str, artifacts: Vec<ArtifactEntry>) -> Result<Vec<u8>, Box<dyn Error>> {
+    let m = Manifest {
+        format_version: FORMAT_VERSION,
+        capture_id: capture.into(),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        ended_at: "2026-01-01T00:00:01Z".into(),
+        status: ircap_proto::manifest::CaptureStatus::default(),
+        host: HostIdentity::default(),
+        agent: AgentInfo::default(),
+        options: serde_json::Value::Null,
+        ssm_command_id: None,
+        artifacts,
+        error_count: 0,
+        errors: vec![],
+        collector_receipt: None,
+    };
+    Ok(serde_json::to_vec(&m)?)
+}
+
+/// The collector SIGKILLed while commits run (at 0 to 40 ms into each of
+/// five, so some land before, inside and after the commit's writes): after
+/// a restart every capture ends complete, listed and verifying, once the
+/// agent retries its commit (`ALREADY_EXISTS` when the restart finished
+/// it), and no capture is ever complete without its manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn collector_sigkilled_mid_commit_finishes_every_capture_after_restart() -> TestResult {
+    let mut s = Setup::new()?;
+    let store = s.collector.store.clone();
+    let pki_dir = s.pki().to_path_buf();
+    let port = s.collector.addr.port();
+    let delays_ms = [0u64, 5, 10, 20, 40];
+    for (round, delay) in delays_ms.iter().enumerate() {
+        let id = format!("01a20000-0000-7000-8000-00000000010{round}");
+        let mut c = s.client("web-1").await;
+        timed(open(&mut c, &id)).await??;
+        let entries = upload_small(&mut c, &id, 40).await?;
+        let manifest = manifest_of(&id, entries)?;
+        let request = CommitCaptureRequest {
+            capture_id: id.clone(),
+            manifest_json: manifest.clone(),
+        };
+        let commit = tokio::spawn(async move { c.commit_capture(request).await });
+        tokio::time::sleep(Duration::from_millis(*delay)).await;
+        s.collector.child.kill()?;
+        s.collector.child.wait()?;
+        let answered = commit.await?.is_ok();
+        let dir = s.collector.capture_dir("web-1", &id);
+        let state_path = store.join("state").join(format!("{id}.json"));
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+        let has_manifest = dir.join("manifest.json").is_file();
+        eprintln!(
+            "killed {delay} ms into the commit: answered {answered}, manifest {has_manifest}, index {}, complete {}",
+            store.join("index").join(format!("{id}.json")).is_file(),
+            state["complete"]
+        );
+        assert!(
+            has_manifest || state["complete"] != true,
+            "complete without a manifest"
+        );
+        if answered {
+            assert!(has_manifest, "a commit answered without its manifest");
+        }
+
+        s.collector = Collector::start(&pki_dir, &store, port);
+        let mut c = s.client("web-1").await;
+        let retried = timed(c.commit_capture(CommitCaptureRequest {
+            capture_id: id.clone(),
+            manifest_json: manifest,
+        }))
+        .await?;
+        match retried {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::AlreadyExists => {}
+            Err(status) => return Err(format!("retried commit: {status:?}").into()),
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = listed(&s).await?;
+            if found
+                .iter()
+                .any(|f| f.capture_id == id && f.status == "complete")
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{id} not listed complete: {found:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
+        assert!(
+            verify.status.success(),
+            "verify {id}: {}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+    Ok(())
+}

@@ -32,8 +32,16 @@ use crate::timefmt;
 
 /// Deepest directory level walked below a log root.
 const MAX_DEPTH: usize = 8;
-/// Most files considered (the index says when more were there).
+/// Most files considered (the index says when more were there, and the
+/// capture is partial).
 const MAX_FILES: usize = 20_000;
+/// Most log files kept, newest first: one artifact each, and a capture may
+/// hold [`ircap_proto::manifest::MAX_ARTIFACTS`]; the rest is left for
+/// every other artifact. Files past it are listed in the index as not
+/// included and the capture is partial.
+pub const MAX_KEPT: usize = ircap_proto::manifest::MAX_ARTIFACTS - 500;
+/// Why a file past [`MAX_KEPT`] was left out.
+const PAST_MAX_KEPT: &str = "artifact limit: the newest log files already fill the capture";
 
 /// A candidate log file.
 #[derive(Debug, Clone)]
@@ -119,9 +127,7 @@ fn walk(
     };
     for entry in entries.flatten() {
         if out.len() >= MAX_FILES {
-            errors.push(format!(
-                "more than {MAX_FILES} log files; the rest were not considered"
-            ));
+            errors.push(format!("{TOO_MANY}; the rest were not considered"));
             return;
         }
         let path = entry.path();
@@ -150,6 +156,9 @@ fn walk(
         }
     }
 }
+
+/// Start of the walk error saying [`MAX_FILES`] stopped the listing.
+const TOO_MANY: &str = "more than 20000 log files";
 
 /// Compression of a file by its magic bytes.
 #[must_use]
@@ -180,7 +189,8 @@ pub enum Plan {
 }
 
 /// Decides which files fit: modified since `since`, newest first, within
-/// `budget` bytes; a plain file that does not fit keeps its tail.
+/// `budget` bytes and [`MAX_KEPT`] files; a plain file that does not fit
+/// keeps its tail.
 /// `compressed(i)` says whether candidate `i` is compressed (no tail then);
 /// `protected(i)` whether it is one of the agent's own secrets (never
 /// read).
@@ -196,12 +206,15 @@ pub fn plan(
     order.sort_by_key(|&i| std::cmp::Reverse(candidates.get(i).map(|c| c.mtime)));
     let mut plans = vec![Plan::Skip("not considered"); candidates.len()];
     let mut left = budget;
+    let mut kept = 0;
     for i in order {
         let Some(c) = candidates.get(i) else { continue };
         let decision = if protected(i) {
             Plan::Skip(Protected::REASON)
         } else if c.mtime < since {
             Plan::Skip("modified before --logs-since")
+        } else if kept >= MAX_KEPT {
+            Plan::Skip(PAST_MAX_KEPT)
         } else if c.size <= left {
             left -= c.size;
             Plan::Keep { from: 0 }
@@ -212,6 +225,9 @@ pub fn plan(
         } else {
             Plan::Skip("--logs-max-bytes budget spent")
         };
+        if matches!(decision, Plan::Keep { .. }) {
+            kept += 1;
+        }
         if let Some(slot) = plans.get_mut(i) {
             *slot = decision;
         }
@@ -252,6 +268,22 @@ pub fn write(
                 .is_some_and(|c| ctx.options.protected.contains_id(c.dev, c.inode))
         },
     );
+    // Cuts by count are the capture's, not just the index's: partial.
+    let past_limit = plans
+        .iter()
+        .filter(|p| **p == Plan::Skip(PAST_MAX_KEPT))
+        .count();
+    if past_limit > 0 {
+        ctx.dropped.push(
+            "logs",
+            format!(
+                "{past_limit} log files left out: at most {MAX_KEPT} are kept, newest first (each is listed in log_files)"
+            ),
+        );
+    }
+    if let Some(e) = walk_errors.iter().find(|e| e.starts_with(TOO_MANY)) {
+        ctx.dropped.push("logs", e.clone());
+    }
     let mut index = JsonlWriter::open(ctx.sink, "log_files", "logs")?;
     for e in walk_errors {
         index.error(e);
@@ -410,6 +442,22 @@ mod tests {
         assert_eq!(p[1], Plan::Keep { from: 0 });
         assert_eq!(p[3], Plan::Skip("--logs-max-bytes budget spent"));
         assert_eq!(p[2], Plan::Keep { from: 60 });
+    }
+
+    #[test]
+    fn plan_keeps_at_most_max_kept_files_newest_first() {
+        let c: Vec<_> = (0..MAX_KEPT + 3)
+            .map(|i| cand(&format!("f{i}"), 1, 1000 + i as u64))
+            .collect();
+        let p = plan(&c, at(0), u64::MAX, |_| false, |_| false);
+        let kept = p.iter().filter(|p| **p == Plan::Keep { from: 0 }).count();
+        assert_eq!(kept, MAX_KEPT);
+        // The oldest three are the ones left out.
+        for slot in p.iter().take(3) {
+            assert_eq!(*slot, Plan::Skip(PAST_MAX_KEPT));
+        }
+        assert_eq!(p[3], Plan::Keep { from: 0 });
+        assert_eq!(TOO_MANY, format!("more than {MAX_FILES} log files"));
     }
 
     #[test]

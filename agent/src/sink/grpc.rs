@@ -38,8 +38,13 @@ pub const CHUNK: usize = 1 << 20;
 pub const WINDOW: usize = 8 * CHUNK;
 /// Deadline for unary calls and for each acknowledgement.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest gRPC message (a chunk plus its envelope).
-const MAX_MESSAGE: usize = CHUNK + (64 << 10);
+/// Largest gRPC message: a chunk, or the manifest at commit (which may be
+/// larger), plus its envelope.
+const MAX_MESSAGE: usize = max(CHUNK, ircap_proto::manifest::MAX_MANIFEST_BYTES) + (64 << 10);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
 
 /// Where and how to reach the collector.
 #[derive(Debug, Clone)]
@@ -556,7 +561,7 @@ impl CaptureSink for GrpcSink {
 
     fn commit(&self, manifest: &Manifest) -> Result<String, SinkError> {
         let inner = &self.inner;
-        let bytes = serde_json::to_vec_pretty(manifest)?;
+        let bytes = manifest.to_json()?;
         let req = CommitCaptureRequest {
             capture_id: inner.capture_id.clone(),
             manifest_json: bytes,

@@ -2,17 +2,24 @@
 //! directory. A key is the path below `DIR` (the layout is the evidence
 //! layer's, see [`super::evidence`]).
 //!
-//! Writes are atomic: a hidden temporary file unique to the write (no key
-//! segment starts with `.`), `fsync`, then `rename` over the key, or a
+//! Writes are atomic: a temporary file unique to the write, in `DIR/.tmp`
+//! (outside every capture, so a crash never leaves one among a capture's
+//! files; emptied when the store opens), made durable, then `rename` over the key, or a
 //! hard link for `put_if_absent` (which the kernel refuses when the name
-//! exists, so of two creators exactly one wins, across processes too).
+//! exists, so of two creators exactly one wins, across processes too),
+//! made durable in turn.
 //! `replace_if` compares the SHA-256 of the content read with the one
 //! expected under a lock held by this process: one collector process per
 //! directory (replicas share an S3 bucket, not a directory).
 //!
-//! A staged artifact is one file appended and `fdatasync`ed before its
-//! bytes are acknowledged; `promote` renames it to its final key and syncs
-//! that directory.
+//! A staged artifact is one file appended and made durable before its
+//! bytes are acknowledged; `promote` renames it to its final key, durable
+//! before it returns.
+//!
+//! "Durable" is a group commit ([`GroupSync`]): one `syncfs` of the
+//! store's file system, started after the write, shared by every write of
+//! every upload that arrived meanwhile. No method returns (and so nothing
+//! is acknowledged) before that sync has succeeded.
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
@@ -22,26 +29,44 @@ use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::blob::{Blob, Class, Version};
+use super::group_sync::GroupSync;
 use super::{FinishedArtifact, StoreError};
 
 /// A blob store in a local directory.
 #[derive(Debug, Clone)]
 pub struct FileBlob {
     root: PathBuf,
+    /// Where temporary files are written (same file system as `root`).
+    temp: PathBuf,
     replace_lock: Arc<tokio::sync::Mutex<()>>,
+    sync: GroupSync,
 }
 
 impl FileBlob {
-    /// Uses `root`, creating it.
+    /// Uses `root`, creating it, and removes temporary files an earlier
+    /// process left (one collector process per directory).
     ///
     /// # Errors
     /// [`StoreError::Io`] when it cannot be created.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(root)
-            .map_err(|e| StoreError::io(format!("cannot create {}", root.display()), e))?;
+        let temp = root.join(".tmp");
+        match std::fs::remove_dir_all(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("cannot clear {}", temp.display()),
+                    e,
+                ));
+            }
+        }
+        std::fs::create_dir_all(&temp)
+            .map_err(|e| StoreError::io(format!("cannot create {}", temp.display()), e))?;
         Ok(Self {
             root: root.to_path_buf(),
+            temp,
             replace_lock: Arc::default(),
+            sync: GroupSync::open(root)?,
         })
     }
 
@@ -82,27 +107,16 @@ async fn create_parent(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Syncs a directory, so that a rename or link into it is durable.
-async fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    let ctx = || format!("cannot sync directory {}", dir.display());
-    tokio::fs::File::open(dir)
-        .await
-        .map_err(|e| StoreError::io(ctx(), e))?
-        .sync_all()
-        .await
-        .map_err(|e| StoreError::io(ctx(), e))
-}
-
-/// Writes `bytes` to a hidden temporary file next to `path`, synced;
-/// returns its path.
-async fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+/// Writes `bytes` to a temporary file in `temp`, durable, and creates
+/// `path`'s directory; returns the temporary file's path.
+async fn write_temp(
+    sync: &GroupSync,
+    temp: &Path,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<PathBuf, StoreError> {
     create_parent(path).await?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.unwrap_or_default(),
-        uuid::Uuid::now_v7().simple()
-    ));
+    let tmp = temp.join(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
     let ctx = |what: &str| format!("cannot {what} {}", tmp.display());
     let mut f = tokio::fs::File::create(&tmp)
         .await
@@ -110,16 +124,26 @@ async fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
     f.write_all(bytes)
         .await
         .map_err(|e| StoreError::io(ctx("write"), e))?;
-    f.sync_all()
+    // tokio's File finishes the write in the background: wait for it.
+    f.flush()
         .await
-        .map_err(|e| StoreError::io(ctx("sync"), e))?;
+        .map_err(|e| StoreError::io(ctx("write"), e))?;
+    drop(f);
+    if let Err(e) = sync.durable().await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
     Ok(tmp)
 }
 
-/// Replaces `path` atomically (temporary file, fsync, rename, directory
-/// sync).
-async fn replace(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = write_temp(path, bytes).await?;
+/// Replaces `path` atomically (durable temporary file, rename, durable).
+async fn replace(
+    sync: &GroupSync,
+    temp: &Path,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let tmp = write_temp(sync, temp, path, bytes).await?;
     if let Err(e) = tokio::fs::rename(&tmp, path).await {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(StoreError::io(
@@ -127,7 +151,7 @@ async fn replace(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
             e,
         ));
     }
-    sync_dir(path.parent().unwrap_or(path)).await
+    sync.durable().await
 }
 
 impl Blob for FileBlob {
@@ -150,7 +174,7 @@ impl Blob for FileBlob {
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, _class: Class) -> Result<(), StoreError> {
-        replace(&self.path(key), &bytes).await
+        replace(&self.sync, &self.temp, &self.path(key), &bytes).await
     }
 
     async fn put_if_absent(
@@ -160,12 +184,12 @@ impl Blob for FileBlob {
         _class: Class,
     ) -> Result<bool, StoreError> {
         let path = self.path(key);
-        let tmp = write_temp(&path, &bytes).await?;
+        let tmp = write_temp(&self.sync, &self.temp, &path, &bytes).await?;
         let linked = tokio::fs::hard_link(&tmp, &path).await;
         let _ = tokio::fs::remove_file(&tmp).await;
         match linked {
             Ok(()) => {
-                sync_dir(path.parent().unwrap_or(&path)).await?;
+                self.sync.durable().await?;
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
@@ -186,7 +210,7 @@ impl Blob for FileBlob {
         let _held = self.replace_lock.lock().await;
         match read_opt(&path).await? {
             Some(current) if version_of(&current) == *expected => {
-                replace(&path, &bytes).await?;
+                replace(&self.sync, &self.temp, &path, &bytes).await?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -310,12 +334,25 @@ impl Blob for FileBlob {
                 given: offset,
             });
         }
-        f.write_all(data)
-            .await
-            .map_err(|e| StoreError::io(ctx("append to"), e))?;
-        f.sync_data()
-            .await
-            .map_err(|e| StoreError::io(ctx("sync"), e))?;
+        let written = async {
+            f.write_all(data)
+                .await
+                .map_err(|e| StoreError::io(ctx("append to"), e))?;
+            // tokio's File finishes the write in the background: wait.
+            f.flush()
+                .await
+                .map_err(|e| StoreError::io(ctx("append to"), e))?;
+            self.sync.durable().await
+        }
+        .await;
+        if let Err(e) = written {
+            // Part of the bytes may be in the file (a full disk): cut them
+            // off, so the length stays what was acknowledged.
+            if let Err(cut) = f.set_len(offset).await {
+                tracing::warn!(path = %path.display(), error = %cut, "Cannot cut an append that failed");
+            }
+            return Err(e);
+        }
         Ok(offset + data.len() as u64)
     }
 
@@ -377,7 +414,7 @@ impl Blob for FileBlob {
                 e,
             )
         })?;
-        sync_dir(path.parent().unwrap_or(&path)).await
+        self.sync.durable().await
     }
 }
 

@@ -33,6 +33,7 @@ pub mod any;
 pub mod blob;
 pub mod evidence;
 pub mod file;
+pub mod group_sync;
 pub mod repair;
 pub mod s3;
 
