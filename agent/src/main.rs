@@ -16,6 +16,7 @@ use ircap_agent::sink::{CaptureSink, SinkError};
 use ircap_agent::{capture, priority, timefmt};
 
 fn main() -> ExitCode {
+    fix_malloc_mmap_threshold();
     let cli = Cli::parse();
     init_tracing(&cli.log);
     let code = match cli.command {
@@ -25,6 +26,22 @@ fn main() -> ExitCode {
         Command::Preflight(args) => run_preflight(&args),
     };
     ExitCode::from(code)
+}
+
+/// Keeps glibc's allocator from holding freed memory: once a large block
+/// allocated by mmap is freed, glibc raises its mmap threshold, after which
+/// each artifact's buffers (a 256 KiB writer, the gzip state) come from the
+/// heap and fragment it. Measured with 2,500 log files: peak RSS 538 MiB
+/// with the dynamic threshold, 13 MiB with it fixed at 128 KiB (its
+/// default). The static (musl) agent's allocator returns such blocks
+/// anyway; this is for glibc builds.
+fn fix_malloc_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called first thing
+    // in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 fn init_tracing(filter: &str) {

@@ -852,6 +852,62 @@ fn twenty_thousand_sleeping_processes_keep_the_agent_under_25_mib() -> TestResul
     Ok(())
 }
 
+/// One artifact per log file, thousands of them: the agent's memory stays
+/// flat (glibc once held ~200 KiB of freed buffers per artifact, 538 MiB at
+/// 2,500 files), and files past the kept-file limit are a recorded cut.
+#[test]
+fn thousands_of_log_files_keep_the_agent_flat_and_the_cut_recorded() -> TestResult {
+    const FILES: usize = 2_600;
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir(&logs)?;
+    for i in 0..FILES {
+        std::fs::write(logs.join(format!("app-{i:04}.log")), format!("line {i}\n"))?;
+    }
+    let out = tmp.path().join("out");
+    let (code, stdout, peak_kib) = capture_peak_rss(
+        &out,
+        &[
+            "--artifacts",
+            "logs",
+            "--logs-dir",
+            logs.to_str().ok_or("path")?,
+            "--logs-since",
+            "2000-01-01T00:00:00Z",
+        ],
+    );
+    eprintln!("agent peak RSS {peak_kib} KiB with {FILES} log files");
+    let summary: serde_json::Value = serde_json::from_slice(&stdout)?;
+    assert_eq!(code, Some(4), "{summary}");
+    assert_eq!(summary["status"], "partial", "{summary}");
+    let id = summary["capture_id"].as_str().ok_or("no capture id")?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join(id).join("manifest.json"))?)?;
+    let kept = manifest["artifacts"]
+        .as_array()
+        .ok_or("no artifacts")?
+        .iter()
+        .filter(|a| a["name"].as_str().is_some_and(|n| n.starts_with("logs/")))
+        .count();
+    assert_eq!(
+        kept,
+        ircap_agent::collect::logs::MAX_KEPT,
+        "{kept} log artifacts"
+    );
+    assert!(
+        manifest["errors"]
+            .to_string()
+            .contains("log files left out"),
+        "{}",
+        manifest["errors"]
+    );
+    assert!(
+        peak_kib > 0 && peak_kib < 25 * 1024,
+        "peak RSS {peak_kib} KiB"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_million_files_under_tmp_are_cut_by_the_entry_budget_with_flat_memory() -> TestResult {
     // Not under /tmp: a fresh tmpfs hides that for the agent.

@@ -1394,11 +1394,7 @@ fn the_readmes_run_a_collector_block_runs_as_written() -> TestResult {
     };
     let run = |dir: &Path, command: &str| -> Result<Output, Box<dyn Error>> {
         let out = sh(dir, command).output()?;
-        assert!(
-            out.status.success(),
-            "{command}: {}",
-            text(&out.stderr)
-        );
+        assert!(out.status.success(), "{command}: {}", text(&out.stderr));
         Ok(out)
     };
 
@@ -1410,7 +1406,10 @@ fn the_readmes_run_a_collector_block_runs_as_written() -> TestResult {
     //    a temporary store, the optional CRL taken.
     let serve = commands[1]
         .replace("0.0.0.0:7443", "127.0.0.1:0")
-        .replace("file:///var/lib/ircap", &format!("file://{}", store.display()))
+        .replace(
+            "file:///var/lib/ircap",
+            &format!("file://{}", store.display()),
+        )
         .replace("[--crl pki/crl.pem]", "--crl pki/crl.pem");
     let mut collector = Running(
         sh(&work, &format!("exec {serve}"))
@@ -1443,12 +1442,20 @@ fn the_readmes_run_a_collector_block_runs_as_written() -> TestResult {
     assert_eq!(summary["status"], "complete", "{summary}");
     let id = summary["capture_id"].as_str().ok_or("no capture id")?;
     assert!(
-        store.join("captures/web-1").join(id).join("manifest.json").exists(),
+        store
+            .join("captures/web-1")
+            .join(id)
+            .join("manifest.json")
+            .exists(),
         "the capture is not in the store"
     );
     let mut on_host: Vec<String> = entries(&host);
     on_host.sort();
-    assert_eq!(on_host, ["ca.pem", "web-1.key", "web-1.pem"], "the capture wrote to the host");
+    assert_eq!(
+        on_host,
+        ["ca.pem", "web-1.key", "web-1.pem"],
+        "the capture wrote to the host"
+    );
 
     // 4. More identities, and revocation (the collector reloads its CRL).
     run(&work, &commands[3])?;

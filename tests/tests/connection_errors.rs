@@ -267,7 +267,13 @@ fn collector_settings_that_cannot_work_are_refused_with_exit_2() -> TestResult {
     std::fs::create_dir(&cwd)?;
     let out = bin("ircap-collector")
         .current_dir(&cwd)
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", "file://var/lib/ircap"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "file://var/lib/ircap",
+        ])
         .arg("--ca")
         .arg(p.join("ca.pem"))
         .arg("--cert")
@@ -278,7 +284,11 @@ fn collector_settings_that_cannot_work_are_refused_with_exit_2() -> TestResult {
     assert_says(
         &out,
         2,
-        &["file://var/lib/ircap", "must be absolute", "file:///var/lib/ircap"],
+        &[
+            "file://var/lib/ircap",
+            "must be absolute",
+            "file:///var/lib/ircap",
+        ],
         "relative file store",
     );
     assert!(
@@ -292,7 +302,12 @@ fn collector_settings_that_cannot_work_are_refused_with_exit_2() -> TestResult {
         .arg(&p)
         .args(["--agent", "web-1"])
         .output()?;
-    assert_says(&again, 2, &["refusing to overwrite", "--force"], "pki init twice");
+    assert_says(
+        &again,
+        2,
+        &["refusing to overwrite", "--force"],
+        "pki init twice",
+    );
     assert_eq!(
         std::fs::read(p.join("ca.pem"))?,
         ca_before,

@@ -491,7 +491,11 @@ fn ssm_preflight_mode_runs_the_agent_preflight_and_sends_nothing() -> TestResult
     // The preflight report (not a capture summary): this agent's own
     // version and pid, and no capture id.
     let report: serde_json::Value = serde_json::from_str(inv.stdout.trim())?;
-    assert_eq!(report["agent_version"], env!("CARGO_PKG_VERSION"), "{report}");
+    assert_eq!(
+        report["agent_version"],
+        env!("CARGO_PKG_VERSION"),
+        "{report}"
+    );
     assert!(report["pid"].as_u64().is_some(), "{report}");
     assert!(report.get("capture_id").is_none(), "{report}");
     assert!(leftovers(&scratch).is_empty());
