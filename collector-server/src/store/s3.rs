@@ -32,7 +32,10 @@
 //! 3. When the artifact ends and its digests match the agent's, the store
 //!    makes the final object *inside S3*, with no bytes through the
 //!    collector: a one-part artifact by `CopyObject` (S3 computes the
-//!    SHA-256 of the copy, which must be the agent's), a larger one by a
+//!    SHA-256 of the copy, which must be the agent's; where a store
+//!    ignores Object Lock headers on a copy, as SeaweedFS 4.48 does, the
+//!    collector sets retention and legal hold on the copy itself before
+//!    the artifact counts as finished), a larger one by a
 //!    multipart upload whose parts are `UploadPartCopy`s of the staging
 //!    objects. Each copied part's SHA-256, as S3 computes it, must be the
 //!    one in the staging key; `CompleteMultipartUpload` carries those
@@ -69,7 +72,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled,
-    ObjectLockLegalHoldStatus, ObjectLockMode, ServerSideEncryption, StorageClass,
+    ObjectLockLegalHold, ObjectLockLegalHoldStatus, ObjectLockMode, ObjectLockRetention,
+    ObjectLockRetentionMode, ServerSideEncryption, StorageClass,
 };
 use base64::Engine as _;
 use serde::Deserialize;
@@ -793,10 +797,31 @@ impl S3Blob {
             Err(e) if precondition_failed(&e) => return Ok(false),
             Err(e) => return Err(backend(format!("cannot copy to {}", ctx()), e)),
         };
-        let reported = match out.copy_object_result().and_then(|r| r.checksum_sha256()) {
-            Some(r) => Some(r.to_owned()),
-            None => self.stored_checksum(key).await?,
-        };
+        let locking = self.opts.retention.is_some() || self.opts.legal_hold;
+        let mut reported = out
+            .copy_object_result()
+            .and_then(|r| r.checksum_sha256())
+            .map(str::to_owned);
+        if reported.is_none() || locking {
+            let head = self
+                .client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .checksum_mode(ChecksumMode::Enabled)
+                .send()
+                .await
+                .map_err(|e| backend(format!("cannot head {}", ctx()), e))?;
+            if reported.is_none() {
+                reported = head.checksum_sha256().map(str::to_owned);
+            }
+            self.lock_copy(
+                key,
+                head.object_lock_mode().is_some(),
+                head.object_lock_legal_hold_status(),
+            )
+            .await?;
+        }
         let expected = b64(sum);
         if reported.as_deref() == Some(expected.as_str()) {
             Ok(true)
@@ -808,6 +833,57 @@ impl S3Blob {
                 ),
             })
         }
+    }
+
+    /// Sets the Object Lock retention and legal hold of a copied evidence
+    /// object when the copy did not (S3 applies the `CopyObject` headers;
+    /// SeaweedFS 4.48 ignores them on a copy, though it honours them on
+    /// `PutObject` and `CreateMultipartUpload`). Runs before the artifact
+    /// is recorded as finished.
+    async fn lock_copy(
+        &self,
+        key: &str,
+        has_retention: bool,
+        hold: Option<&ObjectLockLegalHoldStatus>,
+    ) -> Result<(), StoreError> {
+        let bucket = &self.opts.bucket;
+        let ctx = || format!("cannot lock s3://{bucket}/{key}");
+        if let Some((mode, until)) = self.retain_until()
+            && !has_retention
+        {
+            let mode = match mode {
+                ObjectLockMode::Compliance => ObjectLockRetentionMode::Compliance,
+                _ => ObjectLockRetentionMode::Governance,
+            };
+            self.client
+                .put_object_retention()
+                .bucket(bucket)
+                .key(key)
+                .retention(
+                    ObjectLockRetention::builder()
+                        .mode(mode)
+                        .retain_until_date(until)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| backend(ctx(), e))?;
+        }
+        if self.opts.legal_hold && hold != Some(&ObjectLockLegalHoldStatus::On) {
+            self.client
+                .put_object_legal_hold()
+                .bucket(bucket)
+                .key(key)
+                .legal_hold(
+                    ObjectLockLegalHold::builder()
+                        .status(ObjectLockLegalHoldStatus::On)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| backend(ctx(), e))?;
+        }
+        Ok(())
     }
 
     /// Assembles the final object from `parts` by a multipart upload whose
@@ -1231,6 +1307,25 @@ mod tests {
         assert_eq!("compliance".parse(), Ok(RetentionMode::Compliance));
         assert_eq!("GOVERNANCE".parse(), Ok(RetentionMode::Governance));
         assert!("forever".parse::<RetentionMode>().is_err());
+    }
+
+    #[test]
+    fn staging_keys_carry_offset_and_sha256_and_older_keys_still_parse() {
+        let sum = sha256(b"abc");
+        let tail = format!("{:020}.{}", 8u64 << 20, hex(&sum));
+        assert_eq!(parse_staging_tail(&tail), Some((8 << 20, Some(sum))));
+        assert_eq!(parse_staging_tail("00000000000000000000"), Some((0, None)));
+        for bad in ["", "x", "1.zz", "1.abcd", "1.", "-1"] {
+            assert_eq!(parse_staging_tail(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn copy_sources_are_url_encoded_except_slashes() {
+        assert_eq!(
+            copy_source("evidence", "ir/staging/c 1/a+b/@0.ff"),
+            "evidence/ir/staging/c%201/a%2Bb/%400.ff"
+        );
     }
 
     #[test]
