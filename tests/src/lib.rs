@@ -9,6 +9,7 @@ pub mod certs;
 pub mod lab;
 pub mod lab_debian;
 pub mod packaging;
+pub mod proxy;
 pub mod ssm;
 
 use std::io::{BufRead, BufReader};

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use ircap_e2e::proxy::Proxy;
 use ircap_e2e::s3::S3Server;
 use ircap_e2e::{Collector, TestResult, agent_capture, bin, build_dir, pki};
 
@@ -52,6 +53,23 @@ impl Setup {
             &self.pki,
             &self.url(),
             &self.tmp.path().join(format!("{name}.log")),
+            extra,
+        )
+    }
+
+    /// A collector on this bucket reaching S3 at `endpoint` (a proxy in
+    /// front of the server), listening on `port` (0: any).
+    fn collector_at(&self, name: &str, endpoint: &str, port: u16, extra: &[&str]) -> Collector {
+        let mut cmd = self
+            .server
+            .collector_command(&self.tmp.path().join(format!("{name}.log")));
+        cmd.env("AWS_ENDPOINT_URL_S3", endpoint);
+        Collector::start_cmd(
+            cmd,
+            &self.url(),
+            &self.pki,
+            std::path::Path::new(""),
+            port,
             extra,
         )
     }
@@ -417,4 +435,164 @@ fn one_gib_artifact_streams_through_with_bounded_collector_memory() -> TestResul
     );
     assert!(rss < 200 << 20, "collector peak RSS {} MiB", rss >> 20);
     Ok(())
+}
+
+/// The S3 server's address, for a proxy in front of it.
+fn server_addr(s: &Setup) -> std::net::SocketAddr {
+    s.server
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_large_artifact_crosses_to_s3_once_and_is_never_read_back() -> TestResult {
+    let s = Setup::new("e2e-one-pass", false);
+    let proxy = Proxy::start(server_addr(&s));
+    let collector = s.collector_at("collector", &format!("http://{}", proxy.addr), 0, &[]);
+    let mib: usize = std::env::var("IRCAP_ONE_PASS_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let (logs, planted) = s.big_log(mib);
+    let (up0, down0, req0) = (proxy.bytes_up(), proxy.bytes_down(), proxy.requests().len());
+    let started = Instant::now();
+    let out = agent_capture(
+        &collector.url(),
+        &s.pki,
+        "web-1",
+        &[
+            "--logs-dir",
+            logs.to_str().unwrap(),
+            "--logs-since",
+            "1d",
+            "--logs-max-bytes",
+            "2G",
+        ],
+    );
+    let elapsed = started.elapsed();
+    let id = capture_id(&out);
+    let (up, down) = (proxy.bytes_up() - up0, proxy.bytes_down() - down0);
+    let requests: Vec<String> = proxy.requests().split_off(req0);
+    std::fs::remove_dir_all(&logs)?;
+    let manifest = s.check_objects(&id);
+    let big = artifact(&manifest, "logs/00000-big.log.gz");
+    assert_eq!(big["sha256_uncompressed"].as_str(), Some(planted.as_str()));
+    let stored = big["size_stored"].as_u64().unwrap();
+    let all: u64 = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["size_stored"].as_u64())
+        .sum();
+    let count = |method: &str| {
+        requests
+            .iter()
+            .filter(|r| r.starts_with(&format!("{method} ")))
+            .count()
+    };
+    // A read of artifact bytes: a GET of a staging object or of the big
+    // artifact's final object (the key is in the path, before any query).
+    let evidence_gets: Vec<&String> = requests
+        .iter()
+        .filter(|r| {
+            let path = r.split('?').next().unwrap_or_default();
+            r.starts_with("GET ") && (path.contains("/staging/") || path.contains("big.log"))
+        })
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let (ratio_up, ratio_down, rate) = (
+        up as f64 / stored as f64,
+        down as f64 / stored as f64,
+        stored as f64 / 1e6 / elapsed.as_secs_f64(),
+    );
+    eprintln!(
+        "{mib} MiB log, {stored} bytes stored ({all} in all artifacts) in {:.1} s ({rate:.1} MB/s): \
+         collector -> S3 {up} bytes ({ratio_up:.3}x), S3 -> collector {down} bytes ({ratio_down:.3}x); \
+         {} requests: {} PUT, {} GET, {} HEAD, {} POST, {} DELETE; evidence GETs {}",
+        elapsed.as_secs_f64(),
+        requests.len(),
+        count("PUT"),
+        count("GET"),
+        count("HEAD"),
+        count("POST"),
+        count("DELETE"),
+        evidence_gets.len(),
+    );
+    assert!(evidence_gets.is_empty(), "{evidence_gets:?}");
+    assert!(
+        ratio_up <= 1.05,
+        "collector -> S3 {ratio_up:.3}x the artifact"
+    );
+    // Nothing of the evidence comes back (listings, states and the small
+    // tables triage reads at commit do).
+    assert!(
+        ratio_down < 0.05,
+        "S3 -> collector {ratio_down:.3}x the artifact"
+    );
+    Ok(())
+}
+
+/// Kills (SIGKILL) the collector while the big log is partly in staging
+/// (past its first 8 MiB part) and lets the agent resume: on a collector
+/// restarted on the same port, or (`another_replica`) on a second replica
+/// already running behind the same load balancer. The resuming collector
+/// rebuilds its digests from the staging objects.
+fn killed_mid_artifact(bucket: &str, another_replica: bool) -> TestResult {
+    let s = Setup::new(bucket, false);
+    let first = s.collector("first", &[]);
+    let second = another_replica.then(|| s.collector("second", &[]));
+    let lb = Proxy::start(first.addr);
+    let (logs, planted) = s.big_log(96);
+    let url = format!("https://{}", lb.addr);
+    let pki_dir = s.pki.clone();
+    let agent = std::thread::spawn(move || {
+        agent_capture(
+            &url,
+            &pki_dir,
+            "web-1",
+            &[
+                "--logs-dir",
+                logs.to_str().unwrap(),
+                "--logs-since",
+                "1d",
+                "--upload-attempts",
+                "12",
+            ],
+        )
+    });
+    let second_part = format!("big.log.gz/@{:020}", PART);
+    let _ = s
+        .server
+        .boto_json(&["wait-key", &s.bucket, "ir/staging/", &second_part, "120"]);
+    let first_port = first.addr.port();
+    drop(first); // SIGKILL
+    let second = match second {
+        Some(b) => b,
+        None => s.collector_at("second", &s.server.endpoint(), first_port, &[]),
+    };
+    lb.set_upstream(second.addr);
+    let out = agent.join().map_err(|_| "agent thread")?;
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Upload interrupted"), "{stderr}");
+    let id = capture_id(&out);
+    let manifest = s.check_objects(&id);
+    let big = artifact(&manifest, "logs/00000-big.log.gz");
+    assert_eq!(big["sha256_uncompressed"].as_str(), Some(planted.as_str()));
+    assert!(big["size_stored"].as_u64().unwrap() > 4 * PART, "{big}");
+    let log = std::fs::read_to_string(s.tmp.path().join("second.log"))?;
+    assert!(log.contains("Resuming artifact"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn collector_killed_mid_artifact_the_upload_resumes_on_a_restarted_collector() -> TestResult {
+    killed_mid_artifact("e2e-kill-same", false)
+}
+
+#[test]
+fn collector_killed_mid_artifact_the_upload_resumes_on_another_replica() -> TestResult {
+    killed_mid_artifact("e2e-kill-other", true)
 }

@@ -12,30 +12,57 @@
 //! 4.48, the suite's server, honours both (412 Precondition Failed,
 //! exactly one of 8 racing writers succeeds).
 //!
-//! How an artifact gets there (S3 has no append, multipart parts must be at
-//! least 5 MiB and the parts of an unfinished multipart upload cannot be
-//! read back):
+//! How an artifact gets there: each evidence byte crosses from the
+//! collector to S3 once, and is not read back on the way to its final key
+//! (S3 has no append, multipart parts must be at least 5 MiB, and the
+//! parts of an unfinished multipart upload cannot be read back):
 //!
 //! 1. The upload service hands the store [`PART_SIZE`] bytes at a time (the
-//!    last piece may be smaller); each becomes one *staging object*, PUT
-//!    with `x-amz-checksum-sha256` (S3 refuses a mismatch). Only then is
-//!    its end acknowledged to the agent as durable, so acks lag by at most
-//!    one part, and the agent's window (8 MiB + one chunk unacknowledged)
-//!    always fills a part.
+//!    last piece may be smaller); each becomes one *staging object*
+//!    `@<offset>.<sha256>`, PUT with `x-amz-checksum-sha256` (S3 refuses a
+//!    mismatch). Only then is its end acknowledged to the agent as
+//!    durable, so acks lag by at most one part, and the agent's window
+//!    (8 MiB + one chunk unacknowledged) always fills a part. The SHA-256
+//!    in the key is the collector's, over the bytes it sent.
 //! 2. Staging objects are ordinary objects: a collector replica that
-//!    picks up a resumed upload finds the durable length by listing them
-//!    and rebuilds its running digests by reading them back.
+//!    picks up a resumed upload (after a crash of this one, or on another
+//!    replica) finds the durable length by listing them and rebuilds its
+//!    running digests by reading them back. That read is the resume path
+//!    only.
 //! 3. When the artifact ends and its digests match the agent's, the store
-//!    assembles the final object: a single PUT when it fits one part, else
-//!    a multipart upload whose parts are the staging objects, each read
-//!    back, re-hashed and sent with its SHA-256. The collector hashes the
-//!    assembled bytes again and refuses the artifact unless that SHA-256 is
-//!    the agent's; it compares S3's own checksum of the final object too
-//!    (for a single PUT the artifact's SHA-256; for multipart the
-//!    SHA-256 of the part SHA-256s, `-N`). Staging objects are then removed.
+//!    makes the final object *inside S3*, with no bytes through the
+//!    collector: a one-part artifact by `CopyObject` (S3 computes the
+//!    SHA-256 of the copy, which must be the agent's; where a store
+//!    ignores Object Lock headers on a copy, as SeaweedFS 4.48 does, the
+//!    collector sets retention and legal hold on the copy itself before
+//!    the artifact counts as finished), a larger one by a
+//!    multipart upload whose parts are `UploadPartCopy`s of the staging
+//!    objects. Each copied part's SHA-256, as S3 computes it, must be the
+//!    one in the staging key; `CompleteMultipartUpload` carries those
+//!    sums (S3 refuses a part that differs) and S3's composite checksum of
+//!    the result (the SHA-256 of the part SHA-256s, `-N`) must be the
+//!    collector's. Both are created with `If-None-Match: *`. Staging
+//!    objects are then removed.
 //!
-//! Memory per stream is one part buffer in the service plus one part while
-//! assembling, whatever the artifact's size.
+//! Why server-side copies and not a multipart upload opened at the first
+//! part (each part PUT straight into it, the running digests persisted
+//! with the part list): the collector's running digests include, for a
+//! gzip artifact (nearly all of them), the SHA-256 of the *decompressed*
+//! bytes, and a gzip decoder's state (window, bit position) cannot be
+//! saved. sha2 0.11 can serialize a hasher's state (RustCrypto hashes
+//! PR 385; 0.10, which this workspace uses, cannot), but that covers only
+//! the stored-bytes digest: a replica resuming such an upload would have
+//! to read the parts back, and the parts of an unfinished multipart upload
+//! cannot be read. Readable staging objects keep resume exact, and the
+//! copies cost requests, not transfer: per 8 MiB part one PUT, one copy,
+//! one DELETE (three requests instead of one), and S3 holds two copies of
+//! an artifact until its staging objects are removed. SeaweedFS 4.48 (the
+//! suite's server) does `UploadPartCopy` with SHA-256 part checksums,
+//! refuses a `CompleteMultipartUpload` whose part checksum differs
+//! (BadDigest), and honours `If-None-Match` on `CopyObject`.
+//!
+//! Memory per stream is one part buffer in the service, whatever the
+//! artifact's size.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -45,7 +72,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled,
-    ObjectLockLegalHoldStatus, ObjectLockMode, ServerSideEncryption, StorageClass,
+    ObjectLockLegalHold, ObjectLockLegalHoldStatus, ObjectLockMode, ObjectLockRetention,
+    ObjectLockRetentionMode, ServerSideEncryption, StorageClass,
 };
 use base64::Engine as _;
 use serde::Deserialize;
@@ -239,12 +267,80 @@ enum Condition<'a> {
     Matches(&'a str),
 }
 
+/// Applies the store's settings to a request that creates an object
+/// (`PutObject`, `CopyObject`, `CreateMultipartUpload`, whose builders
+/// share these setters but no trait): SSE-KMS for every object; Object
+/// Lock retention, legal hold and storage class for evidence.
+macro_rules! with_settings {
+    ($store:expr, $req:expr, $class:expr) => {{
+        let mut req = $req;
+        if let Some(kms) = &$store.opts.kms_key_id {
+            req = req
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(kms);
+        }
+        if $class == Class::Evidence {
+            if let Some((mode, until)) = $store.retain_until() {
+                req = req
+                    .object_lock_mode(mode)
+                    .object_lock_retain_until_date(until);
+            }
+            if $store.opts.legal_hold {
+                req = req.object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On);
+            }
+            if let Some(class) = &$store.opts.storage_class {
+                req = req.storage_class(StorageClass::from(class.as_str()));
+            }
+        }
+        req
+    }};
+}
+
 /// One durable staging object of an open artifact.
 #[derive(Debug, Clone)]
 struct StagedPart {
     key: String,
     offset: u64,
     len: u64,
+    /// The SHA-256 the collector computed over the bytes it sent (and S3
+    /// checked on the PUT), from the key; `None` for a key written before
+    /// keys carried it.
+    sha256: Option<Vec<u8>>,
+}
+
+/// Parses the tail of a staging key, `<offset>` or `<offset>.<sha256 hex>`.
+fn parse_staging_tail(tail: &str) -> Option<(u64, Option<Vec<u8>>)> {
+    let (offset, sum) = match tail.split_once('.') {
+        Some((offset, sum)) => (offset, Some(unhex(sum)?)),
+        None => (tail, None),
+    };
+    if sum.as_ref().is_some_and(|s| s.len() != 32) {
+        return None;
+    }
+    Some((offset.parse().ok()?, sum))
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `x-amz-copy-source` for an object: `bucket/key`, URL-encoded except `/`.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = String::with_capacity(bucket.len() + key.len() + 1);
+    for b in format!("{bucket}/{key}").bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl S3Blob {
@@ -376,7 +472,20 @@ impl S3Blob {
         class: Class,
         condition: Condition<'_>,
     ) -> Result<bool, StoreError> {
-        let sum = b64(&sha256(&bytes));
+        let sum = sha256(&bytes);
+        self.put_summed(key, bytes, &sum, class, condition).await
+    }
+
+    /// [`Self::put_object`] with the SHA-256 of `bytes` computed already.
+    async fn put_summed(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        raw_sum: &[u8],
+        class: Class,
+        condition: Condition<'_>,
+    ) -> Result<bool, StoreError> {
+        let sum = b64(raw_sum);
         let mut req = self
             .client
             .put_object()
@@ -390,24 +499,7 @@ impl S3Blob {
             Condition::Absent => req = req.if_none_match("*"),
             Condition::Matches(etag) => req = req.if_match(etag),
         }
-        if let Some(kms) = &self.opts.kms_key_id {
-            req = req
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .ssekms_key_id(kms);
-        }
-        if class == Class::Evidence {
-            if let Some((mode, until)) = self.retain_until() {
-                req = req
-                    .object_lock_mode(mode)
-                    .object_lock_retain_until_date(until);
-            }
-            if self.opts.legal_hold {
-                req = req.object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On);
-            }
-            if let Some(class) = &self.opts.storage_class {
-                req = req.storage_class(StorageClass::from(class.as_str()));
-            }
-        }
+        req = with_settings!(self, req, class);
         let out = match req.send().await {
             Ok(out) => out,
             Err(e) if !matches!(condition, Condition::None) && precondition_failed(&e) => {
@@ -541,11 +633,18 @@ impl S3Blob {
             .await?
             .into_iter()
             .filter_map(|(key, len)| {
-                let offset = key.strip_prefix(&prefix)?.parse().ok()?;
-                Some(StagedPart { key, offset, len })
+                let (offset, sha256) = parse_staging_tail(key.strip_prefix(&prefix)?)?;
+                Some(StagedPart {
+                    key,
+                    offset,
+                    len,
+                    sha256,
+                })
             })
             .collect();
-        found.sort_by_key(|p| p.offset);
+        // Two objects at one offset (two attempts that raced) hold the same
+        // bytes of the agent's artifact: take the longer.
+        found.sort_by(|a, b| a.offset.cmp(&b.offset).then(b.len.cmp(&a.len)));
         let mut parts = Vec::new();
         let mut end = 0;
         for part in found {
@@ -559,10 +658,49 @@ impl S3Blob {
         Ok(parts)
     }
 
-    /// Streams an existing final object and checks its SHA-256 (used when
-    /// an artifact was assembled but its state not yet saved).
+    /// The SHA-256 of each part's bytes as the collector sent them: from
+    /// the key, else (a key written before keys carried it) the checksum S3
+    /// stored with the staging object.
+    async fn part_sums(&self, parts: &[StagedPart]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::with_capacity(parts.len());
+        for part in parts {
+            let sum = match &part.sha256 {
+                Some(sum) => sum.clone(),
+                None => self
+                    .stored_checksum(&part.key)
+                    .await?
+                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                    .ok_or_else(|| StoreError::Integrity {
+                        context: format!("s3://{}/{}", self.opts.bucket, part.key),
+                        message: "staging object has no SHA-256 checksum".into(),
+                    })?,
+            };
+            out.push(sum);
+        }
+        Ok(out)
+    }
+
+    /// Checks an existing final object against the artifact (used when an
+    /// artifact was made final but its state not yet saved, or another
+    /// replica made it final): S3's checksum of it when that says the
+    /// SHA-256 of the whole object (a single part), else by streaming it.
     async fn verify_final(&self, key: &str, finished: &FinishedArtifact) -> Result<(), StoreError> {
         let ctx = || format!("s3://{}/{key}", self.opts.bucket);
+        if let (Some(size), Some(sum)) = (self.size(key).await?, self.stored_checksum(key).await?)
+            && !sum.contains('-')
+        {
+            let want = unhex(&finished.sha256).map(|raw| b64(&raw));
+            if size == finished.size && want.as_deref() == Some(sum.as_str()) {
+                return Ok(());
+            }
+            return Err(StoreError::Integrity {
+                context: ctx(),
+                message: format!(
+                    "stored object is {size} bytes with S3 checksum {sum}, expected {} bytes sha256 {}",
+                    finished.size, finished.sha256
+                ),
+            });
+        }
         let out = self
             .client
             .get_object()
@@ -594,41 +732,182 @@ impl S3Blob {
         Ok(())
     }
 
-    /// Assembles the final object from `parts` by multipart upload,
-    /// completed only if no object has the key (`false` then).
+    /// Whether the object under `key` has `size` bytes and S3's checksum
+    /// of the parts whose SHA-256s are `sums` (the whole object's SHA-256
+    /// for one part, the composite `-N` for more): what an earlier attempt
+    /// or another replica made of the same staging objects.
+    async fn final_matches(
+        &self,
+        key: &str,
+        sums: &[Vec<u8>],
+        size: u64,
+    ) -> Result<bool, StoreError> {
+        let expected = match sums {
+            [] => return Ok(false),
+            [one] => b64(one),
+            many => {
+                let mut composite = sha2::Sha256::new();
+                for sum in many {
+                    composite.update(sum);
+                }
+                format!("{}-{}", b64(&composite.finalize()), many.len())
+            }
+        };
+        if self.size(key).await? != Some(size) {
+            return Ok(false);
+        }
+        Ok(self.stored_checksum(key).await?.as_deref() == Some(expected.as_str()))
+    }
+
+    /// Makes a one-part artifact final by a server-side `CopyObject` of its
+    /// staging object, created only if no object has the key (`false`
+    /// then). S3 computes the SHA-256 of the copy, which must be the
+    /// agent's.
+    async fn copy_single(
+        &self,
+        key: &str,
+        part: &StagedPart,
+        sum: &[u8],
+        finished: &FinishedArtifact,
+    ) -> Result<bool, StoreError> {
+        let bucket = &self.opts.bucket;
+        let ctx = || format!("s3://{bucket}/{key}");
+        let agent = unhex(&finished.sha256).unwrap_or_default();
+        if sum != agent.as_slice() {
+            return Err(StoreError::Integrity {
+                context: ctx(),
+                message: format!(
+                    "the staged bytes hash to {}, the agent's SHA-256 is {}",
+                    hex(sum),
+                    finished.sha256
+                ),
+            });
+        }
+        let req = self
+            .client
+            .copy_object()
+            .bucket(bucket)
+            .key(key)
+            .copy_source(copy_source(bucket, &part.key))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .if_none_match("*");
+        let req = with_settings!(self, req, Class::Evidence);
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if precondition_failed(&e) => return Ok(false),
+            Err(e) => return Err(backend(format!("cannot copy to {}", ctx()), e)),
+        };
+        let locking = self.opts.retention.is_some() || self.opts.legal_hold;
+        let mut reported = out
+            .copy_object_result()
+            .and_then(|r| r.checksum_sha256())
+            .map(str::to_owned);
+        if reported.is_none() || locking {
+            let head = self
+                .client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .checksum_mode(ChecksumMode::Enabled)
+                .send()
+                .await
+                .map_err(|e| backend(format!("cannot head {}", ctx()), e))?;
+            if reported.is_none() {
+                reported = head.checksum_sha256().map(str::to_owned);
+            }
+            self.lock_copy(
+                key,
+                head.object_lock_mode().is_some(),
+                head.object_lock_legal_hold_status(),
+            )
+            .await?;
+        }
+        let expected = b64(sum);
+        if reported.as_deref() == Some(expected.as_str()) {
+            Ok(true)
+        } else {
+            Err(StoreError::Integrity {
+                context: ctx(),
+                message: format!(
+                    "S3 reports checksum {reported:?} for the copy, the artifact's SHA-256 is {expected}"
+                ),
+            })
+        }
+    }
+
+    /// Sets the Object Lock retention and legal hold of a copied evidence
+    /// object when the copy did not (S3 applies the `CopyObject` headers;
+    /// SeaweedFS 4.48 ignores them on a copy, though it honours them on
+    /// `PutObject` and `CreateMultipartUpload`). Runs before the artifact
+    /// is recorded as finished.
+    async fn lock_copy(
+        &self,
+        key: &str,
+        has_retention: bool,
+        hold: Option<&ObjectLockLegalHoldStatus>,
+    ) -> Result<(), StoreError> {
+        let bucket = &self.opts.bucket;
+        let ctx = || format!("cannot lock s3://{bucket}/{key}");
+        if let Some((mode, until)) = self.retain_until()
+            && !has_retention
+        {
+            let mode = match mode {
+                ObjectLockMode::Compliance => ObjectLockRetentionMode::Compliance,
+                _ => ObjectLockRetentionMode::Governance,
+            };
+            self.client
+                .put_object_retention()
+                .bucket(bucket)
+                .key(key)
+                .retention(
+                    ObjectLockRetention::builder()
+                        .mode(mode)
+                        .retain_until_date(until)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| backend(ctx(), e))?;
+        }
+        if self.opts.legal_hold && hold != Some(&ObjectLockLegalHoldStatus::On) {
+            self.client
+                .put_object_legal_hold()
+                .bucket(bucket)
+                .key(key)
+                .legal_hold(
+                    ObjectLockLegalHold::builder()
+                        .status(ObjectLockLegalHoldStatus::On)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| backend(ctx(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Assembles the final object from `parts` by a multipart upload whose
+    /// parts are server-side copies of the staging objects
+    /// (`UploadPartCopy`), completed only if no object has the key
+    /// (`false` then).
     async fn assemble_multipart(
         &self,
         key: &str,
         parts: &[StagedPart],
-        finished: &FinishedArtifact,
+        sums: &[Vec<u8>],
     ) -> Result<bool, StoreError> {
         let bucket = &self.opts.bucket;
         let ctx = || format!("cannot assemble s3://{bucket}/{key}");
-        let mut req = self
+        let req = self
             .client
             .create_multipart_upload()
             .bucket(bucket)
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Sha256);
-        if let Some(kms) = &self.opts.kms_key_id {
-            req = req
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .ssekms_key_id(kms);
-        }
-        if let Some((mode, until)) = self.retain_until() {
-            req = req
-                .object_lock_mode(mode)
-                .object_lock_retain_until_date(until);
-        }
-        if self.opts.legal_hold {
-            req = req.object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On);
-        }
-        if let Some(class) = &self.opts.storage_class {
-            req = req.storage_class(StorageClass::from(class.as_str()));
-        }
+        let req = with_settings!(self, req, Class::Evidence);
         let created = req.send().await.map_err(|e| backend(ctx(), e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
-        let result = self.upload_parts(key, &upload_id, parts, finished).await;
+        let result = self.copy_parts(key, &upload_id, parts, sums).await;
         if !matches!(result, Ok(true)) {
             let _ = self
                 .client
@@ -642,67 +921,56 @@ impl S3Blob {
         result
     }
 
-    async fn upload_parts(
+    async fn copy_parts(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[StagedPart],
-        finished: &FinishedArtifact,
+        sums: &[Vec<u8>],
     ) -> Result<bool, StoreError> {
         let bucket = &self.opts.bucket;
         let ctx = || format!("cannot assemble s3://{bucket}/{key}");
-        let mut whole = sha2::Sha256::new();
         let mut composite = sha2::Sha256::new();
         let mut completed = Vec::with_capacity(parts.len());
-        for (i, part) in parts.iter().enumerate() {
+        for (i, (part, raw)) in parts.iter().zip(sums).enumerate() {
             let number = i32::try_from(i + 1).map_err(|_| StoreError::Integrity {
                 context: ctx(),
                 message: "too many parts".into(),
             })?;
-            let bytes = self.get_required(&part.key, None).await?;
-            if bytes.len() as u64 != part.len {
-                return Err(StoreError::Integrity {
-                    context: part.key.clone(),
-                    message: format!(
-                        "staging object changed size ({} bytes, listed {})",
-                        bytes.len(),
-                        part.len
-                    ),
-                });
-            }
-            whole.update(&bytes);
-            let sum = sha256(&bytes);
-            composite.update(&sum);
+            composite.update(raw);
+            let sum = b64(raw);
             let out = self
                 .client
-                .upload_part()
+                .upload_part_copy()
                 .bucket(bucket)
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .checksum_sha256(b64(&sum))
-                .body(ByteStream::from(bytes))
+                .copy_source(copy_source(bucket, &part.key))
                 .send()
                 .await
                 .map_err(|e| backend(ctx(), e))?;
+            let result = out.copy_part_result();
+            // S3 computes the part's SHA-256 as it copies (the upload was
+            // created with that algorithm); it must be what the collector
+            // sent.
+            if let Some(reported) = result.and_then(|r| r.checksum_sha256())
+                && reported != sum
+            {
+                return Err(StoreError::Integrity {
+                    context: part.key.clone(),
+                    message: format!(
+                        "S3 reports SHA-256 {reported} for the copied part, the collector sent {sum}"
+                    ),
+                });
+            }
             completed.push(
                 CompletedPart::builder()
                     .part_number(number)
-                    .set_e_tag(out.e_tag().map(str::to_owned))
-                    .checksum_sha256(b64(&sum))
+                    .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_owned))
+                    .checksum_sha256(sum)
                     .build(),
             );
-        }
-        let got = hex(&whole.finalize());
-        if got != finished.sha256 {
-            return Err(StoreError::Integrity {
-                context: format!("s3://{bucket}/{key}"),
-                message: format!(
-                    "assembled bytes hash to {got}, the agent's SHA-256 is {}",
-                    finished.sha256
-                ),
-            });
         }
         let out = self
             .client
@@ -935,8 +1203,12 @@ impl Blob for S3Blob {
         if data.is_empty() {
             return Ok(offset);
         }
-        let key = format!("{}{offset:020}", self.staging_prefix(staging));
-        self.put_object(&key, data.to_vec(), Class::Control, Condition::None)
+        // The key carries the SHA-256 of the bytes (S3 checks it on the
+        // PUT), so that the promote checks what it copies against what the
+        // collector hashed, without reading the bytes back.
+        let sum = sha256(data);
+        let key = format!("{}{offset:020}.{}", self.staging_prefix(staging), hex(&sum));
+        self.put_summed(&key, data.to_vec(), &sum, Class::Control, Condition::None)
             .await?;
         Ok(offset + data.len() as u64)
     }
@@ -960,31 +1232,29 @@ impl Blob for S3Blob {
                 message: format!("{staged} bytes staged, the artifact has {}", finished.size),
             });
         }
-        let created = if parts.len() <= 1 {
-            let bytes = match parts.first() {
-                Some(p) => self.get_required(&p.key, None).await?,
-                None => Vec::new(),
-            };
-            let got = hex(&sha256(&bytes));
-            if got != finished.sha256 {
-                return Err(StoreError::Integrity {
-                    context: format!("s3://{}/{key}", self.opts.bucket),
-                    message: format!(
-                        "staged bytes hash to {got}, the agent's SHA-256 is {}",
-                        finished.sha256
-                    ),
-                });
+        let sums = self.part_sums(&parts).await?;
+        let created = match (parts.as_slice(), sums.as_slice()) {
+            ([], _) => {
+                let got = hex(&sha256(&[]));
+                if got != finished.sha256 {
+                    return Err(StoreError::Integrity {
+                        context: format!("s3://{}/{key}", self.opts.bucket),
+                        message: format!(
+                            "no bytes staged (SHA-256 {got}), the agent's SHA-256 is {}",
+                            finished.sha256
+                        ),
+                    });
+                }
+                self.put_object(&key, Vec::new(), Class::Evidence, Condition::Absent)
+                    .await?
             }
-            // `put_object` sends the SHA-256 of these bytes, which is the
-            // agent's, and checks that S3 reports the same.
-            self.put_object(&key, bytes, Class::Evidence, Condition::Absent)
-                .await?
-        } else {
-            self.assemble_multipart(&key, &parts, finished).await?
+            ([part], [sum]) => self.copy_single(&key, part, sum, finished).await?,
+            _ => self.assemble_multipart(&key, &parts, &sums).await?,
         };
-        if !created {
+        if !created && !self.final_matches(&key, &sums, finished.size).await? {
             // A final object exists already (an interrupted earlier attempt,
-            // or another replica): it must be these very bytes.
+            // or another replica) and S3's checksum of it is not the one of
+            // these parts: it must still be these very bytes.
             self.verify_final(&key, finished).await?;
         }
         // Front to back: an interrupted cleanup never leaves a durable
@@ -1037,6 +1307,25 @@ mod tests {
         assert_eq!("compliance".parse(), Ok(RetentionMode::Compliance));
         assert_eq!("GOVERNANCE".parse(), Ok(RetentionMode::Governance));
         assert!("forever".parse::<RetentionMode>().is_err());
+    }
+
+    #[test]
+    fn staging_keys_carry_offset_and_sha256_and_older_keys_still_parse() {
+        let sum = sha256(b"abc");
+        let tail = format!("{:020}.{}", 8u64 << 20, hex(&sum));
+        assert_eq!(parse_staging_tail(&tail), Some((8 << 20, Some(sum))));
+        assert_eq!(parse_staging_tail("00000000000000000000"), Some((0, None)));
+        for bad in ["", "x", "1.zz", "1.abcd", "1.", "-1"] {
+            assert_eq!(parse_staging_tail(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn copy_sources_are_url_encoded_except_slashes() {
+        assert_eq!(
+            copy_source("evidence", "ir/staging/c 1/a+b/@0.ff"),
+            "evidence/ir/staging/c%201/a%2Bb/%400.ff"
+        );
     }
 
     #[test]
