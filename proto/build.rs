@@ -28,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .message_attribute(".ircap.v1.MemorySelector", SPEC_SERDE)
         .enum_attribute(".ircap.v1.MemorySelector.select", SPEC_SERDE_ENUM)
         .message_attribute(".ircap.v1.PidList", SPEC_SERDE)
+        // Capture labels in a stable order (manifests, request documents).
+        .btree_map(".ircap.v1.CaptureSpec.capture_labels")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -182,6 +182,12 @@ pub struct CaptureArgs {
     /// manifest (letters, digits and `-`, at most 64).
     #[arg(long, value_name = "ID", env = "AWS_SSM_COMMAND_ID", value_parser = parse_ssm_command_id)]
     pub ssm_command_id: Option<String>,
+    /// A label `KEY=VALUE` recorded on this capture, in its manifest's
+    /// `options.labels` (repeatable, at most 16; keys A-Z a-z 0-9 . _ - /).
+    /// `--capture-label baseline=true` marks the host's baseline, the
+    /// capture `ircap-collector diff --baseline` compares with.
+    #[arg(long = "capture-label", value_name = "KEY=VALUE")]
+    pub capture_labels: Vec<String>,
 }
 
 /// `ircap-agent serve`. Settings come from the TOML file, then these

@@ -1,6 +1,7 @@
 //! Validated capture options: what the command line asked for, in a form
 //! that cannot be invalid once built.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +34,10 @@ pub struct CaptureOptions {
     pub artifacts: Vec<&'static str>,
     /// The profile the selection started from.
     pub profile: String,
+    /// Labels recorded on the capture (`--capture-label`, or a request's
+    /// `capture_labels`), e.g. `baseline = "true"`; checked by
+    /// `ircap_proto::request_args::check_capture_label`.
+    pub labels: BTreeMap<String, String>,
     /// Directories whose files are log evidence.
     pub logs_dirs: Vec<PathBuf>,
     /// `--logs-since` as given.
@@ -188,6 +193,7 @@ impl CaptureOptions {
             collector: None,
             artifacts: ircap_proto::request_args::STANDARD.to_vec(),
             profile: "standard".to_owned(),
+            labels: BTreeMap::new(),
             logs_dirs: default_logs_dirs(),
             logs_since: DEFAULT_LOGS_SINCE.to_owned(),
             logs_since_time: since,
@@ -296,6 +302,9 @@ pub enum OptionError {
     /// The artifact selection.
     #[error("{0}")]
     Selection(#[source] ircap_proto::request_args::SpecError),
+    /// A capture label.
+    #[error("{0}")]
+    Label(#[source] ircap_proto::request_args::SpecError),
 }
 
 impl CaptureOptions {
@@ -361,6 +370,8 @@ impl CaptureOptions {
                 args.profile.clone()
             },
             deadline,
+            labels: ircap_proto::request_args::parse_capture_labels(&args.capture_labels)
+                .map_err(OptionError::Label)?,
             logs_dirs: if args.logs_dirs.is_empty() {
                 default_logs_dirs()
             } else {

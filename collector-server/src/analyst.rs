@@ -315,6 +315,15 @@ pub fn show_text(m: &Manifest) -> String {
         m.agent.pid,
         m.error_count,
     );
+    if let Some(labels) = m.options.get("labels").and_then(|l| l.as_object())
+        && !labels.is_empty()
+    {
+        let text: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        out.push_str(&format!("labels {}\n\n", escape(&text.join(", "))));
+    }
     out.push_str(&rows.render());
     out.push_str(&error_list(m));
     out.push_str(&format!(

@@ -110,6 +110,12 @@ pub struct SpecArgs {
     /// Abandon collection after this long (default: the agent's, 10m).
     #[arg(long, value_name = "DURATION")]
     pub deadline: Option<String>,
+    /// A label `KEY=VALUE` recorded on each resulting capture, in its
+    /// manifest (repeatable, at most 16). `--capture-label baseline=true`
+    /// marks the host's baseline for `diff --baseline`. Not targeting:
+    /// `--label` picks agents by their own labels.
+    #[arg(long = "capture-label", value_name = "KEY=VALUE")]
+    pub capture_labels: Vec<String>,
 }
 
 impl SpecArgs {
@@ -152,6 +158,8 @@ impl SpecArgs {
                 .map(|t| parse_duration("--deadline", t))
                 .transpose()?
                 .map_or(0, |d| d.as_secs().max(1)),
+            capture_labels: spec_rules::parse_capture_labels(&self.capture_labels)
+                .map_err(|e| AnalystError::Config(e.to_string()))?,
         };
         spec_rules::check_spec(&spec).map_err(|e| AnalystError::Config(e.to_string()))?;
         Ok(spec)

@@ -79,6 +79,15 @@ pub const PROFILES: &[&str] = &["triage", "standard", "full"];
 pub const MAX_LIST: usize = 64;
 /// Longest string in a spec.
 pub const MAX_TEXT: usize = 4096;
+/// Most labels on one capture (`--capture-label`).
+pub const MAX_CAPTURE_LABELS: usize = 16;
+/// Longest capture label key.
+pub const MAX_LABEL_KEY: usize = 64;
+/// Longest capture label value, in bytes.
+pub const MAX_LABEL_VALUE: usize = 256;
+/// The capture label that marks a host's baseline capture
+/// (`--capture-label baseline=true`), the one `diff --baseline` prefers.
+pub const BASELINE_LABEL: (&str, &str) = ("baseline", "true");
 
 /// The artifacts of `profile` (empty = `standard`), or `None` when unknown.
 #[must_use]
@@ -117,6 +126,11 @@ pub enum SpecError {
     /// A memory selector without processes, or with pid 0 or below.
     #[error("--memory-regions {0:?}: use pid=N[,N...], suspicious or all")]
     Selector(String),
+    /// A capture label that is not `KEY=VALUE` within bounds.
+    #[error(
+        "--capture-label {0:?}: expected KEY=VALUE, the key 1-{MAX_LABEL_KEY} characters of A-Z a-z 0-9 . _ - /, the value at most {MAX_LABEL_VALUE} bytes without control characters (at most {MAX_CAPTURE_LABELS} labels)"
+    )]
+    CaptureLabel(String),
 }
 
 /// Checks that `spec` is well formed.
@@ -147,6 +161,12 @@ pub fn check_spec(spec: &CaptureSpec) -> Result<(), SpecError> {
     }
     if let Some(dir) = spec.logs_dirs.iter().find(|d| !plain_absolute(d)) {
         return Err(SpecError::LogsDir(clip(dir)));
+    }
+    if spec.capture_labels.len() > MAX_CAPTURE_LABELS {
+        return Err(SpecError::TooLong("--capture-label"));
+    }
+    for (key, value) in &spec.capture_labels {
+        check_capture_label(key, value)?;
     }
     if let Some(sel) = &spec.memory_regions {
         match &sel.select {
@@ -232,6 +252,49 @@ pub fn selector_text(sel: &MemorySelector) -> String {
     }
 }
 
+/// Checks one capture label: the key 1-64 characters of `A-Z a-z 0-9 . _
+/// - /` (the agents' own label rule), the value at most 256 bytes with no
+/// control characters (it is recorded in the manifest and shown by
+/// `show` and `report`, escaped, like any host text).
+///
+/// # Errors
+/// [`SpecError::CaptureLabel`] naming the pair.
+pub fn check_capture_label(key: &str, value: &str) -> Result<(), SpecError> {
+    let key_ok = !key.is_empty()
+        && key.len() <= MAX_LABEL_KEY
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    let value_ok = value.len() <= MAX_LABEL_VALUE && !value.chars().any(char::is_control);
+    if key_ok && value_ok {
+        Ok(())
+    } else {
+        Err(SpecError::CaptureLabel(clip(&format!("{key}={value}"))))
+    }
+}
+
+/// Parses repeated `KEY=VALUE` capture labels (a later key wins) and
+/// checks each and their number.
+///
+/// # Errors
+/// [`SpecError`] naming the first bad pair, or too many.
+pub fn parse_capture_labels(
+    pairs: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, SpecError> {
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| SpecError::CaptureLabel(clip(pair)))?;
+        check_capture_label(key, value)?;
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    if labels.len() > MAX_CAPTURE_LABELS {
+        return Err(SpecError::TooLong("--capture-label"));
+    }
+    Ok(labels)
+}
+
 /// Splits `a,b,c` into names (empty entries dropped).
 #[must_use]
 pub fn split_list(text: &str) -> Vec<String> {
@@ -290,10 +353,50 @@ mod tests {
                 skip: vec!["logs".into(); MAX_LIST + 1],
                 ..CaptureSpec::default()
             },
+            CaptureSpec {
+                capture_labels: [("bad key".into(), "x".into())].into(),
+                ..CaptureSpec::default()
+            },
+            CaptureSpec {
+                capture_labels: [("note".into(), "a\nb".into())].into(),
+                ..CaptureSpec::default()
+            },
+            CaptureSpec {
+                capture_labels: (0..=MAX_CAPTURE_LABELS)
+                    .map(|i| (format!("k{i}"), String::new()))
+                    .collect(),
+                ..CaptureSpec::default()
+            },
         ];
         for spec in bad {
             assert!(check_spec(&spec).is_err(), "{spec:?}");
         }
+    }
+
+    #[test]
+    fn capture_labels_are_bounded() {
+        let labels =
+            parse_capture_labels(&["baseline=true".into(), "ticket=IR-42".into()]).unwrap();
+        assert_eq!(labels.get("baseline").map(String::as_str), Some("true"));
+        let ok = CaptureSpec {
+            capture_labels: labels,
+            ..CaptureSpec::default()
+        };
+        assert_eq!(check_spec(&ok), Ok(()));
+        for bad in [
+            "baseline",
+            "=true",
+            "a b=c",
+            "k=\u{1b}[31m",
+            &format!("{}=v", "k".repeat(MAX_LABEL_KEY + 1)),
+            &format!("k={}", "v".repeat(MAX_LABEL_VALUE + 1)),
+        ] {
+            assert!(parse_capture_labels(&[bad.to_owned()]).is_err(), "{bad:?}");
+        }
+        let many: Vec<String> = (0..=MAX_CAPTURE_LABELS)
+            .map(|i| format!("k{i}=v"))
+            .collect();
+        assert!(parse_capture_labels(&many).is_err());
     }
 
     #[test]

@@ -293,14 +293,32 @@ fn requests_reach_exactly_the_targeted_agents() -> TestResult {
         "only web-1's capture is stored"
     );
 
-    // A label: only web-2.
-    let (ok, _, results) = request(&url, &pki_dir, &[&["--label", "env=dev"], QUICK].concat());
+    // A label: only web-2. `--label` targets agents by their labels;
+    // `--capture-label` labels the capture, in its stored manifest.
+    let (ok, _, results) = request(
+        &url,
+        &pki_dir,
+        &[
+            &["--label", "env=dev", "--capture-label", "baseline=true"],
+            QUICK,
+        ]
+        .concat(),
+    );
     assert!(ok);
     let second = complete(&results);
     assert!(
         second.len() == 1 && second.iter().all(|(a, _)| a == "web-2"),
         "{second:?}"
     );
+    let options = |(agent, id): &(String, String)| -> Value {
+        let m: Value = serde_json::from_slice(
+            &std::fs::read(c.capture_dir(agent, id).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        m["options"]["labels"].clone()
+    };
+    assert!(second.iter().all(|c| options(c)["baseline"] == "true"));
+    assert!(first.iter().all(|c| options(c) == serde_json::json!({})));
 
     // Every agent.
     let (ok, created, results) = request(&url, &pki_dir, &[&["--all"], QUICK].concat());

@@ -632,3 +632,159 @@ fn the_collector_counts_findings_at_commit_and_show_and_findings_by_id_use_them(
     assert!(pull_dir.join(format!("{id}.findings.jsonl")).is_file());
     Ok(())
 }
+
+/// The README's golden-AMI first-boot line (`ircap-agent capture ...
+/// --capture-label baseline=true`), its collector and `/etc/ircap` files
+/// swapped for this test's, without IMDS and with the triage profile.
+fn readme_baseline_command(
+    url: &str,
+    pki: &Path,
+    who: &str,
+) -> Result<Command, Box<dyn std::error::Error>> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ircap-agent capture ") && l.contains("--capture-label baseline=true"))
+        .ok_or("the README has no first-boot `ircap-agent capture ... --capture-label baseline=true` line")?;
+    let words: Vec<&str> = line
+        .split("||")
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let mut cmd = bin("ircap-agent");
+    for w in words.iter().skip(1) {
+        match *w {
+            "https://collector.internal:7443" => cmd.arg(url),
+            "/etc/ircap/ca.pem" => cmd.arg(pki.join("ca.pem")),
+            "/etc/ircap/agent.pem" => cmd.arg(pki.join(format!("{who}.pem"))),
+            "/etc/ircap/agent.key" => cmd.arg(pki.join(format!("{who}.key"))),
+            other => cmd.arg(other),
+        };
+    }
+    cmd.args(["--no-imds", "--profile", "triage"]);
+    Ok(cmd)
+}
+
+/// Id of the capture a successful `ircap-agent capture` printed.
+fn captured(out: &std::process::Output) -> Result<String, Box<dyn std::error::Error>> {
+    assert!(
+        matches!(out.status.code(), Some(0 | 4)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(summary["capture_id"]
+        .as_str()
+        .ok_or("no capture id")?
+        .to_owned())
+}
+
+#[test]
+fn diff_baseline_prefers_the_labelled_capture_else_the_earliest_on_the_collector_and_beside()
+-> TestResult {
+    let _one = ONE_AT_A_TIME.lock();
+    let tmp = tempfile::tempdir()?;
+    let pki = ircap_e2e::pki(&tmp.path().join("pki"));
+    let server = ircap_e2e::Collector::start(&pki, &tmp.path().join("store"), 0);
+    let url = server.url();
+    let triage = ["--profile", "triage"];
+    // Another agent identity on this same machine (same machine id),
+    // labelled and earliest: never web-1's baseline on the collector.
+    let other = captured(&readme_baseline_command(&url, &pki, "web-2")?.output()?)?;
+    let c0 = captured(&ircap_e2e::agent_capture(&url, &pki, "web-1", &triage))?;
+    let c1 = captured(&ircap_e2e::agent_capture(&url, &pki, "web-1", &triage))?;
+    let c2 = captured(&ircap_e2e::agent_capture(&url, &pki, "web-1", &triage))?;
+    // The labelled baseline, NOT the earliest, taken by the README's line.
+    let labelled = captured(&readme_baseline_command(&url, &pki, "web-1")?.output()?)?;
+    let incident = captured(&ircap_e2e::agent_capture(&url, &pki, "web-1", &triage))?;
+
+    let pulls = tmp.path().join("evidence");
+    std::fs::create_dir_all(&pulls)?;
+    let diff = |b: &str, server: bool| -> Result<Value, Box<dyn std::error::Error>> {
+        let mut cmd = bin("ircap-collector");
+        cmd.env_remove("IRCAP_SERVER")
+            .args(["diff", "--baseline", b, "--json", "--pull-dir"])
+            .arg(&pulls);
+        if server {
+            cmd.args(["--server", &url])
+                .arg("--ca")
+                .arg(pki.join("ca.pem"))
+                .arg("--cert")
+                .arg(pki.join("alice.pem"))
+                .arg("--key")
+                .arg(pki.join("alice.key"));
+        }
+        let out = cmd.output()?;
+        assert!(
+            out.status.success(),
+            "diff --baseline {b}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let chose = |d: &Value| {
+        (
+            d["a"].as_str().unwrap_or_default().to_owned(),
+            d["baseline"]["rule"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            d["baseline"]["among"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    let want =
+        |id: &str, rule: &str, among: &str| (id.to_owned(), rule.to_owned(), among.to_owned());
+
+    // On the collector, by id: the labelled one wins over the earlier
+    // unlabelled ones (and over web-2's), and is pulled and verified.
+    let d = diff(&incident, true)?;
+    assert_eq!(chose(&d), want(&labelled, "labelled", "collector"), "{d:#}");
+    assert_eq!(d["b"], incident.as_str());
+    assert!(pulls.join(&labelled).join("manifest.json").is_file());
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(pulls.join(&labelled).join("manifest.json"))?)?;
+    assert_eq!(
+        m["options"]["labels"]["baseline"], "true",
+        "{}",
+        m["options"]
+    );
+    // Before the labelled one existed: the earliest of web-1's, not the
+    // latest and not web-2's.
+    let d = diff(&c2, true)?;
+    assert_eq!(chose(&d), want(&c0, "earliest", "collector"), "{d:#}");
+
+    // Beside the pulled captures (no collector): the same answers, by the
+    // manifests alone. web-2's capture is not pulled here: on one machine
+    // it would count as the same claimed host.
+    collector(&[
+        "pull".as_ref(),
+        "--server".as_ref(),
+        url.as_ref(),
+        "--ca".as_ref(),
+        pki.join("ca.pem").as_os_str(),
+        "--cert".as_ref(),
+        pki.join("alice.pem").as_os_str(),
+        "--key".as_ref(),
+        pki.join("alice.key").as_os_str(),
+        c1.as_ref(),
+        pulls.as_os_str(),
+    ])?;
+    assert!(!pulls.join(&other).exists());
+    let beside_incident = pulls.join(&incident).display().to_string();
+    let d = diff(&beside_incident, false)?;
+    assert_eq!(chose(&d), want(&labelled, "labelled", "beside"), "{d:#}");
+    let beside_c2 = pulls.join(&c2).display().to_string();
+    let d = diff(&beside_c2, false)?;
+    assert_eq!(chose(&d), want(&c0, "earliest", "beside"), "{d:#}");
+    // The pulled captures all verify (the label is inside the hashed
+    // manifest, not beside it).
+    for id in [&c0, &c1, &c2, &labelled, &incident] {
+        collector(&["verify".as_ref(), pulls.join(id).as_os_str()])?;
+    }
+    Ok(())
+}

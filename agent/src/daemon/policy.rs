@@ -386,6 +386,9 @@ impl Policy {
             ));
         }
         o.physical_memory = o.wants("physical_memory");
+        // Labels only name the capture (checked for shape by `check_spec`
+        // above); they widen nothing the policy governs.
+        o.labels.clone_from(&spec.capture_labels);
         Ok(o)
     }
 
@@ -517,6 +520,34 @@ mod tests {
         // A request naming no log directory reads the policy's roots.
         let o = p.options(&spec(), SystemTime::now()).unwrap();
         assert_eq!(o.logs_dirs, crate::options::default_logs_dirs());
+        assert!(o.labels.is_empty());
+    }
+
+    #[test]
+    fn capture_labels_are_recorded_and_malformed_ones_refused() {
+        let p = Policy::default();
+        let o = p
+            .options(
+                &CaptureSpec {
+                    capture_labels: [("baseline".into(), "true".into())].into(),
+                    ..spec()
+                },
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert_eq!(o.labels.get("baseline").map(String::as_str), Some("true"));
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(json["labels"]["baseline"], "true");
+        let err = p
+            .options(
+                &CaptureSpec {
+                    capture_labels: [("bad key".into(), "\u{7}".into())].into(),
+                    ..spec()
+                },
+                SystemTime::now(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("--capture-label"), "{err}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::store::{DocKey, Store, StoreError};
 
 /// `requests/<id>`: what an analyst asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestDoc {
     /// Request id (UUIDv7).
     pub request_id: String,

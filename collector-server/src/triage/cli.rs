@@ -8,6 +8,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use ircap_proto::manifest::Manifest;
+use ircap_proto::v1::capture_query_client::CaptureQueryClient;
+use tonic::transport::Channel;
+
+use super::baseline::{Among, Choice, Rule};
 use crate::analyst::{self, ServerSettings};
 use crate::render::escape;
 
@@ -54,8 +59,12 @@ pub struct DiffArgs {
     pub a: Option<String>,
     /// The later capture (directory or id).
     pub b: Option<String>,
-    /// Compare B with the host's baseline: among the captures beside B,
-    /// one labelled baseline=true, else the host's earliest.
+    /// Compare B with the host's baseline: the earliest of its captures
+    /// labelled baseline=true, else its earliest capture, among those that
+    /// began before B. Looked for on the collector (captures of B's agent
+    /// identity, the chosen one pulled into --pull-dir) when --server,
+    /// --ca, --cert and --key are given, else among the capture
+    /// directories beside B.
     #[arg(long)]
     pub baseline: bool,
     /// One JSON document instead of a table.
@@ -77,6 +86,41 @@ pub struct ReportArgs {
     pub fetch: FetchArgs,
 }
 
+/// The collector settings, when all four were given.
+fn settings(fetch: &FetchArgs) -> Option<ServerSettings> {
+    let (Some(url), Some(ca), Some(cert), Some(key)) =
+        (&fetch.server, &fetch.ca, &fetch.cert, &fetch.key)
+    else {
+        return None;
+    };
+    Some(ServerSettings {
+        url: url.clone(),
+        ca: ca.clone(),
+        cert: cert.clone(),
+        key: key.clone(),
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Capture `id` in `pull_dir`: there already, else pulled (and verified).
+async fn local_or_pull(
+    client: &mut CaptureQueryClient<Channel>,
+    id: &str,
+    pull_dir: &Path,
+) -> Result<PathBuf, analyst::AnalystError> {
+    let local = pull_dir.join(id);
+    if local.is_dir() {
+        return Ok(local);
+    }
+    analyst::pull(client, id, pull_dir).await
+}
+
 /// The directory of capture `what`: itself when it is one, else the
 /// capture of that id in `--pull-dir`, pulled (and verified) when absent.
 fn resolve(what: &str, fetch: &FetchArgs) -> Result<PathBuf, String> {
@@ -92,29 +136,44 @@ fn resolve(what: &str, fetch: &FetchArgs) -> Result<PathBuf, String> {
     if local.is_dir() {
         return Ok(local);
     }
-    let (Some(url), Some(ca), Some(cert), Some(key)) =
-        (&fetch.server, &fetch.ca, &fetch.cert, &fetch.key)
-    else {
+    let Some(settings) = settings(fetch) else {
         return Err(format!(
             "{what} is not a directory; to pull it give --server, --ca, --cert and --key (or IRCAP_SERVER, ...)"
         ));
     };
-    let settings = ServerSettings {
-        url: url.clone(),
-        ca: ca.clone(),
-        cert: cert.clone(),
-        key: key.clone(),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime
+    runtime()?
         .block_on(async {
             let mut client = analyst::connect(&settings)?;
-            analyst::pull(&mut client, what, &fetch.pull_dir).await
+            local_or_pull(&mut client, what, &fetch.pull_dir).await
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.explain(&settings.url))
+}
+
+/// `diff --baseline B` with a collector: B's host's baseline among the
+/// collector's captures of B's agent identity, pulled into `--pull-dir`
+/// (verified) unless already there.
+fn baseline_on_collector(
+    b: &Path,
+    settings: &ServerSettings,
+    pull_dir: &Path,
+) -> Result<(PathBuf, Rule), String> {
+    let mb = Manifest::read(&b.join(ircap_proto::artifact_name::MANIFEST_FILE))
+        .map_err(|e| e.to_string())?;
+    let found = runtime()?
+        .block_on(async {
+            let mut client = analyst::connect(settings)?;
+            match super::baseline::on_collector(&mut client, &mb).await? {
+                Some((id, rule)) => Ok(Some((
+                    local_or_pull(&mut client, &id, pull_dir).await?,
+                    rule,
+                ))),
+                None => Ok::<_, analyst::AnalystError>(None),
+            }
+        })
+        .map_err(|e| e.explain(&settings.url))?;
+    found.ok_or_else(|| {
+        super::run::DiffError::NoBaseline(b.display().to_string(), "on the collector").to_string()
+    })
 }
 
 fn fail(message: &str) -> ExitCode {
@@ -169,14 +228,37 @@ pub fn diff(args: &DiffArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(&e),
     };
-    let a = match a.map(|a| resolve(a, &args.fetch)).transpose() {
-        Ok(d) => d,
+    let picked = if args.baseline {
+        match settings(&args.fetch) {
+            Some(s) => baseline_on_collector(&b, &s, &args.fetch.pull_dir)
+                .map(|(p, rule)| (p, Some((rule, Among::Collector)))),
+            None => super::run::baseline_beside(&b)
+                .map(|(p, rule)| (p, Some((rule, Among::Beside))))
+                .map_err(|e| e.to_string()),
+        }
+    } else {
+        a.map_or_else(
+            || Err("no capture A".to_owned()),
+            |a| resolve(a, &args.fetch).map(|p| (p, None)),
+        )
+    };
+    let (a, choice) = match picked {
+        Ok(x) => x,
         Err(e) => return fail(&e),
     };
-    let d = match super::run::diff_dirs(a.as_deref(), &b, args.baseline) {
+    let mut d = match super::run::diff_dirs(&a, &b) {
         Ok(d) => d,
         Err(e) => return fail(&e.to_string()),
     };
+    d.baseline = choice.map(|(rule, among)| Choice { rule, among });
+    if let Some(c) = d.baseline {
+        tracing::info!(
+            baseline = %escape(&d.a),
+            rule = ?c.rule,
+            among = ?c.among,
+            "Baseline chosen"
+        );
+    }
     if !d.same_host {
         tracing::warn!("The two captures claim different hosts");
     }
@@ -184,10 +266,35 @@ pub fn diff(args: &DiffArgs) -> ExitCode {
     if args.json {
         let _ = writeln!(out, "{}", crate::render::json(&d).unwrap_or_default());
     } else {
-        let _ = writeln!(out, "A {}  ->  B {}", escape(&d.a), escape(&d.b));
+        let how = match d.baseline {
+            Some(Choice {
+                rule: Rule::Labelled,
+                among,
+            }) => {
+                format!(" (baseline: labelled baseline=true, {})", among_text(among))
+            }
+            Some(Choice {
+                rule: Rule::Earliest,
+                among,
+            }) => {
+                format!(
+                    " (baseline: the host's earliest, none labelled, {})",
+                    among_text(among)
+                )
+            }
+            None => String::new(),
+        };
+        let _ = writeln!(out, "A {}{how}  ->  B {}", escape(&d.a), escape(&d.b));
         let _ = write!(out, "{}", super::diff::table(&d));
     }
     ExitCode::SUCCESS
+}
+
+fn among_text(among: Among) -> &'static str {
+    match among {
+        Among::Beside => "beside B",
+        Among::Collector => "on the collector",
+    }
 }
 
 /// Runs `report`.

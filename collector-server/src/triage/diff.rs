@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use ircap_proto::manifest::Manifest;
 use serde::Serialize;
 
 use super::evidence::{Evidence, Row};
@@ -47,6 +46,9 @@ pub struct Diff {
     /// Hostnames claimed by each; a diff of two hosts is allowed but
     /// flagged.
     pub same_host: bool,
+    /// With `--baseline`: how A was chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<super::baseline::Choice>,
     /// One per kind, in a fixed order.
     pub sections: Vec<Section>,
 }
@@ -335,6 +337,7 @@ pub fn diff(a: &Evidence, b: &Evidence) -> Diff {
         a: a.manifest.capture_id.clone(),
         b: b.manifest.capture_id.clone(),
         same_host,
+        baseline: None,
         sections,
     }
 }
@@ -352,43 +355,6 @@ pub fn table(d: &Diff) -> String {
         }
     }
     t.render()
-}
-
-/// The baseline for `b` among `candidates` (directory, manifest): one of
-/// the same host whose options carry the label `baseline=true`, else the
-/// same host's earliest capture (by start time) that began before `b`.
-#[must_use]
-pub fn pick_baseline<'a, T>(b: &Manifest, candidates: &'a [(T, Manifest)]) -> Option<&'a T> {
-    let hb = &b.host;
-    let same = |(_, m): &&(T, Manifest)| {
-        let h = &m.host;
-        m.capture_id != b.capture_id
-            && match (&h.machine_id, &hb.machine_id) {
-                (Some(x), Some(y)) => x == y,
-                _ => h.hostname == hb.hostname,
-            }
-    };
-    let labelled = |(_, m): &&(T, Manifest)| {
-        let o = &m.options;
-        o.pointer("/labels/baseline")
-            .and_then(serde_json::Value::as_str)
-            == Some("true")
-            || o.get("baseline").and_then(serde_json::Value::as_bool) == Some(true)
-    };
-    let earliest = |x: &&(T, Manifest), y: &&(T, Manifest)| x.1.started_at.cmp(&y.1.started_at);
-    candidates
-        .iter()
-        .filter(same)
-        .filter(labelled)
-        .min_by(earliest)
-        .or_else(|| {
-            candidates
-                .iter()
-                .filter(same)
-                .filter(|(_, m)| m.started_at < b.started_at)
-                .min_by(earliest)
-        })
-        .map(|(t, _)| t)
 }
 
 #[cfg(test)]
@@ -443,28 +409,6 @@ mod tests {
             .unwrap_or(procs);
         assert_eq!(findings.added.len(), 1, "{findings:?}");
         assert!(findings.added[0].key.starts_with("exe_origin:pid=10"));
-    }
-
-    #[test]
-    fn the_baseline_is_the_labelled_or_earliest_capture_of_the_same_host() {
-        let at = |id: &str, host: &str, start: &str| {
-            let mut m = super::super::rules::fixture::manifest();
-            m.capture_id = id.into();
-            m.host.hostname = host.into();
-            m.started_at = start.into();
-            (id.to_owned(), m)
-        };
-        let b = at("B", "web-1", "2026-12-03T00:00:00Z").1;
-        let mut c = vec![
-            at("other-host", "db-1", "2026-11-01T00:00:00Z"),
-            at("second", "web-1", "2026-12-02T00:00:00Z"),
-            at("first", "web-1", "2026-12-01T00:00:00Z"),
-            at("later", "web-1", "2026-12-04T00:00:00Z"),
-        ];
-        assert_eq!(pick_baseline(&b, &c).map(String::as_str), Some("first"));
-        c[1].1.options = json!({"labels": {"baseline": "true"}});
-        assert_eq!(pick_baseline(&b, &c).map(String::as_str), Some("second"));
-        assert_eq!(pick_baseline(&b, &c[..1]), None);
     }
 
     #[test]

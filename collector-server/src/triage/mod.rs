@@ -6,6 +6,7 @@
 //! is escaped where it is shown.
 
 pub mod at_commit;
+pub mod baseline;
 pub mod cli;
 pub mod diff;
 pub mod evidence;

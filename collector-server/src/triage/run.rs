@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use ircap_proto::manifest::Manifest;
 
-use super::diff::{Diff, diff, pick_baseline};
+use super::baseline;
+use super::diff::{Diff, diff};
 use super::evidence::{Evidence, EvidenceError};
 use super::{Finding, findings, write_findings};
 
@@ -51,27 +52,34 @@ pub enum DiffError {
     Evidence(#[from] EvidenceError),
     /// `--baseline` found nothing to compare with.
     #[error(
-        "no baseline for {0}: no other capture of the same host beside it started earlier or is labelled baseline=true"
+        "no baseline for {0}: no other capture of the same host {1} began before it (labelled baseline=true or not)"
     )]
-    NoBaseline(String),
+    NoBaseline(String, &'static str),
 }
 
-/// `diff A B`, or with `baseline` `diff --baseline B` (A is then picked
-/// among the captures beside B).
+/// `diff A B` of two capture directories.
 ///
 /// # Errors
-/// [`DiffError`].
-pub fn diff_dirs(a: Option<&Path>, b: &Path, baseline: bool) -> Result<Diff, DiffError> {
+/// [`DiffError::Evidence`] when either cannot be read.
+pub fn diff_dirs(a: &Path, b: &Path) -> Result<Diff, DiffError> {
     let eb = Evidence::from_dir(b)?;
-    if baseline {
-        let candidates = siblings(b);
-        let a = pick_baseline(&eb.manifest, &candidates)
-            .ok_or_else(|| DiffError::NoBaseline(b.display().to_string()))?;
-        return Ok(diff(&Evidence::from_dir(a)?, &eb));
-    }
-    let a = a.ok_or_else(|| DiffError::NoBaseline(b.display().to_string()))?;
     let ea = Evidence::from_dir(a)?;
     Ok(diff(&ea, &eb))
+}
+
+/// The baseline of the capture in `b` among the capture directories beside
+/// it ([`baseline::beside`]).
+///
+/// # Errors
+/// [`DiffError::Evidence`] when B's manifest cannot be read,
+/// [`DiffError::NoBaseline`] when no capture qualifies.
+pub fn baseline_beside(b: &Path) -> Result<(PathBuf, baseline::Rule), DiffError> {
+    let mb = Manifest::read(&b.join(ircap_proto::artifact_name::MANIFEST_FILE))
+        .map_err(EvidenceError::from)?;
+    let candidates = siblings(b);
+    baseline::beside(&mb, &candidates)
+        .map(|(p, rule)| (p.clone(), rule))
+        .ok_or_else(|| DiffError::NoBaseline(b.display().to_string(), "beside it"))
 }
 
 /// Writes the HTML report of the capture in `dir` to `out` (findings are
