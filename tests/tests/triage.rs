@@ -398,8 +398,17 @@ fn planted_things_are_found_pointed_at_and_diffed() -> TestResult {
 /// escaped host text (a process's command line may hold one) are text, not
 /// fetches, and are not counted.
 fn fetching_markup(page: &str) -> Vec<String> {
-    const TAGS: &[&str] = &["<script", "<link", "<iframe", "<frame", "<object", "<embed", "<base"];
-    const ATTRS: &[&str] = &["src=", "href=", "action=", "poster=", "srcset=", "background="];
+    const TAGS: &[&str] = &[
+        "<script", "<link", "<iframe", "<frame", "<object", "<embed", "<base",
+    ];
+    const ATTRS: &[&str] = &[
+        "src=",
+        "href=",
+        "action=",
+        "poster=",
+        "srcset=",
+        "background=",
+    ];
     let mut found = Vec::new();
     let mut rest = page;
     while let Some(open) = rest.find('<') {
@@ -422,8 +431,13 @@ fn fetching_markup(page: &str) -> Vec<String> {
     // other than data: fetches.
     for block in page.split("<style").skip(1) {
         let css = block.split("</style>").next().unwrap_or_default();
-        for (at, _) in css.match_indices("url(").chain(css.match_indices("@import")) {
-            let after = css[at..].trim_start_matches("url(").trim_start_matches(['"', '\'']);
+        for (at, _) in css
+            .match_indices("url(")
+            .chain(css.match_indices("@import"))
+        {
+            let after = css[at..]
+                .trim_start_matches("url(")
+                .trim_start_matches(['"', '\'']);
             if !after.starts_with("data:") {
                 found.push(css[at..css.len().min(at + 60)].to_owned());
             }

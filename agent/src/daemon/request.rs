@@ -133,14 +133,14 @@ pub fn run(
         Ok(s) => s,
         Err(e) => return outcome("failed", e.to_string(), 0),
     };
-    let sink = BudgetSink::new(Box::new(remote), request.budget);
+    let sink = std::sync::Arc::new(BudgetSink::new(Box::new(remote), request.budget));
     started(&capture_id);
     tracing::info!(
         request_id = request.id,
         capture_id,
         "Requested capture started"
     );
-    match capture::run(&capture_id, &options, &sink, lowered) {
+    match capture::run(&capture_id, &options, sink, lowered) {
         Ok(done) => {
             let summary = done.summary();
             tracing::info!(
