@@ -121,8 +121,9 @@ fn one(entry: ArtifactEntry) -> Vec<ArtifactEntry> {
 }
 
 /// Keeps what a step stored. A step that could not store its artifacts
-/// (the output filled up) is dropped, when the sink can drop it cleanly,
-/// and recorded in `dropped`: the capture goes on and is committed as
+/// (the output filled up, or a request's budget refused them) is dropped,
+/// when the sink can drop it cleanly, and recorded in `dropped` with the
+/// artifact and the reason: the capture goes on and is committed as
 /// partial. Otherwise the error ends the capture.
 fn keep(
     sink: &dyn CaptureSink,
@@ -402,10 +403,13 @@ fn run_inner(
     let host = match steps.run("system", move |ctx| {
         system::write(ctx, clock_at_start, ec2, priority)
     }) {
-        Ok(result) => {
-            let (system_entry, host) = result?;
+        Ok(Ok((system_entry, host))) => {
             artifacts.push(system_entry);
             host
+        }
+        Ok(Err(err)) => {
+            keep(&*sink, "system", Err(err), &mut artifacts, &mut dropped)?;
+            fallback_host()
         }
         Err(_) => fallback_host(),
     };
