@@ -403,13 +403,11 @@ fn run_inner(
     let host = match steps.run("system", move |ctx| {
         system::write(ctx, clock_at_start, ec2, priority)
     }) {
-        Ok(Ok((system_entry, host))) => {
+        // The host's identity: a capture that cannot store it fails.
+        Ok(result) => {
+            let (system_entry, host) = result?;
             artifacts.push(system_entry);
             host
-        }
-        Ok(Err(err)) => {
-            keep(&*sink, "system", Err(err), &mut artifacts, &mut dropped)?;
-            fallback_host()
         }
         Err(_) => fallback_host(),
     };
