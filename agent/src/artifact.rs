@@ -177,8 +177,7 @@ impl ArtifactStream {
                 (out, digest.clone(), digest, Encoding::Identity)
             }
         };
-        out.close(&stored, &content)?;
-        Ok(entry(
+        let entry = entry(
             name,
             self.kind,
             self.content_type,
@@ -188,7 +187,11 @@ impl ArtifactStream {
             self.started_at,
             record_count,
             self.errors,
-        ))
+        );
+        let mut out = out;
+        out.will_close_as(&entry);
+        out.close(&stored, &content)?;
+        Ok(entry)
     }
 }
 

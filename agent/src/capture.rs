@@ -1,7 +1,10 @@
 //! One capture, start to finish: collectors in order of volatility, then
 //! the manifest, then the sink's commit.
 
+mod steps;
+
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use ircap_proto::manifest::{
@@ -11,13 +14,14 @@ use ircap_proto::{ArtifactEntry, Manifest};
 use serde::Serialize;
 
 use crate::collect::{
-    self, Context, Roots, accounts::Accounts, connections, imds, kernel, kernel_symbols, logs,
-    memory_maps, memory_regions, network_state, physical, processes, system, users, volatile_files,
+    self, Roots, accounts::Accounts, connections, imds, kernel, kernel_symbols, logs, memory_maps,
+    memory_regions, network_state, physical, processes, system, users, volatile_files,
 };
 use crate::options::CaptureOptions;
 use crate::priority::Lowered;
 use crate::sink::{CaptureSink, SinkError};
 use crate::timefmt;
+use steps::{Shared, Steps};
 
 /// A finished capture.
 #[derive(Debug)]
@@ -28,6 +32,9 @@ pub struct Outcome {
     pub location: String,
     /// Wall time taken.
     pub duration_ms: u128,
+    /// Steps abandoned by the watchdog: their threads may still be blocked
+    /// in the kernel (a long-lived process should restart).
+    pub abandoned: Vec<String>,
 }
 
 /// The short JSON summary printed on stdout (fits SSM's 24 KB output).
@@ -114,8 +121,9 @@ fn one(entry: ArtifactEntry) -> Vec<ArtifactEntry> {
 }
 
 /// Keeps what a step stored. A step that could not store its artifacts
-/// (the output filled up) is dropped, when the sink can drop it cleanly,
-/// and recorded in `dropped`: the capture goes on and is committed as
+/// (the output filled up, or a request's budget refused them) is dropped,
+/// when the sink can drop it cleanly, and recorded in `dropped` with the
+/// artifact and the reason: the capture goes on and is committed as
 /// partial. Otherwise the error ends the capture.
 fn keep(
     sink: &dyn CaptureSink,
@@ -150,25 +158,64 @@ pub fn new_capture_id() -> String {
 /// Runs one capture into `sink`. On a sink failure the sink is aborted, so
 /// nothing half-written is left looking like a capture.
 ///
+/// Each step runs under the watchdog of [`steps`]: a step stuck past its
+/// share of `--deadline` is abandoned (its thread left blocked, see
+/// [`Outcome::abandoned`]) and the capture is committed as partial.
+///
 /// # Errors
 /// [`SinkError`] when the capture could not be stored.
 pub fn run(
     capture_id: &str,
     options: &CaptureOptions,
-    sink: &dyn CaptureSink,
+    sink: Arc<dyn CaptureSink>,
     lowered: Option<&Lowered>,
 ) -> Result<Outcome, SinkError> {
-    let result = run_inner(capture_id, options, sink, lowered);
+    let result = run_inner(capture_id, options, Arc::clone(&sink), lowered);
     if result.is_err() {
         sink.abort();
     }
     result
 }
 
+/// How many steps `options` plans, for the watchdog's reserve.
+fn planned_steps(options: &CaptureOptions) -> usize {
+    let w = |n: &str| options.wants(n);
+    [
+        w("connections") || w("network_state"),
+        w("connections") || w("processes") || w("memory_maps"),
+        w("connections"),
+        w("memory_maps"),
+        w("network_state"),
+        w("users"),
+        w("kernel"),
+        w("volatile_files"),
+        true,
+        options.memory_regions.is_some() && w("memory_regions"),
+        options.physical_memory && w("physical_memory"),
+        options.physical_memory && w("physical_memory"),
+        w("logs"),
+        w("journal"),
+    ]
+    .iter()
+    .filter(|&&b| b)
+    .count()
+}
+
+/// The host identity when the system step gave none: what can be read
+/// without touching the file system.
+fn fallback_host() -> ircap_proto::manifest::HostIdentity {
+    ircap_proto::manifest::HostIdentity {
+        hostname: system::hostname(),
+        kernel_release: system::kernel().release,
+        ..Default::default()
+    }
+}
+
+#[allow(clippy::too_many_lines)]
 fn run_inner(
     capture_id: &str,
     options: &CaptureOptions,
-    sink: &dyn CaptureSink,
+    sink: Arc<dyn CaptureSink>,
     lowered: Option<&Lowered>,
 ) -> Result<Outcome, SinkError> {
     let t0 = Instant::now();
@@ -185,133 +232,157 @@ fn run_inner(
     });
 
     let roots = Roots::host();
-    let accounts = Accounts::load(&roots.etc);
-    let clock = system::BootClock::read();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
-    let ctx = Context {
-        sink,
-        options,
-        roots: &roots,
-        accounts: &accounts,
-        clock: &clock,
-        threads,
+    let shared = Arc::new(Shared {
+        sink: Arc::clone(&sink),
+        options: options.clone(),
+        accounts: Accounts::load(&roots.etc),
+        clock: system::BootClock::read(),
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
         blocking: if options.enter_remote_fs {
             collect::blocking_fs::BlockingMounts::default()
         } else {
             collect::blocking_fs::BlockingMounts::read(&roots.proc)
         },
-        dropped: collect::Dropped::default(),
-    };
+        roots,
+    });
+    let roots = &shared.roots;
     let mut capture_errors: Vec<CaptureError> = Vec::new();
     let mut artifacts: Vec<ArtifactEntry> = Vec::new();
     // Artifacts dropped or cut, with the reason: the capture is partial.
     let mut dropped: Vec<CaptureError> = Vec::new();
 
-    let pids = processes::list_pids(&roots.proc).unwrap_or_else(|e| {
-        capture_errors.push(CaptureError {
-            source: "processes".into(),
-            message: e.to_string(),
-        });
-        Vec::new()
-    });
+    let pids: Arc<[i32]> = processes::list_pids(&roots.proc)
+        .unwrap_or_else(|e| {
+            capture_errors.push(CaptureError {
+                source: "processes".into(),
+                message: e.to_string(),
+            });
+            Vec::new()
+        })
+        .into();
 
     // Most volatile first: socket tables, then processes (whose fd pass
     // gives the socket owners), then memory maps.
     // The socket table is also the network state's listening summary, and
     // the process scan gives the socket owners and the maps' targets: each
     // is read when anything needs it, written when asked for.
-    // Past `--deadline` no further step starts; each one left out is
-    // recorded and the capture is partial.
-    let cut: std::cell::RefCell<Vec<&str>> = std::cell::RefCell::default();
-    let wants = |name: &'static str| {
-        if !options.wants(name) {
-            return false;
-        }
-        if t0.elapsed() >= options.deadline {
-            let mut c = cut.borrow_mut();
-            if !c.contains(&name) {
-                c.push(name);
-            }
-            return false;
-        }
-        true
-    };
+    // Each step runs under the watchdog: past its share of `--deadline`
+    // it is abandoned, and past the deadline no further step starts; each
+    // one is recorded and the capture is partial.
+    let mut steps = Steps::new(Arc::clone(&shared), t0, planned_steps(options));
+    let wants = |name: &str| options.wants(name);
     let mut sockets = if wants("connections") || wants("network_state") {
-        connections::snapshot(&roots.proc, &pids)
+        let pids = Arc::clone(&pids);
+        steps
+            .run("connections", move |ctx| {
+                connections::snapshot(&ctx.roots.proc, &pids)
+            })
+            .map_err(|missed| {
+                if wants("network_state") {
+                    steps.skipped("network_state", "socket table", missed);
+                }
+            })
+            .ok()
     } else {
-        connections::SocketSnapshot::default()
+        Some(connections::SocketSnapshot::default())
     };
-    tracing::debug!(
-        sockets = sockets.records.len(),
-        namespaces = sockets.namespaces.len(),
-        "Read socket tables"
-    );
+    if let Some(sockets) = &sockets {
+        tracing::debug!(
+            sockets = sockets.records.len(),
+            namespaces = sockets.namespaces.len(),
+            "Read socket tables"
+        );
+    }
+    let mut map_targets = None;
     if wants("connections") || wants("processes") || wants("memory_maps") {
         // Process records are written as they are read; what connections
         // and maps need of them is kept in a compact index.
-        let (index, table) = processes::scan(&ctx, &pids, wants("processes"));
-        tracing::debug!(processes = index.records, "Read processes");
-        if let Some(table) = table {
-            keep(
-                sink,
-                "processes",
-                table.map(one),
-                &mut artifacts,
-                &mut dropped,
-            )?;
+        let pids = Arc::clone(&pids);
+        let write = wants("processes");
+        match steps.run("processes", move |ctx| processes::scan(ctx, &pids, write)) {
+            Ok((index, table)) => {
+                tracing::debug!(processes = index.records, "Read processes");
+                if let Some(table) = table {
+                    keep(
+                        &*sink,
+                        "processes",
+                        table.map(one),
+                        &mut artifacts,
+                        &mut dropped,
+                    )?;
+                }
+                if let Some(sockets) = &mut sockets {
+                    connections::attach_owners(&mut sockets.records, &index, &shared.accounts);
+                }
+                map_targets = Some(index.map_targets);
+            }
+            Err(missed) => {
+                if wants("memory_maps") {
+                    steps.skipped("memory_maps", "processes", missed);
+                }
+            }
         }
-        connections::attach_owners(&mut sockets.records, &index, &accounts);
-        if wants("connections") {
+    }
+    let sockets = sockets.map(Arc::new);
+    if wants("connections")
+        && let Some(sockets) = &sockets
+    {
+        let sockets = Arc::clone(sockets);
+        if let Ok(result) = steps.run("connections", move |ctx| connections::write(ctx, &sockets)) {
             keep(
-                sink,
+                &*sink,
                 "connections",
-                connections::write(&ctx, &sockets).map(one),
+                result.map(one),
                 &mut artifacts,
                 &mut dropped,
             )?;
         }
-        if wants("memory_maps") {
+    }
+    if wants("memory_maps")
+        && let Some(targets) = map_targets
+        && let Ok(result) = steps.run("memory_maps", move |ctx| memory_maps::write(ctx, &targets))
+    {
+        keep(
+            &*sink,
+            "memory_maps",
+            result.map(one),
+            &mut artifacts,
+            &mut dropped,
+        )?;
+    }
+    if wants("network_state")
+        && let Some(sockets) = &sockets
+    {
+        let sockets = Arc::clone(sockets);
+        if let Ok(result) = steps.run("network_state", move |ctx| {
+            network_state::write(ctx, &sockets)
+        }) {
             keep(
-                sink,
-                "memory_maps",
-                memory_maps::write(&ctx, &index.map_targets).map(one),
+                &*sink,
+                "network_state",
+                result,
                 &mut artifacts,
                 &mut dropped,
             )?;
         }
     }
-    if wants("network_state") {
-        keep(
-            sink,
-            "network_state",
-            network_state::write(&ctx, &sockets),
-            &mut artifacts,
-            &mut dropped,
-        )?;
+    if wants("users")
+        && let Ok(result) = steps.run("users", users::write)
+    {
+        keep(&*sink, "users", result, &mut artifacts, &mut dropped)?;
     }
-    if wants("users") {
-        keep(
-            sink,
-            "users",
-            users::write(&ctx),
-            &mut artifacts,
-            &mut dropped,
-        )?;
+    if wants("kernel")
+        && let Ok(result) = steps.run("kernel", kernel::write)
+    {
+        keep(&*sink, "kernel", result, &mut artifacts, &mut dropped)?;
     }
-    if wants("kernel") {
+    if wants("volatile_files")
+        && let Ok(result) = steps.run("volatile_files", volatile_files::write)
+    {
         keep(
-            sink,
-            "kernel",
-            kernel::write(&ctx),
-            &mut artifacts,
-            &mut dropped,
-        )?;
-    }
-    if wants("volatile_files") {
-        keep(
-            sink,
+            &*sink,
             "volatile_files",
-            volatile_files::write(&ctx),
+            result,
             &mut artifacts,
             &mut dropped,
         )?;
@@ -329,8 +400,17 @@ fn run_inner(
         "nice": lowered.map(|l| l.nice.clone()),
         "io": lowered.map(|l| l.io.clone()),
     });
-    let (system_entry, host) = system::write(&ctx, clock_at_start, ec2, priority)?;
-    artifacts.push(system_entry);
+    let host = match steps.run("system", move |ctx| {
+        system::write(ctx, clock_at_start, ec2, priority)
+    }) {
+        // The host's identity: a capture that cannot store it fails.
+        Ok(result) => {
+            let (system_entry, host) = result?;
+            artifacts.push(system_entry);
+            host
+        }
+        Err(_) => fallback_host(),
+    };
 
     // Memory bytes after the quick volatile tables: those take about a
     // second in all, a memory dump can take minutes, and sockets, ARP
@@ -347,20 +427,26 @@ fn run_inner(
     if options.physical_memory && options.wants("physical_memory") {
         let need = match (
             options.physical_memory_budget,
-            physical::expected_bytes(&roots),
+            physical::expected_bytes(roots),
         ) {
             (Some(budget), Some(ram)) => budget.min(ram),
             (budget, ram) => budget.or(ram).unwrap_or(0),
         };
         preflight(options, "physical_memory", need, &mut capture_errors);
     }
-    if let Some(selector) = &options.memory_regions
+    if options.memory_regions.is_some()
         && wants("memory_regions")
+        && let Ok(result) = steps.run("memory_regions", move |ctx| {
+            match &ctx.options.memory_regions {
+                Some(selector) => memory_regions::write(ctx, selector, &pids),
+                None => Ok(Vec::new()),
+            }
+        })
     {
         keep(
-            sink,
+            &*sink,
             "memory_regions",
-            memory_regions::write(&ctx, selector, &pids),
+            result,
             &mut artifacts,
             &mut dropped,
         )?;
@@ -368,55 +454,57 @@ fn run_inner(
     if options.physical_memory && wants("physical_memory") {
         // The symbol sources that let the image be opened without a debug
         // package, read just before the memory they describe.
-        keep(
-            sink,
-            "kernel_symbols",
-            kernel_symbols::write(&ctx),
-            &mut artifacts,
-            &mut dropped,
-        )?;
-        let before = capture_errors.len();
-        let stored = physical::write(&ctx, &mut capture_errors);
-        keep(
-            sink,
-            "physical_memory",
-            stored,
-            &mut artifacts,
-            &mut dropped,
-        )?;
-        // Asked for explicitly and impossible here (no kcore, lockdown,
-        // STRICT_DEVMEM): the capture does not hold what was asked.
-        if let Some(why) = capture_errors
-            .get(before..)
-            .and_then(|new| new.iter().find(|e| e.source == "physical_memory"))
-        {
-            dropped.push(CaptureError {
-                source: "physical_memory".into(),
-                message: format!("requested but not captured: {}", why.message),
-            });
+        if let Ok(result) = steps.run("kernel_symbols", kernel_symbols::write) {
+            keep(
+                &*sink,
+                "kernel_symbols",
+                result,
+                &mut artifacts,
+                &mut dropped,
+            )?;
+        }
+        if let Ok((stored, errors)) = steps.run("physical_memory", |ctx| {
+            let mut errors = Vec::new();
+            let stored = physical::write(ctx, &mut errors);
+            (stored, errors)
+        }) {
+            keep(
+                &*sink,
+                "physical_memory",
+                stored,
+                &mut artifacts,
+                &mut dropped,
+            )?;
+            // Asked for explicitly and impossible here (no kcore, lockdown,
+            // STRICT_DEVMEM): the capture does not hold what was asked.
+            if let Some(why) = errors.iter().find(|e| e.source == "physical_memory") {
+                dropped.push(CaptureError {
+                    source: "physical_memory".into(),
+                    message: format!("requested but not captured: {}", why.message),
+                });
+            }
+            capture_errors.extend(errors);
         }
     }
 
-    if wants("logs") {
-        keep(
-            sink,
-            "logs",
-            logs::write(&ctx, &options.logs_dirs),
-            &mut artifacts,
-            &mut dropped,
-        )?;
+    if wants("logs")
+        && let Ok(result) = steps.run("logs", |ctx| logs::write(ctx, &ctx.options.logs_dirs))
+    {
+        keep(&*sink, "logs", result, &mut artifacts, &mut dropped)?;
     }
-    if wants("journal") {
-        keep(
-            sink,
-            "journal",
-            collect::journal_table::write(&ctx, &options.logs_dirs).map(|e| vec![e]),
-            &mut artifacts,
-            &mut dropped,
-        )?;
+    if wants("journal")
+        && let Ok(result) = steps.run("journal", |ctx| {
+            collect::journal_table::write(ctx, &ctx.options.logs_dirs).map(|e| vec![e])
+        })
+    {
+        keep(&*sink, "journal", result, &mut artifacts, &mut dropped)?;
     }
-    dropped.extend(ctx.dropped.take());
-    for name in cut.take() {
+    dropped.extend(std::mem::take(&mut steps.dropped));
+    // What abandoned steps had finished is whole and verified: kept.
+    artifacts.extend(std::mem::take(&mut steps.kept));
+    let abandoned: Vec<String> = steps.abandoned.iter().map(|e| e.source.clone()).collect();
+    dropped.extend(std::mem::take(&mut steps.abandoned));
+    for name in std::mem::take(&mut steps.cut) {
         dropped.push(CaptureError {
             source: name.to_owned(),
             message: format!(
@@ -483,5 +571,6 @@ fn run_inner(
         manifest,
         location,
         duration_ms: t0.elapsed().as_millis(),
+        abandoned,
     })
 }

@@ -167,7 +167,7 @@ fn run_capture(args: &CaptureArgs) -> u8 {
         }
     };
     tracing::info!(capture_id, "Capture started");
-    match capture::run(&capture_id, &options, sink.as_ref(), lowered.as_ref()) {
+    match capture::run(&capture_id, &options, sink.into(), lowered.as_ref()) {
         Ok(outcome) => {
             let summary = outcome.summary();
             tracing::info!(

@@ -984,52 +984,183 @@ exec '{agent}' capture --no-imds --artifacts volatile_files --output '{out}'"#,
     Ok(())
 }
 
-#[test]
-fn steps_past_the_deadline_are_cut_and_the_capture_is_partial() -> TestResult {
-    let tmp = tempfile::tempdir()?;
-    // 3,000 more processes: the process scan alone takes well over the
-    // one-second deadline, so no step after it may start.
-    let sleepers = Sleepers::start(tmp.path(), 3_000)?;
-    let run = capture_partial(
-        &tmp.path().join("out"),
-        &[
-            "--deadline",
-            "1s",
-            "--artifacts",
-            "connections,processes,memory_maps,users,kernel",
-        ],
-    );
-    drop(sleepers);
-    let m = run.manifest();
-    let cut: Vec<&str> = m["errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| {
-            e["message"]
-                .as_str()
-                .is_some_and(|s| s.contains("--deadline of 1s was reached"))
-        })
-        .filter_map(|e| e["source"].as_str())
-        .collect();
-    for step in ["memory_maps", "users", "kernel"] {
-        assert!(cut.contains(&step), "{step} not cut: {cut:?}");
+/// Runs the agent with `args` in a private mount namespace whose `/tmp` is
+/// a fresh tmpfs holding a log directory (`/tmp/logs/auth.log`) and an
+/// unanswered FUSE mount at each of `hung` (its server, the shell, holds
+/// `/dev/fuse` open and never reads it: any access waits for ever). Returns
+/// the run, its exit code and its wall time.
+fn capture_with_hung_mounts(
+    hung: &[&str],
+    args: &str,
+) -> Result<(Run, Option<i32>, std::time::Duration), Box<dyn std::error::Error>> {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "hung-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&out)?;
+    let mut mounts = String::new();
+    for (i, dir) in hung.iter().enumerate() {
+        let fd = i + 3;
+        mounts += &format!(
+            "mkdir -p {dir}\nexec {fd}<>/dev/fuse\nmount -i -t fuse -o fd={fd},rootmode=40000,user_id=0,group_id=0 none {dir}\n"
+        );
     }
-    // What was collected before the deadline is kept, whole.
-    let names: Vec<&str> = m["artifacts"]
+    let closed: String = (0..hung.len()).map(|i| format!(" {}>&-", i + 3)).collect();
+    let script = format!(
+        r#"set -e
+mount -t tmpfs none /tmp
+mkdir -p /tmp/logs
+printf 'Dec  1 sshd[1]: Accepted\n' > /tmp/logs/auth.log
+{mounts}set +e
+timeout 120 '{agent}' capture --no-imds --enter-remote-fs --logs-dir /tmp/logs --logs-since 2000-01-01T00:00:00Z --output '{out}' {args}{closed}
+rc=$?
+umount -l {dirs}
+exit $rc"#,
+        agent = env!("CARGO_BIN_EXE_ircap-agent"),
+        out = out.display(),
+        dirs = hung.join(" "),
+    );
+    let t0 = std::time::Instant::now();
+    let output = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()?;
+    let took = t0.elapsed();
+    let code = output.status.code();
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+        format!(
+            "{e}: {:?}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    let run = Run {
+        dir: std::path::PathBuf::from(summary["location"].as_str().unwrap_or_default()),
+        output,
+        summary,
+    };
+    Ok((run, code, took))
+}
+
+/// The manifest's errors as (source, message).
+fn capture_errors(m: &serde_json::Value) -> Vec<(String, String)> {
+    m["errors"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|a| a["name"].as_str())
+        .map(|e| {
+            (
+                e["source"].as_str().unwrap_or_default().to_owned(),
+                e["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn artifact_names(m: &serde_json::Value) -> Vec<String> {
+    m["artifacts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_step_stuck_in_a_read_is_abandoned_and_the_capture_is_partial() -> TestResult {
+    // `--enter-remote-fs` walks into the hung mount under /tmp: the
+    // volatile_files step blocks in the kernel and never returns.
+    let (run, code, took) = capture_with_hung_mounts(
+        &["/tmp/hang"],
+        "--deadline 4s --artifacts processes,connections,kernel,volatile_files,logs",
+    )?;
+    assert_eq!(code, Some(4), "{}", run.stderr());
+    assert_eq!(run.summary["status"], "partial");
+    // 4 s less a 200 ms reserve for each of the two steps after it.
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    eprintln!("stuck volatile_files with --deadline 4s: capture took {took:?}");
+    let m = run.manifest();
+    let errors = capture_errors(&m);
+    let (_, why) = errors
+        .iter()
+        .find(|(s, _)| s == "volatile_files")
+        .unwrap_or_else(|| panic!("volatile_files not named: {errors:?}"));
+    assert!(why.contains("abandoned after"), "{why}");
+    // Nothing of the stuck step is stored; every other table is, whole,
+    // including the logs read after it.
+    let names = artifact_names(&m);
+    assert!(
+        !names.iter().any(|n| n.starts_with("volatile_files")),
+        "{names:?}"
+    );
+    for table in ["processes", "connections", "kernel", "system", "log_files"] {
+        assert!(
+            names.contains(&format!("{table}.jsonl.gz")),
+            "{table}: {names:?}"
+        );
+    }
+    let stored: Vec<String> = std::fs::read_dir(&run.dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.contains(&"processes.jsonl.gz"), "{names:?}");
-    assert!(!names.contains(&"memory_maps.jsonl.gz"), "{names:?}");
-    assert!(run.table("processes").len() >= 3_000);
+    assert!(
+        !stored.iter().any(|n| n.starts_with("volatile_files")),
+        "{stored:?}"
+    );
+    assert_eq!(run.table("log_files")[0]["path"], "/tmp/logs/auth.log");
     let verify = agent().arg("verify").arg(&run.dir).output()?;
     assert!(
         verify.status.success(),
         "{}",
-        String::from_utf8_lossy(&verify.stderr)
+        String::from_utf8_lossy(&verify.stdout)
     );
+    let _ = std::fs::remove_dir_all(run.dir.parent().unwrap_or(&run.dir));
+    Ok(())
+}
+
+#[test]
+fn steps_past_the_deadline_are_abandoned_and_the_capture_ends_on_time() -> TestResult {
+    // Two steps that block for ever (the /tmp walk and the log walk, each
+    // entering a hung mount): each is abandoned at its share, the steps
+    // between and after them still run, and the capture ends by the
+    // deadline whatever the host does.
+    let (run, code, took) = capture_with_hung_mounts(
+        &["/tmp/hang", "/tmp/logs/hang"],
+        "--deadline 3s --artifacts processes,users,volatile_files,logs,journal",
+    )?;
+    assert_eq!(code, Some(4), "{}", run.stderr());
+    eprintln!("two stuck steps with --deadline 3s: capture took {took:?}");
+    // The deadline, plus process start, commit and exit.
+    assert!(took < std::time::Duration::from_secs(6), "took {took:?}");
+    let m = run.manifest();
+    let errors = capture_errors(&m);
+    for step in ["volatile_files", "logs"] {
+        assert!(
+            errors
+                .iter()
+                .any(|(s, why)| s == step && why.contains("--deadline of 3s")),
+            "{step} not abandoned: {errors:?}"
+        );
+    }
+    let names = artifact_names(&m);
+    for table in ["processes", "logins", "system", "journal"] {
+        assert!(
+            names.contains(&format!("{table}.jsonl.gz")),
+            "{table}: {names:?}"
+        );
+    }
+    assert!(
+        !names.contains(&"log_files.jsonl.gz".to_owned()),
+        "{names:?}"
+    );
+    let verify = agent().arg("verify").arg(&run.dir).output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let _ = std::fs::remove_dir_all(run.dir.parent().unwrap_or(&run.dir));
     Ok(())
 }

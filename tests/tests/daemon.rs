@@ -2,7 +2,8 @@
 //! processes keep their outbound stream to real collectors, analysts
 //! target one host, a label or every agent with `ircap-collector request`,
 //! two collector replicas share one store, a collector restart is survived,
-//! budgets and refused options fail cleanly, duplicate identities are
+//! budgets cut a capture to partial, refused options fail cleanly, a hung
+//! capture step is reported and the agent restarts, duplicate identities are
 //! flagged, and agent certificates cannot make requests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -83,22 +84,8 @@ fn daemon_full(
     hostname: Option<&str>,
     extra: &[&str],
 ) -> Daemon {
-    let config = tmp.join(format!("{who}-{}.toml", uuid_like()));
-    std::fs::write(
-        &config,
-        format!(
-            "collector = \"{url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"1s\"\n[labels]\n{labels}\n[policy]\n{policy}\n",
-            pki.join("ca.pem").display(),
-            pki.join(format!("{who}.pem")).display(),
-            pki.join(format!("{who}.key")).display(),
-        ),
-    )
-    .unwrap();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(tmp.join(format!("{who}.log")))
-        .unwrap();
+    let config = config_file(tmp, url, pki, who, "", labels, policy);
+    let log = daemon_log(tmp, who);
     let agent = bin("ircap-agent");
     let mut cmd = match hostname {
         None => agent,
@@ -122,6 +109,40 @@ fn daemon_full(
         .spawn()
         .unwrap();
     Daemon(child)
+}
+
+/// A config file for `who`: `top` (TOML lines before the tables),
+/// `labels` and `policy`.
+fn config_file(
+    tmp: &Path,
+    url: &str,
+    pki: &Path,
+    who: &str,
+    top: &str,
+    labels: &str,
+    policy: &str,
+) -> std::path::PathBuf {
+    let config = tmp.join(format!("{who}-{}.toml", uuid_like()));
+    std::fs::write(
+        &config,
+        format!(
+            "collector = \"{url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"1s\"\n{top}\n[labels]\n{labels}\n[policy]\n{policy}\n",
+            pki.join("ca.pem").display(),
+            pki.join(format!("{who}.pem")).display(),
+            pki.join(format!("{who}.key")).display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// The daemon's stderr, appended to `<tmp>/<who>.log`.
+fn daemon_log(tmp: &Path, who: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(tmp.join(format!("{who}.log")))
+        .unwrap()
 }
 
 fn uuid_like() -> u128 {
@@ -475,7 +496,7 @@ fn host_targets_the_certificate_identity_not_a_claimed_hostname() -> TestResult 
 }
 
 #[test]
-fn budgets_and_refused_options_fail_cleanly() -> TestResult {
+fn over_budget_is_partial_and_refused_options_fail_cleanly() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki_dir = pki(&tmp.path().join("pki"));
     let c = collector(
@@ -488,27 +509,36 @@ fn budgets_and_refused_options_fail_cleanly() -> TestResult {
     let _a1 = daemon(tmp.path(), &url, &pki_dir, "web-1", "", &[]);
     wait_for_agents(&url, &pki_dir, &["web-1"]);
 
-    // Over the byte budget: failed, never listed as complete.
+    // Over the byte budget: the memory maps table (well over 32 KiB
+    // compressed) is cut, what fits is kept, and the capture is committed
+    // as partial, naming the artifact and the limit.
     let (ok, _, results) = request(
         &url,
         &pki_dir,
-        &[&["--host", "web-1", "--max-bytes", "4K"], QUICK].concat(),
+        &[
+            "--host",
+            "web-1",
+            "--artifacts",
+            "memory_maps,kernel",
+            "--max-bytes",
+            "32K",
+        ],
     );
-    assert!(!ok, "a capture over its budget must not succeed");
+    assert!(!ok, "a capture over its budget is not a success");
     assert_eq!(results.len(), 1);
-    assert_eq!(results[0]["status"], "failed", "{}", results[0]);
+    assert_eq!(results[0]["status"], "partial", "{}", results[0]);
+    let error = results[0]["error"].as_str().unwrap();
     assert!(
-        results[0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("byte budget"),
+        error.contains("memory_maps: not stored, dropped")
+            && error.contains("byte budget of 32768 bytes exceeded"),
         "{}",
         results[0]
     );
-    assert!(listed(&url, &pki_dir, &[]).is_empty(), "nothing complete");
-    let incomplete = listed(&url, &pki_dir, &["--incomplete"]);
-    let failed_id = results[0]["capture_id"].as_str().unwrap();
-    assert!(incomplete.contains(&("web-1".to_owned(), failed_id.to_owned())));
+    let partial_id = results[0]["capture_id"].as_str().unwrap();
+    assert!(
+        listed(&url, &pki_dir, &[]).contains(&("web-1".to_owned(), partial_id.to_owned())),
+        "committed"
+    );
 
     // Command-line arguments are no longer a request: there is nothing
     // to pass them through, and nothing is stored.
@@ -550,6 +580,112 @@ fn budgets_and_refused_options_fail_cleanly() -> TestResult {
     let (ok, _, results) = request(&url, &pki_dir, &[&["--host", "web-1"], QUICK].concat());
     assert!(ok, "{results:?}");
     assert_eq!(complete(&results).len(), 1);
+    Ok(())
+}
+
+/// `ircap-agent serve` as `who` in a private mount namespace where
+/// `hung` is an unanswered FUSE mount (the agent itself holds `/dev/fuse`
+/// open and never reads it: any access waits for ever), with
+/// `enter_remote_fs = true` and the policy allowing logs under `logs`.
+fn daemon_with_a_hung_mount(
+    tmp: &Path,
+    url: &str,
+    pki: &Path,
+    who: &str,
+    logs: &Path,
+    hung: &Path,
+) -> Daemon {
+    let config = config_file(
+        tmp,
+        url,
+        pki,
+        who,
+        "enter_remote_fs = true",
+        "",
+        &format!("log_roots = [\"{}\"]", logs.display()),
+    );
+    let script = "set -e\nmkdir -p \"$0\"\nexec 3<>/dev/fuse\nmount -i -t fuse -o fd=3,rootmode=40000,user_id=0,group_id=0 none \"$0\"\nexec \"$@\"";
+    // unshare and sh both exec, so the child is the agent itself.
+    let child = Command::new("unshare")
+        .args(["--mount", "sh", "-c", script])
+        .arg(hung)
+        .arg(bin("ircap-agent").get_program())
+        .args(["serve", "--no-imds", "--backoff-max", "1s", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(daemon_log(tmp, who))
+        .spawn()
+        .unwrap();
+    Daemon(child)
+}
+
+#[test]
+fn a_daemon_whose_capture_step_hangs_reports_partial_and_restarts() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let c = collector(
+        &pki_dir,
+        &tmp.path().join("store"),
+        0,
+        &tmp.path().join("collector.log"),
+    );
+    let url = c.url();
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    std::fs::write(logs.join("auth.log"), "Dec  1 sshd[1]: Accepted\n")?;
+    let mut agent = daemon_with_a_hung_mount(
+        tmp.path(),
+        &url,
+        &pki_dir,
+        "web-1",
+        &logs,
+        &logs.join("hang"),
+    );
+    wait_for_agents(&url, &pki_dir, &["web-1"]);
+
+    // The log walk enters the hung mount and never returns.
+    let t0 = Instant::now();
+    let logs_dir = logs.display().to_string();
+    let (ok, _, results) = request(
+        &url,
+        &pki_dir,
+        &[
+            "--host",
+            "web-1",
+            "--artifacts",
+            "processes,logs",
+            "--logs-dir",
+            &logs_dir,
+            "--deadline",
+            "3s",
+        ],
+    );
+    let took = t0.elapsed();
+    eprintln!("request with a hung log walk answered in {took:?}");
+    assert!(!ok, "a partial capture is not a success: {results:?}");
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["status"], "partial", "{}", results[0]);
+    let error = results[0]["error"].as_str().unwrap();
+    assert!(error.contains("logs: abandoned after"), "{error}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    // What was captured is committed: processes, system.
+    let captures = listed(&url, &pki_dir, &[]);
+    assert_eq!(captures.len(), 1, "{captures:?}");
+
+    // Then the agent exits, for systemd to restart it clean.
+    let status = loop {
+        if let Some(status) = agent.0.try_wait()? {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the agent did not exit after reporting"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let log = std::fs::read_to_string(tmp.path().join("web-1.log"))?;
+    assert!(log.contains("restarts the agent clean"), "{log}");
     Ok(())
 }
 

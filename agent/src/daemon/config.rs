@@ -42,6 +42,13 @@ pub struct AgentConfig {
     /// Free-form labels, matched by `ircap-collector request --label k=v`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Enter network and user-space file systems (NFS, CIFS, FUSE, ...)
+    /// during requested captures, as `capture --enter-remote-fs` does: for
+    /// hosts whose logs or `/tmp` live on one. A read that then hangs is
+    /// abandoned at its share of the deadline and the agent restarts after
+    /// reporting. The host's choice; a request cannot ask for it.
+    #[serde(default)]
+    pub enter_remote_fs: bool,
     /// What remote capture requests may do on this host (see
     /// [`super::policy`]).
     #[serde(default)]
@@ -89,6 +96,8 @@ pub struct DaemonSettings {
     pub policy: Policy,
     /// The agent's key, certificates and config: never read by a capture.
     pub protected: Protected,
+    /// Enter file systems that can block (config `enter_remote_fs`).
+    pub enter_remote_fs: bool,
 }
 
 impl AgentConfig {
@@ -241,6 +250,7 @@ impl DaemonSettings {
             heartbeat,
             backoff_max,
             imds_endpoint: (!args.no_imds).then(|| args.imds_endpoint.clone()),
+            enter_remote_fs: file.enter_remote_fs,
         })
     }
 }

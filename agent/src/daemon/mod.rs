@@ -335,6 +335,15 @@ impl State {
             }
             Event::Finished(outcome) => {
                 self.busy = None;
+                if outcome.left_blocked {
+                    // An abandoned step's thread is still blocked in the
+                    // kernel; a fresh process holds nothing of it.
+                    tracing::warn!(
+                        request_id = outcome.request_id,
+                        "A capture step was abandoned and its thread is still blocked; exiting after the report so that systemd restarts the agent clean"
+                    );
+                    self.exit_after_report = true;
+                }
                 if let Some(slot) = self.seen.iter_mut().find(|(r, _)| *r == outcome.request_id) {
                     slot.1 = Some(outcome.clone());
                 }

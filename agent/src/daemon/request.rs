@@ -49,6 +49,9 @@ pub struct Outcome {
     pub bytes_stored: u64,
     /// Wall time.
     pub duration_ms: u64,
+    /// Steps were abandoned by the watchdog: their threads may still be
+    /// blocked in the kernel, so the daemon restarts after reporting.
+    pub left_blocked: bool,
 }
 
 impl Outcome {
@@ -62,6 +65,7 @@ impl Outcome {
             error: why,
             bytes_stored: 0,
             duration_ms: 0,
+            left_blocked: false,
         }
     }
 }
@@ -85,6 +89,7 @@ pub fn options(
         options.imds_endpoint.clone_from(endpoint);
     }
     options.protected = settings.protected.clone();
+    options.enter_remote_fs = settings.enter_remote_fs;
     Ok(options)
 }
 
@@ -128,19 +133,20 @@ pub fn run(
         error,
         bytes_stored: bytes,
         duration_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+        left_blocked: false,
     };
     let remote = match GrpcSink::open(&settings, &capture_id, &hostname) {
         Ok(s) => s,
         Err(e) => return outcome("failed", e.to_string(), 0),
     };
-    let sink = BudgetSink::new(Box::new(remote), request.budget);
+    let sink = std::sync::Arc::new(BudgetSink::new(Box::new(remote), request.budget));
     started(&capture_id);
     tracing::info!(
         request_id = request.id,
         capture_id,
         "Requested capture started"
     );
-    match capture::run(&capture_id, &options, &sink, lowered) {
+    match capture::run(&capture_id, &options, sink, lowered) {
         Ok(done) => {
             let summary = done.summary();
             tracing::info!(
@@ -157,7 +163,10 @@ pub fn run(
                     .map(|e| format!("{}: {}", e.source, e.message))
                     .collect::<Vec<_>>()
                     .join("; ");
-                outcome("partial", why, summary.bytes_stored)
+                Outcome {
+                    left_blocked: !done.abandoned.is_empty(),
+                    ..outcome("partial", why, summary.bytes_stored)
+                }
             } else {
                 outcome("complete", String::new(), summary.bytes_stored)
             }

@@ -2,13 +2,15 @@
 //! daemon mode.
 //!
 //! Every byte written to any artifact counts against the byte budget, and
-//! no artifact may be started or written after the deadline. Going over
-//! either is a sink error, so the capture is aborted like any other failed
-//! capture: it is never committed and never looks complete.
+//! no artifact may be started or written after the deadline. The artifact
+//! that goes over is refused and dropped unfinished (its bytes no longer
+//! count), and so is every artifact that does not fit after it: the
+//! capture records each with the limit, keeps what was stored, and is
+//! committed as partial.
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ircap_proto::manifest::Encoding;
@@ -25,28 +27,45 @@ pub struct Budget {
     pub max_time: Option<Duration>,
 }
 
+/// Why an artifact was refused: a limit of the budget.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OverBudget(String);
+
 /// What a [`BudgetSink`] and its artifacts share.
 struct Limits {
     max_bytes: Option<u64>,
     deadline: Option<Instant>,
     max_time: Option<Duration>,
+    /// Bytes of the artifacts stored or being written.
     used: AtomicU64,
+    /// A limit refused something: the artifacts refused are dropped.
+    refused: AtomicBool,
 }
 
 impl Limits {
-    fn check_time(&self) -> Result<(), String> {
+    fn refuse(&self, why: String) -> OverBudget {
+        self.refused.store(true, Ordering::Relaxed);
+        OverBudget(why)
+    }
+
+    fn check_time(&self) -> Result<(), OverBudget> {
         match (self.deadline, self.max_time) {
             (Some(deadline), Some(max)) if Instant::now() > deadline => {
-                Err(format!("time budget of {}s exceeded", max.as_secs_f64()))
+                Err(self.refuse(format!("time budget of {}s exceeded", max.as_secs_f64())))
             }
             _ => Ok(()),
         }
     }
 
-    fn charge(&self, bytes: u64) -> Result<(), String> {
+    /// Counts `bytes` more, or refuses them (uncounted).
+    fn charge(&self, bytes: u64) -> Result<(), OverBudget> {
         let used = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
         match self.max_bytes {
-            Some(max) if used > max => Err(format!("byte budget of {max} bytes exceeded")),
+            Some(max) if used > max => {
+                self.used.fetch_sub(bytes, Ordering::Relaxed);
+                Err(self.refuse(format!("byte budget of {max} bytes exceeded")))
+            }
             _ => self.check_time(),
         }
     }
@@ -69,32 +88,70 @@ impl BudgetSink {
                 deadline: budget.max_time.map(|t| Instant::now() + t),
                 max_time: budget.max_time,
                 used: AtomicU64::new(0),
+                refused: AtomicBool::new(false),
             }),
         }
     }
 }
 
 struct BudgetArtifact {
-    inner: Box<dyn ArtifactOut>,
+    inner: Option<Box<dyn ArtifactOut>>,
     limits: Arc<Limits>,
+    /// Bytes counted for this artifact: given back if it is dropped.
+    charged: u64,
+}
+
+impl BudgetArtifact {
+    fn inner(&mut self) -> io::Result<&mut Box<dyn ArtifactOut>> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::other("artifact already closed"))
+    }
 }
 
 impl io::Write for BudgetArtifact {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.limits
-            .charge(data.len() as u64)
-            .map_err(io::Error::other)?;
-        self.inner.write(data)
+        let len = data.len() as u64;
+        self.limits.charge(len).map_err(io::Error::other)?;
+        match self.inner()?.write(data) {
+            Ok(n) => {
+                self.charged += n as u64;
+                // Written in part: only what was written counts.
+                self.limits
+                    .used
+                    .fetch_sub(len.saturating_sub(n as u64), Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                self.limits.used.fetch_sub(len, Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner()?.flush()
+    }
+}
+
+impl Drop for BudgetArtifact {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            // Dropped unfinished: its bytes are not stored.
+            self.limits.used.fetch_sub(self.charged, Ordering::Relaxed);
+        }
     }
 }
 
 impl ArtifactOut for BudgetArtifact {
-    fn close(self: Box<Self>, stored: &Digest, content: &Digest) -> Result<(), SinkError> {
-        self.inner.close(stored, content)
+    fn close(mut self: Box<Self>, stored: &Digest, content: &Digest) -> Result<(), SinkError> {
+        match self.inner.take() {
+            Some(inner) => inner.close(stored, content),
+            None => Err(SinkError::io(
+                "cannot close an artifact",
+                io::Error::other("already closed"),
+            )),
+        }
     }
 }
 
@@ -108,8 +165,9 @@ impl CaptureSink for BudgetSink {
             .check_time()
             .map_err(|e| SinkError::io(format!("cannot start {name}"), io::Error::other(e)))?;
         Ok(Box::new(BudgetArtifact {
-            inner: self.inner.create(name, encoding)?,
+            inner: Some(self.inner.create(name, encoding)?),
             limits: Arc::clone(&self.limits),
+            charged: 0,
         }))
     }
 
@@ -119,6 +177,13 @@ impl CaptureSink for BudgetSink {
 
     fn abort(&self) {
         self.inner.abort();
+    }
+
+    /// An artifact the budget refused is dropped cleanly whatever the
+    /// sink (a collector never sees its end, a directory deletes it); an
+    /// error of the sink itself is the sink's to judge.
+    fn drop_unfinished(&self) -> bool {
+        self.limits.refused.load(Ordering::Relaxed) || self.inner.drop_unfinished()
     }
 }
 
@@ -149,6 +214,28 @@ mod tests {
         a.write_all(b"0123456789").unwrap();
         let err = a.write_all(b"x").unwrap_err();
         assert!(err.to_string().contains("byte budget of 10"), "{err}");
+    }
+
+    #[test]
+    fn a_dropped_artifact_gives_its_bytes_back_and_smaller_ones_still_fit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = BudgetSink::new(
+            Box::new(DirSink::create(tmp.path(), "c3").unwrap()),
+            Budget {
+                max_bytes: Some(10),
+                max_time: None,
+            },
+        );
+        let mut big = sink.create(&name("big.bin"), Encoding::Identity).unwrap();
+        big.write_all(b"01234567").unwrap();
+        assert!(big.write_all(b"890").is_err());
+        assert!(sink.limits.refused.load(Ordering::Relaxed));
+        drop(big);
+        assert!(!tmp.path().join(".c3.partial/big.bin").exists());
+        let mut small = sink.create(&name("small.bin"), Encoding::Identity).unwrap();
+        small.write_all(b"0123456789").unwrap();
+        let digest = ircap_proto::HashingWriter::new(Vec::<u8>::new()).finish().1;
+        small.close(&digest, &digest).unwrap();
     }
 
     #[test]

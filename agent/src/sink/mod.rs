@@ -21,11 +21,12 @@
 pub mod budget;
 pub mod dir;
 pub mod grpc;
+pub mod step;
 pub mod tee;
 
 use std::io::Write;
 
-use ircap_proto::manifest::Encoding;
+use ircap_proto::manifest::{ArtifactEntry, Encoding};
 use ircap_proto::{ArtifactName, Digest, Manifest};
 
 /// Why a sink could not store something. Any sink error ends the capture.
@@ -75,6 +76,11 @@ pub trait ArtifactOut: Write + Send {
     /// [`SinkError`] when the bytes cannot be made durable (or, for a
     /// collector, were not verified).
     fn close(self: Box<Self>, stored: &Digest, content: &Digest) -> Result<(), SinkError>;
+
+    /// Told, just before [`ArtifactOut::close`], the manifest entry the
+    /// artifact will have once closed (a step's door keeps it, see
+    /// [`step`]). Nothing to do for most sinks.
+    fn will_close_as(&mut self, _entry: &ArtifactEntry) {}
 }
 
 /// A destination for one capture (see the module docs for the contract).
