@@ -38,6 +38,31 @@ fn collector(pki: &Path, store: &Path, port: u16, log: &Path) -> Collector {
 }
 
 /// An `ircap-agent serve` process; killed when dropped.
+/// A process holding `n` one-page anonymous mappings with alternating
+/// protections (so the kernel cannot merge them); killed when dropped.
+fn many_mappings(n: usize) -> Result<Daemon, Box<dyn std::error::Error>> {
+    let script = format!(
+        "import mmap, sys, time\n\
+         keep = [mmap.mmap(-1, 4096, prot=mmap.PROT_READ | (mmap.PROT_WRITE if i % 2 else 0)) for i in range({n})]\n\
+         print('ready', flush=True)\n\
+         time.sleep(600)\n"
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?),
+        &mut line,
+    )?;
+    let held = Daemon(child);
+    if line.trim() != "ready" {
+        return Err(format!("mapping process said {line:?}").into());
+    }
+    Ok(held)
+}
+
 struct Daemon(Child);
 
 impl Drop for Daemon {
@@ -510,8 +535,10 @@ fn over_budget_is_partial_and_refused_options_fail_cleanly() -> TestResult {
     wait_for_agents(&url, &pki_dir, &["web-1"]);
 
     // Over the byte budget: the memory maps table (well over 32 KiB
-    // compressed) is cut, what fits is kept, and the capture is committed
-    // as partial, naming the artifact and the limit.
+    // compressed, whatever else runs here: a process of this test holds
+    // 6,000 mappings that cannot merge) is cut, what fits is kept, and the
+    // capture is committed as partial, naming the artifact and the limit.
+    let _mapped = many_mappings(6_000)?;
     let (ok, _, results) = request(
         &url,
         &pki_dir,
