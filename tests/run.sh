@@ -4,7 +4,7 @@
 # pinned: a second run installs nothing new. `.ci/run` is this script plus
 # `cargo fmt --check` and clippy.
 #
-#   bash tests/run.sh                 # everything (10 min warm on 2 cores; a fresh clone adds the builds)
+#   bash tests/run.sh                 # everything (7 min warm on 2 cores; a fresh clone adds installs and builds)
 #   bash tests/run.sh lab_            # extra arguments go to `cargo test --workspace`
 set -euo pipefail
 cd "$(dirname "$0")/.."
