@@ -53,6 +53,26 @@ pub fn bin(name: &str) -> Command {
     Command::new(path)
 }
 
+/// Asserts that `ircap-collector verify DIR` passes, with its output on
+/// failure.
+///
+/// # Panics
+/// When the command cannot run or the capture does not verify.
+pub fn assert_verifies(dir: &Path) {
+    let out = bin("ircap-collector")
+        .arg("verify")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "verify {} failed: {}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A PKI made by `ircap-collector pki init` in `dir` with agents `web-1`,
 /// `web-2` and analyst `alice`.
 pub fn pki(dir: &Path) -> PathBuf {

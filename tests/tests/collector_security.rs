@@ -613,14 +613,7 @@ async fn commit_requires_a_matching_manifest_and_happens_once() -> TestResult {
     let returned: serde_json::Value = serde_json::from_str(&done.receipt_json)?;
     assert_eq!(&returned, receipt);
 
-    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
-    assert_eq!(
-        verify.status.code(),
-        Some(0),
-        "verify {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    ircap_e2e::assert_verifies(&dir);
 
     let status = expect_err(
         timed(c.commit_capture(commit_request(manifest(&sha256_hex(b"hello"))?))).await?,
@@ -1140,12 +1133,7 @@ async fn hostile_artifact_names_are_refused_and_nothing_escapes() -> TestResult 
         .into_inner();
     assert_eq!(done.status, "complete");
     let dir = s.collector.capture_dir("web-1", CAPTURE);
-    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
-    assert!(
-        verify.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    ircap_e2e::assert_verifies(&dir);
     Ok(())
 }
 
@@ -1189,12 +1177,7 @@ async fn a_stream_going_on_after_the_commit_cannot_change_the_capture() -> TestR
     assert_code(&status, Code::AlreadyExists, "new stream after the commit");
 
     let dir = s.collector.capture_dir("web-1", CAPTURE);
-    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
-    assert!(
-        verify.status.success(),
-        "verify after late streams: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    ircap_e2e::assert_verifies(&dir);
     let mut files = tree(&dir)?;
     files.sort();
     assert_eq!(files, vec!["manifest.json".to_owned(), ARTIFACT.to_owned()]);
@@ -1705,12 +1688,7 @@ async fn hundreds_of_artifacts_in_one_capture_are_recorded_and_verify() -> TestR
     };
     timed(c.commit_capture(commit_request(serde_json::to_vec(&m)?))).await??;
     let dir = s.collector.capture_dir("web-1", CAPTURE);
-    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
-    assert!(
-        verify.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    ircap_e2e::assert_verifies(&dir);
     Ok(())
 }
 
@@ -2021,12 +1999,7 @@ fn more_log_files_than_the_artifact_limit_commit_with_the_cut_recorded() -> Test
         "{}",
         cut.message
     );
-    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
-    assert!(
-        verify.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    ircap_e2e::assert_verifies(&dir);
     Ok(())
 }
 
@@ -2301,12 +2274,7 @@ async fn collector_sigkilled_mid_commit_finishes_every_capture_after_restart() -
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
-        assert!(
-            verify.status.success(),
-            "verify {id}: {}",
-            String::from_utf8_lossy(&verify.stderr)
-        );
+        ircap_e2e::assert_verifies(&dir);
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
-use ircap_e2e::{Collector, TestResult, agent_capture, bin, pki};
+use ircap_e2e::{Collector, TestResult, agent_capture, pki};
 use serde_json::Value;
 
 /// Maps 8 MiB read+write+execute, fills it with the bytes from stdin,
@@ -63,12 +63,7 @@ fn memory_regions_stream_to_the_collector_and_map_back_to_addresses() -> TestRes
     let summary: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(summary["status"], "complete");
     let dir = collector.capture_dir("web-1", summary["capture_id"].as_str().unwrap_or_default());
-    let verify = bin("ircap-collector").arg("verify").arg(&dir).output()?;
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    ircap_e2e::assert_verifies(&dir);
 
     let index = gunzip(&dir.join("memory_regions.jsonl.gz"))?;
     let rows: Vec<Value> = index

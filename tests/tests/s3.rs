@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -168,6 +168,23 @@ fn artifact<'a>(manifest: &'a serde_json::Value, name: &str) -> &'a serde_json::
         .as_array()
         .and_then(|a| a.iter().find(|e| e["name"] == name))
         .unwrap_or_else(|| panic!("{name} not in the manifest"))
+}
+
+/// `web-1` captures every byte of the log directory `logs` to `url`.
+fn capture_log_dir(url: &str, pki: &Path, logs: &Path) -> Output {
+    agent_capture(
+        url,
+        pki,
+        "web-1",
+        &[
+            "--logs-dir",
+            logs.to_str().unwrap(),
+            "--logs-since",
+            "1d",
+            "--logs-max-bytes",
+            "2G",
+        ],
+    )
 }
 
 #[test]
@@ -406,19 +423,7 @@ fn one_gib_artifact_streams_through_with_bounded_collector_memory() -> TestResul
     let collector = s.collector("collector", &[]);
     let (logs, planted) = s.big_log(1024);
     let started = Instant::now();
-    let out = agent_capture(
-        &collector.url(),
-        &s.pki,
-        "web-1",
-        &[
-            "--logs-dir",
-            logs.to_str().unwrap(),
-            "--logs-since",
-            "1d",
-            "--logs-max-bytes",
-            "2G",
-        ],
-    );
+    let out = capture_log_dir(&collector.url(), &s.pki, &logs);
     let elapsed = started.elapsed();
     let id = capture_id(&out);
     let rss = peak_rss(collector.child.id());
@@ -458,19 +463,7 @@ fn a_large_artifact_crosses_to_s3_once_and_is_never_read_back() -> TestResult {
     let (logs, planted) = s.big_log(mib);
     let (up0, down0, req0) = (proxy.bytes_up(), proxy.bytes_down(), proxy.requests().len());
     let started = Instant::now();
-    let out = agent_capture(
-        &collector.url(),
-        &s.pki,
-        "web-1",
-        &[
-            "--logs-dir",
-            logs.to_str().unwrap(),
-            "--logs-since",
-            "1d",
-            "--logs-max-bytes",
-            "2G",
-        ],
-    );
+    let out = capture_log_dir(&collector.url(), &s.pki, &logs);
     let elapsed = started.elapsed();
     let id = capture_id(&out);
     let (up, down) = (proxy.bytes_up() - up0, proxy.bytes_down() - down0);
