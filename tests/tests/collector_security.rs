@@ -1754,11 +1754,14 @@ async fn an_upload_never_committed_expires_after_the_ttl() -> TestResult {
     let staging = store.join("staging").join(CAPTURE);
     assert!(staging.join("half.bin").is_file());
 
+    // The state says `expired_at` before staging and the open marker are
+    // removed; the log line comes after both, so wait for it too.
     let state_path = store.join("state").join(format!("{CAPTURE}.json"));
     let deadline = Instant::now() + Duration::from_secs(20);
     let state = loop {
         let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
-        if state.get("expired_at").is_some() || Instant::now() > deadline {
+        let logged = s.log().contains("Expired an upload never committed");
+        if (state.get("expired_at").is_some() && logged) || Instant::now() > deadline {
             break state;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
