@@ -16,6 +16,7 @@
 //!   typed capture request.
 //! - [`units`]: the one parser of sizes, durations and times for both
 //!   binaries' flags.
+//! - [`format`]: the capture format's reference (`docs/capture-format.md`).
 
 pub mod artifact_name;
 pub mod client;
@@ -25,6 +26,12 @@ pub mod manifest;
 pub mod request_args;
 pub mod units;
 pub mod verify;
+
+/// The capture format's reference (`docs/capture-format.md`): what a
+/// capture directory holds, every table, the manifest field by field. Its
+/// Rust example runs as a doc test.
+#[doc = include_str!("../../docs/capture-format.md")]
+pub mod format {}
 
 /// The `ircap.v1` protocol: generated messages, client and server.
 #[allow(clippy::all, missing_docs)]

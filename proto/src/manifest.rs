@@ -1,4 +1,5 @@
-//! `manifest.json`: the description of one capture (SPEC §4).
+//! `manifest.json`: the description of one capture (the format's
+//! reference is [`crate::format`], `docs/capture-format.md`).
 //!
 //! The manifest lists every artifact with its sizes and SHA-256 digests (of
 //! the stored bytes and of the uncompressed content), the host and agent

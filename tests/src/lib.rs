@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod certs;
+pub mod docs;
 pub mod lab;
 pub mod lab_debian;
 pub mod packaging;

@@ -3,7 +3,7 @@
 //! refused; a capture damaged on the server, in a partial download or after
 //! the pull fails verification naming the file; a partial pull resumes to
 //! byte-identical evidence; unknown and incomplete captures are clear
-//! errors; and a pulled capture opens in DuckDB as the README shows.
+//! errors; and a pulled capture opens in DuckDB as docs/analysis.md shows.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use ircap_e2e::{Collector, TestResult, agent_capture, bin, build_dir, client, pki};
+use ircap_e2e::{Collector, TestResult, agent_capture, bin, build_dir, client, docs, pki};
 use ircap_proto::v1::capture_query_client::CaptureQueryClient;
 use ircap_proto::v1::{
     CaptureInfo, GetManifestRequest, ListCapturesRequest, OpenCaptureRequest, ReadArtifactRequest,
@@ -870,22 +870,15 @@ fn duckdb_cli() -> PathBuf {
     duckdb
 }
 
-/// The `duckdb -c "..."` commands of the README's "Open a capture" block,
-/// as written there.
+/// The `duckdb -c "..."` commands of the "Open a capture" block of
+/// `docs/analysis.md`, as written there.
 fn readme_duckdb_commands() -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .unwrap();
-    let section = readme
-        .split("## Open a capture")
-        .nth(1)
-        .and_then(|s| s.split("```sh").nth(1))
-        .and_then(|s| s.split("```").next())
-        .unwrap_or_else(|| panic!("README has no \"Open a capture\" sh block"));
-    // The README installs the same DuckDB the queries are tested with.
+    let section = docs::sh_block("docs/analysis.md", "## Open a capture");
+    let section = section.as_str();
+    // The docs install the same DuckDB the queries are tested with.
     assert!(
         section.contains(&format!("pip install {DUCKDB_CLI}")),
-        "README's \"Open a capture\" block does not install {DUCKDB_CLI}"
+        "docs/analysis.md's \"Open a capture\" block does not install {DUCKDB_CLI}"
     );
     let mut commands = Vec::new();
     let mut rest = section;
@@ -900,7 +893,7 @@ fn readme_duckdb_commands() -> Vec<String> {
     commands
 }
 
-/// Runs a README `duckdb -c "..."` command line with bash in `dir`, with
+/// Runs a documented `duckdb -c "..."` command line with bash in `dir`, with
 /// JSON output (`-json` added after `duckdb`); its rows.
 fn run_duckdb(duckdb: &Path, dir: &Path, command: &str) -> Vec<serde_json::Value> {
     let bin_dir = duckdb.parent().unwrap();
@@ -980,7 +973,7 @@ fn a_pulled_capture_opens_in_duckdb_with_the_readmes_queries() -> TestResult {
     let duckdb = duckdb_cli();
     let commands = readme_duckdb_commands();
     let [deleted_query, listener_query] = <[_; 2]>::try_from(commands)
-        .map_err(|v| format!("expected the README's two DuckDB commands: {v:?}"))?;
+        .map_err(|v| format!("expected the two DuckDB commands of docs/analysis.md: {v:?}"))?;
     let s = Setup::new()?;
     // Planted: a listener owned by this test process, one that no process
     // holds, and a process whose executable was deleted after it started.
@@ -1321,36 +1314,6 @@ async fn hostile_host_text_is_escaped_on_the_analysts_terminal() -> TestResult {
     Ok(())
 }
 
-/// The shell commands of the README block under `heading`: continuation
-/// lines joined, comments and blank lines dropped, `[optional]` brackets
-/// kept as text (the caller decides).
-fn readme_block_commands(heading: &str) -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .unwrap();
-    let block = readme
-        .split(heading)
-        .nth(1)
-        .and_then(|s| s.split("```sh").nth(1))
-        .and_then(|s| s.split("```").next())
-        .unwrap_or_else(|| panic!("README has no {heading:?} sh block"));
-    let mut commands = Vec::new();
-    let mut current = String::new();
-    for line in block.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match line.strip_suffix('\\') {
-            Some(head) => current.push_str(head),
-            None => {
-                current.push_str(line);
-                commands.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    commands
-}
-
 /// The README's "Run a collector" block, run as written (host names, the
 /// listening port and the store directory aside): `pki init` in a working
 /// directory, `serve` with the optional `--crl`, a host holding exactly the
@@ -1358,7 +1321,7 @@ fn readme_block_commands(heading: &str) -> Vec<String> {
 /// `pki revoke`, after which the revoked agent is refused.
 #[test]
 fn the_readmes_run_a_collector_block_runs_as_written() -> TestResult {
-    let commands = readme_block_commands("## Run a collector");
+    let commands = docs::block_commands(&docs::sh_block("README.md", "## Run a collector"));
     let names: Vec<String> = commands
         .iter()
         .map(|c| c.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -1479,5 +1442,170 @@ fn the_readmes_run_a_collector_block_runs_as_written() -> TestResult {
         std::thread::sleep(Duration::from_millis(500));
     }
     drop(collector);
+    Ok(())
+}
+
+/// The subcommands a `--help` text lists under `Commands:`.
+fn help_subcommands(help: &str) -> Vec<String> {
+    help.split("Commands:")
+        .nth(1)
+        .map(|rest| {
+            rest.lines()
+                .skip(1)
+                .take_while(|l| l.starts_with("  "))
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `help` documents the long flag `flag` exactly (`--log` is not
+/// `--log-json`).
+fn help_has_flag(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(at, _)| {
+        help[at + flag.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    })
+}
+
+/// Every `ircap-agent` and `ircap-collector` command in the README's and
+/// `docs/`'s `sh` blocks names subcommands and long flags the built
+/// binaries have, so a renamed flag or a removed command fails here, not
+/// in a responder's shell. Checked against each subcommand's `--help`.
+#[test]
+fn every_documented_command_names_real_subcommands_and_flags() -> TestResult {
+    let mut helps: BTreeMap<Vec<String>, String> = BTreeMap::new();
+    let mut help = |path: &[String]| -> Result<String, Box<dyn Error>> {
+        if let Some(h) = helps.get(path) {
+            return Ok(h.clone());
+        }
+        let out = bin(&path[0]).args(&path[1..]).arg("--help").output()?;
+        if !out.status.success() {
+            return Err(format!("{} --help: {}", path.join(" "), text(&out.stderr)).into());
+        }
+        let h = text(&out.stdout);
+        helps.insert(path.to_vec(), h.clone());
+        Ok(h)
+    };
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for (doc, body) in docs::all() {
+        for block in docs::sh_blocks(&body) {
+            for line in docs::block_commands(&block) {
+                for cmd in docs::simple_commands(&line) {
+                    let words: Vec<&str> = cmd.split_whitespace().collect();
+                    let Some(first) = words.first() else { continue };
+                    if *first != "ircap-agent" && *first != "ircap-collector" {
+                        continue;
+                    }
+                    let mut path = vec![(*first).to_owned()];
+                    let mut rest = &words[1..];
+                    while let Some(w) = rest.first() {
+                        if help_subcommands(&help(&path)?).iter().any(|s| s == w) {
+                            path.push((*w).to_owned());
+                            rest = &rest[1..];
+                        } else {
+                            break;
+                        }
+                    }
+                    if path.len() == 1 && !rest.is_empty() && !rest[0].starts_with('-') {
+                        problems.push(format!("{doc}: `{cmd}`: no subcommand {:?}", rest[0]));
+                        continue;
+                    }
+                    let h = help(&path)?;
+                    for w in rest {
+                        let w = w.trim_start_matches('[');
+                        if !w.starts_with("--") {
+                            continue;
+                        }
+                        let flag = w
+                            .split('=')
+                            .next()
+                            .unwrap_or(w)
+                            .trim_end_matches([']', ')', '"', '\'']);
+                        if !help_has_flag(&h, flag) {
+                            problems.push(format!(
+                                "{doc}: `{cmd}`: `{}` has no flag {flag}",
+                                path.join(" ")
+                            ));
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "stale documented commands:\n{}",
+        problems.join("\n")
+    );
+    // The README alone documents more than 20: a parser that found none
+    // would pass vacuously.
+    assert!(checked > 40, "only {checked} documented commands found");
+    eprintln!("{checked} documented commands checked");
+    Ok(())
+}
+
+/// GitHub's anchor of a Markdown heading: lower case, spaces to `-`,
+/// punctuation other than `-` and `_` dropped.
+fn heading_anchor(heading: &str) -> String {
+    heading
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every relative link in the README, `docs/` and the changelog points at
+/// a file that exists and, with `#anchor`, at one of its headings.
+#[test]
+fn documented_links_point_at_files_and_headings_that_exist() -> TestResult {
+    let mut documents = docs::all();
+    documents.push(("CHANGELOG.md".to_owned(), docs::read("CHANGELOG.md")));
+    let mut broken = Vec::new();
+    let mut links = 0;
+    for (doc, body) in &documents {
+        let base = Path::new(doc).parent().unwrap_or(Path::new(""));
+        for piece in body.split("](").skip(1) {
+            let Some(link) = piece.split(')').next() else {
+                continue;
+            };
+            if link.contains("://") || link.contains(' ') {
+                continue;
+            }
+            links += 1;
+            let (file, anchor) = link.split_once('#').unwrap_or((link, ""));
+            let target = if file.is_empty() {
+                PathBuf::from(doc)
+            } else {
+                base.join(file)
+            };
+            let Ok(text) = std::fs::read_to_string(docs::root().join(&target)) else {
+                if !docs::root().join(&target).exists() {
+                    broken.push(format!("{doc}: {link}: no such file"));
+                }
+                continue;
+            };
+            if !anchor.is_empty()
+                && !text
+                    .lines()
+                    .filter_map(|l| {
+                        l.trim_start_matches('#')
+                            .strip_prefix(' ')
+                            .filter(|_| l.starts_with('#'))
+                    })
+                    .any(|h| heading_anchor(h) == anchor)
+            {
+                broken.push(format!("{doc}: {link}: no heading #{anchor}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+    assert!(links > 20, "only {links} links found");
     Ok(())
 }

@@ -633,7 +633,7 @@ fn the_collector_counts_findings_at_commit_and_show_and_findings_by_id_use_them(
     Ok(())
 }
 
-/// The README's golden-AMI first-boot line (`ircap-agent capture ...
+/// The golden-AMI first-boot line of docs/deployment.md (`ircap-agent capture ...
 /// --capture-label baseline=true`), its collector and `/etc/ircap` files
 /// swapped for this test's, without IMDS and with the triage profile.
 fn readme_baseline_command(
@@ -641,12 +641,11 @@ fn readme_baseline_command(
     pki: &Path,
     who: &str,
 ) -> Result<Command, Box<dyn std::error::Error>> {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
-    let line = readme
+    let deployment = ircap_e2e::docs::read("docs/deployment.md");
+    let line = deployment
         .lines()
         .find(|l| l.starts_with("ircap-agent capture ") && l.contains("--capture-label baseline=true"))
-        .ok_or("the README has no first-boot `ircap-agent capture ... --capture-label baseline=true` line")?;
+        .ok_or("docs/deployment.md has no first-boot `ircap-agent capture ... --capture-label baseline=true` line")?;
     let words: Vec<&str> = line
         .split("||")
         .next()
@@ -696,7 +695,7 @@ fn diff_baseline_prefers_the_labelled_capture_else_the_earliest_on_the_collector
     let c0 = captured(&ircap_e2e::agent_capture(&url, &pki, "web-1", &triage))?;
     let c1 = captured(&ircap_e2e::agent_capture(&url, &pki, "web-1", &triage))?;
     let c2 = captured(&ircap_e2e::agent_capture(&url, &pki, "web-1", &triage))?;
-    // The labelled baseline, NOT the earliest, taken by the README's line.
+    // The labelled baseline, NOT the earliest, taken by the documented line.
     let labelled = captured(&readme_baseline_command(&url, &pki, "web-1")?.output()?)?;
     let incident = captured(&ircap_e2e::agent_capture(&url, &pki, "web-1", &triage))?;
 
