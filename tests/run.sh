@@ -5,7 +5,7 @@
 # `cargo fmt --check` and clippy.
 #
 #   bash tests/run.sh                 # everything (7 min warm on 2 cores; a fresh clone adds installs and builds)
-#   bash tests/run.sh lab_            # extra arguments go to `cargo test --workspace`
+#   bash tests/run.sh lab_            # extra arguments go to `cargo test --workspace` (one run, labs included)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,7 @@ fi
 # qemu-system-arm + gcc-aarch64-linux-gnu/libc6-dev-arm64-cross: the
 # aarch64 static agent (ring's C) and its lab guest (lab_aarch64_*);
 # chromium: the triage report is rendered in headless Chromium
-# (tests/tests/triage.rs), version as Debian 12 ships it.
+# (tests/tests/e2e/triage.rs), version as Debian 12 ships it.
 packages=(util-linux mount iproute2 procps python3 python3-venv python3-pip bash coreutils
           musl-tools file systemd curl dpkg ca-certificates qemu-system-x86
           qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium)
@@ -59,7 +59,7 @@ apt-cache show linux-image-arm64:arm64 >/dev/null 2>&1 || apt-get update
 for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
     rustup target list --installed | grep -qx "$t" || rustup target add "$t"
 done
-# cargo-deb builds the agent's .deb (tests/tests/deb.rs); pinned, locked.
+# cargo-deb builds the agent's .deb (tests/tests/e2e/deb.rs); pinned, locked.
 CARGO_DEB_VERSION=3.8.0
 if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
     cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
@@ -90,4 +90,13 @@ export IRCAP_S3_VENV=/opt/ircap-ci/s3-venv
 
 # --- Build and test --------------------------------------------------------
 IRCAP_TARGETS="x86_64 aarch64" bash packaging/build-static.sh
-cargo test --workspace "$@"
+if [ "$#" -gt 0 ]; then
+    cargo test --workspace "$@"
+else
+    # Everything but the QEMU labs, then the labs on their own: a guest
+    # under TCG takes both cores, and the suite's timing-bounded tests
+    # (ack timeouts, another agent's latency under gzip bombs) should not
+    # share them with one. Both runs use the same build.
+    cargo test --workspace -- --skip lab_
+    cargo test -p ircap-e2e --test e2e -- lab_
+fi

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The systemd lab scenario (tests/tests/lab_systemd.rs). Runs as root in a
+# The systemd lab scenario (tests/tests/e2e/lab_systemd.rs). Runs as root in a
 # Debian 12 guest booted with systemd as PID 1 (ircap-lab.service, see
 # tests/src/lab_debian.rs), no network but loopback. Inputs in /lab/in (the
 # agent's .deb, the collector binary, unit, config, the SSM script), results

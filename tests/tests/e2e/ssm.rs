@@ -115,7 +115,7 @@ fn ssm_json_document_is_the_yaml_document() -> TestResult {
     assert!(
         on_disk == rendered,
         "{} differs from ircap-capture.yaml: regenerate it with \
-         `IRCAP_BLESS=1 cargo test -p ircap-e2e --test ssm ssm_json`",
+         `IRCAP_BLESS=1 cargo test -p ircap-e2e --test e2e ssm::ssm_json`",
         json_path.display()
     );
     assert_eq!(doc["schemaVersion"], "2.2");
