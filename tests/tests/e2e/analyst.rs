@@ -1002,11 +1002,10 @@ fn a_pulled_capture_opens_in_duckdb_with_the_readmes_queries() -> TestResult {
         .find(|r| r["local_port"].as_u64() == Some(port))
         .unwrap_or_else(|| panic!("listener on port {port} not joined: {listeners:?}"));
     assert_eq!(row["pid"].as_u64(), Some(me), "{row:?}");
-    assert!(
-        row["comm"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("analyst"),
+    let my_comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    assert_eq!(
+        row["comm"].as_str().unwrap_or_default(),
+        my_comm.trim_end(),
         "comm of the test process: {row:?}"
     );
     let row = listeners

@@ -324,7 +324,12 @@ fn planted_things_are_found_pointed_at_and_diffed() -> TestResult {
                 == Some(me)
         })
         .collect();
-    assert_eq!(added_procs, ours, "new children of this test");
+    // Other tests of the suite start children of this process too (their
+    // collectors and agents), so ours must be among the added, not all.
+    assert!(
+        ours.is_subset(&added_procs),
+        "new children of this test: {ours:?} not all in {added_procs:?}"
+    );
     let ns_listeners: Vec<Value> = section("listeners")
         .into_iter()
         .filter(|i| {
@@ -365,6 +370,10 @@ fn planted_things_are_found_pointed_at_and_diffed() -> TestResult {
                 .to_owned()
         })
         .collect();
+    // `service_shell` is left out: the planted processes' parent is this
+    // test process, which holds the TCP listeners of whatever other test
+    // of the suite runs at the same time, so the rule may rightly fire.
+    ours_found.retain(|k| k != "service_shell");
     ours_found.sort();
     assert_eq!(
         ours_found,
