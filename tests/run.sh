@@ -59,12 +59,6 @@ apt-cache show linux-image-arm64:arm64 >/dev/null 2>&1 || apt-get update
 for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
     rustup target list --installed | grep -qx "$t" || rustup target add "$t"
 done
-# cargo-deb builds the agent's .deb (tests/tests/e2e/deb.rs); pinned, locked.
-CARGO_DEB_VERSION=3.8.0
-if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
-    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
-fi
-
 # --- Python venvs (Debian's python3, pinned versions) -----------------------
 # venv DIR STAMP PACKAGE...: (re)creates DIR only when STAMP (the pinned
 # package list) differs from what it was built with.

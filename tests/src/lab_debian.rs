@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::lab::{Booted, Kit};
-use crate::packaging::{MUSL_TARGET, repo_root, static_agent};
 
 /// Debian release of the rootfs.
 pub const SUITE: &str = "bookworm";
@@ -356,28 +355,4 @@ fn initramfs(kit: &Kit, work: &Path) -> PathBuf {
         .unwrap();
     assert!(status.success(), "cpio failed");
     initrd
-}
-
-/// Builds the agent's .deb (`cargo deb`, as the README's "Golden AMI"
-/// section does) into `out` from the static build.
-///
-/// # Panics
-/// When cargo-deb is missing or fails.
-#[must_use]
-pub fn agent_deb(out: &Path) -> PathBuf {
-    let _ = static_agent();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo)
-        .current_dir(repo_root())
-        .args(["deb", "-p", "ircap-agent", "--no-build", "--no-strip"])
-        .args(["--target", MUSL_TARGET, "--profile", "dist", "--output"])
-        .arg(out));
-    let debs: Vec<PathBuf> = std::fs::read_dir(out)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
-        .collect();
-    assert_eq!(debs.len(), 1, "{debs:?}");
-    debs.into_iter().next().unwrap()
 }

@@ -49,6 +49,35 @@ pub fn static_agent() -> PathBuf {
     path
 }
 
+/// The agent's .deb, built into `out` from the static agent by
+/// `packaging/deb/build-agent-deb.sh` (the command the deployment docs
+/// give); returns its path.
+///
+/// # Panics
+/// When the script fails or prints no path of a file it made.
+#[must_use]
+pub fn agent_deb(out: &Path) -> PathBuf {
+    let _ = static_agent();
+    let run = Command::new("bash")
+        .arg(repo_root().join("packaging/deb/build-agent-deb.sh"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("bash");
+    assert!(
+        run.status.success(),
+        "build-agent-deb.sh: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let deb = PathBuf::from(String::from_utf8_lossy(&run.stdout).trim());
+    assert!(
+        deb.is_file(),
+        "build-agent-deb.sh printed {}",
+        deb.display()
+    );
+    deb
+}
+
 /// An external tool at the path `.ci/run` installs it to; fails (never
 /// skips) when it is missing.
 ///
@@ -59,7 +88,7 @@ pub fn tool(path: &str) -> PathBuf {
     let p = PathBuf::from(path);
     assert!(
         p.exists(),
-        "{path} is missing: .ci/run installs it (see the README, \"Deploy\")"
+        "{path} is missing: tests/run.sh installs it (see docs/testing.md)"
     );
     p
 }

@@ -1,62 +1,14 @@
-//! The agent's .deb (`cargo deb -p ircap-agent`, metadata in
-//! `agent/Cargo.toml`): the static binary, the unit, a 0600 conffile, and
-//! maintainer scripts that start nothing.
+//! The agent's .deb (`packaging/deb/build-agent-deb.sh`, dpkg-deb from the
+//! static agent): the static binary, the unit, a 0600 conffile, maintainer
+//! scripts that start nothing, and the same bytes from the same tree.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use ircap_e2e::TestResult;
-use ircap_e2e::packaging::{MUSL_TARGET, repo_root, sha256_hex, static_agent, tool};
-
-fn cargo_deb_installed() -> PathBuf {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .unwrap();
-    let path = home.join("bin/cargo-deb");
-    assert!(
-        path.exists(),
-        "{} is missing: .ci/run installs cargo-deb",
-        path.display()
-    );
-    path
-}
-
-/// Builds the agent's .deb into `out` from the static build in `target/`.
-fn build_deb(out: &Path) -> PathBuf {
-    let _ = static_agent();
-    let _ = cargo_deb_installed();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let run = Command::new(cargo)
-        .current_dir(repo_root())
-        .args([
-            "deb",
-            "-p",
-            "ircap-agent",
-            "--no-build",
-            "--no-strip",
-            "--target",
-            MUSL_TARGET,
-        ])
-        .args(["--profile", "dist", "--output"])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let mut debs: Vec<PathBuf> = std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
-        .collect();
-    assert_eq!(debs.len(), 1, "{debs:?}");
-    debs.pop().unwrap()
-}
+use ircap_e2e::packaging::{agent_deb, repo_root, sha256_hex, static_agent, tool};
 
 fn dpkg_deb(args: &[&str], deb: &Path, dir: Option<&Path>) -> String {
     let mut cmd = Command::new(tool("/usr/bin/dpkg-deb"));
@@ -76,7 +28,7 @@ fn dpkg_deb(args: &[&str], deb: &Path, dir: Option<&Path>) -> String {
 #[test]
 fn agent_deb_contents_permissions_and_scripts() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    let deb = build_deb(tmp.path());
+    let deb = agent_deb(tmp.path());
 
     // Every file with its mode and owner.
     let listing = dpkg_deb(&["--contents"], &deb, None);
@@ -90,12 +42,12 @@ fn agent_deb_contents_permissions_and_scripts() -> TestResult {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    assert_eq!(mode_of("usr/bin/ircap-agent"), "-rwxr-xr-x 0/0");
+    assert_eq!(mode_of("usr/bin/ircap-agent"), "-rwxr-xr-x root/root");
     assert_eq!(
         mode_of("lib/systemd/system/ircap-agent.service"),
-        "-rw-r--r-- 0/0"
+        "-rw-r--r-- root/root"
     );
-    assert_eq!(mode_of("etc/ircap/agent.toml"), "-rw------- 0/0");
+    assert_eq!(mode_of("etc/ircap/agent.toml"), "-rw------- root/root");
 
     // The packaged binary is the static build, byte for byte.
     let root = tmp.path().join("root");
@@ -141,5 +93,21 @@ fn agent_deb_contents_permissions_and_scripts() -> TestResult {
             .status()?;
         assert!(syntax.success(), "{script} is not valid sh");
     }
+    // Every packaged file is listed in md5sums with its digest (dpkg
+    // --verify reads it), and the package is reproducible: built again
+    // from the same tree, the same bytes.
+    let md5sums = std::fs::read_to_string(control.join("md5sums"))?;
+    for path in [
+        "usr/bin/ircap-agent",
+        "lib/systemd/system/ircap-agent.service",
+        "etc/ircap/agent.toml",
+    ] {
+        assert!(
+            md5sums.lines().any(|l| l.ends_with(&format!("  {path}"))),
+            "{path} not in md5sums:\n{md5sums}"
+        );
+    }
+    let again = agent_deb(&tmp.path().join("again"));
+    assert_eq!(sha256_hex(&deb), sha256_hex(&again), "not reproducible");
     Ok(())
 }

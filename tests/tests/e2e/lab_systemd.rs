@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use ircap_e2e::build_dir;
 use ircap_e2e::lab::Booted;
-use ircap_e2e::lab_debian::{DebianGuest, agent_deb};
+use ircap_e2e::lab_debian::DebianGuest;
+use ircap_e2e::packaging::agent_deb;
 use ircap_e2e::packaging::{repo_root, sha256_hex, static_agent};
 use ircap_e2e::ssm::{load_yaml, shell_step, ssm_dir};
 use serde_json::Value;
