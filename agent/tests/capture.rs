@@ -1121,6 +1121,37 @@ fn a_step_stuck_in_a_read_is_abandoned_and_the_capture_is_partial() -> TestResul
 }
 
 #[test]
+fn a_stuck_read_costs_a_tenth_of_a_long_deadline_not_the_whole_of_it() -> TestResult {
+    // With --deadline 60s the stuck /tmp walk's share is over 50 s; it
+    // makes no progress (no byte stored, no CPU), so it is abandoned after
+    // a tenth of the deadline, and the logs after it are read in full.
+    let (run, code, took) = capture_with_hung_mounts(
+        &["/tmp/hang"],
+        "--deadline 60s --artifacts processes,kernel,volatile_files,logs",
+    )?;
+    assert_eq!(code, Some(4), "{}", run.stderr());
+    eprintln!("stuck volatile_files with --deadline 60s: capture took {took:?}");
+    assert!(took < std::time::Duration::from_secs(25), "took {took:?}");
+    let m = run.manifest();
+    let errors = capture_errors(&m);
+    let (_, why) = errors
+        .iter()
+        .find(|(s, _)| s == "volatile_files")
+        .unwrap_or_else(|| panic!("volatile_files not named: {errors:?}"));
+    assert!(why.contains("without progress for 6s"), "{why}");
+    let names = artifact_names(&m);
+    for table in ["processes", "kernel", "system", "log_files"] {
+        assert!(
+            names.contains(&format!("{table}.jsonl.gz")),
+            "{table}: {names:?}"
+        );
+    }
+    assert_eq!(run.table("log_files")[0]["path"], "/tmp/logs/auth.log");
+    let _ = std::fs::remove_dir_all(run.dir.parent().unwrap_or(&run.dir));
+    Ok(())
+}
+
+#[test]
 fn steps_past_the_deadline_are_abandoned_and_the_capture_ends_on_time() -> TestResult {
     // Two steps that block for ever (the /tmp walk and the log walk, each
     // entering a hung mount): each is abandoned at its share, the steps

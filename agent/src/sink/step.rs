@@ -19,7 +19,7 @@
 //! collector's acknowledgement, both bounded by the sink).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ircap_proto::manifest::{ArtifactEntry, Encoding};
@@ -33,9 +33,31 @@ struct Door {
     shut: AtomicBool,
     /// Entries of the artifacts closed through this door.
     closed: Mutex<Vec<ArtifactEntry>>,
+    /// Bytes written and artifacts created or closed through it: the
+    /// step's progress as its watchdog sees it.
+    progress: AtomicU64,
+    /// Calls into the sink under way: a step waiting for the sink (a
+    /// collector's acknowledgements, a reconnect) is not stuck on the host.
+    in_sink: AtomicU32,
 }
 
 impl Door {
+    /// Runs `call` into the sink, counted as under way, then adds `done`
+    /// of what it returned to the progress.
+    fn call_sink<T, E>(
+        &self,
+        call: impl FnOnce() -> Result<T, E>,
+        done: impl Fn(&T) -> u64,
+    ) -> Result<T, E> {
+        self.in_sink.fetch_add(1, Ordering::SeqCst);
+        let out = call();
+        self.in_sink.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(v) = &out {
+            self.progress.fetch_add(done(v).max(1), Ordering::SeqCst);
+        }
+        out
+    }
+
     fn closed(&self) -> MutexGuard<'_, Vec<ArtifactEntry>> {
         self.closed.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -93,6 +115,16 @@ impl StepHandle {
         self.door.shut.store(true, Ordering::SeqCst);
         std::mem::take(&mut *closed)
     }
+
+    /// A count that grows whenever the step stores something through its
+    /// door, and whether a call into the sink is under way right now.
+    #[must_use]
+    pub fn progress(&self) -> (u64, bool) {
+        (
+            self.door.progress.load(Ordering::SeqCst),
+            self.door.in_sink.load(Ordering::SeqCst) > 0,
+        )
+    }
 }
 
 struct StepArtifact {
@@ -107,14 +139,19 @@ impl io::Write for StepArtifact {
         if self.door.is_shut() {
             return Err(refused(self.step));
         }
-        self.inner.write(data)
+        let inner = &mut self.inner;
+        self.door.call_sink(
+            || inner.write(data),
+            |n| u64::try_from(*n).unwrap_or(u64::MAX),
+        )
     }
 
     fn flush(&mut self) -> io::Result<()> {
         if self.door.is_shut() {
             return Err(refused(self.step));
         }
-        self.inner.flush()
+        let inner = &mut self.inner;
+        self.door.call_sink(|| inner.flush(), |()| 0)
     }
 }
 
@@ -132,7 +169,7 @@ impl ArtifactOut for StepArtifact {
             drop(inner);
             return Err(SinkError::io("cannot close an artifact", refused(step)));
         }
-        inner.close(stored, content)?;
+        door.call_sink(|| inner.close(stored, content), |()| 0)?;
         closed.extend(entry);
         Ok(())
     }
@@ -156,9 +193,12 @@ impl CaptureSink for StepSink {
                 refused(self.step),
             ));
         }
+        let inner = self
+            .door
+            .call_sink(|| self.inner.create(name, encoding), |_| 0)?;
         Ok(Box::new(StepArtifact {
             step: self.step,
-            inner: self.inner.create(name, encoding)?,
+            inner,
             door: Arc::clone(&self.door),
             entry: None,
         }))
