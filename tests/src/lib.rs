@@ -109,16 +109,34 @@ impl Collector {
     /// Starts `ircap-collector serve` on 127.0.0.1 (port 0 unless
     /// `port` is given) with a file store in `store`.
     pub fn start(pki: &Path, store: &Path, port: u16) -> Self {
-        Self::start_with(pki, store, port, &[])
+        Self::builder(pki, store).port(port).start()
+    }
+
+    /// A collector to start, trusting `pki` (its `ca.pem`, `server.pem`
+    /// and `server.key`) and storing in the directory `store`; every other
+    /// setting is one of [`CollectorBuilder`]'s methods.
+    #[must_use]
+    pub fn builder(pki: &Path, store: &Path) -> CollectorBuilder {
+        let mut cmd = bin("ircap-collector");
+        cmd.stderr(Stdio::null());
+        CollectorBuilder {
+            cmd,
+            url: format!("file://{}", store.display()),
+            store: store.to_path_buf(),
+            pki: pki.to_path_buf(),
+            port: 0,
+            args: Vec::new(),
+        }
     }
 
     /// [`Collector::start`] with extra `serve` arguments.
+    #[doc(hidden)]
     pub fn start_with(pki: &Path, store: &Path, port: u16, extra: &[&str]) -> Self {
-        Self::start_full(pki, store, port, extra, &[], None)
+        Self::builder(pki, store).port(port).args(extra).start()
     }
 
-    /// [`Collector::start_with`] with extra environment variables and,
-    /// when `log` is given, stderr appended to that file.
+    /// Use [`Collector::builder`].
+    #[doc(hidden)]
     pub fn start_full(
         pki: &Path,
         store: &Path,
@@ -127,64 +145,32 @@ impl Collector {
         env: &[(&str, &str)],
         log: Option<&Path>,
     ) -> Self {
-        let stderr = match log {
-            Some(path) => Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .unwrap(),
-            ),
-            None => Stdio::null(),
-        };
-        let mut cmd = bin("ircap-collector");
-        cmd.envs(env.iter().copied()).stderr(stderr);
-        let url = format!("file://{}", store.display());
-        Self::start_cmd(cmd, &url, pki, store, port, extra)
+        let mut b = Self::builder(pki, store).port(port).args(extra);
+        for (k, v) in env {
+            b = b.env(k, v);
+        }
+        if let Some(log) = log {
+            b = b.log(log);
+        }
+        b.start()
     }
 
-    /// Starts `cmd` (`ircap-collector` with its environment and stderr
-    /// set) as `serve --store URL` on 127.0.0.1; `store` is what
-    /// [`Collector::store`] reports.
-    ///
-    /// # Panics
-    /// When it does not print its listening line (e.g. it refused to start).
+    /// Use [`Collector::builder`] with [`CollectorBuilder::command`].
+    #[doc(hidden)]
     pub fn start_cmd(
-        mut cmd: Command,
+        cmd: Command,
         url: &str,
         pki: &Path,
         store: &Path,
         port: u16,
         extra: &[&str],
     ) -> Self {
-        let mut child = cmd
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--store", url])
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("server.pem"))
-            .arg("--key")
-            .arg(pki.join("server.key"))
+        Self::builder(pki, store)
+            .command(cmd)
+            .store_url(url)
+            .port(port)
             .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).expect("listening line");
-        let addr = v["listening"].as_str().unwrap().parse().unwrap();
-        let metrics = v["metrics"].as_str().map(|m| m.parse().unwrap());
-        Self {
-            child,
-            addr,
-            metrics,
-            store: store.to_path_buf(),
-            pki: pki.to_path_buf(),
-        }
+            .start()
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -204,6 +190,116 @@ impl Drop for Collector {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How a test [`Collector`] is started (from [`Collector::builder`]).
+pub struct CollectorBuilder {
+    cmd: Command,
+    url: String,
+    store: PathBuf,
+    pki: PathBuf,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl CollectorBuilder {
+    /// Listen on this loopback port (default 0: any free one).
+    #[must_use]
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Extra `serve` arguments.
+    #[must_use]
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// An environment variable of the collector process.
+    #[must_use]
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Appends the collector's stderr to `path` (default: discarded).
+    ///
+    /// # Panics
+    /// When the file cannot be opened.
+    #[must_use]
+    pub fn log(mut self, path: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        self.cmd.stderr(Stdio::from(file));
+        self
+    }
+
+    /// Runs `cmd` instead of the bare binary: a wrapper (`unshare ...
+    /// ircap-collector`) or a command with its environment and stderr set
+    /// (an S3 store's credentials). `serve` and its arguments are appended.
+    #[must_use]
+    pub fn command(mut self, cmd: Command) -> Self {
+        self.cmd = cmd;
+        self
+    }
+
+    /// Serve this store URL (`s3://...`) instead of the file store; the
+    /// directory given to the builder is still what [`Collector::store`]
+    /// reports.
+    #[must_use]
+    pub fn store_url(mut self, url: &str) -> Self {
+        url.clone_into(&mut self.url);
+        self
+    }
+
+    /// Starts `serve` on 127.0.0.1 and waits for its listening line.
+    ///
+    /// # Panics
+    /// When it does not print its listening line (e.g. it refused to start).
+    #[must_use]
+    pub fn start(self) -> Collector {
+        let Self {
+            mut cmd,
+            url,
+            store,
+            pki,
+            port,
+            args,
+        } = self;
+        let mut child = cmd
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--store", &url])
+            .arg("--ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join("server.pem"))
+            .arg("--key")
+            .arg(pki.join("server.key"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("listening line");
+        let addr = v["listening"].as_str().unwrap().parse().unwrap();
+        let metrics = v["metrics"].as_str().map(|m| m.parse().unwrap());
+        Collector {
+            child,
+            addr,
+            metrics,
+            store,
+            pki,
+        }
     }
 }
 

@@ -190,14 +190,11 @@ impl S3Server {
     /// A collector serving `s3://BUCKET/PREFIX` from this server.
     #[must_use]
     pub fn collector(&self, pki: &Path, url: &str, log: &Path, extra: &[&str]) -> Collector {
-        Collector::start_cmd(
-            self.collector_command(log),
-            url,
-            pki,
-            Path::new(""),
-            0,
-            extra,
-        )
+        Collector::builder(pki, Path::new(""))
+            .command(self.collector_command(log))
+            .store_url(url)
+            .args(extra)
+            .start()
     }
 }
 

@@ -64,7 +64,10 @@ impl Setup {
         let store = tmp.path().join("store");
         std::fs::create_dir_all(&store)?;
         let log = tmp.path().join("collector.log");
-        let collector = Collector::start_full(&pki_dir, &store, 0, extra, &[], Some(&log));
+        let collector = Collector::builder(&pki_dir, &store)
+            .args(extra)
+            .log(&log)
+            .start();
         Ok(Self {
             _tmp: tmp,
             collector,
@@ -2085,8 +2088,7 @@ async fn a_full_file_store_acknowledges_nothing_it_could_not_keep() -> TestResul
     .arg(&store)
     .arg(ircap_e2e::build_dir().join("ircap-collector"))
     .stderr(log);
-    let url = format!("file://{}", store.display());
-    let collector = Collector::start_cmd(cmd, &url, &pki_dir, &store, 0, &[]);
+    let collector = Collector::builder(&pki_dir, &store).command(cmd).start();
     let s = Setup {
         _tmp: tmp,
         collector,

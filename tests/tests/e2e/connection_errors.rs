@@ -78,7 +78,9 @@ impl Setup {
         let tmp = tempfile::tempdir().unwrap();
         let ours = pki(&tmp.path().join("pki"));
         let other = pki(&tmp.path().join("other"));
-        let collector = Collector::start_with(&ours, &tmp.path().join("store"), 0, extra);
+        let collector = Collector::builder(&ours, &tmp.path().join("store"))
+            .args(extra)
+            .start();
         Self {
             _tmp: tmp,
             pki: ours,
@@ -170,12 +172,9 @@ fn a_revoked_agent_certificate_is_named_revoked() -> TestResult {
         .arg(pki_dir.join("web-2.pem"))
         .output()?;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let collector = Collector::start_with(
-        &pki_dir,
-        &tmp.path().join("store"),
-        0,
-        &["--crl", crl.to_str().unwrap()],
-    );
+    let collector = Collector::builder(&pki_dir, &tmp.path().join("store"))
+        .args(&["--crl", crl.to_str().unwrap()])
+        .start();
     let ca = pki_dir.join("ca.pem");
     let revoked = agent(
         &collector.url(),

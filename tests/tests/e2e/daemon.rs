@@ -27,14 +27,11 @@ const CONNECT: Duration = Duration::from_secs(30);
 
 /// A collector with a short poll interval, logging to `log`.
 fn collector(pki: &Path, store: &Path, port: u16, log: &Path) -> Collector {
-    Collector::start_full(
-        pki,
-        store,
-        port,
-        &[],
-        &[("IRCAP_CONTROL_POLL_MS", POLL_MS)],
-        Some(log),
-    )
+    Collector::builder(pki, store)
+        .port(port)
+        .env("IRCAP_CONTROL_POLL_MS", POLL_MS)
+        .log(log)
+        .start()
 }
 
 /// An `ircap-agent serve` process; killed when dropped.

@@ -64,14 +64,12 @@ impl Setup {
             .server
             .collector_command(&self.tmp.path().join(format!("{name}.log")));
         cmd.env("AWS_ENDPOINT_URL_S3", endpoint);
-        Collector::start_cmd(
-            cmd,
-            &self.url(),
-            &self.pki,
-            std::path::Path::new(""),
-            port,
-            extra,
-        )
+        Collector::builder(&self.pki, std::path::Path::new(""))
+            .command(cmd)
+            .store_url(&self.url())
+            .port(port)
+            .args(extra)
+            .start()
     }
 
     /// A directory of `mib` MiB of incompressible "log" bytes; its path

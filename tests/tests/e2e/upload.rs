@@ -258,7 +258,9 @@ fn a_revoked_agent_is_refused_when_a_crl_is_configured() -> TestResult {
         String::from_utf8_lossy(&revoke.stderr)
     );
     let crl_arg = crl.display().to_string();
-    let collector = Collector::start_with(&pki, &tmp.path().join("store"), 0, &["--crl", &crl_arg]);
+    let collector = Collector::builder(&pki, &tmp.path().join("store"))
+        .args(&["--crl", &crl_arg])
+        .start();
 
     let refused = agent_capture(
         &collector.url(),
@@ -499,12 +501,9 @@ fn metric(body: &str, name: &str) -> u64 {
 fn metrics_count_what_was_received_and_verified() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki = pki(&tmp.path().join("pki"));
-    let collector = Collector::start_with(
-        &pki,
-        &tmp.path().join("store"),
-        0,
-        &["--metrics-listen", "127.0.0.1:0"],
-    );
+    let collector = Collector::builder(&pki, &tmp.path().join("store"))
+        .args(&["--metrics-listen", "127.0.0.1:0"])
+        .start();
     let metrics = collector.metrics.ok_or("no metrics address printed")?;
     let (status, before) = http_get(metrics, "/metrics")?;
     assert!(status.contains("200"), "{status}");
@@ -597,7 +596,9 @@ fn the_collector_reloads_its_crl_on_sighup_and_on_change() -> TestResult {
     );
     revoke(&pki, &crl, &pki.join("spare-1.pem"));
     let crl_arg = crl.display().to_string();
-    let collector = Collector::start_with(&pki, &tmp.path().join("store"), 0, &["--crl", &crl_arg]);
+    let collector = Collector::builder(&pki, &tmp.path().join("store"))
+        .args(&["--crl", &crl_arg])
+        .start();
     assert!(can_open(
         &collector,
         "web-1",
