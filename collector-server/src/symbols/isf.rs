@@ -557,3 +557,68 @@ mod tests {
         );
     }
 }
+
+/// The agent's BTF and kallsyms are the attacker's bytes: whatever they
+/// hold, parsing and building a table ends, without a panic, in a table
+/// or an error.
+#[cfg(test)]
+mod hostile_input {
+    #![allow(clippy::unwrap_used)]
+
+    use proptest::prelude::*;
+
+    use super::super::btf::tests::sample;
+    use super::super::kallsyms;
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Random bytes: an error or (rarely) a table, never a panic.
+        #[test]
+        fn any_bytes_as_btf_and_kallsyms(
+            btf in proptest::collection::vec(any::<u8>(), 0..256),
+            text in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let symbols = kallsyms::parse(&text);
+            if let Ok(btf) = Btf::parse(&btf) {
+                let (isf, _) = build(&btf, &symbols, &text, "0", "");
+                prop_assert!(serde_json::to_vec(&isf).is_ok());
+            }
+        }
+
+        /// A valid header over random type records (random kinds, member
+        /// counts, type ids and name offsets).
+        #[test]
+        fn random_type_records(words in proptest::collection::vec(any::<u32>(), 0..64)) {
+            let mut records = Vec::new();
+            for w in words.chunks(4) {
+                let get = |i: usize| w.get(i).copied().unwrap_or(0);
+                let kind = get(1) % 20;
+                let vlen = get(1) >> 20 & 0x7;
+                records.push((get(0) % 64, (kind << 24) | vlen, get(2) % 16, vec![get(3) % 16; 3 * vlen as usize]));
+            }
+            let data = super::super::btf::tests::build(super::super::btf::tests::NAMES, &records);
+            if let Ok(btf) = Btf::parse(&data) {
+                let (isf, _) = build(&btf, &[], b"", "0", "");
+                prop_assert!(serde_json::to_vec(&isf).is_ok());
+            }
+        }
+
+        /// A valid blob with bytes overwritten anywhere (lengths, offsets,
+        /// kinds, member counts, type ids): the same.
+        #[test]
+        fn corrupted_btf(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut data = sample();
+            for (at, byte) in flips {
+                let i = at.index(data.len());
+                data[i] = byte;
+            }
+            if let Ok(btf) = Btf::parse(&data) {
+                let symbols = kallsyms::parse(b"ffffffff81000000 T _text\nffffffff82000000 D init_task\n");
+                let (isf, _) = build(&btf, &symbols, b"Linux version 6.1\n", "0", "");
+                prop_assert!(serde_json::to_vec(&isf).is_ok());
+            }
+        }
+    }
+}
