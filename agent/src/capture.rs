@@ -23,6 +23,10 @@ use crate::sink::{CaptureSink, SinkError};
 use crate::timefmt;
 use steps::{Shared, Steps};
 
+/// Artifacts a process-memory dump leaves for the log files after it
+/// (the logs keep fewer only when there are more artifacts still).
+const LOGS_SHARE: usize = 500;
+
 /// A finished capture.
 #[derive(Debug)]
 pub struct Outcome {
@@ -434,11 +438,21 @@ fn run_inner(
         };
         preflight(options, "physical_memory", need, &mut capture_errors);
     }
+    // One artifact per dumped process and per kept log file, and a capture
+    // may hold MAX_ARTIFACTS: memory may take what the artifacts so far
+    // leave, less room for the logs after it; the logs take the rest.
+    let room = |stored: usize, after: usize| {
+        ircap_proto::manifest::MAX_ARTIFACTS.saturating_sub(stored + after)
+    };
+    let max_processes = room(
+        artifacts.len() + steps.kept.len(),
+        logs::AFTER_LOGS + LOGS_SHARE,
+    );
     if options.memory_regions.is_some()
         && wants("memory_regions")
         && let Ok(result) = steps.run("memory_regions", move |ctx| {
             match &ctx.options.memory_regions {
-                Some(selector) => memory_regions::write(ctx, selector, &pids),
+                Some(selector) => memory_regions::write(ctx, selector, &pids, max_processes),
                 None => Ok(Vec::new()),
             }
         })
@@ -487,8 +501,11 @@ fn run_inner(
         }
     }
 
+    let max_logs = room(artifacts.len() + steps.kept.len(), logs::AFTER_LOGS);
     if wants("logs")
-        && let Ok(result) = steps.run("logs", |ctx| logs::write(ctx, &ctx.options.logs_dirs))
+        && let Ok(result) = steps.run("logs", move |ctx| {
+            logs::write(ctx, &ctx.options.logs_dirs, max_logs)
+        })
     {
         keep(&*sink, "logs", result, &mut artifacts, &mut dropped)?;
     }

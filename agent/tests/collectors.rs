@@ -86,7 +86,11 @@ fn logs_keep_original_bytes_within_since_and_budget() -> TestResult {
         blocking: Default::default(),
         dropped: Default::default(),
     };
-    let entries = logs::write(&ctx, &[log_dir.clone(), fx.path().join("no-such-dir")])?;
+    let entries = logs::write(
+        &ctx,
+        &[log_dir.clone(), fx.path().join("no-such-dir")],
+        logs::MAX_KEPT,
+    )?;
     sink.commit(&manifest_for(entries.clone()))?;
     let cap = out.path().join("logs-test");
     let report = ircap_proto::verify_capture(&cap)?;
@@ -182,5 +186,69 @@ fn a_process_that_exited_is_reported_gone_not_read() -> TestResult {
         "{:?}",
         entry.errors
     );
+    Ok(())
+}
+
+#[test]
+fn process_memory_stops_at_the_artifacts_the_capture_has_room_for() -> TestResult {
+    // Three real processes asked for by pid, room for two artifacts: two
+    // are dumped, the third is named as not dumped and the capture is
+    // partial (what the collector's artifact limit would otherwise refuse
+    // at commit).
+    let mut kids: Vec<std::process::Child> = (0..3)
+        .map(|_| std::process::Command::new("sleep").arg("600").spawn())
+        .collect::<Result<_, _>>()?;
+    let pids: Vec<i32> = kids.iter().map(|k| k.id() as i32).collect();
+    let out = tempfile::tempdir()?;
+    let sink = DirSink::create(out.path(), "mem-test")?;
+    let mut options = CaptureOptions::with_defaults(out.path().to_path_buf());
+    options.memory_process_budget = 64 << 10;
+    let roots = Roots::host();
+    let accounts = Accounts::default();
+    let clock = BootClock::read();
+    let ctx = Context {
+        sink: &sink,
+        options: &options,
+        roots: &roots,
+        accounts: &accounts,
+        clock: &clock,
+        threads: 2,
+        blocking: Default::default(),
+        dropped: Default::default(),
+    };
+    let selector = ircap_agent::options::MemorySelector::Pids(pids.clone());
+    let entries = ircap_agent::collect::memory_regions::write(&ctx, &selector, &[], 2)?;
+    for k in &mut kids {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            format!("memory/pid-{}.bin.gz", pids[0]).as_str(),
+            format!("memory/pid-{}.bin.gz", pids[1]).as_str(),
+            "memory_regions.jsonl.gz"
+        ]
+    );
+    let index = entries.last().ok_or("no index")?;
+    assert!(
+        index.errors.iter().any(|e| e.contains(&format!(
+            "pid {}: not dumped, the capture's artifact limit",
+            pids[2]
+        ))),
+        "{:?}",
+        index.errors
+    );
+    let dropped = ctx.dropped.take();
+    assert!(
+        dropped.iter().any(
+            |d| d.source == "memory_regions" && d.message.starts_with("1 processes not dumped")
+        ),
+        "{dropped:?}"
+    );
+    sink.commit(&manifest_for(entries))?;
+    let report = ircap_proto::verify_capture(&out.path().join("mem-test"))?;
+    assert!(report.is_ok(), "{:?}", report.problems);
     Ok(())
 }

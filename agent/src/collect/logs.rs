@@ -40,6 +40,9 @@ const MAX_FILES: usize = 20_000;
 /// every other artifact. Files past it are listed in the index as not
 /// included and the capture is partial.
 pub const MAX_KEPT: usize = ircap_proto::manifest::MAX_ARTIFACTS - 500;
+/// Artifacts kept free for what comes after the log files (their index,
+/// the journal table) when the capture's other artifacts are counted.
+pub const AFTER_LOGS: usize = 16;
 /// Why a file past [`MAX_KEPT`] was left out.
 const PAST_MAX_KEPT: &str = "artifact limit: the newest log files already fill the capture";
 
@@ -189,8 +192,8 @@ pub enum Plan {
 }
 
 /// Decides which files fit: modified since `since`, newest first, within
-/// `budget` bytes and [`MAX_KEPT`] files; a plain file that does not fit
-/// keeps its tail.
+/// `budget` bytes and `max_kept` files (at most [`MAX_KEPT`]); a plain file
+/// that does not fit keeps its tail.
 /// `compressed(i)` says whether candidate `i` is compressed (no tail then);
 /// `protected(i)` whether it is one of the agent's own secrets (never
 /// read).
@@ -199,6 +202,7 @@ pub fn plan(
     candidates: &[Candidate],
     since: SystemTime,
     budget: u64,
+    max_kept: usize,
     compressed: impl Fn(usize) -> bool,
     protected: impl Fn(usize) -> bool,
 ) -> Vec<Plan> {
@@ -213,7 +217,7 @@ pub fn plan(
             Plan::Skip(Protected::REASON)
         } else if c.mtime < since {
             Plan::Skip("modified before --logs-since")
-        } else if kept >= MAX_KEPT {
+        } else if kept >= max_kept.min(MAX_KEPT) {
             Plan::Skip(PAST_MAX_KEPT)
         } else if c.size <= left {
             left -= c.size;
@@ -242,14 +246,18 @@ fn peek_compression(c: &Candidate, protected: &Protected) -> Option<&'static str
     compression(head.get(..n)?)
 }
 
-/// Writes every kept log file below `roots` and the `log_files` index.
+/// Writes every kept log file below `roots` and the `log_files` index,
+/// keeping at most `max_kept` files (what the capture's artifact limit
+/// leaves once its other artifacts are counted; [`MAX_KEPT`] at most).
 ///
 /// # Errors
 /// [`SinkError`] when an artifact cannot be stored.
 pub fn write(
     ctx: &Context<'_>,
     roots: &[PathBuf],
+    max_kept: usize,
 ) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkError> {
+    let max_kept = max_kept.min(MAX_KEPT);
     let mut walk_errors = Vec::new();
     let mut candidates = list_candidates(roots, &ctx.blocking, &mut walk_errors);
     candidates.sort_by(|a, b| a.path.cmp(&b.path));
@@ -261,6 +269,7 @@ pub fn write(
         &candidates,
         ctx.options.logs_since_time,
         ctx.options.logs_max_bytes,
+        max_kept,
         |i| kinds.get(i).copied().flatten().is_some(),
         |i| {
             candidates
@@ -277,7 +286,7 @@ pub fn write(
         ctx.dropped.push(
             "logs",
             format!(
-                "{past_limit} log files left out: at most {MAX_KEPT} are kept, newest first (each is listed in log_files)"
+                "{past_limit} log files left out: at most {max_kept} fit the capture's artifact limit, newest first (each is listed in log_files)"
             ),
         );
     }
@@ -437,7 +446,7 @@ mod tests {
         ];
         // Budget 70: new (50) fits, midgz (30, compressed) does not fit in
         // the 20 left and cannot be tailed, mid keeps its last 20 bytes.
-        let p = plan(&c, at(500), 70, |i| i == 3, |_| false);
+        let p = plan(&c, at(500), 70, MAX_KEPT, |i| i == 3, |_| false);
         assert_eq!(p[0], Plan::Skip("modified before --logs-since"));
         assert_eq!(p[1], Plan::Keep { from: 0 });
         assert_eq!(p[3], Plan::Skip("--logs-max-bytes budget spent"));
@@ -449,7 +458,7 @@ mod tests {
         let c: Vec<_> = (0..MAX_KEPT + 3)
             .map(|i| cand(&format!("f{i}"), 1, 1000 + i as u64))
             .collect();
-        let p = plan(&c, at(0), u64::MAX, |_| false, |_| false);
+        let p = plan(&c, at(0), u64::MAX, MAX_KEPT, |_| false, |_| false);
         let kept = p.iter().filter(|p| **p == Plan::Keep { from: 0 }).count();
         assert_eq!(kept, MAX_KEPT);
         // The oldest three are the ones left out.
@@ -458,6 +467,14 @@ mod tests {
         }
         assert_eq!(p[3], Plan::Keep { from: 0 });
         assert_eq!(TOO_MANY, format!("more than {MAX_FILES} log files"));
+        // What the capture's other artifacts left: fewer, still newest.
+        let p = plan(&c, at(0), u64::MAX, 10, |_| false, |_| false);
+        assert_eq!(
+            p.iter().filter(|p| **p == Plan::Keep { from: 0 }).count(),
+            10
+        );
+        assert_eq!(p[MAX_KEPT + 2], Plan::Keep { from: 0 });
+        assert_eq!(p[MAX_KEPT - 8], Plan::Skip(PAST_MAX_KEPT));
     }
 
     #[test]

@@ -73,7 +73,9 @@ fn candidate_pids(selector: &MemorySelector, pids: &[i32]) -> Vec<i32> {
 }
 
 /// Writes the bytes of the regions `selector` picks among the processes
-/// `pids` (and the index table).
+/// `pids` (and the index table), at most `max_processes` artifacts of
+/// process bytes: what the capture's artifact limit leaves (a process past
+/// it is named in the index and the capture is partial).
 ///
 /// # Errors
 /// [`SinkError`] when an artifact cannot be stored; anything the host
@@ -82,6 +84,7 @@ pub fn write(
     ctx: &Context<'_>,
     selector: &MemorySelector,
     pids: &[i32],
+    max_processes: usize,
 ) -> Result<Vec<ArtifactEntry>, SinkError> {
     let mut index = JsonlWriter::open(ctx.sink, "memory_regions", "memory_regions")?;
     let mut entries = Vec::new();
@@ -90,6 +93,7 @@ pub fn write(
         per_process: ctx.options.memory_process_budget,
     };
     let mut buf = vec![0u8; READ_SIZE];
+    let mut past_limit = 0usize;
     for pid in candidate_pids(selector, pids) {
         // Any of the agent's threads, not only its main pid.
         if super::own_task::is_agent(&ctx.roots.proc, pid) {
@@ -102,9 +106,24 @@ pub fn write(
             index.error(format!("pid {pid}: not dumped, --memory-budget spent"));
             continue;
         }
+        if entries.len() >= max_processes {
+            past_limit += 1;
+            index.error(format!(
+                "pid {pid}: not dumped, the capture's artifact limit leaves room for {max_processes} processes' memory"
+            ));
+            continue;
+        }
         if let Some(entry) = dump_process(ctx, selector, pid, &mut budget, &mut buf, &mut index)? {
             entries.push(entry);
         }
+    }
+    if past_limit > 0 {
+        ctx.dropped.push(
+            "memory_regions",
+            format!(
+                "{past_limit} processes not dumped: the capture's artifact limit leaves room for {max_processes} processes' memory (each is named in the memory_regions errors)"
+            ),
+        );
     }
     entries.push(index.finish()?);
     Ok(entries)
