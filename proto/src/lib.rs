@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod request_args;
 pub mod units;
 pub mod verify;
+pub mod yara;
 
 /// The `ircap.v1` protocol: generated messages, client and server.
 #[allow(clippy::all, missing_docs)]
