@@ -190,7 +190,7 @@ pub struct CaptureArgs {
     /// With --yara: bytes scanned at most, memory and files together.
     #[arg(long, value_name = "BYTES", default_value_t = crate::options::DEFAULT_YARA_MAX_BYTES.to_string())]
     pub yara_max_bytes: String,
-    /// With --yara: CPU time the scan may use (the scan's own thread).
+    /// With --yara: CPU time the scan may use (its own thread; 90s, 5m, 500ms).
     #[arg(long, value_name = "DURATION", default_value = crate::options::DEFAULT_YARA_CPU_BUDGET)]
     pub yara_cpu_budget: String,
     /// With --yara: bytes scanned at most of one memory region or file.

@@ -495,11 +495,20 @@ fn yara_options(
         })
         .unwrap_or_default();
     let rules = ircap_proto::yara::compile(&shown, &text).map_err(|e| fail(e.to_string()))?;
-    let cpu_budget = crate::timefmt::parse_duration(&args.yara_cpu_budget)
-        .map_err(|source| OptionError::Time {
-            option: "--yara-cpu-budget",
-            source,
-        })?;
+    // Milliseconds too: a budget small enough to cut a test scan.
+    let cpu_budget = match args.yara_cpu_budget.strip_suffix("ms") {
+        Some(ms) => ms.parse().ok().map(Duration::from_millis),
+        None => None,
+    };
+    let cpu_budget = match cpu_budget {
+        Some(d) => d,
+        None => crate::timefmt::parse_duration(&args.yara_cpu_budget).map_err(|source| {
+            OptionError::Time {
+                option: "--yara-cpu-budget",
+                source,
+            }
+        })?,
+    };
     Ok(Some(YaraOptions {
         source: shown.clone(),
         rules,
