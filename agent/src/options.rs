@@ -22,11 +22,12 @@ pub const DEFAULT_MEMORY_PROCESS_BUDGET: u64 = 1 << 30;
 /// Default `--deadline`: collection is abandoned after this long.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 /// Default `--yara-max-bytes`: bytes scanned at most, memory and files.
-pub const DEFAULT_YARA_MAX_BYTES: u64 = 16 << 30;
-/// Default `--yara-cpu-budget`: CPU time of the scan's thread.
+pub const DEFAULT_YARA_MAX_BYTES: u64 = ircap_proto::yara::DEFAULT_MAX_BYTES;
+/// Default `--yara-cpu-budget`: CPU time of the scan's thread
+/// (`ircap_proto::yara::DEFAULT_CPU_BUDGET`).
 pub const DEFAULT_YARA_CPU_BUDGET: &str = "60s";
 /// Default `--yara-region-max`: bytes scanned of one region or file.
-pub const DEFAULT_YARA_REGION_MAX: u64 = 1 << 30;
+pub const DEFAULT_YARA_REGION_MAX: u64 = ircap_proto::yara::DEFAULT_REGION_MAX;
 
 /// Everything one capture needs to know.
 #[derive(Debug, Clone, Serialize)]

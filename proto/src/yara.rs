@@ -13,6 +13,13 @@ pub use boreal;
 
 use sha2::{Digest as _, Sha256};
 
+/// Default bytes scanned at most, memory and files together.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 30;
+/// Default CPU time of the scan's thread.
+pub const DEFAULT_CPU_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+/// Default bytes scanned of one region or file.
+pub const DEFAULT_REGION_MAX: u64 = 1 << 30;
+
 /// Largest rules text accepted, in bytes (a request carries it).
 pub const MAX_RULES_BYTES: usize = 1 << 20;
 /// Most rules in one rules text.

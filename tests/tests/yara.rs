@@ -336,3 +336,194 @@ fn a_malformed_rules_file_is_refused_with_the_compilers_message() -> TestResult 
     assert!(!out.exists() || std::fs::read_dir(&out)?.next().is_none());
     Ok(())
 }
+
+/// `ircap-collector CMD --server URL ARGS` as alice.
+fn analyst(url: &str, pki: &Path, cmd: &str, args: &[&str]) -> Output {
+    bin("ircap-collector")
+        .arg(cmd)
+        .args(["--server", url])
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join("alice.pem"))
+        .arg("--key")
+        .arg(pki.join("alice.key"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// `ircap-agent serve` as `who` (default policy), killed on drop.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(tmp: &Path, url: &str, pki: &Path, who: &str) -> Serve {
+    let config = tmp.join(format!("{who}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "collector = \"{url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"1s\"\n",
+            pki.join("ca.pem").display(),
+            pki.join(format!("{who}.pem")).display(),
+            pki.join(format!("{who}.key")).display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(tmp.join(format!("{who}.log"))).unwrap();
+    Serve(
+        bin("ircap-agent")
+            .args(["serve", "--no-imds", "--backoff-max", "1s", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for_agent(url: &str, pki: &Path, who: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let out = analyst(url, pki, "agents", &["--json"]);
+        if json_lines(&out).iter().any(|a| a["agent"] == who) {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{who} never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = ircap_e2e::pki(&tmp.path().join("pki"));
+    let c = ircap_e2e::Collector::start_full(
+        &pki,
+        &tmp.path().join("store"),
+        0,
+        &[],
+        &[("IRCAP_CONTROL_POLL_MS", "200")],
+        Some(&tmp.path().join("collector.log")),
+    );
+    let url = c.url();
+    let _agent = serve(tmp.path(), &url, &pki, "web-1");
+    wait_for_agent(&url, &pki, "web-1");
+    let (a, b) = pattern();
+    let canary = Canary::start(&a, &b);
+    let rules = rules(tmp.path(), &format!("{a}{b}"), &pattern().0);
+
+    let out = analyst(
+        &url,
+        &pki,
+        "request",
+        &[
+            "--all",
+            "--wait",
+            "--timeout",
+            "120s",
+            "--artifacts",
+            "system",
+            "--yara",
+            rules.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out);
+    let result = lines
+        .iter()
+        .find(|l| l["agent"] == "web-1" && l["status"].is_string())
+        .unwrap_or_else(|| panic!("no result: {lines:?}"));
+    assert_eq!(result["status"], "complete", "{result}");
+    let id = result["capture_id"].as_str().unwrap_or_default();
+    let dir = c.capture_dir("web-1", id);
+    ircap_e2e::assert_verifies(&dir);
+    let rows = gunzip_rows(&dir.join("yara_matches.jsonl.gz"));
+    let mine: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["pid"].as_i64() == Some(canary.pid()))
+        .collect();
+    assert_eq!(mine.len(), 1, "{rows:?}");
+    assert_eq!(mine[0]["rule"], "heap_canary");
+    assert_eq!(mine[0]["strings"][0]["address"], format!("0x{:x}", canary.addr));
+    let start = u64::from_str_radix(
+        mine[0]["region"]["start"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("0x"),
+        16,
+    )?;
+    assert_eq!(mine[0]["strings"][0]["offset"].as_u64(), Some(canary.addr - start));
+    let m = manifest(&dir);
+    assert_eq!(m["options"]["yara"]["source"], "request");
+    let agent_pid = m["agent"]["pid"].as_i64();
+    assert!(rows.iter().all(|r| r["pid"].as_i64() != agent_pid));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_rule_is_refused_on_the_collector_with_the_compilers_message() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = ircap_e2e::pki(&tmp.path().join("pki"));
+    let c = ircap_e2e::Collector::start(&pki, &tmp.path().join("store"), 0);
+    let url = c.url();
+    let bad = tmp.path().join("bad.yar");
+    std::fs::write(&bad, "rule broken {\n  condition:\n    $missing\n}\n")?;
+
+    // The analyst's command compiles first and names the file.
+    let out = analyst(&url, &pki, "request", &["--all", "--yara", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yar:3:"), "{err}");
+    assert!(err.contains("$missing"), "{err}");
+
+    // A raw request (no CLI) is refused by the collector with the message.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+            pki.join("ca.pem"),
+        )?))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(pki.join("alice.pem"))?,
+            std::fs::read(pki.join("alice.key"))?,
+        ));
+    let channel = tonic::transport::Endpoint::from_shared(url)?
+        .tls_config(tls)?
+        .connect_lazy();
+    let mut client =
+        ircap_proto::v1::capture_requests_client::CaptureRequestsClient::new(channel);
+    let status = client
+        .create_request(ircap_proto::v1::CreateRequestRequest {
+            target: Some(ircap_proto::v1::Target {
+                all: true,
+                ..Default::default()
+            }),
+            spec: Some(ircap_proto::v1::CaptureSpec {
+                yara_rules: std::fs::read_to_string(&bad)?,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad rules are refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("request:3:"), "{}", status.message());
+    assert!(status.message().contains("$missing"), "{}", status.message());
+    assert!(!c.store.join("control/requests").exists(), "nothing stored");
+    Ok(())
+}

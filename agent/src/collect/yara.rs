@@ -23,9 +23,10 @@
 //! Budgets: bytes scanned in all (`--yara-max-bytes`), bytes of one region
 //! or file (`--yara-region-max`), and the CPU time of the scanning thread
 //! (`--yara-cpu-budget`, also the engine's timeout of each chunk), on top
-//! of the agent's lowered priority. A budget that cuts the scan is
+//! of the agent's lowered priority. A budget that cuts the scan short is
 //! recorded (the table's errors and the manifest's: the capture is
-//! partial), never silent.
+//! partial), never silent; a region longer than `--yara-region-max` is
+//! scanned in part and its row says `truncated`.
 //!
 //! Never scanned: the agent itself (any of its threads; the compiled rules
 //! are in its memory and would match themselves), the rules file, and the
@@ -448,15 +449,20 @@ pub fn write(
             rows.over
         ));
     }
+    // A region or file past --yara-region-max is scanned in part: said in
+    // its row (`truncated`) and the table's errors. Hosts commonly have
+    // such regions (heaps of JVMs and databases), so it does not make
+    // every capture partial; a budget that leaves processes or files
+    // unscanned does.
+    if budget.truncated > 0 {
+        table.error(format!(
+            "{} region(s) or file(s) longer than --yara-region-max ({} bytes) scanned in part (rows say truncated)",
+            budget.truncated, yara.region_max
+        ));
+    }
     let mut cuts = Vec::new();
     if let Some(why) = &budget.stopped {
         cuts.push(why.clone());
-    }
-    if budget.truncated > 0 {
-        cuts.push(format!(
-            "{} region(s) or file(s) longer than --yara-region-max ({} bytes) scanned in part",
-            budget.truncated, yara.region_max
-        ));
     }
     let used = budget.cpu_used();
     tracing::info!(
