@@ -474,6 +474,59 @@ fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() ->
     assert_eq!(m["options"]["yara"]["source"], "request");
     let agent_pid = m["agent"]["pid"].as_i64();
     assert!(rows.iter().all(|r| r["pid"].as_i64() != agent_pid));
+
+    // The per-host summary of `request --wait`.
+    let summary = lines
+        .iter()
+        .find(|l| l["agent"] == "web-1" && l["yara"].is_object())
+        .unwrap_or_else(|| panic!("no yara line: {lines:?}"));
+    assert_eq!(summary["capture_id"], id);
+    assert_eq!(summary["yara"]["matched"], true);
+    assert!(
+        summary["yara"]["rules"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("heap_canary")),
+        "{summary}"
+    );
+
+    // A rule that matches nothing: matched false, and `list --yara-matched`
+    // keeps only the first capture.
+    let (x, y) = pattern();
+    let nothing = tmp.path().join("nothing");
+    std::fs::create_dir_all(&nothing)?;
+    let none_rules = crate::rules(&nothing, &format!("{x}{y}"), &pattern().0);
+    let out = analyst(
+        &url,
+        &pki,
+        "request",
+        &[
+            "--all",
+            "--wait",
+            "--timeout",
+            "120s",
+            "--artifacts",
+            "system",
+            "--yara",
+            none_rules.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out);
+    let summary = lines
+        .iter()
+        .find(|l| l["yara"].is_object())
+        .unwrap_or_else(|| panic!("no yara line: {lines:?}"));
+    assert_eq!(summary["yara"]["matched"], false, "{summary}");
+    assert_eq!(summary["yara"]["rules"], serde_json::json!([]));
+    let second = summary["capture_id"].as_str().unwrap_or_default().to_owned();
+    let listed = json_lines(&analyst(&url, &pki, "list", &["--json"]));
+    assert_eq!(listed.len(), 2);
+    let matched = json_lines(&analyst(&url, &pki, "list", &["--json", "--yara-matched"]));
+    assert_eq!(matched.len(), 1, "{matched:?}");
+    assert_eq!(matched[0]["capture_id"], id);
+    assert_ne!(matched[0]["capture_id"], second);
+    assert_eq!(matched[0]["yara"]["rules"][0], "heap_canary");
     Ok(())
 }
 

@@ -393,6 +393,7 @@ pub fn write(
     yara: &YaraOptions,
     pids: &[i32],
 ) -> Result<Vec<ArtifactEntry>, SinkError> {
+    let began = std::time::Instant::now();
     let mut table = JsonlWriter::open(ctx.sink, "yara_matches", "yara_matches")?;
     let mut entries = Vec::new();
     let mut budget = Budget {
@@ -469,7 +470,9 @@ pub fn write(
         processes,
         files,
         matches = rows.written,
+        bytes = yara.max_bytes.saturating_sub(budget.bytes_left),
         cpu_ms = used.as_millis(),
+        wall_ms = began.elapsed().as_millis(),
         "YARA scan done"
     );
     if !cuts.is_empty() {
