@@ -459,13 +459,7 @@ fn run_inner(
             Some(yara) => collect::yara::write(ctx, yara, &pids),
             None => Ok(Vec::new()),
         }) {
-            keep(
-                &*sink,
-                "yara_matches",
-                result,
-                &mut artifacts,
-                &mut dropped,
-            )?;
+            keep(&*sink, "yara_matches", result, &mut artifacts, &mut dropped)?;
         }
     }
     if options.physical_memory && wants("physical_memory") {

@@ -483,8 +483,8 @@ fn yara_options(
         message,
     };
     let max = ircap_proto::yara::MAX_RULES_BYTES as u64;
-    let (bytes, over) = crate::collect::fsread::read_bounded(path, max)
-        .map_err(|e| fail(e.to_string()))?;
+    let (bytes, over) =
+        crate::collect::fsread::read_bounded(path, max).map_err(|e| fail(e.to_string()))?;
     if over {
         return Err(fail(format!("larger than {max} bytes")));
     }

@@ -499,7 +499,10 @@ pub async fn yara_summary(
     capture_id: &str,
 ) -> Result<YaraSummary, AnalystError> {
     let (m, _) = manifest(client, capture_id).await?;
-    let table = m.artifacts.iter().find(|a| a.name == "yara_matches.jsonl.gz");
+    let table = m
+        .artifacts
+        .iter()
+        .find(|a| a.name == "yara_matches.jsonl.gz");
     let mut summary = YaraSummary {
         scanned: table.is_some(),
         matches: table.and_then(|a| a.record_count).unwrap_or(0),
@@ -530,7 +533,10 @@ pub async fn yara_summary(
     }
     let mut text = Vec::new();
     let _ = std::io::Read::read_to_end(
-        &mut std::io::Read::take(flate2::read::MultiGzDecoder::new(gz.as_slice()), YARA_TABLE_MAX),
+        &mut std::io::Read::take(
+            flate2::read::MultiGzDecoder::new(gz.as_slice()),
+            YARA_TABLE_MAX,
+        ),
         &mut text,
     );
     let mut rules = std::collections::BTreeSet::new();

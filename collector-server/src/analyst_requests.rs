@@ -143,7 +143,10 @@ impl SpecArgs {
         let fail = |m: String| AnalystError::Config(format!("--yara {}: {m}", path.display()));
         let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
         if meta.len() > max as u64 {
-            return Err(fail(format!("{} bytes; at most {max} bytes are accepted", meta.len())));
+            return Err(fail(format!(
+                "{} bytes; at most {max} bytes are accepted",
+                meta.len()
+            )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         // Compiled here too, so the message names the file.
@@ -201,7 +204,9 @@ impl SpecArgs {
                 .as_deref()
                 .map(|t| parse_duration("--yara-cpu-budget", t))
                 .transpose()?
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
+                .map_or(0, |d| {
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+                }),
             yara_region_max: 0,
         };
         spec_rules::check_spec(&spec).map_err(|e| AnalystError::Config(e.to_string()))?;

@@ -502,8 +502,8 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 if json && yara_matched {
                     for c in &captures {
                         let mut line = capture_json(c);
-                        line["yara"] = serde_json::to_value(yara.get(&c.capture_id))
-                            .unwrap_or_default();
+                        line["yara"] =
+                            serde_json::to_value(yara.get(&c.capture_id)).unwrap_or_default();
                         let _ = writeln!(
                             out,
                             "{}",

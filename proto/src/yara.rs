@@ -115,7 +115,11 @@ mod tests {
 
     #[test]
     fn compiles_and_names_rules() {
-        let r = compile("t.yar", "rule a { strings: $s = \"x\" condition: $s }\nrule b { condition: true }").unwrap();
+        let r = compile(
+            "t.yar",
+            "rule a { strings: $s = \"x\" condition: $s }\nrule b { condition: true }",
+        )
+        .unwrap();
         assert_eq!(r.names, ["a", "b"]);
         assert_eq!(r.sha256.len(), 64);
     }
@@ -136,7 +140,11 @@ mod tests {
 
     #[test]
     fn includes_are_refused() {
-        let e = compile("i.yar", "include \"/etc/passwd\"\nrule a { condition: true }").unwrap_err();
+        let e = compile(
+            "i.yar",
+            "include \"/etc/passwd\"\nrule a { condition: true }",
+        )
+        .unwrap_err();
         assert!(matches!(e, RulesError::Compile(_)), "{e}");
     }
 }

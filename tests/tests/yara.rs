@@ -9,6 +9,8 @@
 //! string, so neither the rules text nor this test's binary holds its
 //! bytes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -113,12 +115,8 @@ fn gunzip_rows(path: &Path) -> Vec<Value> {
 }
 
 fn capture_dir(out: &Path, output: &Output) -> (Value, std::path::PathBuf) {
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-        panic!(
-            "no summary: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
+    let summary: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("no summary: {}", String::from_utf8_lossy(&output.stderr)));
     let dir = out.join(summary["capture_id"].as_str().unwrap_or_default());
     (summary, dir)
 }
@@ -217,7 +215,10 @@ fn yara_finds_a_heap_canary_and_a_planted_file_but_never_scans_the_agent() -> Te
     );
     // The rules are recorded by hash, size and names, with the budgets.
     let y = &m["options"]["yara"];
-    assert_eq!(y["rules"]["names"], serde_json::json!(["heap_canary", "file_canary"]));
+    assert_eq!(
+        y["rules"]["names"],
+        serde_json::json!(["heap_canary", "file_canary"])
+    );
     assert_eq!(y["cpu_budget"], 60.0);
     assert_eq!(y["max_bytes"], 16u64 << 30);
     Ok(())
@@ -245,7 +246,11 @@ fn a_rule_that_matches_nothing_finds_nothing() -> TestResult {
             tmp.path().join("root").to_str().unwrap(),
         ],
     );
-    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
     let (summary, dir) = capture_dir(&out, &got);
     assert_eq!(summary["status"], "complete");
     assert_eq!(summary["records"]["yara_matches"], 0);
@@ -275,7 +280,12 @@ fn a_byte_budget_cuts_the_scan_and_the_capture_says_so() -> TestResult {
         ],
     );
     // Exit 4: stored, partial.
-    assert_eq!(got.status.code(), Some(4), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(
+        got.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
     let (summary, dir) = capture_dir(&out, &got);
     assert_eq!(summary["status"], "partial");
     let m = manifest(&dir);
@@ -314,7 +324,12 @@ fn a_cpu_budget_cuts_the_scan_and_the_capture_says_so() -> TestResult {
             "1ms",
         ],
     );
-    assert_eq!(got.status.code(), Some(4), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(
+        got.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
     let (summary, dir) = capture_dir(&out, &got);
     assert_eq!(summary["status"], "partial");
     let errors = manifest(&dir)["errors"].to_string();
@@ -326,7 +341,10 @@ fn a_cpu_budget_cuts_the_scan_and_the_capture_says_so() -> TestResult {
 fn a_malformed_rules_file_is_refused_with_the_compilers_message() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let rules = tmp.path().join("bad.yar");
-    std::fs::write(&rules, "rule broken {\n  strings:\n    $a = \"x\"\n  condition:\n    $b\n}\n")?;
+    std::fs::write(
+        &rules,
+        "rule broken {\n  strings:\n    $a = \"x\"\n  condition:\n    $b\n}\n",
+    )?;
     let out = tmp.path().join("out");
     let got = capture(&out, &["--yara", rules.to_str().unwrap()]);
     assert_eq!(got.status.code(), Some(2));
@@ -444,7 +462,11 @@ fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() ->
             rules.to_str().unwrap(),
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = json_lines(&out);
     let result = lines
         .iter()
@@ -461,7 +483,10 @@ fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() ->
         .collect();
     assert_eq!(mine.len(), 1, "{rows:?}");
     assert_eq!(mine[0]["rule"], "heap_canary");
-    assert_eq!(mine[0]["strings"][0]["address"], format!("0x{:x}", canary.addr));
+    assert_eq!(
+        mine[0]["strings"][0]["address"],
+        format!("0x{:x}", canary.addr)
+    );
     let start = u64::from_str_radix(
         mine[0]["region"]["start"]
             .as_str()
@@ -469,7 +494,10 @@ fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() ->
             .trim_start_matches("0x"),
         16,
     )?;
-    assert_eq!(mine[0]["strings"][0]["offset"].as_u64(), Some(canary.addr - start));
+    assert_eq!(
+        mine[0]["strings"][0]["offset"].as_u64(),
+        Some(canary.addr - start)
+    );
     let m = manifest(&dir);
     assert_eq!(m["options"]["yara"]["source"], "request");
     let agent_pid = m["agent"]["pid"].as_i64();
@@ -511,7 +539,11 @@ fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() ->
             none_rules.to_str().unwrap(),
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = json_lines(&out);
     let summary = lines
         .iter()
@@ -519,7 +551,10 @@ fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() ->
         .unwrap_or_else(|| panic!("no yara line: {lines:?}"));
     assert_eq!(summary["yara"]["matched"], false, "{summary}");
     assert_eq!(summary["yara"]["rules"], serde_json::json!([]));
-    let second = summary["capture_id"].as_str().unwrap_or_default().to_owned();
+    let second = summary["capture_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let listed = json_lines(&analyst(&url, &pki, "list", &["--json"]));
     assert_eq!(listed.len(), 2);
     let matched = json_lines(&analyst(&url, &pki, "list", &["--json", "--yara-matched"]));
@@ -540,7 +575,12 @@ async fn a_malformed_rule_is_refused_on_the_collector_with_the_compilers_message
     std::fs::write(&bad, "rule broken {\n  condition:\n    $missing\n}\n")?;
 
     // The analyst's command compiles first and names the file.
-    let out = analyst(&url, &pki, "request", &["--all", "--yara", bad.to_str().unwrap()]);
+    let out = analyst(
+        &url,
+        &pki,
+        "request",
+        &["--all", "--yara", bad.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yar:3:"), "{err}");
@@ -558,8 +598,7 @@ async fn a_malformed_rule_is_refused_on_the_collector_with_the_compilers_message
     let channel = tonic::transport::Endpoint::from_shared(url)?
         .tls_config(tls)?
         .connect_lazy();
-    let mut client =
-        ircap_proto::v1::capture_requests_client::CaptureRequestsClient::new(channel);
+    let mut client = ircap_proto::v1::capture_requests_client::CaptureRequestsClient::new(channel);
     let status = client
         .create_request(ircap_proto::v1::CreateRequestRequest {
             target: Some(ircap_proto::v1::Target {
@@ -575,8 +614,16 @@ async fn a_malformed_rule_is_refused_on_the_collector_with_the_compilers_message
         .await
         .expect_err("bad rules are refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("request:3:"), "{}", status.message());
-    assert!(status.message().contains("$missing"), "{}", status.message());
+    assert!(
+        status.message().contains("request:3:"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("$missing"),
+        "{}",
+        status.message()
+    );
     assert!(!c.store.join("control/requests").exists(), "nothing stored");
     Ok(())
 }

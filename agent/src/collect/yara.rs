@@ -213,10 +213,7 @@ struct ChunkScanner<'a> {
 
 /// Why `put` refused bytes: a budget stopped the scan.
 fn budget_error() -> SinkError {
-    SinkError::io(
-        "yara scan",
-        std::io::Error::other("stopped by its budget"),
-    )
+    SinkError::io("yara scan", std::io::Error::other("stopped by its budget"))
 }
 
 impl<'a> ChunkScanner<'a> {
@@ -539,7 +536,10 @@ fn scan_process(
     let mem = match File::open(&mem_path) {
         Ok(f) => f,
         Err(e) => {
-            table.error(format!("pid {pid}: cannot open {}: {e}", mem_path.display()));
+            table.error(format!(
+                "pid {pid}: cannot open {}: {e}",
+                mem_path.display()
+            ));
             return Ok(Vec::new());
         }
     };
@@ -643,8 +643,7 @@ fn dump_regions(
     let Ok(mem) = File::open(ctx.roots.proc.join(pid.to_string()).join("mem")) else {
         return Ok(rows);
     };
-    let mut stream =
-        ArtifactStream::open(ctx.sink, artifact, "yara_dump", OCTETS, Store::Gzip(1))?;
+    let mut stream = ArtifactStream::open(ctx.sink, artifact, "yara_dump", OCTETS, Store::Gzip(1))?;
     let mut process_left = left.1;
     let mut done: BTreeMap<String, DumpRef> = BTreeMap::new();
     for row in &mut rows {
@@ -741,7 +740,9 @@ fn scan_files(
         },
     );
     if over > 0 {
-        table.error(format!("{over} more files than the {MAX_FILES} scanned; not scanned"));
+        table.error(format!(
+            "{over} more files than the {MAX_FILES} scanned; not scanned"
+        ));
     }
     let mut scanned = 0u64;
     let mut skipped = 0u64;
@@ -771,7 +772,9 @@ fn scan_files(
         let mut at = 0u64;
         let mut failed = None;
         while at < limit {
-            let want = usize::try_from(limit - at).unwrap_or(usize::MAX).min(buf.len());
+            let want = usize::try_from(limit - at)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
             let Some(chunk) = buf.get_mut(..want) else {
                 break;
             };
@@ -793,7 +796,10 @@ fn scan_files(
         let (hits, sha, got) = scan.finish();
         budget.bytes_left = budget.bytes_left.saturating_sub(got);
         if let Some(e) = failed {
-            table.error(format!("{}: read failed after {at} bytes: {e}", path.display()));
+            table.error(format!(
+                "{}: read failed after {at} bytes: {e}",
+                path.display()
+            ));
         }
         if got < size && budget.stopped.is_none() {
             if limit == yara.region_max.min(size) && size > yara.region_max {
@@ -885,13 +891,16 @@ mod tests {
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].strings.len(), 1, "found once");
         assert_eq!(hits[0].strings[0].1, at as u64);
-        assert_eq!(hits[0].strings[0].3, ircap_proto::hashing::to_hex(b"NEEDLE_ACROSS"));
+        assert_eq!(
+            hits[0].strings[0].3,
+            ircap_proto::hashing::to_hex(b"NEEDLE_ACROSS")
+        );
     }
 
     #[test]
     fn a_spent_cpu_budget_stops_the_scan() {
-        let rules =
-            ircap_proto::yara::compile("t", "rule r { strings: $a = \"x\" condition: $a }").unwrap();
+        let rules = ircap_proto::yara::compile("t", "rule r { strings: $a = \"x\" condition: $a }")
+            .unwrap();
         let mut b = budget();
         b.cpu_limit = Duration::ZERO;
         let mut scan = ChunkScanner::new(&rules.scanner, &mut b);
