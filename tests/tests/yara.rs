@@ -143,6 +143,17 @@ fn yara_finds_a_heap_canary_and_a_planted_file_but_never_scans_the_agent() -> Te
     planted.extend(b"trailer");
     let planted_path = files.join("dropper.bin");
     std::fs::write(&planted_path, &planted)?;
+    // Hostile neighbours: a symlink to a copy outside the root (never
+    // followed) and a FIFO nobody writes (must not block the scan).
+    let outside = tmp.path().join("outside.bin");
+    std::fs::write(&outside, &planted)?;
+    std::os::unix::fs::symlink(&outside, files.join("link.bin"))?;
+    assert!(
+        Command::new("mkfifo")
+            .arg(files.join("pipe"))
+            .status()?
+            .success()
+    );
     let rules = rules(tmp.path(), &format!("{a}{b}"), &format!("{fa}{fb}"));
     let out = tmp.path().join("out");
     let got = capture(
@@ -194,7 +205,7 @@ fn yara_finds_a_heap_canary_and_a_planted_file_but_never_scans_the_agent() -> Te
     assert_eq!(strings[0]["length"], 24);
     assert_eq!(strings[0]["excerpt_hex"], format!("{a}{b}"));
 
-    // The file: its path and the exact offset.
+    // The file: its path and the exact offset; the symlink not followed.
     let file: Vec<&Value> = rows.iter().filter(|r| r["target"] == "file").collect();
     assert_eq!(file.len(), 1, "{file:?}");
     assert_eq!(file[0]["rule"], "file_canary");
