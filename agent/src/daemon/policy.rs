@@ -536,6 +536,47 @@ mod tests {
     }
 
     #[test]
+    fn yara_rules_are_allowed_by_default_and_refused_by_remote_yara_false() {
+        let now = SystemTime::now();
+        let rules = "rule r { strings: $a = \"x\" condition: $a }".to_owned();
+        let ask = CaptureSpec {
+            yara_rules: rules.clone(),
+            yara_cpu_budget_ms: 1500,
+            ..spec()
+        };
+        let o = Policy::default().options(&ask, now).unwrap();
+        let y = o.yara.unwrap();
+        assert_eq!(y.source, "request");
+        assert_eq!(y.cpu_budget, Duration::from_millis(1500));
+        assert_eq!(y.max_bytes, ircap_proto::yara::DEFAULT_MAX_BYTES);
+        assert!(y.dirs.is_empty(), "a request never names directories");
+        // Dumping what matched is as wide as dumping everything.
+        let dump = CaptureSpec {
+            yara_dump: true,
+            ..ask.clone()
+        };
+        let err = Policy::default().options(&dump, now).unwrap_err();
+        assert!(err.to_string().contains("remote_memory_regions"), "{err}");
+        let off = Policy::from_file(
+            &PolicyFile {
+                remote_yara: Some(false),
+                ..PolicyFile::default()
+            },
+            "t",
+        )
+        .unwrap();
+        let err = off.options(&ask, now).unwrap_err();
+        assert!(err.to_string().contains("remote_yara = false"), "{err}");
+        // A budget over the default is malformed.
+        let over = CaptureSpec {
+            yara_cpu_budget_ms: 61_000,
+            ..ask
+        };
+        let err = Policy::default().options(&over, now).unwrap_err();
+        assert!(err.to_string().contains("--yara-cpu-budget"), "{err}");
+    }
+
+    #[test]
     fn what_the_default_policy_allows() {
         let p = Policy::default();
         let o = p
