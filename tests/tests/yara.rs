@@ -638,3 +638,64 @@ async fn a_malformed_rule_is_refused_on_the_collector_with_the_compilers_message
     assert!(!c.store.join("control/requests").exists(), "nothing stored");
     Ok(())
 }
+
+#[test]
+fn yara_dump_stores_the_matching_region_and_maps_the_match_to_its_bytes() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = pattern();
+    let canary = Canary::start(&a, &b);
+    let rules = rules(tmp.path(), &format!("{a}{b}"), &pattern().0);
+    let out = tmp.path().join("out");
+    let pid = format!("pid={}", canary.pid());
+    let got = capture(
+        &out,
+        &[
+            "--yara",
+            rules.to_str().unwrap(),
+            "--yara-dump",
+            "--memory-regions",
+            &pid,
+            "--skip",
+            "memory_regions",
+            "--yara-dir",
+            tmp.path().join("none").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let (_, dir) = capture_dir(&out, &got);
+    ircap_e2e::assert_verifies(&dir);
+    assert!(
+        !dir.join("memory_regions.jsonl.gz").exists(),
+        "--skip memory_regions: only the matching region is stored"
+    );
+    let rows = gunzip_rows(&dir.join("yara_matches.jsonl.gz"));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let dump = &rows[0]["dump"];
+    assert_eq!(
+        dump["artifact"],
+        format!("memory/yara-pid-{}.bin.gz", canary.pid())
+    );
+    let hex = |v: &Value| {
+        u64::from_str_radix(v.as_str().unwrap_or("").trim_start_matches("0x"), 16).unwrap_or(0)
+    };
+    let extent = dump["extents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| hex(&e["start"]) <= canary.addr && canary.addr < hex(&e["end"]))
+        .expect("an extent holds the match");
+    let mut blob = Vec::new();
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(
+        dir.join(dump["artifact"].as_str().unwrap()),
+    )?)
+    .read_to_end(&mut blob)?;
+    let at = usize::try_from(
+        extent["artifact_offset"].as_u64().unwrap() + canary.addr - hex(&extent["start"]),
+    )?;
+    assert_eq!(to_hex(&blob[at..at + 24]), format!("{a}{b}"));
+    Ok(())
+}
