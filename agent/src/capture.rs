@@ -195,6 +195,7 @@ fn planned_steps(options: &CaptureOptions) -> usize {
         w("volatile_files"),
         true,
         options.memory_regions.is_some() && w("memory_regions"),
+        options.yara.is_some(),
         options.physical_memory && w("physical_memory"),
         options.physical_memory && w("physical_memory"),
         w("logs"),
@@ -448,6 +449,7 @@ fn run_inner(
         artifacts.len() + steps.kept.len(),
         logs::AFTER_LOGS + LOGS_SHARE,
     );
+    let yara_pids = Arc::clone(&pids);
     if options.memory_regions.is_some()
         && wants("memory_regions")
         && let Ok(result) = steps.run("memory_regions", move |ctx| {
@@ -464,6 +466,19 @@ fn run_inner(
             &mut artifacts,
             &mut dropped,
         )?;
+    }
+    if options.yara.is_some() {
+        let pids = yara_pids;
+        let max_dumps = room(
+            artifacts.len() + steps.kept.len(),
+            logs::AFTER_LOGS + LOGS_SHARE,
+        );
+        if let Ok(result) = steps.run("yara_matches", move |ctx| match &ctx.options.yara {
+            Some(yara) => collect::yara::write(ctx, yara, &pids, max_dumps),
+            None => Ok(Vec::new()),
+        }) {
+            keep(&*sink, "yara_matches", result, &mut artifacts, &mut dropped)?;
+        }
     }
     if options.physical_memory && wants("physical_memory") {
         // The symbol sources that let the image be opened without a debug

@@ -178,6 +178,28 @@ pub struct CaptureArgs {
     /// (default: no limit).
     #[arg(long, value_name = "BYTES", requires = "physical_memory")]
     pub physical_memory_budget: Option<String>,
+    /// Scan the memory of every process (or the `--memory-regions`
+    /// selection) and the regular files under the volatile directories
+    /// with these YARA rules; matches go to the `yara_matches` table.
+    #[arg(long, value_name = "RULES_FILE")]
+    pub yara: Option<PathBuf>,
+    /// With --yara: also store the bytes of each matching memory region
+    /// (`memory/yara-pid-<PID>.bin.gz`, within --memory-budget).
+    #[arg(long, requires = "yara")]
+    pub yara_dump: bool,
+    /// With --yara: bytes scanned at most, memory and files together.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::options::DEFAULT_YARA_MAX_BYTES.to_string())]
+    pub yara_max_bytes: String,
+    /// With --yara: CPU time the scan may use (its own thread; 90s, 5m, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = crate::options::DEFAULT_YARA_CPU_BUDGET)]
+    pub yara_cpu_budget: String,
+    /// With --yara: bytes scanned at most of one memory region or file.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::options::DEFAULT_YARA_REGION_MAX.to_string())]
+    pub yara_region_max: String,
+    /// With --yara: scan the regular files under these directories instead
+    /// of the volatile ones (/tmp, /var/tmp, /dev/shm, /run/user); repeatable.
+    #[arg(long = "yara-dir", value_name = "DIR", requires = "yara")]
+    pub yara_dirs: Vec<PathBuf>,
     /// The SSM Run Command id this capture runs under, recorded in the
     /// manifest (letters, digits and `-`, at most 64).
     #[arg(long, value_name = "ID", env = "AWS_SSM_COMMAND_ID", value_parser = parse_ssm_command_id)]

@@ -21,6 +21,13 @@ pub const DEFAULT_MEMORY_BUDGET: u64 = 2 << 30;
 pub const DEFAULT_MEMORY_PROCESS_BUDGET: u64 = 1 << 30;
 /// Default `--deadline`: collection is abandoned after this long.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// Default `--yara-max-bytes`: bytes scanned at most, memory and files.
+pub const DEFAULT_YARA_MAX_BYTES: u64 = ircap_proto::yara::DEFAULT_MAX_BYTES;
+/// Default `--yara-cpu-budget`: CPU time of the scan's thread
+/// (`ircap_proto::yara::DEFAULT_CPU_BUDGET`).
+pub const DEFAULT_YARA_CPU_BUDGET: &str = "60s";
+/// Default `--yara-region-max`: bytes scanned of one region or file.
+pub const DEFAULT_YARA_REGION_MAX: u64 = ircap_proto::yara::DEFAULT_REGION_MAX;
 
 /// Everything one capture needs to know.
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +93,50 @@ pub struct CaptureOptions {
     /// Files no collector reads: the agent's own key, certificates and
     /// config.
     pub protected: crate::protected::Protected,
+    /// The YARA scan (`--yara`, or a request's rules), if any.
+    pub yara: Option<YaraOptions>,
+}
+
+/// What a YARA scan uses: the compiled rules and its budgets (recorded in
+/// the manifest's options; the rules by size, hash and names).
+#[derive(Debug, Clone, Serialize)]
+pub struct YaraOptions {
+    /// The rules file, or `request` for rules carried by a request.
+    pub source: String,
+    /// The compiled rules.
+    #[serde(serialize_with = "serialize_rules")]
+    pub rules: ircap_proto::yara::Rules,
+    /// Store the bytes of matching memory regions.
+    pub dump: bool,
+    /// Bytes scanned at most, memory and files together.
+    pub max_bytes: u64,
+    /// CPU time of the scan's thread at most.
+    #[serde(serialize_with = "serialize_secs_f64")]
+    pub cpu_budget: Duration,
+    /// Bytes scanned at most of one region or file.
+    pub region_max: u64,
+    /// Directories whose regular files are scanned (the volatile ones when
+    /// empty).
+    pub dirs: Vec<PathBuf>,
+    /// Files never scanned, by (device, inode): the rules file.
+    #[serde(skip)]
+    pub exclude: Vec<(u64, u64)>,
+}
+
+fn serialize_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn serialize_rules<S: serde::Serializer>(
+    rules: &ircap_proto::yara::Rules,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serde_json::json!({
+        "sha256": rules.sha256,
+        "bytes": rules.bytes,
+        "names": rules.names,
+    })
+    .serialize(serializer)
 }
 
 /// Which process memory regions `--memory-regions` selects.
@@ -214,6 +265,7 @@ impl CaptureOptions {
             deadline: DEFAULT_DEADLINE,
             ssm_command_id: None,
             protected: crate::protected::Protected::default(),
+            yara: None,
         }
     }
 }
@@ -305,6 +357,14 @@ pub enum OptionError {
     /// A capture label.
     #[error("{0}")]
     Label(#[source] ircap_proto::request_args::SpecError),
+    /// The YARA rules file.
+    #[error("--yara {path}: {message}")]
+    Yara {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
 }
 
 impl CaptureOptions {
@@ -404,8 +464,62 @@ impl CaptureOptions {
                     .map(PathBuf::as_path),
                 None,
             ),
+            yara: yara_options(args, &size)?,
         })
     }
+}
+
+/// The YARA options of `args` (`None` without `--yara`).
+fn yara_options(
+    args: &CaptureArgs,
+    size: &dyn Fn(&'static str, &str) -> Result<u64, OptionError>,
+) -> Result<Option<YaraOptions>, OptionError> {
+    let Some(path) = &args.yara else {
+        return Ok(None);
+    };
+    let shown = path.display().to_string();
+    let fail = |message: String| OptionError::Yara {
+        path: shown.clone(),
+        message,
+    };
+    let max = ircap_proto::yara::MAX_RULES_BYTES as u64;
+    let (bytes, over) =
+        crate::collect::fsread::read_bounded(path, max).map_err(|e| fail(e.to_string()))?;
+    if over {
+        return Err(fail(format!("larger than {max} bytes")));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".into()))?;
+    let exclude = std::fs::metadata(path)
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            vec![(m.dev(), m.ino())]
+        })
+        .unwrap_or_default();
+    let rules = ircap_proto::yara::compile(&shown, &text).map_err(|e| fail(e.to_string()))?;
+    // Milliseconds too: a budget small enough to cut a test scan.
+    let cpu_budget = match args.yara_cpu_budget.strip_suffix("ms") {
+        Some(ms) => ms.parse().ok().map(Duration::from_millis),
+        None => None,
+    };
+    let cpu_budget = match cpu_budget {
+        Some(d) => d,
+        None => crate::timefmt::parse_duration(&args.yara_cpu_budget).map_err(|source| {
+            OptionError::Time {
+                option: "--yara-cpu-budget",
+                source,
+            }
+        })?,
+    };
+    Ok(Some(YaraOptions {
+        source: shown.clone(),
+        rules,
+        dump: args.yara_dump,
+        max_bytes: size("--yara-max-bytes", &args.yara_max_bytes)?,
+        cpu_budget,
+        region_max: size("--yara-region-max", &args.yara_region_max)?,
+        dirs: args.yara_dirs.clone(),
+        exclude,
+    }))
 }
 
 pub use ircap_proto::units::parse_size;

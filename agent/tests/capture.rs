@@ -232,7 +232,13 @@ fn unprivileged_run_records_permission_errors_and_completes() -> TestResult {
         .arg(env!("CARGO_BIN_EXE_ircap-agent"))
         // Not /tmp: on a loaded host its listing may meet its time budget
         // and make the capture partial, which is not what this tests.
-        .args(["capture", "--no-imds", "--no-logs", "--skip", "volatile_files"])
+        .args([
+            "capture",
+            "--no-imds",
+            "--no-logs",
+            "--skip",
+            "volatile_files",
+        ])
         .arg("--output")
         .arg(&out)
         .output()?;

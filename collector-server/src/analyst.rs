@@ -468,3 +468,89 @@ fn progress(total: u64) -> ProgressBar {
     }
     bar
 }
+
+/// Most bytes of a `yara_matches` table read for a summary (stored and
+/// decompressed): a hostile agent's table cannot make the analyst's
+/// command hold more.
+const YARA_TABLE_MAX: u64 = 16 << 20;
+/// Most rule names listed in a summary.
+const YARA_RULES_MAX: usize = 100;
+
+/// What a capture's YARA scan found, from its manifest and its
+/// `yara_matches` table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct YaraSummary {
+    /// The capture had a YARA scan.
+    pub scanned: bool,
+    /// Rows of `yara_matches` (each a rule matched in one region or file).
+    pub matches: u64,
+    /// Names of the rules that matched (at most 100).
+    pub rules: Vec<String>,
+    /// The scan was cut by a budget (the capture's errors say how).
+    pub cut: bool,
+}
+
+/// The YARA summary of capture `capture_id`.
+///
+/// # Errors
+/// [`AnalystError`] when the collector refuses.
+pub async fn yara_summary(
+    client: &mut CaptureQueryClient<Channel>,
+    capture_id: &str,
+) -> Result<YaraSummary, AnalystError> {
+    let (m, _) = manifest(client, capture_id).await?;
+    let table = m
+        .artifacts
+        .iter()
+        .find(|a| a.name == "yara_matches.jsonl.gz");
+    let mut summary = YaraSummary {
+        scanned: table.is_some(),
+        matches: table.and_then(|a| a.record_count).unwrap_or(0),
+        rules: Vec::new(),
+        cut: m.errors.iter().any(|e| e.source == "yara_matches"),
+    };
+    let Some(table) = table else {
+        return Ok(summary);
+    };
+    if summary.matches == 0 {
+        return Ok(summary);
+    }
+    let mut stream = client
+        .read_artifact(ReadArtifactRequest {
+            capture_id: m.capture_id.clone(),
+            name: table.name.clone(),
+            offset: 0,
+        })
+        .await
+        .map_err(|s| rpc(&s))?
+        .into_inner();
+    let mut gz = Vec::new();
+    while let Some(msg) = stream.message().await.map_err(|s| rpc(&s))? {
+        gz.extend_from_slice(&msg.data);
+        if gz.len() as u64 >= YARA_TABLE_MAX {
+            break;
+        }
+    }
+    let mut text = Vec::new();
+    let _ = std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            flate2::read::MultiGzDecoder::new(gz.as_slice()),
+            YARA_TABLE_MAX,
+        ),
+        &mut text,
+    );
+    let mut rules = std::collections::BTreeSet::new();
+    for line in text.split(|&b| b == b'\n') {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            rule: String,
+        }
+        if let Ok(row) = serde_json::from_slice::<Row>(line)
+            && rules.len() < YARA_RULES_MAX
+        {
+            rules.insert(row.rule);
+        }
+    }
+    summary.rules = rules.into_iter().collect();
+    Ok(summary)
+}

@@ -116,9 +116,45 @@ pub struct SpecArgs {
     /// `--label` picks agents by their own labels.
     #[arg(long = "capture-label", value_name = "KEY=VALUE")]
     pub capture_labels: Vec<String>,
+    /// Scan process memory and volatile files with the YARA rules of this
+    /// local file (its text is sent, compiled here and by the collector
+    /// first: a rule that does not compile reaches no agent).
+    #[arg(long, value_name = "RULES_FILE")]
+    pub yara: Option<std::path::PathBuf>,
+    /// With --yara: also store the matching regions' bytes (the host
+    /// policy must allow remote_memory_regions "all").
+    #[arg(long, requires = "yara")]
+    pub yara_dump: bool,
+    /// With --yara: bytes scanned at most (default and maximum: 16G).
+    #[arg(long, value_name = "BYTES", requires = "yara")]
+    pub yara_max_bytes: Option<String>,
+    /// With --yara: CPU time of the scan at most (default and maximum: 60s).
+    #[arg(long, value_name = "DURATION", requires = "yara")]
+    pub yara_cpu_budget: Option<String>,
 }
 
 impl SpecArgs {
+    /// The text of the `--yara` file (empty without it), bounded.
+    fn yara_rules(&self) -> Result<String, AnalystError> {
+        let Some(path) = &self.yara else {
+            return Ok(String::new());
+        };
+        let max = ircap_proto::yara::MAX_RULES_BYTES;
+        let fail = |m: String| AnalystError::Config(format!("--yara {}: {m}", path.display()));
+        let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+        if meta.len() > max as u64 {
+            return Err(fail(format!(
+                "{} bytes; at most {max} bytes are accepted",
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        // Compiled here too, so the message names the file.
+        ircap_proto::yara::compile(&path.display().to_string(), &text)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(text)
+    }
+
     /// The spec these flags ask for, checked for shape.
     ///
     /// # Errors
@@ -160,6 +196,18 @@ impl SpecArgs {
                 .map_or(0, |d| d.as_secs().max(1)),
             capture_labels: spec_rules::parse_capture_labels(&self.capture_labels)
                 .map_err(|e| AnalystError::Config(e.to_string()))?,
+            yara_rules: self.yara_rules()?,
+            yara_dump: self.yara_dump,
+            yara_max_bytes: size("--yara-max-bytes", &self.yara_max_bytes)?,
+            yara_cpu_budget_ms: self
+                .yara_cpu_budget
+                .as_deref()
+                .map(|t| parse_duration("--yara-cpu-budget", t))
+                .transpose()?
+                .map_or(0, |d| {
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+                }),
+            yara_region_max: 0,
         };
         spec_rules::check_spec(&spec).map_err(|e| AnalystError::Config(e.to_string()))?;
         Ok(spec)

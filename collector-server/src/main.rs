@@ -70,6 +70,10 @@ enum Command {
         /// JSON Lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only captures whose YARA scan matched (reads each capture's
+        /// manifest and `yara_matches` table).
+        #[arg(long)]
+        yara_matched: bool,
     },
     /// Show a capture's manifest and chain of custody (analyst certificate).
     Show {
@@ -464,6 +468,7 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 until,
                 incomplete,
                 json,
+                yara_matched,
             } => {
                 let since = analyst::query_time("--since", since.as_deref())?;
                 let until = analyst::query_time("--until", until.as_deref())?;
@@ -480,8 +485,32 @@ fn run_analyst(cmd: Command) -> ExitCode {
                     },
                 )
                 .await?;
+                let mut yara = std::collections::BTreeMap::new();
+                if yara_matched {
+                    for c in captures.iter().filter(|c| c.status == "complete") {
+                        let s = analyst::yara_summary(&mut client, &c.capture_id).await?;
+                        if s.matches > 0 {
+                            yara.insert(c.capture_id.clone(), s);
+                        }
+                    }
+                }
+                let captures: Vec<_> = captures
+                    .into_iter()
+                    .filter(|c| !yara_matched || yara.contains_key(&c.capture_id))
+                    .collect();
                 let mut out = std::io::stdout().lock();
-                if json {
+                if json && yara_matched {
+                    for c in &captures {
+                        let mut line = capture_json(c);
+                        line["yara"] =
+                            serde_json::to_value(yara.get(&c.capture_id)).unwrap_or_default();
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            ircap_collector::render::json(&line).unwrap_or_default()
+                        );
+                    }
+                } else if json {
                     for c in &captures {
                         let _ = writeln!(
                             out,
@@ -592,6 +621,36 @@ fn analyst_runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// Prints one `{"agent", "capture_id", "yara": {...}}` line per host that
+/// stored a capture: matched or not, and the rules that matched.
+async fn yara_lines(
+    server: &analyst::ServerSettings,
+    finals: &[(String, String)],
+) -> Result<(), analyst::AnalystError> {
+    let mut client = analyst::connect(server)?;
+    for (agent, capture_id) in finals.iter().filter(|(_, id)| !id.is_empty()) {
+        let s = analyst::yara_summary(&mut client, capture_id).await?;
+        tracing::info!(
+            agent = %escape(agent),
+            capture_id = %escape(capture_id),
+            matched = s.matches > 0,
+            rules = %escape(&s.rules.join(",")),
+            "YARA"
+        );
+        print_json(&serde_json::json!({
+            "agent": agent,
+            "capture_id": capture_id,
+            "yara": {
+                "matched": s.matches > 0,
+                "matches": s.matches,
+                "rules": s.rules,
+                "cut": s.cut,
+            },
+        }));
+    }
+    Ok(())
+}
+
 fn run_request(args: &RequestArgs) -> ExitCode {
     let Some(runtime) = analyst_runtime() else {
         return ExitCode::from(1);
@@ -656,8 +715,10 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         }
         let pending_until = ircap_collector::timefmt::after(ttl);
         let mut all_complete = true;
+        let finals = std::cell::RefCell::new(Vec::new());
         let mut on_final = |r: &ircap_proto::v1::RequestResult| {
             all_complete &= r.status == "complete";
+            finals.borrow_mut().push((r.agent.clone(), r.capture_id.clone()));
             tracing::info!(
                 agent = %escape(&r.agent),
                 hostname = %escape(&r.hostname),
@@ -672,6 +733,9 @@ fn run_request(args: &RequestArgs) -> ExitCode {
             let answered =
                 analyst_requests::wait_first(&mut client, &request_id, timeout, &mut on_final)
                     .await?;
+            if args.spec.yara.is_some() {
+                yara_lines(&args.server.settings(), &finals.take()).await?;
+            }
             if !answered {
                 print_json(&serde_json::json!({
                     "request_id": request_id,
@@ -689,6 +753,9 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         let missing =
             analyst_requests::wait(&mut client, &request_id, &expected, timeout, &mut on_final)
                 .await?;
+        if args.spec.yara.is_some() {
+            yara_lines(&args.server.settings(), &finals.take()).await?;
+        }
         for agent in &missing {
             print_json(&serde_json::json!({ "request_id": request_id, "agent": agent, "status": "timed_out" }));
             tracing::error!(agent = %escape(agent), "No result before --timeout");

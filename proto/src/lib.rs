@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod request_args;
 pub mod units;
 pub mod verify;
+pub mod yara;
 
 /// The capture format's reference (`docs/capture-format.md`): what a
 /// capture directory holds, every table, the manifest field by field. Its

@@ -131,6 +131,16 @@ pub enum SpecError {
         "--capture-label {0:?}: expected KEY=VALUE, the key 1-{MAX_LABEL_KEY} characters of A-Z a-z 0-9 . _ - /, the value at most {MAX_LABEL_VALUE} bytes without control characters (at most {MAX_CAPTURE_LABELS} labels)"
     )]
     CaptureLabel(String),
+    /// YARA rules that are too large or do not compile.
+    #[error("--yara: {0}")]
+    Yara(#[source] crate::yara::RulesError),
+    /// A YARA budget over the agent's default (a request may only lower
+    /// them).
+    #[error("{0}: a request may ask for at most the agent's default ({1})")]
+    YaraBudget(&'static str, String),
+    /// YARA options without rules.
+    #[error("--yara-dump and the --yara budgets need --yara")]
+    YaraWithoutRules,
 }
 
 /// Checks that `spec` is well formed.
@@ -168,6 +178,7 @@ pub fn check_spec(spec: &CaptureSpec) -> Result<(), SpecError> {
     for (key, value) in &spec.capture_labels {
         check_capture_label(key, value)?;
     }
+    check_yara(spec)?;
     if let Some(sel) = &spec.memory_regions {
         match &sel.select {
             None => return Err(SpecError::Selector(String::new())),
@@ -181,6 +192,41 @@ pub fn check_spec(spec: &CaptureSpec) -> Result<(), SpecError> {
             }
             Some(_) => {}
         }
+    }
+    Ok(())
+}
+
+/// The YARA fields: rules that compile, budgets at most the defaults.
+fn check_yara(spec: &CaptureSpec) -> Result<(), SpecError> {
+    use crate::yara::{DEFAULT_CPU_BUDGET, DEFAULT_MAX_BYTES, DEFAULT_REGION_MAX};
+    if spec.yara_rules.is_empty() {
+        if spec.yara_dump
+            || spec.yara_max_bytes > 0
+            || spec.yara_cpu_budget_ms > 0
+            || spec.yara_region_max > 0
+        {
+            return Err(SpecError::YaraWithoutRules);
+        }
+        return Ok(());
+    }
+    crate::yara::compile("request", &spec.yara_rules).map_err(SpecError::Yara)?;
+    if spec.yara_max_bytes > DEFAULT_MAX_BYTES {
+        return Err(SpecError::YaraBudget(
+            "--yara-max-bytes",
+            format!("{DEFAULT_MAX_BYTES} bytes"),
+        ));
+    }
+    if u128::from(spec.yara_cpu_budget_ms) > DEFAULT_CPU_BUDGET.as_millis() {
+        return Err(SpecError::YaraBudget(
+            "--yara-cpu-budget",
+            format!("{}s", DEFAULT_CPU_BUDGET.as_secs()),
+        ));
+    }
+    if spec.yara_region_max > DEFAULT_REGION_MAX {
+        return Err(SpecError::YaraBudget(
+            "--yara-region-max",
+            format!("{DEFAULT_REGION_MAX} bytes"),
+        ));
     }
     Ok(())
 }

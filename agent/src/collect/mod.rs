@@ -20,6 +20,7 @@ pub mod processes;
 pub mod system;
 pub mod users;
 pub mod volatile_files;
+pub mod yara;
 
 use std::path::PathBuf;
 

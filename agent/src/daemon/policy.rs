@@ -54,6 +54,11 @@ pub struct PolicyFile {
     pub max_logs_bytes: Option<String>,
     /// Longest deadline.
     pub max_deadline: Option<String>,
+    /// Whether a request may carry YARA rules (default: yes; a row holds
+    /// at most a 32-byte excerpt of what matched). Storing the matching
+    /// regions' bytes (`yara_dump`) also needs `remote_memory_regions` to
+    /// include `all`: a rule can match any region.
+    pub remote_yara: Option<bool>,
 }
 
 /// The validated policy.
@@ -69,6 +74,7 @@ pub struct Policy {
     max_physical_memory_budget: u64,
     max_logs_bytes: u64,
     max_deadline: Duration,
+    yara: bool,
 }
 
 /// A value of `[policy]` that cannot be used.
@@ -103,6 +109,7 @@ impl Default for Policy {
             max_physical_memory_budget: DEFAULT_MAX_MEMORY_BUDGET,
             max_logs_bytes: DEFAULT_LOGS_MAX_BYTES,
             max_deadline: DEFAULT_MAX_DEADLINE,
+            yara: true,
         }
     }
 }
@@ -200,6 +207,7 @@ impl Policy {
                 d.max_logs_bytes,
             )?,
             max_deadline,
+            yara: file.remote_yara.unwrap_or(d.yara),
         })
     }
 
@@ -386,6 +394,36 @@ impl Policy {
             ));
         }
         o.physical_memory = o.wants("physical_memory");
+        // YARA (the rules compiled by `check_spec` above; again here for
+        // the scanner).
+        if !spec.yara_rules.is_empty() {
+            if !self.yara {
+                return Err(self.refuse("--yara".into(), line("remote_yara", self.yara)));
+            }
+            if spec.yara_dump && !self.memory_regions.iter().any(|k| k == "all") {
+                return Err(self.refuse(
+                    "--yara-dump".into(),
+                    line("remote_memory_regions", &self.memory_regions),
+                ));
+            }
+            let rules = ircap_proto::yara::compile("request", &spec.yara_rules)
+                .map_err(|e| malformed(e.to_string()))?;
+            let or = |asked: u64, default: u64| if asked == 0 { default } else { asked };
+            o.yara = Some(crate::options::YaraOptions {
+                source: "request".into(),
+                rules,
+                dump: spec.yara_dump,
+                max_bytes: or(spec.yara_max_bytes, ircap_proto::yara::DEFAULT_MAX_BYTES),
+                cpu_budget: if spec.yara_cpu_budget_ms == 0 {
+                    ircap_proto::yara::DEFAULT_CPU_BUDGET
+                } else {
+                    Duration::from_millis(spec.yara_cpu_budget_ms)
+                },
+                region_max: or(spec.yara_region_max, ircap_proto::yara::DEFAULT_REGION_MAX),
+                dirs: Vec::new(),
+                exclude: Vec::new(),
+            });
+        }
         // Labels only name the capture (checked for shape by `check_spec`
         // above); they widen nothing the policy governs.
         o.labels.clone_from(&spec.capture_labels);
@@ -495,6 +533,47 @@ mod tests {
             assert!(err.to_string().contains(named), "{s:?}: {err}");
             assert!(err.to_string().contains("[policy]"), "{err}");
         }
+    }
+
+    #[test]
+    fn yara_rules_are_allowed_by_default_and_refused_by_remote_yara_false() {
+        let now = SystemTime::now();
+        let rules = "rule r { strings: $a = \"x\" condition: $a }".to_owned();
+        let ask = CaptureSpec {
+            yara_rules: rules.clone(),
+            yara_cpu_budget_ms: 1500,
+            ..spec()
+        };
+        let o = Policy::default().options(&ask, now).unwrap();
+        let y = o.yara.unwrap();
+        assert_eq!(y.source, "request");
+        assert_eq!(y.cpu_budget, Duration::from_millis(1500));
+        assert_eq!(y.max_bytes, ircap_proto::yara::DEFAULT_MAX_BYTES);
+        assert!(y.dirs.is_empty(), "a request never names directories");
+        // Dumping what matched is as wide as dumping everything.
+        let dump = CaptureSpec {
+            yara_dump: true,
+            ..ask.clone()
+        };
+        let err = Policy::default().options(&dump, now).unwrap_err();
+        assert!(err.to_string().contains("remote_memory_regions"), "{err}");
+        let off = Policy::from_file(
+            &PolicyFile {
+                remote_yara: Some(false),
+                ..PolicyFile::default()
+            },
+            "t",
+        )
+        .unwrap();
+        let err = off.options(&ask, now).unwrap_err();
+        assert!(err.to_string().contains("remote_yara = false"), "{err}");
+        // A budget over the default is malformed.
+        let over = CaptureSpec {
+            yara_cpu_budget_ms: 61_000,
+            ..ask
+        };
+        let err = Policy::default().options(&over, now).unwrap_err();
+        assert!(err.to_string().contains("--yara-cpu-budget"), "{err}");
     }
 
     #[test]

@@ -23,3 +23,4 @@ mod systemd_units;
 mod triage;
 mod upload;
 mod verify;
+mod yara;

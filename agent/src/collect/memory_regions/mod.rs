@@ -130,7 +130,7 @@ pub fn write(
 }
 
 /// The process name for index rows (empty when it is gone).
-fn comm(ctx: &Context<'_>, pid: i32) -> String {
+pub(crate) fn comm(ctx: &Context<'_>, pid: i32) -> String {
     let path = ctx.roots.proc.join(pid.to_string()).join("comm");
     super::fsread::read_small(&path)
         .map(|b| String::from_utf8_lossy(&b).trim_end().to_owned())
@@ -138,7 +138,7 @@ fn comm(ctx: &Context<'_>, pid: i32) -> String {
 }
 
 /// Counts the bytes going into a process's artifact.
-struct Counted<'a>(&'a mut ArtifactStream);
+pub(crate) struct Counted<'a>(pub(crate) &'a mut ArtifactStream);
 
 impl ByteSink for Counted<'_> {
     fn offset(&self) -> u64 {
