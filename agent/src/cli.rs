@@ -248,4 +248,9 @@ fn parse_ssm_command_id(text: &str) -> Result<String, String> {
 pub struct VerifyArgs {
     /// The capture directory (the one holding manifest.json).
     pub dir: PathBuf,
+    /// The ircap CA certificate (PEM): the collector's receipt must be
+    /// signed by a receipt certificate it issued; a capture without a
+    /// signed receipt then fails.
+    #[arg(long, value_name = "CA_PEM")]
+    pub ca: Option<PathBuf>,
 }

@@ -386,7 +386,10 @@ pub async fn pull(
     id: &str,
     dir: &Path,
 ) -> Result<PathBuf, AnalystError> {
-    let (m, manifest_bytes) = manifest(client, id).await?;
+    let response = manifest_response(client, id).await?;
+    let manifest_bytes = response.manifest_json;
+    let m = Manifest::from_slice(&manifest_bytes, "manifest from the collector")
+        .map_err(|e| AnalystError::Rpc(e.to_string()))?;
     let final_dir = dir.join(&m.capture_id);
     if final_dir.join(MANIFEST_FILE).exists() {
         return Err(AnalystError::Exists(final_dir));
@@ -440,6 +443,17 @@ pub async fn pull(
             .map_err(io(format!("cannot sync {}", path.display())))?;
     }
     bar.finish_and_clear();
+    let receipt = [
+        response.receipt_json,
+        response.receipt_sig,
+        response.receipt_cert_pem,
+    ];
+    if receipt.iter().all(|f| !f.is_empty()) {
+        for (name, bytes) in ircap_proto::receipt::RECEIPT_FILES.iter().zip(&receipt) {
+            let path = partial.join(name);
+            std::fs::write(&path, bytes).map_err(io(format!("cannot write {}", path.display())))?;
+        }
+    }
     std::fs::write(partial.join(MANIFEST_FILE), &manifest_bytes).map_err(io(format!(
         "cannot write the manifest into {}",
         partial.display()

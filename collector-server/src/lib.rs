@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod pki;
 pub mod query;
 pub mod quota;
+pub mod receipt;
 pub mod render;
 pub mod serve;
 pub mod service;

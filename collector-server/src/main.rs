@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve agents over mutual-TLS gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create or extend a certificate authority for a trial or small fleet.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -111,11 +111,17 @@ enum Command {
     Diff(ircap_collector::triage::cli::DiffArgs),
     /// Write one self-contained HTML page about a capture.
     Report(ircap_collector::triage::cli::ReportArgs),
-    /// Recompute every hash of a capture directory against its manifest
-    /// (exit 0 verified, 1 unreadable, 3 mismatch).
+    /// Recompute every hash of a capture directory against its manifest,
+    /// and check the collector's signed receipt (exit 0 verified, 1
+    /// unreadable, 3 mismatch).
     Verify {
         /// The capture directory (the one holding manifest.json).
         dir: PathBuf,
+        /// The ircap CA certificate (PEM): the receipt must be signed by a
+        /// receipt certificate it issued; a capture without a signed
+        /// receipt then fails.
+        #[arg(long, value_name = "CA_PEM")]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -211,6 +217,13 @@ struct ServeArgs {
     /// Certificate revocation list (PEM).
     #[arg(long, env = "IRCAP_CRL")]
     crl: Option<PathBuf>,
+    /// Private key that signs each capture's receipt (receipt.key from
+    /// `pki init`); without it receipts are unsigned.
+    #[arg(long, env = "IRCAP_RECEIPT_KEY", requires = "receipt_cert")]
+    receipt_key: Option<PathBuf>,
+    /// The receipt key's certificate (receipt.pem), issued by --ca.
+    #[arg(long, env = "IRCAP_RECEIPT_CERT", requires = "receipt_key")]
+    receipt_cert: Option<PathBuf>,
     /// Serve Prometheus metrics over plain HTTP here (e.g. 127.0.0.1:9464).
     #[arg(long, env = "IRCAP_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -290,6 +303,16 @@ enum PkiCommand {
         /// Identity name.
         name: String,
     },
+    /// Issue a receipt-signing certificate (receipt.pem/receipt.key) from
+    /// an existing CA, for a PKI made before signed receipts.
+    Receipt {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a CRL revoking the given certificates.
     Revoke {
         /// Directory holding ca.pem and ca.key.
@@ -329,9 +352,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json);
     let result = match cli.command {
-        Command::Serve(args) => run_serve(args),
+        Command::Serve(args) => run_serve(*args),
         Command::Pki(cmd) => run_pki(cmd),
-        Command::Verify { dir } => return run_verify(&dir),
+        Command::Verify { dir, ca } => return run_verify(&dir, ca.as_deref()),
         Command::Symbols { capture, out } => ircap_collector::symbols::run(&capture, &out)
             .map(|summary| print_json(&summary))
             .map_err(anyhow::Error::from),
@@ -393,6 +416,8 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         upload_ttl: args.upload_ttl,
         ack_send_timeout: args.ack_send_timeout,
         stream_deadline: args.stream_deadline,
+        receipt_key: args.receipt_key,
+        receipt_cert: args.receipt_cert,
     });
     let settings = Settings::validate(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -429,6 +454,7 @@ fn run_pki(cmd: PkiCommand) -> anyhow::Result<()> {
             role,
             name,
         } => print_json(&pki::issue(&out, &ca_dir, role, &name)?),
+        PkiCommand::Receipt { ca_dir, out } => print_json(&pki::issue_receipt(&out, &ca_dir)?),
         PkiCommand::Revoke { ca_dir, crl, certs } => {
             print_json(&pki::revoke(&ca_dir, &certs, &crl)?)
         }
@@ -747,12 +773,20 @@ fn capture_json(c: &ircap_proto::v1::CaptureInfo) -> serde_json::Value {
     })
 }
 
-fn run_verify(dir: &std::path::Path) -> ExitCode {
-    match ircap_proto::verify_capture(dir) {
+fn run_verify(dir: &std::path::Path, ca: Option<&std::path::Path>) -> ExitCode {
+    let ca_pem = match ca.map(std::fs::read).transpose() {
+        Ok(pem) => pem,
+        Err(e) => {
+            tracing::error!("--ca {}: {e}", ca.unwrap_or(dir).display());
+            return ExitCode::from(1);
+        }
+    };
+    match ircap_proto::verify_capture_with(dir, ca_pem.as_deref()) {
         Ok(report) => {
             for p in &report.problems {
                 tracing::error!("{}", escape(&p.to_string()));
             }
+            tracing::info!("{}", escape(&report.receipt.to_string()));
             print_json(&report);
             if report.is_ok() {
                 ExitCode::SUCCESS

@@ -163,9 +163,18 @@ impl CaptureQuery for QueryService {
         let findings_jsonl = crate::triage::at_commit::stored(&self.store, &state.capture_id)
             .await
             .unwrap_or_default();
+        let [receipt_json, receipt_sig, receipt_cert_pem] = self
+            .store
+            .read_receipt(&state)
+            .await
+            .map_err(store_status)?
+            .unwrap_or_default();
         Ok(Response::new(GetManifestResponse {
             manifest_json,
             findings_jsonl,
+            receipt_json,
+            receipt_sig,
+            receipt_cert_pem,
         }))
     }
 

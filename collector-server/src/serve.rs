@@ -69,6 +69,12 @@ pub struct ServeConfig {
     pub ack_send_timeout: Option<String>,
     /// Longest life of one upload stream (default 6h).
     pub stream_deadline: Option<String>,
+    /// Private key that signs capture receipts (`receipt.key` from `pki
+    /// init`); without it receipts are unsigned.
+    pub receipt_key: Option<PathBuf>,
+    /// Its certificate (`receipt.pem`), issued by the `ca` for document
+    /// signing.
+    pub receipt_cert: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -97,6 +103,8 @@ impl ServeConfig {
             upload_ttl: other.upload_ttl.or(self.upload_ttl),
             ack_send_timeout: other.ack_send_timeout.or(self.ack_send_timeout),
             stream_deadline: other.stream_deadline.or(self.stream_deadline),
+            receipt_key: other.receipt_key.or(self.receipt_key),
+            receipt_cert: other.receipt_cert.or(self.receipt_cert),
         }
     }
 }
@@ -315,6 +323,8 @@ pub struct Settings {
     pub upload_ttl: Duration,
     /// Time limits of an upload stream.
     pub deadlines: crate::service::Deadlines,
+    /// Signs capture receipts, when a receipt key was given.
+    pub receipt: Option<Arc<crate::receipt::ReceiptSigner>>,
 }
 
 impl Settings {
@@ -405,7 +415,25 @@ impl Settings {
                 crate::quota::STREAM_DEADLINE,
             )?,
         };
+        let receipt = match (&cfg.receipt_key, &cfg.receipt_cert) {
+            (None, None) => None,
+            (Some(key), Some(cert)) => {
+                let ca = std::fs::read(&tls_files.ca).map_err(|e| {
+                    ServeError::Config(format!("--ca {}: {e}", tls_files.ca.display()))
+                })?;
+                Some(Arc::new(
+                    crate::receipt::ReceiptSigner::load(key, cert, &ca)
+                        .map_err(|e| ServeError::Config(e.to_string()))?,
+                ))
+            }
+            _ => {
+                return Err(ServeError::Config(
+                    "--receipt-key and --receipt-cert go together".into(),
+                ));
+            }
+        };
         Ok(Self {
+            receipt,
             listen,
             store,
             tls: Arc::new(tls),
@@ -483,6 +511,11 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::default());
+    if settings.receipt.is_none() {
+        tracing::warn!(
+            "Receipts are unsigned: give --receipt-key and --receipt-cert (receipt.key/receipt.pem from `pki init`) so a capture's receipt can be checked offline"
+        );
+    }
     // Commits cut short by a crash: finished in the background, so a large
     // store does not delay start.
     let quotas = crate::quota::Quotas::default();
@@ -564,7 +597,8 @@ pub async fn serve(
     let upload = CaptureUploadServer::new(
         UploadService::new(store, metrics)
             .with_quotas(quotas)
-            .with_deadlines(settings.deadlines),
+            .with_deadlines(settings.deadlines)
+            .with_receipt_signer(settings.receipt.clone()),
     )
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);

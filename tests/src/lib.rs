@@ -156,8 +156,19 @@ impl Collector {
         port: u16,
         extra: &[&str],
     ) -> Self {
+        // Sign receipts with the PKI's receipt key, as `pki init` makes
+        // one, unless the test brings its own or removed it.
+        let receipt_key = pki.join("receipt.key");
+        let mut receipt = Vec::new();
+        if receipt_key.exists() && !extra.contains(&"--receipt-key") {
+            receipt.push("--receipt-key".into());
+            receipt.push(receipt_key.into_os_string());
+            receipt.push("--receipt-cert".into());
+            receipt.push(pki.join("receipt.pem").into_os_string());
+        }
         let mut child = cmd
             .arg("serve")
+            .args(receipt)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--store", url])
             .arg("--ca")

@@ -476,6 +476,54 @@ impl<B: Blob> Evidence<B> {
         Ok(Committed::Stored)
     }
 
+    /// Stores the signed receipt's files beside where the manifest goes
+    /// (evidence objects, so under the same retention). Called before
+    /// [`Evidence::commit`]: a capture with a manifest then has its
+    /// receipt too, whenever a crash cuts the commit short.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store failed; the commit can be tried again.
+    pub async fn put_receipt(
+        &self,
+        state: &CaptureState,
+        files: &[(&str, &[u8])],
+    ) -> Result<(), StoreError> {
+        for (name, bytes) in files {
+            self.blob
+                .put(
+                    &Self::evidence_key(state, name),
+                    bytes.to_vec(),
+                    Class::Evidence,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The signed receipt's files of a committed capture, in
+    /// [`ircap_proto::receipt::RECEIPT_FILES`] order; `None` when it has
+    /// none (committed unsigned, or before signed receipts).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn read_receipt(
+        &self,
+        state: &CaptureState,
+    ) -> Result<Option<[Vec<u8>; 3]>, StoreError> {
+        let mut got = Vec::with_capacity(3);
+        for name in ircap_proto::receipt::RECEIPT_FILES {
+            match self.blob.get(&Self::evidence_key(state, name)).await? {
+                Some(bytes) => got.push(bytes),
+                None => return Ok(None),
+            }
+        }
+        let [a, b, c]: [Vec<u8>; 3] = got.try_into().map_err(|_| StoreError::Corrupt {
+            context: state.capture_id.clone(),
+            message: "receipt files".into(),
+        })?;
+        Ok(Some([a, b, c]))
+    }
+
     /// Removes what an open capture kept on the side (its marker last, so
     /// a crash leaves it to repair or expiry).
     pub async fn close_open(&self, id: &str) {

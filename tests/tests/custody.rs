@@ -1,0 +1,354 @@
+//! Chain of custody against real binaries and certificates on loopback:
+//! the collector's signed receipt verifies offline (with `verify --ca`
+//! and with the openssl commands of `docs/custody.md`), a flipped byte in
+//! the receipt or the manifest fails naming the file, a receipt signed by
+//! another CA's key is refused, and captures without a receipt say so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use ircap_e2e::{Collector, TestResult, agent_capture, bin, pki};
+
+const RECEIPT: &str = "manifest.receipt.json";
+const SIG: &str = "manifest.receipt.sig";
+const CERT: &str = "manifest.receipt.pem";
+
+/// A capture by `web-1` into `collector`; its stored directory.
+fn capture(collector: &Collector) -> PathBuf {
+    let out = agent_capture(&collector.url(), &collector.pki, "web-1", &["--no-logs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["status"], "complete", "{s}");
+    collector.capture_dir("web-1", s["capture_id"].as_str().unwrap())
+}
+
+/// A copy of capture directory `src` at `dst`.
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), to).unwrap();
+        }
+    }
+}
+
+/// `ircap-collector verify DIR [--ca CA]`.
+fn verify(dir: &Path, ca: Option<&Path>) -> Output {
+    let mut cmd = bin("ircap-collector");
+    cmd.arg("verify").arg(dir);
+    if let Some(ca) = ca {
+        cmd.arg("--ca").arg(ca);
+    }
+    cmd.output().unwrap()
+}
+
+fn report(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Replaces the first `from` in `file` with `to` (same length: one byte).
+fn flip(file: &Path, from: &str, to: &str) {
+    let content = std::fs::read_to_string(file).unwrap();
+    assert!(content.contains(from), "{} has no {from:?}", file.display());
+    std::fs::write(file, content.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn receipt_verifies_offline_and_a_flipped_byte_is_named() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let stored = capture(&collector);
+    let ca = pki.join("ca.pem");
+    for file in [RECEIPT, SIG, CERT] {
+        assert!(stored.join(file).is_file(), "{file} not stored");
+    }
+
+    // The stored capture verifies, and says who it came from.
+    let out = verify(&stored, Some(&ca));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = report(&out);
+    assert_eq!(r["receipt"]["status"], "signed", "{r}");
+    assert_eq!(r["receipt"]["agent"], "web-1");
+    assert_eq!(r["receipt"]["chain"], "verified");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored.join("manifest.json"))?)?;
+    assert_eq!(
+        r["receipt"]["agent_certificate_sha256"],
+        manifest["collector_receipt"]["peer_certificate_sha256"]
+    );
+    assert!(
+        text(&out).contains("received from agent web-1"),
+        "{}",
+        text(&out)
+    );
+    // The agent's verify is the same check.
+    let agent = bin("ircap-agent")
+        .arg("verify")
+        .arg(&stored)
+        .arg("--ca")
+        .arg(&ca)
+        .output()?;
+    assert_eq!(agent.status.code(), Some(0), "{}", text(&agent));
+    assert_eq!(report(&agent)["receipt"]["status"], "signed");
+
+    // Pulled, it arrives with its receipt and verifies offline.
+    let pulled = tmp.path().join("pulled");
+    std::fs::create_dir_all(&pulled)?;
+    let id = stored.file_name().unwrap().to_str().unwrap();
+    let out = bin("ircap-collector")
+        .arg("pull")
+        .args(["--server", &collector.url()])
+        .arg("--ca")
+        .arg(&ca)
+        .arg("--cert")
+        .arg(pki.join("alice.pem"))
+        .arg("--key")
+        .arg(pki.join("alice.key"))
+        .arg(id)
+        .arg(&pulled)
+        .output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = verify(&pulled.join(id), Some(&ca));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(report(&out)["receipt"]["status"], "signed");
+
+    // One byte of the receipt flipped: fails naming the receipt.
+    let bad = tmp.path().join("bad-receipt");
+    copy_dir(&stored, &bad);
+    flip(&bad.join(RECEIPT), "\"web-1\"", "\"web-2\"");
+    for ca in [Some(ca.as_path()), None] {
+        let out = verify(&bad, ca);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        let problems = &report(&out)["problems"];
+        assert_eq!(problems[0]["file"], RECEIPT, "{problems}");
+        assert!(text(&out).contains("does not verify"), "{}", text(&out));
+    }
+
+    // One byte of the manifest flipped (still valid JSON): fails naming it.
+    let bad = tmp.path().join("bad-manifest");
+    copy_dir(&stored, &bad);
+    flip(&bad.join("manifest.json"), "every chunk", "every chunK");
+    let out = verify(&bad, Some(&ca));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let problems = report(&out)["problems"].clone();
+    assert_eq!(problems.as_array().map(Vec::len), Some(1), "{problems}");
+    assert_eq!(problems[0]["file"], "manifest.json", "{problems}");
+    assert!(
+        text(&out).contains("does not match the signed receipt"),
+        "{}",
+        text(&out)
+    );
+
+    // The signature file damaged: fails too.
+    let bad = tmp.path().join("bad-sig");
+    copy_dir(&stored, &bad);
+    let mut sig = std::fs::read(bad.join(SIG))?;
+    let last = sig.len() - 1;
+    sig[last] ^= 1;
+    std::fs::write(bad.join(SIG), sig)?;
+    let out = verify(&bad, Some(&ca));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    Ok(())
+}
+
+#[test]
+fn a_receipt_signed_by_another_ca_is_refused() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki_a = pki(&tmp.path().join("a"));
+    let pki_b = pki(&tmp.path().join("b"));
+    // The collector refuses to start with a receipt key of another CA.
+    let refused = bin("ircap-collector")
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--store")
+        .arg(format!("file://{}", tmp.path().join("s").display()))
+        .arg("--ca")
+        .arg(pki_a.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki_a.join("server.pem"))
+        .arg("--key")
+        .arg(pki_a.join("server.key"))
+        .arg("--receipt-key")
+        .arg(pki_b.join("receipt.key"))
+        .arg("--receipt-cert")
+        .arg(pki_b.join("receipt.pem"))
+        .output()?;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("document signing"),
+        "{}",
+        text(&refused)
+    );
+    // Nor will it sign with an agent's key (clientAuth, not document signing).
+    let refused = bin("ircap-collector")
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--store")
+        .arg(format!("file://{}", tmp.path().join("s").display()))
+        .arg("--ca")
+        .arg(pki_a.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki_a.join("server.pem"))
+        .arg("--key")
+        .arg(pki_a.join("server.key"))
+        .arg("--receipt-key")
+        .arg(pki_a.join("web-1.key"))
+        .arg("--receipt-cert")
+        .arg(pki_a.join("web-1.pem"))
+        .output()?;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+
+    // A capture whose receipt was re-signed with CA B's receipt key.
+    let collector = Collector::start(&pki_a, &tmp.path().join("store"), 0);
+    let stored = capture(&collector);
+    let forged = tmp.path().join("forged");
+    copy_dir(&stored, &forged);
+    let signed = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(pki_b.join("receipt.key"))
+        .arg("-out")
+        .arg(forged.join(SIG))
+        .arg(forged.join(RECEIPT))
+        .output()?;
+    assert!(signed.status.success(), "{}", text(&signed));
+    std::fs::copy(pki_b.join("receipt.pem"), forged.join(CERT))?;
+    // Intact, but not signed by CA A: refused naming the certificate.
+    let out = verify(&forged, Some(&pki_a.join("ca.pem")));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(report(&out)["problems"][0]["file"], CERT, "{}", text(&out));
+    // Without a CA the signature holds, and the report says the signer
+    // was not checked; with CA B it verifies.
+    let out = verify(&forged, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(report(&out)["receipt"]["chain"], "not_checked");
+    let out = verify(&forged, Some(&pki_b.join("ca.pem")));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    Ok(())
+}
+
+#[test]
+fn a_capture_without_a_signed_receipt_says_so() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    // A collector without a receipt key, as before signed receipts.
+    std::fs::remove_file(pki.join("receipt.key"))?;
+    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let stored = capture(&collector);
+    assert!(!stored.join(RECEIPT).exists());
+    let out = verify(&stored, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = report(&out);
+    assert_eq!(r["receipt"]["status"], "unsigned", "{r}");
+    assert!(
+        text(&out).contains("receipt: unsigned (received by collector"),
+        "{}",
+        text(&out)
+    );
+    // Asked who signed, a missing receipt is a failure.
+    let out = verify(&stored, Some(&pki.join("ca.pem")));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(report(&out)["problems"][0]["file"], RECEIPT);
+    // A local capture: unsigned, not received by any collector.
+    let local = tmp.path().join("local");
+    let out = bin("ircap-agent")
+        .args(["capture", "--no-imds", "--no-logs", "--output"])
+        .arg(&local)
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let dir = PathBuf::from(s["location"].as_str().unwrap_or_default());
+    let out = bin("ircap-agent").arg("verify").arg(&dir).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(report(&out)["receipt"]["status"], "unsigned");
+    Ok(())
+}
+
+/// Something done to a copied capture directory.
+type Damage<'a> = dyn Fn(&Path) + 'a;
+
+/// The shell block between the openssl-check markers of docs/custody.md.
+fn documented_openssl_check() -> String {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/custody.md"))
+            .unwrap();
+    let start = doc.find("<!-- openssl-check:begin -->").unwrap();
+    let end = doc.find("<!-- openssl-check:end -->").unwrap();
+    let block = &doc[start..end];
+    let code = block.split("```sh\n").nth(1).unwrap();
+    code.split("```").next().unwrap().to_owned()
+}
+
+fn run_documented(dir: &Path, ca: &Path) -> Output {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(documented_openssl_check())
+        .env("CA", ca)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn openssl_checks_the_receipt_as_documented() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let other = ircap_e2e::pki(&tmp.path().join("other"));
+    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let stored = capture(&collector);
+    let ca = pki.join("ca.pem");
+
+    let out = run_documented(&stored, &ca);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("manifest.receipt.pem: OK"), "{said}");
+    assert!(said.contains("Verified OK"), "{said}");
+    assert!(said.contains("every artifact matches"), "{said}");
+
+    // Each kind of damage makes the documented check fail.
+    let cases: [(&str, &Damage<'_>); 4] = [
+        ("receipt", &|d| {
+            flip(&d.join(RECEIPT), "\"web-1\"", "\"web-2\"")
+        }),
+        ("manifest", &|d| {
+            flip(&d.join("manifest.json"), "every chunk", "every chunK");
+        }),
+        ("artifact", &|d| {
+            let m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(d.join("manifest.json")).unwrap()).unwrap();
+            let path = d.join(m["artifacts"][0]["name"].as_str().unwrap());
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[20] ^= 1;
+            std::fs::write(path, bytes).unwrap();
+        }),
+        ("other CA", &|d| {
+            std::fs::copy(other.join("receipt.pem"), d.join(CERT)).unwrap();
+        }),
+    ];
+    for (what, damage) in cases {
+        let dir = tmp.path().join(format!("bad-{}", what.replace(' ', "-")));
+        copy_dir(&stored, &dir);
+        damage(&dir);
+        let out = run_documented(&dir, &ca);
+        assert!(!out.status.success(), "{what}: {}", text(&out));
+    }
+    Ok(())
+}
