@@ -175,7 +175,7 @@ pub async fn create(
     req: CreateRequestRequest,
 ) -> Result<CreateRequestResponse, AnalystError> {
     client
-        .create_request(req)
+        .create_request(crate::analyst::tagged(req))
         .await
         .map(tonic::Response::into_inner)
         .map_err(|s| rpc(&s))
@@ -190,9 +190,9 @@ pub async fn results(
     request_id: &str,
 ) -> Result<Vec<RequestResult>, AnalystError> {
     let mut stream = client
-        .list_results(ListResultsRequest {
+        .list_results(crate::analyst::tagged(ListResultsRequest {
             request_id: request_id.to_owned(),
-        })
+        }))
         .await
         .map_err(|s| rpc(&s))?
         .into_inner();
@@ -279,7 +279,7 @@ pub async fn agents(
     client: &mut CaptureRequestsClient<Channel>,
 ) -> Result<Vec<AgentInfo>, AnalystError> {
     let mut stream = client
-        .list_agents(ListAgentsRequest {})
+        .list_agents(crate::analyst::tagged(ListAgentsRequest {}))
         .await
         .map_err(|s| rpc(&s))?
         .into_inner();

@@ -6,6 +6,7 @@
 
 pub mod analyst;
 pub mod analyst_requests;
+pub mod audit;
 pub mod auth;
 pub mod capture_lock;
 pub mod control;

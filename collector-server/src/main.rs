@@ -91,6 +91,27 @@ enum Command {
         /// Directory that receives <id>/ [default: .].
         dir: Option<PathBuf>,
     },
+    /// The access trail: who listed, showed, pulled or requested what, and
+    /// when (analyst certificate).
+    Audit {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only events about this capture.
+        #[arg(long, value_name = "ID")]
+        capture: Option<String>,
+        /// Only events by this certificate identity.
+        #[arg(long, value_name = "NAME")]
+        identity: Option<String>,
+        /// Only events at or after this time (`1h`, `7d`, or RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only events carrying this case id.
+        #[arg(long = "for-case", value_name = "CASE")]
+        for_case: Option<String>,
+        /// JSON Lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask connected agents (daemon mode) to capture now (analyst
     /// certificate); with --wait, print each agent's result as it finishes
     /// (exit 0 when every targeted agent completed, 1 otherwise).
@@ -224,6 +245,10 @@ struct ServeArgs {
     /// The receipt key's certificate (receipt.pem), issued by --ca.
     #[arg(long, env = "IRCAP_RECEIPT_CERT", requires = "receipt_key")]
     receipt_cert: Option<PathBuf>,
+    /// Refuse every analyst call (list, show, pull, request, audit) that
+    /// carries no case id (--case).
+    #[arg(long, env = "IRCAP_REQUIRE_CASE")]
+    require_case: bool,
     /// Serve Prometheus metrics over plain HTTP here (e.g. 127.0.0.1:9464).
     #[arg(long, env = "IRCAP_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -255,10 +280,22 @@ struct ServerArgs {
     /// Analyst key.
     #[arg(long, env = "IRCAP_KEY")]
     key: PathBuf,
+    /// Case id this call is made for (e.g. IR-2026-041): recorded in the
+    /// access trail, and in requests and the captures they produce.
+    #[arg(long, env = "IRCAP_CASE", value_parser = parse_case)]
+    case: Option<String>,
+    /// Why (free text, recorded with the case id).
+    #[arg(long, env = "IRCAP_REASON")]
+    reason: Option<String>,
+}
+
+fn parse_case(text: &str) -> Result<String, String> {
+    ircap_collector::audit::check_case(text).map(|()| text.to_owned())
 }
 
 impl ServerArgs {
     fn settings(&self) -> analyst::ServerSettings {
+        analyst::set_case(self.case.clone(), self.reason.clone());
         analyst::ServerSettings {
             url: self.server.clone(),
             ca: self.ca.clone(),
@@ -358,7 +395,10 @@ fn main() -> ExitCode {
         Command::Symbols { capture, out } => ircap_collector::symbols::run(&capture, &out)
             .map(|summary| print_json(&summary))
             .map_err(anyhow::Error::from),
-        cmd @ (Command::List { .. } | Command::Show { .. } | Command::Pull { .. }) => {
+        cmd @ (Command::List { .. }
+        | Command::Show { .. }
+        | Command::Audit { .. }
+        | Command::Pull { .. }) => {
             return run_analyst(cmd);
         }
         Command::Request(args) => return run_request(&args),
@@ -418,6 +458,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         stream_deadline: args.stream_deadline,
         receipt_key: args.receipt_key,
         receipt_cert: args.receipt_cert,
+        require_case: args.require_case.then_some(true),
     });
     let settings = Settings::validate(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -466,6 +507,7 @@ fn run_analyst(cmd: Command) -> ExitCode {
     let settings = match &cmd {
         Command::List { server, .. }
         | Command::Show { server, .. }
+        | Command::Audit { server, .. }
         | Command::Pull { server, .. } => Some(server.settings()),
         _ => None,
     };
@@ -520,6 +562,40 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 }
                 Ok(None)
             }
+            Command::Audit {
+                server,
+                capture,
+                identity,
+                since,
+                for_case,
+                json,
+            } => {
+                let since = analyst::query_time("--since", since.as_deref())?;
+                let mut client = analyst::connect(&server.settings())?;
+                let events = analyst::audit(
+                    &mut client,
+                    ircap_proto::v1::ListAuditRequest {
+                        capture_id: capture.unwrap_or_default(),
+                        identity: identity.unwrap_or_default(),
+                        since,
+                        case_id: for_case.unwrap_or_default(),
+                    },
+                )
+                .await?;
+                let mut out = std::io::stdout().lock();
+                if json {
+                    for e in &events {
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            ircap_collector::render::json(e).unwrap_or_default()
+                        );
+                    }
+                } else {
+                    let _ = write!(out, "{}", ircap_collector::audit::table(&events));
+                }
+                Ok(None)
+            }
             Command::Show { server, id, json } => {
                 let mut client = analyst::connect(&server.settings())?;
                 let (manifest, bytes) = analyst::manifest(&mut client, &id).await?;
@@ -546,6 +622,20 @@ fn run_analyst(cmd: Command) -> ExitCode {
                             &found
                         )),
                         ircap_collector::triage::table(&found)
+                    );
+                    let history = analyst::audit(
+                        &mut client,
+                        ircap_proto::v1::ListAuditRequest {
+                            capture_id: manifest.capture_id.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                    let _ = write!(
+                        out,
+                        "\naccess history ({} events)\n{}",
+                        history.len(),
+                        ircap_collector::audit::table(&history)
                     );
                 }
                 Ok(None)

@@ -75,6 +75,9 @@ pub struct ServeConfig {
     /// Its certificate (`receipt.pem`), issued by the `ca` for document
     /// signing.
     pub receipt_cert: Option<PathBuf>,
+    /// Refuse every analyst call (list, show, pull, request, audit) that
+    /// carries no case id (`--case`).
+    pub require_case: Option<bool>,
 }
 
 impl ServeConfig {
@@ -105,6 +108,7 @@ impl ServeConfig {
             stream_deadline: other.stream_deadline.or(self.stream_deadline),
             receipt_key: other.receipt_key.or(self.receipt_key),
             receipt_cert: other.receipt_cert.or(self.receipt_cert),
+            require_case: other.require_case.or(self.require_case),
         }
     }
 }
@@ -325,6 +329,8 @@ pub struct Settings {
     pub deadlines: crate::service::Deadlines,
     /// Signs capture receipts, when a receipt key was given.
     pub receipt: Option<Arc<crate::receipt::ReceiptSigner>>,
+    /// Refuse analyst calls without a case id.
+    pub require_case: bool,
 }
 
 impl Settings {
@@ -433,6 +439,7 @@ impl Settings {
             }
         };
         Ok(Self {
+            require_case: cfg.require_case.unwrap_or(false),
             receipt,
             listen,
             store,
@@ -581,8 +588,10 @@ pub async fn serve(
     health
         .set_serving::<CaptureQueryServer<QueryService>>()
         .await;
-    let query = CaptureQueryServer::new(QueryService::new(Arc::clone(&store)))
-        .max_encoding_message_size(MAX_MESSAGE);
+    let query = CaptureQueryServer::new(
+        QueryService::new(Arc::clone(&store)).with_require_case(settings.require_case),
+    )
+    .max_encoding_message_size(MAX_MESSAGE);
     // Daemon mode: agent streams, analyst requests, delivery from the store.
     let replica = Arc::new(control::replica::Replica::new(
         Arc::clone(&store),
@@ -592,8 +601,10 @@ pub async fn serve(
     let agent_control = AgentControlServer::new(control::agent_stream::AgentControlService::new(
         Arc::clone(&replica),
     ));
-    let requests =
-        CaptureRequestsServer::new(control::requests::RequestService::new(Arc::clone(&replica)));
+    let requests = CaptureRequestsServer::new(
+        control::requests::RequestService::new(Arc::clone(&replica))
+            .with_require_case(settings.require_case),
+    );
     let upload = CaptureUploadServer::new(
         UploadService::new(store, metrics)
             .with_quotas(quotas)

@@ -352,3 +352,283 @@ fn openssl_checks_the_receipt_as_documented() -> TestResult {
     }
     Ok(())
 }
+
+/// Every audit event file in a file store, parsed, oldest first.
+fn audit_events(store: &Path) -> Vec<serde_json::Value> {
+    let mut files = Vec::new();
+    let Ok(days) = std::fs::read_dir(store.join("audit")) else {
+        return Vec::new();
+    };
+    for day in days {
+        for f in std::fs::read_dir(day.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "json") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+/// SHA-256 of a PEM certificate's DER, as openssl computes it.
+fn cert_sha256(pem: &Path) -> String {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("openssl x509 -in \"$1\" -outform DER | sha256sum | cut -d' ' -f1")
+        .arg("-")
+        .arg(pem)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `ircap-collector CMD` against `collector` as `who` with `args`.
+fn analyst(collector: &Collector, who: &str, cmd: &str, args: &[&str]) -> Output {
+    bin("ircap-collector")
+        .arg(cmd)
+        .args(["--server", &collector.url()])
+        .arg("--ca")
+        .arg(collector.pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(collector.pki.join(format!("{who}.pem")))
+        .arg("--key")
+        .arg(collector.pki.join(format!("{who}.key")))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The events added since `before` events were stored.
+fn new_events(store: &Path, before: usize) -> Vec<serde_json::Value> {
+    audit_events(store).split_off(before)
+}
+
+#[test]
+fn every_analyst_call_is_one_audit_event() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let out = bin("ircap-collector")
+        .args(["pki", "issue", "--role", "analyst", "--ca-dir"])
+        .arg(&pki)
+        .arg("--out")
+        .arg(&pki)
+        .arg("bob")
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let store = tmp.path().join("store");
+    let collector = Collector::start(&pki, &store, 0);
+    let stored = capture(&collector);
+    let id = stored.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(
+        audit_events(&store).is_empty(),
+        "uploads are not analyst calls"
+    );
+    let alice = cert_sha256(&pki.join("alice.pem"));
+    let bob = cert_sha256(&pki.join("bob.pem"));
+    assert_eq!(alice.len(), 64);
+
+    // list, with a case and reason: one event.
+    let out = analyst(
+        &collector,
+        "alice",
+        "list",
+        &[
+            "--json",
+            "--case",
+            "IR-2026-041",
+            "--reason",
+            "triage of web-1 — täglich",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got = new_events(&store, 0);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["call"], "list_captures");
+    assert_eq!(got[0]["identity"], "alice");
+    assert_eq!(got[0]["certificate_sha256"], alice.as_str());
+    assert_eq!(got[0]["case"], "IR-2026-041");
+    assert_eq!(got[0]["reason"], "triage of web-1 — täglich");
+    assert_eq!(got[0]["outcome"], "ok");
+
+    // show --json by bob: one event, with the manifest's size.
+    let out = analyst(&collector, "bob", "show", &["--json", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got = new_events(&store, 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["call"], "get_manifest");
+    assert_eq!(got[0]["identity"], "bob");
+    assert_eq!(got[0]["certificate_sha256"], bob.as_str());
+    assert_eq!(got[0]["capture_id"], id.as_str());
+    assert_eq!(
+        got[0]["bytes_served"].as_u64(),
+        Some(std::fs::metadata(stored.join("manifest.json"))?.len())
+    );
+
+    // pull: one manifest read and one read per non-empty artifact, whose
+    // bytes add up to the capture's.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored.join("manifest.json"))?)?;
+    let artifacts: Vec<&serde_json::Value> = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["size_stored"].as_u64() != Some(0))
+        .collect();
+    let total: u64 = artifacts
+        .iter()
+        .map(|a| a["size_stored"].as_u64().unwrap())
+        .sum();
+    let dir = tmp.path().join("pulled");
+    std::fs::create_dir_all(&dir)?;
+    let out = analyst(&collector, "alice", "pull", &[&id, dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got = new_events(&store, 2);
+    assert_eq!(got.len(), 1 + artifacts.len(), "{got:?}");
+    assert_eq!(got[0]["call"], "get_manifest");
+    let reads: Vec<&serde_json::Value> = got[1..].iter().collect();
+    assert!(reads.iter().all(|e| e["call"] == "read_artifact"
+        && e["identity"] == "alice"
+        && e["capture_id"] == id.as_str()));
+    let served: u64 = reads
+        .iter()
+        .map(|e| e["bytes_served"].as_u64().unwrap())
+        .sum();
+    assert_eq!(served, total);
+
+    // A failed pull of an unknown id: one event, saying so.
+    let unknown = "01a20000-0000-7000-8000-00000000dead";
+    let out = analyst(
+        &collector,
+        "alice",
+        "pull",
+        &[unknown, dir.to_str().unwrap()],
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let before = 3 + artifacts.len();
+    let got = new_events(&store, before);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["capture_id"], unknown);
+    assert!(
+        got[0]["outcome"].as_str().unwrap().starts_with("NotFound"),
+        "{got:?}"
+    );
+    assert_eq!(got[0]["bytes_served"], 0);
+
+    // An agent certificate calling list: refused, and recorded as such.
+    let out = analyst(&collector, "web-1", "list", &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let got = new_events(&store, before + 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["identity"], "web-1");
+    assert_eq!(got[0]["role"], "agent");
+    assert!(
+        got[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("PermissionDenied"),
+        "{got:?}"
+    );
+
+    // `audit` lists them (and is itself recorded); filters work.
+    let out = analyst(&collector, "bob", "audit", &["--json", "--capture", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2 + artifacts.len(), "{listed:?}");
+    assert!(listed.iter().all(|e| e["capture_id"] == id.as_str()));
+    let out = analyst(&collector, "bob", "audit", &["--json", "--identity", "bob"]);
+    let listed = String::from_utf8_lossy(&out.stdout).lines().count();
+    // show and the first audit listing (a listing is recorded once
+    // answered, so it is not in its own answer).
+    assert_eq!(listed, 2, "{}", text(&out));
+    let out = analyst(
+        &collector,
+        "alice",
+        "audit",
+        &["--json", "--for-case", "IR-2026-041"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert_eq!(audit_events(&store).len(), before + 5);
+
+    // `show` prints the capture's access history.
+    let out = analyst(&collector, "alice", "show", &[&id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("access history"), "{shown}");
+    assert!(shown.contains("read_artifact"), "{shown}");
+    // The evidence itself is untouched by all of it.
+    let out = verify(&stored, Some(&pki.join("ca.pem")));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    Ok(())
+}
+
+#[test]
+fn a_collector_killed_right_after_an_answer_keeps_its_event() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let store = tmp.path().join("store");
+    for round in 0..5 {
+        let mut collector = Collector::start(&pki, &store, 0);
+        let out = analyst(&collector, "alice", "list", &["--json", "--case", "IR-9"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        // SIGKILL the moment the answer is in: no shutdown, no flush.
+        collector.child.kill()?;
+        collector.child.wait()?;
+        let events = audit_events(&store);
+        assert_eq!(events.len(), round + 1, "round {round}: {events:?}");
+        assert_eq!(events[round]["call"], "list_captures");
+    }
+    // A new collector on the store lists them all.
+    let collector = Collector::start(&pki, &store, 0);
+    let out = analyst(
+        &collector,
+        "alice",
+        "audit",
+        &["--json", "--for-case", "IR-9"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    Ok(())
+}
+
+#[test]
+fn require_case_refuses_calls_without_one() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let store = tmp.path().join("store");
+    let collector = Collector::start_with(&pki, &store, 0, &["--require-case"]);
+    let out = analyst(&collector, "alice", "list", &["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("requires a case id"), "{}", text(&out));
+    let out = analyst(&collector, "alice", "request", &["--all"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("requires a case id"), "{}", text(&out));
+    let out = analyst(&collector, "alice", "list", &["--json", "--case", "IR-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // A malformed case id is refused before anything is sent.
+    let out = analyst(&collector, "alice", "list", &["--case", "no spaces"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let events = audit_events(&store);
+    let outcomes: Vec<&str> = events
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(
+        outcomes[0].starts_with("FailedPrecondition"),
+        "{outcomes:?}"
+    );
+    assert_eq!(events[1]["call"], "create_request");
+    assert!(
+        outcomes[1].starts_with("FailedPrecondition"),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[2], "ok");
+    Ok(())
+}

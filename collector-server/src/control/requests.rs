@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 
 use super::docs::{self, LiveAgent, MatchedBy, RequestDoc, ResultDoc, TargetDoc, key};
 use super::replica::Replica;
-use crate::auth::Role;
-use crate::service::{caller_with_role, check_capture_id, store_status};
+use crate::audit;
+use crate::service::{check_capture_id, store_status};
 
 /// How long a request waits for agents that are not connected yet.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -27,12 +27,23 @@ pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// The analyst side of the control service.
 pub struct RequestService {
     replica: Arc<Replica>,
+    require_case: bool,
 }
 
 impl RequestService {
     /// Serves analysts for `replica`.
     pub fn new(replica: Arc<Replica>) -> Self {
-        Self { replica }
+        Self {
+            replica,
+            require_case: false,
+        }
+    }
+
+    /// The same service refusing calls that carry no case id.
+    #[must_use]
+    pub fn with_require_case(mut self, require: bool) -> Self {
+        self.require_case = require;
+        self
     }
 }
 
@@ -112,8 +123,56 @@ impl CaptureRequests for RequestService {
         &self,
         request: Request<CreateRequestRequest>,
     ) -> Result<Response<CreateRequestResponse>, Status> {
-        let who = caller_with_role(&request, Role::Analyst)?;
-        let req = request.into_inner();
+        let (mut ev, admitted) = audit::admit(&request, "create_request", self.require_case)?;
+        let who = audit::caller(&request)?;
+        let result = match admitted {
+            Ok(tag) => self.create(&who, &tag, request.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        if let Ok(r) = &result {
+            ev.request_id = Some(r.get_ref().request_id.clone());
+        }
+        audit::answer(self.replica.store(), ev, result).await
+    }
+
+    type ListResultsStream = ResultStream;
+
+    async fn list_results(
+        &self,
+        request: Request<ListResultsRequest>,
+    ) -> Result<Response<Self::ListResultsStream>, Status> {
+        let (mut ev, admitted) = audit::admit(&request, "list_results", self.require_case)?;
+        let id = request.into_inner().request_id;
+        ev.request_id = Some(id.clone());
+        let result = match admitted {
+            Ok(_) => self.results(id).await,
+            Err(e) => Err(e),
+        };
+        audit::answer(self.replica.store(), ev, result).await
+    }
+
+    type ListAgentsStream = AgentStream;
+
+    async fn list_agents(
+        &self,
+        request: Request<ListAgentsRequest>,
+    ) -> Result<Response<Self::ListAgentsStream>, Status> {
+        let (ev, admitted) = audit::admit(&request, "list_agents", self.require_case)?;
+        let result = match admitted {
+            Ok(_) => self.agents().await,
+            Err(e) => Err(e),
+        };
+        audit::answer(self.replica.store(), ev, result).await
+    }
+}
+
+impl RequestService {
+    async fn create(
+        &self,
+        who: &crate::auth::Identity,
+        _tag: &audit::CaseTag,
+        req: CreateRequestRequest,
+    ) -> Result<Response<CreateRequestResponse>, Status> {
         let target = target(&req)?;
         let spec = req.spec.unwrap_or_default();
         check_spec(&spec)?;
@@ -160,14 +219,7 @@ impl CaptureRequests for RequestService {
         }))
     }
 
-    type ListResultsStream = ResultStream;
-
-    async fn list_results(
-        &self,
-        request: Request<ListResultsRequest>,
-    ) -> Result<Response<Self::ListResultsStream>, Status> {
-        caller_with_role(&request, Role::Analyst)?;
-        let id = request.into_inner().request_id;
+    async fn results(&self, id: String) -> Result<Response<ResultStream>, Status> {
         check_capture_id(&id)?;
         let store = self.replica.store();
         if store
@@ -194,13 +246,7 @@ impl CaptureRequests for RequestService {
         Ok(Response::new(Box::pin(tokio_stream::iter(results))))
     }
 
-    type ListAgentsStream = AgentStream;
-
-    async fn list_agents(
-        &self,
-        request: Request<ListAgentsRequest>,
-    ) -> Result<Response<Self::ListAgentsStream>, Status> {
-        caller_with_role(&request, Role::Analyst)?;
+    async fn agents(&self) -> Result<Response<AgentStream>, Status> {
         let replica = &self.replica;
         let mut agents: Vec<AgentInfo> = docs::live_agents(replica.store(), replica.stale_after())
             .await
