@@ -182,6 +182,13 @@ pub struct CaptureArgs {
     /// manifest (letters, digits and `-`, at most 64).
     #[arg(long, value_name = "ID", env = "AWS_SSM_COMMAND_ID", value_parser = parse_ssm_command_id)]
     pub ssm_command_id: Option<String>,
+    /// The case this capture is for (e.g. IR-2026-041), recorded in the
+    /// manifest's `case` and the collector's signed receipt.
+    #[arg(long, value_name = "CASE", env = "IRCAP_CASE", value_parser = parse_case)]
+    pub case: Option<String>,
+    /// Why (recorded with the case; at most 1 KiB).
+    #[arg(long, env = "IRCAP_REASON", requires = "case", value_parser = parse_reason)]
+    pub reason: Option<String>,
     /// A label `KEY=VALUE` recorded on this capture, in its manifest's
     /// `options.labels` (repeatable, at most 16; keys A-Z a-z 0-9 . _ - /).
     /// `--capture-label baseline=true` marks the host's baseline, the
@@ -231,6 +238,14 @@ pub struct ServeArgs {
     /// Longest wait between reconnection attempts (default 60s).
     #[arg(long, value_name = "DURATION", hide = true)]
     pub backoff_max: Option<String>,
+}
+
+fn parse_case(text: &str) -> Result<String, String> {
+    ircap_proto::request_args::check_case(text).map(|()| text.to_owned())
+}
+
+fn parse_reason(text: &str) -> Result<String, String> {
+    ircap_proto::request_args::check_reason(text).map(|()| text.to_owned())
 }
 
 /// An SSM command id is a UUID; accept any short id of letters, digits and

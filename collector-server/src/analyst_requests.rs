@@ -160,6 +160,8 @@ impl SpecArgs {
                 .map_or(0, |d| d.as_secs().max(1)),
             capture_labels: spec_rules::parse_capture_labels(&self.capture_labels)
                 .map_err(|e| AnalystError::Config(e.to_string()))?,
+            // The case travels as call metadata; the collector copies it in.
+            ..CaptureSpec::default()
         };
         spec_rules::check_spec(&spec).map_err(|e| AnalystError::Config(e.to_string()))?;
         Ok(spec)
@@ -176,6 +178,26 @@ pub async fn create(
 ) -> Result<CreateRequestResponse, AnalystError> {
     client
         .create_request(crate::analyst::tagged(req))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| rpc(&s))
+}
+
+/// Approves a pending request.
+///
+/// # Errors
+/// [`AnalystError::Rpc`] when the collector refuses (not pending, lapsed,
+/// or the caller requested it).
+pub async fn approve(
+    client: &mut CaptureRequestsClient<Channel>,
+    request_id: &str,
+) -> Result<ircap_proto::v1::ApproveRequestResponse, AnalystError> {
+    client
+        .approve_request(crate::analyst::tagged(
+            ircap_proto::v1::ApproveRequestRequest {
+                request_id: request_id.to_owned(),
+            },
+        ))
         .await
         .map(tonic::Response::into_inner)
         .map_err(|s| rpc(&s))

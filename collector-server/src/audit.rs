@@ -35,10 +35,7 @@ pub const MAX_LISTED: usize = 50_000;
 pub const CASE_HEADER: &str = "x-ircap-case";
 /// Metadata key of the analyst's reason (UTF-8, binary metadata).
 pub const REASON_HEADER: &str = "x-ircap-reason-bin";
-/// Longest case id.
-pub const MAX_CASE_LEN: usize = 64;
-/// Longest reason, in bytes.
-pub const MAX_REASON_LEN: usize = 1024;
+pub use ircap_proto::request_args::{MAX_CASE_LEN, MAX_REASON_LEN, check_case, check_reason};
 
 /// One analyst call, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +49,8 @@ pub struct AuditEvent {
     /// SHA-256 of the caller's DER certificate.
     pub certificate_sha256: String,
     /// The call: `list_captures`, `get_manifest`, `read_artifact`,
-    /// `list_audit`, `create_request`, `list_results`, `list_agents`.
+    /// `list_audit`, `create_request`, `list_results`, `list_agents`,
+    /// `approve_request`.
     pub call: String,
     /// The capture the call was about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,25 +83,6 @@ pub struct CaseTag {
     pub reason: Option<String>,
 }
 
-/// Checks a case id: 1-64 of `[A-Za-z0-9._-]`.
-///
-/// # Errors
-/// A message naming the rule.
-pub fn check_case(case: &str) -> Result<(), String> {
-    let ok = !case.is_empty()
-        && case.len() <= MAX_CASE_LEN
-        && case
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "case id {case:?} is not 1-{MAX_CASE_LEN} characters of [A-Za-z0-9._-]"
-        ))
-    }
-}
-
 /// The case and reason from a call's metadata.
 ///
 /// # Errors
@@ -133,6 +112,7 @@ pub fn case_tag<T>(req: &Request<T>) -> Result<CaseTag, Status> {
             }
             let text = String::from_utf8(bytes.to_vec())
                 .map_err(|_| Status::invalid_argument("reason is not UTF-8"))?;
+            check_reason(&text).map_err(Status::invalid_argument)?;
             Some(text)
         }
     };

@@ -43,7 +43,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// List captures (analyst certificate).
+    /// List captures (analyst certificate); with --case, only that
+    /// case's captures.
     List {
         #[command(flatten)]
         server: ServerArgs,
@@ -90,6 +91,14 @@ enum Command {
         id: String,
         /// Directory that receives <id>/ [default: .].
         dir: Option<PathBuf>,
+    },
+    /// Approve a request that waits for a second analyst (serve
+    /// --approvals); the requester cannot approve their own.
+    Approve {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The request id `request` printed.
+        request_id: String,
     },
     /// The access trail: who listed, showed, pulled or requested what, and
     /// when (analyst certificate).
@@ -249,6 +258,18 @@ struct ServeArgs {
     /// carries no case id (--case).
     #[arg(long, env = "IRCAP_REQUIRE_CASE")]
     require_case: bool,
+    /// Requests that wait in `pending` until a different analyst runs
+    /// `approve`: comma-separated memory (process memory), physical
+    /// (physical memory), fleet (more than --approval-fleet-hosts agents,
+    /// or --all), yara.
+    #[arg(long, env = "IRCAP_APPROVALS", value_name = "CLASSES")]
+    approvals: Option<String>,
+    /// fleet: a request matching more than N agents needs approval [default: 5].
+    #[arg(long, value_name = "N")]
+    approval_fleet_hosts: Option<usize>,
+    /// How long a request may wait for approval [default: 4h].
+    #[arg(long, value_name = "DURATION")]
+    approval_ttl: Option<String>,
     /// Serve Prometheus metrics over plain HTTP here (e.g. 127.0.0.1:9464).
     #[arg(long, env = "IRCAP_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -402,6 +423,7 @@ fn main() -> ExitCode {
             return run_analyst(cmd);
         }
         Command::Request(args) => return run_request(&args),
+        Command::Approve { server, request_id } => return run_approve(&server, &request_id),
         Command::Agents { server, json } => return run_agents(&server, json),
         Command::Findings(args) => return ircap_collector::triage::cli::findings(&args),
         Command::Diff(args) => return ircap_collector::triage::cli::diff(&args),
@@ -459,6 +481,9 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         receipt_key: args.receipt_key,
         receipt_cert: args.receipt_cert,
         require_case: args.require_case.then_some(true),
+        approvals: args.approvals,
+        approval_fleet_hosts: args.approval_fleet_hosts,
+        approval_ttl: args.approval_ttl,
     });
     let settings = Settings::validate(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -545,6 +570,8 @@ fn run_analyst(cmd: Command) -> ExitCode {
                         since,
                         until,
                         include_incomplete: incomplete,
+                        // `list --case X` lists that case's captures.
+                        case_id: server.case.clone().unwrap_or_default(),
                     },
                 )
                 .await?;
@@ -750,6 +777,9 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         let request_id = created.request_id.clone();
         print_json(&serde_json::json!({
             "request_id": request_id,
+            "status": created.status,
+            "approval_classes": created.approval_classes,
+            "approval_expires_at": created.approval_expires_at,
             "matched": created.matched.iter().map(analyst_requests::matched_json).collect::<Vec<_>>(),
         }));
         for a in created.matched.iter().filter(|a| {
@@ -860,7 +890,45 @@ fn capture_json(c: &ircap_proto::v1::CaptureInfo) -> serde_json::Value {
         "status": c.status,
         "committed_at": c.committed_at,
         "findings": c.findings,
+        "case": c.case_id,
     })
+}
+
+fn run_approve(server: &ServerArgs, request_id: &str) -> ExitCode {
+    let settings = server.settings();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let mut client = analyst_requests::connect(&settings)?;
+        analyst_requests::approve(&mut client, request_id).await
+    });
+    match result {
+        Ok(done) => {
+            tracing::info!(
+                request_id = done.request_id,
+                requested_by = escape(&done.requested_by).as_ref(),
+                "Request approved; it is delivered from now"
+            );
+            print_json(&serde_json::json!({
+                "request_id": done.request_id,
+                "status": "approved",
+                "requested_by": done.requested_by,
+                "approved_by": done.approved_by,
+                "approved_at": done.approved_at,
+                "expires_at": done.expires_at,
+            }));
+            ExitCode::SUCCESS
+        }
+        Err(err) => analyst_failed(&err, Some(&settings)),
+    }
 }
 
 fn run_verify(dir: &std::path::Path, ca: Option<&std::path::Path>) -> ExitCode {

@@ -108,6 +108,7 @@ fn info(e: IndexEntry) -> CaptureInfo {
         status: "complete".into(),
         committed_at: e.committed_at,
         findings: e.findings.into_iter().collect(),
+        case_id: e.case.unwrap_or_default(),
     }
 }
 
@@ -244,6 +245,7 @@ impl QueryService {
             (req.host.is_empty() || c.agent == req.host)
                 && (req.claimed_hostname.is_empty() || c.hostname == req.claimed_hostname)
                 && (req.instance_id.is_empty() || c.instance_id == req.instance_id)
+                && (req.case_id.is_empty() || c.case_id == req.case_id)
                 && since.is_none_or(|t| started.is_some_and(|s| s >= t))
                 && until.is_none_or(|t| started.is_some_and(|s| s <= t))
         });

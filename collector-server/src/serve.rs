@@ -78,6 +78,13 @@ pub struct ServeConfig {
     /// Refuse every analyst call (list, show, pull, request, audit) that
     /// carries no case id (`--case`).
     pub require_case: Option<bool>,
+    /// Request classes that wait for a second analyst's approval:
+    /// comma-separated `memory`, `physical`, `fleet`, `yara`.
+    pub approvals: Option<String>,
+    /// `fleet`: a request matching more than this many agents (default 5).
+    pub approval_fleet_hosts: Option<usize>,
+    /// How long a request may wait for approval (default 4h).
+    pub approval_ttl: Option<String>,
 }
 
 impl ServeConfig {
@@ -109,6 +116,9 @@ impl ServeConfig {
             receipt_key: other.receipt_key.or(self.receipt_key),
             receipt_cert: other.receipt_cert.or(self.receipt_cert),
             require_case: other.require_case.or(self.require_case),
+            approvals: other.approvals.or(self.approvals),
+            approval_fleet_hosts: other.approval_fleet_hosts.or(self.approval_fleet_hosts),
+            approval_ttl: other.approval_ttl.or(self.approval_ttl),
         }
     }
 }
@@ -331,6 +341,8 @@ pub struct Settings {
     pub receipt: Option<Arc<crate::receipt::ReceiptSigner>>,
     /// Refuse analyst calls without a case id.
     pub require_case: bool,
+    /// Which requests wait for a second analyst.
+    pub approvals: Option<crate::control::approvals::ApprovalPolicy>,
 }
 
 impl Settings {
@@ -438,7 +450,24 @@ impl Settings {
                 ));
             }
         };
+        let approvals = match &cfg.approvals {
+            None => None,
+            Some(list) => Some(
+                crate::control::approvals::ApprovalPolicy::parse(
+                    list,
+                    cfg.approval_fleet_hosts
+                        .unwrap_or(crate::control::approvals::DEFAULT_FLEET_HOSTS),
+                    duration(
+                        &cfg.approval_ttl,
+                        "--approval-ttl",
+                        crate::control::approvals::DEFAULT_APPROVAL_TTL,
+                    )?,
+                )
+                .map_err(ServeError::Config)?,
+            ),
+        };
         Ok(Self {
+            approvals,
             require_case: cfg.require_case.unwrap_or(false),
             receipt,
             listen,
@@ -603,7 +632,8 @@ pub async fn serve(
     ));
     let requests = CaptureRequestsServer::new(
         control::requests::RequestService::new(Arc::clone(&replica))
-            .with_require_case(settings.require_case),
+            .with_require_case(settings.require_case)
+            .with_approvals(settings.approvals.clone()),
     );
     let upload = CaptureUploadServer::new(
         UploadService::new(store, metrics)

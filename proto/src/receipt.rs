@@ -144,7 +144,11 @@ impl Receipt {
             opened_at,
             committed_at,
             collector,
-            case: None,
+            case: manifest
+                .case
+                .as_ref()
+                .filter(|c| !c.id.is_empty())
+                .map(|c| c.id.clone()),
         }
     }
 }

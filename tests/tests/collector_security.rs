@@ -329,6 +329,7 @@ fn manifest(sha256_stored: &str) -> Result<Vec<u8>, Box<dyn Error>> {
         error_count: 0,
         errors: vec![],
         collector_receipt: None,
+        case: None,
     };
     Ok(serde_json::to_vec(&m)?)
 }
@@ -1685,6 +1686,7 @@ async fn hundreds_of_artifacts_in_one_capture_are_recorded_and_verify() -> TestR
         error_count: 0,
         errors: vec![],
         collector_receipt: None,
+        case: None,
     };
     timed(c.commit_capture(commit_request(serde_json::to_vec(&m)?))).await??;
     let dir = s.collector.capture_dir("web-1", CAPTURE);
@@ -2203,6 +2205,7 @@ fn manifest_of(capture: &str, artifacts: Vec<ArtifactEntry>) -> Result<Vec<u8>, 
         error_count: 0,
         errors: vec![],
         collector_receipt: None,
+        case: None,
     };
     Ok(serde_json::to_vec(&m)?)
 }

@@ -632,3 +632,259 @@ fn require_case_refuses_calls_without_one() -> TestResult {
     assert_eq!(outcomes[2], "ok");
     Ok(())
 }
+
+/// Kills a spawned agent daemon when dropped.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ircap-agent serve` as `who` against `collector`.
+fn daemon(tmp: &Path, collector: &Collector, who: &str) -> Daemon {
+    let pki = &collector.pki;
+    let config = tmp.join(format!("{who}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "collector = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"1s\"\n",
+            collector.url(),
+            pki.join("ca.pem").display(),
+            pki.join(format!("{who}.pem")).display(),
+            pki.join(format!("{who}.key")).display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(tmp.join(format!("{who}.log"))).unwrap();
+    Daemon(
+        bin("ircap-agent")
+            .args(["serve", "--no-imds", "--backoff-max", "1s", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Issues analyst `name` from `pki`'s CA into `out`.
+fn issue_analyst(pki: &Path, out: &Path, name: &str) {
+    let done = bin("ircap-collector")
+        .args(["pki", "issue", "--role", "analyst", "--ca-dir"])
+        .arg(pki)
+        .arg("--out")
+        .arg(out)
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(done.status.success(), "{}", text(&done));
+}
+
+#[test]
+fn an_approval_class_request_waits_for_another_analyst() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    issue_analyst(&pki, &pki, "bob");
+    // A second certificate for alice: the same person, another key.
+    let second = tmp.path().join("second");
+    issue_analyst(&pki, &second, "alice");
+    std::fs::copy(second.join("alice.pem"), pki.join("alice2.pem"))?;
+    std::fs::copy(second.join("alice.key"), pki.join("alice2.key"))?;
+    let store = tmp.path().join("store");
+    let collector = Collector::start_with(
+        &pki,
+        &store,
+        0,
+        &["--approvals", "fleet,memory", "--approval-fleet-hosts", "0"],
+    );
+    let _agent = daemon(tmp.path(), &collector, "web-1");
+    let start = std::time::Instant::now();
+    loop {
+        let out = analyst(&collector, "alice", "agents", &["--json"]);
+        if json_lines(&out).iter().any(|a| a["agent"] == "web-1") {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 30, "web-1 never connected");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    let out = analyst(
+        &collector,
+        "alice",
+        "request",
+        &[
+            "--host",
+            "web-1",
+            "--profile",
+            "triage",
+            "--case",
+            "IR-7",
+            "--reason",
+            "beacon",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let created = json_lines(&out).remove(0);
+    assert_eq!(created["status"], "pending", "{created}");
+    assert_eq!(created["approval_classes"], serde_json::json!(["fleet"]));
+    let id = created["request_id"].as_str().unwrap().to_owned();
+
+    // Not delivered while pending.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let out = analyst(&collector, "alice", "list", &["--json"]);
+    assert_eq!(json_lines(&out).len(), 0, "{}", text(&out));
+
+    // The requester cannot approve it, with either of her certificates.
+    for who in ["alice", "alice2"] {
+        let out = analyst(&collector, who, "approve", &[&id]);
+        assert_ne!(out.status.code(), Some(0), "{who}: {}", text(&out));
+        assert!(
+            text(&out).contains("cannot approve"),
+            "{who}: {}",
+            text(&out)
+        );
+    }
+    let out = analyst(&collector, "alice", "list", &["--json"]);
+    assert_eq!(json_lines(&out).len(), 0, "{}", text(&out));
+
+    // Bob approves: delivered, and both names are in the manifest.
+    let out = analyst(&collector, "bob", "approve", &[&id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let approved = json_lines(&out).remove(0);
+    assert_eq!(approved["requested_by"], "alice");
+    assert_eq!(approved["approved_by"], "bob");
+    // Only once.
+    let out = analyst(&collector, "bob", "approve", &[&id]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let start = std::time::Instant::now();
+    let capture = loop {
+        let out = analyst(&collector, "alice", "list", &["--json", "--case", "IR-7"]);
+        if let Some(c) = json_lines(&out).into_iter().next() {
+            break c;
+        }
+        assert!(start.elapsed().as_secs() < 90, "never delivered");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(capture["case"], "IR-7");
+    let capture_id = capture["capture_id"].as_str().unwrap();
+    let out = analyst(&collector, "alice", "list", &["--json", "--case", "IR-8"]);
+    assert_eq!(json_lines(&out).len(), 0);
+    let stored = collector.capture_dir("web-1", capture_id);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored.join("manifest.json"))?)?;
+    assert_eq!(manifest["case"]["id"], "IR-7", "{}", manifest["case"]);
+    assert_eq!(manifest["case"]["reason"], "beacon");
+    assert_eq!(manifest["case"]["requested_by"], "alice");
+    assert_eq!(manifest["case"]["approved_by"], "bob");
+    // The signed receipt names the case too.
+    let out = verify(&stored, Some(&pki.join("ca.pem")));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(report(&out)["receipt"]["case"], "IR-7");
+
+    // The trail has the request, both refusals and the approval.
+    let events = audit_events(&store);
+    let about: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["request_id"] == id.as_str())
+        .collect();
+    let summary: Vec<(String, String, bool)> = about
+        .iter()
+        .map(|e| {
+            (
+                e["call"].as_str().unwrap().to_owned(),
+                e["identity"].as_str().unwrap().to_owned(),
+                e["outcome"] == "ok",
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("create_request".into(), "alice".into(), true),
+            ("approve_request".into(), "alice".into(), false),
+            ("approve_request".into(), "alice".into(), false),
+            ("approve_request".into(), "bob".into(), true),
+            ("approve_request".into(), "bob".into(), false),
+        ]
+    );
+    assert_eq!(about[0]["case"], "IR-7");
+    // The two alice certificates are told apart by their SHA-256.
+    assert_ne!(
+        about[1]["certificate_sha256"],
+        about[2]["certificate_sha256"]
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unapproved_request_expires() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    issue_analyst(&pki, &pki, "bob");
+    let collector = Collector::start_with(
+        &pki,
+        &tmp.path().join("store"),
+        0,
+        &["--approvals", "fleet", "--approval-ttl", "1s"],
+    );
+    let out = analyst(&collector, "alice", "request", &["--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let created = json_lines(&out).remove(0);
+    assert_eq!(created["status"], "pending", "{created}");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let id = created["request_id"].as_str().unwrap();
+    let out = analyst(&collector, "bob", "approve", &[id]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("expired unapproved"), "{}", text(&out));
+    // A request outside the classes goes out at once.
+    let out = analyst(&collector, "alice", "request", &["--host", "web-1"]);
+    assert_eq!(json_lines(&out).remove(0)["status"], "created");
+    Ok(())
+}
+
+#[test]
+fn a_local_capture_records_its_case() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let out = agent_capture(
+        &collector.url(),
+        &pki,
+        "web-1",
+        &[
+            "--no-logs",
+            "--case",
+            "IR-2026-041",
+            "--reason",
+            "suspicious cron",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let stored = collector.capture_dir("web-1", s["capture_id"].as_str().unwrap());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored.join("manifest.json"))?)?;
+    assert_eq!(manifest["case"]["id"], "IR-2026-041");
+    assert_eq!(manifest["case"]["reason"], "suspicious cron");
+    let out = analyst(
+        &collector,
+        "alice",
+        "list",
+        &["--json", "--case", "IR-2026-041"],
+    );
+    assert_eq!(json_lines(&out).len(), 1, "{}", text(&out));
+    // A malformed case never reaches a manifest.
+    let out = agent_capture(&collector.url(), &pki, "web-1", &["--case", "../x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    Ok(())
+}

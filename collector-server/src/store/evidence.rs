@@ -845,6 +845,7 @@ mod tests {
             artifacts: 0,
             committed_at: String::new(),
             findings: std::collections::BTreeMap::new(),
+            case: None,
         }
     }
 
