@@ -1181,7 +1181,17 @@ async fn a_stream_going_on_after_the_commit_cannot_change_the_capture() -> TestR
     ircap_e2e::assert_verifies(&dir);
     let mut files = tree(&dir)?;
     files.sort();
-    assert_eq!(files, vec!["manifest.json".to_owned(), ARTIFACT.to_owned()]);
+    // The manifest, the signed receipt beside it, and the one artifact.
+    assert_eq!(
+        files,
+        vec![
+            "manifest.json".to_owned(),
+            "manifest.receipt.json".to_owned(),
+            "manifest.receipt.pem".to_owned(),
+            "manifest.receipt.sig".to_owned(),
+            ARTIFACT.to_owned()
+        ]
+    );
     // Their staged bytes are gone too: they were never evidence.
     let staging = s.collector.store.join("staging").join(CAPTURE);
     assert!(!staging.exists(), "{} left behind", staging.display());
