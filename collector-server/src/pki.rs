@@ -1010,6 +1010,28 @@ mod tests {
     }
 
     #[test]
+    fn a_receipt_certificate_can_be_added_to_an_older_pki() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        init_default(tmp.path())?;
+        fs::remove_file(tmp.path().join(RECEIPT_CERT_FILE))?;
+        fs::remove_file(tmp.path().join(RECEIPT_KEY_FILE))?;
+        let issued = issue_receipt(tmp.path(), tmp.path())?;
+        assert_eq!(issued.kind, CertKind::Receipt);
+        assert_eq!(mode(&issued.key)?, 0o600);
+        let ca = fs::read(tmp.path().join(CA_CERT_FILE))?;
+        ircap_proto::receipt::check_signer_chain(
+            &der(&issued.cert)?,
+            &ca,
+            OffsetDateTime::now_utc(),
+        )?;
+        assert!(matches!(
+            issue_receipt(tmp.path(), tmp.path()),
+            Err(PkiError::Exists { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
     fn ca_certificate_profile() -> TestResult {
         let tmp = tempfile::tempdir()?;
         init_default(tmp.path())?;
