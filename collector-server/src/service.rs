@@ -27,7 +27,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{self, Identity, Role};
+use crate::auth::{Identity, Role};
 use crate::capture_lock::{CaptureLock, CaptureLocks};
 use crate::ingest::{ArtifactIngest, ClaimedEnd, CpuPool, IngestError, MAX_CHUNK};
 use crate::metrics::{Metrics, StreamGauge, inc};
@@ -130,17 +130,8 @@ use crate::status::{ingest_status, pool_status};
 
 /// The caller's identity, which must hold `role`.
 pub(crate) fn caller_with_role<T>(req: &Request<T>, role: Role) -> Result<Identity, Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let id =
-        auth::identity_from_chain(&certs).map_err(|e| Status::permission_denied(e.to_string()))?;
-    if id.role != role {
-        return Err(Status::permission_denied(format!(
-            "{} holds the {} role; this call needs the {} role",
-            id.name, id.role, role
-        )));
-    }
+    let id = crate::audit::caller(req)?;
+    crate::audit::require(&id, role)?;
     Ok(id)
 }
 
@@ -796,7 +787,15 @@ impl CaptureUpload for UploadService {
         let mut bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| Status::internal(e.to_string()))?;
         bytes.push(b'\n');
-        if let Some(signer) = &self.receipt {
+        // A manifest already there (another replica won the commit) keeps
+        // its own receipt: never overwrite it with one for ours.
+        let manifest_exists = self
+            .store
+            .find_manifest(&state)
+            .await
+            .map_err(store_status)?
+            .is_some();
+        if let (Some(signer), false) = (&self.receipt, manifest_exists) {
             let signed = signer
                 .sign(&ircap_proto::receipt::Receipt::for_manifest(
                     &manifest,

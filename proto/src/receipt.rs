@@ -195,10 +195,19 @@ pub enum ChainCheck {
     NotChecked,
 }
 
+/// `text` with every control character shown as `?`: what a receipt says
+/// is written to terminals, and a receipt signed by an unchecked key can
+/// say anything.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 impl std::fmt::Display for ReceiptStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Unsigned { note } => write!(f, "receipt: unsigned ({note})"),
+            Self::Unsigned { note } => write!(f, "receipt: unsigned ({})", printable(note)),
             Self::Signed {
                 agent,
                 agent_certificate_sha256,
@@ -209,10 +218,13 @@ impl std::fmt::Display for ReceiptStatus {
             } => {
                 write!(
                     f,
-                    "receipt: signed; received from agent {agent} (certificate sha256 {agent_certificate_sha256}) at {committed_at}; receipt certificate sha256 {signer_certificate_sha256}"
+                    "receipt: signed; received from agent {} (certificate sha256 {}) at {}; receipt certificate sha256 {signer_certificate_sha256}",
+                    printable(agent),
+                    printable(agent_certificate_sha256),
+                    printable(committed_at),
                 )?;
                 if let Some(case) = case {
-                    write!(f, "; case {case}")?;
+                    write!(f, "; case {}", printable(case))?;
                 }
                 match chain {
                     ChainCheck::Verified => write!(f, "; chains to the CA given"),
@@ -473,4 +485,24 @@ pub fn check(
         },
         problems,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_receipt_says_reaches_a_terminal_without_controls() {
+        let status = ReceiptStatus::Signed {
+            agent: "web-1\u{1b}]0;owned\u{7}".into(),
+            agent_certificate_sha256: "ab\r\ncd".into(),
+            committed_at: "2026\u{1b}[2J".into(),
+            signer_certificate_sha256: "ef".into(),
+            chain: ChainCheck::NotChecked,
+            case: Some("IR\u{1b}".into()),
+        };
+        let text = status.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains("web-1?]0;owned?"), "{text}");
+    }
 }
