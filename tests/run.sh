@@ -39,10 +39,12 @@ trap print_step_times EXIT
 # qemu-system-arm + gcc-aarch64-linux-gnu/libc6-dev-arm64-cross: the
 # aarch64 static agent (ring's C) and its lab guest (lab_aarch64_*);
 # chromium: the triage report is rendered in headless Chromium
-# (tests/tests/e2e/triage.rs), version as Debian 12 ships it.
+# (tests/tests/e2e/triage.rs), version as Debian 12 ships it;
+# openssl: the receipt check docs/custody.md documents is run as written
+# (tests/tests/e2e/custody.rs).
 packages=(util-linux mount iproute2 procps python3 python3-venv python3-pip bash coreutils
           musl-tools file systemd curl dpkg ca-certificates qemu-system-x86
-          qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium)
+          qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

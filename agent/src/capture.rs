@@ -589,6 +589,7 @@ fn run_inner(
         error_count,
         errors: capture_errors,
         collector_receipt: None,
+        case: options.case.clone(),
     };
     // Error messages only: every artifact stays listed, or the commit
     // would not match what was uploaded.

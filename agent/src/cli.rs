@@ -204,6 +204,13 @@ pub struct CaptureArgs {
     /// manifest (letters, digits and `-`, at most 64).
     #[arg(long, value_name = "ID", env = "AWS_SSM_COMMAND_ID", value_parser = parse_ssm_command_id)]
     pub ssm_command_id: Option<String>,
+    /// The case this capture is for (e.g. IR-2026-041), recorded in the
+    /// manifest's `case` and the collector's signed receipt.
+    #[arg(long, value_name = "CASE", env = "IRCAP_CASE", value_parser = parse_case)]
+    pub case: Option<String>,
+    /// Why (recorded with the case; at most 1 KiB).
+    #[arg(long, env = "IRCAP_REASON", requires = "case", value_parser = parse_reason)]
+    pub reason: Option<String>,
     /// A label `KEY=VALUE` recorded on this capture, in its manifest's
     /// `options.labels` (repeatable, at most 16; keys A-Z a-z 0-9 . _ - /).
     /// `--capture-label baseline=true` marks the host's baseline, the
@@ -255,6 +262,14 @@ pub struct ServeArgs {
     pub backoff_max: Option<String>,
 }
 
+fn parse_case(text: &str) -> Result<String, String> {
+    ircap_proto::request_args::check_case(text).map(|()| text.to_owned())
+}
+
+fn parse_reason(text: &str) -> Result<String, String> {
+    ircap_proto::request_args::check_reason(text).map(|()| text.to_owned())
+}
+
 /// An SSM command id is a UUID; accept any short id of letters, digits and
 /// `-` (empty means none) so that nothing odd reaches the manifest.
 fn parse_ssm_command_id(text: &str) -> Result<String, String> {
@@ -270,4 +285,9 @@ fn parse_ssm_command_id(text: &str) -> Result<String, String> {
 pub struct VerifyArgs {
     /// The capture directory (the one holding manifest.json).
     pub dir: PathBuf,
+    /// The ircap CA certificate (PEM): the collector's receipt must be
+    /// signed by a receipt certificate it issued; a capture without a
+    /// signed receipt then fails.
+    #[arg(long, value_name = "CA_PEM")]
+    pub ca: Option<PathBuf>,
 }

@@ -216,11 +216,19 @@ fn run_capture(args: &CaptureArgs) -> u8 {
 }
 
 fn run_verify(args: &VerifyArgs) -> u8 {
-    match ircap_proto::verify_capture(&args.dir) {
+    let ca_pem = match args.ca.as_deref().map(std::fs::read).transpose() {
+        Ok(pem) => pem,
+        Err(e) => {
+            tracing::error!("--ca: {e}");
+            return exit::FAILED;
+        }
+    };
+    match ircap_proto::verify_capture_with(&args.dir, ca_pem.as_deref()) {
         Ok(report) => {
             for p in &report.problems {
                 tracing::error!("{p}");
             }
+            tracing::info!("{}", report.receipt);
             print_json(&report);
             if report.is_ok() {
                 tracing::info!(

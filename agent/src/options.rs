@@ -90,6 +90,10 @@ pub struct CaptureOptions {
     /// manifest's `ssm_command_id`, not among the options).
     #[serde(skip)]
     pub ssm_command_id: Option<String>,
+    /// The case this capture is for (recorded in the manifest's `case`,
+    /// not among the options).
+    #[serde(skip)]
+    pub case: Option<ircap_proto::manifest::CaseRef>,
     /// Files no collector reads: the agent's own key, certificates and
     /// config.
     pub protected: crate::protected::Protected,
@@ -264,6 +268,7 @@ impl CaptureOptions {
             physical_memory_budget: None,
             deadline: DEFAULT_DEADLINE,
             ssm_command_id: None,
+            case: None,
             protected: crate::protected::Protected::default(),
             yara: None,
         }
@@ -457,6 +462,11 @@ impl CaptureOptions {
                 .map(|v| size("--physical-memory-budget", v))
                 .transpose()?,
             ssm_command_id: args.ssm_command_id.clone().filter(|id| !id.is_empty()),
+            case: args.case.clone().map(|id| ircap_proto::manifest::CaseRef {
+                id,
+                reason: args.reason.clone(),
+                ..Default::default()
+            }),
             protected: crate::protected::Protected::of_agent(
                 [&args.key, &args.cert, &args.ca]
                     .into_iter()

@@ -38,6 +38,7 @@ fn manifest_for(artifacts: Vec<ircap_proto::ArtifactEntry>) -> Manifest {
         artifacts,
         errors: vec![],
         collector_receipt: None,
+        case: None,
     }
 }
 

@@ -104,7 +104,7 @@ pub async fn list(
     filter: ListCapturesRequest,
 ) -> Result<Vec<CaptureInfo>, AnalystError> {
     let mut stream = client
-        .list_captures(filter)
+        .list_captures(tagged(filter))
         .await
         .map_err(|s| rpc(&s))?
         .into_inner();
@@ -197,10 +197,58 @@ async fn manifest_response(
 ) -> Result<ircap_proto::v1::GetManifestResponse, AnalystError> {
     let capture_id = resolve_id(client, id).await?;
     Ok(client
-        .get_manifest(GetManifestRequest { capture_id })
+        .get_manifest(tagged(GetManifestRequest { capture_id }))
         .await
         .map_err(|s| rpc(&s))?
         .into_inner())
+}
+
+/// The case id and reason this process's analyst calls carry (set once
+/// from `--case` / `--reason`), sent as metadata on every call so the
+/// collector records them in the access trail whatever the call.
+static CASE: std::sync::OnceLock<(Option<String>, Option<String>)> = std::sync::OnceLock::new();
+
+/// Sets the case id and reason every later call carries (first call wins).
+pub fn set_case(case: Option<String>, reason: Option<String>) {
+    let _ = CASE.set((case, reason));
+}
+
+/// `msg` as a request carrying the case id and reason, if any.
+pub fn tagged<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some((case, reason)) = CASE.get() {
+        if let Some(v) = case.as_deref().and_then(|c| c.parse().ok()) {
+            req.metadata_mut().insert(crate::audit::CASE_HEADER, v);
+        }
+        if let Some(r) = reason {
+            req.metadata_mut().insert_bin(
+                crate::audit::REASON_HEADER,
+                tonic::metadata::MetadataValue::from_bytes(r.as_bytes()),
+            );
+        }
+    }
+    req
+}
+
+/// The access trail the collector keeps (oldest first).
+///
+/// # Errors
+/// [`AnalystError::Rpc`] when the collector refuses.
+pub async fn audit(
+    client: &mut CaptureQueryClient<Channel>,
+    filter: ircap_proto::v1::ListAuditRequest,
+) -> Result<Vec<crate::audit::AuditEvent>, AnalystError> {
+    let mut stream = client
+        .list_audit(tagged(filter))
+        .await
+        .map_err(|s| rpc(&s))?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = stream.message().await.map_err(|s| rpc(&s))? {
+        let e = serde_json::from_str(&r.json).map_err(|e| AnalystError::Rpc(e.to_string()))?;
+        out.push(e);
+    }
+    Ok(out)
 }
 
 /// The length of a whole capture id (a UUID in its text form).
@@ -386,7 +434,10 @@ pub async fn pull(
     id: &str,
     dir: &Path,
 ) -> Result<PathBuf, AnalystError> {
-    let (m, manifest_bytes) = manifest(client, id).await?;
+    let response = manifest_response(client, id).await?;
+    let manifest_bytes = response.manifest_json;
+    let m = Manifest::from_slice(&manifest_bytes, "manifest from the collector")
+        .map_err(|e| AnalystError::Rpc(e.to_string()))?;
     let final_dir = dir.join(&m.capture_id);
     if final_dir.join(MANIFEST_FILE).exists() {
         return Err(AnalystError::Exists(final_dir));
@@ -415,11 +466,11 @@ pub async fn pull(
         bar.inc(offset);
         if offset < a.size_stored {
             let mut stream = client
-                .read_artifact(ReadArtifactRequest {
+                .read_artifact(tagged(ReadArtifactRequest {
                     capture_id: m.capture_id.clone(),
                     name: a.name.clone(),
                     offset,
-                })
+                }))
                 .await
                 .map_err(|s| rpc(&s))?
                 .into_inner();
@@ -440,6 +491,17 @@ pub async fn pull(
             .map_err(io(format!("cannot sync {}", path.display())))?;
     }
     bar.finish_and_clear();
+    let receipt = [
+        response.receipt_json,
+        response.receipt_sig,
+        response.receipt_cert_pem,
+    ];
+    if receipt.iter().all(|f| !f.is_empty()) {
+        for (name, bytes) in ircap_proto::receipt::RECEIPT_FILES.iter().zip(&receipt) {
+            let path = partial.join(name);
+            std::fs::write(&path, bytes).map_err(io(format!("cannot write {}", path.display())))?;
+        }
+    }
     std::fs::write(partial.join(MANIFEST_FILE), &manifest_bytes).map_err(io(format!(
         "cannot write the manifest into {}",
         partial.display()

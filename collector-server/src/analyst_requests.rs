@@ -208,6 +208,8 @@ impl SpecArgs {
                     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
                 }),
             yara_region_max: 0,
+            // The case travels as call metadata; the collector copies it in.
+            ..CaptureSpec::default()
         };
         spec_rules::check_spec(&spec).map_err(|e| AnalystError::Config(e.to_string()))?;
         Ok(spec)
@@ -223,7 +225,27 @@ pub async fn create(
     req: CreateRequestRequest,
 ) -> Result<CreateRequestResponse, AnalystError> {
     client
-        .create_request(req)
+        .create_request(crate::analyst::tagged(req))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| rpc(&s))
+}
+
+/// Approves a pending request.
+///
+/// # Errors
+/// [`AnalystError::Rpc`] when the collector refuses (not pending, lapsed,
+/// or the caller requested it).
+pub async fn approve(
+    client: &mut CaptureRequestsClient<Channel>,
+    request_id: &str,
+) -> Result<ircap_proto::v1::ApproveRequestResponse, AnalystError> {
+    client
+        .approve_request(crate::analyst::tagged(
+            ircap_proto::v1::ApproveRequestRequest {
+                request_id: request_id.to_owned(),
+            },
+        ))
         .await
         .map(tonic::Response::into_inner)
         .map_err(|s| rpc(&s))
@@ -238,9 +260,9 @@ pub async fn results(
     request_id: &str,
 ) -> Result<Vec<RequestResult>, AnalystError> {
     let mut stream = client
-        .list_results(ListResultsRequest {
+        .list_results(crate::analyst::tagged(ListResultsRequest {
             request_id: request_id.to_owned(),
-        })
+        }))
         .await
         .map_err(|s| rpc(&s))?
         .into_inner();
@@ -327,7 +349,7 @@ pub async fn agents(
     client: &mut CaptureRequestsClient<Channel>,
 ) -> Result<Vec<AgentInfo>, AnalystError> {
     let mut stream = client
-        .list_agents(ListAgentsRequest {})
+        .list_agents(crate::analyst::tagged(ListAgentsRequest {}))
         .await
         .map_err(|s| rpc(&s))?
         .into_inner();

@@ -6,6 +6,7 @@
 
 pub mod analyst;
 pub mod analyst_requests;
+pub mod audit;
 pub mod auth;
 pub mod capture_lock;
 pub mod control;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod pki;
 pub mod query;
 pub mod quota;
+pub mod receipt;
 pub mod render;
 pub mod serve;
 pub mod service;

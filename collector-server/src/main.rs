@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve agents over mutual-TLS gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create or extend a certificate authority for a trial or small fleet.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -43,7 +43,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// List captures (analyst certificate).
+    /// List captures (analyst certificate); with --case, only that
+    /// case's captures.
     List {
         #[command(flatten)]
         server: ServerArgs,
@@ -95,6 +96,35 @@ enum Command {
         /// Directory that receives <id>/ [default: .].
         dir: Option<PathBuf>,
     },
+    /// Approve a request that waits for a second analyst (serve
+    /// --approvals); the requester cannot approve their own.
+    Approve {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The request id `request` printed.
+        request_id: String,
+    },
+    /// The access trail: who listed, showed, pulled or requested what, and
+    /// when (analyst certificate).
+    Audit {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only events about this capture.
+        #[arg(long, value_name = "ID")]
+        capture: Option<String>,
+        /// Only events by this certificate identity.
+        #[arg(long, value_name = "NAME")]
+        identity: Option<String>,
+        /// Only events at or after this time (`1h`, `7d`, or RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only events carrying this case id.
+        #[arg(long = "for-case", value_name = "CASE")]
+        for_case: Option<String>,
+        /// JSON Lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask connected agents (daemon mode) to capture now (analyst
     /// certificate); with --wait, print each agent's result as it finishes
     /// (exit 0 when every targeted agent completed, 1 otherwise).
@@ -115,11 +145,17 @@ enum Command {
     Diff(ircap_collector::triage::cli::DiffArgs),
     /// Write one self-contained HTML page about a capture.
     Report(ircap_collector::triage::cli::ReportArgs),
-    /// Recompute every hash of a capture directory against its manifest
-    /// (exit 0 verified, 1 unreadable, 3 mismatch).
+    /// Recompute every hash of a capture directory against its manifest,
+    /// and check the collector's signed receipt (exit 0 verified, 1
+    /// unreadable, 3 mismatch).
     Verify {
         /// The capture directory (the one holding manifest.json).
         dir: PathBuf,
+        /// The ircap CA certificate (PEM): the receipt must be signed by a
+        /// receipt certificate it issued; a capture without a signed
+        /// receipt then fails.
+        #[arg(long, value_name = "CA_PEM")]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -215,6 +251,29 @@ struct ServeArgs {
     /// Certificate revocation list (PEM).
     #[arg(long, env = "IRCAP_CRL")]
     crl: Option<PathBuf>,
+    /// Private key that signs each capture's receipt (receipt.key from
+    /// `pki init`); without it receipts are unsigned.
+    #[arg(long, env = "IRCAP_RECEIPT_KEY", requires = "receipt_cert")]
+    receipt_key: Option<PathBuf>,
+    /// The receipt key's certificate (receipt.pem), issued by --ca.
+    #[arg(long, env = "IRCAP_RECEIPT_CERT", requires = "receipt_key")]
+    receipt_cert: Option<PathBuf>,
+    /// Refuse every analyst call (list, show, pull, request, audit) that
+    /// carries no case id (--case).
+    #[arg(long, env = "IRCAP_REQUIRE_CASE")]
+    require_case: bool,
+    /// Requests that wait in `pending` until a different analyst runs
+    /// `approve`: comma-separated memory (process memory), physical
+    /// (physical memory), fleet (more than --approval-fleet-hosts agents,
+    /// or --all), yara.
+    #[arg(long, env = "IRCAP_APPROVALS", value_name = "CLASSES")]
+    approvals: Option<String>,
+    /// fleet: a request matching more than N agents needs approval [default: 5].
+    #[arg(long, value_name = "N")]
+    approval_fleet_hosts: Option<usize>,
+    /// How long a request may wait for approval [default: 4h].
+    #[arg(long, value_name = "DURATION")]
+    approval_ttl: Option<String>,
     /// Serve Prometheus metrics over plain HTTP here (e.g. 127.0.0.1:9464).
     #[arg(long, env = "IRCAP_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -246,10 +305,22 @@ struct ServerArgs {
     /// Analyst key.
     #[arg(long, env = "IRCAP_KEY")]
     key: PathBuf,
+    /// Case id this call is made for (e.g. IR-2026-041): recorded in the
+    /// access trail, and in requests and the captures they produce.
+    #[arg(long, env = "IRCAP_CASE", value_parser = parse_case)]
+    case: Option<String>,
+    /// Why (free text, recorded with the case id).
+    #[arg(long, env = "IRCAP_REASON")]
+    reason: Option<String>,
+}
+
+fn parse_case(text: &str) -> Result<String, String> {
+    ircap_collector::audit::check_case(text).map(|()| text.to_owned())
 }
 
 impl ServerArgs {
     fn settings(&self) -> analyst::ServerSettings {
+        analyst::set_case(self.case.clone(), self.reason.clone());
         analyst::ServerSettings {
             url: self.server.clone(),
             ca: self.ca.clone(),
@@ -294,6 +365,16 @@ enum PkiCommand {
         /// Identity name.
         name: String,
     },
+    /// Issue a receipt-signing certificate (receipt.pem/receipt.key) from
+    /// an existing CA, for a PKI made before signed receipts.
+    Receipt {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a CRL revoking the given certificates.
     Revoke {
         /// Directory holding ca.pem and ca.key.
@@ -333,16 +414,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json);
     let result = match cli.command {
-        Command::Serve(args) => run_serve(args),
+        Command::Serve(args) => run_serve(*args),
         Command::Pki(cmd) => run_pki(cmd),
-        Command::Verify { dir } => return run_verify(&dir),
+        Command::Verify { dir, ca } => return run_verify(&dir, ca.as_deref()),
         Command::Symbols { capture, out } => ircap_collector::symbols::run(&capture, &out)
             .map(|summary| print_json(&summary))
             .map_err(anyhow::Error::from),
-        cmd @ (Command::List { .. } | Command::Show { .. } | Command::Pull { .. }) => {
+        cmd @ (Command::List { .. }
+        | Command::Show { .. }
+        | Command::Audit { .. }
+        | Command::Pull { .. }) => {
             return run_analyst(cmd);
         }
         Command::Request(args) => return run_request(&args),
+        Command::Approve { server, request_id } => return run_approve(&server, &request_id),
         Command::Agents { server, json } => return run_agents(&server, json),
         Command::Findings(args) => return ircap_collector::triage::cli::findings(&args),
         Command::Diff(args) => return ircap_collector::triage::cli::diff(&args),
@@ -397,6 +482,12 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         upload_ttl: args.upload_ttl,
         ack_send_timeout: args.ack_send_timeout,
         stream_deadline: args.stream_deadline,
+        receipt_key: args.receipt_key,
+        receipt_cert: args.receipt_cert,
+        require_case: args.require_case.then_some(true),
+        approvals: args.approvals,
+        approval_fleet_hosts: args.approval_fleet_hosts,
+        approval_ttl: args.approval_ttl,
     });
     let settings = Settings::validate(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -433,6 +524,7 @@ fn run_pki(cmd: PkiCommand) -> anyhow::Result<()> {
             role,
             name,
         } => print_json(&pki::issue(&out, &ca_dir, role, &name)?),
+        PkiCommand::Receipt { ca_dir, out } => print_json(&pki::issue_receipt(&out, &ca_dir)?),
         PkiCommand::Revoke { ca_dir, crl, certs } => {
             print_json(&pki::revoke(&ca_dir, &certs, &crl)?)
         }
@@ -444,6 +536,7 @@ fn run_analyst(cmd: Command) -> ExitCode {
     let settings = match &cmd {
         Command::List { server, .. }
         | Command::Show { server, .. }
+        | Command::Audit { server, .. }
         | Command::Pull { server, .. } => Some(server.settings()),
         _ => None,
     };
@@ -482,6 +575,8 @@ fn run_analyst(cmd: Command) -> ExitCode {
                         since,
                         until,
                         include_incomplete: incomplete,
+                        // `list --case X` lists that case's captures.
+                        case_id: server.case.clone().unwrap_or_default(),
                     },
                 )
                 .await?;
@@ -523,6 +618,40 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 }
                 Ok(None)
             }
+            Command::Audit {
+                server,
+                capture,
+                identity,
+                since,
+                for_case,
+                json,
+            } => {
+                let since = analyst::query_time("--since", since.as_deref())?;
+                let mut client = analyst::connect(&server.settings())?;
+                let events = analyst::audit(
+                    &mut client,
+                    ircap_proto::v1::ListAuditRequest {
+                        capture_id: capture.unwrap_or_default(),
+                        identity: identity.unwrap_or_default(),
+                        since,
+                        case_id: for_case.unwrap_or_default(),
+                    },
+                )
+                .await?;
+                let mut out = std::io::stdout().lock();
+                if json {
+                    for e in &events {
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            ircap_collector::render::json(e).unwrap_or_default()
+                        );
+                    }
+                } else {
+                    let _ = write!(out, "{}", ircap_collector::audit::table(&events));
+                }
+                Ok(None)
+            }
             Command::Show { server, id, json } => {
                 let mut client = analyst::connect(&server.settings())?;
                 let (manifest, bytes) = analyst::manifest(&mut client, &id).await?;
@@ -549,6 +678,20 @@ fn run_analyst(cmd: Command) -> ExitCode {
                             &found
                         )),
                         ircap_collector::triage::table(&found)
+                    );
+                    let history = analyst::audit(
+                        &mut client,
+                        ircap_proto::v1::ListAuditRequest {
+                            capture_id: manifest.capture_id.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                    let _ = write!(
+                        out,
+                        "\naccess history ({} events)\n{}",
+                        history.len(),
+                        ircap_collector::audit::table(&history)
                     );
                 }
                 Ok(None)
@@ -693,6 +836,9 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         let request_id = created.request_id.clone();
         print_json(&serde_json::json!({
             "request_id": request_id,
+            "status": created.status,
+            "approval_classes": created.approval_classes,
+            "approval_expires_at": created.approval_expires_at,
             "matched": created.matched.iter().map(analyst_requests::matched_json).collect::<Vec<_>>(),
         }));
         for a in created.matched.iter().filter(|a| {
@@ -811,15 +957,61 @@ fn capture_json(c: &ircap_proto::v1::CaptureInfo) -> serde_json::Value {
         "status": c.status,
         "committed_at": c.committed_at,
         "findings": c.findings,
+        "case": c.case_id,
     })
 }
 
-fn run_verify(dir: &std::path::Path) -> ExitCode {
-    match ircap_proto::verify_capture(dir) {
+fn run_approve(server: &ServerArgs, request_id: &str) -> ExitCode {
+    let settings = server.settings();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let mut client = analyst_requests::connect(&settings)?;
+        analyst_requests::approve(&mut client, request_id).await
+    });
+    match result {
+        Ok(done) => {
+            tracing::info!(
+                request_id = done.request_id,
+                requested_by = escape(&done.requested_by).as_ref(),
+                "Request approved; it is delivered from now"
+            );
+            print_json(&serde_json::json!({
+                "request_id": done.request_id,
+                "status": "approved",
+                "requested_by": done.requested_by,
+                "approved_by": done.approved_by,
+                "approved_at": done.approved_at,
+                "expires_at": done.expires_at,
+            }));
+            ExitCode::SUCCESS
+        }
+        Err(err) => analyst_failed(&err, Some(&settings)),
+    }
+}
+
+fn run_verify(dir: &std::path::Path, ca: Option<&std::path::Path>) -> ExitCode {
+    let ca_pem = match ca.map(std::fs::read).transpose() {
+        Ok(pem) => pem,
+        Err(e) => {
+            tracing::error!("--ca {}: {e}", ca.unwrap_or(dir).display());
+            return ExitCode::from(1);
+        }
+    };
+    match ircap_proto::verify_capture_with(dir, ca_pem.as_deref()) {
         Ok(report) => {
             for p in &report.problems {
                 tracing::error!("{}", escape(&p.to_string()));
             }
+            tracing::info!("{}", escape(&report.receipt.to_string()));
             print_json(&report);
             if report.is_ok() {
                 ExitCode::SUCCESS

@@ -6,8 +6,13 @@
 //! `<name>.key` pair per agent and analyst. Every key is ECDSA P-256 and
 //! written with mode 0600. Client certificates carry their identity as the
 //! URI SAN `ircap://agent/<name>` or `ircap://analyst/<name>` (see
-//! [`crate::auth`]). [`issue`] adds one more client certificate from an
-//! existing CA, and [`revoke`] writes a CRL for the collector's `--crl`.
+//! [`crate::auth`]). It also writes `receipt.pem` / `receipt.key`, the
+//! key the collector signs capture receipts with (`serve --receipt-key`):
+//! key usage digitalSignature and extended key usage id-kp-documentSigning
+//! only, so it is no TLS certificate and no TLS certificate can sign a
+//! receipt (see [`ircap_proto::receipt`]). [`issue`] adds one more client
+//! certificate from an existing CA, [`issue_receipt`] a receipt
+//! certificate, and [`revoke`] writes a CRL for the collector's `--crl`.
 //!
 //! Production deployments can bring their own CA instead; the certificate
 //! profile they must follow is described in [`crate::auth`].
@@ -41,6 +46,12 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const SERVER_CERT_FILE: &str = "server.pem";
 /// Collector (server) private key file name.
 pub const SERVER_KEY_FILE: &str = "server.key";
+/// The receipt-signing certificate file name.
+pub const RECEIPT_CERT_FILE: &str = "receipt.pem";
+/// The receipt-signing private key file name.
+pub const RECEIPT_KEY_FILE: &str = "receipt.key";
+/// Subject common name of the receipt-signing certificate.
+pub const RECEIPT_COMMON_NAME: &str = "ircap collector receipts";
 /// The CRL [`init`] writes (empty) and [`revoke`] extends, in the PKI directory.
 pub const CRL_FILE: &str = "crl.pem";
 /// Subject common name of the CA made by [`init`].
@@ -48,7 +59,7 @@ pub const CA_COMMON_NAME: &str = "ircap CA";
 /// Subject common name of the server certificate.
 pub const SERVER_COMMON_NAME: &str = "ircap collector";
 /// Names that would collide with the CA, server or CRL files.
-pub const RESERVED_NAMES: [&str; 3] = ["ca", "server", "crl"];
+pub const RESERVED_NAMES: [&str; 4] = ["ca", "server", "crl", "receipt"];
 
 /// Lifetime of agent, analyst and server certificates.
 pub const LEAF_VALIDITY: Duration = Duration::days(730);
@@ -82,7 +93,7 @@ pub enum PkiError {
     #[error(transparent)]
     InvalidName(#[from] InvalidName),
     /// A name would collide with the CA, server or CRL files.
-    #[error("name {name:?} is reserved (ca, server and crl are taken)")]
+    #[error("name {name:?} is reserved (ca, server, crl and receipt are taken)")]
     ReservedName {
         /// The name.
         name: String,
@@ -154,6 +165,8 @@ pub enum CertKind {
     Agent,
     /// An analyst client certificate.
     Analyst,
+    /// The collector's receipt-signing certificate.
+    Receipt,
 }
 
 impl From<Role> for CertKind {
@@ -195,7 +208,8 @@ pub struct IssuedCert {
 pub struct PkiSummary {
     /// The output directory.
     pub dir: PathBuf,
-    /// CA first, then the server, then agents and analysts in the order given.
+    /// CA first, then the server, then agents and analysts in the order
+    /// given, then the receipt-signing certificate.
     pub files: Vec<IssuedCert>,
     /// The CA's CRL, revoking nothing yet, so the collector's `--crl` works
     /// from the start and `pki revoke` extends it.
@@ -301,6 +315,7 @@ pub fn init(
     for (role, name) in clients {
         pending.push(client_leaf(&ca, role, name, now, ca_not_after, out)?);
     }
+    pending.push(receipt_leaf(&ca, now, ca_not_after, out)?);
 
     create_dir(out)?;
     let crl_path = out.join(CRL_FILE);
@@ -349,6 +364,21 @@ pub fn issue(out: &Path, ca_dir: &Path, role: Role, name: &str) -> Result<Issued
         ca.not_after,
         out,
     )?;
+    create_dir(out)?;
+    refuse_existing(&pending.summary.cert)?;
+    refuse_existing(&pending.summary.key)?;
+    write_pair(&pending, false)?;
+    Ok(pending.summary)
+}
+
+/// Issues a receipt-signing certificate (`receipt.pem`, `receipt.key`)
+/// from the CA in `ca_dir` into `out`, for a PKI made before receipts.
+///
+/// # Errors
+/// As [`issue`].
+pub fn issue_receipt(out: &Path, ca_dir: &Path) -> Result<IssuedCert, PkiError> {
+    let ca = LoadedCa::load(ca_dir)?;
+    let pending = receipt_leaf(&ca.issuer, OffsetDateTime::now_utc(), ca.not_after, out)?;
     create_dir(out)?;
     refuse_existing(&pending.summary.cert)?;
     refuse_existing(&pending.summary.key)?;
@@ -541,6 +571,25 @@ fn leaf(
         key_pem: key.serialize_pem(),
         summary: summary(kind, common, out, file_stem, cert.der(), params.not_after),
     })
+}
+
+fn receipt_leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    now: OffsetDateTime,
+    ca_not_after: OffsetDateTime,
+    out: &Path,
+) -> Result<Pending, PkiError> {
+    leaf(
+        issuer,
+        CertKind::Receipt,
+        RECEIPT_COMMON_NAME,
+        Vec::new(),
+        ExtendedKeyUsagePurpose::Other(ircap_proto::receipt::DOCUMENT_SIGNING_OID.to_vec()),
+        now,
+        ca_not_after,
+        out,
+        "receipt",
+    )
 }
 
 fn client_leaf(
@@ -908,9 +957,10 @@ mod tests {
                 (CertKind::Agent, "web-01"),
                 (CertKind::Agent, "db.02"),
                 (CertKind::Analyst, "alice"),
+                (CertKind::Receipt, RECEIPT_COMMON_NAME),
             ]
         );
-        for stem in ["ca", "server", "web-01", "db.02", "alice"] {
+        for stem in ["ca", "server", "receipt", "web-01", "db.02", "alice"] {
             let cert = dir.join(format!("{stem}.pem"));
             let key = dir.join(format!("{stem}.key"));
             assert!(cert.is_file(), "{}", cert.display());
@@ -929,6 +979,55 @@ mod tests {
         let json = serde_json::to_value(&summary)?;
         assert_eq!(json["files"][2]["kind"], "agent");
         assert_eq!(json["files"][2]["identity_uri"], "ircap://agent/web-01");
+        Ok(())
+    }
+
+    #[test]
+    fn receipt_certificate_signs_documents_only() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        init_default(tmp.path())?;
+        let receipt = der(&tmp.path().join(RECEIPT_CERT_FILE))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&receipt)?;
+        assert_eq!(common_name_of(&cert).as_deref(), Some(RECEIPT_COMMON_NAME));
+        assert!(!cert.is_ca());
+        let usage = cert.key_usage()?.ok_or("no key usage")?.value;
+        assert!(usage.digital_signature());
+        assert!(!usage.key_cert_sign() && !usage.key_encipherment());
+        let eku = cert.extended_key_usage()?.ok_or("no EKU")?.value;
+        assert!(!eku.server_auth && !eku.client_auth && !eku.any);
+        assert_eq!(eku.other.len(), 1);
+        assert_eq!(eku.other[0].to_id_string(), "1.3.6.1.5.5.7.3.36");
+        // Chains to the CA for document signing: what `verify --ca` asks.
+        let ca = fs::read(tmp.path().join(CA_CERT_FILE))?;
+        ircap_proto::receipt::check_signer_chain(&receipt, &ca, OffsetDateTime::now_utc())?;
+        // An agent certificate does not: its EKU is clientAuth.
+        let agent = der(&tmp.path().join("web-01.pem"))?;
+        assert!(
+            ircap_proto::receipt::check_signer_chain(&agent, &ca, OffsetDateTime::now_utc())
+                .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_receipt_certificate_can_be_added_to_an_older_pki() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        init_default(tmp.path())?;
+        fs::remove_file(tmp.path().join(RECEIPT_CERT_FILE))?;
+        fs::remove_file(tmp.path().join(RECEIPT_KEY_FILE))?;
+        let issued = issue_receipt(tmp.path(), tmp.path())?;
+        assert_eq!(issued.kind, CertKind::Receipt);
+        assert_eq!(mode(&issued.key)?, 0o600);
+        let ca = fs::read(tmp.path().join(CA_CERT_FILE))?;
+        ircap_proto::receipt::check_signer_chain(
+            &der(&issued.cert)?,
+            &ca,
+            OffsetDateTime::now_utc(),
+        )?;
+        assert!(matches!(
+            issue_receipt(tmp.path(), tmp.path()),
+            Err(PkiError::Exists { .. })
+        ));
         Ok(())
     }
 

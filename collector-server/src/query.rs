@@ -8,8 +8,8 @@ use std::sync::Arc;
 use ircap_proto::manifest::Manifest;
 use ircap_proto::v1::capture_query_server::CaptureQuery;
 use ircap_proto::v1::{
-    ArtifactData, CaptureInfo, GetManifestRequest, GetManifestResponse, ListCapturesRequest,
-    ReadArtifactRequest,
+    ArtifactData, AuditRecord, CaptureInfo, GetManifestRequest, GetManifestResponse,
+    ListAuditRequest, ListCapturesRequest, ReadArtifactRequest,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -18,8 +18,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Role;
-use crate::service::{caller_with_role, check_capture_id, store_status};
+use crate::audit::{self, AuditEvent, CaseTag};
+use crate::service::{check_capture_id, store_status};
 use crate::store::{CaptureState, IndexEntry, Store};
 
 /// Bytes per `ArtifactData` message.
@@ -28,12 +28,35 @@ const READ_CHUNK: u64 = 1 << 20;
 /// The query service over a [`Store`].
 pub struct QueryService {
     store: Arc<Store>,
+    require_case: bool,
 }
 
 impl QueryService {
     /// Queries `store`.
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            require_case: false,
+        }
+    }
+
+    /// The same service refusing calls that carry no case id.
+    #[must_use]
+    pub fn with_require_case(mut self, require: bool) -> Self {
+        self.require_case = require;
+        self
+    }
+
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+        call: &str,
+    ) -> Result<(AuditEvent, Result<CaseTag, Status>), Status> {
+        audit::admit(request, call, self.require_case)
+    }
+
+    async fn answer<R>(&self, ev: AuditEvent, result: Result<R, Status>) -> Result<R, Status> {
+        audit::answer(&self.store, ev, result).await
     }
 
     /// The committed capture `id`.
@@ -85,11 +108,13 @@ fn info(e: IndexEntry) -> CaptureInfo {
         status: "complete".into(),
         committed_at: e.committed_at,
         findings: e.findings.into_iter().collect(),
+        case_id: e.case.unwrap_or_default(),
     }
 }
 
 type DataStream = Pin<Box<dyn Stream<Item = Result<ArtifactData, Status>> + Send>>;
 type InfoStream = Pin<Box<dyn Stream<Item = Result<CaptureInfo, Status>> + Send>>;
+type AuditStream = Pin<Box<dyn Stream<Item = Result<AuditRecord, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl CaptureQuery for QueryService {
@@ -99,8 +124,88 @@ impl CaptureQuery for QueryService {
         &self,
         request: Request<ListCapturesRequest>,
     ) -> Result<Response<Self::ListCapturesStream>, Status> {
-        caller_with_role(&request, Role::Analyst)?;
+        let (ev, admitted) = self.admit(&request, "list_captures")?;
+        let result = match admitted {
+            Ok(_) => self.list(request.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        self.answer(ev, result).await
+    }
+
+    async fn get_manifest(
+        &self,
+        request: Request<GetManifestRequest>,
+    ) -> Result<Response<GetManifestResponse>, Status> {
+        let (mut ev, admitted) = self.admit(&request, "get_manifest")?;
+        let id = request.into_inner().capture_id;
+        ev.capture_id = Some(id.clone());
+        let result = match admitted {
+            Ok(_) => self.manifest(&id).await,
+            Err(e) => Err(e),
+        };
+        if let Ok(r) = &result {
+            ev.bytes_served = r.get_ref().manifest_json.len() as u64;
+        }
+        self.answer(ev, result).await
+    }
+
+    type ReadArtifactStream = DataStream;
+
+    async fn read_artifact(
+        &self,
+        request: Request<ReadArtifactRequest>,
+    ) -> Result<Response<Self::ReadArtifactStream>, Status> {
+        let (mut ev, admitted) = self.admit(&request, "read_artifact")?;
         let req = request.into_inner();
+        ev.capture_id = Some(req.capture_id.clone());
+        ev.artifact = Some(req.name.clone());
+        let result = match admitted {
+            Ok(_) => self.read(&ev.identity, req).await,
+            Err(e) => Err(e),
+        };
+        let result = result.map(|(bytes, stream)| {
+            ev.bytes_served = bytes;
+            stream
+        });
+        self.answer(ev, result).await
+    }
+
+    type ListAuditStream = AuditStream;
+
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<Self::ListAuditStream>, Status> {
+        let (mut ev, admitted) = self.admit(&request, "list_audit")?;
+        let req = request.into_inner();
+        ev.capture_id = (!req.capture_id.is_empty()).then(|| req.capture_id.clone());
+        let result = match admitted {
+            Ok(_) => self.audit(req).await,
+            Err(e) => Err(e),
+        };
+        self.answer(ev, result).await
+    }
+}
+
+impl QueryService {
+    async fn audit(&self, req: ListAuditRequest) -> Result<Response<AuditStream>, Status> {
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let filter = audit::Filter {
+            capture_id: non_empty(&req.capture_id),
+            identity: non_empty(&req.identity),
+            since: parse_time(&req.since, "--since")?,
+            case: non_empty(&req.case_id),
+        };
+        let events = audit::list(&self.store, &filter).await?;
+        let records: Vec<Result<AuditRecord, Status>> = events
+            .iter()
+            .filter_map(|e| serde_json::to_string(e).ok())
+            .map(|json| Ok(AuditRecord { json }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(records))))
+    }
+
+    async fn list(&self, req: ListCapturesRequest) -> Result<Response<InfoStream>, Status> {
         let since = parse_time(&req.since, "--since")?;
         let until = parse_time(&req.until, "--until")?;
         let mut captures: Vec<CaptureInfo> = self
@@ -140,6 +245,7 @@ impl CaptureQuery for QueryService {
             (req.host.is_empty() || c.agent == req.host)
                 && (req.claimed_hostname.is_empty() || c.hostname == req.claimed_hostname)
                 && (req.instance_id.is_empty() || c.instance_id == req.instance_id)
+                && (req.case_id.is_empty() || c.case_id == req.case_id)
                 && since.is_none_or(|t| started.is_some_and(|s| s >= t))
                 && until.is_none_or(|t| started.is_some_and(|s| s <= t))
         });
@@ -149,12 +255,8 @@ impl CaptureQuery for QueryService {
         ))))
     }
 
-    async fn get_manifest(
-        &self,
-        request: Request<GetManifestRequest>,
-    ) -> Result<Response<GetManifestResponse>, Status> {
-        caller_with_role(&request, Role::Analyst)?;
-        let state = self.complete_state(&request.get_ref().capture_id).await?;
+    async fn manifest(&self, id: &str) -> Result<Response<GetManifestResponse>, Status> {
+        let state = self.complete_state(id).await?;
         let manifest_json = self
             .store
             .read_manifest(&state)
@@ -163,20 +265,27 @@ impl CaptureQuery for QueryService {
         let findings_jsonl = crate::triage::at_commit::stored(&self.store, &state.capture_id)
             .await
             .unwrap_or_default();
+        let [receipt_json, receipt_sig, receipt_cert_pem] = self
+            .store
+            .read_receipt(&state)
+            .await
+            .map_err(store_status)?
+            .unwrap_or_default();
         Ok(Response::new(GetManifestResponse {
             manifest_json,
             findings_jsonl,
+            receipt_json,
+            receipt_sig,
+            receipt_cert_pem,
         }))
     }
 
-    type ReadArtifactStream = DataStream;
-
-    async fn read_artifact(
+    /// The bytes it will serve, and the stream.
+    async fn read(
         &self,
-        request: Request<ReadArtifactRequest>,
-    ) -> Result<Response<Self::ReadArtifactStream>, Status> {
-        let who = caller_with_role(&request, Role::Analyst)?;
-        let req = request.into_inner();
+        who: &str,
+        req: ReadArtifactRequest,
+    ) -> Result<(u64, Response<DataStream>), Status> {
         let state = self.complete_state(&req.capture_id).await?;
         let manifest_bytes = self
             .store
@@ -208,7 +317,7 @@ impl CaptureQuery for QueryService {
                 req.offset
             )));
         }
-        tracing::info!(analyst = who.name, capture_id = state.capture_id, artifact = %name, offset = req.offset, "Artifact read");
+        tracing::info!(analyst = who, capture_id = state.capture_id, artifact = %name, offset = req.offset, "Artifact read");
         let (tx, rx) = mpsc::channel(4);
         let store = Arc::clone(&self.store);
         tokio::spawn(async move {
@@ -235,6 +344,9 @@ impl CaptureQuery for QueryService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok((
+            end - req.offset,
+            Response::new(Box::pin(ReceiverStream::new(rx))),
+        ))
     }
 }

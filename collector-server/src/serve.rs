@@ -69,6 +69,22 @@ pub struct ServeConfig {
     pub ack_send_timeout: Option<String>,
     /// Longest life of one upload stream (default 6h).
     pub stream_deadline: Option<String>,
+    /// Private key that signs capture receipts (`receipt.key` from `pki
+    /// init`); without it receipts are unsigned.
+    pub receipt_key: Option<PathBuf>,
+    /// Its certificate (`receipt.pem`), issued by the `ca` for document
+    /// signing.
+    pub receipt_cert: Option<PathBuf>,
+    /// Refuse every analyst call (list, show, pull, request, audit) that
+    /// carries no case id (`--case`).
+    pub require_case: Option<bool>,
+    /// Request classes that wait for a second analyst's approval:
+    /// comma-separated `memory`, `physical`, `fleet`, `yara`.
+    pub approvals: Option<String>,
+    /// `fleet`: a request matching more than this many agents (default 5).
+    pub approval_fleet_hosts: Option<usize>,
+    /// How long a request may wait for approval (default 4h).
+    pub approval_ttl: Option<String>,
 }
 
 impl ServeConfig {
@@ -97,6 +113,12 @@ impl ServeConfig {
             upload_ttl: other.upload_ttl.or(self.upload_ttl),
             ack_send_timeout: other.ack_send_timeout.or(self.ack_send_timeout),
             stream_deadline: other.stream_deadline.or(self.stream_deadline),
+            receipt_key: other.receipt_key.or(self.receipt_key),
+            receipt_cert: other.receipt_cert.or(self.receipt_cert),
+            require_case: other.require_case.or(self.require_case),
+            approvals: other.approvals.or(self.approvals),
+            approval_fleet_hosts: other.approval_fleet_hosts.or(self.approval_fleet_hosts),
+            approval_ttl: other.approval_ttl.or(self.approval_ttl),
         }
     }
 }
@@ -315,6 +337,12 @@ pub struct Settings {
     pub upload_ttl: Duration,
     /// Time limits of an upload stream.
     pub deadlines: crate::service::Deadlines,
+    /// Signs capture receipts, when a receipt key was given.
+    pub receipt: Option<Arc<crate::receipt::ReceiptSigner>>,
+    /// Refuse analyst calls without a case id.
+    pub require_case: bool,
+    /// Which requests wait for a second analyst.
+    pub approvals: Option<crate::control::approvals::ApprovalPolicy>,
 }
 
 impl Settings {
@@ -405,7 +433,43 @@ impl Settings {
                 crate::quota::STREAM_DEADLINE,
             )?,
         };
+        let receipt = match (&cfg.receipt_key, &cfg.receipt_cert) {
+            (None, None) => None,
+            (Some(key), Some(cert)) => {
+                let ca = std::fs::read(&tls_files.ca).map_err(|e| {
+                    ServeError::Config(format!("--ca {}: {e}", tls_files.ca.display()))
+                })?;
+                Some(Arc::new(
+                    crate::receipt::ReceiptSigner::load(key, cert, &ca)
+                        .map_err(|e| ServeError::Config(e.to_string()))?,
+                ))
+            }
+            _ => {
+                return Err(ServeError::Config(
+                    "--receipt-key and --receipt-cert go together".into(),
+                ));
+            }
+        };
+        let approvals = match &cfg.approvals {
+            None => None,
+            Some(list) => Some(
+                crate::control::approvals::ApprovalPolicy::parse(
+                    list,
+                    cfg.approval_fleet_hosts
+                        .unwrap_or(crate::control::approvals::DEFAULT_FLEET_HOSTS),
+                    duration(
+                        &cfg.approval_ttl,
+                        "--approval-ttl",
+                        crate::control::approvals::DEFAULT_APPROVAL_TTL,
+                    )?,
+                )
+                .map_err(ServeError::Config)?,
+            ),
+        };
         Ok(Self {
+            approvals,
+            require_case: cfg.require_case.unwrap_or(false),
+            receipt,
             listen,
             store,
             tls: Arc::new(tls),
@@ -483,6 +547,11 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::default());
+    if settings.receipt.is_none() {
+        tracing::warn!(
+            "Receipts are unsigned: give --receipt-key and --receipt-cert (receipt.key/receipt.pem from `pki init`) so a capture's receipt can be checked offline"
+        );
+    }
     // Commits cut short by a crash: finished in the background, so a large
     // store does not delay start.
     let quotas = crate::quota::Quotas::default();
@@ -548,8 +617,10 @@ pub async fn serve(
     health
         .set_serving::<CaptureQueryServer<QueryService>>()
         .await;
-    let query = CaptureQueryServer::new(QueryService::new(Arc::clone(&store)))
-        .max_encoding_message_size(MAX_MESSAGE);
+    let query = CaptureQueryServer::new(
+        QueryService::new(Arc::clone(&store)).with_require_case(settings.require_case),
+    )
+    .max_encoding_message_size(MAX_MESSAGE);
     // Daemon mode: agent streams, analyst requests, delivery from the store.
     let replica = Arc::new(control::replica::Replica::new(
         Arc::clone(&store),
@@ -559,12 +630,16 @@ pub async fn serve(
     let agent_control = AgentControlServer::new(control::agent_stream::AgentControlService::new(
         Arc::clone(&replica),
     ));
-    let requests =
-        CaptureRequestsServer::new(control::requests::RequestService::new(Arc::clone(&replica)));
+    let requests = CaptureRequestsServer::new(
+        control::requests::RequestService::new(Arc::clone(&replica))
+            .with_require_case(settings.require_case)
+            .with_approvals(settings.approvals.clone()),
+    );
     let upload = CaptureUploadServer::new(
         UploadService::new(store, metrics)
             .with_quotas(quotas)
-            .with_deadlines(settings.deadlines),
+            .with_deadlines(settings.deadlines)
+            .with_receipt_signer(settings.receipt.clone()),
     )
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);

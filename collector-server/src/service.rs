@@ -27,7 +27,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{self, Identity, Role};
+use crate::auth::{Identity, Role};
 use crate::capture_lock::{CaptureLock, CaptureLocks};
 use crate::ingest::{ArtifactIngest, ClaimedEnd, CpuPool, IngestError, MAX_CHUNK};
 use crate::metrics::{Metrics, StreamGauge, inc};
@@ -80,6 +80,8 @@ pub struct UploadService {
     quotas: Quotas,
     /// Time limits per stream.
     deadlines: Deadlines,
+    /// Signs the receipt at commit, when the collector has a receipt key.
+    receipt: Option<Arc<crate::receipt::ReceiptSigner>>,
 }
 
 impl UploadService {
@@ -93,7 +95,18 @@ impl UploadService {
             pool: CpuPool::default(),
             quotas: Quotas::default(),
             deadlines: Deadlines::default(),
+            receipt: None,
         }
+    }
+
+    /// The same service signing a receipt for every commit.
+    #[must_use]
+    pub fn with_receipt_signer(
+        mut self,
+        signer: Option<Arc<crate::receipt::ReceiptSigner>>,
+    ) -> Self {
+        self.receipt = signer;
+        self
     }
 
     /// The same service with other time limits.
@@ -117,17 +130,8 @@ use crate::status::{ingest_status, pool_status};
 
 /// The caller's identity, which must hold `role`.
 pub(crate) fn caller_with_role<T>(req: &Request<T>, role: Role) -> Result<Identity, Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let id =
-        auth::identity_from_chain(&certs).map_err(|e| Status::permission_denied(e.to_string()))?;
-    if id.role != role {
-        return Err(Status::permission_denied(format!(
-            "{} holds the {} role; this call needs the {} role",
-            id.name, id.role, role
-        )));
-    }
+    let id = crate::audit::caller(req)?;
+    crate::audit::require(&id, role)?;
     Ok(id)
 }
 
@@ -757,7 +761,7 @@ impl CaptureUpload for UploadService {
                 problems.join("; ")
             )));
         }
-        let receipt = serde_json::json!({
+        let mut receipt = serde_json::json!({
             "collector_version": env!("CARGO_PKG_VERSION"),
             "opened_at": state.opened_at,
             "committed_at": timefmt::now(),
@@ -772,11 +776,52 @@ impl CaptureUpload for UploadService {
                 manifest.artifacts.len()
             ),
         });
+        if let Some(signer) = &self.receipt {
+            receipt["signed_receipt"] = serde_json::json!({
+                "file": ircap_proto::receipt::RECEIPT_FILE,
+                "receipt_certificate_sha256": signer.cert_sha256(),
+            });
+        }
         manifest.agent.identity = Some(who.name.clone());
         manifest.collector_receipt = Some(receipt.clone());
         let mut bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| Status::internal(e.to_string()))?;
         bytes.push(b'\n');
+        // A manifest already there (another replica won the commit) keeps
+        // its own receipt: never overwrite it with one for ours.
+        let manifest_exists = self
+            .store
+            .find_manifest(&state)
+            .await
+            .map_err(store_status)?
+            .is_some();
+        if let (Some(signer), false) = (&self.receipt, manifest_exists) {
+            let signed = signer
+                .sign(&ircap_proto::receipt::Receipt::for_manifest(
+                    &manifest,
+                    &bytes,
+                    ircap_proto::receipt::ReceiptAgent {
+                        identity: who.name.clone(),
+                        certificate_sha256: who.fingerprint_sha256.clone(),
+                        subject: who.subject.clone(),
+                        reported_hostname: state.hostname.clone(),
+                    },
+                    state.opened_at.clone(),
+                    receipt["committed_at"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    ircap_proto::receipt::ReceiptCollector {
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        receipt_certificate_sha256: signer.cert_sha256().to_owned(),
+                    },
+                ))
+                .map_err(Status::internal)?;
+            self.store
+                .put_receipt(&state, &signed.files())
+                .await
+                .map_err(store_status)?;
+        }
         let mut index = index_entry(
             &manifest,
             &who.name,

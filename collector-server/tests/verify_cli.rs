@@ -51,6 +51,7 @@ fn write_capture(dir: &std::path::Path) -> TestResult {
         error_count: 0,
         errors: vec![],
         collector_receipt: None,
+        case: None,
     };
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
     Ok(())

@@ -167,6 +167,43 @@ pub struct Manifest {
     /// Added by the collector when it received the capture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collector_receipt: Option<serde_json::Value>,
+    /// The case the capture was taken for (`--case`, or the request's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<CaseRef>,
+}
+
+/// The case a capture was taken for, and who asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseRef {
+    /// Case id, e.g. `IR-2026-041`.
+    pub id: String,
+    /// Why, as the analyst gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The analyst identity that requested the capture (daemon requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// The analyst identity that approved it, when approval was needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+}
+
+impl CaseRef {
+    /// The case of a typed request, if it names one or was approved (the
+    /// id is then empty).
+    #[must_use]
+    pub fn from_spec(spec: &crate::v1::CaptureSpec) -> Option<Self> {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        if spec.case_id.is_empty() && spec.approved_by.is_empty() {
+            return None;
+        }
+        Some(Self {
+            id: spec.case_id.clone(),
+            reason: some(&spec.case_reason),
+            requested_by: some(&spec.requested_by),
+            approved_by: some(&spec.approved_by),
+        })
+    }
 }
 
 /// Why a manifest could not be read.
@@ -332,6 +369,7 @@ mod limits {
                 .collect(),
             artifacts,
             collector_receipt: None,
+            case: None,
         }
     }
 
@@ -473,6 +511,7 @@ mod properties {
                 error_count: 0,
                 errors: Vec::new(),
                 collector_receipt: None,
+                case: None,
             })
     }
 

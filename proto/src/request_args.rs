@@ -141,6 +141,48 @@ pub enum SpecError {
     /// YARA options without rules.
     #[error("--yara-dump and the --yara budgets need --yara")]
     YaraWithoutRules,
+    /// A case id or reason that breaks [`check_case`] / [`check_reason`].
+    #[error("{0}")]
+    Case(String),
+}
+
+/// Longest case id.
+pub const MAX_CASE_LEN: usize = 64;
+/// Longest case reason, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// Checks a case id: 1-64 of `[A-Za-z0-9._-]`.
+///
+/// # Errors
+/// A message naming the rule.
+pub fn check_case(case: &str) -> Result<(), String> {
+    let ok = !case.is_empty()
+        && case.len() <= MAX_CASE_LEN
+        && case
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "case id {:?} is not 1-{MAX_CASE_LEN} characters of [A-Za-z0-9._-]",
+            clip(case)
+        ))
+    }
+}
+
+/// Checks a case reason: at most 1 KiB of text without control characters.
+///
+/// # Errors
+/// A message naming the rule.
+pub fn check_reason(reason: &str) -> Result<(), String> {
+    if reason.len() <= MAX_REASON_LEN && !reason.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the reason must be at most {MAX_REASON_LEN} bytes without control characters"
+        ))
+    }
 }
 
 /// Checks that `spec` is well formed.
@@ -179,6 +221,20 @@ pub fn check_spec(spec: &CaptureSpec) -> Result<(), SpecError> {
         check_capture_label(key, value)?;
     }
     check_yara(spec)?;
+    if !spec.case_id.is_empty() {
+        check_case(&spec.case_id).map_err(SpecError::Case)?;
+    }
+    if !spec.case_reason.is_empty() {
+        if spec.case_id.is_empty() {
+            return Err(SpecError::Case("a reason needs a case id".into()));
+        }
+        check_reason(&spec.case_reason).map_err(SpecError::Case)?;
+    }
+    for who in [&spec.requested_by, &spec.approved_by] {
+        if who.len() > MAX_CASE_LEN || who.chars().any(char::is_control) {
+            return Err(SpecError::TooLong("requested_by/approved_by"));
+        }
+    }
     if let Some(sel) = &spec.memory_regions {
         match &sel.select {
             None => return Err(SpecError::Selector(String::new())),

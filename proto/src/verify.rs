@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::artifact_name::{ArtifactName, MANIFEST_FILE};
 use crate::hashing::{Digest, HashingReader, hash_reader};
 use crate::manifest::{ArtifactEntry, Encoding, Manifest, ManifestError};
+use crate::receipt::{RECEIPT_FILES, ReceiptStatus};
 
 /// One thing wrong with a capture directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,6 +65,13 @@ pub enum Problem {
         /// The error.
         reason: String,
     },
+    /// The signed receipt, or what it binds, does not check out.
+    Receipt {
+        /// The receipt file or `manifest.json`.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Problem {
@@ -76,7 +84,8 @@ impl Problem {
             | Self::BadName { file, .. }
             | Self::StoredMismatch { file, .. }
             | Self::ContentMismatch { file, .. }
-            | Self::Unreadable { file, .. } => file,
+            | Self::Unreadable { file, .. }
+            | Self::Receipt { file, .. } => file,
         }
     }
 }
@@ -104,6 +113,7 @@ impl fmt::Display for Problem {
                 "{file}: decoded content does not match (manifest {expected}, found {found})"
             ),
             Self::Unreadable { file, reason } => write!(f, "{file}: unreadable: {reason}"),
+            Self::Receipt { file, reason } => write!(f, "{file}: {reason}"),
         }
     }
 }
@@ -119,6 +129,8 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     /// Everything found wrong; empty means the capture verifies.
     pub problems: Vec<Problem>,
+    /// The collector's signed receipt: who received the capture and when.
+    pub receipt: Box<ReceiptStatus>,
 }
 
 impl VerifyReport {
@@ -152,7 +164,25 @@ pub enum VerifyError {
 /// [`VerifyError`] when the manifest cannot be read or the directory cannot
 /// be listed; every problem with an artifact is in the report instead.
 pub fn verify_capture(dir: &Path) -> Result<VerifyReport, VerifyError> {
-    let manifest = Manifest::read(&dir.join(MANIFEST_FILE))?;
+    verify_capture_with(dir, None)
+}
+
+/// [`verify_capture`], and the signed receipt checked against the CA
+/// certificates in `ca_pem` (PEM): with a CA, a capture without a signed
+/// receipt fails; without one, an unsigned capture verifies as before and
+/// a signed one has its signature checked against the enclosed
+/// certificate only (see [`crate::receipt`]).
+///
+/// # Errors
+/// As [`verify_capture`].
+pub fn verify_capture_with(dir: &Path, ca_pem: Option<&[u8]>) -> Result<VerifyReport, VerifyError> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let display = manifest_path.display().to_string();
+    let manifest_json = std::fs::read(&manifest_path).map_err(|source| ManifestError::Read {
+        path: display.clone(),
+        source,
+    })?;
+    let manifest = Manifest::from_slice(&manifest_json, &display)?;
     let mut problems = Vec::new();
     let mut listed = BTreeSet::new();
     let mut bytes_checked = 0;
@@ -179,15 +209,21 @@ pub fn verify_capture(dir: &Path) -> Result<VerifyReport, VerifyError> {
         source,
     })?;
     for file in on_disk {
-        if file != MANIFEST_FILE && !listed.contains(&file) {
+        if file != MANIFEST_FILE
+            && !RECEIPT_FILES.contains(&file.as_str())
+            && !listed.contains(&file)
+        {
             problems.push(Problem::Unexpected { file });
         }
     }
+    let (receipt, receipt_problems) = crate::receipt::check(dir, &manifest_json, &manifest, ca_pem);
+    problems.extend(receipt_problems);
     Ok(VerifyReport {
         capture_id: manifest.capture_id,
         artifacts_checked: manifest.artifacts.len(),
         bytes_checked,
         problems,
+        receipt: Box::new(receipt),
     })
 }
 

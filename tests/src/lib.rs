@@ -129,50 +129,6 @@ impl Collector {
         }
     }
 
-    /// [`Collector::start`] with extra `serve` arguments.
-    #[doc(hidden)]
-    pub fn start_with(pki: &Path, store: &Path, port: u16, extra: &[&str]) -> Self {
-        Self::builder(pki, store).port(port).args(extra).start()
-    }
-
-    /// Use [`Collector::builder`].
-    #[doc(hidden)]
-    pub fn start_full(
-        pki: &Path,
-        store: &Path,
-        port: u16,
-        extra: &[&str],
-        env: &[(&str, &str)],
-        log: Option<&Path>,
-    ) -> Self {
-        let mut b = Self::builder(pki, store).port(port).args(extra);
-        for (k, v) in env {
-            b = b.env(k, v);
-        }
-        if let Some(log) = log {
-            b = b.log(log);
-        }
-        b.start()
-    }
-
-    /// Use [`Collector::builder`] with [`CollectorBuilder::command`].
-    #[doc(hidden)]
-    pub fn start_cmd(
-        cmd: Command,
-        url: &str,
-        pki: &Path,
-        store: &Path,
-        port: u16,
-        extra: &[&str],
-    ) -> Self {
-        Self::builder(pki, store)
-            .command(cmd)
-            .store_url(url)
-            .port(port)
-            .args(extra)
-            .start()
-    }
-
     /// `https://127.0.0.1:PORT`.
     #[must_use]
     pub fn url(&self) -> String {
@@ -272,8 +228,19 @@ impl CollectorBuilder {
             port,
             args,
         } = self;
+        // Sign receipts with the PKI's receipt key, as `pki init` makes
+        // one, unless the test brings its own or removed it.
+        let receipt_key = pki.join("receipt.key");
+        let mut receipt = Vec::new();
+        if receipt_key.exists() && !args.iter().any(|a| a == "--receipt-key") {
+            receipt.push("--receipt-key".into());
+            receipt.push(receipt_key.into_os_string());
+            receipt.push("--receipt-cert".into());
+            receipt.push(pki.join("receipt.pem").into_os_string());
+        }
         let mut child = cmd
             .arg("serve")
+            .args(receipt)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--store", &url])
             .arg("--ca")

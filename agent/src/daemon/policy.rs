@@ -427,6 +427,7 @@ impl Policy {
         // Labels only name the capture (checked for shape by `check_spec`
         // above); they widen nothing the policy governs.
         o.labels.clone_from(&spec.capture_labels);
+        o.case = ircap_proto::manifest::CaseRef::from_spec(spec);
         Ok(o)
     }
 

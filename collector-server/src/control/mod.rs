@@ -5,6 +5,7 @@
 //! control documents ([`docs`]), so replicas sharing a store share it.
 
 pub mod agent_stream;
+pub mod approvals;
 pub mod docs;
 pub mod replica;
 pub mod requests;

@@ -476,6 +476,54 @@ impl<B: Blob> Evidence<B> {
         Ok(Committed::Stored)
     }
 
+    /// Stores the signed receipt's files beside where the manifest goes
+    /// (evidence objects, so under the same retention). Called before
+    /// [`Evidence::commit`]: a capture with a manifest then has its
+    /// receipt too, whenever a crash cuts the commit short.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store failed; the commit can be tried again.
+    pub async fn put_receipt(
+        &self,
+        state: &CaptureState,
+        files: &[(&str, &[u8])],
+    ) -> Result<(), StoreError> {
+        for (name, bytes) in files {
+            self.blob
+                .put(
+                    &Self::evidence_key(state, name),
+                    bytes.to_vec(),
+                    Class::Evidence,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The signed receipt's files of a committed capture, in
+    /// [`ircap_proto::receipt::RECEIPT_FILES`] order; `None` when it has
+    /// none (committed unsigned, or before signed receipts).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn read_receipt(
+        &self,
+        state: &CaptureState,
+    ) -> Result<Option<[Vec<u8>; 3]>, StoreError> {
+        let mut got = Vec::with_capacity(3);
+        for name in ircap_proto::receipt::RECEIPT_FILES {
+            match self.blob.get(&Self::evidence_key(state, name)).await? {
+                Some(bytes) => got.push(bytes),
+                None => return Ok(None),
+            }
+        }
+        let [a, b, c]: [Vec<u8>; 3] = got.try_into().map_err(|_| StoreError::Corrupt {
+            context: state.capture_id.clone(),
+            message: "receipt files".into(),
+        })?;
+        Ok(Some([a, b, c]))
+    }
+
     /// Removes what an open capture kept on the side (its marker last, so
     /// a crash leaves it to repair or expiry).
     pub async fn close_open(&self, id: &str) {
@@ -631,6 +679,85 @@ impl<B: Blob> Evidence<B> {
         Ok(out)
     }
 
+    /// Appends one audit event under `audit/<day>/<name>.json`, write-once
+    /// (never replaced) and durable on return; an evidence object, so S3
+    /// gives it the store's Object Lock retention. Audit events never go
+    /// into a capture's own objects.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it cannot be written, or one of that name
+    /// exists already (names are fresh UUIDv7s: that is not expected).
+    pub async fn append_audit(
+        &self,
+        day: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let key = format!("audit/{day}/{name}.json");
+        if self
+            .blob
+            .put_if_absent(&key, bytes.to_vec(), Class::Evidence)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(StoreError::Integrity {
+                context: key,
+                message: "an audit event of that name exists already".into(),
+            })
+        }
+    }
+
+    /// Audit events of days `from_day` (`YYYY-MM-DD`) on, oldest first by
+    /// name (UUIDv7, so by time), at most `limit` (the newest kept).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn read_audit(
+        &self,
+        from_day: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys = Vec::new();
+        for day in self.blob.list("audit").await? {
+            if from_day.is_some_and(|f| day.as_str() < f) {
+                continue;
+            }
+            for name in self.blob.list(&format!("audit/{day}")).await? {
+                if name.ends_with(".json") {
+                    keys.push(format!("audit/{day}/{name}"));
+                }
+            }
+        }
+        keys.sort();
+        let skip = keys.len().saturating_sub(limit);
+        let keys = keys.split_off(skip);
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(FETCH_CONCURRENCY) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for key in batch {
+                let blob = self.blob.clone();
+                let key = key.clone();
+                tasks.spawn(async move {
+                    let bytes = blob.get(&key).await?;
+                    Ok::<_, StoreError>((key, bytes))
+                });
+            }
+            let mut got = BTreeMap::new();
+            while let Some(joined) = tasks.join_next().await {
+                let (key, bytes) = joined.map_err(|e| StoreError::Corrupt {
+                    context: "audit listing".into(),
+                    message: e.to_string(),
+                })??;
+                if let Some(bytes) = bytes {
+                    got.insert(key, bytes);
+                }
+            }
+            out.extend(got.into_values());
+        }
+        Ok(out)
+    }
+
     /// Writes (or replaces) a control document; durable on return.
     ///
     /// # Errors
@@ -718,6 +845,7 @@ mod tests {
             artifacts: 0,
             committed_at: String::new(),
             findings: std::collections::BTreeMap::new(),
+            case: None,
         }
     }
 

@@ -167,6 +167,9 @@ pub struct IndexEntry {
     /// entries written before triage, or when it could not run).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub findings: BTreeMap<String, u64>,
+    /// The case the capture was taken for (its manifest's `case.id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<String>,
 }
 
 /// The key of a control document: `/`-separated segments of ASCII

@@ -51,6 +51,11 @@ pub fn index_entry(manifest: &Manifest, agent: &str, committed_at: &str) -> Inde
         artifacts: u32::try_from(manifest.artifacts.len()).unwrap_or(u32::MAX),
         committed_at: committed_at.to_owned(),
         findings: std::collections::BTreeMap::new(),
+        case: manifest
+            .case
+            .as_ref()
+            .filter(|c| !c.id.is_empty())
+            .map(|c| c.id.clone()),
     }
 }
 

@@ -214,6 +214,7 @@ async fn one_capture(
         error_count: 0,
         errors: Vec::new(),
         collector_receipt: None,
+        case: None,
     };
     c.commit_capture(CommitCaptureRequest {
         capture_id,

@@ -1086,6 +1086,7 @@ fn hostile_manifest(data: &[u8]) -> Vec<u8> {
         error_count: 0,
         errors: vec![],
         collector_receipt: None,
+        case: None,
     };
     serde_json::to_vec(&m).unwrap()
 }

@@ -332,6 +332,7 @@ fn manifest(sha256_stored: &str) -> Result<Vec<u8>, Box<dyn Error>> {
         error_count: 0,
         errors: vec![],
         collector_receipt: None,
+        case: None,
     };
     Ok(serde_json::to_vec(&m)?)
 }
@@ -1183,7 +1184,17 @@ async fn a_stream_going_on_after_the_commit_cannot_change_the_capture() -> TestR
     ircap_e2e::assert_verifies(&dir);
     let mut files = tree(&dir)?;
     files.sort();
-    assert_eq!(files, vec!["manifest.json".to_owned(), ARTIFACT.to_owned()]);
+    // The manifest, the signed receipt beside it, and the one artifact.
+    assert_eq!(
+        files,
+        vec![
+            "manifest.json".to_owned(),
+            "manifest.receipt.json".to_owned(),
+            "manifest.receipt.pem".to_owned(),
+            "manifest.receipt.sig".to_owned(),
+            ARTIFACT.to_owned()
+        ]
+    );
     // Their staged bytes are gone too: they were never evidence.
     let staging = s.collector.store.join("staging").join(CAPTURE);
     assert!(!staging.exists(), "{} left behind", staging.display());
@@ -1688,6 +1699,7 @@ async fn hundreds_of_artifacts_in_one_capture_are_recorded_and_verify() -> TestR
         error_count: 0,
         errors: vec![],
         collector_receipt: None,
+        case: None,
     };
     timed(c.commit_capture(commit_request(serde_json::to_vec(&m)?))).await??;
     let dir = s.collector.capture_dir("web-1", CAPTURE);
@@ -2205,6 +2217,7 @@ fn manifest_of(capture: &str, artifacts: Vec<ArtifactEntry>) -> Result<Vec<u8>, 
         error_count: 0,
         errors: vec![],
         collector_receipt: None,
+        case: None,
     };
     Ok(serde_json::to_vec(&m)?)
 }

@@ -9,6 +9,7 @@
 mod analyst;
 mod collector_security;
 mod connection_errors;
+mod custody;
 mod daemon;
 mod deb;
 mod lab_aarch64;

@@ -587,3 +587,94 @@ fn collector_killed_mid_artifact_the_upload_resumes_on_a_restarted_collector() -
 fn collector_killed_mid_artifact_the_upload_resumes_on_another_replica() -> TestResult {
     killed_mid_artifact("e2e-kill-other", true)
 }
+
+/// `ircap-collector CMD` as alice against `collector`.
+fn as_alice(s: &Setup, collector: &Collector, cmd: &str, args: &[&str]) -> Output {
+    bin("ircap-collector")
+        .arg(cmd)
+        .args(["--server", &collector.url()])
+        .arg("--ca")
+        .arg(s.pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(s.pki.join("alice.pem"))
+        .arg("--key")
+        .arg(s.pki.join("alice.key"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn audit_events_and_the_signed_receipt_are_locked_objects() -> TestResult {
+    let s = Setup::new("e2e-audit", true);
+    let collector = s.collector(
+        "collector",
+        &[
+            "--s3-retention-mode",
+            "COMPLIANCE",
+            "--s3-retention-days",
+            "1",
+        ],
+    );
+    let id = capture_id(&agent_capture(
+        &collector.url(),
+        &s.pki,
+        "web-1",
+        &["--no-logs"],
+    ));
+    // The signed receipt is stored beside the manifest, locked like it.
+    for name in [
+        "manifest.receipt.json",
+        "manifest.receipt.sig",
+        "manifest.receipt.pem",
+    ] {
+        let key = format!("ir/captures/web-1/{id}/{name}");
+        let o = s.server.boto_json(&["object", &s.bucket, &key]);
+        assert_eq!(o["lock_mode"], "COMPLIANCE", "{key}: {o}");
+    }
+    let out = as_alice(&s, &collector, "list", &["--json", "--case", "IR-3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = as_alice(
+        &s,
+        &collector,
+        "pull",
+        &[
+            "01a20000-0000-7000-8000-00000000dead",
+            s.tmp.path().to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    // One object per call, under audit/, each locked.
+    let keys = s.server.boto_json(&["list", &s.bucket, "ir/audit/"]);
+    let keys: Vec<String> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in &keys {
+        let o = s.server.boto_json(&["object", &s.bucket, key]);
+        assert_eq!(o["lock_mode"], "COMPLIANCE", "{key}: {o}");
+        let del = s.server.boto_json(&["try-delete-version", &s.bucket, key]);
+        assert_eq!(del["deleted"], false, "{key}: {del}");
+    }
+    // And `audit` reads them back from the bucket.
+    let out = as_alice(&s, &collector, "audit", &["--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["call"], "list_captures");
+    assert_eq!(events[0]["case"], "IR-3");
+    assert_eq!(events[1]["call"], "get_manifest");
+    assert!(
+        events[1]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("NotFound")
+    );
+    Ok(())
+}

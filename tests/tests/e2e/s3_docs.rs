@@ -114,6 +114,7 @@ fn index(id: &str) -> IndexEntry {
         artifacts: 0,
         committed_at: String::new(),
         findings: std::collections::BTreeMap::new(),
+        case: None,
     }
 }
 

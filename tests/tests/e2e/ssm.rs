@@ -144,6 +144,9 @@ fn ssm_parameters_are_checked_like_send_command() {
         ("scratchDirectory", "/etc"),
         ("scratchDirectory", "/var/lib/x"),
         ("logsSince", "7d`id`"),
+        ("caseId", "IR-1; reboot"),
+        ("caseId", "$(reboot)"),
+        ("caseId", "../x"),
         ("executionTimeout", "0"),
         ("executionTimeout", "28801"),
         // No free-form options: nothing names a directory, a spool, an
@@ -274,6 +277,7 @@ fn ssm_document_captures_to_collector_with_command_id() -> TestResult {
         ("skipArtifacts", "logs"),
         ("instanceMetadata", "false"),
         ("executionTimeout", "120"),
+        ("caseId", "IR-2026-041"),
     ];
     let inv = run_in(&doc, tmp.path(), &params, &scratch);
     assert_eq!(
@@ -294,6 +298,7 @@ fn ssm_document_captures_to_collector_with_command_id() -> TestResult {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(stored.join("manifest.json"))?)?;
     assert_eq!(manifest["ssm_command_id"], COMMAND_ID);
+    assert_eq!(manifest["case"]["id"], "IR-2026-041");
     assert!(!manifest["collector_receipt"].is_null());
     let verify = bin("ircap-collector").arg("verify").arg(&stored).output()?;
     assert!(

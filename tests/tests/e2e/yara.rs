@@ -443,14 +443,10 @@ fn wait_for_agent(url: &str, pki: &Path, who: &str) {
 fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki = ircap_e2e::pki(&tmp.path().join("pki"));
-    let c = ircap_e2e::Collector::start_full(
-        &pki,
-        &tmp.path().join("store"),
-        0,
-        &[],
-        &[("IRCAP_CONTROL_POLL_MS", "200")],
-        Some(&tmp.path().join("collector.log")),
-    );
+    let c = ircap_e2e::Collector::builder(&pki, &tmp.path().join("store"))
+        .env("IRCAP_CONTROL_POLL_MS", "200")
+        .log(&tmp.path().join("collector.log"))
+        .start();
     let url = c.url();
     let _agent = serve(tmp.path(), &url, &pki, "web-1");
     wait_for_agent(&url, &pki, "web-1");
