@@ -56,10 +56,12 @@ fn init_tracing(filter: &str) {
 }
 
 /// Prints one JSON document on stdout; a closed stdout is not an error.
+/// One JSON line on stdout; host text in it (hostnames, paths, artifact
+/// names) cannot drive the terminal or console that shows it.
 fn print_json<T: serde::Serialize>(value: &T) {
-    if let Ok(mut line) = serde_json::to_vec(value) {
-        line.push(b'\n');
-        let _ = std::io::stdout().lock().write_all(&line);
+    if let Some(mut line) = ircap_proto::terminal::json(value) {
+        line.push('\n');
+        let _ = std::io::stdout().lock().write_all(line.as_bytes());
     }
 }
 
@@ -223,16 +225,19 @@ fn run_verify(args: &VerifyArgs) -> u8 {
             return exit::FAILED;
         }
     };
+    let escape = ircap_proto::terminal::escape;
     match ircap_proto::verify_capture_with(&args.dir, ca_pem.as_deref()) {
         Ok(report) => {
+            // Artifact names and receipt fields come from the capture:
+            // host text.
             for p in &report.problems {
-                tracing::error!("{p}");
+                tracing::error!("{}", escape(&p.to_string()));
             }
-            tracing::info!("{}", report.receipt);
+            tracing::info!("{}", escape(&report.receipt.to_string()));
             print_json(&report);
             if report.is_ok() {
                 tracing::info!(
-                    capture_id = report.capture_id,
+                    capture_id = %escape(&report.capture_id),
                     artifacts = report.artifacts_checked,
                     "Capture verifies"
                 );
@@ -243,7 +248,7 @@ fn run_verify(args: &VerifyArgs) -> u8 {
             }
         }
         Err(err) => {
-            tracing::error!("{err}");
+            tracing::error!("{}", escape(&err.to_string()));
             exit::FAILED
         }
     }

@@ -15,6 +15,8 @@
 //!   hostile manifest can never address a file outside its capture.
 //! - [`request_args`]: artifact and profile names, and the shape check of a
 //!   typed capture request.
+//! - [`terminal`]: host text made safe for a terminal (escapes, safe JSON
+//!   lines, tables), for every command of both binaries.
 //! - [`units`]: the one parser of sizes, durations and times for both
 //!   binaries' flags.
 //! - [`format`]: the capture format's reference (`docs/capture-format.md`).
@@ -26,6 +28,7 @@ pub mod hashing;
 pub mod manifest;
 pub mod receipt;
 pub mod request_args;
+pub mod terminal;
 pub mod units;
 pub mod verify;
 pub mod yara;

@@ -1277,6 +1277,23 @@ async fn hostile_host_text_is_escaped_on_the_analysts_terminal() -> TestResult {
         text(&verify.stderr)
     );
     outputs.push(("verify", verify));
+    // The agent's verify reads the same capture the same way.
+    let agent_verify = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || bin("ircap-agent").arg("verify").arg(&dir).output()
+    })
+    .await??;
+    assert_exit(
+        &agent_verify,
+        3,
+        "ircap-agent verify with a hostile extra file",
+    );
+    assert!(
+        text(&agent_verify.stderr).contains("evil\\x1b]0;PWNED"),
+        "{}",
+        text(&agent_verify.stderr)
+    );
+    outputs.push(("ircap-agent verify", agent_verify));
 
     for (what, out) in &outputs {
         assert_terminal_safe(out, what);
