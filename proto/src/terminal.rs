@@ -147,6 +147,37 @@ impl Table {
     }
 }
 
+/// A writer for human log lines (`tracing`'s formatter writes one event
+/// per call): every control character of the text except tab, the escape
+/// that starts the formatter's own colours (it escapes that character in
+/// fields itself) and the line's final newline is written as a visible
+/// `\x..`, so host text quoted in a log message cannot return the cursor or
+/// start a forged line.
+pub struct SafeLines<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for SafeLines<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+        let mut out = Vec::with_capacity(buf.len() + 8);
+        for &b in body {
+            if (b < 0x20 && b != b'\t' && b != 0x1b) || b == 0x7f {
+                let _ = write!(out, "\\x{b:02x}");
+            } else {
+                out.push(b);
+            }
+        }
+        if body.len() < buf.len() {
+            out.push(b'\n');
+        }
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -177,6 +208,18 @@ mod tests {
         );
         let back: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["hostname"], text);
+    }
+
+    #[test]
+    fn a_log_line_keeps_one_line_and_its_colours() {
+        use std::io::Write as _;
+        let mut out = SafeLines(Vec::new());
+        out.write_all(b"\x1b[31mERROR\x1b[0m evil\r\nfake-row\x07\tx\n")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.0).unwrap(),
+            "\x1b[31mERROR\x1b[0m evil\\x0d\\x0afake-row\\x07\tx\n"
+        );
     }
 
     #[test]
