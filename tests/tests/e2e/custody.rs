@@ -598,6 +598,38 @@ fn a_collector_killed_right_after_an_answer_keeps_its_event() -> TestResult {
 }
 
 #[test]
+fn a_call_whose_audit_event_cannot_be_stored_serves_nothing() -> TestResult {
+    // The store's audit directory is a plain file: no event can be
+    // written, so no analyst call may be answered (an access nobody could
+    // see later), while the agents' uploads go on.
+    let tmp = tempfile::tempdir()?;
+    let pki = pki(&tmp.path().join("pki"));
+    let store = tmp.path().join("store");
+    std::fs::create_dir_all(&store)?;
+    std::fs::write(store.join("audit"), b"not a directory")?;
+    let collector = Collector::start(&pki, &store, 0);
+    let stored = capture(&collector);
+    let id = stored.file_name().unwrap().to_str().unwrap().to_owned();
+    let list = analyst(&collector, "alice", "list", &["--json"]);
+    assert_eq!(list.status.code(), Some(1), "{}", text(&list));
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&id),
+        "{}",
+        text(&list)
+    );
+    let pulled = tmp.path().join("pulled");
+    let pull = analyst(
+        &collector,
+        "alice",
+        "pull",
+        &[&id, pulled.to_str().unwrap()],
+    );
+    assert_eq!(pull.status.code(), Some(1), "{}", text(&pull));
+    assert!(!pulled.join(&id).exists(), "pulled without an audit event");
+    Ok(())
+}
+
+#[test]
 fn require_case_refuses_calls_without_one() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki = pki(&tmp.path().join("pki"));
