@@ -105,7 +105,7 @@ impl CaptureQuery for QueryService {
         let until = parse_time(&req.until, "--until")?;
         let mut captures: Vec<CaptureInfo> = self
             .store
-            .list_index()
+            .list_index(since)
             .await
             .map_err(store_status)?
             .into_iter()

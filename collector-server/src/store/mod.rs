@@ -34,6 +34,7 @@ pub mod blob;
 pub mod evidence;
 pub mod file;
 pub mod group_sync;
+pub mod index;
 pub mod repair;
 pub mod s3;
 
