@@ -21,8 +21,10 @@
 //!    last piece may be smaller); each becomes one *staging object*
 //!    `@<offset>.<sha256>`, PUT with `x-amz-checksum-sha256` (S3 refuses a
 //!    mismatch). Only then is its end acknowledged to the agent as
-//!    durable, so acks lag by at most one part, and the agent's window
-//!    (8 MiB + one chunk unacknowledged) always fills a part. The SHA-256
+//!    durable. The service writes one part in the background while the
+//!    next one fills, and the agent's window (16 MiB + one chunk
+//!    unacknowledged) covers both, so the upload does not stop for each
+//!    part's PUT; acks lag by at most two parts. The SHA-256
 //!    in the key is the collector's, over the bytes it sent.
 //! 2. Staging objects are ordinary objects: a collector replica that
 //!    picks up a resumed upload (after a crash of this one, or on another
@@ -61,8 +63,8 @@
 //! refuses a `CompleteMultipartUpload` whose part checksum differs
 //! (BadDigest), and honours `If-None-Match` on `CopyObject`.
 //!
-//! Memory per stream is one part buffer in the service, whatever the
-//! artifact's size.
+//! Memory per stream is two part buffers in the service (one being
+//! written, one filling), whatever the artifact's size.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,8 +85,8 @@ use super::blob::{Blob, Class, Version};
 use super::{FinishedArtifact, StoreError};
 
 /// Bytes per staging object and multipart part (the last may be smaller).
-/// At least S3's 5 MiB minimum, at most the agent's window, so every part
-/// fills before the agent waits for an acknowledgement. With S3's 10,000
+/// At least S3's 5 MiB minimum, at most half the agent's window, so a
+/// part fills while the one before it is written. With S3's 10,000
 /// parts this allows artifacts up to 80 GiB.
 pub const PART_SIZE: usize = 8 << 20;
 
