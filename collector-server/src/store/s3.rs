@@ -90,6 +90,9 @@ use super::{FinishedArtifact, StoreError};
 /// parts this allows artifacts up to 80 GiB.
 pub const PART_SIZE: usize = 8 << 20;
 
+/// `UploadPartCopy` requests of one assembly in flight at once.
+const COPY_CONCURRENCY: usize = 4;
+
 /// Object Lock retention mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -933,47 +936,76 @@ impl S3Blob {
         let bucket = &self.opts.bucket;
         let ctx = || format!("cannot assemble s3://{bucket}/{key}");
         let mut composite = sha2::Sha256::new();
-        let mut completed = Vec::with_capacity(parts.len());
-        for (i, (part, raw)) in parts.iter().zip(sums).enumerate() {
-            let number = i32::try_from(i + 1).map_err(|_| StoreError::Integrity {
-                context: ctx(),
-                message: "too many parts".into(),
-            })?;
+        for raw in sums {
             composite.update(raw);
-            let sum = b64(raw);
-            let out = self
-                .client
-                .upload_part_copy()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .copy_source(copy_source(bucket, &part.key))
-                .send()
-                .await
-                .map_err(|e| backend(ctx(), e))?;
-            let result = out.copy_part_result();
-            // S3 computes the part's SHA-256 as it copies (the upload was
-            // created with that algorithm); it must be what the collector
-            // sent.
-            if let Some(reported) = result.and_then(|r| r.checksum_sha256())
-                && reported != sum
-            {
-                return Err(StoreError::Integrity {
-                    context: part.key.clone(),
-                    message: format!(
-                        "S3 reports SHA-256 {reported} for the copied part, the collector sent {sum}"
-                    ),
+        }
+        // The copies run COPY_CONCURRENCY at a time (S3 copies inside the
+        // store; one after another they left the store's CPUs idle while
+        // the agent waited for the artifact's end).
+        let mut completed = Vec::with_capacity(parts.len());
+        let numbered: Vec<(i32, &StagedPart, &Vec<u8>)> = parts
+            .iter()
+            .zip(sums)
+            .enumerate()
+            .map(|(i, (part, raw))| {
+                i32::try_from(i + 1)
+                    .map(|n| (n, part, raw))
+                    .map_err(|_| StoreError::Integrity {
+                        context: ctx(),
+                        message: "too many parts".into(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        for batch in numbered.chunks(COPY_CONCURRENCY) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for &(number, part, raw) in batch {
+                let (client, bucket, key, upload_id) = (
+                    self.client.clone(),
+                    bucket.clone(),
+                    key.to_owned(),
+                    upload_id.to_owned(),
+                );
+                let (part_key, sum) = (part.key.clone(), b64(raw));
+                tasks.spawn(async move {
+                    let out = client
+                        .upload_part_copy()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .upload_id(upload_id)
+                        .part_number(number)
+                        .copy_source(copy_source(&bucket, &part_key))
+                        .send()
+                        .await
+                        .map_err(|e| backend(format!("cannot assemble s3://{bucket}/{key}"), e))?;
+                    let result = out.copy_part_result();
+                    // S3 computes the part's SHA-256 as it copies (the
+                    // upload was created with that algorithm); it must be
+                    // what the collector sent.
+                    if let Some(reported) = result.and_then(|r| r.checksum_sha256())
+                        && reported != sum
+                    {
+                        return Err(StoreError::Integrity {
+                            context: part_key,
+                            message: format!(
+                                "S3 reports SHA-256 {reported} for the copied part, the collector sent {sum}"
+                            ),
+                        });
+                    }
+                    Ok(CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_owned))
+                        .checksum_sha256(sum)
+                        .build())
                 });
             }
-            completed.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_owned))
-                    .checksum_sha256(sum)
-                    .build(),
-            );
+            while let Some(joined) = tasks.join_next().await {
+                completed.push(joined.map_err(|e| StoreError::Backend {
+                    context: ctx(),
+                    message: e.to_string(),
+                })??);
+            }
         }
+        completed.sort_by_key(|p| p.part_number());
         let out = self
             .client
             .complete_multipart_upload()
