@@ -145,6 +145,10 @@ enum Command {
     Diff(ircap_collector::triage::cli::DiffArgs),
     /// Write one self-contained HTML page about a capture.
     Report(ircap_collector::triage::cli::ReportArgs),
+    /// Rebuild the capture index (what `list` reads) from the evidence in
+    /// the store: every committed manifest. Takes serve's store settings
+    /// (--store, --config, the S3 options); safe while collectors serve.
+    Reindex(Box<ServeArgs>),
     /// Recompute every hash of a capture directory against its manifest,
     /// and check the collector's signed receipt (exit 0 verified, 1
     /// unreadable, 3 mismatch).
@@ -415,6 +419,7 @@ fn main() -> ExitCode {
     init_tracing(&cli.log, cli.log_json);
     let result = match cli.command {
         Command::Serve(args) => run_serve(*args),
+        Command::Reindex(args) => run_reindex(*args),
         Command::Pki(cmd) => run_pki(cmd),
         Command::Verify { dir, ca } => return run_verify(&dir, ca.as_deref()),
         Command::Symbols { capture, out } => ircap_collector::symbols::run(&capture, &out)
@@ -456,12 +461,13 @@ fn refused_settings_code(err: &anyhow::Error) -> u8 {
     if refused { 2 } else { 1 }
 }
 
-fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+/// The config file overlaid with the flags and environment.
+fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
     let file = match &args.config {
         Some(path) => ServeConfig::from_file(path)?,
         None => ServeConfig::default(),
     };
-    let cfg = file.overlay(ServeConfig {
+    Ok(file.overlay(ServeConfig {
         listen: args.listen,
         store: args.store,
         s3: S3Config {
@@ -488,7 +494,25 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         approvals: args.approvals,
         approval_fleet_hosts: args.approval_fleet_hosts,
         approval_ttl: args.approval_ttl,
-    });
+    }))
+}
+
+fn run_reindex(args: ServeArgs) -> anyhow::Result<()> {
+    let location = serve::store_location(&serve_config(args)?)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let store = serve::open_store(&location).await?;
+        let report = store.reindex().await?;
+        tracing::info!(captures = report.captures, days = report.days, skipped = report.skipped, store = %location, "Index rebuilt");
+        print_json(&report);
+        Ok(())
+    })
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = serve_config(args)?;
     let settings = Settings::validate(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -210,7 +210,7 @@ impl QueryService {
         let until = parse_time(&req.until, "--until")?;
         let mut captures: Vec<CaptureInfo> = self
             .store
-            .list_index()
+            .list_index(since)
             .await
             .map_err(store_status)?
             .into_iter()

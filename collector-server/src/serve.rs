@@ -212,6 +212,33 @@ impl std::fmt::Display for StoreLocation {
     }
 }
 
+/// Where `cfg` says the store is.
+///
+/// # Errors
+/// [`ServeError::Config`] when the store setting is missing or invalid.
+pub fn store_location(cfg: &ServeConfig) -> Result<StoreLocation, ServeError> {
+    let store = cfg.store.clone().ok_or_else(|| {
+        ServeError::Config(
+            "--store (or IRCAP_STORE) is required, e.g. file:///var/lib/ircap".into(),
+        )
+    })?;
+    let store = match store.strip_prefix("file://") {
+        Some(dir) if dir.starts_with('/') => StoreLocation::File(PathBuf::from(dir)),
+        Some(dir) if !dir.is_empty() => {
+            return Err(ServeError::Config(format!(
+                "--store {store:?}: the directory must be absolute (file:///{dir}); a relative path would be resolved against the working directory"
+            )));
+        }
+        _ if store.starts_with("s3://") => StoreLocation::S3(cfg.s3.options(&store)?),
+        _ => {
+            return Err(ServeError::Config(format!(
+                "--store {store:?}: expected file://DIR or s3://BUCKET/PREFIX"
+            )));
+        }
+    };
+    Ok(store)
+}
+
 /// Opens the store; an S3 store checks its bucket (reachable, Object Lock
 /// enabled when retention is configured) so a bad bucket fails at start.
 ///
@@ -367,25 +394,7 @@ impl Settings {
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|e| ServeError::Config(format!("--listen {listen_text:?}: {e}")))?;
-        let store = cfg.store.clone().ok_or_else(|| {
-            ServeError::Config(
-                "--store (or IRCAP_STORE) is required, e.g. file:///var/lib/ircap".into(),
-            )
-        })?;
-        let store = match store.strip_prefix("file://") {
-            Some(dir) if dir.starts_with('/') => StoreLocation::File(PathBuf::from(dir)),
-            Some(dir) if !dir.is_empty() => {
-                return Err(ServeError::Config(format!(
-                    "--store {store:?}: the directory must be absolute (file:///{dir}); a relative path would be resolved against the working directory"
-                )));
-            }
-            _ if store.starts_with("s3://") => StoreLocation::S3(cfg.s3.options(&store)?),
-            _ => {
-                return Err(ServeError::Config(format!(
-                    "--store {store:?}: expected file://DIR or s3://BUCKET/PREFIX"
-                )));
-            }
-        };
+        let store = store_location(cfg)?;
         let tls_files = TlsFiles {
             ca: need(&cfg.ca, "ca")?,
             cert: need(&cfg.cert, "cert")?,
@@ -533,6 +542,27 @@ async fn sweep_open(store: Arc<Store>, quotas: crate::quota::Quotas, ttl: Durati
     }
 }
 
+/// How often a collector merges the index days that can still receive
+/// records (see [`crate::store::index`]).
+const INDEX_MERGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Keeps the capture index compact: moves entries of the flat layout into
+/// day records at start, then merges the recent days every
+/// [`INDEX_MERGE_EVERY`], so that a listing reads segments, not records.
+async fn index_upkeep(store: Arc<Store>) {
+    match store.migrate_flat_index().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(entries = n, "Moved index entries into day records"),
+        Err(e) => tracing::warn!(error = %e, "Cannot move the flat index entries"),
+    }
+    loop {
+        if let Err(e) = store.merge_recent().await {
+            tracing::warn!(error = %e, "Cannot merge the recent index days");
+        }
+        tokio::time::sleep(INDEX_MERGE_EVERY).await;
+    }
+}
+
 /// Serves `store` until `shutdown` resolves, then lets in-flight calls
 /// finish for up to [`SHUTDOWN_GRACE`].
 ///
@@ -560,6 +590,7 @@ pub async fn serve(
         quotas.clone(),
         settings.upload_ttl,
     ));
+    let indexing = tokio::spawn(index_upkeep(Arc::clone(&store)));
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics))));
     let live: LiveTls = Arc::new(std::sync::RwLock::new(Arc::clone(&settings.tls)));
@@ -678,6 +709,7 @@ pub async fn serve(
     };
     accept_loop.abort();
     repairing.abort();
+    indexing.abort();
     if let Some(task) = crl_task {
         task.abort();
     }

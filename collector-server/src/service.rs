@@ -213,6 +213,10 @@ async fn send_ack(acks: &AckSender, ack: UploadAck) -> Result<(), Status> {
     }
 }
 
+/// A part being appended in the background; its output is the new
+/// durable length.
+type PartWrite<'a> = std::pin::Pin<Box<dyn Future<Output = Result<u64, Status>> + Send + 'a>>;
+
 /// Appends to an artifact of a capture that is not committed.
 async fn append_open(
     lock: &CaptureLock,
@@ -394,11 +398,31 @@ impl UploadService {
         .await?;
 
         // Bytes verified but not yet appended (the store's part size at
-        // most, plus one chunk); acknowledged only once appended.
+        // most, plus one chunk); acknowledged only once appended. With a
+        // part size (S3), one full part is written in the background while
+        // the next one fills from the stream: at most two parts held, and
+        // the acknowledgement of a part still waits for its write.
         let part_size = store.part_size();
         let mut pending: Vec<u8> = Vec::with_capacity(part_size);
+        let mut writing: Option<PartWrite<'_>> = None;
         loop {
-            match Self::next(&mut stream).await? {
+            let message = match writing.as_mut() {
+                None => Self::next(&mut stream).await?,
+                Some(write) => tokio::select! {
+                    written = write => {
+                        writing = None;
+                        let before = durable;
+                        durable = written?;
+                        metrics
+                            .bytes_received
+                            .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
+                        send_ack(acks, UploadAck { durable_offset: durable, finished: false }).await?;
+                        continue;
+                    }
+                    message = Self::next(&mut stream) => message?,
+                },
+            };
+            match message {
                 None => return Ok(()), // broken off: the partial artifact stays resumable
                 Some(upload_message::Body::Header(_)) => {
                     return Err(Status::invalid_argument(
@@ -441,9 +465,29 @@ impl UploadService {
                         if pending.len() < part_size {
                             continue;
                         }
-                        durable =
-                            append_open(&lock, &store, &state, &name, durable, &pending).await?;
-                        pending.clear();
+                        // The part before must be stored first: its end is
+                        // where this one starts.
+                        if let Some(write) = writing.take() {
+                            durable = write.await?;
+                            metrics
+                                .bytes_received
+                                .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
+                            send_ack(
+                                acks,
+                                UploadAck {
+                                    durable_offset: durable,
+                                    finished: false,
+                                },
+                            )
+                            .await?;
+                        }
+                        let part = std::mem::replace(&mut pending, Vec::with_capacity(part_size));
+                        let at = durable;
+                        let (lock, store, state, name) = (&lock, &store, &state, &name);
+                        writing = Some(Box::pin(async move {
+                            append_open(lock, store, state, name, at, &part).await
+                        }));
+                        continue;
                     }
                     metrics
                         .bytes_received
@@ -479,6 +523,13 @@ impl UploadService {
                             }
                             ingest_status(&e)
                         })?;
+                    if let Some(write) = writing.take() {
+                        let before = durable;
+                        durable = write.await?;
+                        metrics
+                            .bytes_received
+                            .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if !pending.is_empty() {
                         let before = durable;
                         durable =

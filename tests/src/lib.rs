@@ -140,6 +140,16 @@ impl Collector {
     pub fn capture_dir(&self, agent: &str, capture_id: &str) -> PathBuf {
         self.store.join("captures").join(agent).join(capture_id)
     }
+
+    /// The index record of a committed capture in a file store
+    /// (`index/records/<day>/<id>.json`), if there is one.
+    #[must_use]
+    pub fn index_record(&self, capture_id: &str) -> Option<PathBuf> {
+        let days = std::fs::read_dir(self.store.join("index/records")).ok()?;
+        days.filter_map(Result::ok)
+            .map(|day| day.path().join(format!("{capture_id}.json")))
+            .find(|p| p.is_file())
+    }
 }
 
 impl Drop for Collector {

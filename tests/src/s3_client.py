@@ -74,6 +74,14 @@ elif cmd == "create-bucket":
     print("{}")
 elif cmd == "list":
     print(json.dumps(keys(args[0], args[1])))
+elif cmd == "delete-prefix":
+    gone = keys(args[0], args[1])
+    for k in gone:
+        s3.delete_object(Bucket=args[0], Key=k)
+    print(json.dumps(gone))
+elif cmd == "put":
+    s3.put_object(Bucket=args[0], Key=args[1], Body=args[2].encode())
+    print("{}")
 elif cmd == "cat":
     sys.stdout.buffer.write(s3.get_object(Bucket=args[0], Key=args[1])["Body"].read())
 elif cmd == "object":

@@ -34,8 +34,11 @@ use super::{ArtifactOut, CaptureSink, SinkError};
 
 /// Chunk size.
 pub const CHUNK: usize = 1 << 20;
-/// Most unacknowledged bytes kept in memory per artifact.
-pub const WINDOW: usize = 8 * CHUNK;
+/// Most unacknowledged bytes kept in memory per artifact: two of the S3
+/// store's 8 MiB parts, so that the agent streams the next part while the
+/// collector writes the last one (an S3 collector acknowledges a part once
+/// S3 has it; with one part of window every part write stalled the upload).
+pub const WINDOW: usize = 16 * CHUNK;
 /// Deadline for unary calls and for each acknowledgement.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest gRPC message: a chunk, or the manifest at commit (which may be

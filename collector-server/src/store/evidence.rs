@@ -9,7 +9,8 @@
 //! state/<capture-id>.json                               owner, status, artifacts folded in
 //! state/<capture-id>.finished/<sha256 of name>.json     one entry per artifact verified since
 //! state/open/<capture-id>                               marker: opened, not yet committed or expired
-//! index/<capture-id>.json                               one small record per committed capture
+//! index/records/<day>/<capture-id>.json                 one small record per committed capture
+//! index/days/<day>.ndjson                                a day's records merged, for listing (see super::index)
 //! control/<doc key>                                     control documents (requests, agents)
 //! ```
 //!
@@ -128,10 +129,6 @@ impl<B: Blob> Evidence<B> {
         format!("state/open/{id}")
     }
 
-    fn index_key(id: &str) -> String {
-        format!("index/{id}.json")
-    }
-
     fn staging_dir(id: &str) -> String {
         format!("staging/{id}")
     }
@@ -166,31 +163,51 @@ impl<B: Blob> Evidence<B> {
     /// Every finished-artifact entry of a capture.
     async fn entries(&self, id: &str) -> Result<Vec<FinishedEntry>, StoreError> {
         let dir = Self::entries_dir(id);
-        let names = self.blob.list(&dir).await?;
-        let mut out = Vec::with_capacity(names.len());
-        for batch in names.chunks(FETCH_CONCURRENCY) {
+        let keys: Vec<String> = self
+            .blob
+            .list(&dir)
+            .await?
+            .into_iter()
+            .map(|name| format!("{dir}/{name}"))
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, bytes) in self.get_many(&keys).await? {
+            let Some(bytes) = bytes else { continue };
+            match serde_json::from_slice::<FinishedEntry>(&bytes) {
+                Ok(entry) => out.push(entry),
+                // Writes are atomic, so this is not a torn write but a
+                // foreign object: it records nothing.
+                Err(e) => tracing::warn!(key, error = %e, "Skipped an unreadable entry"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The objects under `keys` (`None` for one that is gone), read
+    /// [`FETCH_CONCURRENCY`] at a time, in the order of `keys`.
+    pub(crate) async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(FETCH_CONCURRENCY) {
             let mut tasks = tokio::task::JoinSet::new();
-            for name in batch {
-                let blob = self.blob.clone();
-                let key = format!("{dir}/{name}");
+            for (i, key) in batch.iter().enumerate() {
+                let (blob, key) = (self.blob.clone(), key.clone());
                 tasks.spawn(async move {
                     let bytes = blob.get(&key).await?;
-                    Ok::<_, StoreError>((key, bytes))
+                    Ok::<_, StoreError>((i, key, bytes))
                 });
             }
+            let mut got = BTreeMap::new();
             while let Some(joined) = tasks.join_next().await {
-                let (key, bytes) = joined.map_err(|e| StoreError::Corrupt {
-                    context: dir.clone(),
+                let (i, key, bytes) = joined.map_err(|e| StoreError::Corrupt {
+                    context: "concurrent read".into(),
                     message: e.to_string(),
                 })??;
-                let Some(bytes) = bytes else { continue };
-                match serde_json::from_slice::<FinishedEntry>(&bytes) {
-                    Ok(entry) => out.push(entry),
-                    // Writes are atomic, so this is not a torn write but a
-                    // foreign object: it records nothing.
-                    Err(e) => tracing::warn!(key, error = %e, "Skipped an unreadable entry"),
-                }
+                got.insert(i, (key, bytes));
             }
+            out.extend(got.into_values());
         }
         Ok(out)
     }
@@ -460,9 +477,7 @@ impl<B: Blob> Evidence<B> {
                 }
             }
         }
-        self.blob
-            .put(&Self::index_key(id), to_json(id, index)?, Class::Control)
-            .await?;
+        self.write_index_record(index).await?;
         self.update_state(id, |mut s| {
             if s.complete {
                 return None;
@@ -631,54 +646,6 @@ impl<B: Blob> Evidence<B> {
             })
     }
 
-    /// Whether the index has an entry for `capture_id`.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store cannot be read.
-    pub async fn has_index(&self, capture_id: &str) -> Result<bool, StoreError> {
-        self.blob.exists(&Self::index_key(capture_id)).await
-    }
-
-    /// Every committed capture's index entry.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store cannot be read or an entry is garbage.
-    pub async fn list_index(&self) -> Result<Vec<IndexEntry>, StoreError> {
-        let names: Vec<String> = self
-            .blob
-            .list("index")
-            .await?
-            .into_iter()
-            .filter(|n| n.ends_with(".json"))
-            .collect();
-        let mut out = Vec::with_capacity(names.len());
-        for batch in names.chunks(FETCH_CONCURRENCY) {
-            let mut tasks = tokio::task::JoinSet::new();
-            for name in batch {
-                let blob = self.blob.clone();
-                let key = format!("index/{name}");
-                tasks.spawn(async move {
-                    let bytes = blob.get(&key).await?;
-                    Ok::<_, StoreError>((key, bytes))
-                });
-            }
-            let mut got = BTreeMap::new();
-            while let Some(joined) = tasks.join_next().await {
-                let (key, bytes) = joined.map_err(|e| StoreError::Corrupt {
-                    context: "index listing".into(),
-                    message: e.to_string(),
-                })??;
-                // Removed between the listing and the read: skip it.
-                let Some(bytes) = bytes else { continue };
-                let entry: IndexEntry =
-                    serde_json::from_slice(&bytes).map_err(|e| corrupt(&key, &e))?;
-                got.insert(key, entry);
-            }
-            out.extend(got.into_values());
-        }
-        Ok(out)
-    }
-
     /// Appends one audit event under `audit/<day>/<name>.json`, write-once
     /// (never replaced) and durable on return; an evidence object, so S3
     /// gives it the store's Object Lock retention. Audit events never go
@@ -732,30 +699,12 @@ impl<B: Blob> Evidence<B> {
         keys.sort();
         let skip = keys.len().saturating_sub(limit);
         let keys = keys.split_off(skip);
-        let mut out = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(FETCH_CONCURRENCY) {
-            let mut tasks = tokio::task::JoinSet::new();
-            for key in batch {
-                let blob = self.blob.clone();
-                let key = key.clone();
-                tasks.spawn(async move {
-                    let bytes = blob.get(&key).await?;
-                    Ok::<_, StoreError>((key, bytes))
-                });
-            }
-            let mut got = BTreeMap::new();
-            while let Some(joined) = tasks.join_next().await {
-                let (key, bytes) = joined.map_err(|e| StoreError::Corrupt {
-                    context: "audit listing".into(),
-                    message: e.to_string(),
-                })??;
-                if let Some(bytes) = bytes {
-                    got.insert(key, bytes);
-                }
-            }
-            out.extend(got.into_values());
-        }
-        Ok(out)
+        Ok(self
+            .get_many(&keys)
+            .await?
+            .into_iter()
+            .filter_map(|(_, bytes)| bytes)
+            .collect())
     }
 
     /// Writes (or replaces) a control document; durable on return.
@@ -879,7 +828,7 @@ mod tests {
         assert_eq!(done.finished.len(), 50);
         assert!(ev.open_ids(10).await.unwrap().is_empty());
         assert!(!dir.path().join("state/c1.finished").exists());
-        assert!(ev.has_index("c1").await.unwrap());
+        assert_eq!(ev.list_index(None).await.unwrap(), vec![index("c1")]);
         // The same manifest again (a repair) is harmless.
         assert_eq!(
             ev.commit(&s, b"{}", &index("c1")).await.unwrap(),

@@ -13,7 +13,8 @@
 //!   continues from it. A backend may ask for appends of at least
 //!   `part_size` bytes (all but the artifact's last): the service then
 //!   buffers that much and acknowledges only what was appended, so
-//!   acknowledgements lag by up to one part.
+//!   acknowledgements lag by up to two parts (one written in the background
+//!   while the next fills).
 //! - When an artifact's digests verified, `finish_artifact` makes it final
 //!   (the S3 backend assembles its parts there and checks S3's checksums);
 //!   only then is it recorded as finished.
@@ -34,6 +35,7 @@ pub mod blob;
 pub mod evidence;
 pub mod file;
 pub mod group_sync;
+pub mod index;
 pub mod repair;
 pub mod s3;
 

@@ -66,8 +66,9 @@ pub fn index_entry(manifest: &Manifest, agent: &str, committed_at: &str) -> Inde
 /// [`StoreError`] when the store cannot be read or written, or the stored
 /// manifest is not one.
 pub async fn repair_capture(store: &Store, state: &CaptureState) -> Result<bool, StoreError> {
-    if state.complete && store.has_index(&state.capture_id).await? {
-        // Only the open marker and side files were left.
+    if state.complete {
+        // The index record was written before the state said complete:
+        // only the open marker and side files were left.
         store.close_open(&state.capture_id).await;
         return Ok(false);
     }

@@ -21,8 +21,10 @@
 //!    last piece may be smaller); each becomes one *staging object*
 //!    `@<offset>.<sha256>`, PUT with `x-amz-checksum-sha256` (S3 refuses a
 //!    mismatch). Only then is its end acknowledged to the agent as
-//!    durable, so acks lag by at most one part, and the agent's window
-//!    (8 MiB + one chunk unacknowledged) always fills a part. The SHA-256
+//!    durable. The service writes one part in the background while the
+//!    next one fills, and the agent's window (16 MiB + one chunk
+//!    unacknowledged) covers both, so the upload does not stop for each
+//!    part's PUT; acks lag by at most two parts. The SHA-256
 //!    in the key is the collector's, over the bytes it sent.
 //! 2. Staging objects are ordinary objects: a collector replica that
 //!    picks up a resumed upload (after a crash of this one, or on another
@@ -61,8 +63,8 @@
 //! refuses a `CompleteMultipartUpload` whose part checksum differs
 //! (BadDigest), and honours `If-None-Match` on `CopyObject`.
 //!
-//! Memory per stream is one part buffer in the service, whatever the
-//! artifact's size.
+//! Memory per stream is two part buffers in the service (one being
+//! written, one filling), whatever the artifact's size.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,10 +85,13 @@ use super::blob::{Blob, Class, Version};
 use super::{FinishedArtifact, StoreError};
 
 /// Bytes per staging object and multipart part (the last may be smaller).
-/// At least S3's 5 MiB minimum, at most the agent's window, so every part
-/// fills before the agent waits for an acknowledgement. With S3's 10,000
+/// At least S3's 5 MiB minimum, at most half the agent's window, so a
+/// part fills while the one before it is written. With S3's 10,000
 /// parts this allows artifacts up to 80 GiB.
 pub const PART_SIZE: usize = 8 << 20;
+
+/// `UploadPartCopy` requests of one assembly in flight at once.
+const COPY_CONCURRENCY: usize = 4;
 
 /// Object Lock retention mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -931,47 +936,76 @@ impl S3Blob {
         let bucket = &self.opts.bucket;
         let ctx = || format!("cannot assemble s3://{bucket}/{key}");
         let mut composite = sha2::Sha256::new();
-        let mut completed = Vec::with_capacity(parts.len());
-        for (i, (part, raw)) in parts.iter().zip(sums).enumerate() {
-            let number = i32::try_from(i + 1).map_err(|_| StoreError::Integrity {
-                context: ctx(),
-                message: "too many parts".into(),
-            })?;
+        for raw in sums {
             composite.update(raw);
-            let sum = b64(raw);
-            let out = self
-                .client
-                .upload_part_copy()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .copy_source(copy_source(bucket, &part.key))
-                .send()
-                .await
-                .map_err(|e| backend(ctx(), e))?;
-            let result = out.copy_part_result();
-            // S3 computes the part's SHA-256 as it copies (the upload was
-            // created with that algorithm); it must be what the collector
-            // sent.
-            if let Some(reported) = result.and_then(|r| r.checksum_sha256())
-                && reported != sum
-            {
-                return Err(StoreError::Integrity {
-                    context: part.key.clone(),
-                    message: format!(
-                        "S3 reports SHA-256 {reported} for the copied part, the collector sent {sum}"
-                    ),
+        }
+        // The copies run COPY_CONCURRENCY at a time (S3 copies inside the
+        // store; one after another they left the store's CPUs idle while
+        // the agent waited for the artifact's end).
+        let mut completed = Vec::with_capacity(parts.len());
+        let numbered: Vec<(i32, &StagedPart, &Vec<u8>)> = parts
+            .iter()
+            .zip(sums)
+            .enumerate()
+            .map(|(i, (part, raw))| {
+                i32::try_from(i + 1)
+                    .map(|n| (n, part, raw))
+                    .map_err(|_| StoreError::Integrity {
+                        context: ctx(),
+                        message: "too many parts".into(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        for batch in numbered.chunks(COPY_CONCURRENCY) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for &(number, part, raw) in batch {
+                let (client, bucket, key, upload_id) = (
+                    self.client.clone(),
+                    bucket.clone(),
+                    key.to_owned(),
+                    upload_id.to_owned(),
+                );
+                let (part_key, sum) = (part.key.clone(), b64(raw));
+                tasks.spawn(async move {
+                    let out = client
+                        .upload_part_copy()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .upload_id(upload_id)
+                        .part_number(number)
+                        .copy_source(copy_source(&bucket, &part_key))
+                        .send()
+                        .await
+                        .map_err(|e| backend(format!("cannot assemble s3://{bucket}/{key}"), e))?;
+                    let result = out.copy_part_result();
+                    // S3 computes the part's SHA-256 as it copies (the
+                    // upload was created with that algorithm); it must be
+                    // what the collector sent.
+                    if let Some(reported) = result.and_then(|r| r.checksum_sha256())
+                        && reported != sum
+                    {
+                        return Err(StoreError::Integrity {
+                            context: part_key,
+                            message: format!(
+                                "S3 reports SHA-256 {reported} for the copied part, the collector sent {sum}"
+                            ),
+                        });
+                    }
+                    Ok(CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_owned))
+                        .checksum_sha256(sum)
+                        .build())
                 });
             }
-            completed.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_owned))
-                    .checksum_sha256(sum)
-                    .build(),
-            );
+            while let Some(joined) = tasks.join_next().await {
+                completed.push(joined.map_err(|e| StoreError::Backend {
+                    context: ctx(),
+                    message: e.to_string(),
+                })??);
+            }
         }
+        completed.sort_by_key(|p| p.part_number());
         let out = self
             .client
             .complete_multipart_upload()

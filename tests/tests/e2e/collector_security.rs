@@ -1236,7 +1236,8 @@ async fn a_commit_cut_short_after_the_manifest_is_finished_at_start() -> TestRes
     let port = s.collector.addr.port();
     // Stop it (SIGKILL), then undo what a commit writes after the manifest.
     s.collector = Collector::start(&pki_dir, &store.join("other"), 0);
-    std::fs::remove_file(store.join("index").join(format!("{CAPTURE}.json")))?;
+    // The index record and the day segment it was merged into.
+    std::fs::remove_dir_all(store.join("index"))?;
     std::fs::write(store.join("state/open").join(CAPTURE), b"")?;
     let state_path = store.join("state").join(format!("{CAPTURE}.json"));
     let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
@@ -1255,12 +1256,7 @@ async fn a_commit_cut_short_after_the_manifest_is_finished_at_start() -> TestRes
     assert_eq!(found.len(), 1, "listed after restart: {found:?}");
     assert_eq!(found[0].capture_id, CAPTURE);
     assert_eq!(found[0].status, "complete");
-    assert!(
-        store
-            .join("index")
-            .join(format!("{CAPTURE}.json"))
-            .is_file()
-    );
+    assert!(s.collector.index_record(CAPTURE).is_some());
     // The repair writes the index before the state (the commit order), so
     // the listing can show the capture a moment before the state says so.
     let state = loop {
@@ -2255,7 +2251,7 @@ async fn collector_sigkilled_mid_commit_finishes_every_capture_after_restart() -
         let has_manifest = dir.join("manifest.json").is_file();
         eprintln!(
             "killed {delay} ms into the commit: answered {answered}, manifest {has_manifest}, index {}, complete {}",
-            store.join("index").join(format!("{id}.json")).is_file(),
+            s.collector.index_record(&id).is_some(),
             state["complete"]
         );
         assert!(

@@ -2,17 +2,21 @@
 //! control documents (capture requests, agent presence), the contract the
 //! file store's unit test checks, so that replicas sharing a bucket share
 //! them; and two replicas (two S3 clients on one bucket) racing on one
-//! capture, where S3's conditional writes must make exactly one win.
+//! capture, where S3's conditional writes must make exactly one win; and
+//! the capture index (`store::index`): replicas merging one day at once,
+//! a damaged or deleted segment, what a listing costs at the wire.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 
+use ircap_collector::store::blob::{Blob as _, Class};
 use ircap_collector::store::evidence::{Committed, Evidence};
 use ircap_collector::store::s3::{S3Blob, S3Options};
 use ircap_collector::store::{CaptureState, DocKey, FinishedArtifact, IndexEntry};
-use ircap_e2e::build_dir;
+use ircap_e2e::proxy::Proxy;
 use ircap_e2e::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use ircap_e2e::{TestResult, build_dir};
 use ircap_proto::ArtifactName;
 use sha2::Digest as _;
 
@@ -31,9 +35,14 @@ fn set_credentials() {
 
 /// A new S3 client (a collector replica's) on `bucket`, prefix `ir`.
 async fn replica(server: &S3Server, bucket: &str) -> Evidence<S3Blob> {
+    replica_at(&server.endpoint(), bucket).await
+}
+
+/// [`replica`] reaching S3 at `endpoint` (a proxy in front of it).
+async fn replica_at(endpoint: &str, bucket: &str) -> Evidence<S3Blob> {
     set_credentials();
     let mut opts = S3Options::from_url(&format!("s3://{bucket}/ir")).unwrap();
-    opts.endpoint = Some(server.endpoint());
+    opts.endpoint = Some(endpoint.to_owned());
     opts.path_style = true;
     opts.region = Some("us-east-1".into());
     Evidence::new(S3Blob::connect(opts).await.unwrap())
@@ -192,7 +201,8 @@ async fn two_replicas_racing_on_one_capture_never_lose_an_update_or_lie() {
         let done = b.state(&id).await.unwrap().unwrap();
         assert!(done.complete && done.expired_at.is_none(), "{done:?}");
         assert_eq!(done.finished.len(), 8, "round {round}: artifacts lost");
-        assert!(b.has_index(&id).await.unwrap());
+        let listed = b.list_index(None).await.unwrap();
+        assert!(listed.iter().any(|e| e.capture_id == id), "round {round}");
     }
 
     // Commit on one replica racing expiry on the other: complete with its
@@ -223,4 +233,228 @@ async fn two_replicas_racing_on_one_capture_never_lose_an_update_or_lie() {
     // An expiry that ran first and lost the capture to the commit anyway
     // (the manifest is the truth), or found it committed.
     assert!(!outcomes.is_empty());
+}
+
+/// A SeaweedFS of its own with the bucket `idx`.
+struct Setup {
+    /// Declared first so it stops before its directory is removed.
+    server: S3Server,
+    _tmp: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("ircap-s3-index-")
+            .tempdir_in(build_dir())
+            .unwrap();
+        let server = S3Server::start(&tmp.path().join("weed"));
+        server.create_bucket("idx", false);
+        Self { server, _tmp: tmp }
+    }
+
+    /// A replica reaching S3 at `endpoint`.
+    async fn store(&self, endpoint: &str) -> Evidence<S3Blob> {
+        replica_at(endpoint, "idx").await
+    }
+
+    fn cat(&self, key: &str) -> Vec<u8> {
+        let out = self.server.boto(&["cat", "idx", &format!("ir/{key}")]);
+        assert!(out.status.success(), "{key}");
+        out.stdout
+    }
+}
+
+/// Writes `n` records straight into `day` (a past day: it seals when
+/// merged) as a commit on that day would have.
+async fn plant(store: &Evidence<S3Blob>, day: &str, n: usize) {
+    for i in 0..n {
+        plant_one(store, day, i).await;
+    }
+}
+
+async fn plant_one(store: &Evidence<S3Blob>, day: &str, i: usize) {
+    let e = index(&format!("{day}-{i:05}"));
+    let key = format!("index/records/{day}/{}.json", e.capture_id);
+    store
+        .blob()
+        .put(&key, serde_json::to_vec(&e).unwrap(), Class::Control)
+        .await
+        .unwrap();
+}
+
+/// The records a segment holds, checked against its header.
+fn segment_ids(bytes: &[u8]) -> Vec<String> {
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let ids: Vec<String> = lines
+        .map(|l| serde_json::from_str::<IndexEntry>(l).unwrap().capture_id)
+        .collect();
+    assert_eq!(
+        header["records"].as_u64(),
+        Some(ids.len() as u64),
+        "{header}"
+    );
+    ids
+}
+
+const WRITERS: usize = 16;
+const PER_WRITER: usize = 12;
+
+fn today() -> String {
+    let d = time::OffsetDateTime::now_utc().date();
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+/// Two replicas, eight writers each, every writer merging today after
+/// each record it writes: the conditional segment writes collide, the
+/// losers read again, and the segment ends with every record (without
+/// the conditions a merge that listed the records earlier overwrites a
+/// later one's segment, and records merged before are lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_merging_one_day_at_once_lose_no_record() -> TestResult {
+    let s = Setup::new();
+    let replicas = [
+        s.store(&s.server.endpoint()).await,
+        s.store(&s.server.endpoint()).await,
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let store = replicas[w % 2].clone();
+        tasks.spawn(async move {
+            for i in 0..PER_WRITER {
+                store
+                    .write_index_record(&index(&format!("w{w}-{i:02}")))
+                    .await
+                    .unwrap();
+                store.merge_day(&today(), false).await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r?;
+    }
+    let mut ids = segment_ids(&s.cat(&format!("index/days/{}.ndjson", today())));
+    ids.sort();
+    let mut want: Vec<String> = (0..WRITERS)
+        .flat_map(|w| (0..PER_WRITER).map(move |i| format!("w{w}-{i:02}")))
+        .collect();
+    want.sort();
+    assert_eq!(ids, want);
+    let listed = replicas[1].list_index(None).await?;
+    assert_eq!(listed.len(), WRITERS * PER_WRITER);
+    Ok(())
+}
+
+/// A replica that read the segment before another merged a new record
+/// into it cannot write its older view over it: its write is refused, it
+/// merges again, and the record stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_merge_is_refused_and_merges_again() -> TestResult {
+    let s = Setup::new();
+    let (a, b) = (
+        s.store(&s.server.endpoint()).await,
+        s.store(&s.server.endpoint()).await,
+    );
+    let day = "2020-02-02";
+    for (first, second) in [(0, 1), (2, 3)] {
+        plant_one(&a, day, first).await;
+        // A reads (the segment, absent the first time; then its version).
+        let stale = a.prepare_merge(day, false).await?;
+        plant_one(&b, day, second).await;
+        let merged = b.merge_day(day, false).await?;
+        assert_eq!(merged.len(), second + 1);
+        assert!(
+            a.write_merge(stale).await?.is_none(),
+            "a stale merge was written"
+        );
+        assert_eq!(a.merge_day(day, false).await?.len(), second + 1);
+        let ids = segment_ids(&s.cat(&format!("index/days/{day}.ndjson")));
+        assert_eq!(ids.len(), second + 1, "{ids:?}");
+    }
+    Ok(())
+}
+
+/// A segment overwritten with garbage, one whose body no longer matches
+/// its header, and one deleted: each is rebuilt from the day's records by
+/// the next listing, which lists every capture meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_deleted_segment_is_rebuilt_from_the_records() -> TestResult {
+    let s = Setup::new();
+    let store = s.store(&s.server.endpoint()).await;
+    let day = "2020-03-04";
+    plant(&store, day, 30).await;
+    assert_eq!(store.list_index(None).await?.len(), 30);
+    let key = format!("index/days/{day}.ndjson");
+    let good = s.cat(&key);
+    assert_eq!(segment_ids(&good).len(), 30);
+
+    let mut edited = String::from_utf8(good.clone())?;
+    edited = edited.replacen("2020-03-04-00007", "2020-03-04-99999", 1);
+    let damaged = [
+        "{\"not\":\"an index\"}\n".to_owned(),
+        edited,
+        // A record dropped (header count and digest no longer match).
+        String::from_utf8(good.clone())?
+            .lines()
+            .filter(|l| !l.contains("2020-03-04-00011"))
+            .map(|l| format!("{l}\n"))
+            .collect(),
+    ];
+    for bad in damaged {
+        let _ = s
+            .server
+            .boto_json(&["put", "idx", &format!("ir/{key}"), &bad]);
+        let listed = store.list_index(None).await?;
+        assert_eq!(listed.len(), 30, "after writing {bad:.60}");
+        assert!(listed.iter().all(|e| e.capture_id != "2020-03-04-99999"));
+        assert_eq!(segment_ids(&s.cat(&key)).len(), 30);
+    }
+    let _ = s
+        .server
+        .boto_json(&["delete-prefix", "idx", &format!("ir/{key}")]);
+    assert_eq!(store.list_index(None).await?.len(), 30);
+    assert_eq!(segment_ids(&s.cat(&key)).len(), 30);
+    Ok(())
+}
+
+/// Requests one listing sends, counted at the proxy.
+async fn requests_of(proxy: &Proxy, store: &Evidence<S3Blob>, since: Option<&str>) -> Vec<String> {
+    let before = proxy.requests().len();
+    let since = since.map(|t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap()
+    });
+    let _ = store.list_index(since).await.unwrap();
+    proxy.requests()[before..].to_vec()
+}
+
+/// Once its days are sealed, listing N captures costs one LIST and one GET
+/// per day, whatever N; `--since` reads only the days it can match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_costs_one_get_per_day_not_per_capture() -> TestResult {
+    let s = Setup::new();
+    let upstream = s.server.endpoint().trim_start_matches("http://").parse()?;
+    let proxy = Proxy::start(upstream);
+    let store = s.store(&format!("http://{}", proxy.addr)).await;
+    let days = ["2020-05-01", "2020-05-02", "2020-05-03"];
+    for (d, n) in days.iter().zip([40, 150, 10]) {
+        plant(&store, d, n).await;
+    }
+    // The first listing merges (and seals) each day: one GET per record.
+    let first = requests_of(&proxy, &store, None).await;
+    assert!(first.len() > 200, "{}", first.len());
+    for (since, want_days) in [(None, 3), (Some("2020-05-03T12:00:00Z"), 2)] {
+        let reqs = requests_of(&proxy, &store, since).await;
+        let gets = reqs.iter().filter(|r| r.starts_with("GET ")).count();
+        let segments = reqs.iter().filter(|r| r.contains("/index/days/")).count();
+        assert_eq!(
+            (reqs.len(), segments),
+            (1 + want_days, want_days),
+            "since {since:?}: {reqs:#?}"
+        );
+        assert_eq!(gets, reqs.len(), "{reqs:#?}");
+        assert_eq!(store.list_index(None).await?.len(), 200);
+    }
+    Ok(())
 }

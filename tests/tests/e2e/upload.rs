@@ -91,9 +91,8 @@ fn capture_arrives_complete_verified_and_receipted() -> TestResult {
     );
     drop(listener);
     // The index names the capture under the agent's certificate identity.
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(
-        collector.store.join("index").join(format!("{id}.json")),
-    )?)?;
+    let record = collector.index_record(id).expect("an index record");
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(record)?)?;
     assert_eq!(index["agent"], "web-1");
     Ok(())
 }
