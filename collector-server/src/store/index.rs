@@ -274,12 +274,19 @@ impl<B: Blob> Evidence<B> {
     /// [`StoreError`] when the store cannot be read or written, or the
     /// segment kept changing.
     pub async fn merge_day(&self, day: &str, rebuild: bool) -> Result<Vec<IndexEntry>, StoreError> {
-        for _ in 0..MERGE_RETRIES {
+        for attempt in 0..MERGE_RETRIES {
             let merge = self.prepare_merge(day, rebuild).await?;
             if let Some(entries) = self.write_merge(merge).await? {
                 return Ok(entries);
             }
             tracing::debug!(day, "Index segment changed under us; merging again");
+            // Replicas that collided wait a random while, longer each time
+            // (up to 320 ms), so they stop colliding. The random bits of a
+            // UUIDv7 serve as the random number.
+            let cap_ms = 5u64 << attempt.min(6);
+            #[allow(clippy::cast_possible_truncation)]
+            let random = uuid::Uuid::now_v7().as_u128() as u64;
+            tokio::time::sleep(std::time::Duration::from_millis(random % (cap_ms + 1))).await;
         }
         Err(StoreError::Backend {
             context: segment_key(day),

@@ -50,7 +50,9 @@ fn static_agent_is_static_small_and_hashed() -> TestResult {
         "{desc}"
     );
     let size = std::fs::metadata(&agent)?.len();
-    assert!(size < 6 * 1024 * 1024, "{size} bytes");
+    // 6 MB was the bound before the YARA engine (boreal, +1.43 MB); its
+    // issue allowed the agent to grow but not past 10 MB.
+    assert!(size < 10 * 1000 * 1000, "{size} bytes");
     let name = agent.file_name().unwrap().to_string_lossy().into_owned();
     let sha_file = std::fs::read_to_string(agent.with_file_name(format!("{name}.sha256")))?;
     let digest = sha256_hex(&agent);
