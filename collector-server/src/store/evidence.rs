@@ -83,6 +83,67 @@ pub struct StreamState {
 #[derive(Debug, Clone)]
 pub struct Evidence<B> {
     blob: B,
+    counts: FinishedCounts,
+}
+
+/// How long a finished-artifact count learnt by listing is used before
+/// it is listed again (artifacts another replica finished meanwhile are
+/// then counted).
+const COUNT_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most captures whose counts are kept (the table is emptied past it).
+const MAX_COUNTED: usize = 10_000;
+
+/// The number of finished-artifact entries of each open capture, as this
+/// replica last listed them plus what it recorded since: a stream start
+/// reads it instead of listing every entry (one listing per artifact would
+/// be quadratic in a capture's artifacts, and pages of LIST on S3). Only
+/// the per-capture artifact limit reads it, and the manifest limit bounds
+/// a capture anyway, so a count another replica has not seen yet for up
+/// to [`COUNT_FRESH`] costs nothing.
+#[derive(Debug, Clone, Default)]
+struct FinishedCounts(
+    std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, (usize, std::time::Instant)>>,
+    >,
+);
+
+impl FinishedCounts {
+    fn table(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (usize, std::time::Instant)>>
+    {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The count of `id`, unless unknown or older than [`COUNT_FRESH`].
+    fn fresh(&self, id: &str) -> Option<usize> {
+        self.table()
+            .get(id)
+            .filter(|(_, at)| at.elapsed() < COUNT_FRESH)
+            .map(|(n, _)| *n)
+    }
+
+    /// `id` has `n` entries, as listed now.
+    fn listed(&self, id: &str, n: usize) {
+        let mut t = self.table();
+        if t.len() >= MAX_COUNTED && !t.contains_key(id) {
+            t.clear();
+        }
+        t.insert(id.to_owned(), (n, std::time::Instant::now()));
+    }
+
+    /// One more entry of `id` was recorded here.
+    fn recorded(&self, id: &str) {
+        if let Some((n, _)) = self.table().get_mut(id) {
+            *n += 1;
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.table().remove(id);
+    }
 }
 
 fn corrupt(context: impl Into<String>, e: &serde_json::Error) -> StoreError {
@@ -100,7 +161,10 @@ impl<B: Blob> Evidence<B> {
     /// Captures in `blob`.
     #[must_use]
     pub fn new(blob: B) -> Self {
-        Self { blob }
+        Self {
+            blob,
+            counts: FinishedCounts::default(),
+        }
     }
 
     /// The blob layer.
@@ -258,7 +322,14 @@ impl<B: Blob> Evidence<B> {
         let mut finished = state.finished.get(name.as_str()).cloned();
         let mut count = state.finished.len();
         if !state.complete {
-            count += self.blob.list(&Self::entries_dir(capture_id)).await?.len();
+            count += match self.counts.fresh(capture_id) {
+                Some(n) => n,
+                None => {
+                    let n = self.blob.list(&Self::entries_dir(capture_id)).await?.len();
+                    self.counts.listed(capture_id, n);
+                    n
+                }
+            };
             if finished.is_none() {
                 let key = Self::entry_key(capture_id, name.as_str());
                 if let Some(bytes) = self.blob.get(&key).await? {
@@ -408,7 +479,9 @@ impl<B: Blob> Evidence<B> {
         };
         self.blob
             .put(&key, to_json(&key, &entry)?, Class::Control)
-            .await
+            .await?;
+        self.counts.recorded(&state.capture_id);
+        Ok(())
     }
 
     /// Replaces the state with `change` applied to a fresh read, at the
@@ -542,6 +615,7 @@ impl<B: Blob> Evidence<B> {
     /// Removes what an open capture kept on the side (its marker last, so
     /// a crash leaves it to repair or expiry).
     pub async fn close_open(&self, id: &str) {
+        self.counts.forget(id);
         for (what, r) in [
             (
                 "entries",
@@ -834,6 +908,43 @@ mod tests {
             ev.commit(&s, b"{}", &index("c1")).await.unwrap(),
             Committed::Stored
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_start_counts_finished_artifacts_without_listing_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ev = store(dir.path());
+        let s = ev.open(&opened("c2")).await.unwrap();
+        let name = |i: u64| ArtifactName::parse(&format!("a/{i}.bin")).unwrap();
+        assert_eq!(
+            ev.stream_state("c2", &name(0))
+                .await
+                .unwrap()
+                .unwrap()
+                .count,
+            0
+        );
+        for i in 0..5u64 {
+            ev.record_finished(&s, &name(i), &artifact(i))
+                .await
+                .unwrap();
+        }
+        // Counted as recorded, not listed again: an entry written behind
+        // this replica's back (another replica) is not seen yet...
+        std::fs::write(
+            dir.path().join("state/c2.finished/elsewhere.json"),
+            br#"{"name":"b","finished":{"encoding":"identity","size":1,"sha256":"","size_uncompressed":1,"sha256_uncompressed":""}}"#,
+        )
+        .unwrap();
+        let st = ev.stream_state("c2", &name(9)).await.unwrap().unwrap();
+        assert_eq!(st.count, 5);
+        // ...and is once the count is listed again.
+        ev.counts.forget("c2");
+        let st = ev.stream_state("c2", &name(9)).await.unwrap().unwrap();
+        assert_eq!(st.count, 6);
+        // The artifact's own entry is always read, whatever the count says.
+        let st = ev.stream_state("c2", &name(3)).await.unwrap().unwrap();
+        assert_eq!(st.finished, Some(artifact(3)));
     }
 
     #[tokio::test]
