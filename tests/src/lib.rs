@@ -280,6 +280,123 @@ impl CollectorBuilder {
     }
 }
 
+/// A copy of directory `from` (a capture, say) at `to`, recursively.
+///
+/// # Panics
+/// When a file cannot be read or written.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Every record of a stored `.jsonl.gz` table, parsed strictly.
+///
+/// # Panics
+/// When the file cannot be read or a line is not JSON.
+#[must_use]
+pub fn table_rows(path: &Path) -> Vec<serde_json::Value> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    flate2::read::MultiGzDecoder::new(
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .read_to_string(&mut text)
+    .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+/// The command `ircap-collector CMD --server URL ARGS` with analyst
+/// `who`'s certificate from `pki`.
+#[must_use]
+pub fn analyst_command(url: &str, pki: &Path, who: &str, cmd: &str, args: &[&str]) -> Command {
+    let mut c = bin("ircap-collector");
+    c.arg(cmd)
+        .args(["--server", url])
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join(format!("{who}.pem")))
+        .arg("--key")
+        .arg(pki.join(format!("{who}.key")))
+        .args(args);
+    c
+}
+
+/// [`analyst_command`], run to completion.
+///
+/// # Panics
+/// When the command cannot run.
+#[must_use]
+pub fn analyst(url: &str, pki: &Path, who: &str, cmd: &str, args: &[&str]) -> std::process::Output {
+    analyst_command(url, pki, who, cmd, args).output().unwrap()
+}
+
+/// Every non-empty stdout line of a command, parsed as JSON.
+///
+/// # Panics
+/// On a line that is not JSON, naming it.
+#[must_use]
+pub fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+/// An `ircap-agent serve` process; killed when dropped.
+pub struct ServeAgent(pub Child);
+
+impl ServeAgent {
+    /// `ircap-agent serve` as `who` (certificates from `pki`, the default
+    /// policy) against the collector at `url`, with a one-second
+    /// heartbeat and backoff; its config is `<tmp>/<who>.toml`, its stderr
+    /// `<tmp>/<who>.log`.
+    ///
+    /// # Panics
+    /// When the config cannot be written or the agent cannot start.
+    #[must_use]
+    pub fn start(tmp: &Path, url: &str, pki: &Path, who: &str) -> Self {
+        let config = tmp.join(format!("{who}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "collector = \"{url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"1s\"\n",
+                pki.join("ca.pem").display(),
+                pki.join(format!("{who}.pem")).display(),
+                pki.join(format!("{who}.key")).display(),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(tmp.join(format!("{who}.log"))).unwrap();
+        Self(
+            bin("ircap-agent")
+                .args(["serve", "--no-imds", "--backoff-max", "1s", "--config"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for ServeAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `ircap-agent capture --no-imds --collector URL` with `who`'s
 /// certificate from `pki`, plus `extra` arguments.
 pub fn agent_capture(url: &str, pki: &Path, who: &str, extra: &[&str]) -> std::process::Output {

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use ircap_e2e::{Collector, TestResult, agent_capture, bin, build_dir, client, docs, pki};
+use ircap_e2e::{
+    Collector, TestResult, agent_capture, bin, build_dir, client, copy_dir, docs, json_lines, pki,
+};
 use ircap_proto::v1::capture_query_client::CaptureQueryClient;
 use ircap_proto::v1::{
     CaptureInfo, GetManifestRequest, ListCapturesRequest, OpenCaptureRequest, ReadArtifactRequest,
@@ -69,18 +71,7 @@ impl Setup {
 
     /// `ircap-collector CMD --server .. --ca .. --cert WHO --key WHO ARGS`.
     fn analyst(&self, who: &str, cmd: &str, args: &[&str]) -> Output {
-        bin("ircap-collector")
-            .arg(cmd)
-            .args(["--server", &self.collector.url()])
-            .arg("--ca")
-            .arg(self.pki().join("ca.pem"))
-            .arg("--cert")
-            .arg(self.pki().join(format!("{who}.pem")))
-            .arg("--key")
-            .arg(self.pki().join(format!("{who}.key")))
-            .args(args)
-            .output()
-            .unwrap()
+        ircap_e2e::analyst(&self.collector.url(), self.pki(), who, cmd, args)
     }
 
     /// `pull ID DIR` as alice.
@@ -120,15 +111,6 @@ fn assert_exit(out: &Output, code: i32, what: &str) {
         text(&out.stdout),
         text(&out.stderr)
     );
-}
-
-/// Every stdout line parsed as JSON.
-fn json_lines(out: &Output) -> Vec<serde_json::Value> {
-    text(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .collect()
 }
 
 fn ids(rows: &[serde_json::Value]) -> Vec<String> {
@@ -247,18 +229,6 @@ fn entries(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// A raw `CaptureQuery` client presenting `who`'s certificate (`None`: no

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use ircap_e2e::{Collector, TestResult, agent_capture, bin, pki};
+use ircap_e2e::{Collector, TestResult, agent_capture, bin, copy_dir, json_lines, pki};
 
 const RECEIPT: &str = "manifest.receipt.json";
 const SIG: &str = "manifest.receipt.sig";
@@ -26,20 +26,6 @@ fn capture(collector: &Collector) -> PathBuf {
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["status"], "complete", "{s}");
     collector.capture_dir("web-1", s["capture_id"].as_str().unwrap())
-}
-
-/// A copy of capture directory `src` at `dst`.
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), to).unwrap();
-        }
-    }
 }
 
 /// `ircap-collector verify DIR [--ca CA]`.
@@ -388,18 +374,7 @@ fn cert_sha256(pem: &Path) -> String {
 
 /// `ircap-collector CMD` against `collector` as `who` with `args`.
 fn analyst(collector: &Collector, who: &str, cmd: &str, args: &[&str]) -> Output {
-    bin("ircap-collector")
-        .arg(cmd)
-        .args(["--server", &collector.url()])
-        .arg("--ca")
-        .arg(collector.pki.join("ca.pem"))
-        .arg("--cert")
-        .arg(collector.pki.join(format!("{who}.pem")))
-        .arg("--key")
-        .arg(collector.pki.join(format!("{who}.key")))
-        .args(args)
-        .output()
-        .unwrap()
+    ircap_e2e::analyst(&collector.url(), &collector.pki, who, cmd, args)
 }
 
 /// The events added since `before` events were stored.
@@ -668,47 +643,9 @@ fn require_case_refuses_calls_without_one() -> TestResult {
 }
 
 /// Kills a spawned agent daemon when dropped.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `ircap-agent serve` as `who` against `collector`.
-fn daemon(tmp: &Path, collector: &Collector, who: &str) -> Daemon {
-    let pki = &collector.pki;
-    let config = tmp.join(format!("{who}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "collector = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"1s\"\n",
-            collector.url(),
-            pki.join("ca.pem").display(),
-            pki.join(format!("{who}.pem")).display(),
-            pki.join(format!("{who}.key")).display(),
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(tmp.join(format!("{who}.log"))).unwrap();
-    Daemon(
-        bin("ircap-agent")
-            .args(["serve", "--no-imds", "--backoff-max", "1s", "--config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn json_lines(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+fn daemon(tmp: &Path, collector: &Collector, who: &str) -> ircap_e2e::ServeAgent {
+    ircap_e2e::ServeAgent::start(tmp, &collector.url(), &collector.pki, who)
 }
 
 /// Issues analyst `name` from `pki`'s CA into `out`.

@@ -10,10 +10,10 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ircap_e2e::{Collector, TestResult, bin, pki};
+use ircap_e2e::{Collector, TestResult, analyst, analyst_command, bin, json_lines, pki};
 use ircap_proto::v1::agent_control_client::AgentControlClient;
 use ircap_proto::v1::{AgentMessage, Hello, agent_message};
 use serde_json::Value;
@@ -60,14 +60,8 @@ fn many_mappings(n: usize) -> Result<Daemon, Box<dyn std::error::Error>> {
     Ok(held)
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+// A process killed when dropped (an agent, or a planted one).
+use ircap_e2e::ServeAgent as Daemon;
 
 /// `ircap-agent serve` as `who` with a one-second heartbeat and backoff,
 /// certificates from a TOML config file, plus `extra` flags.
@@ -172,35 +166,6 @@ fn uuid_like() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos()
-}
-
-/// The command `ircap-collector CMD --server URL ARGS` with `who`'s
-/// certificate.
-fn analyst_command(url: &str, pki: &Path, who: &str, cmd: &str, args: &[&str]) -> Command {
-    let mut c = bin("ircap-collector");
-    c.arg(cmd)
-        .args(["--server", url])
-        .arg("--ca")
-        .arg(pki.join("ca.pem"))
-        .arg("--cert")
-        .arg(pki.join(format!("{who}.pem")))
-        .arg("--key")
-        .arg(pki.join(format!("{who}.key")))
-        .args(args);
-    c
-}
-
-/// [`analyst_command`], run to completion.
-fn analyst(url: &str, pki: &Path, who: &str, cmd: &str, args: &[&str]) -> Output {
-    analyst_command(url, pki, who, cmd, args).output().unwrap()
-}
-
-fn json_lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
 }
 
 /// `agents --json` as alice.

@@ -97,18 +97,7 @@ impl Setup {
 
     /// `ircap-collector CMD --server URL ...` as alice.
     fn analyst(&self, collector: &Collector, cmd: &str, args: &[&str]) -> Output {
-        bin("ircap-collector")
-            .arg(cmd)
-            .args(["--server", &collector.url()])
-            .arg("--ca")
-            .arg(self.pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(self.pki.join("alice.pem"))
-            .arg("--key")
-            .arg(self.pki.join("alice.key"))
-            .args(args)
-            .output()
-            .unwrap()
+        ircap_e2e::analyst(&collector.url(), &self.pki, "alice", cmd, args)
     }
 
     /// The committed manifest, read with boto3.

@@ -13,15 +13,7 @@ use ircap_e2e::{Collector, TestResult, agent_capture, bin, pki};
 
 /// Every record of a stored `.jsonl.gz` table, parsed strictly.
 fn table(dir: &std::path::Path, name: &str) -> Vec<serde_json::Value> {
-    let mut text = String::new();
-    flate2::read::MultiGzDecoder::new(
-        std::fs::File::open(dir.join(format!("{name}.jsonl.gz"))).unwrap(),
-    )
-    .read_to_string(&mut text)
-    .unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    ircap_e2e::table_rows(&dir.join(format!("{name}.jsonl.gz")))
 }
 
 fn summary(out: &std::process::Output) -> serde_json::Value {

@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use ircap_e2e::{TestResult, bin};
+use ircap_e2e::{TestResult, bin, json_lines, table_rows};
 use serde_json::Value;
 
 /// Copies argv[1] and argv[2] (hex) into one malloc'ed buffer, prints its
@@ -104,16 +104,6 @@ fn capture(out: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn gunzip_rows(path: &Path) -> Vec<Value> {
-    let mut text = String::new();
-    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_string(&mut text)
-        .unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn capture_dir(out: &Path, output: &Output) -> (Value, std::path::PathBuf) {
     let summary: Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|_| panic!("no summary: {}", String::from_utf8_lossy(&output.stderr)));
@@ -173,7 +163,7 @@ fn yara_finds_a_heap_canary_and_a_planted_file_but_never_scans_the_agent() -> Te
     let (summary, dir) = capture_dir(&out, &got);
     assert_eq!(summary["status"], "complete");
     ircap_e2e::assert_verifies(&dir);
-    let rows = gunzip_rows(&dir.join("yara_matches.jsonl.gz"));
+    let rows = table_rows(&dir.join("yara_matches.jsonl.gz"));
 
     // Memory: the canary's heap, at exactly the buffer's address.
     let heap: Vec<&Value> = rows
@@ -265,7 +255,7 @@ fn a_rule_that_matches_nothing_finds_nothing() -> TestResult {
     let (summary, dir) = capture_dir(&out, &got);
     assert_eq!(summary["status"], "complete");
     assert_eq!(summary["records"]["yara_matches"], 0);
-    assert!(gunzip_rows(&dir.join("yara_matches.jsonl.gz")).is_empty());
+    assert!(table_rows(&dir.join("yara_matches.jsonl.gz")).is_empty());
     Ok(())
 }
 
@@ -368,60 +358,7 @@ fn a_malformed_rules_file_is_refused_with_the_compilers_message() -> TestResult 
 
 /// `ircap-collector CMD --server URL ARGS` as alice.
 fn analyst(url: &str, pki: &Path, cmd: &str, args: &[&str]) -> Output {
-    bin("ircap-collector")
-        .arg(cmd)
-        .args(["--server", url])
-        .arg("--ca")
-        .arg(pki.join("ca.pem"))
-        .arg("--cert")
-        .arg(pki.join("alice.pem"))
-        .arg("--key")
-        .arg(pki.join("alice.key"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn json_lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
-/// `ircap-agent serve` as `who` (default policy), killed on drop.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(tmp: &Path, url: &str, pki: &Path, who: &str) -> Serve {
-    let config = tmp.join(format!("{who}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "collector = \"{url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"1s\"\n",
-            pki.join("ca.pem").display(),
-            pki.join(format!("{who}.pem")).display(),
-            pki.join(format!("{who}.key")).display(),
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(tmp.join(format!("{who}.log"))).unwrap();
-    Serve(
-        bin("ircap-agent")
-            .args(["serve", "--no-imds", "--backoff-max", "1s", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    ircap_e2e::analyst(url, pki, "alice", cmd, args)
 }
 
 fn wait_for_agent(url: &str, pki: &Path, who: &str) {
@@ -448,7 +385,7 @@ fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() ->
         .log(&tmp.path().join("collector.log"))
         .start();
     let url = c.url();
-    let _agent = serve(tmp.path(), &url, &pki, "web-1");
+    let _agent = ircap_e2e::ServeAgent::start(tmp.path(), &url, &pki, "web-1");
     wait_for_agent(&url, &pki, "web-1");
     let (a, b) = pattern();
     let canary = Canary::start(&a, &b);
@@ -483,7 +420,7 @@ fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() ->
     let id = result["capture_id"].as_str().unwrap_or_default();
     let dir = c.capture_dir("web-1", id);
     ircap_e2e::assert_verifies(&dir);
-    let rows = gunzip_rows(&dir.join("yara_matches.jsonl.gz"));
+    let rows = table_rows(&dir.join("yara_matches.jsonl.gz"));
     let mine: Vec<&Value> = rows
         .iter()
         .filter(|r| r["pid"].as_i64() == Some(canary.pid()))
@@ -668,7 +605,7 @@ fn yara_dump_stores_the_matching_region_and_maps_the_match_to_its_bytes() -> Tes
         !dir.join("memory_regions.jsonl.gz").exists(),
         "--skip memory_regions: only the matching region is stored"
     );
-    let rows = gunzip_rows(&dir.join("yara_matches.jsonl.gz"));
+    let rows = table_rows(&dir.join("yara_matches.jsonl.gz"));
     assert_eq!(rows.len(), 1, "{rows:?}");
     let dump = &rows[0]["dump"];
     assert_eq!(
