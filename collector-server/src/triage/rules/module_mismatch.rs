@@ -55,6 +55,27 @@ mod tests {
     }
 
     #[test]
+    fn a_module_hidden_from_sys_module_is_found() {
+        let e = evidence(&[(
+            "kernel_modules",
+            vec![
+                json!({"name": "ext4", "in_proc_modules": true, "in_sys_module": true}),
+                json!({"name": "diamorphine", "in_proc_modules": true, "in_sys_module": false}),
+            ],
+        )]);
+        let f = run(check, &e);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].pointers[0].line, 2);
+        assert_eq!(f[0].pointers[0].path.as_deref(), Some("diamorphine"));
+        assert!(
+            f[0].title
+                .contains("diamorphine is in /proc/modules but not in /sys/module"),
+            "{}",
+            f[0].title
+        );
+    }
+
+    #[test]
     fn modules_in_both_lists_or_unknown_sysfs_are_not_findings() {
         let e = evidence(&[(
             "kernel_modules",
