@@ -411,6 +411,234 @@ mod tests {
         assert!(findings.added[0].key.starts_with("exe_origin:pid=10"));
     }
 
+    /// Every change in `d` as (section, "+" or "-", key).
+    fn changes(d: &Diff) -> Vec<(&'static str, &'static str, String)> {
+        let mut out = Vec::new();
+        for s in &d.sections {
+            out.extend(s.added.iter().map(|i| (s.name, "+", i.key.clone())));
+            out.extend(s.removed.iter().map(|i| (s.name, "-", i.key.clone())));
+        }
+        out
+    }
+
+    /// The diff from `a` to `b` lists exactly `want`, with B's pointers
+    /// at `want_at` (artifact, line); `b` against itself lists nothing.
+    fn planted(
+        a: &[(&str, Vec<serde_json::Value>)],
+        b: &[(&str, Vec<serde_json::Value>)],
+        want: &[(&str, &str, &str)],
+        want_at: &[(&str, u64)],
+    ) -> Diff {
+        let (ea, eb) = (evidence(a), evidence(b));
+        let d = diff(&ea, &eb);
+        let got = changes(&d);
+        let want: Vec<(&str, &str, String)> = want
+            .iter()
+            .map(|&(s, sign, k)| (s, sign, k.to_owned()))
+            .collect();
+        assert_eq!(got, want, "{d:#?}");
+        let pointers: Vec<(&str, u64)> = d
+            .sections
+            .iter()
+            .flat_map(|s| &s.added)
+            .map(|i| (i.pointer.artifact.as_str(), i.pointer.line))
+            .collect();
+        assert_eq!(pointers, want_at, "{d:#?}");
+        assert_eq!(changes(&diff(&eb, &eb)), vec![], "identical captures");
+        d
+    }
+
+    fn conn(proto: &str, state: &str, remote: &str, port: u16, name: &str) -> serde_json::Value {
+        json!({"netns": 4026531840_u64, "protocol": proto, "local_address": "10.0.0.2",
+               "local_port": 40000 + port, "remote_address": remote, "remote_port": port,
+               "state": state, "pids": [7], "process_names": [name]})
+    }
+
+    #[test]
+    fn a_new_remote_peer_is_listed_once_and_local_or_known_peers_are_not() {
+        let base = vec![
+            process(1, "init", "/sbin/init"),
+            process(7, "curl", "/usr/bin/curl"),
+        ];
+        let a = vec![conn("tcp", "ESTABLISHED", "10.0.0.5", 443, "curl")];
+        let b = vec![
+            conn("tcp", "ESTABLISHED", "10.0.0.5", 443, "curl"),
+            // A second connection to a known peer is not a new peer.
+            conn("tcp", "ESTABLISHED", "10.0.0.5", 8443, "curl"),
+            // Loopback is not a peer.
+            conn("tcp", "ESTABLISHED", "127.0.0.1", 5432, "curl"),
+            conn("tcp6", "ESTABLISHED", "::1", 5433, "curl"),
+            conn("tcp", "ESTABLISHED", "203.0.113.9", 4444, "curl"),
+        ];
+        let d = planted(
+            &[("processes", base.clone()), ("connections", a)],
+            &[("processes", base), ("connections", b)],
+            &[("remote_peers", "+", "203.0.113.9")],
+            &[("connections.jsonl.gz", 5)],
+        );
+        let peers = d.sections.iter().find(|s| s.name == "remote_peers");
+        let detail = peers
+            .and_then(|s| s.added.first())
+            .map(|i| i.detail.as_str());
+        assert_eq!(
+            detail,
+            Some("203.0.113.9 (tcp ESTABLISHED port 4444 by curl)")
+        );
+    }
+
+    #[test]
+    fn a_new_account_is_listed_once() {
+        let a = vec![
+            json!({"uid": 0, "user": "root"}),
+            json!({"uid": 1000, "user": "alice", "time": "2026-11-30T09:00:00Z", "host": "10.0.0.5"}),
+        ];
+        let mut b = a.clone();
+        // A later login of a known account is not a new account.
+        b[1]["time"] = json!("2026-12-01T09:00:00Z");
+        b.push(json!({"uid": 1001, "user": "mallory"}));
+        planted(
+            &[("lastlog", a)],
+            &[("lastlog", b)],
+            &[("users", "+", "1001 mallory")],
+            &[("lastlog.jsonl.gz", 3)],
+        );
+    }
+
+    #[test]
+    fn a_new_login_is_listed_once_and_utmp_sessions_are_not() {
+        let login = |src: &str, user: &str, host: &str, time: &str| {
+            json!({"source": src, "file": format!("/var/log/{src}"), "type": "USER_PROCESS",
+                   "user": user, "host": host, "line": "pts/0", "time": time})
+        };
+        let a = vec![login("wtmp", "alice", "10.0.0.5", "2026-11-30T09:00:00Z")];
+        let b = vec![
+            login("wtmp", "alice", "10.0.0.5", "2026-11-30T09:00:00Z"),
+            login("utmp", "mallory", "198.51.100.7", "2026-12-01T09:59:00Z"),
+            login("wtmp", "mallory", "198.51.100.7", "2026-12-01T09:59:00Z"),
+        ];
+        let d = planted(
+            &[("logins", a)],
+            &[("logins", b)],
+            &[(
+                "logins",
+                "+",
+                "wtmp USER_PROCESS mallory 198.51.100.7 pts/0 2026-12-01T09:59:00Z",
+            )],
+            &[("logins.jsonl.gz", 3)],
+        );
+        let s = d.sections.iter().find(|s| s.name == "logins");
+        let item = s.and_then(|s| s.added.first());
+        assert_eq!(
+            item.and_then(|i| i.pointer.path.as_deref()),
+            Some("/var/log/wtmp")
+        );
+    }
+
+    #[test]
+    fn a_new_mount_is_listed_once() {
+        let mount = |at: &str, fs: &str, src: &str| json!({"mount_point": at, "fs_type": fs, "source": src, "mount_options": ["rw"]});
+        let a = vec![
+            mount("/", "ext4", "/dev/nvme0n1p1"),
+            mount("/proc", "proc", "proc"),
+        ];
+        let mut b = a.clone();
+        // Options are not part of a mount's identity.
+        b[0]["mount_options"] = json!(["rw", "noatime"]);
+        b.push(mount("/mnt/.x", "tmpfs", "tmpfs"));
+        planted(
+            &[("mounts", a)],
+            &[("mounts", b)],
+            &[("mounts", "+", "/mnt/.x tmpfs tmpfs")],
+            &[("mounts.jsonl.gz", 3)],
+        );
+    }
+
+    #[test]
+    fn network_config_lists_a_changed_file_a_promiscuous_interface_and_a_new_route() {
+        let resolv = |sha: &str| json!({"path": "/etc/resolv.conf", "sha256": sha});
+        let hosts = json!({"path": "/etc/hosts", "sha256": "bb"});
+        let eth0 = |promisc: bool| json!({"name": "eth0", "addresses": ["10.0.0.2/24"], "promiscuous": promisc});
+        let route = |dest: &str, gw: &str| json!({"family": "inet", "interface": "eth0", "destination": dest, "gateway": gw});
+        let a = || {
+            vec![
+                ("network_config", vec![resolv("aa"), hosts.clone()]),
+                ("network_interfaces", vec![eth0(false)]),
+                ("network_routes", vec![route("0.0.0.0/0", "10.0.0.1")]),
+            ]
+        };
+        let mut b = a();
+        b[0].1[0] = resolv("cc");
+        planted(
+            &a(),
+            &b,
+            &[
+                ("network_config", "+", "file /etc/resolv.conf cc"),
+                ("network_config", "-", "file /etc/resolv.conf aa"),
+            ],
+            &[("network_config.jsonl.gz", 1)],
+        );
+        let mut b = a();
+        b[1].1[0] = eth0(true);
+        planted(
+            &a(),
+            &b,
+            &[
+                ("network_config", "+", "interface eth0 10.0.0.2/24 promisc"),
+                ("network_config", "-", "interface eth0 10.0.0.2/24"),
+            ],
+            &[("network_interfaces.jsonl.gz", 1)],
+        );
+        let mut b = a();
+        b[2].1.push(route("203.0.113.0/24", "10.0.0.66"));
+        planted(
+            &a(),
+            &b,
+            &[(
+                "network_config",
+                "+",
+                "route inet 203.0.113.0/24 via 10.0.0.66 dev eth0",
+            )],
+            &[("network_routes.jsonl.gz", 2)],
+        );
+    }
+
+    #[test]
+    fn the_table_names_each_section_and_shows_hostile_text_inert() {
+        let a = evidence(&[("processes", vec![process(1, "init", "/sbin/init")])]);
+        let evil = process(
+            66,
+            "x\x1b]0;pwned\x07\nprocesses  - gone  fake row",
+            "/dev/shm/evil\x1b[2J",
+        );
+        let b = evidence(&[
+            ("processes", vec![process(1, "init", "/sbin/init"), evil]),
+            ("kernel_modules", vec![json!({"name": "rootkit"})]),
+        ]);
+        let t = table(&diff(&a, &b));
+        assert!(!t.contains('\x1b') && !t.contains('\x07'), "{t:?}");
+        assert!(t.contains("x\\x1b]0;pwned\\x07\\x0aprocesses"), "{t:?}");
+        let lines: Vec<&str> = t.lines().collect();
+        // A heading and one line per change: the newline forged no row.
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(
+            lines[0].starts_with("SECTION") && lines[0].contains("WHERE"),
+            "{t}"
+        );
+        let starts: Vec<&str> = lines[1..]
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(starts, ["processes", "kernel_modules", "findings"], "{t}");
+        assert!(
+            lines[1].contains("+ new") && lines[1].contains("processes.jsonl.gz:2"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("rootkit") && lines[2].contains("kernel_modules.jsonl.gz:1"),
+            "{t}"
+        );
+    }
+
     #[test]
     fn identical_captures_have_no_changes() {
         let rows = vec![
