@@ -524,6 +524,8 @@ pub fn render(e: &Evidence, findings: &[Finding], manifest_sha256: &str) -> Stri
 
 #[cfg(test)]
 mod tests {
+    use ircap_proto::manifest::ArtifactEntry;
+
     use super::super::rules::fixture::{evidence, process};
     use super::*;
 
@@ -560,6 +562,230 @@ mod tests {
             "{gaps}"
         );
         assert!(!gaps.contains("<td>logs</td><td>not requested"), "{gaps}");
+    }
+
+    /// The part of `page` from the heading with `id` to the next heading.
+    fn part<'p>(page: &'p str, id: &str) -> &'p str {
+        let from = page
+            .split(&format!("<h2 id=\"{id}\">"))
+            .nth(1)
+            .unwrap_or("");
+        from.split("<h2").next().unwrap_or("")
+    }
+
+    /// A manifest artifact entry.
+    fn entry(name: &str, kind: &str, errors: &[&str], error_count: u64) -> ArtifactEntry {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "kind": kind, "content_type": "application/octet-stream",
+            "encoding": "gzip", "size_stored": 4096, "size_uncompressed": 8192,
+            "sha256_stored": "ab".repeat(32), "sha256_uncompressed": "cd".repeat(32),
+            "started_at": "2026-12-01T10:00:00Z", "ended_at": "2026-12-01T10:00:01Z",
+            "record_count": null, "error_count": error_count, "errors": errors,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn sockets_are_joined_to_their_processes_listeners_first() {
+        let conn = |proto: &str, state: &str, port: u16, pids: &[i32]| {
+            serde_json::json!({"netns": 4026531840_u64, "protocol": proto,
+                "local_address": "0.0.0.0", "local_port": port, "state": state, "pids": pids})
+        };
+        let mut out = conn("tcp", "ESTABLISHED", 50000, &[7]);
+        out["remote_address"] = "203.0.113.9".into();
+        out["remote_port"] = 443.into();
+        let mut unix = conn("unix", "LISTEN", 0, &[7]);
+        unix["path"] = "/run/secret.sock".into();
+        let e = evidence(&[
+            (
+                "processes",
+                vec![
+                    process(1, "init", "/sbin/init"),
+                    process(7, "nginx", "/usr/sbin/nginx"),
+                ],
+            ),
+            (
+                "connections",
+                vec![
+                    out,
+                    unix,
+                    conn("tcp", "LISTEN", 80, &[7]),
+                    conn("udp", "UNCONN", 53, &[4242]),
+                ],
+            ),
+        ]);
+        let page = render(&e, &[], "00");
+        let net = part(&page, "network");
+        assert!(net.starts_with("Listeners and connections (3)"), "{net}");
+        let rows: Vec<&str> = net.split("<tr class=").skip(1).collect();
+        assert_eq!(rows.len(), 3, "{net}");
+        assert_eq!(
+            rows[0],
+            "\"\"><td>tcp</td><td>0.0.0.0:80</td><td></td><td>LISTEN</td><td>host</td>\
+<td>7 nginx /usr/sbin/nginx</td></tr>",
+            "{net}"
+        );
+        assert!(
+            rows[1].contains("<td>203.0.113.9:443</td><td>ESTABLISHED</td><td>host</td><td>7 nginx /usr/sbin/nginx</td>"),
+            "{net}"
+        );
+        // A pid with no process record is still named.
+        assert!(
+            rows[2].contains("<td>UNCONN</td><td>host</td><td>4242</td>"),
+            "{net}"
+        );
+        assert!(
+            !net.contains("secret.sock"),
+            "unix sockets are not listed: {net}"
+        );
+    }
+
+    #[test]
+    fn the_logins_timeline_is_newest_first_without_utmp_and_marks_failures() {
+        let login = |src: &str, kind: &str, user: &str, host: &str, time: &str| {
+            serde_json::json!({"source": src, "file": format!("/var/log/{src}"), "type": kind,
+                "user": user, "host": host, "line": "ssh:notty", "time": time})
+        };
+        let e = evidence(&[(
+            "logins",
+            vec![
+                login(
+                    "wtmp",
+                    "USER_PROCESS",
+                    "alice",
+                    "10.0.0.5",
+                    "2026-11-30T09:00:00Z",
+                ),
+                login(
+                    "utmp",
+                    "USER_PROCESS",
+                    "alice",
+                    "10.0.0.5",
+                    "2026-11-30T09:00:00Z",
+                ),
+                login(
+                    "btmp",
+                    "LOGIN_PROCESS",
+                    "root",
+                    "198.51.100.7",
+                    "2026-12-01T09:58:00Z",
+                ),
+                login(
+                    "wtmp",
+                    "USER_PROCESS",
+                    "root",
+                    "198.51.100.7",
+                    "2026-12-01T09:59:00Z",
+                ),
+            ],
+        )]);
+        let page = render(&e, &[], "00");
+        let logins = part(&page, "logins");
+        assert!(
+            logins.starts_with("Logins timeline (3, newest first)"),
+            "{logins}"
+        );
+        let rows: Vec<&str> = logins.split("<tr class=").skip(1).collect();
+        assert_eq!(
+            rows,
+            [
+                "\"\"><td>2026-12-01T09:59:00Z</td><td>/var/log/wtmp</td><td>USER_PROCESS</td>\
+<td>root</td><td>198.51.100.7</td><td>ssh:notty</td></tr>",
+                "\"low\"><td>2026-12-01T09:58:00Z</td><td>/var/log/btmp</td><td>LOGIN_PROCESS</td>\
+<td>root</td><td>198.51.100.7</td><td>ssh:notty</td></tr>",
+                "\"\"><td>2026-11-30T09:00:00Z</td><td>/var/log/wtmp</td><td>USER_PROCESS</td>\
+<td>alice</td><td>10.0.0.5</td><td>ssh:notty</td></tr></table>",
+            ],
+            "{logins}"
+        );
+    }
+
+    #[test]
+    fn memory_artifacts_and_flagged_regions_are_listed() {
+        let region = |start: &str, perms: &str, anon_exec: bool, write_exec: bool, vdso: bool| {
+            serde_json::json!({"pid": 7, "comm": "x", "start": start, "end": "ffff", "size": 4096,
+                "perms": perms, "anonymous": anon_exec, "anon_exec": anon_exec,
+                "write_exec": write_exec, "kernel_provided": vdso})
+        };
+        let mut e = evidence(&[(
+            "memory_maps",
+            vec![
+                region("1000", "r--p", false, false, false),
+                region("2000", "r-xp", true, false, false),
+                region("3000", "rwxp", true, true, false),
+                region("4000", "r-xp", true, false, true),
+            ],
+        )]);
+        e.manifest.artifacts = vec![
+            entry("processes.jsonl.gz", "processes", &[], 0),
+            entry("memory/7-2000.bin.gz", "memory_region", &[], 0),
+            entry("memory/<img>.bin.gz", "memory_region", &[], 0),
+        ];
+        let page = render(&e, &[], "00");
+        let mem = part(&page, "memory");
+        assert!(
+            mem.contains(
+                "<p>4 mapped regions recorded, 2 anonymous-executable or writable+executable.</p>"
+            ),
+            "{mem}"
+        );
+        assert!(
+            mem.contains("<td>memory/7-2000.bin.gz</td><td>memory_region</td><td>4096</td>"),
+            "{mem}"
+        );
+        assert!(mem.contains("<td>memory/&lt;img&gt;.bin.gz</td>"), "{mem}");
+        assert!(!mem.contains("processes.jsonl.gz"), "{mem}");
+        assert!(!mem.contains("No memory bytes"), "{mem}");
+
+        let e = evidence(&[]);
+        let mem = part(&render(&e, &[], "00"), "memory").to_owned();
+        assert!(mem.contains("No memory bytes were captured"), "{mem}");
+    }
+
+    #[test]
+    fn what_was_not_captured_names_each_error() {
+        let mut e = evidence(&[]);
+        let many: Vec<String> = (0..10).map(|i| format!("pid {i}: gone")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        e.manifest.artifacts = vec![
+            entry(
+                "processes.jsonl.gz",
+                "processes",
+                &["pid 4242: <permission denied>"],
+                1,
+            ),
+            entry("memory_maps.jsonl.gz", "memory_maps", &many, 37),
+            entry("mounts.jsonl.gz", "mounts", &[], 0),
+        ];
+        e.manifest.errors = vec![ircap_proto::manifest::CaptureError {
+            source: "physical_memory".into(),
+            message: "/proc/kcore: lockdown is confidentiality".into(),
+        }];
+        let page = render(&e, &[], "00");
+        let gaps = part(&page, "gaps");
+        assert!(
+            gaps.contains(
+                "<td>physical_memory</td><td>/proc/kcore: lockdown is confidentiality</td>"
+            ),
+            "{gaps}"
+        );
+        assert!(
+            gaps.contains(
+                "<td>processes.jsonl.gz</td><td>pid 4242: &lt;permission denied&gt;</td>"
+            ),
+            "{gaps}"
+        );
+        assert!(
+            gaps.contains("<td>memory_maps.jsonl.gz</td><td>37 errors in all</td>"),
+            "{gaps}"
+        );
+        assert_eq!(
+            gaps.matches("<td>memory_maps.jsonl.gz</td>").count(),
+            11,
+            "{gaps}"
+        );
+        assert!(!gaps.contains("mounts"), "{gaps}");
+        assert!(!gaps.contains("Nothing: every artifact"), "{gaps}");
     }
 
     #[test]
