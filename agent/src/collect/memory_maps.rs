@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
+use super::Context;
 use super::fsread::{self, ReadError};
-use super::{Context, parallel_map};
 use crate::artifact::JsonlWriter;
 use crate::host_text::HostText;
 use crate::sink::SinkError;
@@ -138,8 +138,9 @@ pub const MAX_REGIONS: u64 = 1_000_000;
 /// are bigger is streamed into the table by the writing thread instead, so
 /// memory stays bounded whatever one process maps.
 const WORKER_BYTES: usize = 256 << 10;
-/// Processes per batch (read in parallel, written in order).
-const BATCH: usize = 32;
+/// Serialised lines read ahead of the writer, at most (plus one worker's
+/// [`WORKER_BYTES`] per thread).
+const HELD_BYTES: u64 = 1 << 20;
 
 /// Streams `/proc/PID/maps` line by line, calling `each` for every
 /// region, never holding more than one line. Returns the problems met
@@ -258,8 +259,9 @@ fn read_small(ctx: &Context<'_>, pid: i32, comm: &str) -> Read {
 }
 
 /// Writes `memory_maps.jsonl.gz` for `targets` (pid, comm) of user-space
-/// processes: small processes are read in parallel a batch at a time,
-/// bigger ones streamed region by region, so memory is bounded by bytes,
+/// processes: small processes are read on the worker threads while the
+/// writer compresses what they read before, bigger ones streamed region by
+/// region by the writer, so memory is bounded by bytes,
 /// not by the number of processes or regions.
 ///
 /// # Errors
@@ -269,11 +271,16 @@ pub fn write(
     targets: &[(i32, String)],
 ) -> Result<ircap_proto::ArtifactEntry, SinkError> {
     let mut table = JsonlWriter::open(ctx.sink, "memory_maps", "memory_maps")?;
-    for batch in targets.chunks(BATCH) {
-        let results = parallel_map(batch, ctx.threads, |(pid, comm)| {
-            read_small(ctx, *pid, comm)
-        });
-        for ((pid, comm), result) in batch.iter().zip(results) {
+    super::bounded_ordered(
+        targets,
+        ctx.threads,
+        HELD_BYTES,
+        |(pid, comm)| read_small(ctx, *pid, comm),
+        |read| match read {
+            Read::Lines(lines, ..) => lines.len() as u64,
+            Read::TooBig | Read::Failed(_) => 0,
+        },
+        |(pid, comm), result| {
             let failed = match result {
                 Read::Lines(lines, count, errors) => {
                     for e in errors {
@@ -301,8 +308,9 @@ pub fn write(
                 Some(e) => table.error(format!("pid {pid}: {e}")),
                 None => {}
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     table.finish()
 }
 

@@ -16,6 +16,7 @@ pub mod memory_regions;
 pub mod network_state;
 pub mod own_task;
 pub mod physical;
+pub mod proc_dir;
 pub mod processes;
 pub mod system;
 pub mod users;
@@ -106,40 +107,18 @@ impl Dropped {
     }
 }
 
-/// Splits `items` into `threads` contiguous parts and maps each part on its
-/// own scoped thread, keeping the input order in the output.
-pub fn parallel_map<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    let threads = threads.max(1);
-    if threads == 1 || items.len() < 2 {
-        return items.iter().map(&f).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    })
-}
-
-/// Maps `items` in parallel a batch at a time and hands each result to
-/// `emit` in input order, so what is held at once is bounded by bytes, not
-/// by the number of items: a batch stops starting items once its results
-/// (as `size` counts them) pass `max_bytes`, and the items not started go
-/// to the next batch. The first item of a batch always runs, so a single
-/// result bigger than `max_bytes` still makes progress.
+/// Maps `items` on `threads` workers and hands each result to `emit` in
+/// input order while the workers go on, so reading and writing overlap
+/// and what is held at once is bounded by bytes, not by the number of
+/// items: a worker starts no new item while the results waiting to be
+/// emitted (as `size` counts them) weigh `max_bytes` or more, unless that
+/// item is the next to be emitted, so a single result bigger than
+/// `max_bytes` still makes progress. At most `max_bytes` plus one result
+/// per worker is held.
 ///
 /// # Errors
-/// The first error `emit` returns (no later item is emitted).
+/// The first error `emit` returns (no later item is emitted, and the
+/// workers start no new item).
 pub fn bounded_ordered<T: Sync, R: Send, E>(
     items: &[T],
     threads: usize,
@@ -148,37 +127,100 @@ pub fn bounded_ordered<T: Sync, R: Send, E>(
     size: impl Fn(&R) -> u64 + Sync,
     mut emit: impl FnMut(&T, R) -> Result<(), E>,
 ) -> Result<(), E> {
-    /// Items per batch: enough for every thread, few enough to keep the
-    /// unstarted tail cheap.
-    const BATCH: usize = 64;
-    let mut start = 0;
-    while start < items.len() {
-        let end = start.saturating_add(BATCH).min(items.len());
-        let used = std::sync::atomic::AtomicU64::new(0);
-        let indices: Vec<usize> = (start..end).collect();
-        let results = parallel_map(&indices, threads, |&i| {
-            use std::sync::atomic::Ordering::Relaxed;
-            if i != start && used.load(Relaxed) >= max_bytes {
-                return None;
-            }
-            let item = items.get(i)?;
-            let r = f(item);
-            used.fetch_add(size(&r), Relaxed);
-            Some(r)
-        });
-        let mut next = end;
-        for (i, result) in indices.iter().zip(results) {
-            let (Some(r), Some(item)) = (result, items.get(*i)) else {
-                // Not started (the batch was full): the next batch starts
-                // here; results read past it are read again there.
-                next = *i;
-                break;
-            };
-            emit(item, r)?;
-        }
-        start = next.max(start + 1);
+    use std::collections::BTreeMap;
+    use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+    /// What the workers and the emitter share.
+    struct Progress {
+        /// The next item a worker may start.
+        next_start: usize,
+        /// The next item `emit` gets.
+        next_emit: usize,
+        /// Bytes of results read and not yet emitted.
+        held: u64,
+        /// Set when `emit` failed: start nothing more.
+        stop: bool,
     }
-    Ok(())
+    fn lock(m: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    let threads = threads.max(1);
+    if threads == 1 || items.len() < 2 {
+        for item in items {
+            emit(item, f(item))?;
+        }
+        return Ok(());
+    }
+    let progress = Mutex::new(Progress {
+        next_start: 0,
+        next_emit: 0,
+        held: 0,
+        stop: false,
+    });
+    let room = Condvar::new();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, R, u64)>();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(items.len()) {
+            let done_tx = done_tx.clone();
+            let (progress, room, f, size) = (&progress, &room, &f, &size);
+            scope.spawn(move || {
+                loop {
+                    let i = {
+                        let mut p = lock(progress);
+                        loop {
+                            if p.stop || p.next_start >= items.len() {
+                                return;
+                            }
+                            if p.held < max_bytes || p.next_start == p.next_emit {
+                                break;
+                            }
+                            p = room.wait(p).unwrap_or_else(PoisonError::into_inner);
+                        }
+                        p.next_start += 1;
+                        p.next_start - 1
+                    };
+                    let Some(item) = items.get(i) else { return };
+                    let r = f(item);
+                    let n = size(&r);
+                    lock(progress).held += n;
+                    if done_tx.send((i, r, n)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut waiting: BTreeMap<usize, (R, u64)> = BTreeMap::new();
+        let mut outcome = Ok(());
+        for (next, item) in items.iter().enumerate() {
+            let (r, n) = loop {
+                if let Some(ready) = waiting.remove(&next) {
+                    break ready;
+                }
+                match done_rx.recv() {
+                    Ok((i, r, n)) if i == next => break (r, n),
+                    Ok((i, r, n)) => {
+                        waiting.insert(i, (r, n));
+                    }
+                    // Every worker is gone: only after a panic in `f`.
+                    Err(_) => return outcome,
+                }
+            };
+            outcome = emit(item, r);
+            {
+                let mut p = lock(&progress);
+                p.held = p.held.saturating_sub(n);
+                p.next_emit = next + 1;
+                p.stop = outcome.is_err();
+            }
+            room.notify_all();
+            if outcome.is_err() {
+                break;
+            }
+        }
+        outcome
+    })
 }
 
 /// Keeps at most `max` capture-level errors per source.
@@ -193,13 +235,6 @@ pub fn dedupe_capture_errors(errors: &mut Vec<ircap_proto::manifest::CaptureErro
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn parallel_map_keeps_order() {
-        let items: Vec<u32> = (0..1000).collect();
-        let out = super::parallel_map(&items, 3, |x| x * 2);
-        assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
-    }
-
     #[test]
     fn bounded_ordered_keeps_order_and_bounds_what_is_held() {
         use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,31 +3,36 @@
 //!
 //! `/proc/<tid>` exists for every thread even though `/proc` lists only
 //! thread-group leaders, so a pid named by a request may be one of the
-//! agent's threads: the test is on the thread-group id (`Tgid:` in
-//! `/proc/<pid>/status`), not the pid.
+//! agent's threads: the test is whether the task is one of the agent's
+//! thread group (listed under `/proc/<agent>/task/`), not the pid; that
+//! is one lookup where reading `/proc/<pid>/status` for it was three
+//! system calls and the kernel's rendering of the whole status per
+//! process.
 
 use std::path::Path;
 
 /// The agent's thread-group id.
 #[must_use]
 pub fn agent_tgid() -> i32 {
-    i32::try_from(std::process::id()).unwrap_or(0)
+    // The agent never forks, so its pid is read once (each scan asks for
+    // every process).
+    static TGID: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *TGID.get_or_init(|| i32::try_from(std::process::id()).unwrap_or(0))
 }
 
-/// Whether `pid` (a process or any thread) belongs to the agent. A task
-/// whose status cannot be read is not the agent's: the agent can always
-/// read its own.
+/// Whether `pid` (a process or any thread) belongs to the agent: a task
+/// of its thread group is always listed under its own `task` directory.
 #[must_use]
 pub fn is_agent(proc_root: &Path, pid: i32) -> bool {
     let me = agent_tgid();
-    if pid == me {
-        return true;
-    }
-    let path = proc_root.join(pid.to_string()).join("status");
-    super::fsread::read_small(&path)
-        .ok()
-        .and_then(|raw| tgid(&raw))
-        .is_some_and(|t| t == me)
+    // A task of the agent's thread group is listed under its `task`.
+    pid == me
+        || proc_root
+            .join(me.to_string())
+            .join("task")
+            .join(pid.to_string())
+            .symlink_metadata()
+            .is_ok()
 }
 
 /// The `Tgid:` of a `/proc/PID/status`.

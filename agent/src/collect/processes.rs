@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use procfs::FromRead;
@@ -15,6 +14,7 @@ use serde::Serialize;
 
 use super::Context;
 use super::fsread::{self, ReadError};
+use super::proc_dir::ProcDir;
 use crate::artifact::JsonlWriter;
 use crate::host_text::{HostText, text_list};
 use crate::sink::SinkError;
@@ -57,17 +57,17 @@ const MAX_CMDLINE: u64 = 4 << 20;
 const MAX_OPEN_FILES: usize = 20_000;
 /// Linux `PF_KTHREAD` in `/proc/PID/stat` flags.
 const PF_KTHREAD: u64 = 0x0020_0000;
-/// Namespace links read per process.
-const NAMESPACES: &[&str] = &[
-    "cgroup",
-    "ipc",
-    "mnt",
-    "net",
-    "pid",
-    "pid_for_children",
-    "time",
-    "user",
-    "uts",
+/// Namespace links read per process: (name, link under `/proc/PID`).
+const NAMESPACES: &[(&str, &str)] = &[
+    ("cgroup", "ns/cgroup"),
+    ("ipc", "ns/ipc"),
+    ("mnt", "ns/mnt"),
+    ("net", "ns/net"),
+    ("pid", "ns/pid"),
+    ("pid_for_children", "ns/pid_for_children"),
+    ("time", "ns/time"),
+    ("user", "ns/user"),
+    ("uts", "ns/uts"),
 ];
 
 /// One open file descriptor.
@@ -366,11 +366,12 @@ pub fn parse_environ(raw: &[u8], full: bool) -> Vec<EnvVar> {
 
 /// Reads one optional string link like `cwd` or `root`.
 fn link_text(
-    path: &Path,
+    dir: &ProcDir,
+    name: &str,
     errors: &mut Vec<String>,
     kernel_thread: bool,
 ) -> (Option<String>, Option<String>) {
-    match fsread::read_link(path) {
+    match dir.read_link(name) {
         Ok(raw) => {
             let t = HostText::new(&raw);
             (Some(t.text), t.b64)
@@ -384,9 +385,10 @@ fn link_text(
     }
 }
 
-fn audit_id(path: &Path) -> Option<u32> {
-    fsread::read_trimmed(path)
-        .and_then(|s| s.parse::<u32>().ok())
+fn audit_id(dir: &ProcDir, name: &str) -> Option<u32> {
+    dir.read_small(name)
+        .ok()
+        .and_then(|raw| String::from_utf8_lossy(&raw).trim().parse::<u32>().ok())
         .filter(|&v| v != u32::MAX)
 }
 
@@ -396,11 +398,10 @@ fn audit_id(path: &Path) -> Option<u32> {
 /// # Errors
 /// [`ReadError`] when the process's `stat` cannot be read.
 pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadError> {
-    let dir = ctx.roots.proc.join(pid.to_string());
-    let stat_path = dir.join("stat");
-    let raw_stat = fsread::read_small(&stat_path)?;
+    let dir = ProcDir::open(&ctx.roots.proc, pid)?;
+    let raw_stat = dir.read_small("stat")?;
     let stat = parse_stat(&raw_stat).ok_or_else(|| ReadError::Other {
-        path: stat_path.display().to_string(),
+        path: dir.path_of("stat").display().to_string(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable stat"),
     })?;
     let mut errors = Vec::new();
@@ -421,13 +422,15 @@ pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadEr
         start_time: Some(ctx.clock.after_boot(stat.starttime)),
         vsz_bytes: Some(stat.vsize),
         rss_bytes: Some(stat.rss_pages * ctx.clock.page_size),
-        is_agent: super::own_task::is_agent(&ctx.roots.proc, pid),
+        is_agent: pid == super::own_task::agent_tgid(),
         ..ProcessRecord::default()
     };
 
-    match fsread::read_small(&dir.join("status")) {
+    match dir.read_small("status") {
         Ok(raw) => match procfs::process::Status::from_read(&raw[..]) {
             Ok(st) => {
+                // A thread of the agent read by its id has the agent's tgid.
+                rec.is_agent |= st.tgid == super::own_task::agent_tgid();
                 rec.tgid = Some(st.tgid);
                 rec.uid = Some(st.ruid);
                 rec.euid = Some(st.euid);
@@ -451,8 +454,8 @@ pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadEr
 
     // Executable: the link names it (with " (deleted)" when unlinked); the
     // file itself is reached through the link even when deleted.
-    let exe_link = dir.join("exe");
-    match fsread::read_link(&exe_link) {
+    let exe_link = dir.path_of("exe");
+    match dir.read_link("exe") {
         Ok(raw) => {
             let t = HostText::new(&raw);
             rec.exe = Some(t.text);
@@ -460,18 +463,18 @@ pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadEr
             let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(raw.clone()));
             let on_blocking = ctx.blocking.containing(&path).map(|(_, t)| t);
             match on_blocking.map_or_else(
-                || std::fs::metadata(&exe_link),
+                || dir.stat_followed("exe"),
                 |fs| {
                     Err(std::io::Error::other(format!(
                         "on a {fs} mount, not read (it can block)"
                     )))
                 },
             ) {
-                Ok(md) => {
-                    rec.exe_deleted = md.nlink() == 0;
-                    rec.exe_size = Some(md.len());
-                    rec.exe_device = Some(md.dev());
-                    rec.exe_inode = Some(md.ino());
+                Ok(st) => {
+                    rec.exe_deleted = st.st_nlink == 0;
+                    rec.exe_size = u64::try_from(st.st_size).ok();
+                    rec.exe_device = Some(st.st_dev);
+                    rec.exe_inode = Some(st.st_ino);
                 }
                 Err(e) => {
                     rec.exe_deleted = raw.ends_with(b" (deleted)");
@@ -484,7 +487,7 @@ pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadEr
         Err(e) => errors.push(e.to_string()),
     }
 
-    match fsread::read_bounded(&dir.join("cmdline"), MAX_CMDLINE) {
+    match dir.read("cmdline", MAX_CMDLINE) {
         Ok((raw, truncated)) => {
             let body = raw.strip_suffix(&[0]).unwrap_or(&raw);
             if !body.is_empty() {
@@ -500,19 +503,19 @@ pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadEr
     // The agent's own environment and descriptors are not read (see
     // `own_task`); its row says which process it is.
     if !kernel_thread && !rec.is_agent {
-        match fsread::read_bounded(&dir.join("environ"), MAX_CMDLINE) {
+        match dir.read("environ", MAX_CMDLINE) {
             Ok((raw, _)) => rec.environ = parse_environ(&raw, ctx.options.full_environ),
             Err(e) => errors.push(e.to_string()),
         }
     }
 
-    (rec.cwd, rec.cwd_b64) = link_text(&dir.join("cwd"), &mut errors, kernel_thread);
-    (rec.root, rec.root_b64) = link_text(&dir.join("root"), &mut errors, kernel_thread);
-    rec.login_uid = audit_id(&dir.join("loginuid"));
+    (rec.cwd, rec.cwd_b64) = link_text(&dir, "cwd", &mut errors, kernel_thread);
+    (rec.root, rec.root_b64) = link_text(&dir, "root", &mut errors, kernel_thread);
+    rec.login_uid = audit_id(&dir, "loginuid");
     rec.login_user = rec.login_uid.and_then(|u| ctx.accounts.user(u));
-    rec.audit_session = audit_id(&dir.join("sessionid"));
+    rec.audit_session = audit_id(&dir, "sessionid");
 
-    match fsread::read_small(&dir.join("cgroup")) {
+    match dir.read_small("cgroup") {
         Ok(raw) => {
             let text = String::from_utf8_lossy(&raw);
             rec.cgroup = text.lines().map(str::to_owned).collect();
@@ -521,35 +524,34 @@ pub fn read_process(ctx: &Context<'_>, pid: i32) -> Result<ProcessRecord, ReadEr
         Err(e) => errors.push(e.to_string()),
     }
 
-    for ns in NAMESPACES {
-        if let Ok(target) = fsread::read_link(&dir.join("ns").join(ns))
+    for (ns, link) in NAMESPACES {
+        if let Ok(target) = dir.read_link(link)
             && let Some(inode) = ns_inode(&target)
         {
-            rec.namespaces.insert(ns, inode);
+            rec.namespaces.insert(*ns, inode);
         }
     }
 
     if !rec.is_agent {
-        read_fds(&dir.join("fd"), &mut rec, &mut errors);
+        read_fds(&dir, &mut rec, &mut errors);
     }
     rec.errors = errors;
     Ok(rec)
 }
 
-fn read_fds(fd_dir: &Path, rec: &mut ProcessRecord, errors: &mut Vec<String>) {
-    let entries = match std::fs::read_dir(fd_dir) {
-        Ok(entries) => entries,
+fn read_fds(dir: &ProcDir, rec: &mut ProcessRecord, errors: &mut Vec<String>) {
+    let names = match dir.list("fd") {
+        Ok(names) => names,
         Err(e) => {
             if !rec.kernel_thread {
-                errors.push(ReadError::from_io(fd_dir, e).to_string());
+                errors.push(e.to_string());
             }
             return;
         }
     };
-    for entry in entries.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
+    for name in names {
+        let Some(fd) = std::str::from_utf8(&name)
+            .ok()
             .and_then(|s| s.parse::<i32>().ok())
         else {
             continue;
@@ -560,7 +562,7 @@ fn read_fds(fd_dir: &Path, rec: &mut ProcessRecord, errors: &mut Vec<String>) {
             continue;
         }
         // A descriptor closed between listing and readlink is not an error.
-        if let Ok(target) = fsread::read_link(&entry.path()) {
+        if let Ok(target) = dir.read_link(&format!("fd/{fd}")) {
             rec.open_files.push(classify_fd(fd, &target));
         }
     }
@@ -645,7 +647,7 @@ impl Scanned {
 
 /// Serialised process records held at once between the workers and the
 /// writer (plus one being read per worker).
-const SCAN_BYTES: u64 = 4 << 20;
+const SCAN_BYTES: u64 = 1 << 20;
 
 /// Digests of executables already hashed, by (device, inode): each
 /// distinct file is read once per capture.

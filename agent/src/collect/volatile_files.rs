@@ -33,6 +33,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -67,8 +68,15 @@ pub const HASH_BUDGET_BYTES: u64 = 64 << 20;
 /// (where the walk stopped) and makes the capture partial.
 pub const TIME_BUDGET: Duration = Duration::from_secs(5);
 
+/// Entries in one directory from which they are inspected on worker
+/// threads (fewer cost more in threads than they save).
+const PARALLEL_FROM: usize = 256;
+
+/// Inspected entries held ahead of the writer, at most.
+const HELD_BYTES: u64 = 1 << 20;
+
 /// Bounds of one walk.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Limits {
     /// Deepest level listed (the start directory is level 0).
     pub max_depth: u32,
@@ -77,28 +85,36 @@ pub struct Limits {
     /// Largest regular file hashed.
     pub hash_max_bytes: u64,
     /// Bytes that may still be hashed (spent as files are hashed).
-    pub hash_budget: std::cell::Cell<u64>,
+    pub hash_budget: AtomicU64,
     /// Files never read (the agent's own secrets).
     pub protected: Protected,
     /// No entry is listed after this instant.
     pub until: std::time::Instant,
     /// Set when a limit cut the listing short.
-    pub cut: std::cell::Cell<bool>,
+    pub cut: AtomicBool,
     /// Mount points of file systems that can block: listed, never touched.
     pub blocking: BlockingMounts,
+    /// Threads that inspect the entries of a large directory.
+    pub threads: usize,
 }
 
 impl Limits {
     /// The largest size `content` may hash for a file of `len` bytes:
     /// `hash_max_bytes` when the budget allows (and then spends it), else 0.
     fn hash_allowance(&self, len: u64) -> u64 {
-        let left = self.hash_budget.get();
-        if len <= self.hash_max_bytes && len <= left {
-            self.hash_budget.set(left - len);
-            self.hash_max_bytes
-        } else {
-            0
-        }
+        let spent = len <= self.hash_max_bytes
+            && self
+                .hash_budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(len)
+                })
+                .is_ok();
+        if spent { self.hash_max_bytes } else { 0 }
+    }
+
+    /// Whether the listing must stop now (the time budget is spent).
+    fn out_of_time(&self) -> bool {
+        std::time::Instant::now() >= self.until
     }
 }
 
@@ -108,11 +124,12 @@ impl Default for Limits {
             max_depth: MAX_DEPTH,
             max_entries: MAX_ENTRIES,
             hash_max_bytes: HASH_MAX_BYTES,
-            hash_budget: std::cell::Cell::new(HASH_BUDGET_BYTES),
+            hash_budget: AtomicU64::new(HASH_BUDGET_BYTES),
             protected: Protected::default(),
             until: std::time::Instant::now() + TIME_BUDGET,
-            cut: std::cell::Cell::new(false),
+            cut: AtomicBool::new(false),
             blocking: BlockingMounts::default(),
+            threads: 1,
         }
     }
 }
@@ -484,54 +501,137 @@ fn walk<E>(
             }
         };
         names.sort_unstable();
-        for name in names {
-            if std::time::Instant::now() >= limits.until {
-                limits.cut.set(true);
+        let room = limits.max_entries.saturating_sub(count);
+        let over = names.len() > room;
+        names.truncate(room);
+        // Entries are inspected on worker threads where a directory is
+        // large enough to pay for them, and emitted in name order.
+        let threads = if names.len() >= PARALLEL_FROM {
+            limits.threads
+        } else {
+            1
+        };
+        let child_depth = depth + 1;
+        let listed = super::bounded_ordered(
+            &names,
+            threads,
+            HELD_BYTES,
+            |name| {
+                let path = dir.join(OsStr::from_bytes(name));
+                // Past the time budget nothing more is asked of the host.
+                (!limits.out_of_time())
+                    .then(|| entry(path, &root_name, child_depth, dir_dev, accounts, limits))
+            },
+            |e| e.as_ref().map_or(0, Entry::weight),
+            |_, e| {
+                let Some(e) = e.filter(|_| !limits.out_of_time()) else {
+                    return Err(Stop::Time);
+                };
+                count += 1;
+                if let Some(error) = e.error {
+                    emit(Err(error)).map_err(Stop::Emit)?;
+                }
+                if let Some(rec) = e.record {
+                    emit(Ok(rec)).map_err(Stop::Emit)?;
+                }
+                if let Some(next) = e.descend {
+                    queue.push_back(next);
+                }
+                Ok(())
+            },
+        );
+        match listed {
+            Ok(()) => {}
+            Err(Stop::Emit(e)) => return Err(e),
+            Err(Stop::Time) => {
+                limits.cut.store(true, Ordering::Relaxed);
                 return emit(Err(format!(
                     "{root_name}: stopped at the time budget of {}s after {count} entries; the rest of the tree (from {}) is not listed",
                     TIME_BUDGET.as_secs(),
                     dir.display()
                 )));
             }
-            if count >= limits.max_entries {
-                limits.cut.set(true);
-                return emit(Err(format!(
-                    "{root_name}: stopped at the limit of {} entries; the rest of the tree is not listed",
-                    limits.max_entries
-                )));
-            }
-            count += 1;
-            let path = dir.join(OsStr::from_bytes(&name));
-            if let Some(fs_type) = limits.blocking.at(&path) {
-                emit(Ok(blocking_record(&path, &root_name, depth + 1, fs_type)))?;
-                continue;
-            }
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    emit(Err(ReadError::from_io(&path, e).to_string()))?;
-                    continue;
-                }
-            };
-            let child_depth = depth + 1;
-            let mut rec = describe(&path, &root_name, child_depth, &meta, accounts);
-            if let Err(e) = inspect(&path, &meta, limits, &mut rec) {
-                emit(Err(e))?;
-            }
-            if meta.is_dir() {
-                rec.mount_point = meta.dev() != dir_dev;
-                rec.not_descended =
-                    skip_reason(dir_dev, meta.dev(), child_depth, limits.max_depth, || {
-                        is_memory_fs(&path)
-                    });
-                if rec.not_descended.is_none() {
-                    queue.push_back((path, child_depth, meta.dev()));
-                }
-            }
-            emit(Ok(rec))?;
+        }
+        if over {
+            limits.cut.store(true, Ordering::Relaxed);
+            return emit(Err(format!(
+                "{root_name}: stopped at the limit of {} entries; the rest of the tree is not listed",
+                limits.max_entries
+            )));
         }
     }
     Ok(())
+}
+
+/// Why a directory's listing stopped early.
+enum Stop<E> {
+    /// `emit` failed.
+    Emit(E),
+    /// The time budget was spent.
+    Time,
+}
+
+/// One entry of a directory, inspected: what to emit (in this order) and
+/// the directory to descend into, if any.
+struct Entry {
+    error: Option<String>,
+    record: Option<FileRecord>,
+    descend: Option<(PathBuf, u32, u64)>,
+}
+
+impl Entry {
+    /// Bytes held for it, roughly.
+    fn weight(&self) -> u64 {
+        let record = self.record.as_ref().map_or(0, |r| {
+            r.path.len() + r.symlink_target.as_ref().map_or(0, String::len)
+        });
+        (std::mem::size_of::<Self>() + record + self.error.as_ref().map_or(0, String::len)) as u64
+    }
+}
+
+/// Inspects the entry `path` of a directory on device `dir_dev`.
+fn entry(
+    path: PathBuf,
+    root_name: &str,
+    depth: u32,
+    dir_dev: u64,
+    accounts: &Accounts,
+    limits: &Limits,
+) -> Entry {
+    if let Some(fs_type) = limits.blocking.at(&path) {
+        return Entry {
+            error: None,
+            record: Some(blocking_record(&path, root_name, depth, fs_type)),
+            descend: None,
+        };
+    }
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) => {
+            return Entry {
+                error: Some(ReadError::from_io(&path, e).to_string()),
+                record: None,
+                descend: None,
+            };
+        }
+    };
+    let mut rec = describe(&path, root_name, depth, &meta, accounts);
+    let error = inspect(&path, &meta, limits, &mut rec).err();
+    let mut descend = None;
+    if meta.is_dir() {
+        rec.mount_point = meta.dev() != dir_dev;
+        rec.not_descended = skip_reason(dir_dev, meta.dev(), depth, limits.max_depth, || {
+            is_memory_fs(&path)
+        });
+        if rec.not_descended.is_none() {
+            descend = Some((path, depth, meta.dev()));
+        }
+    }
+    Entry {
+        error,
+        record: Some(rec),
+        descend,
+    }
 }
 
 /// Lists every directory of `dirs` (missing ones are skipped), sending
@@ -560,6 +660,7 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkE
     let limits = Limits {
         protected: ctx.options.protected.clone(),
         blocking: ctx.blocking.clone(),
+        threads: ctx.threads,
         ..Limits::default()
     };
     collect_dirs(
@@ -574,7 +675,7 @@ pub fn write(ctx: &Context<'_>) -> Result<Vec<ircap_proto::ArtifactEntry>, SinkE
             }
         },
     )?;
-    if limits.cut.get() {
+    if limits.cut.load(Ordering::Relaxed) {
         ctx.dropped.push(
             "volatile_files",
             "listing cut by its entry or time budget; the table's errors say where".into(),
@@ -723,7 +824,7 @@ mod tests {
             fs::write(dir.path().join(name), "12345678")?;
         }
         let limits = Limits {
-            hash_budget: std::cell::Cell::new(10),
+            hash_budget: AtomicU64::new(10),
             ..Limits::default()
         };
         let items = collect(&[dir.path().to_path_buf()], &Accounts::default(), &limits);
@@ -736,6 +837,56 @@ mod tests {
         assert_eq!(files.iter().filter(|r| r.sha256.is_some()).count(), 1);
         let skipped: Vec<_> = files.iter().filter_map(|r| r.hash_skipped).collect();
         assert_eq!(skipped, ["volatile-file hash budget spent"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_large_directory_on_threads_lists_the_same_in_name_order()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let n = PARALLEL_FROM * 3;
+        for i in 0..n {
+            fs::write(
+                dir.path().join(format!("f{i:05}")),
+                format!("content {i:05}"),
+            )?;
+        }
+        fs::create_dir(dir.path().join("sub"))?;
+        fs::write(dir.path().join("sub/inner"), "x")?;
+        let walk = |threads: usize| {
+            let limits = Limits {
+                threads,
+                ..Limits::default()
+            };
+            collect(&[dir.path().to_path_buf()], &Accounts::default(), &limits)
+        };
+        let one = walk(1);
+        let two = walk(2);
+        assert_eq!(one.len(), n + 3, "root, files, sub and sub/inner");
+        assert_eq!(one, two);
+        let paths: Vec<&str> = two.iter().flatten().map(|r| r.path.as_str()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort_unstable();
+        assert_eq!(paths, sorted, "breadth first in name order");
+        assert!(
+            two.iter()
+                .flatten()
+                .all(|r| r.file_type != "file" || r.sha256.is_some())
+        );
+        // The shared hash budget holds across threads: exactly as many
+        // files hashed as fit.
+        let limits = Limits {
+            threads: 2,
+            hash_budget: AtomicU64::new(13 * 100),
+            ..Limits::default()
+        };
+        let items = collect(&[dir.path().to_path_buf()], &Accounts::default(), &limits);
+        let hashed = items
+            .iter()
+            .flatten()
+            .filter(|r| r.sha256.is_some())
+            .count();
+        assert_eq!(hashed, 100);
         Ok(())
     }
 
@@ -768,7 +919,7 @@ mod tests {
         assert_eq!(items.iter().flatten().count(), 5);
         let err = items[5].as_ref().unwrap_err();
         assert!(err.contains("limit of 5 entries"), "{err}");
-        assert!(limits.cut.get());
+        assert!(limits.cut.load(Ordering::Relaxed));
 
         // A spent time budget stops the walk at once, saying where.
         let limits = Limits {
@@ -783,7 +934,7 @@ mod tests {
         );
         let err = items.last().unwrap().as_ref().unwrap_err();
         assert!(err.contains("time budget"), "{err}");
-        assert!(limits.cut.get());
+        assert!(limits.cut.load(Ordering::Relaxed));
         Ok(())
     }
 

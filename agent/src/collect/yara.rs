@@ -725,6 +725,7 @@ fn scan_files(
     let limits = volatile_files::Limits {
         protected: ctx.options.protected.clone(),
         blocking: ctx.blocking.clone(),
+        threads: ctx.threads,
         ..volatile_files::Limits::default()
     };
     let output = ctx.options.output.as_deref();
