@@ -1,31 +1,13 @@
 //! The client side of `ircap-collector request` and `ircap-collector
 //! agents`, over the same analyst mutual TLS as `list`, `show` and `pull`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use ircap_proto::request_args::{self as spec_rules, split_list};
-use ircap_proto::v1::capture_requests_client::CaptureRequestsClient;
-use ircap_proto::v1::{
-    AgentInfo, CaptureSpec, CreateRequestRequest, CreateRequestResponse, ListAgentsRequest,
-    ListResultsRequest, RequestResult,
-};
-use tonic::transport::Channel;
+use ircap_proto::v1::{AgentInfo, CaptureSpec, RequestResult};
 
-use crate::analyst::{AnalystError, ServerSettings, rpc};
-
-/// How often `--wait` asks for results.
-const WAIT_POLL: Duration = Duration::from_millis(500);
-
-/// Connects (lazily) with mutual TLS.
-///
-/// # Errors
-/// [`AnalystError`] when a PEM file cannot be read or the URL is bad.
-pub fn connect(s: &ServerSettings) -> Result<CaptureRequestsClient<Channel>, AnalystError> {
-    let channel =
-        ircap_proto::client::mtls_channel(s).map_err(|e| AnalystError::Config(e.to_string()))?;
-    Ok(CaptureRequestsClient::new(channel))
-}
+use crate::analyst::AnalystError;
 
 /// Parses a duration flag (`90s`, `30m`, `2h`, `1d`) with the shared
 /// parser, naming the option in the error.
@@ -214,150 +196,6 @@ impl SpecArgs {
         spec_rules::check_spec(&spec).map_err(|e| AnalystError::Config(e.to_string()))?;
         Ok(spec)
     }
-}
-
-/// Creates a request.
-///
-/// # Errors
-/// [`AnalystError::Rpc`] when the collector refuses.
-pub async fn create(
-    client: &mut CaptureRequestsClient<Channel>,
-    req: CreateRequestRequest,
-) -> Result<CreateRequestResponse, AnalystError> {
-    client
-        .create_request(crate::analyst::tagged(req))
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| rpc(&s))
-}
-
-/// Approves a pending request.
-///
-/// # Errors
-/// [`AnalystError::Rpc`] when the collector refuses (not pending, lapsed,
-/// or the caller requested it).
-pub async fn approve(
-    client: &mut CaptureRequestsClient<Channel>,
-    request_id: &str,
-) -> Result<ircap_proto::v1::ApproveRequestResponse, AnalystError> {
-    client
-        .approve_request(crate::analyst::tagged(
-            ircap_proto::v1::ApproveRequestRequest {
-                request_id: request_id.to_owned(),
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| rpc(&s))
-}
-
-/// Every result recorded so far.
-///
-/// # Errors
-/// [`AnalystError::Rpc`] when the collector refuses.
-pub async fn results(
-    client: &mut CaptureRequestsClient<Channel>,
-    request_id: &str,
-) -> Result<Vec<RequestResult>, AnalystError> {
-    let mut stream = client
-        .list_results(crate::analyst::tagged(ListResultsRequest {
-            request_id: request_id.to_owned(),
-        }))
-        .await
-        .map_err(|s| rpc(&s))?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(r) = stream.message().await.map_err(|s| rpc(&s))? {
-        out.push(r);
-    }
-    Ok(out)
-}
-
-/// Whether a result is final.
-#[must_use]
-pub fn is_final(r: &RequestResult) -> bool {
-    matches!(
-        r.status.as_str(),
-        "complete" | "partial" | "failed" | "refused"
-    )
-}
-
-/// Waits until every agent in `expected` has a final result, calling
-/// `on_final` once for each as it arrives, or until `timeout`. Returns the
-/// agents still without a final result.
-///
-/// # Errors
-/// [`AnalystError::Rpc`] when the collector refuses.
-pub async fn wait(
-    client: &mut CaptureRequestsClient<Channel>,
-    request_id: &str,
-    expected: &BTreeSet<String>,
-    timeout: Duration,
-    on_final: &mut dyn FnMut(&RequestResult),
-) -> Result<BTreeSet<String>, AnalystError> {
-    let until = Instant::now() + timeout;
-    let mut pending = expected.clone();
-    while !pending.is_empty() {
-        for r in results(client, request_id).await? {
-            if is_final(&r) && pending.remove(&r.agent) {
-                on_final(&r);
-            }
-        }
-        if pending.is_empty() || Instant::now() >= until {
-            break;
-        }
-        tokio::time::sleep(WAIT_POLL).await;
-    }
-    Ok(pending)
-}
-
-/// Polls a request that matched no connected agent until the first agents
-/// that connect later deliver final results (calling `on_final` for each),
-/// or until `timeout`. Returns whether any result arrived.
-///
-/// # Errors
-/// [`AnalystError::Call`] when the collector refuses.
-pub async fn wait_first(
-    client: &mut CaptureRequestsClient<Channel>,
-    request_id: &str,
-    timeout: Duration,
-    on_final: &mut dyn FnMut(&RequestResult),
-) -> Result<bool, AnalystError> {
-    let until = Instant::now() + timeout;
-    loop {
-        let finals: Vec<RequestResult> = results(client, request_id)
-            .await?
-            .into_iter()
-            .filter(is_final)
-            .collect();
-        if !finals.is_empty() {
-            finals.iter().for_each(&mut *on_final);
-            return Ok(true);
-        }
-        if Instant::now() >= until {
-            return Ok(false);
-        }
-        tokio::time::sleep(WAIT_POLL.min(until.saturating_duration_since(Instant::now()))).await;
-    }
-}
-
-/// Connected agents.
-///
-/// # Errors
-/// [`AnalystError::Rpc`] when the collector refuses.
-pub async fn agents(
-    client: &mut CaptureRequestsClient<Channel>,
-) -> Result<Vec<AgentInfo>, AnalystError> {
-    let mut stream = client
-        .list_agents(crate::analyst::tagged(ListAgentsRequest {}))
-        .await
-        .map_err(|s| rpc(&s))?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(a) = stream.message().await.map_err(|s| rpc(&s))? {
-        out.push(a);
-    }
-    Ok(out)
 }
 
 /// One agent as a JSON object.

@@ -323,8 +323,13 @@ fn parse_case(text: &str) -> Result<String, String> {
 }
 
 impl ServerArgs {
+    /// The client every call of this command goes through, tagged with
+    /// `--case` and `--reason`.
+    fn connect(&self) -> Result<analyst::AnalystClient, analyst::AnalystError> {
+        analyst::AnalystClient::connect(&self.settings(), self.case.clone(), self.reason.clone())
+    }
+
     fn settings(&self) -> analyst::ServerSettings {
-        analyst::set_case(self.case.clone(), self.reason.clone());
         analyst::ServerSettings {
             url: self.server.clone(),
             ca: self.ca.clone(),
@@ -589,10 +594,9 @@ fn run_analyst(cmd: Command) -> ExitCode {
             } => {
                 let since = analyst::query_time("--since", since.as_deref())?;
                 let until = analyst::query_time("--until", until.as_deref())?;
-                let mut client = analyst::connect(&server.settings())?;
-                let captures = analyst::list(
-                    &mut client,
-                    ListCapturesRequest {
+                let mut client = server.connect()?;
+                let captures = client
+                    .list(ListCapturesRequest {
                         host: host.unwrap_or_default(),
                         claimed_hostname: claimed_hostname.unwrap_or_default(),
                         instance_id: instance_id.unwrap_or_default(),
@@ -601,13 +605,12 @@ fn run_analyst(cmd: Command) -> ExitCode {
                         include_incomplete: incomplete,
                         // `list --case X` lists that case's captures.
                         case_id: server.case.clone().unwrap_or_default(),
-                    },
-                )
-                .await?;
+                    })
+                    .await?;
                 let mut yara = std::collections::BTreeMap::new();
                 if yara_matched {
                     for c in captures.iter().filter(|c| c.status == "complete") {
-                        let s = analyst::yara_summary(&mut client, &c.capture_id).await?;
+                        let s = client.yara_summary(&c.capture_id).await?;
                         if s.matches > 0 {
                             yara.insert(c.capture_id.clone(), s);
                         }
@@ -651,17 +654,15 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 json,
             } => {
                 let since = analyst::query_time("--since", since.as_deref())?;
-                let mut client = analyst::connect(&server.settings())?;
-                let events = analyst::audit(
-                    &mut client,
-                    ircap_proto::v1::ListAuditRequest {
+                let mut client = server.connect()?;
+                let events = client
+                    .audit(ircap_proto::v1::ListAuditRequest {
                         capture_id: capture.unwrap_or_default(),
                         identity: identity.unwrap_or_default(),
                         since,
                         case_id: for_case.unwrap_or_default(),
-                    },
-                )
-                .await?;
+                    })
+                    .await?;
                 let mut out = std::io::stdout().lock();
                 if json {
                     for e in &events {
@@ -677,8 +678,8 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 Ok(None)
             }
             Command::Show { server, id, json } => {
-                let mut client = analyst::connect(&server.settings())?;
-                let (manifest, bytes) = analyst::manifest(&mut client, &id).await?;
+                let mut client = server.connect()?;
+                let (manifest, bytes) = client.manifest(&id).await?;
                 let mut out = std::io::stdout().lock();
                 if json && std::io::IsTerminal::is_terminal(&out) {
                     // The same document, with terminal controls escaped.
@@ -693,7 +694,7 @@ fn run_analyst(cmd: Command) -> ExitCode {
                     // Byte for byte the stored manifest, for machines.
                     let _ = out.write_all(&bytes);
                 } else {
-                    let found = analyst::findings(&mut client, &id).await?;
+                    let found = client.findings(&id).await?;
                     let _ = write!(out, "{}", analyst::show_text(&manifest));
                     let _ = write!(
                         out,
@@ -703,14 +704,12 @@ fn run_analyst(cmd: Command) -> ExitCode {
                         )),
                         ircap_collector::triage::table(&found)
                     );
-                    let history = analyst::audit(
-                        &mut client,
-                        ircap_proto::v1::ListAuditRequest {
+                    let history = client
+                        .audit(ircap_proto::v1::ListAuditRequest {
                             capture_id: manifest.capture_id.clone(),
                             ..Default::default()
-                        },
-                    )
-                    .await?;
+                        })
+                        .await?;
                     let _ = write!(
                         out,
                         "\naccess history ({} events)\n{}",
@@ -721,9 +720,9 @@ fn run_analyst(cmd: Command) -> ExitCode {
                 Ok(None)
             }
             Command::Pull { server, id, dir } => {
-                let mut client = analyst::connect(&server.settings())?;
+                let mut client = server.connect()?;
                 let dir = dir.unwrap_or_else(|| PathBuf::from("."));
-                let done = analyst::pull(&mut client, &id, &dir).await?;
+                let done = client.pull(&id, &dir).await?;
                 Ok(Some(done))
             }
             _ => Ok(None),
@@ -791,12 +790,11 @@ fn analyst_runtime() -> Option<tokio::runtime::Runtime> {
 /// Prints one `{"agent", "capture_id", "yara": {...}}` line per host that
 /// stored a capture: matched or not, and the rules that matched.
 async fn yara_lines(
-    server: &analyst::ServerSettings,
+    client: &mut analyst::AnalystClient,
     finals: &[(String, String)],
 ) -> Result<(), analyst::AnalystError> {
-    let mut client = analyst::connect(server)?;
     for (agent, capture_id) in finals.iter().filter(|(_, id)| !id.is_empty()) {
-        let s = analyst::yara_summary(&mut client, capture_id).await?;
+        let s = client.yara_summary(capture_id).await?;
         tracing::info!(
             agent = %escape(agent),
             capture_id = %escape(capture_id),
@@ -839,9 +837,8 @@ fn run_request(args: &RequestArgs) -> ExitCode {
             .map_or(0, |d| d.as_secs().max(1));
         let labels = analyst_requests::parse_labels(&args.labels)?;
         let spec = args.spec.to_spec()?;
-        let mut client = analyst_requests::connect(&args.server.settings())?;
-        let created = analyst_requests::create(
-            &mut client,
+        let mut client = args.server.connect()?;
+        let created = client.create_request(
             ircap_proto::v1::CreateRequestRequest {
                 target: Some(ircap_proto::v1::Target {
                     host: args.host.clone().unwrap_or_default(),
@@ -901,10 +898,10 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         };
         if created.matched.is_empty() {
             let answered =
-                analyst_requests::wait_first(&mut client, &request_id, timeout, &mut on_final)
+                client.wait_first(&request_id, timeout, &mut on_final)
                     .await?;
             if args.spec.yara.is_some() {
-                yara_lines(&args.server.settings(), &finals.take()).await?;
+                yara_lines(&mut client, &finals.take()).await?;
             }
             if !answered {
                 print_json(&serde_json::json!({
@@ -921,10 +918,10 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         }
         let expected = created.matched.iter().map(|a| a.agent.clone()).collect();
         let missing =
-            analyst_requests::wait(&mut client, &request_id, &expected, timeout, &mut on_final)
+            client.wait(&request_id, &expected, timeout, &mut on_final)
                 .await?;
         if args.spec.yara.is_some() {
-            yara_lines(&args.server.settings(), &finals.take()).await?;
+            yara_lines(&mut client, &finals.take()).await?;
         }
         for agent in &missing {
             print_json(&serde_json::json!({ "request_id": request_id, "agent": agent, "status": "timed_out" }));
@@ -944,8 +941,8 @@ fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
         return ExitCode::from(1);
     };
     let result = runtime.block_on(async move {
-        let mut client = analyst_requests::connect(&server.settings())?;
-        analyst_requests::agents(&mut client).await
+        let mut client = server.connect()?;
+        client.agents().await
     });
     match result {
         Ok(agents) => {
@@ -998,8 +995,8 @@ fn run_approve(server: &ServerArgs, request_id: &str) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let mut client = analyst_requests::connect(&settings)?;
-        analyst_requests::approve(&mut client, request_id).await
+        let mut client = server.connect()?;
+        client.approve(request_id).await
     });
     match result {
         Ok(done) => {
