@@ -2,31 +2,11 @@
 //! agents`, over the same analyst mutual TLS as `list`, `show` and `pull`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use ircap_proto::request_args::{self as spec_rules, split_list};
 use ircap_proto::v1::{AgentInfo, CaptureSpec, RequestResult};
 
-use crate::analyst::AnalystError;
-
-/// Parses a duration flag (`90s`, `30m`, `2h`, `1d`) with the shared
-/// parser, naming the option in the error.
-///
-/// # Errors
-/// [`AnalystError::Config`] naming the option.
-pub fn parse_duration(option: &str, text: &str) -> Result<Duration, AnalystError> {
-    ircap_proto::units::parse_duration(text)
-        .map_err(|e| AnalystError::Config(format!("{option}: {e}")))
-}
-
-/// Parses a size flag (`4096`, `64K`, `512M`, `2G`) with the shared
-/// parser, naming the option in the error.
-///
-/// # Errors
-/// [`AnalystError::Config`] naming the option.
-pub fn parse_size(option: &str, text: &str) -> Result<u64, AnalystError> {
-    ircap_proto::units::parse_size(text).map_err(|e| AnalystError::Config(format!("{option}: {e}")))
-}
+use crate::analyst::{AnalystError, parse_duration, parse_size};
 
 /// Parses `KEY=VALUE` labels.
 ///
@@ -302,6 +282,8 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
 
     use super::*;
 

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use ircap_collector::analyst::ServerArgs;
 use ircap_collector::auth::Role;
-use ircap_collector::render::escape;
+use ircap_collector::render::{escape, print_json};
 use ircap_collector::serve::{self, S3Config, ServeConfig, Settings};
 use ircap_collector::{analyst, analyst_requests, pki};
-use ircap_proto::v1::ListCapturesRequest;
 
 /// The ircap collector: receives captures over mutual-TLS gRPC, verifies
 /// and stores them.
@@ -45,57 +45,12 @@ enum Command {
     },
     /// List captures (analyst certificate); with --case, only that
     /// case's captures.
-    List {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Only captures uploaded with the certificate identity NAME (the
-        /// identity the collector recorded, never a claimed hostname).
-        #[arg(long, value_name = "NAME")]
-        host: Option<String>,
-        /// Only captures whose manifest claims this hostname.
-        #[arg(long, value_name = "HOSTNAME")]
-        claimed_hostname: Option<String>,
-        /// Only captures whose manifest claims this EC2 instance id.
-        #[arg(long)]
-        instance_id: Option<String>,
-        /// Only captures started at or after this time: a duration back
-        /// from now (`1h`, `7d`, `2w`) or an RFC 3339 time.
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
-        /// Only captures started at or before this time (same forms).
-        #[arg(long, value_name = "TIME")]
-        until: Option<String>,
-        /// Also list captures that were never committed.
-        #[arg(long)]
-        incomplete: bool,
-        /// JSON Lines instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Only captures whose YARA scan matched (reads each capture's
-        /// manifest and `yara_matches` table).
-        #[arg(long)]
-        yara_matched: bool,
-    },
+    List(analyst::list::ListArgs),
     /// Show a capture's manifest and chain of custody (analyst certificate).
-    Show {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Capture id.
-        id: String,
-        /// The manifest JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Show(analyst::show::ShowArgs),
     /// Download a capture, resuming a partial download, and verify every
     /// hash (exit 3 naming the file on a mismatch).
-    Pull {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Capture id.
-        id: String,
-        /// Directory that receives <id>/ [default: .].
-        dir: Option<PathBuf>,
-    },
+    Pull(analyst::pull::PullArgs),
     /// Approve a request that waits for a second analyst (serve
     /// --approvals); the requester cannot approve their own.
     Approve {
@@ -106,25 +61,7 @@ enum Command {
     },
     /// The access trail: who listed, showed, pulled or requested what, and
     /// when (analyst certificate).
-    Audit {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Only events about this capture.
-        #[arg(long, value_name = "ID")]
-        capture: Option<String>,
-        /// Only events by this certificate identity.
-        #[arg(long, value_name = "NAME")]
-        identity: Option<String>,
-        /// Only events at or after this time (`1h`, `7d`, or RFC 3339).
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
-        /// Only events carrying this case id.
-        #[arg(long = "for-case", value_name = "CASE")]
-        for_case: Option<String>,
-        /// JSON Lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Audit(analyst::audit::AuditArgs),
     /// Ask connected agents (daemon mode) to capture now (analyst
     /// certificate); with --wait, print each agent's result as it finishes
     /// (exit 0 when every targeted agent completed, 1 otherwise).
@@ -294,51 +231,6 @@ struct ServeArgs {
     stream_deadline: Option<String>,
 }
 
-/// How analyst commands reach the collector.
-#[derive(Debug, Args)]
-struct ServerArgs {
-    /// Collector URL, https://HOST:PORT.
-    #[arg(long, env = "IRCAP_SERVER")]
-    server: String,
-    /// CA certificate the collector's certificate must chain to.
-    #[arg(long, env = "IRCAP_CA")]
-    ca: PathBuf,
-    /// Analyst certificate.
-    #[arg(long, env = "IRCAP_CERT")]
-    cert: PathBuf,
-    /// Analyst key.
-    #[arg(long, env = "IRCAP_KEY")]
-    key: PathBuf,
-    /// Case id this call is made for (e.g. IR-2026-041): recorded in the
-    /// access trail, and in requests and the captures they produce.
-    #[arg(long, env = "IRCAP_CASE", value_parser = parse_case)]
-    case: Option<String>,
-    /// Why (free text, recorded with the case id).
-    #[arg(long, env = "IRCAP_REASON")]
-    reason: Option<String>,
-}
-
-fn parse_case(text: &str) -> Result<String, String> {
-    ircap_collector::audit::check_case(text).map(|()| text.to_owned())
-}
-
-impl ServerArgs {
-    /// The client every call of this command goes through, tagged with
-    /// `--case` and `--reason`.
-    fn connect(&self) -> Result<analyst::AnalystClient, analyst::AnalystError> {
-        analyst::AnalystClient::connect(&self.settings(), self.case.clone(), self.reason.clone())
-    }
-
-    fn settings(&self) -> analyst::ServerSettings {
-        analyst::ServerSettings {
-            url: self.server.clone(),
-            ca: self.ca.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Subcommand)]
 enum PkiCommand {
     /// Write ca.pem/ca.key, server.pem/server.key and one certificate per
@@ -412,13 +304,6 @@ fn init_tracing(filter: &str, json: bool) {
     }
 }
 
-/// One JSON line on stdout, safe on a terminal (host text in it).
-fn print_json<T: serde::Serialize>(value: &T) {
-    if let Some(json) = ircap_collector::render::json(value) {
-        let _ = writeln!(std::io::stdout().lock(), "{json}");
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json);
@@ -430,12 +315,10 @@ fn main() -> ExitCode {
         Command::Symbols { capture, out } => ircap_collector::symbols::run(&capture, &out)
             .map(|summary| print_json(&summary))
             .map_err(anyhow::Error::from),
-        cmd @ (Command::List { .. }
-        | Command::Show { .. }
-        | Command::Audit { .. }
-        | Command::Pull { .. }) => {
-            return run_analyst(cmd);
-        }
+        Command::List(args) => return analyst::list::run(args),
+        Command::Show(args) => return analyst::show::run(args),
+        Command::Audit(args) => return analyst::audit::run(args),
+        Command::Pull(args) => return analyst::pull::run(args),
         Command::Request(args) => return run_request(&args),
         Command::Approve { server, request_id } => return run_approve(&server, &request_id),
         Command::Agents { server, json } => return run_agents(&server, json),
@@ -561,193 +444,6 @@ fn run_pki(cmd: PkiCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_analyst(cmd: Command) -> ExitCode {
-    let settings = match &cmd {
-        Command::List { server, .. }
-        | Command::Show { server, .. }
-        | Command::Audit { server, .. }
-        | Command::Pull { server, .. } => Some(server.settings()),
-        _ => None,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async move {
-        match cmd {
-            Command::List {
-                server,
-                host,
-                claimed_hostname,
-                instance_id,
-                since,
-                until,
-                incomplete,
-                json,
-                yara_matched,
-            } => {
-                let since = analyst::query_time("--since", since.as_deref())?;
-                let until = analyst::query_time("--until", until.as_deref())?;
-                let mut client = server.connect()?;
-                let captures = client
-                    .list(ListCapturesRequest {
-                        host: host.unwrap_or_default(),
-                        claimed_hostname: claimed_hostname.unwrap_or_default(),
-                        instance_id: instance_id.unwrap_or_default(),
-                        since,
-                        until,
-                        include_incomplete: incomplete,
-                        // `list --case X` lists that case's captures.
-                        case_id: server.case.clone().unwrap_or_default(),
-                    })
-                    .await?;
-                let mut yara = std::collections::BTreeMap::new();
-                if yara_matched {
-                    for c in captures.iter().filter(|c| c.status == "complete") {
-                        let s = client.yara_summary(&c.capture_id).await?;
-                        if s.matches > 0 {
-                            yara.insert(c.capture_id.clone(), s);
-                        }
-                    }
-                }
-                let captures: Vec<_> = captures
-                    .into_iter()
-                    .filter(|c| !yara_matched || yara.contains_key(&c.capture_id))
-                    .collect();
-                let mut out = std::io::stdout().lock();
-                if json && yara_matched {
-                    for c in &captures {
-                        let mut line = capture_json(c);
-                        line["yara"] =
-                            serde_json::to_value(yara.get(&c.capture_id)).unwrap_or_default();
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            ircap_collector::render::json(&line).unwrap_or_default()
-                        );
-                    }
-                } else if json {
-                    for c in &captures {
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            ircap_collector::render::json(&capture_json(c)).unwrap_or_default()
-                        );
-                    }
-                } else {
-                    let _ = write!(out, "{}", analyst::list_table(&captures));
-                }
-                Ok(None)
-            }
-            Command::Audit {
-                server,
-                capture,
-                identity,
-                since,
-                for_case,
-                json,
-            } => {
-                let since = analyst::query_time("--since", since.as_deref())?;
-                let mut client = server.connect()?;
-                let events = client
-                    .audit(ircap_proto::v1::ListAuditRequest {
-                        capture_id: capture.unwrap_or_default(),
-                        identity: identity.unwrap_or_default(),
-                        since,
-                        case_id: for_case.unwrap_or_default(),
-                    })
-                    .await?;
-                let mut out = std::io::stdout().lock();
-                if json {
-                    for e in &events {
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            ircap_collector::render::json(e).unwrap_or_default()
-                        );
-                    }
-                } else {
-                    let _ = write!(out, "{}", ircap_collector::audit::table(&events));
-                }
-                Ok(None)
-            }
-            Command::Show { server, id, json } => {
-                let mut client = server.connect()?;
-                let (manifest, bytes) = client.manifest(&id).await?;
-                let mut out = std::io::stdout().lock();
-                if json && std::io::IsTerminal::is_terminal(&out) {
-                    // The same document, with terminal controls escaped.
-                    let value: serde_json::Value = serde_json::from_slice(&bytes)
-                        .map_err(|e| analyst::AnalystError::Rpc(e.to_string()))?;
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        ircap_collector::render::json(&value).unwrap_or_default()
-                    );
-                } else if json {
-                    // Byte for byte the stored manifest, for machines.
-                    let _ = out.write_all(&bytes);
-                } else {
-                    let found = client.findings(&id).await?;
-                    let _ = write!(out, "{}", analyst::show_text(&manifest));
-                    let _ = write!(
-                        out,
-                        "\nfindings ({}, computed by the collector at commit)\n{}",
-                        ircap_collector::triage::counts_text(&ircap_collector::triage::counts(
-                            &found
-                        )),
-                        ircap_collector::triage::table(&found)
-                    );
-                    let history = client
-                        .audit(ircap_proto::v1::ListAuditRequest {
-                            capture_id: manifest.capture_id.clone(),
-                            ..Default::default()
-                        })
-                        .await?;
-                    let _ = write!(
-                        out,
-                        "\naccess history ({} events)\n{}",
-                        history.len(),
-                        ircap_collector::audit::table(&history)
-                    );
-                }
-                Ok(None)
-            }
-            Command::Pull { server, id, dir } => {
-                let mut client = server.connect()?;
-                let dir = dir.unwrap_or_else(|| PathBuf::from("."));
-                let done = client.pull(&id, &dir).await?;
-                Ok(Some(done))
-            }
-            _ => Ok(None),
-        }
-    });
-    match result {
-        Ok(Some(dir)) => {
-            tracing::info!(dir = %dir.display(), "Capture pulled and verified");
-            print_json(
-                &serde_json::json!({ "status": "verified", "path": dir.display().to_string() }),
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(None) => ExitCode::SUCCESS,
-        Err(analyst::AnalystError::Verify(report)) => {
-            for p in &report.problems {
-                tracing::error!("{}", escape(&p.to_string()));
-            }
-            print_json(&report);
-            ExitCode::from(3)
-        }
-        Err(err) => analyst_failed(&err, settings.as_ref()),
-    }
-}
-
 /// Logs an analyst command's failure in one escaped line (probing the
 /// collector once when the error does not say why it could not be
 /// reached); exit 2 for settings refused before anything was sent, 1
@@ -821,18 +517,18 @@ fn run_request(args: &RequestArgs) -> ExitCode {
         return ExitCode::from(1);
     };
     let result: Result<bool, analyst::AnalystError> = runtime.block_on(async move {
-        let timeout = analyst_requests::parse_duration("--timeout", &args.timeout)?;
-        let ttl = analyst_requests::parse_duration("--ttl", &args.ttl)?;
+        let timeout = analyst::parse_duration("--timeout", &args.timeout)?;
+        let ttl = analyst::parse_duration("--ttl", &args.ttl)?;
         let max_bytes = args
             .max_bytes
             .as_deref()
-            .map(|t| analyst_requests::parse_size("--max-bytes", t))
+            .map(|t| analyst::parse_size("--max-bytes", t))
             .transpose()?
             .unwrap_or(0);
         let max_time = args
             .max_time
             .as_deref()
-            .map(|t| analyst_requests::parse_duration("--max-time", t))
+            .map(|t| analyst::parse_duration("--max-time", t))
             .transpose()?
             .map_or(0, |d| d.as_secs().max(1));
         let labels = analyst_requests::parse_labels(&args.labels)?;
@@ -963,23 +659,6 @@ fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
         }
         Err(err) => analyst_failed(&err, Some(&server.settings())),
     }
-}
-
-fn capture_json(c: &ircap_proto::v1::CaptureInfo) -> serde_json::Value {
-    serde_json::json!({
-        "capture_id": c.capture_id,
-        "agent": c.agent,
-        "hostname": c.hostname,
-        "instance_id": (!c.instance_id.is_empty()).then_some(&c.instance_id),
-        "started_at": c.started_at,
-        "ended_at": c.ended_at,
-        "stored_bytes": c.stored_bytes,
-        "artifacts": c.artifacts,
-        "status": c.status,
-        "committed_at": c.committed_at,
-        "findings": c.findings,
-        "case": c.case_id,
-    })
 }
 
 fn run_approve(server: &ServerArgs, request_id: &str) -> ExitCode {

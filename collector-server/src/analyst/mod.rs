@@ -1,19 +1,81 @@
-//! The analyst commands' client side: `list`, `show` and `pull` over the
-//! same mutual TLS as agents, with an analyst certificate.
+//! The analyst commands: `list`, `show`, `pull`, `audit`, `request`,
+//! `agents`, `approve` over the same mutual TLS as agents, with an analyst
+//! certificate, and `verify` of a capture directory on this machine.
 //!
-//! `pull` downloads into `DIR/.<id>.partial/`, resumes from whatever is
-//! already there, then verifies every hash with the same code as
-//! `verify`; only a capture that verifies is renamed to `DIR/<id>`, so a
-//! partial or damaged pull never looks complete.
+//! One file per command holds its flags, its `run` (what it asks, what it
+//! prints, its exit code) and its rendering. Every call to the collector
+//! goes through one [`AnalystClient`]; every line of host-supplied text
+//! goes out through [`crate::render`], which escapes terminal controls.
+//! Exit codes: 0 done, 1 failed, 2 settings refused before anything was
+//! sent, 3 (`pull`, `verify`) a capture that does not verify.
 
-use ircap_proto::manifest::Manifest;
-use ircap_proto::v1::CaptureInfo;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-use crate::render::{Table, escape};
+use clap::Args;
 
+use crate::render::escape;
+
+pub mod audit;
 mod client;
+pub mod list;
+pub mod pull;
+pub mod show;
 
 pub use client::{AnalystClient, AnalystError, ServerSettings, YaraSummary, is_final};
+
+/// How analyst commands reach the collector.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Collector URL, https://HOST:PORT.
+    #[arg(long, env = "IRCAP_SERVER")]
+    server: String,
+    /// CA certificate the collector's certificate must chain to.
+    #[arg(long, env = "IRCAP_CA")]
+    ca: PathBuf,
+    /// Analyst certificate.
+    #[arg(long, env = "IRCAP_CERT")]
+    cert: PathBuf,
+    /// Analyst key.
+    #[arg(long, env = "IRCAP_KEY")]
+    key: PathBuf,
+    /// Case id this call is made for (e.g. IR-2026-041): recorded in the
+    /// access trail, and in requests and the captures they produce.
+    #[arg(long, env = "IRCAP_CASE", value_parser = parse_case)]
+    case: Option<String>,
+    /// Why (free text, recorded with the case id).
+    #[arg(long, env = "IRCAP_REASON")]
+    reason: Option<String>,
+}
+
+fn parse_case(text: &str) -> Result<String, String> {
+    crate::audit::check_case(text).map(|()| text.to_owned())
+}
+
+impl ServerArgs {
+    /// Where the collector is and which certificate to present.
+    #[must_use]
+    pub fn settings(&self) -> ServerSettings {
+        ServerSettings {
+            url: self.server.clone(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+
+    /// The client every call of this command goes through, tagged with
+    /// `--case` and `--reason`.
+    ///
+    /// # Errors
+    /// [`AnalystError::Config`] when a PEM file cannot be read or the URL
+    /// is bad.
+    pub fn connect(&self) -> Result<AnalystClient, AnalystError> {
+        AnalystClient::connect(&self.settings(), self.case.clone(), self.reason.clone())
+    }
+}
 
 /// A `--since`/`--until` value as the RFC 3339 text the collector's
 /// query takes: a duration back from now (`1h`, `7d`) or an RFC 3339 time;
@@ -28,6 +90,73 @@ pub fn query_time(option: &str, value: Option<&str>) -> Result<String, AnalystEr
     })
 }
 
+/// Parses a duration flag (`90s`, `30m`, `2h`, `1d`) with the shared
+/// parser, naming the option in the error.
+///
+/// # Errors
+/// [`AnalystError::Config`] naming the option.
+pub fn parse_duration(option: &str, text: &str) -> Result<Duration, AnalystError> {
+    ircap_proto::units::parse_duration(text)
+        .map_err(|e| AnalystError::Config(format!("{option}: {e}")))
+}
+
+/// Parses a size flag (`4096`, `64K`, `512M`, `2G`) with the shared
+/// parser, naming the option in the error.
+///
+/// # Errors
+/// [`AnalystError::Config`] naming the option.
+pub fn parse_size(option: &str, text: &str) -> Result<u64, AnalystError> {
+    ircap_proto::units::parse_size(text).map_err(|e| AnalystError::Config(format!("{option}: {e}")))
+}
+
+/// Runs a command's `work` on a current-thread runtime: its exit code, or
+/// its failure logged by [`failed`].
+fn run(
+    server: &ServerArgs,
+    work: impl Future<Output = Result<ExitCode, AnalystError>>,
+) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    runtime
+        .block_on(work)
+        .unwrap_or_else(|err| failed(&err, Some(&server.settings())))
+}
+
+/// Logs an analyst command's failure in one escaped line (probing the
+/// collector once when the error does not say why it could not be
+/// reached); exit 2 for settings refused before anything was sent, 1
+/// otherwise.
+fn failed(err: &AnalystError, settings: Option<&ServerSettings>) -> ExitCode {
+    let url = settings.map_or("", |s| s.url.as_str());
+    let diagnosed = match (err, settings) {
+        (AnalystError::Call(status), Some(s)) if ircap_proto::explain::is_unexplained(status) => {
+            runtime().and_then(|rt| rt.block_on(ircap_proto::client::diagnose(s)))
+        }
+        _ => None,
+    };
+    let message = diagnosed.map_or_else(|| err.explain(url), |d| d.message);
+    tracing::error!("{}", escape(&message));
+    if matches!(err, AnalystError::Config(_)) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     #[allow(clippy::cast_precision_loss)]
@@ -38,159 +167,4 @@ fn human_bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", UNITS.get(unit).unwrap_or(&"B"))
-}
-
-fn duration(start: &str, end: &str) -> String {
-    use time::OffsetDateTime;
-    use time::format_description::well_known::Rfc3339;
-    match (
-        OffsetDateTime::parse(start, &Rfc3339),
-        OffsetDateTime::parse(end, &Rfc3339),
-    ) {
-        (Ok(a), Ok(b)) => format!("{:.1}s", (b - a).as_seconds_f64()),
-        _ => "-".into(),
-    }
-}
-
-/// Renders captures as a table (host text escaped).
-#[must_use]
-pub fn list_table(captures: &[CaptureInfo]) -> String {
-    let mut rows = Table::new(&[
-        "ID",
-        "HOST (claimed)",
-        "AGENT",
-        "INSTANCE (claimed)",
-        "STARTED",
-        "DURATION",
-        "SIZE",
-        "ARTIFACTS",
-        "STATUS",
-        "FINDINGS",
-    ]);
-    for c in captures {
-        rows.row([
-            c.capture_id.clone(),
-            c.hostname.clone(),
-            c.agent.clone(),
-            if c.instance_id.is_empty() {
-                "-".into()
-            } else {
-                c.instance_id.clone()
-            },
-            c.started_at.clone(),
-            duration(&c.started_at, &c.ended_at),
-            human_bytes(c.stored_bytes),
-            c.artifacts.to_string(),
-            c.status.clone(),
-            crate::triage::counts_text(&c.findings.clone().into_iter().collect()),
-        ]);
-    }
-    rows.render()
-}
-
-/// Renders a manifest: artifacts and chain of custody (host text escaped).
-#[must_use]
-pub fn show_text(m: &Manifest) -> String {
-    let mut rows = Table::new(&[
-        "ARTIFACT",
-        "KIND",
-        "RECORDS",
-        "SIZE",
-        "SHA256 (stored)",
-        "SHA256 (original, if gzipped)",
-        "ERRORS",
-    ]);
-    for a in &m.artifacts {
-        rows.row([
-            a.name.clone(),
-            a.kind.clone(),
-            a.record_count.map_or_else(|| "-".into(), |n| n.to_string()),
-            human_bytes(a.size_stored),
-            a.sha256_stored.clone(),
-            if a.sha256_uncompressed.is_empty() || a.sha256_uncompressed == a.sha256_stored {
-                "-".into()
-            } else {
-                a.sha256_uncompressed.clone()
-            },
-            a.error_count.to_string(),
-        ]);
-    }
-    let receipt = m.collector_receipt.clone().unwrap_or_default();
-    let field =
-        |k: &str| escape(receipt.get(k).and_then(|v| v.as_str()).unwrap_or("-")).into_owned();
-    let instance = escape(m.host.instance_id.as_deref().unwrap_or("-"));
-    let status = serde_json::to_value(m.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    let mut out = format!(
-        "capture {} ({status})\nhost {} (claimed; instance {}), kernel {}\ncaptured {} .. {}, agent {} pid {}, {} errors\n\n",
-        escape(&m.capture_id),
-        escape(&m.host.hostname),
-        instance,
-        escape(&m.host.kernel_release),
-        escape(&m.started_at),
-        escape(&m.ended_at),
-        escape(&m.agent.version),
-        m.agent.pid,
-        m.error_count,
-    );
-    if let Some(labels) = m.options.get("labels").and_then(|l| l.as_object())
-        && !labels.is_empty()
-    {
-        let text: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-            .collect();
-        out.push_str(&format!("labels {}\n\n", escape(&text.join(", "))));
-    }
-    out.push_str(&rows.render());
-    out.push_str(&error_list(m));
-    out.push_str(&format!(
-        "\nchain of custody\n  agent identity     {}\n  certificate sha256 {}\n  ssm command id     {}\n  instance id        {} (claimed)\n  collector opened   {}\n  collector verified {} ({})\n",
-        field("peer_identity"),
-        field("peer_certificate_sha256"),
-        escape(m.ssm_command_id.as_deref().unwrap_or("-")),
-        instance,
-        field("opened_at"),
-        field("committed_at"),
-        field("verification"),
-    ));
-    out
-}
-
-/// How many error lines `show` prints before pointing at `--json`.
-const SHOWN_ERRORS: usize = 50;
-
-/// The capture's errors, then each artifact's, one escaped line each.
-fn error_list(m: &Manifest) -> String {
-    let lines: Vec<String> = m
-        .errors
-        .iter()
-        .map(|e| format!("{}: {}", escape(&e.source), escape(&e.message)))
-        .chain(m.artifacts.iter().flat_map(|a| {
-            a.errors
-                .iter()
-                .map(move |e| format!("{}: {}", escape(&a.name), escape(e)))
-        }))
-        .collect();
-    if lines.is_empty() {
-        return String::new();
-    }
-    let mut out = format!(
-        "\nerrors ({} recorded)\n",
-        m.error_count.max(lines.len() as u64)
-    );
-    for line in lines.iter().take(SHOWN_ERRORS) {
-        out.push_str("  ");
-        out.push_str(line);
-        out.push('\n');
-    }
-    if lines.len() > SHOWN_ERRORS {
-        out.push_str(&format!(
-            "  ... and {} more (show --json lists them all)\n",
-            lines.len() - SHOWN_ERRORS
-        ));
-    }
-    out
 }
