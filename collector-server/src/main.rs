@@ -1,15 +1,13 @@
 //! `ircap-collector`: thin entry point. serve, pki, verify.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use ircap_collector::analyst::ServerArgs;
 use ircap_collector::auth::Role;
 use ircap_collector::render::{escape, print_json};
 use ircap_collector::serve::{self, S3Config, ServeConfig, Settings};
-use ircap_collector::{analyst, analyst_requests, pki};
+use ircap_collector::{analyst, pki};
 
 /// The ircap collector: receives captures over mutual-TLS gRPC, verifies
 /// and stores them.
@@ -53,27 +51,16 @@ enum Command {
     Pull(analyst::pull::PullArgs),
     /// Approve a request that waits for a second analyst (serve
     /// --approvals); the requester cannot approve their own.
-    Approve {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// The request id `request` printed.
-        request_id: String,
-    },
+    Approve(analyst::approve::ApproveArgs),
     /// The access trail: who listed, showed, pulled or requested what, and
     /// when (analyst certificate).
     Audit(analyst::audit::AuditArgs),
     /// Ask connected agents (daemon mode) to capture now (analyst
     /// certificate); with --wait, print each agent's result as it finishes
     /// (exit 0 when every targeted agent completed, 1 otherwise).
-    Request(Box<RequestArgs>),
+    Request(Box<analyst::request::RequestArgs>),
     /// List agents connected in daemon mode (analyst certificate).
-    Agents {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// JSON Lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Agents(analyst::agents::AgentsArgs),
     /// Run the triage rules over a capture (findings with ATT&CK ids and
     /// pointers to the rows); writes <id>.findings.jsonl beside it.
     Findings(ircap_collector::triage::cli::FindingsArgs),
@@ -98,51 +85,6 @@ enum Command {
         #[arg(long, value_name = "CA_PEM")]
         ca: Option<PathBuf>,
     },
-}
-
-/// `ircap-collector request`.
-#[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).multiple(true).args(["host", "claimed_hostname", "instance_id", "labels", "all"])))]
-struct RequestArgs {
-    #[command(flatten)]
-    server: ServerArgs,
-    /// The agent whose certificate identity is NAME (never a hostname an
-    /// agent claims).
-    #[arg(long, value_name = "NAME")]
-    host: Option<String>,
-    /// Agents that claim this hostname in their hello (any agent can claim
-    /// any hostname).
-    #[arg(long, value_name = "HOSTNAME")]
-    claimed_hostname: Option<String>,
-    /// Agents that claim this EC2 instance id.
-    #[arg(long)]
-    instance_id: Option<String>,
-    /// Agents with this label in their config (repeatable: every label must
-    /// match; labels are claimed by the agent).
-    #[arg(long = "label", value_name = "KEY=VALUE")]
-    labels: Vec<String>,
-    /// Every agent.
-    #[arg(long, conflicts_with_all = ["host", "claimed_hostname", "instance_id", "labels"])]
-    all: bool,
-    /// Wait for every agent connected now that the target matches, and
-    /// print each one's result as it finishes.
-    #[arg(long)]
-    wait: bool,
-    /// Give up waiting after this long.
-    #[arg(long, default_value = "30m", value_name = "DURATION")]
-    timeout: String,
-    /// Byte budget of each capture (64M, 1G); over it the capture fails.
-    #[arg(long, value_name = "BYTES")]
-    max_bytes: Option<String>,
-    /// Time budget of each capture (90s, 10m); over it the capture fails.
-    #[arg(long, value_name = "DURATION")]
-    max_time: Option<String>,
-    /// How long agents that connect later may still receive the request.
-    #[arg(long, default_value = "1h", value_name = "DURATION")]
-    ttl: String,
-    /// What to capture.
-    #[command(flatten, next_help_heading = "Capture")]
-    spec: analyst_requests::SpecArgs,
 }
 
 #[derive(Debug, Args)]
@@ -319,9 +261,9 @@ fn main() -> ExitCode {
         Command::Show(args) => return analyst::show::run(args),
         Command::Audit(args) => return analyst::audit::run(args),
         Command::Pull(args) => return analyst::pull::run(args),
-        Command::Request(args) => return run_request(&args),
-        Command::Approve { server, request_id } => return run_approve(&server, &request_id),
-        Command::Agents { server, json } => return run_agents(&server, json),
+        Command::Request(args) => return analyst::request::run(*args),
+        Command::Approve(args) => return analyst::approve::run(args),
+        Command::Agents(args) => return analyst::agents::run(args),
         Command::Findings(args) => return ircap_collector::triage::cli::findings(&args),
         Command::Diff(args) => return ircap_collector::triage::cli::diff(&args),
         Command::Report(args) => return ircap_collector::triage::cli::report(&args),
@@ -442,260 +384,6 @@ fn run_pki(cmd: PkiCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Logs an analyst command's failure in one escaped line (probing the
-/// collector once when the error does not say why it could not be
-/// reached); exit 2 for settings refused before anything was sent, 1
-/// otherwise.
-fn analyst_failed(
-    err: &analyst::AnalystError,
-    settings: Option<&analyst::ServerSettings>,
-) -> ExitCode {
-    let url = settings.map_or("", |s| s.url.as_str());
-    let diagnosed = match (err, settings) {
-        (analyst::AnalystError::Call(status), Some(s))
-            if ircap_proto::explain::is_unexplained(status) =>
-        {
-            analyst_runtime().and_then(|rt| rt.block_on(ircap_proto::client::diagnose(s)))
-        }
-        _ => None,
-    };
-    let message = diagnosed.map_or_else(|| err.explain(url), |d| d.message);
-    tracing::error!("{}", escape(&message));
-    if matches!(err, analyst::AnalystError::Config(_)) {
-        ExitCode::from(2)
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-fn analyst_runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            None
-        }
-    }
-}
-
-/// Prints one `{"agent", "capture_id", "yara": {...}}` line per host that
-/// stored a capture: matched or not, and the rules that matched.
-async fn yara_lines(
-    client: &mut analyst::AnalystClient,
-    finals: &[(String, String)],
-) -> Result<(), analyst::AnalystError> {
-    for (agent, capture_id) in finals.iter().filter(|(_, id)| !id.is_empty()) {
-        let s = client.yara_summary(capture_id).await?;
-        tracing::info!(
-            agent = %escape(agent),
-            capture_id = %escape(capture_id),
-            matched = s.matches > 0,
-            rules = %escape(&s.rules.join(",")),
-            "YARA"
-        );
-        print_json(&serde_json::json!({
-            "agent": agent,
-            "capture_id": capture_id,
-            "yara": {
-                "matched": s.matches > 0,
-                "matches": s.matches,
-                "rules": s.rules,
-                "cut": s.cut,
-            },
-        }));
-    }
-    Ok(())
-}
-
-fn run_request(args: &RequestArgs) -> ExitCode {
-    let Some(runtime) = analyst_runtime() else {
-        return ExitCode::from(1);
-    };
-    let result: Result<bool, analyst::AnalystError> = runtime.block_on(async move {
-        let timeout = analyst::parse_duration("--timeout", &args.timeout)?;
-        let ttl = analyst::parse_duration("--ttl", &args.ttl)?;
-        let max_bytes = args
-            .max_bytes
-            .as_deref()
-            .map(|t| analyst::parse_size("--max-bytes", t))
-            .transpose()?
-            .unwrap_or(0);
-        let max_time = args
-            .max_time
-            .as_deref()
-            .map(|t| analyst::parse_duration("--max-time", t))
-            .transpose()?
-            .map_or(0, |d| d.as_secs().max(1));
-        let labels = analyst_requests::parse_labels(&args.labels)?;
-        let spec = args.spec.to_spec()?;
-        let mut client = args.server.connect()?;
-        let created = client.create_request(
-            ircap_proto::v1::CreateRequestRequest {
-                target: Some(ircap_proto::v1::Target {
-                    host: args.host.clone().unwrap_or_default(),
-                    claimed_hostname: args.claimed_hostname.clone().unwrap_or_default(),
-                    instance_id: args.instance_id.clone().unwrap_or_default(),
-                    labels: labels.into_iter().collect(),
-                    all: args.all,
-                }),
-                spec: Some(spec),
-                max_bytes,
-                max_seconds: max_time,
-                ttl_seconds: ttl.as_secs(),
-            },
-        )
-        .await?;
-        let request_id = created.request_id.clone();
-        print_json(&serde_json::json!({
-            "request_id": request_id,
-            "status": created.status,
-            "approval_classes": created.approval_classes,
-            "approval_expires_at": created.approval_expires_at,
-            "matched": created.matched.iter().map(analyst_requests::matched_json).collect::<Vec<_>>(),
-        }));
-        for a in created.matched.iter().filter(|a| {
-            a.matched_by
-                .iter()
-                .any(|m| matches!(m.as_str(), "claimed hostname" | "claimed instance id" | "labels"))
-        }) {
-            tracing::warn!(
-                agent = %escape(&a.agent),
-                hostname = %escape(&a.hostname),
-                matched_by = %escape(&a.matched_by.join(", ")),
-                "Matched by what the agent claims, not by its certificate identity"
-            );
-        }
-        if created.matched.is_empty() {
-            tracing::warn!(request_id = %escape(&request_id), "No connected agent matches now; agents that connect before the request expires will receive it");
-        }
-        if !args.wait {
-            return Ok(true);
-        }
-        let pending_until = ircap_collector::timefmt::after(ttl);
-        let mut all_complete = true;
-        let finals = std::cell::RefCell::new(Vec::new());
-        let mut on_final = |r: &ircap_proto::v1::RequestResult| {
-            all_complete &= r.status == "complete";
-            finals.borrow_mut().push((r.agent.clone(), r.capture_id.clone()));
-            tracing::info!(
-                agent = %escape(&r.agent),
-                hostname = %escape(&r.hostname),
-                status = %escape(&r.status),
-                capture_id = %escape(&r.capture_id),
-                error = %escape(&r.error),
-                "Agent finished"
-            );
-            print_json(&analyst_requests::result_json(r));
-        };
-        if created.matched.is_empty() {
-            let answered =
-                client.wait_first(&request_id, timeout, &mut on_final)
-                    .await?;
-            if args.spec.yara.is_some() {
-                yara_lines(&mut client, &finals.take()).await?;
-            }
-            if !answered {
-                print_json(&serde_json::json!({
-                    "request_id": request_id,
-                    "status": "pending",
-                    "pending_until": pending_until,
-                }));
-                tracing::error!(
-                    request_id = %escape(&request_id),
-                    "No matching agent answered before --timeout; the request stays pending until {pending_until}: an agent that connects before then still receives it"
-                );
-            }
-            return Ok(answered && all_complete);
-        }
-        let expected = created.matched.iter().map(|a| a.agent.clone()).collect();
-        let missing =
-            client.wait(&request_id, &expected, timeout, &mut on_final)
-                .await?;
-        if args.spec.yara.is_some() {
-            yara_lines(&mut client, &finals.take()).await?;
-        }
-        for agent in &missing {
-            print_json(&serde_json::json!({ "request_id": request_id, "agent": agent, "status": "timed_out" }));
-            tracing::error!(agent = %escape(agent), "No result before --timeout");
-        }
-        Ok(all_complete && missing.is_empty())
-    });
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(err) => analyst_failed(&err, Some(&args.server.settings())),
-    }
-}
-
-fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
-    let Some(runtime) = analyst_runtime() else {
-        return ExitCode::from(1);
-    };
-    let result = runtime.block_on(async move {
-        let mut client = server.connect()?;
-        client.agents().await
-    });
-    match result {
-        Ok(agents) => {
-            let mut out = std::io::stdout().lock();
-            if json {
-                for a in &agents {
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        ircap_collector::render::json(&analyst_requests::agent_json(a))
-                            .unwrap_or_default()
-                    );
-                }
-            } else {
-                let _ = write!(out, "{}", analyst_requests::agents_table(&agents));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(err) => analyst_failed(&err, Some(&server.settings())),
-    }
-}
-
-fn run_approve(server: &ServerArgs, request_id: &str) -> ExitCode {
-    let settings = server.settings();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        let mut client = server.connect()?;
-        client.approve(request_id).await
-    });
-    match result {
-        Ok(done) => {
-            tracing::info!(
-                request_id = done.request_id,
-                requested_by = escape(&done.requested_by).as_ref(),
-                "Request approved; it is delivered from now"
-            );
-            print_json(&serde_json::json!({
-                "request_id": done.request_id,
-                "status": "approved",
-                "requested_by": done.requested_by,
-                "approved_by": done.approved_by,
-                "approved_at": done.approved_at,
-                "expires_at": done.expires_at,
-            }));
-            ExitCode::SUCCESS
-        }
-        Err(err) => analyst_failed(&err, Some(&settings)),
-    }
 }
 
 fn run_verify(dir: &std::path::Path, ca: Option<&std::path::Path>) -> ExitCode {

@@ -18,10 +18,13 @@ use clap::Args;
 
 use crate::render::escape;
 
+pub mod agents;
+pub mod approve;
 pub mod audit;
 mod client;
 pub mod list;
 pub mod pull;
+pub mod request;
 pub mod show;
 
 pub use client::{AnalystClient, AnalystError, ServerSettings, YaraSummary, is_final};
