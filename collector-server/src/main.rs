@@ -1,11 +1,15 @@
-//! `ircap-collector`: thin entry point. serve, pki, verify.
+//! `ircap-collector`: the command tree, tracing and the serve, reindex
+//! and pki entry points; each analyst command (list, show, pull, audit,
+//! request, agents, approve, verify) is a file in
+//! [`ircap_collector::analyst`], and findings, diff and report are in
+//! [`ircap_collector::triage::cli`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ircap_collector::auth::Role;
-use ircap_collector::render::{escape, print_json};
+use ircap_collector::render::print_json;
 use ircap_collector::serve::{self, S3Config, ServeConfig, Settings};
 use ircap_collector::{analyst, pki};
 
@@ -76,15 +80,7 @@ enum Command {
     /// Recompute every hash of a capture directory against its manifest,
     /// and check the collector's signed receipt (exit 0 verified, 1
     /// unreadable, 3 mismatch).
-    Verify {
-        /// The capture directory (the one holding manifest.json).
-        dir: PathBuf,
-        /// The ircap CA certificate (PEM): the receipt must be signed by a
-        /// receipt certificate it issued; a capture without a signed
-        /// receipt then fails.
-        #[arg(long, value_name = "CA_PEM")]
-        ca: Option<PathBuf>,
-    },
+    Verify(analyst::verify::VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -253,7 +249,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(*args),
         Command::Reindex(args) => run_reindex(*args),
         Command::Pki(cmd) => run_pki(cmd),
-        Command::Verify { dir, ca } => return run_verify(&dir, ca.as_deref()),
+        Command::Verify(args) => return analyst::verify::run(&args),
         Command::Symbols { capture, out } => ircap_collector::symbols::run(&capture, &out)
             .map(|summary| print_json(&summary))
             .map_err(anyhow::Error::from),
@@ -384,32 +380,4 @@ fn run_pki(cmd: PkiCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn run_verify(dir: &std::path::Path, ca: Option<&std::path::Path>) -> ExitCode {
-    let ca_pem = match ca.map(std::fs::read).transpose() {
-        Ok(pem) => pem,
-        Err(e) => {
-            tracing::error!("--ca {}: {e}", ca.unwrap_or(dir).display());
-            return ExitCode::from(1);
-        }
-    };
-    match ircap_proto::verify_capture_with(dir, ca_pem.as_deref()) {
-        Ok(report) => {
-            for p in &report.problems {
-                tracing::error!("{}", escape(&p.to_string()));
-            }
-            tracing::info!("{}", escape(&report.receipt.to_string()));
-            print_json(&report);
-            if report.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            }
-        }
-        Err(err) => {
-            tracing::error!("{}", escape(&err.to_string()));
-            ExitCode::from(1)
-        }
-    }
 }

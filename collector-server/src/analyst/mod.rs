@@ -26,6 +26,7 @@ pub mod list;
 pub mod pull;
 pub mod request;
 pub mod show;
+pub mod verify;
 
 pub use client::{AnalystClient, AnalystError, ServerSettings, YaraSummary, is_final};
 
