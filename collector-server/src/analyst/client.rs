@@ -174,17 +174,7 @@ impl AnalystClient {
         filter: ListCapturesRequest,
     ) -> Result<Vec<CaptureInfo>, AnalystError> {
         let request = self.tagged(filter);
-        let mut stream = self
-            .query
-            .list_captures(request)
-            .await
-            .map_err(|s| rpc(&s))?
-            .into_inner();
-        let mut captures = Vec::new();
-        while let Some(c) = stream.message().await.map_err(|s| rpc(&s))? {
-            captures.push(c);
-        }
-        Ok(captures)
+        all(self.query.list_captures(request).await).await
     }
 
     /// Fetches and parses a capture's manifest.
@@ -221,18 +211,11 @@ impl AnalystClient {
         filter: ListAuditRequest,
     ) -> Result<Vec<crate::audit::AuditEvent>, AnalystError> {
         let request = self.tagged(filter);
-        let mut stream = self
-            .query
-            .list_audit(request)
-            .await
-            .map_err(|s| rpc(&s))?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(r) = stream.message().await.map_err(|s| rpc(&s))? {
-            let e = serde_json::from_str(&r.json).map_err(|e| AnalystError::Rpc(e.to_string()))?;
-            out.push(e);
-        }
-        Ok(out)
+        all(self.query.list_audit(request).await)
+            .await?
+            .iter()
+            .map(|r| serde_json::from_str(&r.json).map_err(|e| AnalystError::Rpc(e.to_string())))
+            .collect()
     }
 
     /// The whole capture id that `id` names: `id` itself when it is whole,
@@ -494,17 +477,7 @@ impl AnalystClient {
         let request = self.tagged(ListResultsRequest {
             request_id: request_id.to_owned(),
         });
-        let mut stream = self
-            .requests
-            .list_results(request)
-            .await
-            .map_err(|s| rpc(&s))?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(r) = stream.message().await.map_err(|s| rpc(&s))? {
-            out.push(r);
-        }
-        Ok(out)
+        all(self.requests.list_results(request).await).await
     }
 
     /// Waits until every agent in `expected` has a final result, calling
@@ -574,18 +547,20 @@ impl AnalystClient {
     /// [`AnalystError::Call`] when the collector refuses.
     pub async fn agents(&mut self) -> Result<Vec<AgentInfo>, AnalystError> {
         let request = self.tagged(ListAgentsRequest {});
-        let mut stream = self
-            .requests
-            .list_agents(request)
-            .await
-            .map_err(|s| rpc(&s))?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(a) = stream.message().await.map_err(|s| rpc(&s))? {
-            out.push(a);
-        }
-        Ok(out)
+        all(self.requests.list_agents(request).await).await
     }
+}
+
+/// Every message of a streamed answer, or the call's failure.
+async fn all<T>(
+    answer: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+) -> Result<Vec<T>, AnalystError> {
+    let mut stream = answer.map_err(|s| rpc(&s))?.into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await.map_err(|s| rpc(&s))? {
+        out.push(m);
+    }
+    Ok(out)
 }
 
 fn progress(total: u64) -> ProgressBar {
