@@ -393,13 +393,14 @@ impl AnalystClient {
         if summary.matches == 0 {
             return Ok(summary);
         }
+        let request = self.tagged(ReadArtifactRequest {
+            capture_id: m.capture_id.clone(),
+            name: table.name.clone(),
+            offset: 0,
+        });
         let mut stream = self
             .query
-            .read_artifact(ReadArtifactRequest {
-                capture_id: m.capture_id.clone(),
-                name: table.name.clone(),
-                offset: 0,
-            })
+            .read_artifact(request)
             .await
             .map_err(|s| rpc(&s))?
             .into_inner();
