@@ -19,9 +19,10 @@ use ircap_proto::manifest::Manifest;
 use ircap_proto::v1::capture_query_client::CaptureQueryClient;
 use ircap_proto::v1::capture_requests_client::CaptureRequestsClient;
 use ircap_proto::v1::{
-    AgentInfo, ApproveRequestRequest, ApproveRequestResponse, CaptureInfo, CreateRequestRequest,
-    CreateRequestResponse, GetManifestRequest, GetManifestResponse, ListAgentsRequest,
-    ListAuditRequest, ListCapturesRequest, ListResultsRequest, ReadArtifactRequest, RequestResult,
+    AgentInfo, ApproveRequestRequest, ApproveRequestResponse, ArtifactData, CaptureInfo,
+    CreateRequestRequest, CreateRequestResponse, GetManifestRequest, GetManifestResponse,
+    ListAgentsRequest, ListAuditRequest, ListCapturesRequest, ListResultsRequest,
+    ReadArtifactRequest, RequestResult,
 };
 use ircap_proto::{ArtifactName, VerifyReport};
 use tonic::transport::Channel;
@@ -315,17 +316,7 @@ impl AnalystClient {
             let mut offset = if have > a.size_stored { 0 } else { have };
             bar.inc(offset);
             if offset < a.size_stored {
-                let request = self.tagged(ReadArtifactRequest {
-                    capture_id: m.capture_id.clone(),
-                    name: a.name.clone(),
-                    offset,
-                });
-                let mut stream = self
-                    .query
-                    .read_artifact(request)
-                    .await
-                    .map_err(|s| rpc(&s))?
-                    .into_inner();
+                let mut stream = self.read_artifact(&m.capture_id, &a.name, offset).await?;
                 while let Some(msg) = stream.message().await.map_err(|s| rpc(&s))? {
                     if msg.offset != offset {
                         return Err(AnalystError::Rpc(format!(
@@ -371,6 +362,27 @@ impl AnalystClient {
         Ok(final_dir)
     }
 
+    /// Artifact `name` of capture `capture_id` from byte `offset`, as the
+    /// collector streams it.
+    async fn read_artifact(
+        &mut self,
+        capture_id: &str,
+        name: &str,
+        offset: u64,
+    ) -> Result<tonic::Streaming<ArtifactData>, AnalystError> {
+        let request = self.tagged(ReadArtifactRequest {
+            capture_id: capture_id.to_owned(),
+            name: name.to_owned(),
+            offset,
+        });
+        Ok(self
+            .query
+            .read_artifact(request)
+            .await
+            .map_err(|s| rpc(&s))?
+            .into_inner())
+    }
+
     /// The YARA summary of capture `capture_id`.
     ///
     /// # Errors
@@ -393,17 +405,7 @@ impl AnalystClient {
         if summary.matches == 0 {
             return Ok(summary);
         }
-        let request = self.tagged(ReadArtifactRequest {
-            capture_id: m.capture_id.clone(),
-            name: table.name.clone(),
-            offset: 0,
-        });
-        let mut stream = self
-            .query
-            .read_artifact(request)
-            .await
-            .map_err(|s| rpc(&s))?
-            .into_inner();
+        let mut stream = self.read_artifact(&m.capture_id, &table.name, 0).await?;
         let mut gz = Vec::new();
         while let Some(msg) = stream.message().await.map_err(|s| rpc(&s))? {
             gz.extend_from_slice(&msg.data);
