@@ -5,7 +5,6 @@
 //! matches everything received.
 
 pub mod analyst;
-pub mod analyst_requests;
 pub mod audit;
 pub mod auth;
 pub mod capture_lock;

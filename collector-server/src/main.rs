@@ -1,15 +1,17 @@
-//! `ircap-collector`: thin entry point. serve, pki, verify.
+//! `ircap-collector`: the command tree, tracing and the serve, reindex
+//! and pki entry points; each analyst command (list, show, pull, audit,
+//! request, agents, approve, verify) is a file in
+//! [`ircap_collector::analyst`], and findings, diff and report are in
+//! [`ircap_collector::triage::cli`].
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ircap_collector::auth::Role;
-use ircap_collector::render::escape;
+use ircap_collector::render::print_json;
 use ircap_collector::serve::{self, S3Config, ServeConfig, Settings};
-use ircap_collector::{analyst, analyst_requests, pki};
-use ircap_proto::v1::ListCapturesRequest;
+use ircap_collector::{analyst, pki};
 
 /// The ircap collector: receives captures over mutual-TLS gRPC, verifies
 /// and stores them.
@@ -45,98 +47,24 @@ enum Command {
     },
     /// List captures (analyst certificate); with --case, only that
     /// case's captures.
-    List {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Only captures uploaded with the certificate identity NAME (the
-        /// identity the collector recorded, never a claimed hostname).
-        #[arg(long, value_name = "NAME")]
-        host: Option<String>,
-        /// Only captures whose manifest claims this hostname.
-        #[arg(long, value_name = "HOSTNAME")]
-        claimed_hostname: Option<String>,
-        /// Only captures whose manifest claims this EC2 instance id.
-        #[arg(long)]
-        instance_id: Option<String>,
-        /// Only captures started at or after this time: a duration back
-        /// from now (`1h`, `7d`, `2w`) or an RFC 3339 time.
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
-        /// Only captures started at or before this time (same forms).
-        #[arg(long, value_name = "TIME")]
-        until: Option<String>,
-        /// Also list captures that were never committed.
-        #[arg(long)]
-        incomplete: bool,
-        /// JSON Lines instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Only captures whose YARA scan matched (reads each capture's
-        /// manifest and `yara_matches` table).
-        #[arg(long)]
-        yara_matched: bool,
-    },
+    List(analyst::list::ListArgs),
     /// Show a capture's manifest and chain of custody (analyst certificate).
-    Show {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Capture id.
-        id: String,
-        /// The manifest JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Show(analyst::show::ShowArgs),
     /// Download a capture, resuming a partial download, and verify every
     /// hash (exit 3 naming the file on a mismatch).
-    Pull {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Capture id.
-        id: String,
-        /// Directory that receives <id>/ [default: .].
-        dir: Option<PathBuf>,
-    },
+    Pull(analyst::pull::PullArgs),
     /// Approve a request that waits for a second analyst (serve
     /// --approvals); the requester cannot approve their own.
-    Approve {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// The request id `request` printed.
-        request_id: String,
-    },
+    Approve(analyst::approve::ApproveArgs),
     /// The access trail: who listed, showed, pulled or requested what, and
     /// when (analyst certificate).
-    Audit {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Only events about this capture.
-        #[arg(long, value_name = "ID")]
-        capture: Option<String>,
-        /// Only events by this certificate identity.
-        #[arg(long, value_name = "NAME")]
-        identity: Option<String>,
-        /// Only events at or after this time (`1h`, `7d`, or RFC 3339).
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
-        /// Only events carrying this case id.
-        #[arg(long = "for-case", value_name = "CASE")]
-        for_case: Option<String>,
-        /// JSON Lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Audit(analyst::audit::AuditArgs),
     /// Ask connected agents (daemon mode) to capture now (analyst
     /// certificate); with --wait, print each agent's result as it finishes
     /// (exit 0 when every targeted agent completed, 1 otherwise).
-    Request(Box<RequestArgs>),
+    Request(Box<analyst::request::RequestArgs>),
     /// List agents connected in daemon mode (analyst certificate).
-    Agents {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// JSON Lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Agents(analyst::agents::AgentsArgs),
     /// Run the triage rules over a capture (findings with ATT&CK ids and
     /// pointers to the rows); writes <id>.findings.jsonl beside it.
     Findings(ircap_collector::triage::cli::FindingsArgs),
@@ -152,60 +80,7 @@ enum Command {
     /// Recompute every hash of a capture directory against its manifest,
     /// and check the collector's signed receipt (exit 0 verified, 1
     /// unreadable, 3 mismatch).
-    Verify {
-        /// The capture directory (the one holding manifest.json).
-        dir: PathBuf,
-        /// The ircap CA certificate (PEM): the receipt must be signed by a
-        /// receipt certificate it issued; a capture without a signed
-        /// receipt then fails.
-        #[arg(long, value_name = "CA_PEM")]
-        ca: Option<PathBuf>,
-    },
-}
-
-/// `ircap-collector request`.
-#[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).multiple(true).args(["host", "claimed_hostname", "instance_id", "labels", "all"])))]
-struct RequestArgs {
-    #[command(flatten)]
-    server: ServerArgs,
-    /// The agent whose certificate identity is NAME (never a hostname an
-    /// agent claims).
-    #[arg(long, value_name = "NAME")]
-    host: Option<String>,
-    /// Agents that claim this hostname in their hello (any agent can claim
-    /// any hostname).
-    #[arg(long, value_name = "HOSTNAME")]
-    claimed_hostname: Option<String>,
-    /// Agents that claim this EC2 instance id.
-    #[arg(long)]
-    instance_id: Option<String>,
-    /// Agents with this label in their config (repeatable: every label must
-    /// match; labels are claimed by the agent).
-    #[arg(long = "label", value_name = "KEY=VALUE")]
-    labels: Vec<String>,
-    /// Every agent.
-    #[arg(long, conflicts_with_all = ["host", "claimed_hostname", "instance_id", "labels"])]
-    all: bool,
-    /// Wait for every agent connected now that the target matches, and
-    /// print each one's result as it finishes.
-    #[arg(long)]
-    wait: bool,
-    /// Give up waiting after this long.
-    #[arg(long, default_value = "30m", value_name = "DURATION")]
-    timeout: String,
-    /// Byte budget of each capture (64M, 1G); over it the capture fails.
-    #[arg(long, value_name = "BYTES")]
-    max_bytes: Option<String>,
-    /// Time budget of each capture (90s, 10m); over it the capture fails.
-    #[arg(long, value_name = "DURATION")]
-    max_time: Option<String>,
-    /// How long agents that connect later may still receive the request.
-    #[arg(long, default_value = "1h", value_name = "DURATION")]
-    ttl: String,
-    /// What to capture.
-    #[command(flatten, next_help_heading = "Capture")]
-    spec: analyst_requests::SpecArgs,
+    Verify(analyst::verify::VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -294,46 +169,6 @@ struct ServeArgs {
     stream_deadline: Option<String>,
 }
 
-/// How analyst commands reach the collector.
-#[derive(Debug, Args)]
-struct ServerArgs {
-    /// Collector URL, https://HOST:PORT.
-    #[arg(long, env = "IRCAP_SERVER")]
-    server: String,
-    /// CA certificate the collector's certificate must chain to.
-    #[arg(long, env = "IRCAP_CA")]
-    ca: PathBuf,
-    /// Analyst certificate.
-    #[arg(long, env = "IRCAP_CERT")]
-    cert: PathBuf,
-    /// Analyst key.
-    #[arg(long, env = "IRCAP_KEY")]
-    key: PathBuf,
-    /// Case id this call is made for (e.g. IR-2026-041): recorded in the
-    /// access trail, and in requests and the captures they produce.
-    #[arg(long, env = "IRCAP_CASE", value_parser = parse_case)]
-    case: Option<String>,
-    /// Why (free text, recorded with the case id).
-    #[arg(long, env = "IRCAP_REASON")]
-    reason: Option<String>,
-}
-
-fn parse_case(text: &str) -> Result<String, String> {
-    ircap_collector::audit::check_case(text).map(|()| text.to_owned())
-}
-
-impl ServerArgs {
-    fn settings(&self) -> analyst::ServerSettings {
-        analyst::set_case(self.case.clone(), self.reason.clone());
-        analyst::ServerSettings {
-            url: self.server.clone(),
-            ca: self.ca.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Subcommand)]
 enum PkiCommand {
     /// Write ca.pem/ca.key, server.pem/server.key and one certificate per
@@ -407,13 +242,6 @@ fn init_tracing(filter: &str, json: bool) {
     }
 }
 
-/// One JSON line on stdout, safe on a terminal (host text in it).
-fn print_json<T: serde::Serialize>(value: &T) {
-    if let Some(json) = ircap_collector::render::json(value) {
-        let _ = writeln!(std::io::stdout().lock(), "{json}");
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json);
@@ -421,19 +249,17 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(*args),
         Command::Reindex(args) => run_reindex(*args),
         Command::Pki(cmd) => run_pki(cmd),
-        Command::Verify { dir, ca } => return run_verify(&dir, ca.as_deref()),
+        Command::Verify(args) => return analyst::verify::run(&args),
         Command::Symbols { capture, out } => ircap_collector::symbols::run(&capture, &out)
             .map(|summary| print_json(&summary))
             .map_err(anyhow::Error::from),
-        cmd @ (Command::List { .. }
-        | Command::Show { .. }
-        | Command::Audit { .. }
-        | Command::Pull { .. }) => {
-            return run_analyst(cmd);
-        }
-        Command::Request(args) => return run_request(&args),
-        Command::Approve { server, request_id } => return run_approve(&server, &request_id),
-        Command::Agents { server, json } => return run_agents(&server, json),
+        Command::List(args) => return analyst::list::run(args),
+        Command::Show(args) => return analyst::show::run(args),
+        Command::Audit(args) => return analyst::audit::run(args),
+        Command::Pull(args) => return analyst::pull::run(args),
+        Command::Request(args) => return analyst::request::run(*args),
+        Command::Approve(args) => return analyst::approve::run(args),
+        Command::Agents(args) => return analyst::agents::run(args),
         Command::Findings(args) => return ircap_collector::triage::cli::findings(&args),
         Command::Diff(args) => return ircap_collector::triage::cli::diff(&args),
         Command::Report(args) => return ircap_collector::triage::cli::report(&args),
@@ -554,498 +380,4 @@ fn run_pki(cmd: PkiCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn run_analyst(cmd: Command) -> ExitCode {
-    let settings = match &cmd {
-        Command::List { server, .. }
-        | Command::Show { server, .. }
-        | Command::Audit { server, .. }
-        | Command::Pull { server, .. } => Some(server.settings()),
-        _ => None,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async move {
-        match cmd {
-            Command::List {
-                server,
-                host,
-                claimed_hostname,
-                instance_id,
-                since,
-                until,
-                incomplete,
-                json,
-                yara_matched,
-            } => {
-                let since = analyst::query_time("--since", since.as_deref())?;
-                let until = analyst::query_time("--until", until.as_deref())?;
-                let mut client = analyst::connect(&server.settings())?;
-                let captures = analyst::list(
-                    &mut client,
-                    ListCapturesRequest {
-                        host: host.unwrap_or_default(),
-                        claimed_hostname: claimed_hostname.unwrap_or_default(),
-                        instance_id: instance_id.unwrap_or_default(),
-                        since,
-                        until,
-                        include_incomplete: incomplete,
-                        // `list --case X` lists that case's captures.
-                        case_id: server.case.clone().unwrap_or_default(),
-                    },
-                )
-                .await?;
-                let mut yara = std::collections::BTreeMap::new();
-                if yara_matched {
-                    for c in captures.iter().filter(|c| c.status == "complete") {
-                        let s = analyst::yara_summary(&mut client, &c.capture_id).await?;
-                        if s.matches > 0 {
-                            yara.insert(c.capture_id.clone(), s);
-                        }
-                    }
-                }
-                let captures: Vec<_> = captures
-                    .into_iter()
-                    .filter(|c| !yara_matched || yara.contains_key(&c.capture_id))
-                    .collect();
-                let mut out = std::io::stdout().lock();
-                if json && yara_matched {
-                    for c in &captures {
-                        let mut line = capture_json(c);
-                        line["yara"] =
-                            serde_json::to_value(yara.get(&c.capture_id)).unwrap_or_default();
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            ircap_collector::render::json(&line).unwrap_or_default()
-                        );
-                    }
-                } else if json {
-                    for c in &captures {
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            ircap_collector::render::json(&capture_json(c)).unwrap_or_default()
-                        );
-                    }
-                } else {
-                    let _ = write!(out, "{}", analyst::list_table(&captures));
-                }
-                Ok(None)
-            }
-            Command::Audit {
-                server,
-                capture,
-                identity,
-                since,
-                for_case,
-                json,
-            } => {
-                let since = analyst::query_time("--since", since.as_deref())?;
-                let mut client = analyst::connect(&server.settings())?;
-                let events = analyst::audit(
-                    &mut client,
-                    ircap_proto::v1::ListAuditRequest {
-                        capture_id: capture.unwrap_or_default(),
-                        identity: identity.unwrap_or_default(),
-                        since,
-                        case_id: for_case.unwrap_or_default(),
-                    },
-                )
-                .await?;
-                let mut out = std::io::stdout().lock();
-                if json {
-                    for e in &events {
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            ircap_collector::render::json(e).unwrap_or_default()
-                        );
-                    }
-                } else {
-                    let _ = write!(out, "{}", ircap_collector::audit::table(&events));
-                }
-                Ok(None)
-            }
-            Command::Show { server, id, json } => {
-                let mut client = analyst::connect(&server.settings())?;
-                let (manifest, bytes) = analyst::manifest(&mut client, &id).await?;
-                let mut out = std::io::stdout().lock();
-                if json && std::io::IsTerminal::is_terminal(&out) {
-                    // The same document, with terminal controls escaped.
-                    let value: serde_json::Value = serde_json::from_slice(&bytes)
-                        .map_err(|e| analyst::AnalystError::Rpc(e.to_string()))?;
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        ircap_collector::render::json(&value).unwrap_or_default()
-                    );
-                } else if json {
-                    // Byte for byte the stored manifest, for machines.
-                    let _ = out.write_all(&bytes);
-                } else {
-                    let found = analyst::findings(&mut client, &id).await?;
-                    let _ = write!(out, "{}", analyst::show_text(&manifest));
-                    let _ = write!(
-                        out,
-                        "\nfindings ({}, computed by the collector at commit)\n{}",
-                        ircap_collector::triage::counts_text(&ircap_collector::triage::counts(
-                            &found
-                        )),
-                        ircap_collector::triage::table(&found)
-                    );
-                    let history = analyst::audit(
-                        &mut client,
-                        ircap_proto::v1::ListAuditRequest {
-                            capture_id: manifest.capture_id.clone(),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                    let _ = write!(
-                        out,
-                        "\naccess history ({} events)\n{}",
-                        history.len(),
-                        ircap_collector::audit::table(&history)
-                    );
-                }
-                Ok(None)
-            }
-            Command::Pull { server, id, dir } => {
-                let mut client = analyst::connect(&server.settings())?;
-                let dir = dir.unwrap_or_else(|| PathBuf::from("."));
-                let done = analyst::pull(&mut client, &id, &dir).await?;
-                Ok(Some(done))
-            }
-            _ => Ok(None),
-        }
-    });
-    match result {
-        Ok(Some(dir)) => {
-            tracing::info!(dir = %dir.display(), "Capture pulled and verified");
-            print_json(
-                &serde_json::json!({ "status": "verified", "path": dir.display().to_string() }),
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(None) => ExitCode::SUCCESS,
-        Err(analyst::AnalystError::Verify(report)) => {
-            for p in &report.problems {
-                tracing::error!("{}", escape(&p.to_string()));
-            }
-            print_json(&report);
-            ExitCode::from(3)
-        }
-        Err(err) => analyst_failed(&err, settings.as_ref()),
-    }
-}
-
-/// Logs an analyst command's failure in one escaped line (probing the
-/// collector once when the error does not say why it could not be
-/// reached); exit 2 for settings refused before anything was sent, 1
-/// otherwise.
-fn analyst_failed(
-    err: &analyst::AnalystError,
-    settings: Option<&analyst::ServerSettings>,
-) -> ExitCode {
-    let url = settings.map_or("", |s| s.url.as_str());
-    let diagnosed = match (err, settings) {
-        (analyst::AnalystError::Call(status), Some(s))
-            if ircap_proto::explain::is_unexplained(status) =>
-        {
-            analyst_runtime().and_then(|rt| rt.block_on(ircap_proto::client::diagnose(s)))
-        }
-        _ => None,
-    };
-    let message = diagnosed.map_or_else(|| err.explain(url), |d| d.message);
-    tracing::error!("{}", escape(&message));
-    if matches!(err, analyst::AnalystError::Config(_)) {
-        ExitCode::from(2)
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-fn analyst_runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            None
-        }
-    }
-}
-
-/// Prints one `{"agent", "capture_id", "yara": {...}}` line per host that
-/// stored a capture: matched or not, and the rules that matched.
-async fn yara_lines(
-    server: &analyst::ServerSettings,
-    finals: &[(String, String)],
-) -> Result<(), analyst::AnalystError> {
-    let mut client = analyst::connect(server)?;
-    for (agent, capture_id) in finals.iter().filter(|(_, id)| !id.is_empty()) {
-        let s = analyst::yara_summary(&mut client, capture_id).await?;
-        tracing::info!(
-            agent = %escape(agent),
-            capture_id = %escape(capture_id),
-            matched = s.matches > 0,
-            rules = %escape(&s.rules.join(",")),
-            "YARA"
-        );
-        print_json(&serde_json::json!({
-            "agent": agent,
-            "capture_id": capture_id,
-            "yara": {
-                "matched": s.matches > 0,
-                "matches": s.matches,
-                "rules": s.rules,
-                "cut": s.cut,
-            },
-        }));
-    }
-    Ok(())
-}
-
-fn run_request(args: &RequestArgs) -> ExitCode {
-    let Some(runtime) = analyst_runtime() else {
-        return ExitCode::from(1);
-    };
-    let result: Result<bool, analyst::AnalystError> = runtime.block_on(async move {
-        let timeout = analyst_requests::parse_duration("--timeout", &args.timeout)?;
-        let ttl = analyst_requests::parse_duration("--ttl", &args.ttl)?;
-        let max_bytes = args
-            .max_bytes
-            .as_deref()
-            .map(|t| analyst_requests::parse_size("--max-bytes", t))
-            .transpose()?
-            .unwrap_or(0);
-        let max_time = args
-            .max_time
-            .as_deref()
-            .map(|t| analyst_requests::parse_duration("--max-time", t))
-            .transpose()?
-            .map_or(0, |d| d.as_secs().max(1));
-        let labels = analyst_requests::parse_labels(&args.labels)?;
-        let spec = args.spec.to_spec()?;
-        let mut client = analyst_requests::connect(&args.server.settings())?;
-        let created = analyst_requests::create(
-            &mut client,
-            ircap_proto::v1::CreateRequestRequest {
-                target: Some(ircap_proto::v1::Target {
-                    host: args.host.clone().unwrap_or_default(),
-                    claimed_hostname: args.claimed_hostname.clone().unwrap_or_default(),
-                    instance_id: args.instance_id.clone().unwrap_or_default(),
-                    labels: labels.into_iter().collect(),
-                    all: args.all,
-                }),
-                spec: Some(spec),
-                max_bytes,
-                max_seconds: max_time,
-                ttl_seconds: ttl.as_secs(),
-            },
-        )
-        .await?;
-        let request_id = created.request_id.clone();
-        print_json(&serde_json::json!({
-            "request_id": request_id,
-            "status": created.status,
-            "approval_classes": created.approval_classes,
-            "approval_expires_at": created.approval_expires_at,
-            "matched": created.matched.iter().map(analyst_requests::matched_json).collect::<Vec<_>>(),
-        }));
-        for a in created.matched.iter().filter(|a| {
-            a.matched_by
-                .iter()
-                .any(|m| matches!(m.as_str(), "claimed hostname" | "claimed instance id" | "labels"))
-        }) {
-            tracing::warn!(
-                agent = %escape(&a.agent),
-                hostname = %escape(&a.hostname),
-                matched_by = %escape(&a.matched_by.join(", ")),
-                "Matched by what the agent claims, not by its certificate identity"
-            );
-        }
-        if created.matched.is_empty() {
-            tracing::warn!(request_id = %escape(&request_id), "No connected agent matches now; agents that connect before the request expires will receive it");
-        }
-        if !args.wait {
-            return Ok(true);
-        }
-        let pending_until = ircap_collector::timefmt::after(ttl);
-        let mut all_complete = true;
-        let finals = std::cell::RefCell::new(Vec::new());
-        let mut on_final = |r: &ircap_proto::v1::RequestResult| {
-            all_complete &= r.status == "complete";
-            finals.borrow_mut().push((r.agent.clone(), r.capture_id.clone()));
-            tracing::info!(
-                agent = %escape(&r.agent),
-                hostname = %escape(&r.hostname),
-                status = %escape(&r.status),
-                capture_id = %escape(&r.capture_id),
-                error = %escape(&r.error),
-                "Agent finished"
-            );
-            print_json(&analyst_requests::result_json(r));
-        };
-        if created.matched.is_empty() {
-            let answered =
-                analyst_requests::wait_first(&mut client, &request_id, timeout, &mut on_final)
-                    .await?;
-            if args.spec.yara.is_some() {
-                yara_lines(&args.server.settings(), &finals.take()).await?;
-            }
-            if !answered {
-                print_json(&serde_json::json!({
-                    "request_id": request_id,
-                    "status": "pending",
-                    "pending_until": pending_until,
-                }));
-                tracing::error!(
-                    request_id = %escape(&request_id),
-                    "No matching agent answered before --timeout; the request stays pending until {pending_until}: an agent that connects before then still receives it"
-                );
-            }
-            return Ok(answered && all_complete);
-        }
-        let expected = created.matched.iter().map(|a| a.agent.clone()).collect();
-        let missing =
-            analyst_requests::wait(&mut client, &request_id, &expected, timeout, &mut on_final)
-                .await?;
-        if args.spec.yara.is_some() {
-            yara_lines(&args.server.settings(), &finals.take()).await?;
-        }
-        for agent in &missing {
-            print_json(&serde_json::json!({ "request_id": request_id, "agent": agent, "status": "timed_out" }));
-            tracing::error!(agent = %escape(agent), "No result before --timeout");
-        }
-        Ok(all_complete && missing.is_empty())
-    });
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(err) => analyst_failed(&err, Some(&args.server.settings())),
-    }
-}
-
-fn run_agents(server: &ServerArgs, json: bool) -> ExitCode {
-    let Some(runtime) = analyst_runtime() else {
-        return ExitCode::from(1);
-    };
-    let result = runtime.block_on(async move {
-        let mut client = analyst_requests::connect(&server.settings())?;
-        analyst_requests::agents(&mut client).await
-    });
-    match result {
-        Ok(agents) => {
-            let mut out = std::io::stdout().lock();
-            if json {
-                for a in &agents {
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        ircap_collector::render::json(&analyst_requests::agent_json(a))
-                            .unwrap_or_default()
-                    );
-                }
-            } else {
-                let _ = write!(out, "{}", analyst_requests::agents_table(&agents));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(err) => analyst_failed(&err, Some(&server.settings())),
-    }
-}
-
-fn capture_json(c: &ircap_proto::v1::CaptureInfo) -> serde_json::Value {
-    serde_json::json!({
-        "capture_id": c.capture_id,
-        "agent": c.agent,
-        "hostname": c.hostname,
-        "instance_id": (!c.instance_id.is_empty()).then_some(&c.instance_id),
-        "started_at": c.started_at,
-        "ended_at": c.ended_at,
-        "stored_bytes": c.stored_bytes,
-        "artifacts": c.artifacts,
-        "status": c.status,
-        "committed_at": c.committed_at,
-        "findings": c.findings,
-        "case": c.case_id,
-    })
-}
-
-fn run_approve(server: &ServerArgs, request_id: &str) -> ExitCode {
-    let settings = server.settings();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        let mut client = analyst_requests::connect(&settings)?;
-        analyst_requests::approve(&mut client, request_id).await
-    });
-    match result {
-        Ok(done) => {
-            tracing::info!(
-                request_id = done.request_id,
-                requested_by = escape(&done.requested_by).as_ref(),
-                "Request approved; it is delivered from now"
-            );
-            print_json(&serde_json::json!({
-                "request_id": done.request_id,
-                "status": "approved",
-                "requested_by": done.requested_by,
-                "approved_by": done.approved_by,
-                "approved_at": done.approved_at,
-                "expires_at": done.expires_at,
-            }));
-            ExitCode::SUCCESS
-        }
-        Err(err) => analyst_failed(&err, Some(&settings)),
-    }
-}
-
-fn run_verify(dir: &std::path::Path, ca: Option<&std::path::Path>) -> ExitCode {
-    let ca_pem = match ca.map(std::fs::read).transpose() {
-        Ok(pem) => pem,
-        Err(e) => {
-            tracing::error!("--ca {}: {e}", ca.unwrap_or(dir).display());
-            return ExitCode::from(1);
-        }
-    };
-    match ircap_proto::verify_capture_with(dir, ca_pem.as_deref()) {
-        Ok(report) => {
-            for p in &report.problems {
-                tracing::error!("{}", escape(&p.to_string()));
-            }
-            tracing::info!("{}", escape(&report.receipt.to_string()));
-            print_json(&report);
-            if report.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            }
-        }
-        Err(err) => {
-            tracing::error!("{}", escape(&err.to_string()));
-            ExitCode::from(1)
-        }
-    }
 }

@@ -416,7 +416,7 @@ impl Settings {
         };
         let duration = |v: &Option<String>, name: &str, default: Duration| match v {
             Some(text) => {
-                let d = crate::analyst_requests::parse_duration(name, text)
+                let d = crate::analyst::parse_duration(name, text)
                     .map_err(|e| ServeError::Config(e.to_string()))?;
                 if d.is_zero() {
                     return Err(ServeError::Config(format!("{name} must be more than 0")));

@@ -15,14 +15,12 @@
 
 use ircap_proto::manifest::Manifest;
 use ircap_proto::request_args::BASELINE_LABEL;
-use ircap_proto::v1::capture_query_client::CaptureQueryClient;
 use ircap_proto::v1::{CaptureInfo, ListCapturesRequest};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tonic::transport::Channel;
 
-use crate::analyst::{self, AnalystError};
+use crate::analyst::{AnalystClient, AnalystError};
 
 /// Whether the capture carries the label `baseline=true` (its manifest's
 /// `options.labels`).
@@ -127,19 +125,17 @@ pub fn beside<'a, T>(b: &Manifest, candidates: &'a [(T, Manifest)]) -> Option<(&
 /// B's own row on the collector: among its recorded agent's captures when
 /// the manifest names one, else among all.
 async fn find_b(
-    client: &mut CaptureQueryClient<Channel>,
+    client: &mut AnalystClient,
     b: &Manifest,
 ) -> Result<Option<(CaptureInfo, Vec<CaptureInfo>)>, AnalystError> {
     let hint = b.agent.identity.clone().unwrap_or_default();
     for host in [hint, String::new()] {
-        let all = analyst::list(
-            client,
-            ListCapturesRequest {
+        let all = client
+            .list(ListCapturesRequest {
                 host: host.clone(),
                 ..ListCapturesRequest::default()
-            },
-        )
-        .await?;
+            })
+            .await?;
         if let Some(info) = all.iter().find(|c| c.capture_id == b.capture_id).cloned() {
             let same: Vec<CaptureInfo> =
                 all.into_iter().filter(|c| c.agent == info.agent).collect();
@@ -159,7 +155,7 @@ async fn find_b(
 /// # Errors
 /// [`AnalystError`] when the collector refuses, or does not hold B.
 pub async fn on_collector(
-    client: &mut CaptureQueryClient<Channel>,
+    client: &mut AnalystClient,
     b: &Manifest,
 ) -> Result<Option<(String, Rule)>, AnalystError> {
     let (info, same) = find_b(client, b).await?.ok_or_else(|| {
@@ -179,7 +175,7 @@ pub async fn on_collector(
         if c.capture_id == info.capture_id || c.status != "complete" {
             continue;
         }
-        let (m, _) = analyst::manifest(client, &c.capture_id).await?;
+        let (m, _) = client.manifest(&c.capture_id).await?;
         list.push(Candidate {
             labelled: is_baseline(&m),
             item: c.capture_id,

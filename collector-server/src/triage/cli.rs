@@ -9,11 +9,9 @@ use std::process::ExitCode;
 use clap::Args;
 
 use ircap_proto::manifest::Manifest;
-use ircap_proto::v1::capture_query_client::CaptureQueryClient;
-use tonic::transport::Channel;
 
 use super::baseline::{Among, Choice, Rule};
-use crate::analyst::{self, ServerSettings};
+use crate::analyst::{self, AnalystClient, ServerSettings};
 use crate::render::escape;
 
 /// Where to fetch a capture given by id (all four, or none: then only
@@ -110,7 +108,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 /// Capture `id` in `pull_dir`: there already, else pulled (and verified).
 async fn local_or_pull(
-    client: &mut CaptureQueryClient<Channel>,
+    client: &mut AnalystClient,
     id: &str,
     pull_dir: &Path,
 ) -> Result<PathBuf, analyst::AnalystError> {
@@ -118,7 +116,7 @@ async fn local_or_pull(
     if local.is_dir() {
         return Ok(local);
     }
-    analyst::pull(client, id, pull_dir).await
+    client.pull(id, pull_dir).await
 }
 
 /// The directory of capture `what`: itself when it is one, else the
@@ -143,7 +141,7 @@ fn resolve(what: &str, fetch: &FetchArgs) -> Result<PathBuf, String> {
     };
     runtime()?
         .block_on(async {
-            let mut client = analyst::connect(&settings)?;
+            let mut client = AnalystClient::connect(&settings, None, None)?;
             local_or_pull(&mut client, what, &fetch.pull_dir).await
         })
         .map_err(|e| e.explain(&settings.url))
@@ -161,7 +159,7 @@ fn baseline_on_collector(
         .map_err(|e| e.to_string())?;
     let found = runtime()?
         .block_on(async {
-            let mut client = analyst::connect(settings)?;
+            let mut client = AnalystClient::connect(settings, None, None)?;
             match super::baseline::on_collector(&mut client, &mb).await? {
                 Some((id, rule)) => Ok(Some((
                     local_or_pull(&mut client, &id, pull_dir).await?,

@@ -404,6 +404,8 @@ fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() ->
             "system",
             "--yara",
             rules.to_str().unwrap(),
+            "--case",
+            "IR-2026-007",
         ],
     );
     assert!(
@@ -460,6 +462,19 @@ fn a_request_carries_the_rules_to_a_serve_mode_agent_which_finds_the_canary() ->
             .unwrap()
             .contains(&Value::from("heap_canary")),
         "{summary}"
+    );
+
+    // The summary's read of the table carries the case, as every call of
+    // the command does (a collector with --require-case refuses the rest).
+    let trail = json_lines(&analyst(&url, &pki, "audit", &["--json", "--capture", id]));
+    let reads: Vec<&Value> = trail
+        .iter()
+        .filter(|e| e["call"] == "read_artifact" && e["artifact"] == "yara_matches.jsonl.gz")
+        .collect();
+    assert!(!reads.is_empty(), "{trail:?}");
+    assert!(
+        reads.iter().all(|e| e["case"] == "IR-2026-007"),
+        "{reads:?}"
     );
 
     // A rule that matches nothing: matched false, and `list --yara-matched`

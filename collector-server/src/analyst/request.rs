@@ -1,49 +1,221 @@
-//! The client side of `ircap-collector request` and `ircap-collector
-//! agents`, over the same analyst mutual TLS as `list`, `show` and `pull`.
+//! `ircap-collector request`: ask connected agents (daemon mode) to
+//! capture now, with a target, budgets and a capture spec; with `--wait`,
+//! print each agent's result as it finishes (and, with `--yara`, what its
+//! scan matched).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
 
+use clap::Args;
 use ircap_proto::request_args::{self as spec_rules, split_list};
-use ircap_proto::v1::capture_requests_client::CaptureRequestsClient;
-use ircap_proto::v1::{
-    AgentInfo, CaptureSpec, CreateRequestRequest, CreateRequestResponse, ListAgentsRequest,
-    ListResultsRequest, RequestResult,
-};
-use tonic::transport::Channel;
+use ircap_proto::v1::{AgentInfo, CaptureSpec, CreateRequestRequest, RequestResult, Target};
 
-use crate::analyst::{AnalystError, ServerSettings, rpc};
+use super::agents::agent_json;
+use super::{AnalystClient, AnalystError, ServerArgs, parse_duration, parse_size};
+use crate::render::{escape, print_json};
 
-/// How often `--wait` asks for results.
-const WAIT_POLL: Duration = Duration::from_millis(500);
-
-/// Connects (lazily) with mutual TLS.
-///
-/// # Errors
-/// [`AnalystError`] when a PEM file cannot be read or the URL is bad.
-pub fn connect(s: &ServerSettings) -> Result<CaptureRequestsClient<Channel>, AnalystError> {
-    let channel =
-        ircap_proto::client::mtls_channel(s).map_err(|e| AnalystError::Config(e.to_string()))?;
-    Ok(CaptureRequestsClient::new(channel))
+/// `request`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).multiple(true).args(["host", "claimed_hostname", "instance_id", "labels", "all"])))]
+pub struct RequestArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The agent whose certificate identity is NAME (never a hostname an
+    /// agent claims).
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+    /// Agents that claim this hostname in their hello (any agent can claim
+    /// any hostname).
+    #[arg(long, value_name = "HOSTNAME")]
+    claimed_hostname: Option<String>,
+    /// Agents that claim this EC2 instance id.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Agents with this label in their config (repeatable: every label must
+    /// match; labels are claimed by the agent).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Every agent.
+    #[arg(long, conflicts_with_all = ["host", "claimed_hostname", "instance_id", "labels"])]
+    all: bool,
+    /// Wait for every agent connected now that the target matches, and
+    /// print each one's result as it finishes.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "30m", value_name = "DURATION")]
+    timeout: String,
+    /// Byte budget of each capture (64M, 1G); over it the capture fails.
+    #[arg(long, value_name = "BYTES")]
+    max_bytes: Option<String>,
+    /// Time budget of each capture (90s, 10m); over it the capture fails.
+    #[arg(long, value_name = "DURATION")]
+    max_time: Option<String>,
+    /// How long agents that connect later may still receive the request.
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    ttl: String,
+    /// What to capture.
+    #[command(flatten, next_help_heading = "Capture")]
+    spec: SpecArgs,
 }
 
-/// Parses a duration flag (`90s`, `30m`, `2h`, `1d`) with the shared
-/// parser, naming the option in the error.
-///
-/// # Errors
-/// [`AnalystError::Config`] naming the option.
-pub fn parse_duration(option: &str, text: &str) -> Result<Duration, AnalystError> {
-    ircap_proto::units::parse_duration(text)
-        .map_err(|e| AnalystError::Config(format!("{option}: {e}")))
+/// Runs `request`: exit 0 when every targeted agent completed (or, without
+/// `--wait`, when the request was created), 1 otherwise.
+#[must_use]
+pub fn run(args: RequestArgs) -> ExitCode {
+    super::run(&args.server, async {
+        let done = request(&args).await?;
+        Ok(if done {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
 }
 
-/// Parses a size flag (`4096`, `64K`, `512M`, `2G`) with the shared
-/// parser, naming the option in the error.
-///
-/// # Errors
-/// [`AnalystError::Config`] naming the option.
-pub fn parse_size(option: &str, text: &str) -> Result<u64, AnalystError> {
-    ircap_proto::units::parse_size(text).map_err(|e| AnalystError::Config(format!("{option}: {e}")))
+async fn request(args: &RequestArgs) -> Result<bool, AnalystError> {
+    let timeout = parse_duration("--timeout", &args.timeout)?;
+    let ttl = parse_duration("--ttl", &args.ttl)?;
+    let max_bytes = args
+        .max_bytes
+        .as_deref()
+        .map(|t| parse_size("--max-bytes", t))
+        .transpose()?
+        .unwrap_or(0);
+    let max_time = args
+        .max_time
+        .as_deref()
+        .map(|t| parse_duration("--max-time", t))
+        .transpose()?
+        .map_or(0, |d| d.as_secs().max(1));
+    let labels = parse_labels(&args.labels)?;
+    let spec = args.spec.to_spec()?;
+    let mut client = args.server.connect()?;
+    let created = client
+        .create_request(CreateRequestRequest {
+            target: Some(Target {
+                host: args.host.clone().unwrap_or_default(),
+                claimed_hostname: args.claimed_hostname.clone().unwrap_or_default(),
+                instance_id: args.instance_id.clone().unwrap_or_default(),
+                labels: labels.into_iter().collect(),
+                all: args.all,
+            }),
+            spec: Some(spec),
+            max_bytes,
+            max_seconds: max_time,
+            ttl_seconds: ttl.as_secs(),
+        })
+        .await?;
+    let request_id = created.request_id.clone();
+    print_json(&serde_json::json!({
+        "request_id": request_id,
+        "status": created.status,
+        "approval_classes": created.approval_classes,
+        "approval_expires_at": created.approval_expires_at,
+        "matched": created.matched.iter().map(matched_json).collect::<Vec<_>>(),
+    }));
+    for a in created.matched.iter().filter(|a| {
+        a.matched_by.iter().any(|m| {
+            matches!(
+                m.as_str(),
+                "claimed hostname" | "claimed instance id" | "labels"
+            )
+        })
+    }) {
+        tracing::warn!(
+            agent = %escape(&a.agent),
+            hostname = %escape(&a.hostname),
+            matched_by = %escape(&a.matched_by.join(", ")),
+            "Matched by what the agent claims, not by its certificate identity"
+        );
+    }
+    if created.matched.is_empty() {
+        tracing::warn!(request_id = %escape(&request_id), "No connected agent matches now; agents that connect before the request expires will receive it");
+    }
+    if !args.wait {
+        return Ok(true);
+    }
+    let pending_until = crate::timefmt::after(ttl);
+    let mut all_complete = true;
+    let finals = std::cell::RefCell::new(Vec::new());
+    let mut on_final = |r: &RequestResult| {
+        all_complete &= r.status == "complete";
+        finals
+            .borrow_mut()
+            .push((r.agent.clone(), r.capture_id.clone()));
+        tracing::info!(
+            agent = %escape(&r.agent),
+            hostname = %escape(&r.hostname),
+            status = %escape(&r.status),
+            capture_id = %escape(&r.capture_id),
+            error = %escape(&r.error),
+            "Agent finished"
+        );
+        print_json(&result_json(r));
+    };
+    if created.matched.is_empty() {
+        let answered = client
+            .wait_first(&request_id, timeout, &mut on_final)
+            .await?;
+        if args.spec.yara.is_some() {
+            yara_lines(&mut client, &finals.take()).await?;
+        }
+        if !answered {
+            print_json(&serde_json::json!({
+                "request_id": request_id,
+                "status": "pending",
+                "pending_until": pending_until,
+            }));
+            tracing::error!(
+                request_id = %escape(&request_id),
+                "No matching agent answered before --timeout; the request stays pending until {pending_until}: an agent that connects before then still receives it"
+            );
+        }
+        return Ok(answered && all_complete);
+    }
+    let expected = created.matched.iter().map(|a| a.agent.clone()).collect();
+    let missing = client
+        .wait(&request_id, &expected, timeout, &mut on_final)
+        .await?;
+    if args.spec.yara.is_some() {
+        yara_lines(&mut client, &finals.take()).await?;
+    }
+    for agent in &missing {
+        print_json(
+            &serde_json::json!({ "request_id": request_id, "agent": agent, "status": "timed_out" }),
+        );
+        tracing::error!(agent = %escape(agent), "No result before --timeout");
+    }
+    Ok(all_complete && missing.is_empty())
+}
+
+/// Prints one `{"agent", "capture_id", "yara": {...}}` line per host that
+/// stored a capture: matched or not, and the rules that matched.
+async fn yara_lines(
+    client: &mut AnalystClient,
+    finals: &[(String, String)],
+) -> Result<(), AnalystError> {
+    for (agent, capture_id) in finals.iter().filter(|(_, id)| !id.is_empty()) {
+        let s = client.yara_summary(capture_id).await?;
+        tracing::info!(
+            agent = %escape(agent),
+            capture_id = %escape(capture_id),
+            matched = s.matches > 0,
+            rules = %escape(&s.rules.join(",")),
+            "YARA"
+        );
+        print_json(&serde_json::json!({
+            "agent": agent,
+            "capture_id": capture_id,
+            "yara": {
+                "matched": s.matches > 0,
+                "matches": s.matches,
+                "rules": s.rules,
+                "cut": s.cut,
+            },
+        }));
+    }
+    Ok(())
 }
 
 /// Parses `KEY=VALUE` labels.
@@ -216,169 +388,6 @@ impl SpecArgs {
     }
 }
 
-/// Creates a request.
-///
-/// # Errors
-/// [`AnalystError::Rpc`] when the collector refuses.
-pub async fn create(
-    client: &mut CaptureRequestsClient<Channel>,
-    req: CreateRequestRequest,
-) -> Result<CreateRequestResponse, AnalystError> {
-    client
-        .create_request(crate::analyst::tagged(req))
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| rpc(&s))
-}
-
-/// Approves a pending request.
-///
-/// # Errors
-/// [`AnalystError::Rpc`] when the collector refuses (not pending, lapsed,
-/// or the caller requested it).
-pub async fn approve(
-    client: &mut CaptureRequestsClient<Channel>,
-    request_id: &str,
-) -> Result<ircap_proto::v1::ApproveRequestResponse, AnalystError> {
-    client
-        .approve_request(crate::analyst::tagged(
-            ircap_proto::v1::ApproveRequestRequest {
-                request_id: request_id.to_owned(),
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| rpc(&s))
-}
-
-/// Every result recorded so far.
-///
-/// # Errors
-/// [`AnalystError::Rpc`] when the collector refuses.
-pub async fn results(
-    client: &mut CaptureRequestsClient<Channel>,
-    request_id: &str,
-) -> Result<Vec<RequestResult>, AnalystError> {
-    let mut stream = client
-        .list_results(crate::analyst::tagged(ListResultsRequest {
-            request_id: request_id.to_owned(),
-        }))
-        .await
-        .map_err(|s| rpc(&s))?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(r) = stream.message().await.map_err(|s| rpc(&s))? {
-        out.push(r);
-    }
-    Ok(out)
-}
-
-/// Whether a result is final.
-#[must_use]
-pub fn is_final(r: &RequestResult) -> bool {
-    matches!(
-        r.status.as_str(),
-        "complete" | "partial" | "failed" | "refused"
-    )
-}
-
-/// Waits until every agent in `expected` has a final result, calling
-/// `on_final` once for each as it arrives, or until `timeout`. Returns the
-/// agents still without a final result.
-///
-/// # Errors
-/// [`AnalystError::Rpc`] when the collector refuses.
-pub async fn wait(
-    client: &mut CaptureRequestsClient<Channel>,
-    request_id: &str,
-    expected: &BTreeSet<String>,
-    timeout: Duration,
-    on_final: &mut dyn FnMut(&RequestResult),
-) -> Result<BTreeSet<String>, AnalystError> {
-    let until = Instant::now() + timeout;
-    let mut pending = expected.clone();
-    while !pending.is_empty() {
-        for r in results(client, request_id).await? {
-            if is_final(&r) && pending.remove(&r.agent) {
-                on_final(&r);
-            }
-        }
-        if pending.is_empty() || Instant::now() >= until {
-            break;
-        }
-        tokio::time::sleep(WAIT_POLL).await;
-    }
-    Ok(pending)
-}
-
-/// Polls a request that matched no connected agent until the first agents
-/// that connect later deliver final results (calling `on_final` for each),
-/// or until `timeout`. Returns whether any result arrived.
-///
-/// # Errors
-/// [`AnalystError::Call`] when the collector refuses.
-pub async fn wait_first(
-    client: &mut CaptureRequestsClient<Channel>,
-    request_id: &str,
-    timeout: Duration,
-    on_final: &mut dyn FnMut(&RequestResult),
-) -> Result<bool, AnalystError> {
-    let until = Instant::now() + timeout;
-    loop {
-        let finals: Vec<RequestResult> = results(client, request_id)
-            .await?
-            .into_iter()
-            .filter(is_final)
-            .collect();
-        if !finals.is_empty() {
-            finals.iter().for_each(&mut *on_final);
-            return Ok(true);
-        }
-        if Instant::now() >= until {
-            return Ok(false);
-        }
-        tokio::time::sleep(WAIT_POLL.min(until.saturating_duration_since(Instant::now()))).await;
-    }
-}
-
-/// Connected agents.
-///
-/// # Errors
-/// [`AnalystError::Rpc`] when the collector refuses.
-pub async fn agents(
-    client: &mut CaptureRequestsClient<Channel>,
-) -> Result<Vec<AgentInfo>, AnalystError> {
-    let mut stream = client
-        .list_agents(crate::analyst::tagged(ListAgentsRequest {}))
-        .await
-        .map_err(|s| rpc(&s))?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(a) = stream.message().await.map_err(|s| rpc(&s))? {
-        out.push(a);
-    }
-    Ok(out)
-}
-
-/// One agent as a JSON object.
-#[must_use]
-pub fn agent_json(a: &AgentInfo) -> serde_json::Value {
-    let labels: BTreeMap<&String, &String> = a.labels.iter().collect();
-    serde_json::json!({
-        "agent": a.agent,
-        "hostname": a.hostname,
-        "instance_id": (!a.instance_id.is_empty()).then_some(&a.instance_id),
-        "labels": labels,
-        "session_id": a.session_id,
-        "replica_id": a.replica_id,
-        "connected_at": a.connected_at,
-        "last_seen": a.last_seen,
-        "duplicate": a.duplicate,
-        "busy_request_id": (!a.busy_request_id.is_empty()).then_some(&a.busy_request_id),
-        "agent_version": a.agent_version,
-    })
-}
-
 /// One agent a request matched, as a JSON object: [`agent_json`] plus
 /// `matched_by` (what matched it: "identity", "claimed hostname",
 /// "claimed instance id", "labels" or "all", joined with ", " when the
@@ -415,55 +424,11 @@ pub fn result_json(r: &RequestResult) -> serde_json::Value {
     })
 }
 
-/// Agents as a table (host text escaped).
-#[must_use]
-pub fn agents_table(agents: &[AgentInfo]) -> String {
-    let mut rows = crate::render::Table::new(&[
-        "AGENT",
-        "HOST (claimed)",
-        "INSTANCE (claimed)",
-        "LABELS",
-        "LAST SEEN",
-        "STATE",
-    ]);
-    for a in agents {
-        let labels: BTreeMap<&String, &String> = a.labels.iter().collect();
-        let labels = labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut state = if a.busy_request_id.is_empty() {
-            "idle".to_owned()
-        } else {
-            format!("capturing {}", a.busy_request_id)
-        };
-        if a.duplicate {
-            state.push_str(" DUPLICATE-IDENTITY");
-        }
-        rows.row([
-            a.agent.clone(),
-            a.hostname.clone(),
-            if a.instance_id.is_empty() {
-                "-".into()
-            } else {
-                a.instance_id.clone()
-            },
-            if labels.is_empty() {
-                "-".into()
-            } else {
-                labels
-            },
-            a.last_seen.clone(),
-            state,
-        ]);
-    }
-    rows.render()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
 
     use super::*;
 
