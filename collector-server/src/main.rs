@@ -274,12 +274,16 @@ fn main() -> ExitCode {
 }
 
 /// Exit 2 for settings refused before anything was done (a `serve` setting
-/// that cannot work, `pki init` over existing files without `--force`), as
+/// that cannot work, an S3 store whose bucket, credentials or Object Lock
+/// S3 refuses at start-up, `pki init` over existing files without `--force`), as
 /// the analyst commands do; 1 for everything else.
 fn refused_settings_code(err: &anyhow::Error) -> u8 {
     let refused = matches!(
         err.downcast_ref::<serve::ServeError>(),
-        Some(serve::ServeError::Config(_))
+        Some(
+            serve::ServeError::Config(_)
+                | serve::ServeError::Store(ircap_collector::store::StoreError::Refused { .. })
+        )
     ) || matches!(
         err.downcast_ref::<pki::PkiError>(),
         Some(pki::PkiError::Exists { .. })

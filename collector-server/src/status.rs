@@ -18,6 +18,7 @@ pub fn store_status(err: StoreError) -> Status {
             tracing::warn!(error = %err, "Store backend unavailable");
             Status::unavailable(format!("store unavailable, retry: {err}"))
         }
+        StoreError::Refused { .. } => Status::failed_precondition(err.to_string()),
         StoreError::Integrity { .. } => {
             tracing::error!(error = %err, "Store integrity check failed");
             Status::data_loss(err.to_string())

@@ -77,6 +77,16 @@ pub enum StoreError {
         /// The service's error.
         message: String,
     },
+    /// The storage service refused the store's settings at start-up (the
+    /// credentials, the bucket, its Object Lock): not retryable, the
+    /// collector exits 2 as for any refused setting.
+    #[error("{context}: {message}")]
+    Refused {
+        /// What was checked (with the bucket).
+        context: String,
+        /// The service's answer, and what to check.
+        message: String,
+    },
     /// Stored bytes or a reported checksum differ from what was verified.
     #[error("integrity check failed for {context}: {message}")]
     Integrity {

@@ -200,6 +200,22 @@ where
     }
 }
 
+/// [`backend`], except that an answer of the service itself below HTTP
+/// 500 (access denied, no such bucket, wrong region) is the settings
+/// refused, not an outage: [`StoreError::Refused`].
+fn refused<E>(context: impl Into<String>, err: SdkError<E>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static + ProvideErrorMetadata,
+{
+    let answered = matches!(&err, SdkError::ServiceError(se) if se.raw().status().as_u16() < 500);
+    match backend(context, err) {
+        StoreError::Backend { context, message } if answered => {
+            StoreError::Refused { context, message }
+        }
+        other => other,
+    }
+}
+
 /// Longest SDK error text kept in a message (the SDK's own rendering of
 /// an unparsed response runs to kilobytes).
 const MAX_SDK_MESSAGE: usize = 300;
@@ -403,7 +419,7 @@ impl S3Blob {
             .bucket(bucket)
             .send()
             .await
-            .map_err(|e| backend(format!("bucket {bucket} is not reachable"), e))?;
+            .map_err(|e| refused(format!("bucket {bucket} is not reachable"), e))?;
         if self.opts.retention.is_some() || self.opts.legal_hold {
             let lock = self
                 .client
@@ -412,7 +428,7 @@ impl S3Blob {
                 .send()
                 .await
                 .map_err(|e| {
-                    backend(
+                    refused(
                         format!("retention is configured but bucket {bucket} has no Object Lock configuration (create it with Object Lock enabled)"),
                         e,
                     )
@@ -422,7 +438,7 @@ impl S3Blob {
                 .and_then(|c| c.object_lock_enabled())
                 == Some(&ObjectLockEnabled::Enabled);
             if !enabled {
-                return Err(StoreError::Backend {
+                return Err(StoreError::Refused {
                     context: format!("bucket {bucket}"),
                     message: "retention is configured but Object Lock is not enabled on the bucket"
                         .into(),

@@ -314,3 +314,42 @@ fn collector_settings_that_cannot_work_are_refused_with_exit_2() -> TestResult {
     );
     Ok(())
 }
+
+/// An `http://` collector URL is refused before connecting, with exit 2
+/// and a line saying only `https://` is accepted: by the agent (nothing
+/// listens at the URL, so a refusal after connecting would read
+/// differently) and by `list` reading it from `IRCAP_SERVER`.
+#[test]
+fn an_http_collector_url_is_refused_with_exit_2_by_agent_and_list() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let p = pki(&tmp.path().join("pki"));
+    let url = "http://127.0.0.1:1";
+    let out = agent(
+        url,
+        &p.join("ca.pem"),
+        &p.join("web-1.pem"),
+        &p.join("web-1.key"),
+    );
+    assert_says(
+        &out,
+        2,
+        &[url, "only https://"],
+        "agent --collector http://",
+    );
+    assert!(out.stdout.is_empty(), "the agent printed a summary");
+
+    let out = bin("ircap-collector")
+        .arg("list")
+        .env("IRCAP_SERVER", url)
+        .env("IRCAP_CA", p.join("ca.pem"))
+        .env("IRCAP_CERT", p.join("alice.pem"))
+        .env("IRCAP_KEY", p.join("alice.key"))
+        .output()?;
+    assert_says(
+        &out,
+        2,
+        &[url, "only https://"],
+        "list with IRCAP_SERVER=http://",
+    );
+    Ok(())
+}

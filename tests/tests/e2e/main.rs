@@ -16,6 +16,7 @@ mod lab_aarch64;
 mod lab_memory;
 mod lab_systemd;
 mod memory_upload;
+mod readme;
 mod s3;
 mod s3_docs;
 mod ssm;

@@ -273,7 +273,8 @@ fn compliance_retention_refuses_delete_and_overwrite_and_is_checked_at_start() -
             .args(extra)
             .output()?;
         let stderr = std::fs::read_to_string(&log)?;
-        assert!(!status.status.success(), "{url}: started: {stderr}");
+        // Exit 2: a setting refused before anything was done.
+        assert_eq!(status.status.code(), Some(2), "{url}: {stderr}");
         assert!(status.stdout.is_empty(), "{url}: listened");
         assert!(stderr.contains(expect), "{url}: {stderr}");
     }
@@ -297,10 +298,12 @@ fn compliance_retention_refuses_delete_and_overwrite_and_is_checked_at_start() -
         .arg(s.pki.join("server.key"))
         .output()?;
     let stderr = std::fs::read_to_string(&log)?;
-    assert!(
-        !status.status.success(),
-        "started with a wrong secret: {stderr}"
+    assert_eq!(
+        status.status.code(),
+        Some(2),
+        "a wrong secret is a refused setting (exit 2): {stderr}"
     );
+    assert!(status.stdout.is_empty(), "listened with a wrong secret");
     assert!(stderr.contains("HTTP 403"), "{stderr}");
     assert!(stderr.contains("access key and secret"), "{stderr}");
     assert!(stderr.len() < 1_000, "{} bytes: {stderr}", stderr.len());
