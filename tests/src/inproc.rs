@@ -14,6 +14,10 @@
 //! ([`InProcessCollector::log`]), not to the test's output: every thread
 //! of its runtime gets a subscriber writing there, as the binary's writes
 //! to stderr.
+//!
+//! It shares the process with the test: with a CRL configured it reloads
+//! on a SIGHUP sent to the test process, and settings read from the
+//! environment (`IRCAP_CONTROL_POLL_MS`) are the test process's.
 
 use std::net::SocketAddr;
 use std::ops::Deref;
