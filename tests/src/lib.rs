@@ -1,12 +1,14 @@
 //! Helpers for the cross-crate end-to-end tests in `tests/tests/`: find the
 //! real `ircap-agent` and `ircap-collector` binaries that
-//! `cargo test --workspace` built, make a PKI, run a collector on loopback,
-//! and talk to it with a raw gRPC client.
+//! `cargo test --workspace` built, make a PKI, run a collector on loopback
+//! (a process, [`Collector`], or in the test process,
+//! [`inproc::InProcessCollector`]), and talk to it with a raw gRPC client.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod certs;
 pub mod docs;
+pub mod inproc;
 pub mod lab;
 pub mod lab_debian;
 pub mod packaging;
@@ -91,10 +93,10 @@ pub fn pki(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// A collector process on loopback; killed when dropped.
-pub struct Collector {
-    /// The process.
-    pub child: Child,
+/// Where a test collector listens and what it serves from, whether it
+/// runs as a process ([`Collector`]) or in the test process
+/// ([`inproc::InProcessCollector`]); both dereference to it.
+pub struct Served {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Where it serves metrics, when started with `--metrics-listen`.
@@ -103,6 +105,21 @@ pub struct Collector {
     pub store: PathBuf,
     /// The PKI it trusts.
     pub pki: PathBuf,
+}
+
+/// A collector process on loopback; killed when dropped.
+pub struct Collector {
+    /// The process.
+    pub child: Child,
+    served: Served,
+}
+
+impl std::ops::Deref for Collector {
+    type Target = Served;
+
+    fn deref(&self) -> &Served {
+        &self.served
+    }
 }
 
 impl Collector {
@@ -128,7 +145,9 @@ impl Collector {
             args: Vec::new(),
         }
     }
+}
 
+impl Served {
     /// `https://127.0.0.1:PORT`.
     #[must_use]
     pub fn url(&self) -> String {
@@ -272,10 +291,12 @@ impl CollectorBuilder {
         let metrics = v["metrics"].as_str().map(|m| m.parse().unwrap());
         Collector {
             child,
-            addr,
-            metrics,
-            store,
-            pki,
+            served: Served {
+                addr,
+                metrics,
+                store,
+                pki,
+            },
         }
     }
 }

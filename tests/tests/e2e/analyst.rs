@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+use ircap_e2e::inproc::InProcessCollector;
 use ircap_e2e::{
-    Collector, TestResult, agent_capture, bin, build_dir, client, copy_dir, docs, json_lines, pki,
+    TestResult, agent_capture, bin, build_dir, client, copy_dir, docs, json_lines, pki,
 };
 use ircap_proto::v1::capture_query_client::CaptureQueryClient;
 use ircap_proto::v1::{
@@ -31,17 +32,19 @@ const INCOMPLETE: &str = "01a20000-0000-7000-8000-000000000001";
 /// Longest any single gRPC call may take before the test fails.
 const CALL: Duration = Duration::from_secs(30);
 
-/// A PKI and a store in fresh temporary directories, and a collector on them.
+/// A PKI and a store in fresh temporary directories, and a collector on
+/// them, served in this process (the analyst commands and the agent are
+/// the binaries under test).
 struct Setup {
     tmp: tempfile::TempDir,
-    collector: Collector,
+    collector: InProcessCollector,
 }
 
 impl Setup {
     fn new() -> Result<Self, Box<dyn Error>> {
         let tmp = tempfile::tempdir()?;
         let pki_dir = pki(&tmp.path().join("pki"));
-        let collector = Collector::start(&pki_dir, &tmp.path().join("store"), 0);
+        let collector = InProcessCollector::start(&pki_dir, &tmp.path().join("store"));
         Ok(Self { tmp, collector })
     }
 

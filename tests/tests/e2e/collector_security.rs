@@ -1,5 +1,4 @@
-//! The collector's security boundary, exercised against the real binary:
-//! who may upload (agents only, with an unexpired certificate from the
+//! The collector's security boundary: who may upload (agents only, with an unexpired certificate from the
 //! collector's CA, only into captures they opened), what is refused
 //! (corrupted chunks, artifacts whose total digest or size is wrong,
 //! oversized messages, hostile artifact names and capture ids, wrong
@@ -7,17 +6,25 @@
 //! commit), what an upload cut off before its commit leaves behind, and how
 //! it starts (TOML config file, a bad certificate path failing fast) and
 //! reports health.
+//!
+//! Most cases talk gRPC to a collector served in this process
+//! ([`InProcessCollector`]: the library's `serve`, as the binary runs it);
+//! the ones about the binary itself (its config file and exit, a store in
+//! its own mount namespace, SIGKILL mid-commit) start the process.
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use ircap_collector::serve::ServeConfig;
 use ircap_e2e::certs::{issue_agent_cert, issue_agent_cert_with};
-use ircap_e2e::{Collector, agent_capture, bin, client, pki};
+use ircap_e2e::inproc::InProcessCollector;
+use ircap_e2e::{Collector, Served, agent_capture, bin, client, pki};
 use ircap_proto::manifest::{
     AgentInfo, ArtifactEntry, Encoding, FORMAT_VERSION, HostIdentity, Manifest,
 };
@@ -45,40 +52,56 @@ const ARTIFACT: &str = "t.jsonl.gz";
 /// Longest any single call may take before the test fails instead of hanging.
 const CALL: Duration = Duration::from_secs(30);
 
-/// A PKI and a store in fresh temporary directories, and a collector on them.
-struct Setup {
-    _tmp: tempfile::TempDir,
-    collector: Collector,
+/// A PKI and a store in fresh temporary directories, and a collector on
+/// them: served in this process, or (`Setup<Collector>`) the binary.
+struct Setup<C = InProcessCollector> {
+    tmp: tempfile::TempDir,
+    collector: C,
+}
+
+/// A fresh temporary directory with a PKI (`pki/`) and an empty store
+/// directory (`store/`).
+fn dirs() -> Result<(tempfile::TempDir, std::path::PathBuf, std::path::PathBuf), Box<dyn Error>> {
+    let tmp = tempfile::tempdir()?;
+    let pki_dir = pki(&tmp.path().join("pki"));
+    let store = tmp.path().join("store");
+    std::fs::create_dir_all(&store)?;
+    Ok((tmp, pki_dir, store))
 }
 
 impl Setup {
     fn new() -> Result<Self, Box<dyn Error>> {
-        Self::with(&[])
+        Self::with(ServeConfig::default())
     }
 
-    /// A collector started with `extra` `serve` arguments, its stderr in
-    /// [`Setup::log`].
-    fn with(extra: &[&str]) -> Result<Self, Box<dyn Error>> {
-        let tmp = tempfile::tempdir()?;
-        let pki_dir = pki(&tmp.path().join("pki"));
-        let store = tmp.path().join("store");
-        std::fs::create_dir_all(&store)?;
-        let log = tmp.path().join("collector.log");
-        let collector = Collector::builder(&pki_dir, &store)
-            .args(extra)
-            .log(&log)
-            .start();
-        Ok(Self {
-            _tmp: tmp,
-            collector,
-        })
+    /// A collector in this process with `config` over the defaults.
+    fn with(config: ServeConfig) -> Result<Self, Box<dyn Error>> {
+        let (tmp, pki_dir, store) = dirs()?;
+        let collector = InProcessCollector::builder(&pki_dir, &store)
+            .config(config)
+            .try_start()?;
+        Ok(Self { tmp, collector })
     }
 
     /// What the collector logged so far.
     fn log(&self) -> String {
-        std::fs::read_to_string(self._tmp.path().join("collector.log")).unwrap_or_default()
+        self.collector.log()
     }
+}
 
+impl Setup<Collector> {
+    /// The `ircap-collector serve` process, its stderr in
+    /// `collector.log`.
+    fn process() -> Result<Self, Box<dyn Error>> {
+        let (tmp, pki_dir, store) = dirs()?;
+        let collector = Collector::builder(&pki_dir, &store)
+            .log(&tmp.path().join("collector.log"))
+            .start();
+        Ok(Self { tmp, collector })
+    }
+}
+
+impl<C: Deref<Target = Served>> Setup<C> {
     fn pki(&self) -> &Path {
         &self.collector.pki
     }
@@ -267,7 +290,7 @@ async fn upload_fails(
 
 /// Web-1 opens [`CAPTURE`]; a chunk with a wrong SHA-256 is refused with
 /// DATA_LOSS and nothing of it is stored; a correct upload then finishes.
-async fn corrupt_then_good_upload(s: &Setup) -> TestResult {
+async fn corrupt_then_good_upload<C: Deref<Target = Served>>(s: &Setup<C>) -> TestResult {
     let mut c = s.client("web-1").await;
     timed(open(&mut c, CAPTURE)).await??;
     let stored = s.collector.capture_dir("web-1", CAPTURE).join(ARTIFACT);
@@ -1202,7 +1225,9 @@ async fn a_stream_going_on_after_the_commit_cannot_change_the_capture() -> TestR
 }
 
 /// Every capture the index lists, as the analyst sees them.
-async fn listed(s: &Setup) -> Result<Vec<ircap_proto::v1::CaptureInfo>, Box<dyn Error>> {
+async fn listed<C: Deref<Target = Served>>(
+    s: &Setup<C>,
+) -> Result<Vec<ircap_proto::v1::CaptureInfo>, Box<dyn Error>> {
     let mut q = ircap_proto::v1::capture_query_client::CaptureQueryClient::new(channel(
         s.collector.addr,
         s.pki(),
@@ -1234,8 +1259,9 @@ async fn a_commit_cut_short_after_the_manifest_is_finished_at_start() -> TestRes
     let store = s.collector.store.clone();
     let pki_dir = s.pki().to_path_buf();
     let port = s.collector.addr.port();
-    // Stop it (SIGKILL), then undo what a commit writes after the manifest.
-    s.collector = Collector::start(&pki_dir, &store.join("other"), 0);
+    // Stop it (in the place of another, as `s` holds one), then undo what
+    // a commit writes after the manifest.
+    s.collector = InProcessCollector::start(&pki_dir, &store.join("other"));
     // The index record and the day segment it was merged into.
     std::fs::remove_dir_all(store.join("index"))?;
     std::fs::write(store.join("state/open").join(CAPTURE), b"")?;
@@ -1244,7 +1270,9 @@ async fn a_commit_cut_short_after_the_manifest_is_finished_at_start() -> TestRes
     state["complete"] = serde_json::Value::Bool(false);
     std::fs::write(&state_path, serde_json::to_vec(&state)?)?;
 
-    s.collector = Collector::start(&pki_dir, &store, port);
+    s.collector = InProcessCollector::builder(&pki_dir, &store)
+        .port(port)
+        .start();
     let deadline = Instant::now() + Duration::from_secs(10);
     let found = loop {
         let found = listed(&s).await?;
@@ -1745,7 +1773,10 @@ async fn agent_certificate_without_client_auth_usage_is_refused() -> TestResult 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_never_committed_expires_after_the_ttl() -> TestResult {
-    let s = Setup::with(&["--upload-ttl", "2s"])?;
+    let s = Setup::with(ServeConfig {
+        upload_ttl: Some("2s".into()),
+        ..ServeConfig::default()
+    })?;
     let store = s.collector.store.clone();
     let mut c = s.client("web-1").await;
     timed(open(&mut c, CAPTURE)).await??;
@@ -1814,7 +1845,10 @@ async fn an_upload_never_committed_expires_after_the_ttl() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_reads_acks_is_dropped_after_the_ack_timeout() -> TestResult {
-    let s = Setup::with(&["--ack-send-timeout", "3s"])?;
+    let s = Setup::with(ServeConfig {
+        ack_send_timeout: Some("3s".into()),
+        ..ServeConfig::default()
+    })?;
     let mut c = s.client("web-1").await;
     timed(open(&mut c, CAPTURE)).await??;
     // A connection whose HTTP/2 window holds a few acks at most; nobody
@@ -1878,7 +1912,10 @@ async fn a_client_that_never_reads_acks_is_dropped_after_the_ack_timeout() -> Te
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_past_its_deadline_ends_and_resumes_where_it_was() -> TestResult {
-    let s = Setup::with(&["--stream-deadline", "2s"])?;
+    let s = Setup::with(ServeConfig {
+        stream_deadline: Some("2s".into()),
+        ..ServeConfig::default()
+    })?;
     let mut c = s.client("web-1").await;
     timed(open(&mut c, CAPTURE)).await??;
     let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
@@ -1953,7 +1990,7 @@ fn more_log_files_than_the_artifact_limit_commit_with_the_cut_recorded() -> Test
     const KEPT: usize = ircap_proto::manifest::MAX_ARTIFACTS - 500;
     const OVER: usize = 3;
     let s = Setup::new()?;
-    let logs = s._tmp.path().join("logs");
+    let logs = s.tmp.path().join("logs");
     // Long paths: three 200-character directory levels, 200-character names.
     let deep = logs
         .join("d".repeat(200))
@@ -2097,10 +2134,7 @@ async fn a_full_file_store_acknowledges_nothing_it_could_not_keep() -> TestResul
     .arg(ircap_e2e::build_dir().join("ircap-collector"))
     .stderr(log);
     let collector = Collector::builder(&pki_dir, &store).command(cmd).start();
-    let s = Setup {
-        _tmp: tmp,
-        collector,
-    };
+    let s = Setup { tmp, collector };
     let mut c = s.client("web-1").await;
     timed(open(&mut c, CAPTURE)).await??;
 
@@ -2225,7 +2259,7 @@ fn manifest_of(capture: &str, artifacts: Vec<ArtifactEntry>) -> Result<Vec<u8>, 
 /// it), and no capture is ever complete without its manifest.
 #[tokio::test(flavor = "multi_thread")]
 async fn collector_sigkilled_mid_commit_finishes_every_capture_after_restart() -> TestResult {
-    let mut s = Setup::new()?;
+    let mut s = Setup::process()?;
     let store = s.collector.store.clone();
     let pki_dir = s.pki().to_path_buf();
     let port = s.collector.addr.port();

@@ -12,6 +12,7 @@ mod connection_errors;
 mod custody;
 mod daemon;
 mod deb;
+mod inproc;
 mod lab_aarch64;
 mod lab_memory;
 mod lab_systemd;

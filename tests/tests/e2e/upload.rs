@@ -1,6 +1,9 @@
 //! Agent -> collector over mutual TLS on loopback, with real certificates
 //! from `ircap-collector pki init`: the capture arrives complete, verifies,
 //! carries the collector's receipt, and survives a dropped connection.
+//! The agent is the binary under test; the collector is served in this
+//! process except where its binary is the point (SIGTERM, SIGHUP, killed
+//! mid-upload).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,6 +12,8 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use ircap_collector::serve::ServeConfig;
+use ircap_e2e::inproc::InProcessCollector;
 use ircap_e2e::{Collector, TestResult, agent_capture, bin, pki};
 
 /// Every record of a stored `.jsonl.gz` table, parsed strictly.
@@ -24,7 +29,7 @@ fn summary(out: &std::process::Output) -> serde_json::Value {
 fn capture_arrives_complete_verified_and_receipted() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki = pki(&tmp.path().join("pki"));
-    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let collector = InProcessCollector::start(&pki, &tmp.path().join("store"));
     // Planted: a process and a listener owned by this test process.
     let mut planted = std::process::Command::new("sleep").arg("600").spawn()?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -158,7 +163,7 @@ impl CuttingProxy {
 fn a_dropped_connection_resumes_and_the_capture_is_byte_identical() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki = pki(&tmp.path().join("pki"));
-    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let collector = InProcessCollector::start(&pki, &tmp.path().join("store"));
     // Cut after 16 KB from the agent: past the TLS handshake, inside the
     // upload of the first tables.
     let proxy = CuttingProxy::start(collector.addr, 16 * 1024)?;
@@ -248,9 +253,11 @@ fn a_revoked_agent_is_refused_when_a_crl_is_configured() -> TestResult {
         "{}",
         String::from_utf8_lossy(&revoke.stderr)
     );
-    let crl_arg = crl.display().to_string();
-    let collector = Collector::builder(&pki, &tmp.path().join("store"))
-        .args(&["--crl", &crl_arg])
+    let collector = InProcessCollector::builder(&pki, &tmp.path().join("store"))
+        .config(ServeConfig {
+            crl: Some(crl),
+            ..ServeConfig::default()
+        })
         .start();
 
     let refused = agent_capture(
@@ -393,7 +400,7 @@ fn collector_killed_mid_upload_and_restarted_the_agent_resumes() -> TestResult {
 fn spool_keeps_a_local_copy_identical_to_what_the_collector_stored() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki = pki(&tmp.path().join("pki"));
-    let collector = Collector::start(&pki, &tmp.path().join("store"), 0);
+    let collector = InProcessCollector::start(&pki, &tmp.path().join("store"));
     let spool = tmp.path().join("spool");
     let spool_arg = spool.display().to_string();
     let out = agent_capture(
@@ -492,10 +499,13 @@ fn metric(body: &str, name: &str) -> u64 {
 fn metrics_count_what_was_received_and_verified() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki = pki(&tmp.path().join("pki"));
-    let collector = Collector::builder(&pki, &tmp.path().join("store"))
-        .args(&["--metrics-listen", "127.0.0.1:0"])
+    let collector = InProcessCollector::builder(&pki, &tmp.path().join("store"))
+        .config(ServeConfig {
+            metrics_listen: Some("127.0.0.1:0".into()),
+            ..ServeConfig::default()
+        })
         .start();
-    let metrics = collector.metrics.ok_or("no metrics address printed")?;
+    let metrics = collector.metrics.ok_or("no metrics address")?;
     let (status, before) = http_get(metrics, "/metrics")?;
     assert!(status.contains("200"), "{status}");
     assert_eq!(metric(&before, "ircap_captures_completed_total"), 0);
