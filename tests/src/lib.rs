@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bomb;
 pub mod certs;
 pub mod docs;
 pub mod inproc;
