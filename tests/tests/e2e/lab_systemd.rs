@@ -559,7 +559,12 @@ fn lab_systemd_host_units_deb_logins_journal_and_faults() {
     r.ok("restarted");
     r.ok("reconnected");
     let listed = r.booted.text("list-final.jsonl");
-    for c in r.captures("cap-killed") {
+    let kept_killed = r.captures("cap-killed");
+    assert!(
+        !kept_killed.is_empty(),
+        "the killed upload left no capture to check"
+    );
+    for c in kept_killed {
         not_complete(&c, &listed);
     }
     r.ok("request_after_kill");
@@ -627,7 +632,12 @@ fn lab_systemd_host_units_deb_logins_journal_and_faults() {
     eprintln!("collector stop during an upload: {stop_secs:.1} s");
     assert!(stop_secs < 30.0, "collector took {stop_secs:.1} s to stop");
     assert_ne!(r.step("request_stopped"), 0);
-    for c in r.captures("cap-stopped") {
+    let kept_stopped = r.captures("cap-stopped");
+    assert!(
+        !kept_stopped.is_empty(),
+        "the stopped upload left no capture to check"
+    );
+    for c in kept_stopped {
         not_complete(&c, &listed);
     }
     r.ok("collector_restart");

@@ -37,6 +37,10 @@ const SKIPPED: &[(&str, &str)] = &[
         "needs the physical-memory capture above; lab_memory runs it on one",
     ),
     (
+        "vol -f ./captures/",
+        "Volatility 3 on the physical-memory capture and symbols above; lab_memory runs it on a guest's",
+    ),
+    (
         "bash packaging/build-static.sh",
         "a release musl build (minutes); tests/src/packaging.rs runs it for static_agent and deb",
     ),
