@@ -9,6 +9,7 @@
 //! | captures opened in the last [`OPEN_WINDOW`] and not committed, per identity | [`MAX_OPEN_CAPTURES`] | `RESOURCE_EXHAUSTED`, retry after [`OPEN_PUSHBACK`] |
 //! | artifacts per capture | [`MAX_ARTIFACTS`] | `RESOURCE_EXHAUSTED`, no retry |
 //! | one upload stream's life | [`STREAM_DEADLINE`] | `DEADLINE_EXCEEDED` (resumable) |
+//! | an artifact that decoded past a cap (a gzip bomb) | the identity's next uploads wait [`BOMB_PENALTY`], doubling per bomb up to [`MAX_BOMB_PENALTY`] | `RESOURCE_EXHAUSTED` at stream start, before any byte is decoded, retry after what is left of it |
 //! | a manifest | [`MAX_MANIFEST_BYTES`] (holds [`MAX_ARTIFACTS`] entries with room to spare) | `INVALID_ARGUMENT`, naming the limit |
 //!
 //! The retry hint travels as the standard `grpc-retry-pushback-ms`
@@ -52,6 +53,13 @@ pub const STREAM_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 pub const STREAM_PUSHBACK: Duration = Duration::from_secs(2);
 /// Retry hint when an identity has too many open captures.
 pub const OPEN_PUSHBACK: Duration = Duration::from_secs(30);
+/// How long an identity's uploads are refused after its first artifact
+/// that decoded past a cap: a bomb costs the collector tens of
+/// milliseconds of CPU to refuse, a refused stream start almost nothing,
+/// so a bombing agent cannot take the CPU from the others.
+pub const BOMB_PENALTY: Duration = Duration::from_secs(2);
+/// The longest that penalty grows to (it doubles per bomb).
+pub const MAX_BOMB_PENALTY: Duration = Duration::from_secs(60);
 
 /// `RESOURCE_EXHAUSTED` with a retry hint (`None`: do not retry).
 #[must_use]
@@ -68,6 +76,8 @@ pub fn exhausted(message: String, retry_after: Option<Duration>) -> Status {
 #[derive(Debug, Default)]
 struct Counts {
     streams: HashMap<String, usize>,
+    /// Per identity: uploads refused until, and the penalty that set it.
+    penalties: HashMap<String, (Instant, Duration)>,
     /// Per identity: capture id -> when it was opened.
     open: HashMap<String, HashMap<String, Instant>>,
 }
@@ -108,6 +118,18 @@ impl Quotas {
     /// `RESOURCE_EXHAUSTED` past [`MAX_STREAMS_PER_IDENTITY`].
     pub fn stream(&self, who: &str) -> Result<StreamPermit, Status> {
         let mut c = self.lock();
+        if let Some(&(until, _)) = c.penalties.get(who) {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Err(exhausted(
+                    format!(
+                        "{who} sent an artifact that decoded past the collector's cap; its uploads are refused for {} ms more",
+                        left.as_millis()
+                    ),
+                    Some(left),
+                ));
+            }
+        }
         let n = c.streams.entry(who.to_owned()).or_default();
         if *n >= MAX_STREAMS_PER_IDENTITY {
             return Err(exhausted(
@@ -122,6 +144,23 @@ impl Quotas {
             counts: Arc::clone(&self.counts),
             who: who.to_owned(),
         })
+    }
+
+    /// Refuses `who`'s uploads for a while after an artifact of theirs
+    /// decoded past a cap: [`BOMB_PENALTY`] the first time, doubling for
+    /// each bomb while penalised or within one penalty after it, up to
+    /// [`MAX_BOMB_PENALTY`].
+    pub fn penalize(&self, who: &str) {
+        let now = Instant::now();
+        let mut c = self.lock();
+        let next = match c.penalties.get(who) {
+            Some(&(until, last)) if now < until + last => (last * 2).min(MAX_BOMB_PENALTY),
+            _ => BOMB_PENALTY,
+        };
+        c.penalties.insert(who.to_owned(), (now + next, next));
+        // Forget identities whose penalty ran out long ago.
+        c.penalties
+            .retain(|_, (until, last)| now < *until + *last + MAX_BOMB_PENALTY);
     }
 
     /// Counts capture `id` as opened by `who` (again: no change).
@@ -292,6 +331,38 @@ mod tests {
         assert!(c.check(Some(addr(2000))).is_ok());
         held.pop();
         assert!(!c.admit("a", addr(2001)).refused());
+    }
+
+    #[test]
+    fn a_bombing_identity_is_refused_for_a_doubling_while_and_no_one_else() {
+        let q = Quotas::default();
+        assert!(q.stream("bomber").is_ok());
+        q.penalize("bomber");
+        let refused = q.stream("bomber").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("decoded past"), "{refused:?}");
+        let hint: u64 = refused
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(hint > 1_900 && hint <= 2_000, "{hint}");
+        assert!(q.stream("honest").is_ok(), "another identity");
+        // A second bomb while penalised doubles it, up to the cap.
+        q.penalize("bomber");
+        assert_eq!(q.lock().penalties["bomber"].1, BOMB_PENALTY * 2);
+        for _ in 0..10 {
+            q.penalize("bomber");
+        }
+        assert_eq!(q.lock().penalties["bomber"].1, MAX_BOMB_PENALTY);
+        // Once it has run out, uploads are taken again.
+        q.lock()
+            .penalties
+            .insert("bomber".into(), (Instant::now(), BOMB_PENALTY));
+        assert!(q.stream("bomber").is_ok());
     }
 
     #[test]

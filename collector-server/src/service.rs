@@ -257,6 +257,8 @@ struct StreamCtx {
     active: Arc<Mutex<HashSet<(String, String)>>>,
     locks: Arc<CaptureLocks>,
     pool: CpuPool,
+    /// To penalise an identity that sends a gzip bomb.
+    quotas: Quotas,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<UploadAck, Status>> + Send>>;
@@ -289,7 +291,9 @@ impl UploadService {
             active,
             locks,
             pool,
+            quotas,
         } = ctx;
+        let who_name = who.name.clone();
         let Some(upload_message::Body::Header(header)) = Self::next(&mut stream).await? else {
             return Err(Status::invalid_argument(
                 "an upload stream starts with an ArtifactHeader",
@@ -451,7 +455,8 @@ impl UploadService {
                             }
                             IngestError::DecodeCap { .. } => {
                                 inc(&metrics.chunks_rejected);
-                                tracing::warn!(capture_id = state.capture_id, artifact = %name, "Artifact refused: decoding passed a cap");
+                                quotas.penalize(&who_name);
+                                tracing::warn!(capture_id = state.capture_id, artifact = %name, "Artifact refused: decoding passed a cap; the agent's uploads wait a while");
                             }
                             _ => {}
                         }
@@ -733,6 +738,7 @@ impl CaptureUpload for UploadService {
         let active = Arc::clone(&self.active);
         let locks = Arc::clone(&self.locks);
         let pool = self.pool.clone();
+        let quotas = self.quotas.clone();
         let deadlines = self.deadlines;
         tokio::spawn(async move {
             let _gauge = StreamGauge::new(Arc::clone(&metrics));
@@ -743,6 +749,7 @@ impl CaptureUpload for UploadService {
                 active,
                 locks,
                 pool,
+                quotas,
             };
             let acks = AckSender {
                 tx,

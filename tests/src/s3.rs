@@ -55,17 +55,26 @@ pub struct S3Server {
 
 impl S3Server {
     /// Starts `weed mini` with data in `dir` and waits until S3 answers.
+    /// Ports are picked free and released before weed binds them, so a
+    /// parallel test may take one meanwhile: a start whose server exits is
+    /// tried again on other ports (three times in all).
     pub fn start(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let mut me = Self {
             child: None,
             dir: dir.to_path_buf(),
-            ports: (0..10).map(|_| free_port()).collect(),
+            ports: Vec::new(),
         };
-        me.restart();
-        me
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            me.ports = (0..10).map(|_| free_port()).collect();
+            match me.launch() {
+                Ok(()) => return me,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("SeaweedFS did not start: {failures:#?}");
     }
-
     /// `http://127.0.0.1:PORT` of the S3 API.
     #[must_use]
     pub fn endpoint(&self) -> String {
@@ -82,6 +91,13 @@ impl S3Server {
 
     /// Starts it again on the same ports and data directory.
     pub fn restart(&mut self) {
+        if let Err(e) = self.launch() {
+            panic!("SeaweedFS did not restart: {e}");
+        }
+    }
+
+    /// (Re)starts weed on `self.ports` and waits until it is ready.
+    fn launch(&mut self) -> Result<(), String> {
         self.stop();
         let p = &self.ports;
         let d = self.dir.display().to_string();
@@ -117,29 +133,51 @@ impl S3Server {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
+    }
+
+    /// The end of weed's log, for a failure message (the directory is
+    /// gone once the test has failed).
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("weed.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
     /// Waits (at most 60 s) until the S3 port answers and a bucket
-    /// listing works through boto3.
-    fn wait_ready(&mut self) {
+    /// listing works through boto3; fails at once when weed exits.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = format!("127.0.0.1:{}", self.ports[6]);
         while TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS did not listen on {addr}; see {}/weed.log",
-                self.dir.display()
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Err(format!(
+                    "weed exited ({status}) before listening on {addr}:\n{}",
+                    self.log_tail()
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "weed did not listen on {addr} within 60 s:\n{}",
+                    self.log_tail()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         let out = self.boto(&["wait-ready"]);
-        assert!(
-            out.status.success(),
-            "SeaweedFS not ready: {}; see {}/weed.log",
-            String::from_utf8_lossy(&out.stderr),
-            self.dir.display()
-        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "SeaweedFS not ready: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            ))
+        }
     }
 
     /// Runs the boto3 helper: `s3_client.py ENDPOINT ARGS..`.

@@ -64,7 +64,7 @@ const ALSO_ACCEPTED: &[(&str, i32, &str)] = &[(
 const MOVED: &[(&str, &str, &str)] = &[
     (
         "## Agents as a service, captures on request",
-        "## Pull, verify and triage",
+        "## Triage a capture",
         "its analyst commands use the environment that section's `export` sets",
     ),
     (
@@ -78,7 +78,7 @@ const MOVED: &[(&str, &str, &str)] = &[
 /// README's upload command (from "Run a collector") once more:
 /// (section, why).
 const UPLOAD_AGAIN_BEFORE: &[(&str, &str)] = &[(
-    "## Pull, verify and triage",
+    "## Triage a capture",
     "`diff --baseline` needs an earlier capture of the same host: the one pulled is the later one",
 )];
 
