@@ -14,6 +14,7 @@ use ircap_agent::sink::grpc::{CollectorSettings, GrpcSink};
 use ircap_agent::sink::tee::TeeSink;
 use ircap_agent::sink::{CaptureSink, SinkError};
 use ircap_agent::{capture, priority, timefmt};
+use ircap_proto::terminal::print_json;
 
 /// musl's allocator hands memory back to the kernel on nearly every free
 /// of a read buffer; mimalloc keeps it, halving the static agent's capture
@@ -60,16 +61,6 @@ fn init_tracing(filter: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-}
-
-/// Prints one JSON document on stdout; a closed stdout is not an error.
-/// One JSON line on stdout; host text in it (hostnames, paths, artifact
-/// names) cannot drive the terminal or console that shows it.
-fn print_json<T: serde::Serialize>(value: &T) {
-    if let Some(mut line) = ircap_proto::terminal::json(value) {
-        line.push('\n');
-        let _ = std::io::stdout().lock().write_all(line.as_bytes());
-    }
 }
 
 /// The local directory, the collector, or both (`--spool`), as asked.

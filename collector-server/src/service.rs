@@ -213,6 +213,26 @@ async fn send_ack(acks: &AckSender, ack: UploadAck) -> Result<(), Status> {
     }
 }
 
+/// Counts the bytes made durable since `before` and acknowledges them.
+async fn ack_durable(
+    acks: &AckSender,
+    metrics: &Metrics,
+    before: u64,
+    durable: u64,
+) -> Result<(), Status> {
+    metrics
+        .bytes_received
+        .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
+    send_ack(
+        acks,
+        UploadAck {
+            durable_offset: durable,
+            finished: false,
+        },
+    )
+    .await
+}
+
 /// A part being appended in the background; its output is the new
 /// durable length.
 type PartWrite<'a> = std::pin::Pin<Box<dyn Future<Output = Result<u64, Status>> + Send + 'a>>;
@@ -417,10 +437,7 @@ impl UploadService {
                         writing = None;
                         let before = durable;
                         durable = written?;
-                        metrics
-                            .bytes_received
-                            .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
-                        send_ack(acks, UploadAck { durable_offset: durable, finished: false }).await?;
+                        ack_durable(acks, &metrics, before, durable).await?;
                         continue;
                     }
                     message = Self::next(&mut stream) => message?,
@@ -474,17 +491,7 @@ impl UploadService {
                         // where this one starts.
                         if let Some(write) = writing.take() {
                             durable = write.await?;
-                            metrics
-                                .bytes_received
-                                .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
-                            send_ack(
-                                acks,
-                                UploadAck {
-                                    durable_offset: durable,
-                                    finished: false,
-                                },
-                            )
-                            .await?;
+                            ack_durable(acks, &metrics, before, durable).await?;
                         }
                         let part = std::mem::replace(&mut pending, Vec::with_capacity(part_size));
                         let at = durable;
@@ -494,17 +501,7 @@ impl UploadService {
                         }));
                         continue;
                     }
-                    metrics
-                        .bytes_received
-                        .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
-                    send_ack(
-                        acks,
-                        UploadAck {
-                            durable_offset: durable,
-                            finished: false,
-                        },
-                    )
-                    .await?;
+                    ack_durable(acks, &metrics, before, durable).await?;
                 }
                 Some(upload_message::Body::End(end)) => {
                     let claimed = ClaimedEnd {

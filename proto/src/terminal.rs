@@ -89,6 +89,15 @@ pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Option<String> {
     String::from_utf8(ser.into_inner()).ok()
 }
 
+/// [`json`] of `value` as one line on stdout (the machine output of both
+/// binaries); a closed stdout is not an error.
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) {
+    use std::io::Write as _;
+    if let Some(line) = json(value) {
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    }
+}
+
 /// A table of text, columns padded to their widest cell, every cell
 /// escaped.
 #[derive(Debug, Clone)]

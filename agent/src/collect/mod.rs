@@ -236,6 +236,37 @@ pub fn dedupe_capture_errors(errors: &mut Vec<ircap_proto::manifest::CaptureErro
 #[cfg(test)]
 mod tests {
     #[test]
+    fn bounded_ordered_stops_at_the_first_emit_error() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let items: Vec<usize> = (0..10_000).collect();
+        let started = AtomicUsize::new(0);
+        let mut emitted = Vec::new();
+        let r = super::bounded_ordered(
+            &items,
+            2,
+            64,
+            |&x| {
+                started.fetch_add(1, Ordering::SeqCst);
+                x
+            },
+            |_| 8,
+            |_, x| {
+                if x == 10 {
+                    return Err(x);
+                }
+                emitted.push(x);
+                Ok(())
+            },
+        );
+        assert_eq!(r, Err(10));
+        assert_eq!(emitted, (0..10).collect::<Vec<_>>());
+        // The workers stopped starting items soon after: the byte bound
+        // (64 bytes of 8-byte results) keeps them close to the writer.
+        let started = started.load(Ordering::SeqCst);
+        assert!(started < 100, "{started} items started after the error");
+    }
+
+    #[test]
     fn bounded_ordered_keeps_order_and_bounds_what_is_held() {
         use std::sync::atomic::{AtomicU64, Ordering};
         /// A result that weighs its value while it is alive.
