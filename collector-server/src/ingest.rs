@@ -32,6 +32,7 @@ use sha2::Digest as _;
 use tokio::sync::Semaphore;
 
 use crate::store::FinishedArtifact;
+use crate::stored_digest::StoredDigest;
 
 /// Largest chunk accepted.
 pub const MAX_CHUNK: usize = 4 << 20;
@@ -93,6 +94,14 @@ pub enum IngestError {
         /// Stored bytes fed to the decoder when it was reached.
         stored: u64,
     },
+    /// A saved stored-bytes digest state that cannot be restored.
+    #[error("{name}: cannot resume: {message}")]
+    SavedState {
+        /// Artifact.
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The end's sizes or digests differ from the bytes received.
     #[error("{name}: {detail}")]
     Mismatch {
@@ -127,11 +136,16 @@ impl Write for Capped {
 enum Content {
     Gzip(Box<MultiGzDecoder<Capped>>),
     Identity,
+    /// A gzip artifact resumed from a saved stored-bytes digest without
+    /// its earlier bytes: a gzip decoder's state cannot be saved, so the
+    /// content digest is checked once the artifact is final (see
+    /// [`ArtifactIngest::resume_saved`]).
+    Deferred,
 }
 
 /// Running digests of one artifact.
 pub struct ArtifactVerifier {
-    stored: HashingWriter<io::Sink>,
+    stored: StoredDigest,
     content: Content,
 }
 
@@ -151,7 +165,7 @@ impl ArtifactVerifier {
             other => return Err(IngestError::Encoding(other.to_owned())),
         };
         Ok(Self {
-            stored: HashingWriter::new(io::sink()),
+            stored: StoredDigest::default(),
             content,
         })
     }
@@ -163,8 +177,7 @@ impl ArtifactVerifier {
     /// [`IngestError::DecodeCap`] when decoding passes a cap.
     pub fn update(&mut self, name: &str, data: &[u8]) -> Result<(), IngestError> {
         for slice in data.chunks(SLICE) {
-            // Writing to a sink cannot fail.
-            let _ = self.stored.write_all(slice);
+            self.stored.update(slice);
             if let Content::Gzip(dec) = &mut self.content {
                 let fed = self.stored.bytes();
                 let limit = fed
@@ -189,21 +202,23 @@ impl ArtifactVerifier {
         Ok(())
     }
 
-    /// The stored and content digests.
+    /// The stored and content digests (no content digest when it was
+    /// deferred).
     ///
     /// # Errors
     /// [`IngestError::Gzip`] when the gzip stream is truncated.
-    pub fn finish(self, name: &str) -> Result<(Digest, Digest), IngestError> {
-        let (_, stored) = self.stored.finish();
+    pub fn finish(self, name: &str) -> Result<(Digest, Option<Digest>), IngestError> {
+        let stored = self.stored.finish();
         let content = match self.content {
             Content::Gzip(dec) => {
                 let capped = dec.finish().map_err(|e| IngestError::Gzip {
                     name: name.to_owned(),
                     message: e.to_string(),
                 })?;
-                capped.inner.finish().1
+                Some(capped.inner.finish().1)
             }
-            Content::Identity => stored.clone(),
+            Content::Identity => Some(stored.clone()),
+            Content::Deferred => None,
         };
         Ok((stored, content))
     }
@@ -238,6 +253,49 @@ impl ArtifactIngest {
             encoding: encoding.to_owned(),
             received: 0,
         })
+    }
+
+    /// Resumes an artifact whose first bytes are stored but cannot be read
+    /// back, from the stored-bytes digest state saved with them
+    /// ([`Self::saved_state`]). The content digest of a gzip artifact is
+    /// then not computed here: [`Self::content_deferred`] says so, and the
+    /// caller checks it from the final object.
+    ///
+    /// # Errors
+    /// [`IngestError::Encoding`] for an unknown encoding,
+    /// [`IngestError::SavedState`] for a state that cannot be restored.
+    pub fn resume_saved(
+        name: ArtifactName,
+        encoding: &str,
+        saved: &[u8],
+    ) -> Result<Self, IngestError> {
+        let mut verifier = ArtifactVerifier::new(encoding)?;
+        verifier.stored = StoredDigest::restore(saved).map_err(|e| IngestError::SavedState {
+            name: name.to_string(),
+            message: e.to_string(),
+        })?;
+        if matches!(verifier.content, Content::Gzip(_)) {
+            verifier.content = Content::Deferred;
+        }
+        Ok(Self {
+            received: verifier.stored.bytes(),
+            verifier,
+            name,
+            encoding: encoding.to_owned(),
+        })
+    }
+
+    /// The stored-bytes digest state at [`Self::received`], to save with
+    /// the bytes (see [`Self::resume_saved`]).
+    #[must_use]
+    pub fn saved_state(&self) -> Vec<u8> {
+        self.verifier.stored.save()
+    }
+
+    /// Whether the content digest is left to a check of the final object.
+    #[must_use]
+    pub fn content_deferred(&self) -> bool {
+        matches!(self.verifier.content, Content::Deferred)
     }
 
     /// The artifact.
@@ -300,13 +358,15 @@ impl ArtifactIngest {
     }
 
     /// Ends the artifact: the digests of what was received must be what
-    /// the agent claims.
+    /// the agent claims (the content digest too, unless it is deferred:
+    /// then the claimed one is returned, to be checked by the caller).
     ///
     /// # Errors
     /// [`IngestError::Gzip`] for a truncated gzip stream,
     /// [`IngestError::Mismatch`] when a size or digest differs.
     pub fn end(self, claimed: &ClaimedEnd) -> Result<FinishedArtifact, IngestError> {
         let (stored, content) = self.verifier.finish(self.name.as_str())?;
+        let content = content.unwrap_or_else(|| claimed.content.clone());
         if stored != claimed.stored || content != claimed.content {
             return Err(IngestError::Mismatch {
                 name: self.name.to_string(),
@@ -417,10 +477,55 @@ mod tests {
             let (stored, content) = v.finish("a").unwrap();
             assert_eq!(stored.sha256, ircap_proto::hashing::sha256_hex(&gz));
             assert_eq!(
-                content.sha256,
+                content.unwrap().sha256,
                 ircap_proto::hashing::sha256_hex(&b"hello world\n".repeat(1000))
             );
         }
+    }
+
+    /// An upload resumed from a saved stored-bytes state (an S3 multipart
+    /// upload whose parts cannot be read back) verifies the stored digest
+    /// as if never interrupted; a gzip artifact's content digest is then
+    /// deferred to the caller, an identity artifact's is not.
+    #[test]
+    fn a_resumed_saved_state_verifies_the_stored_digest_and_defers_gzip_content() {
+        let content = b"resumed content\n".repeat(5000);
+        let gz = gzip(&content, 1);
+        let name = ArtifactName::parse("logs/a.gz").unwrap();
+        let claimed = |stored: &[u8], content: &[u8]| ClaimedEnd {
+            stored: digest(stored),
+            content: digest(content),
+        };
+        for (encoding, stored) in [("gzip", &gz), ("identity", &content)] {
+            let split = stored.len() / 3;
+            let mut first = ArtifactIngest::new(name.clone(), encoding).unwrap();
+            let sum = sha2::Sha256::digest(&stored[..split]);
+            first.chunk(0, &stored[..split], &sum).unwrap();
+            assert!(!first.content_deferred());
+            let saved = first.saved_state();
+            let resume = || {
+                let mut r = ArtifactIngest::resume_saved(name.clone(), encoding, &saved).unwrap();
+                assert_eq!(r.received(), split as u64);
+                let rest = &stored[split..];
+                r.chunk(split as u64, rest, &sha2::Sha256::digest(rest))
+                    .unwrap();
+                r
+            };
+            let r = resume();
+            assert_eq!(r.content_deferred(), encoding == "gzip");
+            let f = r.end(&claimed(stored, &content)).unwrap();
+            assert_eq!(f.sha256, ircap_proto::hashing::sha256_hex(stored));
+            // A wrong stored claim is still caught after the resume.
+            let wrong = claimed(&stored[1..], &content);
+            assert!(matches!(
+                resume().end(&wrong),
+                Err(IngestError::Mismatch { .. })
+            ));
+        }
+        assert!(matches!(
+            ArtifactIngest::resume_saved(name, "gzip", b"\x01junk"),
+            Err(IngestError::SavedState { .. })
+        ));
     }
 
     #[test]

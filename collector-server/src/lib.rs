@@ -19,6 +19,7 @@ pub mod render;
 pub mod serve;
 pub mod service;
 pub mod status;
+pub mod stored_digest;
 pub mod store;
 pub mod symbols;
 pub mod timefmt;

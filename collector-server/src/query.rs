@@ -308,9 +308,10 @@ impl QueryService {
             .map_err(|e| Status::internal(e.to_string()))?;
         let end = self
             .store
-            .durable_len(&state, &name)
+            .staged(&state, &name)
             .await
-            .map_err(store_status)?;
+            .map_err(store_status)?
+            .len;
         if req.offset > end {
             return Err(Status::out_of_range(format!(
                 "offset {} is past the end ({end})",

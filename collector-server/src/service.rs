@@ -34,7 +34,7 @@ use crate::metrics::{Metrics, StreamGauge, inc};
 use crate::quota::{MAX_ARTIFACTS, MAX_MANIFEST_BYTES, Quotas, STREAM_DEADLINE, exhausted};
 use crate::store::evidence::{Committed, StreamState};
 use crate::store::repair::index_entry;
-use crate::store::{CaptureState, Store};
+use crate::store::{CaptureState, FinishedArtifact, Store};
 use crate::timefmt;
 
 /// Largest gRPC message accepted (a chunk plus its envelope).
@@ -245,15 +245,83 @@ async fn append_open(
     name: &ArtifactName,
     offset: u64,
     data: &[u8],
+    saved_state: &[u8],
 ) -> Result<u64, Status> {
     let committed = lock.committed.read().await;
     if *committed {
         return Err(committed_status(&state.capture_id));
     }
     store
-        .append(state, name, offset, data)
+        .append(state, name, offset, data, saved_state)
         .await
         .map_err(store_status)
+}
+
+/// Feeds `ingest` the stored bytes of `name` from where it stands up to
+/// `upto`, read back from the store; returns it and where it stands (short
+/// of `upto` when the store holds less).
+async fn replay_stored(
+    store: &Store,
+    pool: &CpuPool,
+    state: &CaptureState,
+    name: &ArtifactName,
+    mut ingest: ArtifactIngest,
+    upto: u64,
+) -> Result<(ArtifactIngest, u64), Status> {
+    while ingest.received() < upto {
+        let replayed = ingest.received();
+        let len = (upto - replayed).min(MAX_CHUNK as u64);
+        let bytes = store
+            .read_range(state, name, replayed, len)
+            .await
+            .map_err(store_status)?;
+        if bytes.is_empty() {
+            break;
+        }
+        let (back, result) = pool
+            .run(move || {
+                let r = ingest.resume(&bytes);
+                (ingest, r)
+            })
+            .await
+            .map_err(|e| pool_status(&e))?;
+        ingest = back;
+        result
+            .map_err(|e| Status::data_loss(format!("stored bytes of {name} do not verify: {e}")))?;
+    }
+    let at = ingest.received();
+    Ok((ingest, at))
+}
+
+/// Checks a final artifact's content digest, left to this check when its
+/// upload resumed from a saved digest state (see
+/// [`ArtifactIngest::resume_saved`]): its stored bytes are read back once
+/// and decoded, with the same caps, and must be what the agent claimed.
+async fn check_deferred_content(
+    store: &Store,
+    pool: &CpuPool,
+    state: &CaptureState,
+    name: &ArtifactName,
+    finished: &FinishedArtifact,
+) -> Result<(), Status> {
+    let check =
+        ArtifactIngest::new(name.clone(), &finished.encoding).map_err(|e| ingest_status(&e))?;
+    let (check, _) = replay_stored(store, pool, state, name, check, finished.size).await?;
+    let claimed = ClaimedEnd {
+        stored: Digest {
+            sha256: finished.sha256.clone(),
+            bytes: finished.size,
+        },
+        content: Digest {
+            sha256: finished.sha256_uncompressed.clone(),
+            bytes: finished.size_uncompressed,
+        },
+    };
+    pool.run(move || check.end(&claimed))
+        .await
+        .map_err(|e| pool_status(&e))?
+        .map_err(|e| ingest_status(&e))?;
+    Ok(())
 }
 
 /// Removes an active-stream marker when the stream ends, however it ends.
@@ -379,36 +447,28 @@ impl UploadService {
                 key,
             }
         };
-        let mut ingest =
-            ArtifactIngest::new(name.clone(), &header.encoding).map_err(|e| ingest_status(&e))?;
-        // Resuming: rebuild the running digests from what is stored.
-        let mut durable = store
-            .durable_len(&state, &name)
-            .await
-            .map_err(store_status)?;
-        while ingest.received() < durable {
-            let replayed = ingest.received();
-            let len = (durable - replayed).min(MAX_CHUNK as u64);
-            let bytes = store
-                .read_range(&state, &name, replayed, len)
-                .await
-                .map_err(store_status)?;
-            if bytes.is_empty() {
-                durable = replayed;
-                break;
+        // Resuming: the running digests from what is stored, either read
+        // back or (bytes that cannot be read back) from the saved state.
+        let staged = store.staged(&state, &name).await.map_err(store_status)?;
+        let (mut ingest, mut durable) = match staged.saved_state {
+            Some(saved) if staged.len > 0 => {
+                let ingest = ArtifactIngest::resume_saved(name.clone(), &header.encoding, &saved)
+                    .map_err(|e| ingest_status(&e))?;
+                if ingest.received() != staged.len {
+                    return Err(Status::data_loss(format!(
+                        "{name}: the saved digest state is at {} bytes, the store holds {}",
+                        ingest.received(),
+                        staged.len
+                    )));
+                }
+                (ingest, staged.len)
             }
-            let (back, result) = pool
-                .run(move || {
-                    let r = ingest.resume(&bytes);
-                    (ingest, r)
-                })
-                .await
-                .map_err(|e| pool_status(&e))?;
-            ingest = back;
-            result.map_err(|e| {
-                Status::data_loss(format!("stored bytes of {name} do not verify: {e}"))
-            })?;
-        }
+            _ => {
+                let ingest = ArtifactIngest::new(name.clone(), &header.encoding)
+                    .map_err(|e| ingest_status(&e))?;
+                replay_stored(&store, &pool, &state, &name, ingest, staged.len).await?
+            }
+        };
         if durable > 0 {
             tracing::info!(capture_id = state.capture_id, artifact = %name, durable, "Resuming artifact");
         }
@@ -481,7 +541,9 @@ impl UploadService {
                     }
                     let before = durable;
                     if pending.is_empty() && part_size == 0 {
-                        durable = append_open(&lock, &store, &state, &name, durable, &data).await?;
+                        // A store that reads its bytes back needs no state.
+                        durable =
+                            append_open(&lock, &store, &state, &name, durable, &data, &[]).await?;
                     } else {
                         pending.extend_from_slice(&data);
                         if pending.len() < part_size {
@@ -495,9 +557,12 @@ impl UploadService {
                         }
                         let part = std::mem::replace(&mut pending, Vec::with_capacity(part_size));
                         let at = durable;
+                        // The ingest has taken exactly the bytes up to the
+                        // part's end: its state is saved with the part.
+                        let saved = ingest.saved_state();
                         let (lock, store, state, name) = (&lock, &store, &state, &name);
                         writing = Some(Box::pin(async move {
-                            append_open(lock, store, state, name, at, &part).await
+                            append_open(lock, store, state, name, at, &part, &saved).await
                         }));
                         continue;
                     }
@@ -514,6 +579,7 @@ impl UploadService {
                             bytes: end.size_uncompressed,
                         },
                     };
+                    let deferred = ingest.content_deferred();
                     let finished = pool
                         .run(move || ingest.end(&claimed))
                         .await
@@ -532,15 +598,8 @@ impl UploadService {
                             .bytes_received
                             .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
                     }
-                    if !pending.is_empty() {
-                        let before = durable;
-                        durable =
-                            append_open(&lock, &store, &state, &name, durable, &pending).await?;
-                        pending.clear();
-                        metrics
-                            .bytes_received
-                            .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    // The last piece is stored with the artifact's end.
+                    let tail = std::mem::take(&mut pending);
                     // From here to the record of the artifact, no commit
                     // of this capture can run in this process; the stored
                     // state is read again for one run by another replica.
@@ -560,14 +619,29 @@ impl UploadService {
                         Some(s) if !s.complete => {}
                         _ => return Err(committed_status(&state.capture_id)),
                     }
-                    // Assembling a large artifact in S3 takes a while:
+                    // Completing a large artifact in S3 (and reading it back
+                    // when its content check was deferred) takes a while:
                     // keep the agent's acknowledgement timer alive.
                     {
-                        let finish = store.finish_artifact(&state, &name, &finished);
+                        let finish = async {
+                            store
+                                .finish_artifact(&state, &name, durable, &tail, &finished)
+                                .await
+                                .map_err(store_status)?;
+                            if deferred {
+                                check_deferred_content(&store, &pool, &state, &name, &finished)
+                                    .await
+                                    .inspect_err(|_| {
+                                        inc(&metrics.artifact_verification_failures);
+                                        tracing::warn!(capture_id = state.capture_id, artifact = %name, "Resumed artifact's content does not verify");
+                                    })?;
+                            }
+                            Ok::<(), Status>(())
+                        };
                         tokio::pin!(finish);
                         loop {
                             tokio::select! {
-                                r = &mut finish => break r.map_err(store_status)?,
+                                r = &mut finish => break r?,
                                 () = tokio::time::sleep(FINISH_KEEPALIVE) => {
                                     send_ack(acks, UploadAck {
                                         durable_offset: durable,
@@ -586,6 +660,10 @@ impl UploadService {
                             .map_err(store_status)?;
                     }
                     drop(committed);
+                    durable += tail.len() as u64;
+                    metrics
+                        .bytes_received
+                        .fetch_add(tail.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     inc(&metrics.artifacts_verified);
                     return send_ack(
                         acks,

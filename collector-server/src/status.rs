@@ -42,7 +42,8 @@ pub fn ingest_status(err: &IngestError) -> Status {
         IngestError::DecodeCap { .. } => Status::invalid_argument(message),
         IngestError::Gzip { .. }
         | IngestError::ChunkDigest { .. }
-        | IngestError::Mismatch { .. } => Status::data_loss(message),
+        | IngestError::Mismatch { .. }
+        | IngestError::SavedState { .. } => Status::data_loss(message),
     }
 }
 

@@ -2,7 +2,7 @@
 //! start-up (the [`Blob`] trait is not object safe, so an enum rather
 //! than a box).
 
-use super::blob::{Blob, Class, Version};
+use super::blob::{Blob, Class, Staged, Version};
 use super::file::FileBlob;
 use super::s3::S3Blob;
 use super::{FinishedArtifact, StoreError};
@@ -80,8 +80,8 @@ impl Blob for AnyBlob {
         delegate!(self, b => b.delete_tree(dir))
     }
 
-    async fn staged_len(&self, staging: &str, final_key: &str) -> Result<u64, StoreError> {
-        delegate!(self, b => b.staged_len(staging, final_key))
+    async fn staged(&self, staging: &str, final_key: &str) -> Result<Staged, StoreError> {
+        delegate!(self, b => b.staged(staging, final_key))
     }
 
     async fn staged_read(
@@ -98,18 +98,22 @@ impl Blob for AnyBlob {
     async fn staged_append(
         &self,
         staging: &str,
+        final_key: &str,
         offset: u64,
         data: &[u8],
+        saved_state: &[u8],
     ) -> Result<u64, StoreError> {
-        delegate!(self, b => b.staged_append(staging, offset, data))
+        delegate!(self, b => b.staged_append(staging, final_key, offset, data, saved_state))
     }
 
     async fn promote(
         &self,
         staging: &str,
         final_key: &str,
+        offset: u64,
+        tail: &[u8],
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
-        delegate!(self, b => b.promote(staging, final_key, finished))
+        delegate!(self, b => b.promote(staging, final_key, offset, tail, finished))
     }
 }

@@ -19,12 +19,15 @@
 //!   [`Version`] read with `get_versioned` (S3 `If-Match` on the ETag); of
 //!   two writers that read the same version exactly one gets `true`.
 //! - An artifact's bytes arrive through the *staged* methods: appended at
-//!   the durable length under a staging key, then made final under its
-//!   final key by `promote`, which checks the size and SHA-256 the agent
-//!   and the collector agreed on and never replaces a different final
-//!   object. How staging works (a file appended and synced, or S3 staging
-//!   objects assembled by multipart upload) is the backend's business,
-//!   which is where a one-pass multipart upload belongs too.
+//!   the durable length, then made final under its final key by
+//!   `promote`, which takes the artifact's last piece, checks the size and
+//!   SHA-256 the agent and the collector agreed on and never replaces a
+//!   different final object. How staging works is the backend's business:
+//!   a file appended and synced and then renamed, or the parts of an S3
+//!   multipart upload of the final key itself, which cannot be read back
+//!   until complete. Such a backend saves, with each append, the digest
+//!   state the collector hands it, and `staged` returns it, so that a
+//!   resumed upload goes on hashing without the earlier bytes.
 
 use super::{FinishedArtifact, StoreError};
 
@@ -42,6 +45,16 @@ pub enum Class {
 /// content), to replace it only if nobody else did since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version(pub String);
+
+/// Where an artifact's staged bytes stand, for a resumed upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// Bytes held durably.
+    pub len: u64,
+    /// `None` when those bytes can be read back (`staged_read`); else
+    /// the digest state saved with the last append, at `len`.
+    pub saved_state: Option<Vec<u8>>,
+}
 
 /// A backend (see the module docs for the contract).
 pub trait Blob: Clone + Send + Sync + 'static {
@@ -99,15 +112,16 @@ pub trait Blob: Clone + Send + Sync + 'static {
 
     /// Bytes of an artifact held durably: under `staging`, else (made
     /// final already) under `final_key`.
-    fn staged_len(
+    fn staged(
         &self,
         staging: &str,
         final_key: &str,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Staged, StoreError>> + Send;
 
     /// `len` bytes of an artifact from `offset`: from its final object when
     /// `is_final`, else from staging (or the final object if staging is
-    /// gone).
+    /// gone). A backend whose staged bytes cannot be read (see
+    /// [`Staged::saved_state`]) reads the final object only.
     fn staged_read(
         &self,
         staging: &str,
@@ -117,23 +131,31 @@ pub trait Blob: Clone + Send + Sync + 'static {
         len: u64,
     ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
 
-    /// Appends `data` at `offset`, which must be the durable length;
-    /// returns the new durable length once the bytes are durable.
+    /// Appends `data` (not the artifact's last piece) at `offset`, which
+    /// must be the durable length, with `saved_state`, the collector's
+    /// digest state at the end of `data`; returns the new durable length
+    /// once the bytes are durable.
     fn staged_append(
         &self,
         staging: &str,
+        final_key: &str,
         offset: u64,
         data: &[u8],
+        saved_state: &[u8],
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Makes the staged artifact final under `final_key` after checking
-    /// its size and SHA-256 against `finished`. Runs again harmlessly when
-    /// an earlier attempt was interrupted; refuses (integrity) when a
-    /// different object holds the final key.
+    /// Appends the artifact's last piece `tail` (may be empty) at
+    /// `offset`, the durable length, and makes the artifact final under
+    /// `final_key` after checking its size and SHA-256 against `finished`.
+    /// Runs again harmlessly when an earlier attempt was interrupted (with
+    /// what is left of the tail); refuses (integrity) when a different
+    /// object holds the final key.
     fn promote(
         &self,
         staging: &str,
         final_key: &str,
+        offset: u64,
+        tail: &[u8],
         finished: &FinishedArtifact,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -39,7 +39,7 @@ use ircap_proto::artifact_name::MANIFEST_FILE;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use super::blob::{Blob, Class, Version};
+use super::blob::{Blob, Class, Staged, Version};
 use super::{CaptureState, DocKey, FinishedArtifact, IndexEntry, StoreError};
 
 /// Attempts at a conditional state update before giving up (each lost
@@ -377,17 +377,18 @@ impl<B: Blob> Evidence<B> {
         Ok(existing)
     }
 
-    /// Bytes of `name` held durably.
+    /// Bytes of `name` held durably, and the digest state saved with them
+    /// when they cannot be read back (see [`Staged`]).
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read.
-    pub async fn durable_len(
+    pub async fn staged(
         &self,
         state: &CaptureState,
         name: &ArtifactName,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Staged, StoreError> {
         self.blob
-            .staged_len(
+            .staged(
                 &Self::staging_key(state, name),
                 &Self::evidence_key(state, name.as_str()),
             )
@@ -424,8 +425,9 @@ impl<B: Blob> Evidence<B> {
         self.blob.part_size()
     }
 
-    /// Appends `data` at `offset` (the durable length); returns the new
-    /// durable length once the bytes are durable.
+    /// Appends `data` (not the artifact's last piece) at `offset` (the
+    /// durable length) with the collector's stored-bytes digest state at
+    /// its end; returns the new durable length once the bytes are durable.
     ///
     /// # Errors
     /// [`StoreError::Offset`] when `offset` is not the durable length, or
@@ -436,13 +438,22 @@ impl<B: Blob> Evidence<B> {
         name: &ArtifactName,
         offset: u64,
         data: &[u8],
+        saved_state: &[u8],
     ) -> Result<u64, StoreError> {
         self.blob
-            .staged_append(&Self::staging_key(state, name), offset, data)
+            .staged_append(
+                &Self::staging_key(state, name),
+                &Self::evidence_key(state, name.as_str()),
+                offset,
+                data,
+                saved_state,
+            )
             .await
     }
 
-    /// Makes a verified artifact final (see [`Blob::promote`]).
+    /// Stores a verified artifact's last piece `tail` at `offset` (the
+    /// durable length) and makes the artifact final (see
+    /// [`Blob::promote`]).
     ///
     /// # Errors
     /// [`StoreError::Integrity`] when the stored bytes are not the agreed
@@ -451,12 +462,16 @@ impl<B: Blob> Evidence<B> {
         &self,
         state: &CaptureState,
         name: &ArtifactName,
+        offset: u64,
+        tail: &[u8],
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
         self.blob
             .promote(
                 &Self::staging_key(state, name),
                 &Self::evidence_key(state, name.as_str()),
+                offset,
+                tail,
                 finished,
             )
             .await
@@ -979,10 +994,11 @@ mod tests {
         let s = ev.open(&opened("old")).await.unwrap();
         let done = ArtifactName::parse("done.bin").unwrap();
         let half = ArtifactName::parse("half.bin").unwrap();
-        ev.append(&s, &done, 0, b"abc").await.unwrap();
-        ev.finish_artifact(&s, &done, &artifact(3)).await.unwrap();
+        ev.finish_artifact(&s, &done, 0, b"abc", &artifact(3))
+            .await
+            .unwrap();
         ev.record_finished(&s, &done, &artifact(3)).await.unwrap();
-        ev.append(&s, &half, 0, b"xy").await.unwrap();
+        ev.append(&s, &half, 0, b"xy", &[]).await.unwrap();
 
         assert!(ev.expire("old", "2026-01-02T00:00:00Z").await.unwrap());
         let state = ev.state("old").await.unwrap().unwrap();

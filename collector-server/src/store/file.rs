@@ -28,7 +28,7 @@ use std::sync::Arc;
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::blob::{Blob, Class, Version};
+use super::blob::{Blob, Class, Staged, Version};
 use super::group_sync::GroupSync;
 use super::{FinishedArtifact, StoreError};
 
@@ -265,17 +265,25 @@ impl Blob for FileBlob {
         }
     }
 
-    async fn staged_len(&self, staging: &str, final_key: &str) -> Result<u64, StoreError> {
+    async fn staged(&self, staging: &str, final_key: &str) -> Result<Staged, StoreError> {
         for path in [self.path(staging), self.path(final_key)] {
             match tokio::fs::metadata(&path).await {
-                Ok(md) => return Ok(md.len()),
+                Ok(md) => {
+                    return Ok(Staged {
+                        len: md.len(),
+                        saved_state: None,
+                    });
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(StoreError::io(format!("cannot stat {}", path.display()), e));
                 }
             }
         }
-        Ok(0)
+        Ok(Staged {
+            len: 0,
+            saved_state: None,
+        })
     }
 
     async fn staged_read(
@@ -310,8 +318,10 @@ impl Blob for FileBlob {
     async fn staged_append(
         &self,
         staging: &str,
+        _final_key: &str,
         offset: u64,
         data: &[u8],
+        _saved_state: &[u8],
     ) -> Result<u64, StoreError> {
         let path = self.path(staging);
         let ctx = |what: &str| format!("cannot {what} {}", path.display());
@@ -358,11 +368,17 @@ impl Blob for FileBlob {
 
     async fn promote(
         &self,
-        staging: &str,
+        staging_key: &str,
         final_key: &str,
+        offset: u64,
+        tail: &[u8],
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
-        let staging = self.path(staging);
+        if !tail.is_empty() {
+            self.staged_append(staging_key, final_key, offset, tail, &[])
+                .await?;
+        }
+        let staging = self.path(staging_key);
         let path = self.path(final_key);
         let integrity = |message: String| StoreError::Integrity {
             context: path.display().to_string(),

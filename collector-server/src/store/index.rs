@@ -109,9 +109,7 @@ pub struct ReindexReport {
     pub skipped: usize,
 }
 
-fn hex(raw: &[u8]) -> String {
-    raw.iter().map(|b| format!("{b:02x}")).collect()
-}
+use ircap_proto::hashing::to_hex as hex;
 
 /// `YYYY-MM-DD` of `t` (UTC).
 fn day_of(t: OffsetDateTime) -> String {

@@ -38,6 +38,7 @@ pub mod group_sync;
 pub mod index;
 pub mod repair;
 pub mod s3;
+pub mod s3_parts;
 
 use std::collections::BTreeMap;
 

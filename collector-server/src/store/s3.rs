@@ -1,8 +1,9 @@
 //! `s3://BUCKET/PREFIX`: the blob layer in an S3 bucket (or an
 //! S3-compatible store), shared by any number of collector replicas with
 //! no other state. Keys are the evidence layer's (see
-//! [`super::evidence`]) below `PREFIX/`; an artifact's staging objects are
-//! `PREFIX/staging/<capture-id>/<artifact>/@<offset>`.
+//! [`super::evidence`]) below `PREFIX/`; an open artifact's upload records
+//! are under `PREFIX/staging/<capture-id>/<artifact>/@` (see
+//! [`super::s3_parts`]).
 //!
 //! Replicas agree through S3's conditional writes: final objects and
 //! manifests are created with `If-None-Match: *` (a PUT, or the
@@ -12,60 +13,56 @@
 //! 4.48, the suite's server, honours both (412 Precondition Failed,
 //! exactly one of 8 racing writers succeeds).
 //!
-//! How an artifact gets there: each evidence byte crosses from the
-//! collector to S3 once, and is not read back on the way to its final key
-//! (S3 has no append, multipart parts must be at least 5 MiB, and the
-//! parts of an unfinished multipart upload cannot be read back):
+//! How an artifact gets there, each evidence byte crossing from the
+//! collector to S3 once and never read back on the way:
 //!
-//! 1. The upload service hands the store [`PART_SIZE`] bytes at a time (the
-//!    last piece may be smaller); each becomes one *staging object*
-//!    `@<offset>.<sha256>`, PUT with `x-amz-checksum-sha256` (S3 refuses a
-//!    mismatch). Only then is its end acknowledged to the agent as
-//!    durable. The service writes one part in the background while the
-//!    next one fills, and the agent's window (16 MiB + one chunk
-//!    unacknowledged) covers both, so the upload does not stop for each
-//!    part's PUT; acks lag by at most two parts. The SHA-256
-//!    in the key is the collector's, over the bytes it sent.
-//! 2. Staging objects are ordinary objects: a collector replica that
-//!    picks up a resumed upload (after a crash of this one, or on another
-//!    replica) finds the durable length by listing them and rebuilds its
-//!    running digests by reading them back. That read is the resume path
-//!    only.
-//! 3. When the artifact ends and its digests match the agent's, the store
-//!    makes the final object *inside S3*, with no bytes through the
-//!    collector: a one-part artifact by `CopyObject` (S3 computes the
-//!    SHA-256 of the copy, which must be the agent's; where a store
-//!    ignores Object Lock headers on a copy, as SeaweedFS 4.48 does, the
-//!    collector sets retention and legal hold on the copy itself before
-//!    the artifact counts as finished), a larger one by a
-//!    multipart upload whose parts are `UploadPartCopy`s of the staging
-//!    objects. Each copied part's SHA-256, as S3 computes it, must be the
-//!    one in the staging key; `CompleteMultipartUpload` carries those
-//!    sums (S3 refuses a part that differs) and S3's composite checksum of
-//!    the result (the SHA-256 of the part SHA-256s, `-N`) must be the
-//!    collector's. Both are created with `If-None-Match: *`. Staging
-//!    objects are then removed.
+//! - **A small artifact** (smaller than [`PART_SIZE`], nearly all of a
+//!   triage capture) is one `PutObject` of its final key, with its
+//!   SHA-256 (S3 refuses a mismatch; it must be the agent's), created only
+//!   if the key is free.
+//! - **A larger one** is a multipart upload of its final key, opened with
+//!   its first part. The upload service hands the store [`PART_SIZE`]
+//!   bytes or more at a time (the last piece may be smaller); each is an
+//!   `UploadPart` with its SHA-256, and then a small *part record* is
+//!   written whose key holds the part's number, offset, length, SHA-256
+//!   and ETag, and whose body is the collector's stored-bytes digest state
+//!   at the part's end ([`crate::stored_digest`]). Only then is the part's
+//!   end acknowledged to the agent as durable. The service writes one part
+//!   in the background while the next one fills, and the agent's window
+//!   (16 MiB + one chunk unacknowledged) covers both, so the upload does
+//!   not stop for each part's PUT.
+//! - At the artifact's end, when its digests match the agent's, the last
+//!   piece is the last part and `CompleteMultipartUpload` lists every part
+//!   with its SHA-256 (S3 refuses a part that differs) and
+//!   `If-None-Match: *`; S3's composite checksum of the result (the SHA-256
+//!   of the part SHA-256s, `-N`) must be the collector's. The records are
+//!   then removed.
 //!
-//! Why server-side copies and not a multipart upload opened at the first
-//! part (each part PUT straight into it, the running digests persisted
-//! with the part list): the collector's running digests include, for a
-//! gzip artifact (nearly all of them), the SHA-256 of the *decompressed*
-//! bytes, and a gzip decoder's state (window, bit position) cannot be
-//! saved. sha2 0.11 can serialize a hasher's state (RustCrypto hashes
-//! PR 385; 0.10, which this workspace uses, cannot), but that covers only
-//! the stored-bytes digest: a replica resuming such an upload would have
-//! to read the parts back, and the parts of an unfinished multipart upload
-//! cannot be read. Readable staging objects keep resume exact, and the
-//! copies cost requests, not transfer: per 8 MiB part one PUT, one copy,
-//! one DELETE (three requests instead of one), and S3 holds two copies of
-//! an artifact until its staging objects are removed. SeaweedFS 4.48 (the
-//! suite's server) does `UploadPartCopy` with SHA-256 part checksums,
-//! refuses a `CompleteMultipartUpload` whose part checksum differs
-//! (BadDigest), and honours `If-None-Match` on `CopyObject`.
+//! **Resuming.** The parts of an unfinished multipart upload cannot be
+//! read back, and not every S3-compatible store lists them with their
+//! checksums (SeaweedFS 4.48 does not), so a replica that picks up a
+//! resumed upload (after a crash of this one, or on another replica) lists
+//! the part records: the durable length is where the last contiguous part
+//! ends, and the running SHA-256 of the stored bytes goes on from the
+//! state saved with it, with no byte read. A gzip decoder's state cannot
+//! be saved, though, so for a resumed gzip artifact the content digest
+//! (of the decoded bytes) is checked once the object is final, by reading
+//! it back once: the resume path only, and the artifact is recorded as
+//! finished only if it verifies. Two streams of one artifact on two
+//! replicas at once leave two different records of one part, which
+//! completing refuses (integrity): the capture fails rather than be
+//! complete with bytes nobody verified.
+//!
+//! **Costs.** Per part, one `UploadPart` and one small `PutObject`; per
+//! artifact, one `CreateMultipartUpload`, one `CompleteMultipartUpload`,
+//! one listing and the records' deletes. An abandoned artifact's upload is
+//! aborted when its capture expires; a bucket lifecycle rule
+//! (`AbortIncompleteMultipartUpload`) is the backstop.
 //!
 //! Memory per stream is two part buffers in the service (one being
 //! written, one filling), whatever the artifact's size.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -74,24 +71,25 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled,
-    ObjectLockLegalHold, ObjectLockLegalHoldStatus, ObjectLockMode, ObjectLockRetention,
-    ObjectLockRetentionMode, ServerSideEncryption, StorageClass,
+    ObjectLockLegalHoldStatus, ObjectLockMode, ServerSideEncryption, StorageClass,
 };
 use base64::Engine as _;
 use serde::Deserialize;
 use sha2::Digest as _;
 
-use super::blob::{Blob, Class, Version};
+use super::blob::{Blob, Class, Staged, Version};
+use super::s3_parts::{self, PartRecord, unhex};
 use super::{FinishedArtifact, StoreError};
 
-/// Bytes per staging object and multipart part (the last may be smaller).
-/// At least S3's 5 MiB minimum, at most half the agent's window, so a
-/// part fills while the one before it is written. With S3's 10,000
-/// parts this allows artifacts up to 80 GiB.
+/// Smallest multipart part (the last may be smaller). At least S3's 5 MiB
+/// minimum, at most half the agent's window, so a part fills while the
+/// one before it is written. With S3's [`MAX_PARTS`] this allows
+/// artifacts up to 80 GiB.
 pub const PART_SIZE: usize = 8 << 20;
 
-/// `UploadPartCopy` requests of one assembly in flight at once.
-const COPY_CONCURRENCY: usize = 4;
+/// S3's most parts in one multipart upload.
+const MAX_PARTS: i32 = 10_000;
+
 
 /// Object Lock retention mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -186,6 +184,7 @@ impl S3Options {
 pub struct S3Blob {
     client: Client,
     opts: Arc<S3Options>,
+    open_uploads: OpenUploads,
 }
 
 /// Wraps an SDK error with context; the service answers UNAVAILABLE so
@@ -273,9 +272,7 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(bytes).to_vec()
 }
 
-fn hex(raw: &[u8]) -> String {
-    raw.iter().map(|b| format!("{b:02x}")).collect()
-}
+use ircap_proto::hashing::to_hex as hex;
 
 /// The condition of a PUT.
 #[derive(Debug, Clone, Copy)]
@@ -317,51 +314,65 @@ macro_rules! with_settings {
     }};
 }
 
-/// One durable staging object of an open artifact.
-#[derive(Debug, Clone)]
-struct StagedPart {
-    key: String,
-    offset: u64,
-    len: u64,
-    /// The SHA-256 the collector computed over the bytes it sent (and S3
-    /// checked on the PUT), from the key; `None` for a key written before
-    /// keys carried it.
-    sha256: Option<Vec<u8>>,
+/// What is recorded of an artifact's multipart upload (see
+/// [`s3_parts`]).
+#[derive(Debug)]
+struct Recorded {
+    /// The upload id and the full key it was created for.
+    upload: Option<(String, String)>,
+    /// The parts of the durable prefix, in order.
+    parts: Vec<PartRecord>,
 }
 
-/// Parses the tail of a staging key, `<offset>` or `<offset>.<sha256 hex>`.
-fn parse_staging_tail(tail: &str) -> Option<(u64, Option<Vec<u8>>)> {
-    let (offset, sum) = match tail.split_once('.') {
-        Some((offset, sum)) => (offset, Some(unhex(sum)?)),
-        None => (tail, None),
-    };
-    if sum.as_ref().is_some_and(|s| s.len() != 32) {
-        return None;
+/// Where an open upload's next part goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Open {
+    upload_id: String,
+    next: i32,
+    end: u64,
+}
+
+/// Open uploads kept in memory at most (forgotten beyond: they are read
+/// from their records again).
+const MAX_OPEN_UPLOADS: usize = 4096;
+
+/// Where this replica's open uploads stand, so that an append does not
+/// list the records first. A stream that starts reads the records again
+/// ([`Blob::staged`]), so another replica's appends are never missed; two
+/// streams of one artifact on two replicas at once leave two different
+/// records of one part, which completing refuses.
+#[derive(Debug, Clone, Default)]
+struct OpenUploads(Arc<std::sync::Mutex<HashMap<String, Open>>>);
+
+impl OpenUploads {
+    fn get(&self, staging: &str) -> Option<Open> {
+        self.0.lock().ok()?.get(staging).cloned()
     }
-    Some((offset.parse().ok()?, sum))
-}
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// `x-amz-copy-source` for an object: `bucket/key`, URL-encoded except `/`.
-fn copy_source(bucket: &str, key: &str) -> String {
-    let mut out = String::with_capacity(bucket.len() + key.len() + 1);
-    for b in format!("{bucket}/{key}").bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+    fn insert(&self, staging: &str, open: Open) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= MAX_OPEN_UPLOADS {
+                map.clear();
+            }
+            map.insert(staging.to_owned(), open);
         }
     }
-    out
+
+    fn remove(&self, staging: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(staging);
+        }
+    }
+}
+
+/// S3's composite checksum of parts with SHA-256s `sums`, without the
+/// `-N`: the SHA-256 of the concatenated part SHA-256s, base64.
+fn composite(sums: &[Vec<u8>]) -> String {
+    let mut h = sha2::Sha256::new();
+    for s in sums {
+        h.update(s);
+    }
+    b64(&h.finalize())
 }
 
 impl S3Blob {
@@ -407,6 +418,7 @@ impl S3Blob {
         let store = Self {
             client: Client::from_conf(conf.build()),
             opts: Arc::new(opts),
+            open_uploads: OpenUploads::default(),
         };
         store.check_bucket().await?;
         Ok(store)
@@ -646,65 +658,10 @@ impl S3Blob {
         Ok(out)
     }
 
-    /// The contiguous staging parts of an artifact, from offset 0.
-    async fn staged_parts(&self, staging: &str) -> Result<Vec<StagedPart>, StoreError> {
-        let prefix = self.staging_prefix(staging);
-        let mut found: Vec<StagedPart> = self
-            .list_keys(&prefix, false)
-            .await?
-            .into_iter()
-            .filter_map(|(key, len)| {
-                let (offset, sha256) = parse_staging_tail(key.strip_prefix(&prefix)?)?;
-                Some(StagedPart {
-                    key,
-                    offset,
-                    len,
-                    sha256,
-                })
-            })
-            .collect();
-        // Two objects at one offset (two attempts that raced) hold the same
-        // bytes of the agent's artifact: take the longer.
-        found.sort_by(|a, b| a.offset.cmp(&b.offset).then(b.len.cmp(&a.len)));
-        let mut parts = Vec::new();
-        let mut end = 0;
-        for part in found {
-            // A part left by an abandoned attempt at another offset is not
-            // part of the durable prefix.
-            if part.offset == end && part.len > 0 {
-                end += part.len;
-                parts.push(part);
-            }
-        }
-        Ok(parts)
-    }
-
-    /// The SHA-256 of each part's bytes as the collector sent them: from
-    /// the key, else (a key written before keys carried it) the checksum S3
-    /// stored with the staging object.
-    async fn part_sums(&self, parts: &[StagedPart]) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut out = Vec::with_capacity(parts.len());
-        for part in parts {
-            let sum = match &part.sha256 {
-                Some(sum) => sum.clone(),
-                None => self
-                    .stored_checksum(&part.key)
-                    .await?
-                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-                    .ok_or_else(|| StoreError::Integrity {
-                        context: format!("s3://{}/{}", self.opts.bucket, part.key),
-                        message: "staging object has no SHA-256 checksum".into(),
-                    })?,
-            };
-            out.push(sum);
-        }
-        Ok(out)
-    }
-
     /// Checks an existing final object against the artifact (used when an
     /// artifact was made final but its state not yet saved, or another
     /// replica made it final): S3's checksum of it when that says the
-    /// SHA-256 of the whole object (a single part), else by streaming it.
+    /// SHA-256 of the whole object (a single PUT), else by streaming it.
     async fn verify_final(&self, key: &str, finished: &FinishedArtifact) -> Result<(), StoreError> {
         let ctx = || format!("s3://{}/{key}", self.opts.bucket);
         if let (Some(size), Some(sum)) = (self.size(key).await?, self.stored_checksum(key).await?)
@@ -753,172 +710,108 @@ impl S3Blob {
         Ok(())
     }
 
-    /// Whether the object under `key` has `size` bytes and S3's checksum
-    /// of the parts whose SHA-256s are `sums` (the whole object's SHA-256
-    /// for one part, the composite `-N` for more): what an earlier attempt
-    /// or another replica made of the same staging objects.
+    /// Whether the object under `key` has `size` bytes and S3's composite
+    /// checksum of a multipart upload whose parts have the SHA-256s `sums`
+    /// (the SHA-256 of the part SHA-256s, `-N`): what an earlier attempt
+    /// or another replica completed from the same parts.
     async fn final_matches(
         &self,
         key: &str,
         sums: &[Vec<u8>],
         size: u64,
     ) -> Result<bool, StoreError> {
-        let expected = match sums {
-            [] => return Ok(false),
-            [one] => b64(one),
-            many => {
-                let mut composite = sha2::Sha256::new();
-                for sum in many {
-                    composite.update(sum);
-                }
-                format!("{}-{}", b64(&composite.finalize()), many.len())
-            }
-        };
         if self.size(key).await? != Some(size) {
             return Ok(false);
         }
-        Ok(self.stored_checksum(key).await?.as_deref() == Some(expected.as_str()))
+        let expected = composite(sums);
+        Ok(self
+            .stored_checksum(key)
+            .await?
+            .is_some_and(|c| c.split('-').next() == Some(expected.as_str())))
     }
 
-    /// Makes a one-part artifact final by a server-side `CopyObject` of its
-    /// staging object, created only if no object has the key (`false`
-    /// then). S3 computes the SHA-256 of the copy, which must be the
-    /// agent's.
-    async fn copy_single(
-        &self,
-        key: &str,
-        part: &StagedPart,
-        sum: &[u8],
-        finished: &FinishedArtifact,
-    ) -> Result<bool, StoreError> {
-        let bucket = &self.opts.bucket;
-        let ctx = || format!("s3://{bucket}/{key}");
-        let agent = unhex(&finished.sha256).unwrap_or_default();
-        if sum != agent.as_slice() {
-            return Err(StoreError::Integrity {
-                context: ctx(),
-                message: format!(
-                    "the staged bytes hash to {}, the agent's SHA-256 is {}",
-                    hex(sum),
-                    finished.sha256
-                ),
+    /// Full key of a part's record.
+    fn key_of_part(&self, staging: &str, part: &PartRecord) -> String {
+        format!("{}{}", self.staging_prefix(staging), part.tail())
+    }
+
+    /// Full key of an artifact's upload record.
+    fn upload_record(&self, staging: &str) -> String {
+        format!("{}{}", self.staging_prefix(staging), s3_parts::UPLOAD)
+    }
+
+    /// What is recorded of an artifact's multipart upload: its id (with
+    /// the full key it was created for) and the parts of the durable
+    /// prefix.
+    async fn recorded(&self, staging: &str) -> Result<Recorded, StoreError> {
+        let prefix = self.staging_prefix(staging);
+        let mut parts = Vec::new();
+        let mut has_upload = false;
+        for (key, _) in self.list_keys(&prefix, false).await? {
+            match key.strip_prefix(&prefix) {
+                Some(s3_parts::UPLOAD) => has_upload = true,
+                Some(tail) => parts.extend(PartRecord::parse(tail)),
+                None => {}
+            }
+        }
+        let upload = if has_upload {
+            let key = self.upload_record(staging);
+            let body = self.get_required(&key, None).await?;
+            Some(s3_parts::parse_upload(&body).ok_or_else(|| StoreError::Corrupt {
+                context: format!("s3://{}/{key}", self.opts.bucket),
+                message: "not an upload record".into(),
+            })?)
+        } else {
+            None
+        };
+        let parts = s3_parts::chain(parts).map_err(|e| StoreError::Integrity {
+            context: format!("s3://{}/{prefix}", self.opts.bucket),
+            message: e.to_string(),
+        })?;
+        if !parts.is_empty() && upload.is_none() {
+            return Err(StoreError::Corrupt {
+                context: format!("s3://{}/{prefix}", self.opts.bucket),
+                message: "parts are recorded but no upload".into(),
             });
         }
-        let req = self
-            .client
-            .copy_object()
-            .bucket(bucket)
-            .key(key)
-            .copy_source(copy_source(bucket, &part.key))
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .if_none_match("*");
-        let req = with_settings!(self, req, Class::Evidence);
-        let out = match req.send().await {
-            Ok(out) => out,
-            Err(e) if precondition_failed(&e) => return Ok(false),
-            Err(e) => return Err(backend(format!("cannot copy to {}", ctx()), e)),
-        };
-        let locking = self.opts.retention.is_some() || self.opts.legal_hold;
-        let mut reported = out
-            .copy_object_result()
-            .and_then(|r| r.checksum_sha256())
-            .map(str::to_owned);
-        if reported.is_none() || locking {
-            let head = self
-                .client
-                .head_object()
-                .bucket(bucket)
-                .key(key)
-                .checksum_mode(ChecksumMode::Enabled)
-                .send()
-                .await
-                .map_err(|e| backend(format!("cannot head {}", ctx()), e))?;
-            if reported.is_none() {
-                reported = head.checksum_sha256().map(str::to_owned);
-            }
-            self.lock_copy(
-                key,
-                head.object_lock_mode().is_some(),
-                head.object_lock_legal_hold_status(),
-            )
-            .await?;
-        }
-        let expected = b64(sum);
-        if reported.as_deref() == Some(expected.as_str()) {
-            Ok(true)
-        } else {
-            Err(StoreError::Integrity {
-                context: ctx(),
-                message: format!(
-                    "S3 reports checksum {reported:?} for the copy, the artifact's SHA-256 is {expected}"
-                ),
-            })
-        }
+        Ok(Recorded { upload, parts })
     }
 
-    /// Sets the Object Lock retention and legal hold of a copied evidence
-    /// object when the copy did not (S3 applies the `CopyObject` headers;
-    /// SeaweedFS 4.48 ignores them on a copy, though it honours them on
-    /// `PutObject` and `CreateMultipartUpload`). Runs before the artifact
-    /// is recorded as finished.
-    async fn lock_copy(
-        &self,
-        key: &str,
-        has_retention: bool,
-        hold: Option<&ObjectLockLegalHoldStatus>,
-    ) -> Result<(), StoreError> {
-        let bucket = &self.opts.bucket;
-        let ctx = || format!("cannot lock s3://{bucket}/{key}");
-        if let Some((mode, until)) = self.retain_until()
-            && !has_retention
+    /// Where the next part of the artifact staged under `staging` goes:
+    /// from this replica's memory of its last append, else from the
+    /// records; a new multipart upload of `key` (full key) when the
+    /// artifact has none and `offset` is 0.
+    async fn next_part(&self, staging: &str, key: &str, offset: u64) -> Result<Open, StoreError> {
+        if let Some(open) = self.open_uploads.get(staging)
+            && open.end == offset
         {
-            let mode = match mode {
-                ObjectLockMode::Compliance => ObjectLockRetentionMode::Compliance,
-                _ => ObjectLockRetentionMode::Governance,
-            };
-            self.client
-                .put_object_retention()
-                .bucket(bucket)
-                .key(key)
-                .retention(
-                    ObjectLockRetention::builder()
-                        .mode(mode)
-                        .retain_until_date(until)
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| backend(ctx(), e))?;
+            return Ok(open);
         }
-        if self.opts.legal_hold && hold != Some(&ObjectLockLegalHoldStatus::On) {
-            self.client
-                .put_object_legal_hold()
-                .bucket(bucket)
-                .key(key)
-                .legal_hold(
-                    ObjectLockLegalHold::builder()
-                        .status(ObjectLockLegalHoldStatus::On)
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| backend(ctx(), e))?;
+        let rec = self.recorded(staging).await?;
+        let end = rec.parts.last().map_or(0, PartRecord::end);
+        if end != offset {
+            return Err(StoreError::Offset {
+                name: staging.to_owned(),
+                durable: end,
+                given: offset,
+            });
         }
-        Ok(())
+        let next = rec.parts.last().map_or(1, |p| p.number + 1);
+        let upload_id = match rec.upload {
+            Some((id, _)) => id,
+            None => self.create_upload(staging, key).await?,
+        };
+        Ok(Open {
+            upload_id,
+            next,
+            end,
+        })
     }
 
-    /// Assembles the final object from `parts` by a multipart upload whose
-    /// parts are server-side copies of the staging objects
-    /// (`UploadPartCopy`), completed only if no object has the key
-    /// (`false` then).
-    async fn assemble_multipart(
-        &self,
-        key: &str,
-        parts: &[StagedPart],
-        sums: &[Vec<u8>],
-    ) -> Result<bool, StoreError> {
+    /// Creates the multipart upload of `key` (full key) and its record;
+    /// when another attempt recorded one first, uses that one.
+    async fn create_upload(&self, staging: &str, key: &str) -> Result<String, StoreError> {
         let bucket = &self.opts.bucket;
-        let ctx = || format!("cannot assemble s3://{bucket}/{key}");
         let req = self
             .client
             .create_multipart_upload()
@@ -926,102 +819,121 @@ impl S3Blob {
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Sha256);
         let req = with_settings!(self, req, Class::Evidence);
-        let created = req.send().await.map_err(|e| backend(ctx(), e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_owned();
-        let result = self.copy_parts(key, &upload_id, parts, sums).await;
-        if !matches!(result, Ok(true)) {
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+        let created = req
+            .send()
+            .await
+            .map_err(|e| backend(format!("cannot start an upload of s3://{bucket}/{key}"), e))?;
+        let id = created
+            .upload_id()
+            .filter(|id| !id.is_empty() && !id.contains('\n'))
+            .ok_or_else(|| StoreError::Backend {
+                context: format!("s3://{bucket}/{key}"),
+                message: "CreateMultipartUpload gave no usable upload id".into(),
+            })?
+            .to_owned();
+        let record = self.upload_record(staging);
+        if self
+            .put_object(
+                &record,
+                s3_parts::upload_body(&id, key),
+                Class::Control,
+                Condition::Absent,
+            )
+            .await?
+        {
+            return Ok(id);
         }
-        result
+        self.abort_upload(key, &id).await;
+        let body = self.get_required(&record, None).await?;
+        s3_parts::parse_upload(&body)
+            .map(|(id, _)| id)
+            .ok_or_else(|| StoreError::Corrupt {
+                context: format!("s3://{bucket}/{record}"),
+                message: "not an upload record".into(),
+            })
     }
 
-    async fn copy_parts(
+    /// Aborts a multipart upload (its parts are dropped); a failure is
+    /// logged (a bucket lifecycle rule aborts what is left over).
+    async fn abort_upload(&self, key: &str, upload_id: &str) {
+        if let Err(e) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.opts.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(key, error = %DisplayErrorContext(&e), "Cannot abort a multipart upload");
+        }
+    }
+
+    /// PUTs one part with its SHA-256 (S3 refuses a mismatch); returns its
+    /// ETag.
+    async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
-        parts: &[StagedPart],
-        sums: &[Vec<u8>],
+        number: i32,
+        data: &[u8],
+        raw_sum: &[u8],
+    ) -> Result<String, StoreError> {
+        let bucket = &self.opts.bucket;
+        let ctx = || format!("cannot put part {number} of s3://{bucket}/{key}");
+        let sum = b64(raw_sum);
+        let out = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(&sum)
+            .body(ByteStream::from(data.to_vec()))
+            .send()
+            .await
+            .map_err(|e| backend(ctx(), e))?;
+        if let Some(reported) = out.checksum_sha256()
+            && reported != sum
+        {
+            return Err(StoreError::Integrity {
+                context: format!("part {number} of s3://{bucket}/{key}"),
+                message: format!("S3 reports SHA-256 {reported}, the collector sent {sum}"),
+            });
+        }
+        out.e_tag()
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| StoreError::Backend {
+                context: ctx(),
+                message: "UploadPart gave no ETag".into(),
+            })
+    }
+
+    /// Completes a multipart upload from `parts`, only if no object has the
+    /// key (`false` then, or when the upload is gone: completed already).
+    /// Each part's SHA-256 goes with it (S3 refuses a part that differs)
+    /// and S3's composite checksum of the result must be the collector's.
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[PartRecord],
     ) -> Result<bool, StoreError> {
         let bucket = &self.opts.bucket;
-        let ctx = || format!("cannot assemble s3://{bucket}/{key}");
-        let mut composite = sha2::Sha256::new();
-        for raw in sums {
-            composite.update(raw);
-        }
-        // The copies run COPY_CONCURRENCY at a time (S3 copies inside the
-        // store; one after another they left the store's CPUs idle while
-        // the agent waited for the artifact's end).
-        let mut completed = Vec::with_capacity(parts.len());
-        let numbered: Vec<(i32, &StagedPart, &Vec<u8>)> = parts
+        let ctx = || format!("cannot complete s3://{bucket}/{key}");
+        let completed: Vec<CompletedPart> = parts
             .iter()
-            .zip(sums)
-            .enumerate()
-            .map(|(i, (part, raw))| {
-                i32::try_from(i + 1)
-                    .map(|n| (n, part, raw))
-                    .map_err(|_| StoreError::Integrity {
-                        context: ctx(),
-                        message: "too many parts".into(),
-                    })
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(p.number)
+                    .e_tag(&p.etag)
+                    .checksum_sha256(b64(&p.sha256))
+                    .build()
             })
-            .collect::<Result<_, _>>()?;
-        for batch in numbered.chunks(COPY_CONCURRENCY) {
-            let mut tasks = tokio::task::JoinSet::new();
-            for &(number, part, raw) in batch {
-                let (client, bucket, key, upload_id) = (
-                    self.client.clone(),
-                    bucket.clone(),
-                    key.to_owned(),
-                    upload_id.to_owned(),
-                );
-                let (part_key, sum) = (part.key.clone(), b64(raw));
-                tasks.spawn(async move {
-                    let out = client
-                        .upload_part_copy()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .upload_id(upload_id)
-                        .part_number(number)
-                        .copy_source(copy_source(&bucket, &part_key))
-                        .send()
-                        .await
-                        .map_err(|e| backend(format!("cannot assemble s3://{bucket}/{key}"), e))?;
-                    let result = out.copy_part_result();
-                    // S3 computes the part's SHA-256 as it copies (the
-                    // upload was created with that algorithm); it must be
-                    // what the collector sent.
-                    if let Some(reported) = result.and_then(|r| r.checksum_sha256())
-                        && reported != sum
-                    {
-                        return Err(StoreError::Integrity {
-                            context: part_key,
-                            message: format!(
-                                "S3 reports SHA-256 {reported} for the copied part, the collector sent {sum}"
-                            ),
-                        });
-                    }
-                    Ok(CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_owned))
-                        .checksum_sha256(sum)
-                        .build())
-                });
-            }
-            while let Some(joined) = tasks.join_next().await {
-                completed.push(joined.map_err(|e| StoreError::Backend {
-                    context: ctx(),
-                    message: e.to_string(),
-                })??);
-            }
-        }
-        completed.sort_by_key(|p| p.part_number());
+            .collect();
         let out = self
             .client
             .complete_multipart_upload()
@@ -1038,11 +950,13 @@ impl S3Blob {
             .await;
         let out = match out {
             Ok(out) => out,
-            // A final object exists already: the caller checks it.
+            // A final object exists already, or this upload was completed
+            // by an earlier attempt: the caller checks the object.
             Err(e) if precondition_failed(&e) => return Ok(false),
             Err(e) => return Err(backend(ctx(), e)),
         };
-        let expected = b64(&composite.finalize());
+        let sums: Vec<Vec<u8>> = parts.iter().map(|p| p.sha256.clone()).collect();
+        let expected = composite(&sums);
         let reported = match out.checksum_sha256() {
             Some(r) => Some(r.to_owned()),
             None => self.stored_checksum(key).await?,
@@ -1056,6 +970,32 @@ impl S3Blob {
                     parts.len()
                 ),
             }),
+        }
+    }
+
+    /// Removes an artifact's upload records (after its upload completed).
+    async fn forget_upload(&self, staging: &str) {
+        self.open_uploads.remove(staging);
+        let prefix = self.staging_prefix(staging);
+        let keys = match self.list_keys(&prefix, false).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(prefix, error = %e, "Cannot list upload records to remove");
+                return;
+            }
+        };
+        for (key, _) in keys {
+            if let Err(e) = self
+                .client
+                .delete_object()
+                .bucket(&self.opts.bucket)
+                .key(&key)
+                .send()
+                .await
+            {
+                tracing::warn!(key, error = %DisplayErrorContext(&e), "Cannot remove an upload record");
+                break;
+            }
         }
     }
 
@@ -1178,7 +1118,19 @@ impl Blob for S3Blob {
 
     async fn delete_tree(&self, dir: &str) -> Result<(), StoreError> {
         let prefix = format!("{}/", self.key(dir));
-        for (key, _) in self.list_keys(&prefix, false).await? {
+        let keys = self.list_keys(&prefix, false).await?;
+        // An abandoned artifact's multipart upload goes with its records.
+        let marker = format!("/@{}", s3_parts::UPLOAD);
+        for (key, _) in keys.iter().filter(|(k, _)| k.ends_with(&marker)) {
+            if let Some((id, upload_key)) = self
+                .get_object(key, None)
+                .await?
+                .and_then(|body| s3_parts::parse_upload(&body))
+            {
+                self.abort_upload(&upload_key, &id).await;
+            }
+        }
+        for (key, _) in keys {
             self.client
                 .delete_object()
                 .bucket(&self.opts.bucket)
@@ -1192,136 +1144,194 @@ impl Blob for S3Blob {
         Ok(())
     }
 
-    async fn staged_len(&self, staging: &str, final_key: &str) -> Result<u64, StoreError> {
-        let parts = self.staged_parts(staging).await?;
-        if let Some(last) = parts.last() {
-            return Ok(last.offset + last.len);
+    async fn staged(&self, staging: &str, final_key: &str) -> Result<Staged, StoreError> {
+        let rec = self.recorded(staging).await?;
+        if let (Some(last), Some((upload_id, _))) = (rec.parts.last(), &rec.upload) {
+            // The bytes are parts of an unfinished upload: no read back,
+            // the digest state saved with the last part instead.
+            let saved = self.get_required(&self.key_of_part(staging, last), None).await?;
+            self.open_uploads.insert(
+                staging,
+                Open {
+                    upload_id: upload_id.clone(),
+                    next: last.number + 1,
+                    end: last.end(),
+                },
+            );
+            return Ok(Staged {
+                len: last.end(),
+                saved_state: Some(saved),
+            });
         }
-        // Assembled already (its staging objects removed).
-        Ok(self.size(&self.key(final_key)).await?.unwrap_or(0))
+        // Nothing staged yet, or made final already.
+        let len = self.size(&self.key(final_key)).await?.unwrap_or(0);
+        Ok(Staged {
+            len,
+            saved_state: None,
+        })
     }
 
     async fn staged_read(
         &self,
-        staging: &str,
+        _staging: &str,
         final_key: &str,
-        is_final: bool,
+        _is_final: bool,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
-        let parts = if is_final {
-            Vec::new()
-        } else {
-            self.staged_parts(staging).await?
-        };
-        if parts.is_empty() {
-            return Ok(self
-                .get_object(&self.key(final_key), Some((offset, len)))
-                .await?
-                .unwrap_or_default());
-        }
-        let mut out = Vec::new();
-        let end = offset + len;
-        for part in parts {
-            let (start, stop) = (offset.max(part.offset), end.min(part.offset + part.len));
-            if start >= stop {
-                continue;
-            }
-            let bytes = self
-                .get_required(&part.key, Some((start - part.offset, stop - start)))
-                .await?;
-            out.extend_from_slice(&bytes);
-        }
-        Ok(out)
+        // Staged bytes are parts of an unfinished upload, which S3 cannot
+        // read: only a final object is read.
+        self.get_required(&self.key(final_key), Some((offset, len)))
+            .await
     }
 
     async fn staged_append(
         &self,
         staging: &str,
+        final_key: &str,
         offset: u64,
         data: &[u8],
+        saved_state: &[u8],
     ) -> Result<u64, StoreError> {
-        let parts = self.staged_parts(staging).await?;
-        let durable = parts.last().map_or(0, |p| p.offset + p.len);
-        if durable != offset {
-            return Err(StoreError::Offset {
-                name: staging.to_owned(),
-                durable,
-                given: offset,
-            });
-        }
         if data.is_empty() {
             return Ok(offset);
         }
-        // The key carries the SHA-256 of the bytes (S3 checks it on the
-        // PUT), so that the promote checks what it copies against what the
-        // collector hashed, without reading the bytes back.
+        let key = self.key(final_key);
+        let open = self.next_part(staging, &key, offset).await?;
+        if open.next >= MAX_PARTS {
+            // The last part is kept for the artifact's end.
+            return Err(StoreError::Integrity {
+                context: format!("s3://{}/{key}", self.opts.bucket),
+                message: format!(
+                    "the artifact passes {offset} bytes: an S3 upload holds at most {MAX_PARTS} parts"
+                ),
+            });
+        }
         let sum = sha256(data);
-        let key = format!("{}{offset:020}.{}", self.staging_prefix(staging), hex(&sum));
-        self.put_summed(&key, data.to_vec(), &sum, Class::Control, Condition::None)
+        let etag = self
+            .upload_part(&key, &open.upload_id, open.next, data, &sum)
             .await?;
-        Ok(offset + data.len() as u64)
+        let record = PartRecord {
+            number: open.next,
+            offset,
+            len: data.len() as u64,
+            sha256: sum,
+            etag,
+        };
+        // The record makes the part durable for a resumed upload. An
+        // identical record exists when an earlier attempt of this very
+        // part got as far: then it is durable already.
+        let record_key = self.key_of_part(staging, &record);
+        if !self
+            .put_object(&record_key, saved_state.to_vec(), Class::Control, Condition::Absent)
+            .await?
+        {
+            tracing::debug!(key = record_key, "Part recorded already");
+        }
+        let end = record.end();
+        self.open_uploads.insert(
+            staging,
+            Open {
+                upload_id: open.upload_id,
+                next: open.next + 1,
+                end,
+            },
+        );
+        Ok(end)
     }
 
     async fn promote(
         &self,
         staging: &str,
         final_key: &str,
+        offset: u64,
+        tail: &[u8],
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
         let key = self.key(final_key);
-        let parts = self.staged_parts(staging).await?;
-        let staged: u64 = parts.iter().map(|p| p.len).sum();
-        if parts.is_empty() && finished.size > 0 {
-            // A retry after the staging objects were already removed.
-            return self.verify_final(&key, finished).await;
-        }
-        if staged != finished.size {
-            return Err(StoreError::Integrity {
-                context: format!("s3://{}/{key}", self.opts.bucket),
-                message: format!("{staged} bytes staged, the artifact has {}", finished.size),
+        let integrity = |message: String| StoreError::Integrity {
+            context: format!("s3://{}/{key}", self.opts.bucket),
+            message,
+        };
+        let rec = self.recorded(staging).await?;
+        let Some(last) = rec.parts.last() else {
+            // No part was put: the whole artifact is `tail`, one PUT with
+            // its SHA-256 (S3 checks it), created only if the key is free.
+            if offset == 0 && tail.len() as u64 == finished.size {
+                let sum = sha256(tail);
+                if hex(&sum) != finished.sha256 {
+                    return Err(integrity(format!(
+                        "the bytes hash to {}, the agent's SHA-256 is {}",
+                        hex(&sum),
+                        finished.sha256
+                    )));
+                }
+                if !self
+                    .put_summed(&key, tail.to_vec(), &sum, Class::Evidence, Condition::Absent)
+                    .await?
+                {
+                    self.verify_final(&key, finished).await?;
+                }
+            } else if tail.is_empty() && offset == finished.size {
+                // Made final by an earlier attempt.
+                self.verify_final(&key, finished).await?;
+            } else {
+                return Err(StoreError::Offset {
+                    name: staging.to_owned(),
+                    durable: 0,
+                    given: offset,
+                });
+            }
+            if let Some((upload_id, upload_key)) = &rec.upload {
+                self.abort_upload(upload_key, upload_id).await;
+            }
+            self.forget_upload(staging).await;
+            return Ok(());
+        };
+        if last.end() != offset {
+            return Err(StoreError::Offset {
+                name: staging.to_owned(),
+                durable: last.end(),
+                given: offset,
             });
         }
-        let sums = self.part_sums(&parts).await?;
-        let created = match (parts.as_slice(), sums.as_slice()) {
-            ([], _) => {
-                let got = hex(&sha256(&[]));
-                if got != finished.sha256 {
-                    return Err(StoreError::Integrity {
-                        context: format!("s3://{}/{key}", self.opts.bucket),
-                        message: format!(
-                            "no bytes staged (SHA-256 {got}), the agent's SHA-256 is {}",
-                            finished.sha256
-                        ),
-                    });
-                }
-                self.put_object(&key, Vec::new(), Class::Evidence, Condition::Absent)
-                    .await?
-            }
-            ([part], [sum]) => self.copy_single(&key, part, sum, finished).await?,
-            _ => self.assemble_multipart(&key, &parts, &sums).await?,
+        let Some((upload_id, upload_key)) = &rec.upload else {
+            return Err(integrity("parts are recorded but no upload".into()));
         };
-        if !created && !self.final_matches(&key, &sums, finished.size).await? {
-            // A final object exists already (an interrupted earlier attempt,
-            // or another replica) and S3's checksum of it is not the one of
-            // these parts: it must still be these very bytes.
-            self.verify_final(&key, finished).await?;
+        if *upload_key != key {
+            return Err(integrity(format!(
+                "the recorded upload is of {upload_key}, not of this artifact"
+            )));
         }
-        // Front to back: an interrupted cleanup never leaves a durable
-        // prefix shorter than the final object.
-        for part in parts {
-            if let Err(e) = self
-                .client
-                .delete_object()
-                .bucket(&self.opts.bucket)
-                .key(&part.key)
-                .send()
-                .await
-            {
-                tracing::warn!(key = part.key, error = %DisplayErrorContext(&e), "Cannot remove a staging object");
-                break;
+        let mut parts = rec.parts.clone();
+        if !tail.is_empty() {
+            let number = last.number + 1;
+            let sum = sha256(tail);
+            let etag = self.upload_part(&key, upload_id, number, tail, &sum).await?;
+            parts.push(PartRecord {
+                number,
+                offset,
+                len: tail.len() as u64,
+                sha256: sum,
+                etag,
+            });
+        }
+        let size = parts.last().map_or(0, PartRecord::end);
+        if size != finished.size {
+            return Err(integrity(format!(
+                "{size} bytes stored, the artifact has {}",
+                finished.size
+            )));
+        }
+        if !self.complete_upload(&key, upload_id, &parts).await? {
+            // Completed by an earlier attempt or another replica, or a
+            // different object holds the key: it must be these very bytes.
+            let sums: Vec<Vec<u8>> = parts.iter().map(|p| p.sha256.clone()).collect();
+            if !self.final_matches(&key, &sums, size).await? {
+                self.verify_final(&key, finished).await?;
             }
         }
+        self.forget_upload(staging).await;
         Ok(())
     }
 }
@@ -1360,21 +1370,13 @@ mod tests {
     }
 
     #[test]
-    fn staging_keys_carry_offset_and_sha256_and_older_keys_still_parse() {
-        let sum = sha256(b"abc");
-        let tail = format!("{:020}.{}", 8u64 << 20, hex(&sum));
-        assert_eq!(parse_staging_tail(&tail), Some((8 << 20, Some(sum))));
-        assert_eq!(parse_staging_tail("00000000000000000000"), Some((0, None)));
-        for bad in ["", "x", "1.zz", "1.abcd", "1.", "-1"] {
-            assert_eq!(parse_staging_tail(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn copy_sources_are_url_encoded_except_slashes() {
+    fn the_composite_checksum_is_the_sha256_of_the_part_sha256s() {
+        // As SeaweedFS 4.48 reported it for parts "a"x8MiB twice and "tail".
+        let a = sha256(&vec![b'a'; 8 << 20]);
+        let sums = [a.clone(), a, sha256(b"tail")];
         assert_eq!(
-            copy_source("evidence", "ir/staging/c 1/a+b/@0.ff"),
-            "evidence/ir/staging/c%201/a%2Bb/%400.ff"
+            composite(&sums),
+            "rby8z2KqbNhIwONoT7jfVA9NkKHB7h50DW/c6j/l0rY="
         );
     }
 

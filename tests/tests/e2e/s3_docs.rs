@@ -141,8 +141,7 @@ async fn finish(ev: &Evidence<S3Blob>, s: &CaptureState, name: &str, bytes: &[u8
         size_uncompressed: bytes.len() as u64,
         sha256_uncompressed: sum,
     };
-    ev.append(s, &name, 0, bytes).await.unwrap();
-    ev.finish_artifact(s, &name, &f).await.unwrap();
+    ev.finish_artifact(s, &name, 0, bytes, &f).await.unwrap();
     ev.record_finished(s, &name, &f).await.unwrap();
 }
 
@@ -456,5 +455,75 @@ async fn listing_costs_one_get_per_day_not_per_capture() -> TestResult {
         assert_eq!(gets, reqs.len(), "{reqs:#?}");
         assert_eq!(store.list_index(None).await?.len(), 200);
     }
+    Ok(())
+}
+
+/// A multipart artifact through two replicas: the parts one replica puts
+/// are taken up by the other from their records (the durable length and
+/// the digest state saved with the last part, no byte read back), and
+/// the result is the artifact's bytes. Two different parts recorded under
+/// one number (two streams of one artifact on two replicas, one with a
+/// stale view) are refused at the end: no final object is made.
+#[tokio::test]
+async fn parts_resume_on_another_replica_and_two_different_parts_are_refused() -> TestResult {
+    use ircap_collector::stored_digest::StoredDigest;
+
+    let tmp = tempfile::Builder::new()
+        .prefix("ircap-s3-parts-")
+        .tempdir_in(build_dir())?;
+    let server = S3Server::start(&tmp.path().join("weed"));
+    server.create_bucket("parts", false);
+    let (a, b) = (
+        replica(&server, "parts").await,
+        replica(&server, "parts").await,
+    );
+    let s = a.open(&opened("parts-1")).await?;
+    const P: usize = 5 << 20;
+    let bytes: Vec<u8> = (0..2 * P + 1000).map(|i| (i * 31 % 253) as u8).collect();
+    let (p1, p2, tail) = (&bytes[..P], &bytes[P..2 * P], &bytes[2 * P..]);
+    let mut digest = StoredDigest::default();
+    let mut state_after = |part: &[u8]| {
+        digest.update(part);
+        digest.save()
+    };
+    let (st1, st2) = (state_after(p1), state_after(p2));
+    let sum = ircap_proto::hashing::sha256_hex(&bytes);
+    let finished = FinishedArtifact {
+        encoding: "identity".into(),
+        size: bytes.len() as u64,
+        sha256: sum.clone(),
+        size_uncompressed: bytes.len() as u64,
+        sha256_uncompressed: sum.clone(),
+    };
+
+    let name = ArtifactName::parse("big.bin")?;
+    assert_eq!(a.append(&s, &name, 0, p1, &st1).await?, P as u64);
+    let staged = b.staged(&s, &name).await?;
+    assert_eq!((staged.len, staged.saved_state), (P as u64, Some(st1.clone())));
+    b.append(&s, &name, P as u64, p2, &st2).await?;
+    assert_eq!(a.staged(&s, &name).await?.len, 2 * P as u64);
+    b.finish_artifact(&s, &name, 2 * P as u64, tail, &finished)
+        .await?;
+    let stored = a.read_range(&s, &name, 0, bytes.len() as u64).await?;
+    assert_eq!(ircap_proto::hashing::sha256_hex(&stored), sum);
+    assert_eq!(b.staged(&s, &name).await?.saved_state, None);
+    let key = format!("ir/{}", Evidence::<S3Blob>::evidence_key(&s, "big.bin"));
+    let listed = server.boto_json(&["list", "parts", "ir/staging/"]);
+    assert_eq!(listed, serde_json::json!([]), "records left: {listed}");
+
+    let raced = ArtifactName::parse("raced.bin")?;
+    a.append(&s, &raced, 0, p1, &st1).await?;
+    b.staged(&s, &raced).await?; // b now expects part 2 at P
+    b.append(&s, &raced, P as u64, p2, &st2).await?;
+    // a still expects part 2 at P too: it puts different bytes as part 2.
+    let other: Vec<u8> = p2.iter().map(|x| x ^ 1).collect();
+    a.append(&s, &raced, P as u64, &other, &st2).await?;
+    let err = b
+        .finish_artifact(&s, &raced, 2 * P as u64, tail, &finished)
+        .await
+        .expect_err("two different parts 2 were completed");
+    assert!(err.to_string().contains("part 2"), "{err}");
+    let raced_key = Evidence::<S3Blob>::evidence_key(&s, "raced.bin");
+    assert!(!a.blob().exists(&raced_key).await?, "{key}");
     Ok(())
 }
