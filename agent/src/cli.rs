@@ -19,7 +19,7 @@ pub mod exit {
     /// Bad command line or option value.
     pub const USAGE: u8 = 2;
     /// Verification found a mismatched, missing or unexpected file.
-    pub const VERIFY_MISMATCH: u8 = 3;
+    pub const VERIFY_MISMATCH: u8 = ircap_proto::verify::EXIT_MISMATCH;
     /// Capture stored, but partial: some artifact was dropped or cut (it
     /// could not be stored, a deadline cut it, or it was impossible here);
     /// the manifest's `errors` name each with its reason.

@@ -216,40 +216,7 @@ fn run_capture(args: &CaptureArgs) -> u8 {
 }
 
 fn run_verify(args: &VerifyArgs) -> u8 {
-    let ca_pem = match args.ca.as_deref().map(std::fs::read).transpose() {
-        Ok(pem) => pem,
-        Err(e) => {
-            tracing::error!("--ca: {e}");
-            return exit::FAILED;
-        }
-    };
-    let escape = ircap_proto::terminal::escape;
-    match ircap_proto::verify_capture_with(&args.dir, ca_pem.as_deref()) {
-        Ok(report) => {
-            // Artifact names and receipt fields come from the capture:
-            // host text.
-            for p in &report.problems {
-                tracing::error!("{}", escape(&p.to_string()));
-            }
-            tracing::info!("{}", escape(&report.receipt.to_string()));
-            print_json(&report);
-            if report.is_ok() {
-                tracing::info!(
-                    capture_id = %escape(&report.capture_id),
-                    artifacts = report.artifacts_checked,
-                    "Capture verifies"
-                );
-                exit::OK
-            } else {
-                tracing::error!(problems = report.problems.len(), "Capture does NOT verify");
-                exit::VERIFY_MISMATCH
-            }
-        }
-        Err(err) => {
-            tracing::error!("{}", escape(&err.to_string()));
-            exit::FAILED
-        }
-    }
+    ircap_proto::verify::run_verify_command(&args.dir, args.ca.as_deref())
 }
 
 fn run_preflight(args: &PreflightArgs) -> u8 {

@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use ircap_proto::manifest::Manifest;
 use ircap_proto::v1::capture_upload_server::CaptureUpload;
 use ircap_proto::v1::{
@@ -244,7 +245,7 @@ async fn append_open(
     state: &CaptureState,
     name: &ArtifactName,
     offset: u64,
-    data: &[u8],
+    data: Bytes,
     saved_state: &[u8],
 ) -> Result<u64, Status> {
     let committed = lock.committed.read().await;
@@ -543,7 +544,7 @@ impl UploadService {
                     if pending.is_empty() && part_size == 0 {
                         // A store that reads its bytes back needs no state.
                         durable =
-                            append_open(&lock, &store, &state, &name, durable, &data, &[]).await?;
+                            append_open(&lock, &store, &state, &name, durable, data, &[]).await?;
                     } else {
                         pending.extend_from_slice(&data);
                         if pending.len() < part_size {
@@ -555,14 +556,17 @@ impl UploadService {
                             durable = write.await?;
                             ack_durable(acks, &metrics, before, durable).await?;
                         }
-                        let part = std::mem::replace(&mut pending, Vec::with_capacity(part_size));
+                        let part = Bytes::from(std::mem::replace(
+                            &mut pending,
+                            Vec::with_capacity(part_size),
+                        ));
                         let at = durable;
                         // The ingest has taken exactly the bytes up to the
                         // part's end: its state is saved with the part.
                         let saved = ingest.saved_state();
                         let (lock, store, state, name) = (&lock, &store, &state, &name);
                         writing = Some(Box::pin(async move {
-                            append_open(lock, store, state, name, at, &part, &saved).await
+                            append_open(lock, store, state, name, at, part, &saved).await
                         }));
                         continue;
                     }
@@ -599,7 +603,7 @@ impl UploadService {
                             .fetch_add(durable - before, std::sync::atomic::Ordering::Relaxed);
                     }
                     // The last piece is stored with the artifact's end.
-                    let tail = std::mem::take(&mut pending);
+                    let tail = Bytes::from(std::mem::take(&mut pending));
                     // From here to the record of the artifact, no commit
                     // of this capture can run in this process; the stored
                     // state is read again for one run by another replica.
@@ -625,7 +629,7 @@ impl UploadService {
                     {
                         let finish = async {
                             store
-                                .finish_artifact(&state, &name, durable, &tail, &finished)
+                                .finish_artifact(&state, &name, durable, tail.clone(), &finished)
                                 .await
                                 .map_err(store_status)?;
                             if deferred {

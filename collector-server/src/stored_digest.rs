@@ -71,9 +71,7 @@ impl StoredDigest {
         if *version != VERSION {
             return Err(BadState("unknown version"));
         }
-        let (count, state) = rest
-            .split_first_chunk::<8>()
-            .ok_or(BadState("too short"))?;
+        let (count, state) = rest.split_first_chunk::<8>().ok_or(BadState("too short"))?;
         let state = SerializedState::<Sha256>::try_from(state).map_err(|_| BadState("length"))?;
         let hasher = Sha256::deserialize(&state).map_err(|_| BadState("hasher state"))?;
         Ok(Self {

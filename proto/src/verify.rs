@@ -167,6 +167,57 @@ pub fn verify_capture(dir: &Path) -> Result<VerifyReport, VerifyError> {
     verify_capture_with(dir, None)
 }
 
+/// Exit code of `verify`: the capture verifies.
+pub const EXIT_VERIFIED: u8 = 0;
+/// Exit code of `verify`: the capture or the CA cannot be read.
+pub const EXIT_UNREADABLE: u8 = 1;
+/// Exit code of `verify`: a hash, size or the receipt does not match.
+pub const EXIT_MISMATCH: u8 = 3;
+
+/// The `verify` command of both binaries (offline, nothing is sent
+/// anywhere): verifies `dir` (with the CA certificate at `ca`, if given),
+/// logs each problem and the receipt's status on stderr (escaped: names
+/// and receipt fields come from the capture) and prints the report as one
+/// JSON line on stdout; returns the exit code.
+#[must_use]
+pub fn run_verify_command(dir: &Path, ca: Option<&Path>) -> u8 {
+    use crate::terminal::escape;
+    let ca_pem = match ca.map(std::fs::read).transpose() {
+        Ok(pem) => pem,
+        Err(e) => {
+            tracing::error!(
+                "--ca {}: {e}",
+                escape(&ca.unwrap_or(dir).display().to_string())
+            );
+            return EXIT_UNREADABLE;
+        }
+    };
+    match verify_capture_with(dir, ca_pem.as_deref()) {
+        Ok(report) => {
+            for p in &report.problems {
+                tracing::error!("{}", escape(&p.to_string()));
+            }
+            tracing::info!("{}", escape(&report.receipt.to_string()));
+            crate::terminal::print_json(&report);
+            if report.is_ok() {
+                tracing::info!(
+                    capture_id = %escape(&report.capture_id),
+                    artifacts = report.artifacts_checked,
+                    "Capture verifies"
+                );
+                EXIT_VERIFIED
+            } else {
+                tracing::error!(problems = report.problems.len(), "Capture does NOT verify");
+                EXIT_MISMATCH
+            }
+        }
+        Err(err) => {
+            tracing::error!("{}", escape(&err.to_string()));
+            EXIT_UNREADABLE
+        }
+    }
+}
+
 /// [`verify_capture`], and the signed receipt checked against the CA
 /// certificates in `ca_pem` (PEM): with a CA, a capture without a signed
 /// receipt fails; without one, an unsigned capture verifies as before and

@@ -7,8 +7,6 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::render::{escape, print_json};
-
 /// `verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -21,33 +19,12 @@ pub struct VerifyArgs {
     ca: Option<PathBuf>,
 }
 
-/// Runs `verify`: exit 0 verified, 1 unreadable, 3 mismatch.
+/// Runs `verify`: exit 0 verified, 1 unreadable, 3 mismatch (the same
+/// command as `ircap-agent verify`).
 #[must_use]
 pub fn run(args: &VerifyArgs) -> ExitCode {
-    let (dir, ca) = (args.dir.as_path(), args.ca.as_deref());
-    let ca_pem = match ca.map(std::fs::read).transpose() {
-        Ok(pem) => pem,
-        Err(e) => {
-            tracing::error!("--ca {}: {e}", ca.unwrap_or(dir).display());
-            return ExitCode::from(1);
-        }
-    };
-    match ircap_proto::verify_capture_with(dir, ca_pem.as_deref()) {
-        Ok(report) => {
-            for p in &report.problems {
-                tracing::error!("{}", escape(&p.to_string()));
-            }
-            tracing::info!("{}", escape(&report.receipt.to_string()));
-            print_json(&report);
-            if report.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            }
-        }
-        Err(err) => {
-            tracing::error!("{}", escape(&err.to_string()));
-            ExitCode::from(1)
-        }
-    }
+    ExitCode::from(ircap_proto::verify::run_verify_command(
+        &args.dir,
+        args.ca.as_deref(),
+    ))
 }

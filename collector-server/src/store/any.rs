@@ -2,6 +2,8 @@
 //! start-up (the [`Blob`] trait is not object safe, so an enum rather
 //! than a box).
 
+use bytes::Bytes;
+
 use super::blob::{Blob, Class, Staged, Version};
 use super::file::FileBlob;
 use super::s3::S3Blob;
@@ -100,7 +102,7 @@ impl Blob for AnyBlob {
         staging: &str,
         final_key: &str,
         offset: u64,
-        data: &[u8],
+        data: Bytes,
         saved_state: &[u8],
     ) -> Result<u64, StoreError> {
         delegate!(self, b => b.staged_append(staging, final_key, offset, data, saved_state))
@@ -111,7 +113,7 @@ impl Blob for AnyBlob {
         staging: &str,
         final_key: &str,
         offset: u64,
-        tail: &[u8],
+        tail: Bytes,
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
         delegate!(self, b => b.promote(staging, final_key, offset, tail, finished))

@@ -29,6 +29,8 @@
 //!   state the collector hands it, and `staged` returns it, so that a
 //!   resumed upload goes on hashing without the earlier bytes.
 
+use bytes::Bytes;
+
 use super::{FinishedArtifact, StoreError};
 
 /// Which settings an object gets: evidence objects get the backend's
@@ -140,7 +142,7 @@ pub trait Blob: Clone + Send + Sync + 'static {
         staging: &str,
         final_key: &str,
         offset: u64,
-        data: &[u8],
+        data: Bytes,
         saved_state: &[u8],
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
@@ -155,7 +157,7 @@ pub trait Blob: Clone + Send + Sync + 'static {
         staging: &str,
         final_key: &str,
         offset: u64,
-        tail: &[u8],
+        tail: Bytes,
         finished: &FinishedArtifact,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -39,6 +39,8 @@ use ircap_proto::artifact_name::MANIFEST_FILE;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
+use bytes::Bytes;
+
 use super::blob::{Blob, Class, Staged, Version};
 use super::{CaptureState, DocKey, FinishedArtifact, IndexEntry, StoreError};
 
@@ -437,7 +439,7 @@ impl<B: Blob> Evidence<B> {
         state: &CaptureState,
         name: &ArtifactName,
         offset: u64,
-        data: &[u8],
+        data: Bytes,
         saved_state: &[u8],
     ) -> Result<u64, StoreError> {
         self.blob
@@ -463,7 +465,7 @@ impl<B: Blob> Evidence<B> {
         state: &CaptureState,
         name: &ArtifactName,
         offset: u64,
-        tail: &[u8],
+        tail: Bytes,
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
         self.blob
@@ -994,11 +996,13 @@ mod tests {
         let s = ev.open(&opened("old")).await.unwrap();
         let done = ArtifactName::parse("done.bin").unwrap();
         let half = ArtifactName::parse("half.bin").unwrap();
-        ev.finish_artifact(&s, &done, 0, b"abc", &artifact(3))
+        ev.finish_artifact(&s, &done, 0, Bytes::from_static(b"abc"), &artifact(3))
             .await
             .unwrap();
         ev.record_finished(&s, &done, &artifact(3)).await.unwrap();
-        ev.append(&s, &half, 0, b"xy", &[]).await.unwrap();
+        ev.append(&s, &half, 0, Bytes::from_static(b"xy"), &[])
+            .await
+            .unwrap();
 
         assert!(ev.expire("old", "2026-01-02T00:00:00Z").await.unwrap());
         let state = ev.state("old").await.unwrap().unwrap();

@@ -25,6 +25,7 @@ use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
@@ -320,7 +321,7 @@ impl Blob for FileBlob {
         staging: &str,
         _final_key: &str,
         offset: u64,
-        data: &[u8],
+        data: Bytes,
         _saved_state: &[u8],
     ) -> Result<u64, StoreError> {
         let path = self.path(staging);
@@ -345,7 +346,7 @@ impl Blob for FileBlob {
             });
         }
         let written = async {
-            f.write_all(data)
+            f.write_all(&data)
                 .await
                 .map_err(|e| StoreError::io(ctx("append to"), e))?;
             // tokio's File finishes the write in the background: wait.
@@ -371,7 +372,7 @@ impl Blob for FileBlob {
         staging_key: &str,
         final_key: &str,
         offset: u64,
-        tail: &[u8],
+        tail: Bytes,
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
         if !tail.is_empty() {

@@ -74,6 +74,7 @@ use aws_sdk_s3::types::{
     ObjectLockLegalHoldStatus, ObjectLockMode, ServerSideEncryption, StorageClass,
 };
 use base64::Engine as _;
+use bytes::Bytes;
 use serde::Deserialize;
 use sha2::Digest as _;
 
@@ -89,7 +90,6 @@ pub const PART_SIZE: usize = 8 << 20;
 
 /// S3's most parts in one multipart upload.
 const MAX_PARTS: i32 = 10_000;
-
 
 /// Object Lock retention mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -757,10 +757,12 @@ impl S3Blob {
         let upload = if has_upload {
             let key = self.upload_record(staging);
             let body = self.get_required(&key, None).await?;
-            Some(s3_parts::parse_upload(&body).ok_or_else(|| StoreError::Corrupt {
-                context: format!("s3://{}/{key}", self.opts.bucket),
-                message: "not an upload record".into(),
-            })?)
+            Some(
+                s3_parts::parse_upload(&body).ok_or_else(|| StoreError::Corrupt {
+                    context: format!("s3://{}/{key}", self.opts.bucket),
+                    message: "not an upload record".into(),
+                })?,
+            )
         } else {
             None
         };
@@ -876,7 +878,7 @@ impl S3Blob {
         key: &str,
         upload_id: &str,
         number: i32,
-        data: &[u8],
+        data: Bytes,
         raw_sum: &[u8],
     ) -> Result<String, StoreError> {
         let bucket = &self.opts.bucket;
@@ -891,7 +893,7 @@ impl S3Blob {
             .part_number(number)
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(&sum)
-            .body(ByteStream::from(data.to_vec()))
+            .body(ByteStream::from(data))
             .send()
             .await
             .map_err(|e| backend(ctx(), e))?;
@@ -1149,7 +1151,9 @@ impl Blob for S3Blob {
         if let (Some(last), Some((upload_id, _))) = (rec.parts.last(), &rec.upload) {
             // The bytes are parts of an unfinished upload: no read back,
             // the digest state saved with the last part instead.
-            let saved = self.get_required(&self.key_of_part(staging, last), None).await?;
+            let saved = self
+                .get_required(&self.key_of_part(staging, last), None)
+                .await?;
             self.open_uploads.insert(
                 staging,
                 Open {
@@ -1190,7 +1194,7 @@ impl Blob for S3Blob {
         staging: &str,
         final_key: &str,
         offset: u64,
-        data: &[u8],
+        data: Bytes,
         saved_state: &[u8],
     ) -> Result<u64, StoreError> {
         if data.is_empty() {
@@ -1207,14 +1211,15 @@ impl Blob for S3Blob {
                 ),
             });
         }
-        let sum = sha256(data);
+        let sum = sha256(&data);
+        let len = data.len() as u64;
         let etag = self
             .upload_part(&key, &open.upload_id, open.next, data, &sum)
             .await?;
         let record = PartRecord {
             number: open.next,
             offset,
-            len: data.len() as u64,
+            len,
             sha256: sum,
             etag,
         };
@@ -1223,7 +1228,12 @@ impl Blob for S3Blob {
         // part got as far: then it is durable already.
         let record_key = self.key_of_part(staging, &record);
         if !self
-            .put_object(&record_key, saved_state.to_vec(), Class::Control, Condition::Absent)
+            .put_object(
+                &record_key,
+                saved_state.to_vec(),
+                Class::Control,
+                Condition::Absent,
+            )
             .await?
         {
             tracing::debug!(key = record_key, "Part recorded already");
@@ -1245,7 +1255,7 @@ impl Blob for S3Blob {
         staging: &str,
         final_key: &str,
         offset: u64,
-        tail: &[u8],
+        tail: Bytes,
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
         let key = self.key(final_key);
@@ -1258,7 +1268,7 @@ impl Blob for S3Blob {
             // No part was put: the whole artifact is `tail`, one PUT with
             // its SHA-256 (S3 checks it), created only if the key is free.
             if offset == 0 && tail.len() as u64 == finished.size {
-                let sum = sha256(tail);
+                let sum = sha256(&tail);
                 if hex(&sum) != finished.sha256 {
                     return Err(integrity(format!(
                         "the bytes hash to {}, the agent's SHA-256 is {}",
@@ -1267,7 +1277,13 @@ impl Blob for S3Blob {
                     )));
                 }
                 if !self
-                    .put_summed(&key, tail.to_vec(), &sum, Class::Evidence, Condition::Absent)
+                    .put_summed(
+                        &key,
+                        tail.to_vec(),
+                        &sum,
+                        Class::Evidence,
+                        Condition::Absent,
+                    )
                     .await?
                 {
                     self.verify_final(&key, finished).await?;
@@ -1306,12 +1322,15 @@ impl Blob for S3Blob {
         let mut parts = rec.parts.clone();
         if !tail.is_empty() {
             let number = last.number + 1;
-            let sum = sha256(tail);
-            let etag = self.upload_part(&key, upload_id, number, tail, &sum).await?;
+            let sum = sha256(&tail);
+            let len = tail.len() as u64;
+            let etag = self
+                .upload_part(&key, upload_id, number, tail, &sum)
+                .await?;
             parts.push(PartRecord {
                 number,
                 offset,
-                len: tail.len() as u64,
+                len,
                 sha256: sum,
                 etag,
             });

@@ -121,7 +121,11 @@ pub enum ChainError {
 /// # Errors
 /// [`ChainError::Duplicate`] when a number has two different records.
 pub fn chain(mut records: Vec<PartRecord>) -> Result<Vec<PartRecord>, ChainError> {
-    records.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| a.tail().cmp(&b.tail())));
+    records.sort_by(|a, b| {
+        a.number
+            .cmp(&b.number)
+            .then_with(|| a.tail().cmp(&b.tail()))
+    });
     records.dedup();
     if let Some(pair) = records.windows(2).find(|w| w[0].number == w[1].number) {
         return Err(ChainError::Duplicate(pair[0].number));
@@ -197,7 +201,11 @@ mod tests {
 
     #[test]
     fn the_chain_is_contiguous_from_zero_and_refuses_two_different_parts_as_one() {
-        let (a, b, c) = (part(1, 0, 10, b"a"), part(2, 10, 10, b"b"), part(3, 20, 5, b"c"));
+        let (a, b, c) = (
+            part(1, 0, 10, b"a"),
+            part(2, 10, 10, b"b"),
+            part(3, 20, 5, b"c"),
+        );
         // Order and an identical duplicate (a retried record) do not matter.
         let got = chain(vec![c.clone(), a.clone(), b.clone(), a.clone()]).unwrap();
         assert_eq!(got, vec![a.clone(), b.clone(), c.clone()]);
@@ -208,10 +216,7 @@ mod tests {
         assert_eq!(chain(vec![b.clone()]).unwrap(), vec![]);
         // Two streams recorded different bytes as part 2.
         let other = part(2, 10, 10, b"other");
-        assert_eq!(
-            chain(vec![a, b, other, c]),
-            Err(ChainError::Duplicate(2))
-        );
+        assert_eq!(chain(vec![a, b, other, c]), Err(ChainError::Duplicate(2)));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use ircap_collector::store::blob::{Blob as _, Class};
 use ircap_collector::store::evidence::{Committed, Evidence};
 use ircap_collector::store::s3::{S3Blob, S3Options};
@@ -141,7 +142,9 @@ async fn finish(ev: &Evidence<S3Blob>, s: &CaptureState, name: &str, bytes: &[u8
         size_uncompressed: bytes.len() as u64,
         sha256_uncompressed: sum,
     };
-    ev.finish_artifact(s, &name, 0, bytes, &f).await.unwrap();
+    ev.finish_artifact(s, &name, 0, Bytes::copy_from_slice(bytes), &f)
+        .await
+        .unwrap();
     ev.record_finished(s, &name, &f).await.unwrap();
 }
 
@@ -480,13 +483,18 @@ async fn parts_resume_on_another_replica_and_two_different_parts_are_refused() -
     let s = a.open(&opened("parts-1")).await?;
     const P: usize = 5 << 20;
     let bytes: Vec<u8> = (0..2 * P + 1000).map(|i| (i * 31 % 253) as u8).collect();
-    let (p1, p2, tail) = (&bytes[..P], &bytes[P..2 * P], &bytes[2 * P..]);
+    let bytes = Bytes::from(bytes);
+    let (p1, p2, tail) = (
+        bytes.slice(..P),
+        bytes.slice(P..2 * P),
+        bytes.slice(2 * P..),
+    );
     let mut digest = StoredDigest::default();
     let mut state_after = |part: &[u8]| {
         digest.update(part);
         digest.save()
     };
-    let (st1, st2) = (state_after(p1), state_after(p2));
+    let (st1, st2) = (state_after(&p1), state_after(&p2));
     let sum = ircap_proto::hashing::sha256_hex(&bytes);
     let finished = FinishedArtifact {
         encoding: "identity".into(),
@@ -497,12 +505,15 @@ async fn parts_resume_on_another_replica_and_two_different_parts_are_refused() -
     };
 
     let name = ArtifactName::parse("big.bin")?;
-    assert_eq!(a.append(&s, &name, 0, p1, &st1).await?, P as u64);
+    assert_eq!(a.append(&s, &name, 0, p1.clone(), &st1).await?, P as u64);
     let staged = b.staged(&s, &name).await?;
-    assert_eq!((staged.len, staged.saved_state), (P as u64, Some(st1.clone())));
-    b.append(&s, &name, P as u64, p2, &st2).await?;
+    assert_eq!(
+        (staged.len, staged.saved_state),
+        (P as u64, Some(st1.clone()))
+    );
+    b.append(&s, &name, P as u64, p2.clone(), &st2).await?;
     assert_eq!(a.staged(&s, &name).await?.len, 2 * P as u64);
-    b.finish_artifact(&s, &name, 2 * P as u64, tail, &finished)
+    b.finish_artifact(&s, &name, 2 * P as u64, tail.clone(), &finished)
         .await?;
     let stored = a.read_range(&s, &name, 0, bytes.len() as u64).await?;
     assert_eq!(ircap_proto::hashing::sha256_hex(&stored), sum);
@@ -514,10 +525,10 @@ async fn parts_resume_on_another_replica_and_two_different_parts_are_refused() -
     let raced = ArtifactName::parse("raced.bin")?;
     a.append(&s, &raced, 0, p1, &st1).await?;
     b.staged(&s, &raced).await?; // b now expects part 2 at P
-    b.append(&s, &raced, P as u64, p2, &st2).await?;
+    b.append(&s, &raced, P as u64, p2.clone(), &st2).await?;
     // a still expects part 2 at P too: it puts different bytes as part 2.
-    let other: Vec<u8> = p2.iter().map(|x| x ^ 1).collect();
-    a.append(&s, &raced, P as u64, &other, &st2).await?;
+    let other: Bytes = p2.iter().map(|x| x ^ 1).collect();
+    a.append(&s, &raced, P as u64, other, &st2).await?;
     let err = b
         .finish_artifact(&s, &raced, 2 * P as u64, tail, &finished)
         .await
