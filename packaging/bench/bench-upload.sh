@@ -705,7 +705,7 @@ export R_LOAD_BEFORE=$load_before R_LOAD_AFTER=$load_after R_MAX_LOAD=$BENCH_MAX
 export R_FOREIGN_TICKS=$foreign_ticks R_STEAL_TICKS=$steal_ticks R_CLK_TCK=$clk_tck
 export R_TIMING_US=$((timing_t1 - timing_t0)) R_TARGET_RATIO=$BENCH_TARGET_RATIO
 export R_VERIFY_US=$verify_us R_VERIFY_LOG=$verify_log R_VERIFY_ID=$last_collector_capture
-export R_S3_COLLECTOR_RSS_KIB=$s3_collector_rss_kib
+export R_S3_COLLECTOR_RSS_KIB=$s3_collector_rss_kib R_WEED_TICKS=$((weed1 - weed0))
 export R_AGENT_ARGS=$BENCH_AGENT_ARGS R_ELAPSED_S=$((SECONDS - script_t0)) BENCH_OUT
 rc=0
 python3 - <<'PY' || rc=$?
@@ -830,6 +830,16 @@ if has_s3:
                f"S3 throughput **{speed:.2f}x** the file store's (SeaweedFS shares the CPUs with the agent and the collector). "
                f"S3 target (>= 0.9x the file store's throughput, <= 1.05x bytes to S3, collector peak RSS < 100 MiB): "
                f"**{'PASS' if s3_ok else 'FAIL'}**")
+    # What the S3 row costs in CPU on this machine, SeaweedFS included (all
+    # its CPU during the timing, per round: the S3 capture and its no-logs
+    # run), and so the best the S3 row could do here on these CPUs.
+    weed_s = int(env["R_WEED_TICKS"]) / int(env["R_CLK_TCK"]) / runs
+    need = s3r["cpu_s_median"] + s3r.get("collector_cpu_s_median", 0) + weed_s
+    floor = need / (os.cpu_count() or 1)
+    out.append(f"- S3 row's CPU: agent {s3r['cpu_s_median']:.2f} s + collector {s3r.get('collector_cpu_s_median', 0):.2f} s "
+               f"+ SeaweedFS {weed_s:.2f} s per round = {need:.2f} s, so at least {floor:.2f} s on {os.cpu_count()} CPUs: "
+               f"with the S3 server on the same CPUs the S3 row can reach at most {c['median_s'] / max(floor, c['median_s']):.2f}x "
+               f"the file store's throughput here ({c['median_s']:.2f} s / {max(floor, c['median_s']):.2f} s)")
 if stored:
     out.append(f"- Stored log artifact (agent gzip level 1): {stored} bytes = {stored / nbytes * 100:.1f}% of the original")
 out.append(f"- Verify: `ircap-collector verify` of capture {env['R_VERIFY_ID']}: OK in {int(env['R_VERIFY_US']) / 1e6:.2f} s; "

@@ -533,7 +533,8 @@ impl S3Blob {
             Condition::Matches(etag) => req = req.if_match(etag),
         }
         req = with_settings!(self, req, class);
-        let out = match req.send().await {
+        // As for parts: the signed checksum header is the integrity check.
+        let out = match req.customize().disable_payload_signing().send().await {
             Ok(out) => out,
             Err(e) if !matches!(condition, Condition::None) && precondition_failed(&e) => {
                 return Ok(false);
@@ -894,6 +895,11 @@ impl S3Blob {
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(&sum)
             .body(ByteStream::from(data))
+            // Integrity is the checksum header, which is signed and which
+            // S3 checks against the body: hashing the body a second time
+            // for the signature would cost both sides a SHA-256 pass.
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| backend(ctx(), e))?;
