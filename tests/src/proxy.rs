@@ -3,10 +3,10 @@
 //! lines the client sent; its upstream can be switched, as a load balancer
 //! moves new connections to another collector replica.
 //!
-//! Request lines are found by scanning the client's bytes for a line that
-//! starts with an HTTP method and ends in ` HTTP/1.1`, at the start of a
-//! connection or after a line feed; in incompressible test data such a
-//! line by chance is vanishingly unlikely.
+//! Requests are found by following the client's HTTP/1.1 framing
+//! (request line and headers, then a body by `Content-Length` or chunked),
+//! so every request is counted, also one that follows a body directly,
+//! and nothing inside a body is taken for one.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -29,66 +29,166 @@ pub struct Proxy {
     seen: Arc<Seen>,
 }
 
-/// Longest request line kept (SigV4 query strings are long).
-const MAX_LINE: usize = 16 << 10;
-const METHODS: [&[u8]; 5] = [b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE "];
+/// Longest request head kept (SigV4 query strings and headers are long).
+const MAX_HEAD: usize = 64 << 10;
 
-/// Finds request lines in one direction of one connection.
-struct LineScanner {
-    line: Vec<u8>,
-    /// Whether the bytes since the last line feed may still be a request
-    /// line.
-    candidate: bool,
+/// Where the client's side of one connection stands.
+#[derive(Debug)]
+enum Framing {
+    /// In a request's line and headers, kept until the blank line.
+    Head(Vec<u8>),
+    /// In a body of known length: bytes left.
+    Body(u64),
+    /// In a chunked body: a chunk's size line so far.
+    ChunkSize(Vec<u8>),
+    /// In a chunk's data (and its closing CRLF): bytes left.
+    ChunkData(u64),
+    /// After the last chunk: the trailer so far, until a blank line.
+    Trailer(Vec<u8>),
+    /// Not HTTP/1.1 as expected: nothing more is counted.
+    Lost,
 }
 
-impl LineScanner {
+/// Finds the requests in the client's bytes of one connection by
+/// following HTTP/1.1 framing (request line, headers, a body by
+/// `Content-Length` or chunked), so a request that follows a body is
+/// found wherever it starts, and nothing in a body is taken for one.
+struct RequestFramer {
+    state: Framing,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The request line and how its body is framed, from a complete head.
+fn parse_head(head: &[u8]) -> Option<(String, Framing)> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let line = lines.next()?.strip_suffix(" HTTP/1.1")?.to_owned();
+    if !METHODS.iter().any(|m| line.starts_with(m)) {
+        return None;
+    }
+    let mut framing = Framing::Head(Vec::new());
+    for header in lines {
+        let Some((name, value)) = header.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+        if name == "content-length" {
+            let n: u64 = value.parse().ok()?;
+            if n > 0 {
+                framing = Framing::Body(n);
+            }
+        } else if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
+            framing = Framing::ChunkSize(Vec::new());
+        }
+    }
+    Some((line, framing))
+}
+
+const METHODS: [&str; 5] = ["GET ", "PUT ", "POST ", "HEAD ", "DELETE "];
+
+impl RequestFramer {
     fn new() -> Self {
         Self {
-            line: Vec::new(),
-            candidate: true,
+            state: Framing::Head(Vec::new()),
         }
     }
 
-    fn feed(&mut self, data: &[u8], out: &mut Vec<String>) {
-        let mut rest = data;
+    /// Takes the next bytes; pushes each request line (`METHOD TARGET`)
+    /// whose head is complete.
+    fn feed(&mut self, mut rest: &[u8], out: &mut Vec<String>) {
         while !rest.is_empty() {
-            let nl = rest.iter().position(|&b| b == b'\n');
-            let (piece, next) = match nl {
-                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-                None => (rest, None),
-            };
-            if self.candidate {
-                self.line.extend_from_slice(piece);
-                let n = self.line.len().min(7);
-                let prefix_ok = METHODS
-                    .iter()
-                    .any(|m| m.starts_with(&self.line[..n]) || self.line.starts_with(m));
-                if !prefix_ok || self.line.len() > MAX_LINE {
-                    self.candidate = false;
-                    self.line.clear();
+            let state = std::mem::replace(&mut self.state, Framing::Lost);
+            self.state = match state {
+                Framing::Lost => return,
+                Framing::Body(left) | Framing::ChunkData(left) if left > rest.len() as u64 => {
+                    let left = left - rest.len() as u64;
+                    rest = &[];
+                    match state {
+                        Framing::Body(_) => Framing::Body(left),
+                        _ => Framing::ChunkData(left),
+                    }
                 }
-            }
-            match next {
-                Some(after) => {
-                    if self.candidate {
-                        let text = String::from_utf8_lossy(&self.line);
-                        if let Some(req) = text.trim_end_matches('\r').strip_suffix(" HTTP/1.1") {
-                            out.push(req.to_owned());
+                Framing::Body(left) => {
+                    rest = &rest[usize::try_from(left).unwrap()..];
+                    Framing::Head(Vec::new())
+                }
+                Framing::ChunkData(left) => {
+                    rest = &rest[usize::try_from(left).unwrap()..];
+                    Framing::ChunkSize(Vec::new())
+                }
+                Framing::Head(buf) | Framing::ChunkSize(buf) | Framing::Trailer(buf)
+                    if buf.len() > MAX_HEAD =>
+                {
+                    Framing::Lost
+                }
+                Framing::Head(mut buf) => {
+                    let from = buf.len().saturating_sub(3);
+                    let taken = rest.len();
+                    buf.extend_from_slice(rest);
+                    match find(&buf[from..], b"\r\n\r\n") {
+                        None => {
+                            rest = &[];
+                            Framing::Head(buf)
+                        }
+                        Some(at) => {
+                            let end = from + at + 4;
+                            rest = &rest[taken - (buf.len() - end)..];
+                            match parse_head(&buf[..end]) {
+                                Some((line, framing)) => {
+                                    out.push(line);
+                                    framing
+                                }
+                                None => Framing::Lost,
+                            }
                         }
                     }
-                    self.line.clear();
-                    self.candidate = true;
-                    rest = after;
                 }
-                None => break,
-            }
+                Framing::ChunkSize(mut buf) => match rest.iter().position(|&b| b == b'\n') {
+                    None => {
+                        buf.extend_from_slice(rest);
+                        rest = &[];
+                        Framing::ChunkSize(buf)
+                    }
+                    Some(nl) => {
+                        buf.extend_from_slice(&rest[..nl]);
+                        rest = &rest[nl + 1..];
+                        let text = String::from_utf8_lossy(&buf);
+                        let size = text.trim_end_matches('\r').split(';').next().unwrap_or("");
+                        match u64::from_str_radix(size.trim(), 16) {
+                            Ok(0) => Framing::Trailer(Vec::new()),
+                            // The data, then its CRLF.
+                            Ok(n) => Framing::ChunkData(n + 2),
+                            Err(_) => Framing::Lost,
+                        }
+                    }
+                },
+                Framing::Trailer(mut buf) => match rest.iter().position(|&b| b == b'\n') {
+                    None => {
+                        buf.extend_from_slice(rest);
+                        rest = &[];
+                        Framing::Trailer(buf)
+                    }
+                    Some(nl) => {
+                        buf.extend_from_slice(&rest[..nl]);
+                        rest = &rest[nl + 1..];
+                        if buf == b"\r" || buf.is_empty() {
+                            Framing::Head(Vec::new())
+                        } else {
+                            Framing::Trailer(Vec::new())
+                        }
+                    }
+                },
+            };
         }
     }
 }
 
 fn pump(mut from: TcpStream, mut to: TcpStream, count: &AtomicU64, scan: Option<&Seen>) {
     let mut buf = vec![0u8; 256 << 10];
-    let mut scanner = LineScanner::new();
+    let mut scanner = RequestFramer::new();
     let mut found = Vec::new();
     loop {
         let n = match from.read(&mut buf) {
@@ -168,16 +268,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_lines_are_found_across_reads_and_not_in_bodies() {
-        let stream = b"PUT /b/k?x-id=PutObject HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\nxxGET /nope\nGET /b/k2 HTTP/1.1\r\n\r\n";
+    fn requests_are_found_across_reads_after_bodies_and_not_in_them() {
+        let stream: &[u8] = b"PUT /b/k?x-id=PutObject HTTP/1.1\r\nHost: x\r\nContent-Length: 24\r\n\r\nxx\r\nGET /nope HTTP/1.1\r\nGET /b/k2 HTTP/1.1\r\nHost: x\r\n\r\nPOST /b/k3 HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nGET /\r\n0\r\nT: 1\r\n\r\nDELETE /b/k4 HTTP/1.1\r\n\r\n";
         for cut in 0..stream.len() {
-            let mut s = LineScanner::new();
+            let mut s = RequestFramer::new();
             let mut out = Vec::new();
             s.feed(&stream[..cut], &mut out);
             s.feed(&stream[cut..], &mut out);
             assert_eq!(
                 out,
-                vec!["PUT /b/k?x-id=PutObject", "GET /b/k2"],
+                vec![
+                    "PUT /b/k?x-id=PutObject",
+                    "GET /b/k2",
+                    "POST /b/k3",
+                    "DELETE /b/k4"
+                ],
                 "cut {cut}"
             );
         }
