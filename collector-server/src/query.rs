@@ -2,6 +2,7 @@
 //! from the index, read manifests, stream artifact bytes from an offset.
 //! Statuses are built here and in `service.rs` only.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -24,6 +25,8 @@ use crate::store::{CaptureState, IndexEntry, Store};
 
 /// Bytes per `ArtifactData` message.
 const READ_CHUNK: u64 = 1 << 20;
+/// Listing rows buffered ahead of a slow client.
+const LIST_BUFFER: usize = 256;
 
 /// The query service over a [`Store`].
 pub struct QueryService {
@@ -205,54 +208,88 @@ impl QueryService {
         Ok(Response::new(Box::pin(tokio_stream::iter(records))))
     }
 
+    /// Streams the listing day by day (see
+    /// [`crate::store::evidence::Evidence::read_days`]):
+    /// the collector holds a few days of records and the capture ids seen,
+    /// not the whole index. Rows come by day recorded, then capture id;
+    /// open captures (`--incomplete`) last.
     async fn list(&self, req: ListCapturesRequest) -> Result<Response<InfoStream>, Status> {
         let since = parse_time(&req.since, "--since")?;
         let until = parse_time(&req.until, "--until")?;
-        let mut captures: Vec<CaptureInfo> = self
+        let days = self
             .store
-            .list_index(since)
+            .index_days_since(since)
             .await
-            .map_err(store_status)?
-            .into_iter()
-            .map(info)
-            .collect();
-        if req.include_incomplete {
-            let states = self
-                .store
+            .map_err(store_status)?;
+        let store = Arc::clone(&self.store);
+        let (tx, rx) = mpsc::channel(LIST_BUFFER);
+        tokio::spawn(async move {
+            let wanted = |c: &CaptureInfo| {
+                let started = OffsetDateTime::parse(&c.started_at, &Rfc3339).ok();
+                (req.host.is_empty() || c.agent == req.host)
+                    && (req.claimed_hostname.is_empty() || c.hostname == req.claimed_hostname)
+                    && (req.instance_id.is_empty() || c.instance_id == req.instance_id)
+                    && (req.case_id.is_empty() || c.case_id == req.case_id)
+                    && since.is_none_or(|t| started.is_some_and(|s| s >= t))
+                    && until.is_none_or(|t| started.is_some_and(|s| s <= t))
+            };
+            let mut seen = HashSet::new();
+            let mut reader = store.read_days(days);
+            loop {
+                let entries = match reader.next_day().await {
+                    Ok(Some(entries)) => entries,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                for e in entries {
+                    if !seen.insert(e.capture_id.clone()) {
+                        continue;
+                    }
+                    let c = info(e);
+                    if wanted(&c) && tx.send(Ok(c)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !req.include_incomplete {
+                return;
+            }
+            let states = match store
                 .open_states(crate::store::repair::OPEN_SCAN_LIMIT)
                 .await
-                .map_err(store_status)?;
-            let indexed: std::collections::HashSet<String> =
-                captures.iter().map(|c| c.capture_id.clone()).collect();
-            captures.extend(
-                states
-                    .into_iter()
-                    .filter(|s| !s.complete && !indexed.contains(&s.capture_id))
-                    .map(|s| CaptureInfo {
-                        capture_id: s.capture_id,
-                        agent: s.owner,
-                        hostname: s.hostname,
-                        started_at: s.opened_at,
-                        artifacts: u32::try_from(s.finished.len()).unwrap_or(u32::MAX),
-                        stored_bytes: s.finished.values().map(|f| f.size).sum(),
-                        status: "incomplete".into(),
-                        ..CaptureInfo::default()
-                    }),
-            );
-        }
-        captures.retain(|c| {
-            let started = OffsetDateTime::parse(&c.started_at, &Rfc3339).ok();
-            (req.host.is_empty() || c.agent == req.host)
-                && (req.claimed_hostname.is_empty() || c.hostname == req.claimed_hostname)
-                && (req.instance_id.is_empty() || c.instance_id == req.instance_id)
-                && (req.case_id.is_empty() || c.case_id == req.case_id)
-                && since.is_none_or(|t| started.is_some_and(|s| s >= t))
-                && until.is_none_or(|t| started.is_some_and(|s| s <= t))
+            {
+                Ok(states) => states,
+                Err(e) => {
+                    let _ = tx.send(Err(store_status(e))).await;
+                    return;
+                }
+            };
+            let mut open: Vec<CaptureInfo> = states
+                .into_iter()
+                .filter(|s| !s.complete && !seen.contains(&s.capture_id))
+                .map(|s| CaptureInfo {
+                    capture_id: s.capture_id,
+                    agent: s.owner,
+                    hostname: s.hostname,
+                    started_at: s.opened_at,
+                    artifacts: u32::try_from(s.finished.len()).unwrap_or(u32::MAX),
+                    stored_bytes: s.finished.values().map(|f| f.size).sum(),
+                    status: "incomplete".into(),
+                    ..CaptureInfo::default()
+                })
+                .filter(|c| wanted(c))
+                .collect();
+            open.sort_by(|a, b| a.capture_id.cmp(&b.capture_id));
+            for c in open {
+                if tx.send(Ok(c)).await.is_err() {
+                    return;
+                }
+            }
         });
-        captures.sort_by(|a, b| a.capture_id.cmp(&b.capture_id));
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            captures.into_iter().map(Ok),
-        ))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn manifest(&self, id: &str) -> Result<Response<GetManifestResponse>, Status> {

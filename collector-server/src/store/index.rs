@@ -64,8 +64,8 @@ const SEGMENT_FORMAT: u32 = 1;
 /// Attempts at a conditional segment write before giving up.
 const MERGE_RETRIES: usize = 16;
 
-/// Day segments read at once by a listing.
-const DAY_CONCURRENCY: usize = 16;
+/// Day segments a listing reads at once, ahead of the day it hands out.
+pub const LIST_AHEAD: usize = 8;
 
 const RECORDS_DIR: &str = "index/records";
 const DAYS_DIR: &str = "index/days";
@@ -399,9 +399,43 @@ impl<B: Blob> Evidence<B> {
             .collect())
     }
 
+    /// The index days that can hold captures started at or after `since`
+    /// (every day without it), oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn index_days_since(
+        &self,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<String>, StoreError> {
+        // A day of slack: an agent's clock a little ahead of the
+        // collector's.
+        let first = since.map(|t| day_of(t - time::Duration::days(1)));
+        Ok(self
+            .index_days()
+            .await?
+            .into_iter()
+            .filter(|d| first.as_ref().is_none_or(|f| d >= f))
+            .collect())
+    }
+
+    /// A reader of the records of each of `days`, in the order of `days`
+    /// (see [`DayReader`]).
+    #[must_use]
+    pub fn read_days(&self, days: Vec<String>) -> DayReader<B> {
+        DayReader {
+            ev: self.clone(),
+            days: days.into_iter(),
+            ahead: std::collections::VecDeque::new(),
+        }
+    }
+
     /// Every committed capture recorded on a day that can hold captures
-    /// started at or after `since` (all of them without it), each once,
-    /// sorted by capture id. The caller filters on the claimed start.
+    /// started at or after `since` (all of them without it), each once
+    /// (a capture recorded twice, a commit repaired on a later day, is
+    /// listed from its first day), by day and then capture id. The caller
+    /// filters on the claimed start. Holds every record: listings to an
+    /// analyst stream with [`Self::read_days`].
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read or written.
@@ -409,35 +443,17 @@ impl<B: Blob> Evidence<B> {
         &self,
         since: Option<OffsetDateTime>,
     ) -> Result<Vec<IndexEntry>, StoreError> {
-        // A day of slack: an agent's clock a little ahead of the
-        // collector's.
-        let first = since.map(|t| day_of(t - time::Duration::days(1)));
-        let days: Vec<String> = self
-            .index_days()
-            .await?
-            .into_iter()
-            .filter(|d| first.as_ref().is_none_or(|f| d >= f))
-            .collect();
-        let mut all = BTreeMap::new();
-        for batch in days.chunks(DAY_CONCURRENCY) {
-            let mut tasks = tokio::task::JoinSet::new();
-            for day in batch {
-                let (ev, day) = (self.clone(), day.clone());
-                tasks.spawn(async move { ev.day_entries(&day).await });
-            }
-            while let Some(joined) = tasks.join_next().await {
-                let entries = joined.map_err(|e| StoreError::Corrupt {
-                    context: "index listing".into(),
-                    message: e.to_string(),
-                })??;
-                for e in entries {
-                    // A capture recorded twice (a commit repaired on a
-                    // later day) is one capture.
-                    all.entry(e.capture_id.clone()).or_insert(e);
-                }
-            }
+        let mut reader = self.read_days(self.index_days_since(since).await?);
+        let mut seen = std::collections::HashSet::new();
+        let mut all = Vec::new();
+        while let Some(entries) = reader.next_day().await? {
+            all.extend(
+                entries
+                    .into_iter()
+                    .filter(|e| seen.insert(e.capture_id.clone())),
+            );
         }
-        Ok(all.into_values().collect())
+        Ok(all)
     }
 
     /// Merges the days that can still receive records (today, and days
@@ -569,6 +585,47 @@ impl<B: Blob> Evidence<B> {
 /// The day of an RFC 3339 commit time; today when it is unreadable.
 fn committed_day(at: &str) -> String {
     day_of(OffsetDateTime::parse(at, &Rfc3339).unwrap_or_else(|_| OffsetDateTime::now_utc()))
+}
+
+/// Reads an index day by day, [`LIST_AHEAD`] days ahead of the one it
+/// hands out: memory holds a few days of records, whatever the index holds.
+/// Dropping it stops the reads still running.
+pub struct DayReader<B: Blob> {
+    ev: Evidence<B>,
+    days: std::vec::IntoIter<String>,
+    ahead: std::collections::VecDeque<tokio::task::JoinHandle<Result<Vec<IndexEntry>, StoreError>>>,
+}
+
+impl<B: Blob> DayReader<B> {
+    /// The next day's records sorted by capture id; `None` after the last.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or written.
+    pub async fn next_day(&mut self) -> Result<Option<Vec<IndexEntry>>, StoreError> {
+        while self.ahead.len() < LIST_AHEAD {
+            let Some(day) = self.days.next() else { break };
+            let ev = self.ev.clone();
+            self.ahead
+                .push_back(tokio::spawn(async move { ev.day_entries(&day).await }));
+        }
+        let Some(next) = self.ahead.pop_front() else {
+            return Ok(None);
+        };
+        let mut entries = next.await.map_err(|e| StoreError::Corrupt {
+            context: "index listing".into(),
+            message: e.to_string(),
+        })??;
+        entries.sort_by(|a, b| a.capture_id.cmp(&b.capture_id));
+        Ok(Some(entries))
+    }
+}
+
+impl<B: Blob> Drop for DayReader<B> {
+    fn drop(&mut self) {
+        for task in &self.ahead {
+            task.abort();
+        }
+    }
 }
 
 #[cfg(test)]
