@@ -234,6 +234,11 @@ async fn ack_durable(
     .await
 }
 
+/// A chunk at least this large says the artifact is large (the agent
+/// sends 1 MiB chunks; a small artifact is one smaller chunk): its part
+/// buffer is reserved whole at once.
+const LARGE_CHUNK: usize = 512 << 10;
+
 /// A part being appended in the background; its output is the new
 /// durable length.
 type PartWrite<'a> = std::pin::Pin<Box<dyn Future<Output = Result<u64, Status>> + Send + 'a>>;
@@ -483,12 +488,14 @@ impl UploadService {
         .await?;
 
         // Bytes verified but not yet appended (the store's part size at
-        // most, plus one chunk); acknowledged only once appended. With a
-        // part size (S3), one full part is written in the background while
-        // the next one fills from the stream: at most two parts held, and
-        // the acknowledgement of a part still waits for its write.
+        // most, plus one chunk); acknowledged only once appended. One full
+        // part is written in the background while the next one fills from
+        // the stream: at most two parts held, and the acknowledgement of a
+        // part still waits for its write. An artifact smaller than a part
+        // (nearly every artifact of a triage capture) is stored in one go
+        // with its end: one write and one sync instead of two.
         let part_size = store.part_size();
-        let mut pending: Vec<u8> = Vec::with_capacity(part_size);
+        let mut pending: Vec<u8> = Vec::new();
         let mut writing: Option<PartWrite<'_>> = None;
         loop {
             let message = match writing.as_mut() {
@@ -546,6 +553,10 @@ impl UploadService {
                         durable =
                             append_open(&lock, &store, &state, &name, durable, data, &[]).await?;
                     } else {
+                        if pending.capacity() == 0 && data.len() >= LARGE_CHUNK {
+                            // A large artifact: its parts fill up.
+                            pending.reserve(part_size);
+                        }
                         pending.extend_from_slice(&data);
                         if pending.len() < part_size {
                             continue;

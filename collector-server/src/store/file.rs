@@ -22,12 +22,13 @@
 //! is acknowledged) before that sync has succeeded.
 
 use std::io::SeekFrom;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::Digest as _;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::blob::{Blob, Class, Staged, Version};
 use super::group_sync::GroupSync;
@@ -91,21 +92,47 @@ fn version_of(bytes: &[u8]) -> Version {
     )
 }
 
+/// Runs `job` (several file-system calls, std's blocking ones) on tokio's
+/// blocking threads as one hand-off: each `tokio::fs` call is a hand-off
+/// of its own, and under hundreds of concurrent uploads those thread
+/// wake-ups, not the file system, were most of the collector's CPU.
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| StoreError::io("file store task", std::io::Error::other(e)))?
+}
+
 async fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
-    match tokio::fs::read(path).await {
+    let path = path.to_path_buf();
+    blocking(move || match std::fs::read(&path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
-    }
+    })
+    .await
 }
 
-async fn create_parent(path: &Path) -> Result<(), StoreError> {
+fn create_parent_now(path: &Path) -> Result<(), StoreError> {
     if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
+        std::fs::create_dir_all(parent)
             .map_err(|e| StoreError::io(format!("cannot create {}", parent.display()), e))?;
     }
     Ok(())
+}
+
+/// Writes `bytes` to a temporary file in `temp` and creates `path`'s
+/// directory (not yet durable); returns the temporary file's path.
+fn write_temp_now(temp: &Path, path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    create_parent_now(path)?;
+    let tmp = temp.join(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
+    let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::io(format!("cannot write {}", tmp.display()), e));
+    }
+    Ok(tmp)
 }
 
 /// Writes `bytes` to a temporary file in `temp`, durable, and creates
@@ -114,22 +141,10 @@ async fn write_temp(
     sync: &GroupSync,
     temp: &Path,
     path: &Path,
-    bytes: &[u8],
+    bytes: Vec<u8>,
 ) -> Result<PathBuf, StoreError> {
-    create_parent(path).await?;
-    let tmp = temp.join(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
-    let ctx = |what: &str| format!("cannot {what} {}", tmp.display());
-    let mut f = tokio::fs::File::create(&tmp)
-        .await
-        .map_err(|e| StoreError::io(ctx("create"), e))?;
-    f.write_all(bytes)
-        .await
-        .map_err(|e| StoreError::io(ctx("write"), e))?;
-    // tokio's File finishes the write in the background: wait for it.
-    f.flush()
-        .await
-        .map_err(|e| StoreError::io(ctx("write"), e))?;
-    drop(f);
+    let (temp, path) = (temp.to_path_buf(), path.to_path_buf());
+    let tmp = blocking(move || write_temp_now(&temp, &path, &bytes)).await?;
     if let Err(e) = sync.durable().await {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e);
@@ -142,17 +157,55 @@ async fn replace(
     sync: &GroupSync,
     temp: &Path,
     path: &Path,
-    bytes: &[u8],
+    bytes: Vec<u8>,
 ) -> Result<(), StoreError> {
     let tmp = write_temp(sync, temp, path, bytes).await?;
-    if let Err(e) = tokio::fs::rename(&tmp, path).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(StoreError::io(
-            format!("cannot rename to {}", path.display()),
-            e,
-        ));
-    }
+    let target = path.to_path_buf();
+    blocking(move || {
+        std::fs::rename(&tmp, &target).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            StoreError::io(format!("cannot rename to {}", target.display()), e)
+        })
+    })
+    .await?;
     sync.durable().await
+}
+
+/// Appends `data` to the staged file at `offset`, which must be its
+/// length (not yet durable).
+fn append_now(file: &Path, name: String, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+    let ctx = |what: &str| format!("cannot {what} {}", file.display());
+    create_parent_now(file)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .map_err(|e| StoreError::io(ctx("open"), e))?;
+    let have = f
+        .metadata()
+        .map_err(|e| StoreError::io(ctx("stat"), e))?
+        .len();
+    if have != offset {
+        return Err(StoreError::Offset {
+            name,
+            durable: have,
+            given: offset,
+        });
+    }
+    if let Err(e) = f.write_all(data) {
+        cut_back(&f, file, offset);
+        return Err(StoreError::io(ctx("append to"), e));
+    }
+    Ok(())
+}
+
+/// Cuts a staged file back to `offset` after a failed append (part of the
+/// bytes may be in it: a full disk), so its length stays what was
+/// acknowledged.
+fn cut_back(f: &std::fs::File, path: &Path, offset: u64) {
+    if let Err(cut) = f.set_len(offset) {
+        tracing::warn!(path = %path.display(), error = %cut, "Cannot cut an append that failed");
+    }
 }
 
 impl Blob for FileBlob {
@@ -175,7 +228,7 @@ impl Blob for FileBlob {
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, _class: Class) -> Result<(), StoreError> {
-        replace(&self.sync, &self.temp, &self.path(key), &bytes).await
+        replace(&self.sync, &self.temp, &self.path(key), bytes).await
     }
 
     async fn put_if_absent(
@@ -185,9 +238,14 @@ impl Blob for FileBlob {
         _class: Class,
     ) -> Result<bool, StoreError> {
         let path = self.path(key);
-        let tmp = write_temp(&self.sync, &self.temp, &path, &bytes).await?;
-        let linked = tokio::fs::hard_link(&tmp, &path).await;
-        let _ = tokio::fs::remove_file(&tmp).await;
+        let tmp = write_temp(&self.sync, &self.temp, &path, bytes).await?;
+        let target = path.clone();
+        let linked = blocking(move || {
+            let linked = std::fs::hard_link(&tmp, &target);
+            let _ = std::fs::remove_file(&tmp);
+            Ok(linked)
+        })
+        .await?;
         match linked {
             Ok(()) => {
                 self.sync.durable().await?;
@@ -211,7 +269,7 @@ impl Blob for FileBlob {
         let _held = self.replace_lock.lock().await;
         match read_opt(&path).await? {
             Some(current) if version_of(&current) == *expected => {
-                replace(&self.sync, &self.temp, &path, &bytes).await?;
+                replace(&self.sync, &self.temp, &path, bytes).await?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -267,22 +325,22 @@ impl Blob for FileBlob {
     }
 
     async fn staged(&self, staging: &str, final_key: &str) -> Result<Staged, StoreError> {
-        for path in [self.path(staging), self.path(final_key)] {
-            match tokio::fs::metadata(&path).await {
-                Ok(md) => {
-                    return Ok(Staged {
-                        len: md.len(),
-                        saved_state: None,
-                    });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(StoreError::io(format!("cannot stat {}", path.display()), e));
+        let paths = [self.path(staging), self.path(final_key)];
+        let len = blocking(move || {
+            for path in paths {
+                match std::fs::metadata(&path) {
+                    Ok(md) => return Ok(md.len()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(StoreError::io(format!("cannot stat {}", path.display()), e));
+                    }
                 }
             }
-        }
+            Ok(0)
+        })
+        .await?;
         Ok(Staged {
-            len: 0,
+            len,
             saved_state: None,
         })
     }
@@ -325,46 +383,21 @@ impl Blob for FileBlob {
         _saved_state: &[u8],
     ) -> Result<u64, StoreError> {
         let path = self.path(staging);
-        let ctx = |what: &str| format!("cannot {what} {}", path.display());
-        create_parent(&path).await?;
-        let mut f = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .await
-            .map_err(|e| StoreError::io(ctx("open"), e))?;
-        let len = f
-            .metadata()
-            .await
-            .map_err(|e| StoreError::io(ctx("stat"), e))?
-            .len();
-        if len != offset {
-            return Err(StoreError::Offset {
-                name: staging.to_owned(),
-                durable: len,
-                given: offset,
-            });
-        }
-        let written = async {
-            f.write_all(&data)
-                .await
-                .map_err(|e| StoreError::io(ctx("append to"), e))?;
-            // tokio's File finishes the write in the background: wait.
-            f.flush()
-                .await
-                .map_err(|e| StoreError::io(ctx("append to"), e))?;
-            self.sync.durable().await
-        }
-        .await;
-        if let Err(e) = written {
-            // Part of the bytes may be in the file (a full disk): cut them
-            // off, so the length stays what was acknowledged.
-            if let Err(cut) = f.set_len(offset).await {
-                tracing::warn!(path = %path.display(), error = %cut, "Cannot cut an append that failed");
-            }
+        let len = data.len() as u64;
+        let (file, name) = (path.clone(), staging.to_owned());
+        blocking(move || append_now(&file, name, offset, &data)).await?;
+        if let Err(e) = self.sync.durable().await {
+            let file = path.clone();
+            let _ = blocking(move || {
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&file) {
+                    cut_back(&f, &file, offset);
+                }
+                Ok(())
+            })
+            .await;
             return Err(e);
         }
-        Ok(offset + data.len() as u64)
+        Ok(offset + len)
     }
 
     async fn promote(
@@ -375,63 +408,73 @@ impl Blob for FileBlob {
         tail: Bytes,
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
-        if !tail.is_empty() {
-            self.staged_append(staging_key, final_key, offset, tail, &[])
-                .await?;
-        }
         let staging = self.path(staging_key);
         let path = self.path(final_key);
-        let integrity = |message: String| StoreError::Integrity {
-            context: path.display().to_string(),
-            message,
-        };
-        match tokio::fs::metadata(&staging).await {
-            Ok(md) if md.len() != finished.size => {
-                return Err(integrity(format!(
-                    "{} bytes staged, the artifact has {}",
-                    md.len(),
-                    finished.size
-                )));
+        let (size, name) = (finished.size, staging_key.to_owned());
+        // One hand-off and one sync: the sync after the rename covers the
+        // tail's bytes too, and nothing is acknowledged before it.
+        let moved = blocking(move || {
+            let integrity = |message: String| StoreError::Integrity {
+                context: path.display().to_string(),
+                message,
+            };
+            if !tail.is_empty() {
+                append_now(&staging, name, offset, &tail)?;
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Moved already by an interrupted earlier attempt, or an
-                // empty artifact that never had an append.
-                match tokio::fs::metadata(&path).await {
-                    Ok(md) if md.len() == finished.size => return Ok(()),
-                    Ok(md) => {
-                        return Err(integrity(format!(
-                            "{} bytes stored, the artifact has {}",
-                            md.len(),
-                            finished.size
-                        )));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && finished.size == 0 => {
-                        create_parent(&staging).await?;
-                        tokio::fs::File::create(&staging).await.map_err(|e| {
-                            StoreError::io(format!("cannot create {}", staging.display()), e)
-                        })?;
-                    }
-                    Err(e) => {
-                        return Err(StoreError::io(format!("cannot stat {}", path.display()), e));
+            match std::fs::metadata(&staging) {
+                Ok(md) if md.len() != size => {
+                    return Err(integrity(format!(
+                        "{} bytes staged, the artifact has {size}",
+                        md.len()
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Moved already by an interrupted earlier attempt, or an
+                    // empty artifact that never had an append.
+                    match std::fs::metadata(&path) {
+                        Ok(md) if md.len() == size => return Ok(false),
+                        Ok(md) => {
+                            return Err(integrity(format!(
+                                "{} bytes stored, the artifact has {size}",
+                                md.len()
+                            )));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && size == 0 => {
+                            create_parent_now(&staging)?;
+                            std::fs::File::create(&staging).map_err(|e| {
+                                StoreError::io(format!("cannot create {}", staging.display()), e)
+                            })?;
+                        }
+                        Err(e) => {
+                            return Err(StoreError::io(
+                                format!("cannot stat {}", path.display()),
+                                e,
+                            ));
+                        }
                     }
                 }
+                Err(e) => {
+                    return Err(StoreError::io(
+                        format!("cannot stat {}", staging.display()),
+                        e,
+                    ));
+                }
             }
-            Err(e) => {
-                return Err(StoreError::io(
-                    format!("cannot stat {}", staging.display()),
+            create_parent_now(&path)?;
+            std::fs::rename(&staging, &path).map_err(|e| {
+                StoreError::io(
+                    format!("cannot move {} to {}", staging.display(), path.display()),
                     e,
-                ));
-            }
+                )
+            })?;
+            Ok(true)
+        })
+        .await?;
+        if moved {
+            self.sync.durable().await?;
         }
-        create_parent(&path).await?;
-        tokio::fs::rename(&staging, &path).await.map_err(|e| {
-            StoreError::io(
-                format!("cannot move {} to {}", staging.display(), path.display()),
-                e,
-            )
-        })?;
-        self.sync.durable().await
+        Ok(())
     }
 }
 
