@@ -41,6 +41,20 @@
 #   BENCH_TMPDIR=DIR         parent of the scratch directory (PKI, stores;
 #                            default ~/.cache/ircap-bench); the store's
 #                            file system is the one whose syncs are measured
+#   BENCH_FRESH_FS=auto      the stores on a fresh journaled ext4 file
+#                            system (a 4 GiB image, loop-mounted under the
+#                            scratch directory, removed at the end): 1
+#                            requires it, 0 uses the scratch directory's
+#                            own, auto (default) uses one when running as
+#                            root with mkfs.ext4 and loop devices. Why: on
+#                            an ext4 *without* a journal (this VM's root
+#                            file system) every file creation skips the
+#                            inodes freed in the last 60-300 s, so a run
+#                            after another run's cleanup (or the
+#                            collector's own deletions) measured anywhere
+#                            from 31 to 87 captures/s; a fresh journaled
+#                            file system is what a collector's store
+#                            should be on, and repeats
 #   BENCH_VERIFY=5           captures checked with `ircap-collector verify`
 #                            (per run)
 #   BENCH_OUT=FILE           also write the driver's JSON reports there
@@ -93,11 +107,30 @@ base=${BENCH_TMPDIR:-$HOME/.cache/ircap-bench}
 mkdir -p "$base"
 scratch=$(mktemp -d "$base/load.XXXXXX")
 collector_pid=
+stores=$scratch
+mounted=
 cleanup() {
     if [ -n "$collector_pid" ]; then kill "$collector_pid" 2>/dev/null || true; fi
+    if [ -n "$mounted" ]; then umount "$mounted" 2>/dev/null || umount -l "$mounted" 2>/dev/null || true; fi
     rm -rf "$scratch"
 }
 trap cleanup EXIT INT TERM
+fresh=${BENCH_FRESH_FS:-auto}
+if [ "$fresh" = auto ]; then
+    fresh=0
+    if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && [ -e /dev/loop-control ]; then fresh=1; fi
+fi
+if [ "$fresh" = 1 ]; then
+    truncate -s 4G "$scratch/fs.img"
+    mkfs.ext4 -q -F "$scratch/fs.img" || { echo "bench-load: mkfs.ext4 failed" >&2; exit 2; }
+    mkdir "$scratch/fs"
+    mount -o loop "$scratch/fs.img" "$scratch/fs" || { echo "bench-load: cannot loop-mount the store file system" >&2; exit 2; }
+    mounted=$scratch/fs
+    stores=$scratch/fs
+    log "stores on a fresh journaled ext4 ($scratch/fs.img, loop-mounted)"
+else
+    log "stores in $scratch (BENCH_FRESH_FS=0, or not root / no mkfs.ext4 / no loop devices)"
+fi
 # One connection per agent, plus the store's files.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 [ -n "${BENCH_OUT:-}" ] && : >"$BENCH_OUT"
@@ -114,7 +147,7 @@ loadavg() { cut -d' ' -f1 /proc/loadavg; }
 # NAME_<figure> variables.
 run() {
     local name=$1 bombers=$2
-    local store="$scratch/store-$name" fifo="$scratch/listening-$name"
+    local store="$stores/store-$name" fifo="$scratch/listening-$name"
     log "starting the collector (file store in $store); load average $(loadavg)"
     mkfifo "$fifo"
     RUST_LOG=warn "$COLLECTOR" serve --listen 127.0.0.1:0 \
