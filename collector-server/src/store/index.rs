@@ -40,6 +40,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ircap_proto::artifact_name::MANIFEST_FILE;
+use ircap_proto::hashing::to_hex as hex;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use time::format_description::well_known::Rfc3339;
@@ -108,8 +109,6 @@ pub struct ReindexReport {
     /// Captures whose manifest could not be read (logged, left out).
     pub skipped: usize,
 }
-
-use ircap_proto::hashing::to_hex as hex;
 
 /// `YYYY-MM-DD` of `t` (UTC).
 fn day_of(t: OffsetDateTime) -> String {

@@ -75,6 +75,7 @@ use aws_sdk_s3::types::{
 };
 use base64::Engine as _;
 use bytes::Bytes;
+use ircap_proto::hashing::to_hex as hex;
 use serde::Deserialize;
 use sha2::Digest as _;
 
@@ -271,8 +272,6 @@ fn b64(raw: &[u8]) -> String {
 fn sha256(bytes: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(bytes).to_vec()
 }
-
-use ircap_proto::hashing::to_hex as hex;
 
 /// The condition of a PUT.
 #[derive(Debug, Clone, Copy)]
@@ -1304,10 +1303,14 @@ impl Blob for S3Blob {
                     given: offset,
                 });
             }
+            // An upload an earlier attempt opened: its parts go, and its
+            // record (nothing to remove otherwise).
             if let Some((upload_id, upload_key)) = &rec.upload {
                 self.abort_upload(upload_key, upload_id).await;
+                self.forget_upload(staging).await;
+            } else {
+                self.open_uploads.remove(staging);
             }
-            self.forget_upload(staging).await;
             return Ok(());
         };
         if last.end() != offset {
