@@ -285,8 +285,8 @@ enum Condition<'a> {
 }
 
 /// Applies the store's settings to a request that creates an object
-/// (`PutObject`, `CopyObject`, `CreateMultipartUpload`, whose builders
-/// share these setters but no trait): SSE-KMS for every object; Object
+/// (`PutObject`, `CreateMultipartUpload`, whose builders share these
+/// setters but no trait): SSE-KMS for every object; Object
 /// Lock retention, legal hold and storage class for evidence.
 macro_rules! with_settings {
     ($store:expr, $req:expr, $class:expr) => {{
@@ -469,9 +469,9 @@ impl S3Blob {
         }
     }
 
-    /// Where the staging objects of the artifact staged under `staging`
+    /// Where the upload records of the artifact staged under `staging`
     /// start (`@` never occurs in artifact names, so artifacts never share
-    /// parts).
+    /// records).
     fn staging_prefix(&self, staging: &str) -> String {
         self.key(&format!("{staging}/@"))
     }

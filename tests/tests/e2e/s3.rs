@@ -134,7 +134,7 @@ impl Setup {
         let staging = self
             .server
             .boto_json(&["list", &self.bucket, "ir/staging/"]);
-        assert_eq!(staging, serde_json::json!([]), "staging objects left");
+        assert_eq!(staging, serde_json::json!([]), "upload records left");
         manifest
     }
 }
