@@ -491,9 +491,9 @@ impl UploadService {
         // most, plus one chunk); acknowledged only once appended. One full
         // part is written in the background while the next one fills from
         // the stream: at most two parts held, and the acknowledgement of a
-        // part still waits for its write. An artifact smaller than a part
-        // (nearly every artifact of a triage capture) is stored in one go
-        // with its end: one write and one sync instead of two.
+        // part still waits for its write. With a part size (S3), an
+        // artifact smaller than a part (nearly every artifact of a triage
+        // capture) is stored in one go with its end: one PUT.
         let part_size = store.part_size();
         let mut pending: Vec<u8> = Vec::new();
         let mut writing: Option<PartWrite<'_>> = None;
