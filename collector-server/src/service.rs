@@ -1004,3 +1004,67 @@ impl CaptureUpload for UploadService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::BTreeMap;
+    use std::io::Write as _;
+
+    use super::*;
+    use crate::store::any::AnyBlob;
+    use crate::store::evidence::Evidence;
+    use crate::store::file::FileBlob;
+
+    /// A resumed gzip artifact's content claim, checked from the final
+    /// object after its upload resumed from a saved state: the agent's
+    /// claim is the input, and a wrong one is refused (`DATA_LOSS`), not
+    /// recorded.
+    #[tokio::test]
+    async fn a_deferred_content_check_refuses_a_wrong_content_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Evidence::new(AnyBlob::File(FileBlob::open(dir.path()).unwrap()));
+        let state = store
+            .open(&CaptureState {
+                capture_id: "deferred".into(),
+                owner: "web-1".into(),
+                hostname: "web-1".into(),
+                opened_at: "2026-01-01T00:00:00Z".into(),
+                finished: BTreeMap::new(),
+                complete: false,
+                expired_at: None,
+            })
+            .await
+            .unwrap();
+        let content = b"log line\n".repeat(10_000);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&content).unwrap();
+        let gz = gz.finish().unwrap();
+        let name = ArtifactName::parse("logs/a.log.gz").unwrap();
+        let hex = ircap_proto::hashing::sha256_hex;
+        let finished = FinishedArtifact {
+            encoding: "gzip".into(),
+            size: gz.len() as u64,
+            sha256: hex(&gz),
+            size_uncompressed: content.len() as u64,
+            sha256_uncompressed: hex(&content),
+        };
+        store
+            .finish_artifact(&state, &name, 0, Bytes::from(gz), &finished)
+            .await
+            .unwrap();
+        let pool = CpuPool::new(1);
+        check_deferred_content(&store, &pool, &state, &name, &finished)
+            .await
+            .unwrap();
+        let lying = FinishedArtifact {
+            sha256_uncompressed: hex(b"something else"),
+            ..finished
+        };
+        let refused = check_deferred_content(&store, &pool, &state, &name, &lying)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::DataLoss, "{refused}");
+    }
+}

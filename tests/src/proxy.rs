@@ -87,6 +87,24 @@ fn parse_head(head: &[u8]) -> Option<(String, Framing)> {
     Some((line, framing))
 }
 
+/// Completes the line begun in `buf` from `rest`: the line without its
+/// `\n` (`rest` then starts after it), or, when `rest` holds no `\n`,
+/// everything so far as `Err` (`rest` is then used up).
+fn take_line(mut buf: Vec<u8>, rest: &mut &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    match rest.iter().position(|&b| b == b'\n') {
+        None => {
+            buf.extend_from_slice(rest);
+            *rest = &[];
+            Err(buf)
+        }
+        Some(nl) => {
+            buf.extend_from_slice(&rest[..nl]);
+            *rest = &rest[nl + 1..];
+            Ok(buf)
+        }
+    }
+}
+
 const METHODS: [&str; 5] = ["GET ", "PUT ", "POST ", "HEAD ", "DELETE "];
 
 impl RequestFramer {
@@ -146,16 +164,10 @@ impl RequestFramer {
                         }
                     }
                 }
-                Framing::ChunkSize(mut buf) => match rest.iter().position(|&b| b == b'\n') {
-                    None => {
-                        buf.extend_from_slice(rest);
-                        rest = &[];
-                        Framing::ChunkSize(buf)
-                    }
-                    Some(nl) => {
-                        buf.extend_from_slice(&rest[..nl]);
-                        rest = &rest[nl + 1..];
-                        let text = String::from_utf8_lossy(&buf);
+                Framing::ChunkSize(buf) => match take_line(buf, &mut rest) {
+                    Err(partial) => Framing::ChunkSize(partial),
+                    Ok(line) => {
+                        let text = String::from_utf8_lossy(&line);
                         let size = text.trim_end_matches('\r').split(';').next().unwrap_or("");
                         match u64::from_str_radix(size.trim(), 16) {
                             Ok(0) => Framing::Trailer(Vec::new()),
@@ -165,21 +177,11 @@ impl RequestFramer {
                         }
                     }
                 },
-                Framing::Trailer(mut buf) => match rest.iter().position(|&b| b == b'\n') {
-                    None => {
-                        buf.extend_from_slice(rest);
-                        rest = &[];
-                        Framing::Trailer(buf)
-                    }
-                    Some(nl) => {
-                        buf.extend_from_slice(&rest[..nl]);
-                        rest = &rest[nl + 1..];
-                        if buf == b"\r" || buf.is_empty() {
-                            Framing::Head(Vec::new())
-                        } else {
-                            Framing::Trailer(Vec::new())
-                        }
-                    }
+                Framing::Trailer(buf) => match take_line(buf, &mut rest) {
+                    Err(partial) => Framing::Trailer(partial),
+                    // A blank line ends the trailer, and the request.
+                    Ok(line) if line == b"\r" || line.is_empty() => Framing::Head(Vec::new()),
+                    Ok(_) => Framing::Trailer(Vec::new()),
                 },
             };
         }

@@ -984,26 +984,30 @@ impl S3Blob {
     async fn forget_upload(&self, staging: &str) {
         self.open_uploads.remove(staging);
         let prefix = self.staging_prefix(staging);
-        let keys = match self.list_keys(&prefix, false).await {
-            Ok(keys) => keys,
-            Err(e) => {
-                tracing::warn!(prefix, error = %e, "Cannot list upload records to remove");
-                return;
-            }
+        let removed = match self.list_keys(&prefix, false).await {
+            Ok(keys) => self.delete_keys(keys).await,
+            Err(e) => Err(e),
         };
+        if let Err(e) = removed {
+            tracing::warn!(prefix, error = %e, "Cannot remove upload records");
+        }
+    }
+
+    /// Deletes `keys` (full keys, as listed), front to back; stops at the
+    /// first failure.
+    async fn delete_keys(&self, keys: Vec<(String, u64)>) -> Result<(), StoreError> {
         for (key, _) in keys {
-            if let Err(e) = self
-                .client
+            self.client
                 .delete_object()
                 .bucket(&self.opts.bucket)
                 .key(&key)
                 .send()
                 .await
-            {
-                tracing::warn!(key, error = %DisplayErrorContext(&e), "Cannot remove an upload record");
-                break;
-            }
+                .map_err(|e| {
+                    backend(format!("cannot delete s3://{}/{key}", self.opts.bucket), e)
+                })?;
         }
+        Ok(())
     }
 
     /// The SHA-256 checksum S3 stored for an object (HeadObject, checksum
@@ -1137,18 +1141,7 @@ impl Blob for S3Blob {
                 self.abort_upload(&upload_key, &id).await;
             }
         }
-        for (key, _) in keys {
-            self.client
-                .delete_object()
-                .bucket(&self.opts.bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| {
-                    backend(format!("cannot delete s3://{}/{key}", self.opts.bucket), e)
-                })?;
-        }
-        Ok(())
+        self.delete_keys(keys).await
     }
 
     async fn staged(&self, staging: &str, final_key: &str) -> Result<Staged, StoreError> {
