@@ -36,6 +36,26 @@ impl Blob for AnyBlob {
         }
     }
 
+    async fn put_record(&self, set: &str, name: &str, record: Vec<u8>) -> Result<(), StoreError> {
+        delegate!(self, b => b.put_record(set, name, record))
+    }
+
+    async fn record(&self, set: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        delegate!(self, b => b.record(set, name))
+    }
+
+    async fn records(&self, set: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        delegate!(self, b => b.records(set))
+    }
+
+    async fn record_count(&self, set: &str) -> Result<usize, StoreError> {
+        delegate!(self, b => b.record_count(set))
+    }
+
+    async fn delete_records(&self, set: &str) -> Result<(), StoreError> {
+        delegate!(self, b => b.delete_records(set))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         delegate!(self, b => b.get(key))
     }

@@ -28,10 +28,53 @@
 //!   until complete. Such a backend saves, with each append, the digest
 //!   state the collector hands it, and `staged` returns it, so that a
 //!   resumed upload goes on hashing without the earlier bytes.
+//! - A *record set* holds small named records, each durable when
+//!   `put_record` returns, none lost to a concurrent writer of another
+//!   record (a later record of the same name wins). By default each record
+//!   is an object of its own under the set's key (what S3 does); a backend
+//!   may keep a set as one appended log instead (the file store: creating
+//!   and deleting a file per record was most of its cost per artifact).
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
 use super::{FinishedArtifact, StoreError};
+
+/// Objects read concurrently by [`get_many`].
+const FETCH_CONCURRENCY: usize = 16;
+
+/// The objects under `keys` (`None` for one that is gone), read
+/// [`FETCH_CONCURRENCY`] at a time, in the order of `keys`.
+///
+/// # Errors
+/// [`StoreError`] when one cannot be read.
+pub(crate) async fn get_many<B: Blob>(
+    blob: &B,
+    keys: &[String],
+) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for batch in keys.chunks(FETCH_CONCURRENCY) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, key) in batch.iter().enumerate() {
+            let (blob, key) = (blob.clone(), key.clone());
+            tasks.spawn(async move {
+                let bytes = blob.get(&key).await?;
+                Ok::<_, StoreError>((i, key, bytes))
+            });
+        }
+        let mut got = BTreeMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (i, key, bytes) = joined.map_err(|e| StoreError::Corrupt {
+                context: "concurrent read".into(),
+                message: e.to_string(),
+            })??;
+            got.insert(i, (key, bytes));
+        }
+        out.extend(got.into_values());
+    }
+    Ok(out)
+}
 
 /// Which settings an object gets: evidence objects get the backend's
 /// retention, legal hold and storage class; control objects do not.
@@ -145,6 +188,57 @@ pub trait Blob: Clone + Send + Sync + 'static {
         data: Bytes,
         saved_state: &[u8],
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Writes record `name` (a file name: no `/`, not starting with `.`)
+    /// of the record set `set`, durable when it returns (see the module
+    /// docs).
+    fn put_record(
+        &self,
+        set: &str,
+        name: &str,
+        record: Vec<u8>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            self.put(&format!("{set}/{name}"), record, Class::Control)
+                .await
+        }
+    }
+
+    /// Record `name` of `set`, if written.
+    fn record(
+        &self,
+        set: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send {
+        async move { self.get(&format!("{set}/{name}")).await }
+    }
+
+    /// Every record of `set` (the last of each name), in no set order.
+    fn records(&self, set: &str) -> impl Future<Output = Result<Vec<Vec<u8>>, StoreError>> + Send {
+        async move {
+            let keys: Vec<String> = self
+                .list(set)
+                .await?
+                .into_iter()
+                .map(|name| format!("{set}/{name}"))
+                .collect();
+            Ok(get_many(self, &keys)
+                .await?
+                .into_iter()
+                .filter_map(|(_, bytes)| bytes)
+                .collect())
+        }
+    }
+
+    /// How many records (names) `set` holds.
+    fn record_count(&self, set: &str) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        async move { Ok(self.list(set).await?.len()) }
+    }
+
+    /// Removes `set` and its records.
+    fn delete_records(&self, set: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move { self.delete_tree(set).await }
+    }
 
     /// Appends the artifact's last piece `tail` (may be empty) at
     /// `offset`, the durable length, and makes the artifact final under

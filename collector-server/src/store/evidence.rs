@@ -7,16 +7,18 @@
 //! captures/<agent identity>/<capture-id>/manifest.json  written on commit, create-only
 //! staging/<capture-id>/<artifact>...                    bytes of an artifact still arriving
 //! state/<capture-id>.json                               owner, status, artifacts folded in
-//! state/<capture-id>.finished/<sha256 of name>.json     one entry per artifact verified since
+//! state/<capture-id>.finished                           record set: one entry per artifact verified since
 //! state/open/<capture-id>                               marker: opened, not yet committed or expired
 //! index/records/<day>/<capture-id>.json                 one small record per committed capture
 //! index/days/<day>.ndjson                                a day's records merged, for listing (see super::index)
 //! control/<doc key>                                     control documents (requests, agents)
 //! ```
 //!
-//! - A finished artifact is one entry of its own (O(1), however many came
-//!   before, and two streams never overwrite each other's); reading a
-//!   state merges the entries into it, and the commit folds them in.
+//! - A finished artifact is one record of its own in the capture's record
+//!   set (O(1), however many came before, and two streams never overwrite
+//!   each other's; named by the SHA-256 of the artifact name; an object
+//!   each on S3, one log in the file store, see [`super::blob`]); reading
+//!   a state merges the entries into it, and the commit folds them in.
 //! - A capture is opened by creating its state (create-only, so two
 //!   replicas opening one id agree on one owner), after its open marker.
 //! - Commit order: manifest (create-only: of two replicas committing one
@@ -32,8 +34,6 @@
 //!   verified), its staging bytes and open marker are removed. Verified
 //!   artifacts stay. A commit that stored its manifest wins over expiry.
 
-use std::collections::BTreeMap;
-
 use ircap_proto::ArtifactName;
 use ircap_proto::artifact_name::MANIFEST_FILE;
 use serde::{Deserialize, Serialize};
@@ -41,14 +41,12 @@ use sha2::Digest as _;
 
 use bytes::Bytes;
 
-use super::blob::{Blob, Class, Staged, Version};
+use super::blob::{Blob, Class, Staged, Version, get_many};
 use super::{CaptureState, DocKey, FinishedArtifact, IndexEntry, StoreError};
 
 /// Attempts at a conditional state update before giving up (each lost
 /// race means another replica changed the state in between).
 const STATE_RETRIES: usize = 16;
-/// Entries read concurrently when merging a state.
-const FETCH_CONCURRENCY: usize = 16;
 
 /// One finished-artifact entry.
 #[derive(Serialize, Deserialize)]
@@ -179,16 +177,18 @@ impl<B: Blob> Evidence<B> {
         format!("state/{id}.json")
     }
 
-    fn entries_dir(id: &str) -> String {
+    /// The record set of a capture's finished-artifact entries.
+    fn entries_set(id: &str) -> String {
         format!("state/{id}.finished")
     }
 
-    fn entry_key(id: &str, name: &str) -> String {
+    /// The record name of artifact `name`'s entry.
+    fn entry_name(name: &str) -> String {
         let digest: String = sha2::Sha256::digest(name.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        format!("{}/{digest}.json", Self::entries_dir(id))
+        format!("{digest}.json")
     }
 
     fn open_key(id: &str) -> String {
@@ -228,54 +228,26 @@ impl<B: Blob> Evidence<B> {
 
     /// Every finished-artifact entry of a capture.
     async fn entries(&self, id: &str) -> Result<Vec<FinishedEntry>, StoreError> {
-        let dir = Self::entries_dir(id);
-        let keys: Vec<String> = self
-            .blob
-            .list(&dir)
-            .await?
-            .into_iter()
-            .map(|name| format!("{dir}/{name}"))
-            .collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for (key, bytes) in self.get_many(&keys).await? {
-            let Some(bytes) = bytes else { continue };
+        let set = Self::entries_set(id);
+        let mut out = Vec::new();
+        for bytes in self.blob.records(&set).await? {
             match serde_json::from_slice::<FinishedEntry>(&bytes) {
                 Ok(entry) => out.push(entry),
-                // Writes are atomic, so this is not a torn write but a
+                // Records are atomic, so this is not a torn write but a
                 // foreign object: it records nothing.
-                Err(e) => tracing::warn!(key, error = %e, "Skipped an unreadable entry"),
+                Err(e) => tracing::warn!(set, error = %e, "Skipped an unreadable entry"),
             }
         }
         Ok(out)
     }
 
-    /// The objects under `keys` (`None` for one that is gone), read
-    /// [`FETCH_CONCURRENCY`] at a time, in the order of `keys`.
+    /// The objects under `keys` (`None` for one that is gone), in the
+    /// order of `keys` (see [`get_many`]).
     pub(crate) async fn get_many(
         &self,
         keys: &[String],
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(FETCH_CONCURRENCY) {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (i, key) in batch.iter().enumerate() {
-                let (blob, key) = (self.blob.clone(), key.clone());
-                tasks.spawn(async move {
-                    let bytes = blob.get(&key).await?;
-                    Ok::<_, StoreError>((i, key, bytes))
-                });
-            }
-            let mut got = BTreeMap::new();
-            while let Some(joined) = tasks.join_next().await {
-                let (i, key, bytes) = joined.map_err(|e| StoreError::Corrupt {
-                    context: "concurrent read".into(),
-                    message: e.to_string(),
-                })??;
-                got.insert(i, (key, bytes));
-            }
-            out.extend(got.into_values());
-        }
-        Ok(out)
+        get_many(&self.blob, keys).await
     }
 
     async fn merged(&self, mut state: CaptureState) -> Result<CaptureState, StoreError> {
@@ -327,16 +299,23 @@ impl<B: Blob> Evidence<B> {
             count += match self.counts.fresh(capture_id) {
                 Some(n) => n,
                 None => {
-                    let n = self.blob.list(&Self::entries_dir(capture_id)).await?.len();
+                    let n = self
+                        .blob
+                        .record_count(&Self::entries_set(capture_id))
+                        .await?;
                     self.counts.listed(capture_id, n);
                     n
                 }
             };
             if finished.is_none() {
-                let key = Self::entry_key(capture_id, name.as_str());
-                if let Some(bytes) = self.blob.get(&key).await? {
+                let set = Self::entries_set(capture_id);
+                if let Some(bytes) = self
+                    .blob
+                    .record(&set, &Self::entry_name(name.as_str()))
+                    .await?
+                {
                     let e: FinishedEntry =
-                        serde_json::from_slice(&bytes).map_err(|e| corrupt(&key, &e))?;
+                        serde_json::from_slice(&bytes).map_err(|e| corrupt(&set, &e))?;
                     finished = Some(e.finished);
                 }
             }
@@ -489,13 +468,17 @@ impl<B: Blob> Evidence<B> {
         name: &ArtifactName,
         finished: &FinishedArtifact,
     ) -> Result<(), StoreError> {
-        let key = Self::entry_key(&state.capture_id, name.as_str());
+        let set = Self::entries_set(&state.capture_id);
         let entry = FinishedEntry {
             name: name.to_string(),
             finished: finished.clone(),
         };
         self.blob
-            .put(&key, to_json(&key, &entry)?, Class::Control)
+            .put_record(
+                &set,
+                &Self::entry_name(name.as_str()),
+                to_json(&set, &entry)?,
+            )
             .await?;
         self.counts.recorded(&state.capture_id);
         Ok(())
@@ -636,7 +619,7 @@ impl<B: Blob> Evidence<B> {
         for (what, r) in [
             (
                 "entries",
-                self.blob.delete_tree(&Self::entries_dir(id)).await,
+                self.blob.delete_records(&Self::entries_set(id)).await,
             ),
             // Bytes of artifacts that never finished are not evidence.
             (
@@ -844,6 +827,8 @@ impl<B: Blob> Evidence<B> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::store::file::FileBlob;
 
@@ -947,7 +932,9 @@ mod tests {
                 .unwrap();
         }
         // Counted as recorded, not listed again: an entry written behind
-        // this replica's back (another replica) is not seen yet...
+        // this replica's back (another replica; here a record file of the
+        // layout before record logs) is not seen yet...
+        std::fs::create_dir_all(dir.path().join("state/c2.finished")).unwrap();
         std::fs::write(
             dir.path().join("state/c2.finished/elsewhere.json"),
             br#"{"name":"b","finished":{"encoding":"identity","size":1,"sha256":"","size_uncompressed":1,"sha256_uncompressed":""}}"#,

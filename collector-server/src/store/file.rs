@@ -16,11 +16,21 @@
 //! bytes are acknowledged; `promote` renames it to its final key, durable
 //! before it returns.
 //!
+//! A record set is one log file, `<set>.log`: `put_record` appends one
+//! line (`O_APPEND`, so concurrent appends never interleave) and makes it
+//! durable. A line is `<name> <SHA-256 of the record> <record>` and starts
+//! with a newline of its own, so that one torn by a crash or a full disk
+//! ends before the next and is skipped: its SHA-256 does not match. (A
+//! file per record, created and deleted again at commit, was most of the
+//! file system's work per artifact.) Records written one file each under
+//! `<set>/` by earlier versions are read too.
+//!
 //! "Durable" is a group commit ([`GroupSync`]): one `syncfs` of the
 //! store's file system, started after the write, shared by every write of
 //! every upload that arrived meanwhile. No method returns (and so nothing
 //! is acknowledged) before that sync has succeeded.
 
+use std::collections::BTreeMap;
 use std::io::SeekFrom;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -208,7 +218,160 @@ fn cut_back(f: &std::fs::File, path: &Path, offset: u64) {
     }
 }
 
+/// The log file of record set `set` (see the module docs).
+fn log_path(set: &Path) -> PathBuf {
+    let mut name = set.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
+/// One log line of `record` named `name` (with its leading newline).
+fn log_line(name: &str, record: &[u8]) -> Result<Vec<u8>, StoreError> {
+    if name.is_empty() || name.bytes().any(|b| b == b' ' || b == b'\n') || record.contains(&b'\n') {
+        return Err(StoreError::Backend {
+            context: name.to_owned(),
+            message: "a record name has no space or newline, a record no newline".into(),
+        });
+    }
+    let digest = version_of(record).0;
+    let mut line = Vec::with_capacity(name.len() + digest.len() + record.len() + 3);
+    line.push(b'\n');
+    line.extend_from_slice(name.as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(digest.as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(record);
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The intact records of a log, in the order written, as (name, record);
+/// torn lines are skipped.
+fn log_records(log: &[u8]) -> Vec<(&str, &[u8])> {
+    log.split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, |b| *b == b' ');
+            let name = std::str::from_utf8(parts.next()?).ok()?;
+            let digest = parts.next()?;
+            let record = parts.next()?;
+            if version_of(record).0.as_bytes() == digest {
+                Some((name, record))
+            } else {
+                tracing::warn!(record = name, "Skipped a torn record line");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Every record of set `set`, by name (the last of each): its log's, then
+/// those of an earlier version's record files (read only if the log has
+/// none of that name).
+fn read_records_now(set: &Path) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+    let mut out = BTreeMap::new();
+    let log = log_path(set);
+    match std::fs::read(&log) {
+        Ok(bytes) => {
+            for (name, record) in log_records(&bytes) {
+                out.insert(name.to_owned(), record.to_vec());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::io(format!("cannot read {}", log.display()), e)),
+    }
+    let dir = match std::fs::read_dir(set) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(StoreError::io(format!("cannot list {}", set.display()), e)),
+    };
+    for entry in dir {
+        let entry =
+            entry.map_err(|e| StoreError::io(format!("cannot list {}", set.display()), e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with('.') || out.contains_key(&name) {
+            continue;
+        }
+        match std::fs::read(entry.path()) {
+            Ok(bytes) => {
+                out.insert(name, bytes);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("cannot read {}", entry.path().display()),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl FileBlob {
+    async fn read_records(&self, set: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        let set = self.path(set);
+        blocking(move || read_records_now(&set)).await
+    }
+}
+
 impl Blob for FileBlob {
+    async fn put_record(&self, set: &str, name: &str, record: Vec<u8>) -> Result<(), StoreError> {
+        let line = log_line(name, &record)?;
+        let log = log_path(&self.path(set));
+        blocking(move || {
+            create_parent_now(&log)?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .and_then(|mut f| f.write_all(&line))
+                .map_err(|e| StoreError::io(format!("cannot append to {}", log.display()), e))
+        })
+        .await?;
+        self.sync.durable().await
+    }
+
+    async fn record(&self, set: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.read_records(set).await?.remove(name))
+    }
+
+    async fn records(&self, set: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.read_records(set).await?.into_values().collect())
+    }
+
+    async fn record_count(&self, set: &str) -> Result<usize, StoreError> {
+        Ok(self.read_records(set).await?.len())
+    }
+
+    async fn delete_records(&self, set: &str) -> Result<(), StoreError> {
+        let set = self.path(set);
+        blocking(move || {
+            let log = log_path(&set);
+            match std::fs::remove_file(&log) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::io(
+                        format!("cannot remove {}", log.display()),
+                        e,
+                    ));
+                }
+            }
+            match std::fs::remove_dir_all(&set) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StoreError::io(
+                    format!("cannot remove {}", set.display()),
+                    e,
+                )),
+            }
+        })
+        .await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         read_opt(&self.path(key)).await
     }
@@ -483,6 +646,85 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_record_log_keeps_every_record_and_skips_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = FileBlob::open(dir.path()).unwrap();
+        // Concurrent writers never lose or mix one another's records.
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let blob = blob.clone();
+            tasks.spawn(async move {
+                let record = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 97));
+                blob.put_record("s/c.finished", &format!("r{i}"), record.into_bytes())
+                    .await
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        assert_eq!(blob.record_count("s/c.finished").await.unwrap(), 64);
+        let r7 = blob.record("s/c.finished", "r7").await.unwrap().unwrap();
+        assert!(
+            r7.starts_with(b"{\"n\":7,"),
+            "{}",
+            String::from_utf8_lossy(&r7)
+        );
+        // A later record of a name wins.
+        blob.put_record("s/c.finished", "r7", b"{}".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            blob.record("s/c.finished", "r7").await.unwrap().unwrap(),
+            b"{}"
+        );
+        assert_eq!(blob.record_count("s/c.finished").await.unwrap(), 64);
+
+        // A crash (or a full disk) cut a line short; the next record
+        // after it is intact, the torn one is not there.
+        let log = dir.path().join("s/c.finished.log");
+        let torn = log_line("torn", b"{\"whole\":true}").unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(&torn[..torn.len() - 5]).unwrap();
+        blob.put_record("s/c.finished", "after", b"[1]".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(blob.record("s/c.finished", "torn").await.unwrap(), None);
+        assert_eq!(
+            blob.record("s/c.finished", "after").await.unwrap().unwrap(),
+            b"[1]"
+        );
+        assert_eq!(blob.records("s/c.finished").await.unwrap().len(), 65);
+        // Nothing that could break a line is taken.
+        assert!(
+            blob.put_record("s/c.finished", "a b", b"{}".to_vec())
+                .await
+                .is_err()
+        );
+        assert!(
+            blob.put_record("s/c.finished", "n", b"{\n}".to_vec())
+                .await
+                .is_err()
+        );
+
+        // A record file of the layout before logs is read too, and
+        // removed with the set.
+        std::fs::create_dir_all(dir.path().join("s/c.finished")).unwrap();
+        std::fs::write(dir.path().join("s/c.finished/old.json"), b"{\"old\":1}").unwrap();
+        assert_eq!(
+            blob.record("s/c.finished", "old.json")
+                .await
+                .unwrap()
+                .unwrap(),
+            b"{\"old\":1}"
+        );
+        assert_eq!(blob.record_count("s/c.finished").await.unwrap(), 66);
+        blob.delete_records("s/c.finished").await.unwrap();
+        assert!(!log.exists());
+        assert!(!dir.path().join("s/c.finished").exists());
+        assert_eq!(blob.record_count("s/c.finished").await.unwrap(), 0);
+    }
 
     #[tokio::test]
     async fn create_once_and_replace_only_the_version_read() {
