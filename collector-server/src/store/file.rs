@@ -132,10 +132,24 @@ fn create_parent_now(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes `bytes` to a temporary file in `temp` and creates `path`'s
-/// directory (not yet durable); returns the temporary file's path.
-fn write_temp_now(temp: &Path, path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
-    create_parent_now(path)?;
+/// Runs `op`, which creates `path`; when it finds `path`'s directory
+/// missing, creates the directory and runs it again (one call where the
+/// directory exists, which is nearly always).
+fn with_parent<T>(path: &Path, mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    match op() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            op()
+        }
+        other => other,
+    }
+}
+
+/// Writes `bytes` to a temporary file in `temp` (not yet durable);
+/// returns the temporary file's path.
+fn write_temp_now(temp: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
     let tmp = temp.join(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
     let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes));
     if let Err(e) = written {
@@ -145,16 +159,11 @@ fn write_temp_now(temp: &Path, path: &Path, bytes: &[u8]) -> Result<PathBuf, Sto
     Ok(tmp)
 }
 
-/// Writes `bytes` to a temporary file in `temp`, durable, and creates
-/// `path`'s directory; returns the temporary file's path.
-async fn write_temp(
-    sync: &GroupSync,
-    temp: &Path,
-    path: &Path,
-    bytes: Vec<u8>,
-) -> Result<PathBuf, StoreError> {
-    let (temp, path) = (temp.to_path_buf(), path.to_path_buf());
-    let tmp = blocking(move || write_temp_now(&temp, &path, &bytes)).await?;
+/// Writes `bytes` to a temporary file in `temp`, durable; returns the
+/// temporary file's path.
+async fn write_temp(sync: &GroupSync, temp: &Path, bytes: Vec<u8>) -> Result<PathBuf, StoreError> {
+    let temp = temp.to_path_buf();
+    let tmp = blocking(move || write_temp_now(&temp, &bytes)).await?;
     if let Err(e) = sync.durable().await {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e);
@@ -169,10 +178,10 @@ async fn replace(
     path: &Path,
     bytes: Vec<u8>,
 ) -> Result<(), StoreError> {
-    let tmp = write_temp(sync, temp, path, bytes).await?;
+    let tmp = write_temp(sync, temp, bytes).await?;
     let target = path.to_path_buf();
     blocking(move || {
-        std::fs::rename(&tmp, &target).map_err(|e| {
+        with_parent(&target, || std::fs::rename(&tmp, &target)).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             StoreError::io(format!("cannot rename to {}", target.display()), e)
         })
@@ -185,12 +194,13 @@ async fn replace(
 /// length (not yet durable).
 fn append_now(file: &Path, name: String, offset: u64, data: &[u8]) -> Result<(), StoreError> {
     let ctx = |what: &str| format!("cannot {what} {}", file.display());
-    create_parent_now(file)?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .map_err(|e| StoreError::io(ctx("open"), e))?;
+    let mut f = with_parent(file, || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+    })
+    .map_err(|e| StoreError::io(ctx("open"), e))?;
     let have = f
         .metadata()
         .map_err(|e| StoreError::io(ctx("stat"), e))?
@@ -322,12 +332,13 @@ impl Blob for FileBlob {
         let line = log_line(name, &record)?;
         let log = log_path(&self.path(set));
         blocking(move || {
-            create_parent_now(&log)?;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .and_then(|mut f| f.write_all(&line))
+            with_parent(&log, || {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+            })
+            .and_then(|mut f| f.write_all(&line))
                 .map_err(|e| StoreError::io(format!("cannot append to {}", log.display()), e))
         })
         .await?;
@@ -401,10 +412,10 @@ impl Blob for FileBlob {
         _class: Class,
     ) -> Result<bool, StoreError> {
         let path = self.path(key);
-        let tmp = write_temp(&self.sync, &self.temp, &path, bytes).await?;
+        let tmp = write_temp(&self.sync, &self.temp, bytes).await?;
         let target = path.clone();
         let linked = blocking(move || {
-            let linked = std::fs::hard_link(&tmp, &target);
+            let linked = with_parent(&target, || std::fs::hard_link(&tmp, &target));
             let _ = std::fs::remove_file(&tmp);
             Ok(linked)
         })
@@ -624,8 +635,7 @@ impl Blob for FileBlob {
                     ));
                 }
             }
-            create_parent_now(&path)?;
-            std::fs::rename(&staging, &path).map_err(|e| {
+            with_parent(&path, || std::fs::rename(&staging, &path)).map_err(|e| {
                 StoreError::io(
                     format!("cannot move {} to {}", staging.display(), path.display()),
                     e,

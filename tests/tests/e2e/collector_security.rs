@@ -963,15 +963,33 @@ async fn capture_cut_off_before_its_commit_stays_incomplete() -> TestResult {
             .join(format!("{CAPTURE}.json")),
     )?)?;
     assert_eq!(state["complete"], false, "{state}");
-    // A finished artifact is an entry of its own, not rewritten into the
-    // state file.
-    let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(
+    // A finished artifact is an entry of its own (a line of the capture's
+    // log: record name, SHA-256 of the record, record), not rewritten into
+    // the state file.
+    let log = std::fs::read_to_string(
         s.collector
             .store
             .join("state")
-            .join(format!("{CAPTURE}.finished"))
-            .join(format!("{}.json", sha256_hex(ARTIFACT.as_bytes()))),
-    )?)?;
+            .join(format!("{CAPTURE}.finished.log")),
+    )?;
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    let [line] = lines.as_slice() else {
+        return Err(format!("one entry expected: {log:?}").into());
+    };
+    let mut fields = line.splitn(3, ' ');
+    let (name, digest, record) = (fields.next(), fields.next(), fields.next());
+    assert_eq!(
+        name,
+        Some(format!("{}.json", sha256_hex(ARTIFACT.as_bytes())).as_str()),
+        "{line}"
+    );
+    let record = record.ok_or("entry without a record")?;
+    assert_eq!(
+        digest,
+        Some(sha256_hex(record.as_bytes()).as_str()),
+        "{line}"
+    );
+    let entry: serde_json::Value = serde_json::from_str(record)?;
     assert!(
         entry["name"] == ARTIFACT && entry["sha256"] == sha256_hex(b"hello"),
         "{entry}"
