@@ -25,6 +25,9 @@
 //! file system's work per artifact.) Records written one file each under
 //! `<set>/` by earlier versions are read too.
 //!
+//! Capture states and record sets are also kept in a bounded read cache
+//! ([`super::file_cache`]), which one process per directory makes exact.
+//!
 //! "Durable" is a group commit ([`GroupSync`]): one `syncfs` of the
 //! store's file system, started after the write, shared by every write of
 //! every upload that arrived meanwhile. No method returns (and so nothing
@@ -41,6 +44,7 @@ use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::blob::{Blob, Class, Staged, Version};
+use super::file_cache::Shared;
 use super::group_sync::GroupSync;
 use super::{FinishedArtifact, StoreError};
 
@@ -52,6 +56,23 @@ pub struct FileBlob {
     temp: PathBuf,
     replace_lock: Arc<tokio::sync::Mutex<()>>,
     sync: GroupSync,
+    /// Capture states read or written lately ([`cached_object`]).
+    objects: Shared<Vec<u8>>,
+    /// Record sets read or written lately.
+    sets: Shared<Records>,
+}
+
+/// A record set by record name.
+type Records = BTreeMap<String, Vec<u8>>;
+
+/// Largest object the cache holds.
+const MAX_CACHED_OBJECT: usize = 16 << 10;
+
+/// Whether `key` is an object the read cache holds: a capture's state,
+/// read at the start and the end of every upload stream.
+fn cached_object(key: &str) -> bool {
+    key.strip_prefix("state/")
+        .is_some_and(|rest| !rest.contains('/') && rest.ends_with(".json"))
 }
 
 impl FileBlob {
@@ -79,6 +100,8 @@ impl FileBlob {
             temp,
             replace_lock: Arc::default(),
             sync: GroupSync::open(root)?,
+            objects: Shared::default(),
+            sets: Shared::default(),
         })
     }
 
@@ -321,16 +344,28 @@ fn read_records_now(set: &Path) -> Result<BTreeMap<String, Vec<u8>>, StoreError>
 }
 
 impl FileBlob {
-    async fn read_records(&self, set: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
-        let set = self.path(set);
-        blocking(move || read_records_now(&set)).await
+    /// `f` of the records of `set`, from the cache or else the disk.
+    async fn with_records<T>(&self, set: &str, f: impl Fn(&Records) -> T) -> Result<T, StoreError> {
+        let ticket = match self.sets.get(set, &f) {
+            Ok(answer) => return Ok(answer),
+            Err(ticket) => ticket,
+        };
+        let path = self.path(set);
+        let records = blocking(move || read_records_now(&path)).await?;
+        let answer = f(&records);
+        self.sets.fill(set, ticket, records);
+        Ok(answer)
     }
-}
 
-impl Blob for FileBlob {
-    async fn put_record(&self, set: &str, name: &str, record: Vec<u8>) -> Result<(), StoreError> {
-        let line = log_line(name, &record)?;
-        let log = log_path(&self.path(set));
+    /// Empties the read cache, as after a change behind its back.
+    #[cfg(test)]
+    pub fn forget_cached(&self) {
+        self.objects.forget_all();
+        self.sets.forget_all();
+    }
+
+    /// Appends `line` to the log file `log`, durable.
+    async fn append_record(&self, log: PathBuf, line: Vec<u8>) -> Result<(), StoreError> {
         blocking(move || {
             with_parent(&log, || {
                 std::fs::OpenOptions::new()
@@ -339,78 +374,14 @@ impl Blob for FileBlob {
                     .open(&log)
             })
             .and_then(|mut f| f.write_all(&line))
-                .map_err(|e| StoreError::io(format!("cannot append to {}", log.display()), e))
+            .map_err(|e| StoreError::io(format!("cannot append to {}", log.display()), e))
         })
         .await?;
         self.sync.durable().await
     }
 
-    async fn record(&self, set: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.read_records(set).await?.remove(name))
-    }
-
-    async fn records(&self, set: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self.read_records(set).await?.into_values().collect())
-    }
-
-    async fn record_count(&self, set: &str) -> Result<usize, StoreError> {
-        Ok(self.read_records(set).await?.len())
-    }
-
-    async fn delete_records(&self, set: &str) -> Result<(), StoreError> {
-        let set = self.path(set);
-        blocking(move || {
-            let log = log_path(&set);
-            match std::fs::remove_file(&log) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(StoreError::io(
-                        format!("cannot remove {}", log.display()),
-                        e,
-                    ));
-                }
-            }
-            match std::fs::remove_dir_all(&set) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(StoreError::io(
-                    format!("cannot remove {}", set.display()),
-                    e,
-                )),
-            }
-        })
-        .await
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        read_opt(&self.path(key)).await
-    }
-
-    async fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
-        Ok(read_opt(&self.path(key)).await?.map(|b| {
-            let v = version_of(&b);
-            (b, v)
-        }))
-    }
-
-    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        let path = self.path(key);
-        tokio::fs::try_exists(&path)
-            .await
-            .map_err(|e| StoreError::io(format!("cannot stat {}", path.display()), e))
-    }
-
-    async fn put(&self, key: &str, bytes: Vec<u8>, _class: Class) -> Result<(), StoreError> {
-        replace(&self.sync, &self.temp, &self.path(key), bytes).await
-    }
-
-    async fn put_if_absent(
-        &self,
-        key: &str,
-        bytes: Vec<u8>,
-        _class: Class,
-    ) -> Result<bool, StoreError> {
+    /// Creates `key` unless it exists (`false`), durable.
+    async fn create(&self, key: &str, bytes: Vec<u8>) -> Result<bool, StoreError> {
         let path = self.path(key);
         let tmp = write_temp(&self.sync, &self.temp, bytes).await?;
         let target = path.clone();
@@ -433,17 +404,160 @@ impl Blob for FileBlob {
         }
     }
 
+    /// Runs `write` of object `key`, telling the cache; `cached` is what
+    /// the key holds after a write that returned `Ok(true)`.
+    async fn write_object(
+        &self,
+        key: &str,
+        cached: Option<Vec<u8>>,
+        write: impl Future<Output = Result<bool, StoreError>>,
+    ) -> Result<bool, StoreError> {
+        if !cached_object(key) {
+            return write.await;
+        }
+        let ticket = self.objects.begin_write(key, false);
+        let result = write.await;
+        match (&result, cached) {
+            (Ok(true), Some(bytes)) if bytes.len() <= MAX_CACHED_OBJECT => {
+                self.objects.end_write(key, ticket, |_| Some(bytes));
+            }
+            _ => self.objects.abandon_write(key, ticket),
+        }
+        result
+    }
+}
+
+impl Blob for FileBlob {
+    async fn put_record(&self, set: &str, name: &str, record: Vec<u8>) -> Result<(), StoreError> {
+        let line = log_line(name, &record)?;
+        let log = log_path(&self.path(set));
+        let ticket = self.sets.begin_write(set, true);
+        let appended = self.append_record(log, line).await;
+        if appended.is_ok() {
+            let name = name.to_owned();
+            self.sets
+                .end_write(set, ticket, move |cached: Option<Records>| {
+                    cached.map(|mut records| {
+                        records.insert(name, record);
+                        records
+                    })
+                });
+        } else {
+            self.sets.abandon_write(set, ticket);
+        }
+        appended
+    }
+
+    async fn record(&self, set: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_records(set, |r| r.get(name).cloned()).await
+    }
+
+    async fn records(&self, set: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.with_records(set, |r| r.values().cloned().collect())
+            .await
+    }
+
+    async fn record_count(&self, set: &str) -> Result<usize, StoreError> {
+        self.with_records(set, BTreeMap::len).await
+    }
+
+    async fn delete_records(&self, set_key: &str) -> Result<(), StoreError> {
+        let ticket = self.sets.begin_write(set_key, false);
+        let set = self.path(set_key);
+        let deleted = blocking(move || {
+            let log = log_path(&set);
+            match std::fs::remove_file(&log) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::io(
+                        format!("cannot remove {}", log.display()),
+                        e,
+                    ));
+                }
+            }
+            match std::fs::remove_dir_all(&set) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StoreError::io(
+                    format!("cannot remove {}", set.display()),
+                    e,
+                )),
+            }
+        })
+        .await;
+        if deleted.is_ok() {
+            self.sets
+                .end_write(set_key, ticket, |_| Some(Records::new()));
+        } else {
+            self.sets.abandon_write(set_key, ticket);
+        }
+        deleted
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if !cached_object(key) {
+            return read_opt(&self.path(key)).await;
+        }
+        let ticket = match self.objects.get(key, Clone::clone) {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(ticket) => ticket,
+        };
+        let got = read_opt(&self.path(key)).await?;
+        if let Some(bytes) = &got
+            && bytes.len() <= MAX_CACHED_OBJECT
+        {
+            self.objects.fill(key, ticket, bytes.clone());
+        }
+        Ok(got)
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        Ok(self.get(key).await?.map(|b| {
+            let v = version_of(&b);
+            (b, v)
+        }))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.path(key);
+        tokio::fs::try_exists(&path)
+            .await
+            .map_err(|e| StoreError::io(format!("cannot stat {}", path.display()), e))
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, _class: Class) -> Result<(), StoreError> {
+        let cached = cached_object(key).then(|| bytes.clone());
+        let path = self.path(key);
+        self.write_object(key, cached, async {
+            replace(&self.sync, &self.temp, &path, bytes).await?;
+            Ok(true)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        _class: Class,
+    ) -> Result<bool, StoreError> {
+        let cached = cached_object(key).then(|| bytes.clone());
+        self.write_object(key, cached, self.create(key, bytes))
+            .await
+    }
+
     async fn replace_if(
         &self,
         key: &str,
         bytes: Vec<u8>,
         expected: &Version,
     ) -> Result<bool, StoreError> {
-        let path = self.path(key);
         let _held = self.replace_lock.lock().await;
-        match read_opt(&path).await? {
+        match self.get(key).await? {
             Some(current) if version_of(&current) == *expected => {
-                replace(&self.sync, &self.temp, &path, bytes).await?;
+                self.put(key, bytes, Class::Control).await?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -476,18 +590,29 @@ impl Blob for FileBlob {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(
-                format!("cannot remove {}", path.display()),
-                e,
-            )),
-        }
+        // Absent afterwards; not cached as such.
+        self.write_object(key, None, async {
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+                Err(e) => Err(StoreError::io(
+                    format!("cannot remove {}", path.display()),
+                    e,
+                )),
+            }
+        })
+        .await?;
+        Ok(())
     }
 
     async fn delete_tree(&self, dir: &str) -> Result<(), StoreError> {
         let path = self.path(dir);
+        // Whatever the caches hold under it goes; their keys are all under
+        // `state/`, which only this reaches.
+        if format!("{dir}/").starts_with("state/") || dir.starts_with("state/") {
+            self.objects.forget_all();
+            self.sets.forget_all();
+        }
         match tokio::fs::remove_dir_all(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -719,9 +844,11 @@ mod tests {
         );
 
         // A record file of the layout before logs is read too, and
-        // removed with the set.
+        // removed with the set (written behind the cache's back, as by
+        // the collector before an upgrade).
         std::fs::create_dir_all(dir.path().join("s/c.finished")).unwrap();
         std::fs::write(dir.path().join("s/c.finished/old.json"), b"{\"old\":1}").unwrap();
+        blob.forget_cached();
         assert_eq!(
             blob.record("s/c.finished", "old.json")
                 .await

@@ -34,6 +34,7 @@ pub mod any;
 pub mod blob;
 pub mod evidence;
 pub mod file;
+pub mod file_cache;
 pub mod group_sync;
 pub mod index;
 pub mod repair;
