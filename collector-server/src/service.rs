@@ -584,9 +584,14 @@ impl UploadService {
                         if pending.len() + data.len() < GATHER_BYTES
                             && let Some(next) = Self::next_ready(&mut stream)?
                         {
-                            pending.extend_from_slice(&data);
+                            // The stream's end (without an ArtifactEnd)
+                            // comes after these bytes are stored.
+                            let more = next.is_some();
                             ahead = Some(next);
-                            continue;
+                            if more {
+                                pending.extend_from_slice(&data);
+                                continue;
+                            }
                         }
                         let piece = if pending.is_empty() {
                             data

@@ -609,7 +609,7 @@ impl Blob for FileBlob {
         let path = self.path(dir);
         // Whatever the caches hold under it goes; their keys are all under
         // `state/`, which only this reaches.
-        if format!("{dir}/").starts_with("state/") || dir.starts_with("state/") {
+        if dir.is_empty() || dir == "state" || dir.starts_with("state/") {
             self.objects.forget_all();
             self.sets.forget_all();
         }
