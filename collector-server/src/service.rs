@@ -823,15 +823,12 @@ impl CaptureUpload for UploadService {
             }
             None => {
                 self.quotas.open(&who.name, &req.capture_id)?;
-                let s = CaptureState {
-                    capture_id: req.capture_id.clone(),
-                    owner: who.name.clone(),
-                    hostname: req.hostname.clone(),
-                    opened_at: timefmt::now(),
-                    finished: Default::default(),
-                    complete: false,
-                    expired_at: None,
-                };
+                let s = CaptureState::opened(
+                    &req.capture_id,
+                    &who.name,
+                    &req.hostname,
+                    &timefmt::now(),
+                );
                 let stored = self.store.open(&s).await.map_err(store_status)?;
                 if stored.owner != who.name {
                     // Another replica opened this id first, for someone else.
@@ -1059,7 +1056,6 @@ impl CaptureUpload for UploadService {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use std::collections::BTreeMap;
     use std::io::Write as _;
 
     use super::*;
@@ -1076,15 +1072,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Evidence::new(AnyBlob::File(FileBlob::open(dir.path()).unwrap()));
         let state = store
-            .open(&CaptureState {
-                capture_id: "deferred".into(),
-                owner: "web-1".into(),
-                hostname: "web-1".into(),
-                opened_at: "2026-01-01T00:00:00Z".into(),
-                finished: BTreeMap::new(),
-                complete: false,
-                expired_at: None,
-            })
+            .open(&CaptureState::opened(
+                "deferred",
+                "web-1",
+                "web-1",
+                "2026-01-01T00:00:00Z",
+            ))
             .await
             .unwrap();
         let content = b"log line\n".repeat(10_000);

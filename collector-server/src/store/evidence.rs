@@ -241,15 +241,6 @@ impl<B: Blob> Evidence<B> {
         Ok(out)
     }
 
-    /// The objects under `keys` (`None` for one that is gone), in the
-    /// order of `keys` (see [`get_many`]).
-    pub(crate) async fn get_many(
-        &self,
-        keys: &[String],
-    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
-        get_many(&self.blob, keys).await
-    }
-
     async fn merged(&self, mut state: CaptureState) -> Result<CaptureState, StoreError> {
         if !state.complete {
             for e in self.entries(&state.capture_id).await? {
@@ -773,8 +764,7 @@ impl<B: Blob> Evidence<B> {
         keys.sort();
         let skip = keys.len().saturating_sub(limit);
         let keys = keys.split_off(skip);
-        Ok(self
-            .get_many(&keys)
+        Ok(get_many(&self.blob, &keys)
             .await?
             .into_iter()
             .filter_map(|(_, bytes)| bytes)
@@ -827,8 +817,6 @@ impl<B: Blob> Evidence<B> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::store::file::FileBlob;
 
@@ -837,15 +825,7 @@ mod tests {
     }
 
     fn opened(id: &str) -> CaptureState {
-        CaptureState {
-            capture_id: id.into(),
-            owner: "web-1".into(),
-            hostname: "web-1".into(),
-            opened_at: "2026-01-01T00:00:00Z".into(),
-            finished: BTreeMap::new(),
-            complete: false,
-            expired_at: None,
-        }
+        CaptureState::opened(id, "web-1", "web-1", "2026-01-01T00:00:00Z")
     }
 
     fn artifact(size: u64) -> FinishedArtifact {

@@ -83,16 +83,7 @@ impl FileBlob {
     /// [`StoreError::Io`] when it cannot be created.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let temp = root.join(".tmp");
-        match std::fs::remove_dir_all(&temp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(StoreError::io(
-                    format!("cannot clear {}", temp.display()),
-                    e,
-                ));
-            }
-        }
+        removed(std::fs::remove_dir_all(&temp), &temp)?;
         std::fs::create_dir_all(&temp)
             .map_err(|e| StoreError::io(format!("cannot create {}", temp.display()), e))?;
         Ok(Self {
@@ -240,6 +231,17 @@ fn append_now(file: &Path, name: String, offset: u64, data: &[u8]) -> Result<(),
         return Err(StoreError::io(ctx("append to"), e));
     }
     Ok(())
+}
+
+/// The result of removing `path`, one already gone counting as removed.
+fn removed(result: std::io::Result<()>, path: &Path) -> Result<(), StoreError> {
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(
+            format!("cannot remove {}", path.display()),
+            e,
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Cuts a staged file back to `offset` after a failed append (part of the
@@ -466,24 +468,8 @@ impl Blob for FileBlob {
         let set = self.path(set_key);
         let deleted = blocking(move || {
             let log = log_path(&set);
-            match std::fs::remove_file(&log) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(StoreError::io(
-                        format!("cannot remove {}", log.display()),
-                        e,
-                    ));
-                }
-            }
-            match std::fs::remove_dir_all(&set) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(StoreError::io(
-                    format!("cannot remove {}", set.display()),
-                    e,
-                )),
-            }
+            removed(std::fs::remove_file(&log), &log)?;
+            removed(std::fs::remove_dir_all(&set), &set)
         })
         .await;
         if deleted.is_ok() {
@@ -592,14 +578,8 @@ impl Blob for FileBlob {
         let path = self.path(key);
         // Absent afterwards; not cached as such.
         self.write_object(key, None, async {
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-                Err(e) => Err(StoreError::io(
-                    format!("cannot remove {}", path.display()),
-                    e,
-                )),
-            }
+            removed(tokio::fs::remove_file(&path).await, &path)?;
+            Ok(true)
         })
         .await?;
         Ok(())
@@ -607,20 +587,15 @@ impl Blob for FileBlob {
 
     async fn delete_tree(&self, dir: &str) -> Result<(), StoreError> {
         let path = self.path(dir);
-        // Whatever the caches hold under it goes; their keys are all under
-        // `state/`, which only this reaches.
+        let result = removed(tokio::fs::remove_dir_all(&path).await, &path);
+        // Whatever the caches hold under it goes (their keys are all under
+        // `state/`), once it is gone: a read that went to the disk before
+        // cannot fill them with what was removed.
         if dir.is_empty() || dir == "state" || dir.starts_with("state/") {
             self.objects.forget_all();
             self.sets.forget_all();
         }
-        match tokio::fs::remove_dir_all(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(
-                format!("cannot remove {}", path.display()),
-                e,
-            )),
-        }
+        result
     }
 
     async fn staged(&self, staging: &str, final_key: &str) -> Result<Staged, StoreError> {
@@ -860,6 +835,31 @@ mod tests {
         blob.delete_records("s/c.finished").await.unwrap();
         assert!(!log.exists());
         assert!(!dir.path().join("s/c.finished").exists());
+        assert_eq!(blob.record_count("s/c.finished").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_is_an_error_and_never_served_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = FileBlob::open(dir.path()).unwrap();
+        blob.put_record("s/c.finished", "a", b"{}".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(blob.record_count("s/c.finished").await.unwrap(), 1);
+        // The log cannot be appended to (a directory took its name).
+        let log = dir.path().join("s/c.finished.log");
+        std::fs::remove_file(&log).unwrap();
+        std::fs::create_dir(&log).unwrap();
+        let err = blob
+            .put_record("s/c.finished", "b", b"{}".to_vec())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot append"), "{err}");
+        // The cached set is dropped, not served with or without `b`: the
+        // next read goes to the disk (and says what is wrong there).
+        assert!(blob.record("s/c.finished", "b").await.is_err());
+        std::fs::remove_dir(&log).unwrap();
+        assert_eq!(blob.record("s/c.finished", "b").await.unwrap(), None);
         assert_eq!(blob.record_count("s/c.finished").await.unwrap(), 0);
     }
 

@@ -46,7 +46,7 @@ use sha2::Digest as _;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime};
 
-use super::blob::{Blob, Class};
+use super::blob::{Blob, Class, get_many};
 use super::evidence::Evidence;
 use super::{IndexEntry, StoreError};
 
@@ -315,7 +315,7 @@ impl<B: Blob> Evidence<B> {
             .map(|id| record_key(day, id))
             .collect();
         let added = missing.len();
-        for (k, bytes) in self.get_many(&missing).await? {
+        for (k, bytes) in get_many(self.blob(), &missing).await? {
             let Some(bytes) = bytes else { continue };
             match serde_json::from_slice::<IndexEntry>(&bytes) {
                 Ok(e) => {
@@ -488,7 +488,7 @@ impl<B: Blob> Evidence<B> {
             .map(|n| format!("index/{n}"))
             .collect();
         let mut days = std::collections::BTreeSet::new();
-        for (key, bytes) in self.get_many(&old).await? {
+        for (key, bytes) in get_many(self.blob(), &old).await? {
             let Some(bytes) = bytes else { continue };
             match serde_json::from_slice::<IndexEntry>(&bytes) {
                 Ok(e) => {
@@ -528,7 +528,7 @@ impl<B: Blob> Evidence<B> {
         let owners: BTreeMap<String, String> = manifests.into_iter().map(|(a, k)| (k, a)).collect();
         let mut days = std::collections::BTreeSet::new();
         for batch in keys.chunks(1024) {
-            for (key, bytes) in self.get_many(batch).await? {
+            for (key, bytes) in get_many(self.blob(), batch).await? {
                 let Some(bytes) = bytes else { continue };
                 let manifest = match ircap_proto::manifest::Manifest::from_slice(&bytes, &key) {
                     Ok(m) if m.collector_receipt.is_some() => m,

@@ -155,6 +155,22 @@ pub struct CaptureState {
     pub expired_at: Option<String>,
 }
 
+impl CaptureState {
+    /// A capture just opened by `owner`, nothing finished yet.
+    #[must_use]
+    pub fn opened(capture_id: &str, owner: &str, hostname: &str, opened_at: &str) -> Self {
+        Self {
+            capture_id: capture_id.to_owned(),
+            owner: owner.to_owned(),
+            hostname: hostname.to_owned(),
+            opened_at: opened_at.to_owned(),
+            finished: BTreeMap::new(),
+            complete: false,
+            expired_at: None,
+        }
+    }
+}
+
 /// One committed capture, as `list` shows it. Written at commit so that
 /// listing reads one small record per capture, never the artifacts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -934,6 +934,42 @@ async fn artifact_with_a_wrong_total_digest_or_size_never_finishes() -> TestResu
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn chunks_sent_without_waiting_and_a_stream_closed_without_its_end_are_stored() -> TestResult
+{
+    // The collector gathers chunks whose next message has arrived already
+    // into one write; a stream that then ends without ArtifactEnd must
+    // still have every chunk it sent stored, and resume after them.
+    let s = Setup::new()?;
+    let mut c = s.client("web-1").await;
+    timed(open(&mut c, CAPTURE)).await??;
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("header").await?.durable_offset, 0);
+    let data = b"0123456789abcdefghij";
+    for (i, part) in data.chunks(5).enumerate() {
+        up.send(chunk(5 * i as u64, part, sha256(part))).await?;
+    }
+    let Upload { tx, mut acks } = up;
+    drop(tx);
+    let mut last = 0;
+    while let Some(ack) = timed(acks.message()).await?? {
+        assert!(
+            ack.durable_offset > last && ack.durable_offset <= 20,
+            "acks not increasing: {ack:?} after {last}"
+        );
+        last = ack.durable_offset;
+    }
+    assert_eq!(last, 20, "the last ack is for every chunk sent");
+
+    let mut up = Upload::start(&mut c, header(CAPTURE, 0)).await??;
+    assert_eq!(up.expect_ack("resume").await?.durable_offset, 20);
+    up.send(end(data)).await?;
+    assert!(up.expect_ack("end").await?.finished);
+    let dir = s.collector.capture_dir("web-1", CAPTURE);
+    assert_eq!(std::fs::read(dir.join(ARTIFACT))?, data);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn capture_cut_off_before_its_commit_stays_incomplete() -> TestResult {
     let s = Setup::new()?;
     let dir = s.collector.capture_dir("web-1", CAPTURE);

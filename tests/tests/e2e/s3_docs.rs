@@ -8,8 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use ircap_collector::store::blob::{Blob as _, Class};
 use ircap_collector::store::evidence::{Committed, Evidence};
@@ -101,15 +99,7 @@ async fn control_documents_round_trip_under_the_prefix() {
 }
 
 fn opened(id: &str) -> CaptureState {
-    CaptureState {
-        capture_id: id.into(),
-        owner: "web-1".into(),
-        hostname: "web-1".into(),
-        opened_at: "2026-01-01T00:00:00Z".into(),
-        finished: BTreeMap::new(),
-        complete: false,
-        expired_at: None,
-    }
+    CaptureState::opened(id, "web-1", "web-1", "2026-01-01T00:00:00Z")
 }
 
 fn index(id: &str) -> IndexEntry {
